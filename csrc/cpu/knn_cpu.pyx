@@ -1,0 +1,145 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Exact brute-force kNN (squared Euclidean), Cython + OpenMP.
+
+Same algorithm as ``fastzsl.backends.numba_._knn``: blocks of QUERY_BLOCK queries run in
+parallel; for each REFERENCE_TILE rows of the reference, every query of the block scans the
+tile, accumulating sum((double(q_t) - double(r_t))^2) over t = 0..d-1 in order (so the
+distances bit-match the numba kernel), and keeps a sorted list of its k best (distance,
+index) pairs. A candidate enters only when strictly better than the current worst, and
+equal distances keep the lower reference index first.
+"""
+import numpy as np
+
+cimport cython
+from cython.parallel cimport parallel, prange
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.math cimport INFINITY
+
+cdef enum:
+    QUERY_BLOCK = 32
+    REFERENCE_TILE = 512
+
+
+cdef inline double _sqdist(const cython.floating* a, const cython.floating* b,
+                           Py_ssize_t d) noexcept nogil:
+    cdef double s = 0.0
+    cdef double diff
+    cdef Py_ssize_t t
+    for t in range(d):
+        diff = <double>a[t] - <double>b[t]
+        s += diff * diff
+    return s
+
+
+cdef inline void _insert_sorted(double* best_d, int64_t* best_i, Py_ssize_t k,
+                                double dist, int64_t idx) noexcept nogil:
+    # Shift worse entries right; equal distances keep the earlier (lower) index first.
+    cdef Py_ssize_t pos = k - 1
+    while pos > 0 and best_d[pos - 1] > dist:
+        best_d[pos] = best_d[pos - 1]
+        best_i[pos] = best_i[pos - 1]
+        pos -= 1
+    best_d[pos] = dist
+    best_i[pos] = idx
+
+
+cdef int _knn_impl(const cython.floating[:, ::1] queries,
+                   const cython.floating[:, ::1] reference,
+                   Py_ssize_t k, bint exclude_self,
+                   cython.floating[:, ::1] D, int64_t[:, ::1] I) noexcept:
+    """Fills D and I; returns 0, or -1 when a per-thread buffer could not be allocated."""
+    cdef Py_ssize_t n_q = queries.shape[0]
+    cdef Py_ssize_t d = queries.shape[1]
+    cdef Py_ssize_t n_r = reference.shape[0]
+    cdef Py_ssize_t n_blocks = (n_q + QUERY_BLOCK - 1) // QUERY_BLOCK
+    cdef Py_ssize_t b, q0, q1, qi, row, r0, r1, j, c
+    cdef double s, worst
+    cdef double* best_d
+    cdef int64_t* best_i
+    cdef double* bd
+    cdef int64_t* bi
+    cdef const cython.floating* qrow
+    cdef const cython.floating* rbase
+    cdef int failed = 0
+    cdef int* failed_p = &failed  # written through a pointer: a plain name would be thread-private
+
+    if n_q == 0 or k <= 0:
+        return 0
+    rbase = &reference[0, 0] if n_r > 0 else NULL
+    best_d = NULL  # set per thread below; initialised so the firstprivate copies are defined
+    best_i = NULL
+
+    with nogil, parallel():
+        # One pair of buffers per thread, reused by every block that thread runs. Every
+        # thread still enters the prange (a worksharing loop must be met by the whole team).
+        best_d = <double*>malloc(QUERY_BLOCK * k * sizeof(double))
+        best_i = <int64_t*>malloc(QUERY_BLOCK * k * sizeof(int64_t))
+        for b in prange(n_blocks, schedule="dynamic"):
+            if best_d == NULL or best_i == NULL:
+                failed_p[0] = 1  # same value from any thread: benign
+                continue
+            q0 = b * QUERY_BLOCK
+            q1 = q0 + QUERY_BLOCK
+            if q1 > n_q:
+                q1 = n_q
+            for c in range((q1 - q0) * k):
+                best_d[c] = INFINITY
+                best_i[c] = -1
+            r0 = 0
+            while r0 < n_r:
+                r1 = r0 + REFERENCE_TILE
+                if r1 > n_r:
+                    r1 = n_r
+                for qi in range(q0, q1):
+                    row = qi - q0
+                    bd = best_d + row * k
+                    bi = best_i + row * k
+                    qrow = &queries[qi, 0]
+                    worst = bd[k - 1]
+                    for j in range(r0, r1):
+                        if exclude_self and j == qi:
+                            continue
+                        s = _sqdist(qrow, rbase + j * d, d)
+                        if s < worst:
+                            _insert_sorted(bd, bi, k, s, j)
+                            worst = bd[k - 1]
+                r0 = r1
+            for row in range(q1 - q0):
+                for c in range(k):
+                    D[q0 + row, c] = <cython.floating>best_d[row * k + c]
+                    I[q0 + row, c] = best_i[row * k + c]
+        free(best_d)
+        free(best_i)
+    return -1 if failed else 0
+
+
+def knn(queries, reference, k, exclude_self):
+    """Exact kNN: returns (D, I) with D in the input dtype and I int64 (see _base.KernelSet)."""
+    queries = np.ascontiguousarray(queries)
+    reference = np.ascontiguousarray(reference, dtype=queries.dtype)
+    cdef Py_ssize_t kk = k
+    cdef bint excl = bool(exclude_self)
+    D = np.empty((queries.shape[0], kk), dtype=queries.dtype)
+    I = np.empty((queries.shape[0], kk), dtype=np.int64)
+    cdef const float[:, ::1] q32, r32
+    cdef const double[:, ::1] q64, r64
+    cdef float[:, ::1] D32
+    cdef double[:, ::1] D64
+    cdef int64_t[:, ::1] Iv = I
+    cdef int rc
+    if queries.dtype == np.float32:
+        q32 = queries
+        r32 = reference
+        D32 = D
+        rc = _knn_impl(q32, r32, kk, excl, D32, Iv)
+    elif queries.dtype == np.float64:
+        q64 = queries
+        r64 = reference
+        D64 = D
+        rc = _knn_impl(q64, r64, kk, excl, D64, Iv)
+    else:
+        raise TypeError(f"knn_cpu.knn supports float32 and float64, not {queries.dtype}")
+    if rc != 0:
+        raise MemoryError("knn_cpu.knn: could not allocate the per-thread k-best buffers")
+    return D, I

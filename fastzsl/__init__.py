@@ -1,0 +1,39 @@
+"""fastzsl: zero-shot classification with novelty detection (Socher et al., NIPS 2013) at
+the scale of millions of images.
+
+Public API: estimators (:class:`LoOP`, :class:`GaussianNovelty`) and FAISS-like functions
+(:func:`knn`, :func:`loop_fit`, :func:`loop_score`, :func:`gaussian_loglik`). Importing
+fastzsl loads none of torch, numba, cupy, faiss or dask; each loads when first used.
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first access, PEP 562)
+_EXPORTS = {
+    "knn": "fastzsl.neighbors",
+    "ExactIndex": "fastzsl.neighbors",
+    "FaissIndex": "fastzsl.neighbors",
+    "loop_fit": "fastzsl.loop",
+    "loop_score": "fastzsl.loop",
+    "LoOP": "fastzsl.loop",
+    "LoOPFit": "fastzsl.loop",
+    "gaussian_loglik": "fastzsl.gaussian",
+    "GaussianNovelty": "fastzsl.gaussian",
+    "available_backends": "fastzsl.backends",
+    "BackendUnavailableError": "fastzsl.backends",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastzsl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,1 @@
+"""Compiled CPU kernels (built by setup.py from csrc/cpu)."""

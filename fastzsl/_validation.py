@@ -1,0 +1,121 @@
+"""Input checks, done once at the public boundary; kernels trust what passes here.
+
+Dtype policy: float32 and float64 are kept; bool and integer inputs become float64;
+float16 becomes float32; object, complex and string arrays are refused with a TypeError.
+Non-contiguous arrays and read-only memory maps are accepted (copied only when not
+C-contiguous; never written to).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._array import to_host
+
+FLOAT_DTYPES = (np.float32, np.float64)
+# Rows checked for NaN/inf at a time, so the check needs no full-size temporary.
+_FINITE_CHECK_ROWS = 1 << 16
+
+
+def as_float_matrix(X, name: str = "X", *, dtype=None) -> np.ndarray:
+    """Validate a 2-D float matrix and return it C-contiguous.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+    name : str
+        Used in error messages.
+    dtype : {np.float32, np.float64}, optional
+        Cast to this dtype instead of applying the dtype policy.
+    """
+    X = to_host(X)
+    if not isinstance(X, np.ndarray):
+        X = np.asarray(X)
+    kind = X.dtype.kind
+    if kind in "OUSVcM m":
+        raise TypeError(
+            f"{name} has dtype {X.dtype}; expected a real numeric array "
+            "(float32/float64, or bool/integer/float16, which are converted)"
+        )
+    if X.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D of shape (n_samples, n_features), got {X.ndim}-D "
+            f"array of shape {X.shape}" + (
+                "; reshape a single sample with X.reshape(1, -1)" if X.ndim == 1 else ""
+            )
+        )
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {X.shape}; need at least one row and one column")
+    if dtype is None:
+        if kind in "biu":
+            dtype = np.float64
+        elif X.dtype == np.float16:
+            dtype = np.float32
+        else:
+            dtype = X.dtype
+    X = np.ascontiguousarray(X, dtype=dtype)
+    check_finite(X, name)
+    return X
+
+
+def check_finite(X: np.ndarray, name: str) -> None:
+    """Raise a ValueError naming the first NaN or infinity in the 2-D array ``X``."""
+    for start in range(0, X.shape[0], _FINITE_CHECK_ROWS):
+        bad = ~np.isfinite(X[start:start + _FINITE_CHECK_ROWS])
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            row += start
+            raise ValueError(
+                f"{name} contains NaN or infinity: {X[row, col]!r} at row {row}, column {col}"
+            )
+
+
+def as_float_vector(v, name: str, n: int, dtype=np.float64) -> np.ndarray:
+    """Validate a finite 1-D array of length ``n``."""
+    v = np.asarray(to_host(v))
+    if v.dtype.kind not in "biuf":
+        raise TypeError(f"{name} has dtype {v.dtype}; expected real numbers")
+    v = np.ascontiguousarray(v, dtype=dtype)
+    if v.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {v.shape}")
+    return v
+
+
+def check_same_width(X: np.ndarray, expected: int, name: str, reference_name: str) -> None:
+    if X.shape[1] != expected:
+        raise ValueError(
+            f"{name} has {X.shape[1]} features but {reference_name} has {expected}"
+        )
+
+
+def check_k(k, n_reference: int, *, exclude_self: bool = False, name: str = "k") -> int:
+    """k must be an integer in [1, n_reference] (n_reference - 1 with self excluded)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {k!r} ({type(k).__name__})")
+    k = int(k)
+    limit = n_reference - 1 if exclude_self else n_reference
+    if k < 1:
+        raise ValueError(f"{name} must be >= 1, got {name}={k}")
+    if k > limit:
+        detail = (
+            f"{n_reference} reference points minus the point itself"
+            if exclude_self else f"{n_reference} reference points"
+        )
+        raise ValueError(
+            f"{name}={k} is larger than the data: at most {limit} neighbours exist "
+            f"({detail})"
+        )
+    return k
+
+
+def check_positive_number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def common_float_dtype(*arrays: np.ndarray):
+    """float64 if any input is float64, else float32."""
+    return np.result_type(*[a.dtype for a in arrays])

@@ -1,0 +1,79 @@
+"""One registry of kernel sets, imported lazily by name.
+
+``get_backend(name)`` imports ``fastzsl.backends.<module>`` only when asked, so
+``import fastzsl`` never loads numba, cupy or faiss. A backend named explicitly that
+cannot load raises :class:`BackendUnavailableError` naming what to install; only
+``"auto"`` may pass over a backend, and it logs what it chose and why.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from functools import lru_cache
+
+from ._base import KernelSet
+
+logger = logging.getLogger(__name__)
+
+# name -> (module, what to install when it is missing)
+_REGISTRY = {
+    "numpy": ("fastzsl.backends.numpy_", "numpy and scipy"),
+    "numba": ("fastzsl.backends.numba_", "numba (pip install numba)"),
+    "cython": (
+        "fastzsl.backends.cython_",
+        "the compiled extension (pip install --no-build-isolation -e . from a source checkout)",
+    ),
+}
+
+# Fastest first; "auto" takes the first one that loads.
+AUTO_ORDER = ("cython", "numba", "numpy")
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was named explicitly but cannot run here."""
+
+
+def registered_backends() -> list[str]:
+    """Every backend name fastzsl knows, available here or not."""
+    return list(_REGISTRY)
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> tuple[KernelSet | None, str]:
+    module_name, install = _REGISTRY[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        return None, f"{exc}; install {install}"
+    ok, reason = module.is_available()
+    if not ok:
+        return None, reason
+    return module.KERNELS, ""
+
+
+def get_backend(name: str) -> KernelSet:
+    """The kernel set called ``name``; ``"auto"`` picks the fastest that loads."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string, got {type(name).__name__}")
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            kernels, reason = _load(candidate)
+            if kernels is not None:
+                logger.debug("backend='auto' chose %r", candidate)
+                return kernels
+            logger.info("backend='auto' passed over %r: %s", candidate, reason)
+        raise BackendUnavailableError("no backend could be loaded")  # numpy always loads
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unknown backend {name!r}; choose 'auto' or one of {registered_backends()}"
+        )
+    kernels, reason = _load(name)
+    if kernels is None:
+        raise BackendUnavailableError(f"backend {name!r} is not available: {reason}")
+    return kernels
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that load on this machine, fastest first."""
+    order = list(AUTO_ORDER) + [n for n in _REGISTRY if n not in AUTO_ORDER]
+    return [name for name in order if _load(name)[0] is not None]

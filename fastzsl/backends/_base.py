@@ -1,0 +1,39 @@
+"""The kernel contract every backend implements.
+
+Kernels trust their inputs: the public functions (``fastzsl.knn``, ``loop_fit``,
+``loop_score``, ``gaussian_loglik``) validate once and pass C-contiguous arrays of one
+float dtype (float32 or float64). Every backend returns the same shapes and dtypes as the
+NumPy reference in :mod:`fastzsl.backends.numpy_`, which documents the exact semantics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    """The operations of one backend.
+
+    knn(queries, reference, k, exclude_self) -> (D, I)
+        Exact squared Euclidean k nearest neighbours, blocked so that no
+        n_queries x n_reference matrix is held. D has the input dtype, I is int64; rows are
+        sorted by distance, ties broken by the lower reference index. With
+        ``exclude_self`` query row i is reference row i and is left out of its own list.
+    loop_fit(D, I, extent) -> (pdist, plof, nplof, probabilities)
+        LoOP of a reference set from its own kNN graph (self excluded). float64 outputs.
+    loop_score(D, I, ref_pdist, nplof, extent, ev_override) -> probabilities
+        LoOP of new points from their neighbours in the reference set. ``ev_override`` is
+        NaN for the paper's definition, or a number that replaces every point's expected
+        neighbour pdist (PyNomaly ``stream()`` compatibility). float64 output.
+    gaussian_loglik(F, means, variances, log_weights, thresholds, full)
+        -> (L or None, row_max, row_argmax, row_logsumexp, all_below)
+        Isotropic Gaussian log-likelihoods L[i, c] and their fused row reductions.
+    """
+
+    name: str
+    device: str
+    knn: Callable
+    loop_fit: Callable
+    loop_score: Callable
+    gaussian_loglik: Callable

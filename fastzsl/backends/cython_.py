@@ -1,0 +1,47 @@
+"""Cython + OpenMP CPU backend: the compiled kernels of csrc/cpu (fastzsl._ext.*_cpu).
+
+Same algorithms as the numba backend (kNN distances bit-match it); built by setup.py. When
+the extension is not built this module still imports, ``KERNELS`` is None and
+``is_available()`` says how to build it.
+"""
+from __future__ import annotations
+
+from ._base import KernelSet
+
+_MISSING = ""
+try:
+    from fastzsl._ext import knn_cpu as _knn_cpu
+except ImportError as exc:  # pragma: no cover - depends on the build
+    _MISSING = f"fastzsl._ext.knn_cpu is not built ({exc})"
+if not _MISSING:
+    try:
+        from fastzsl._ext import loop_cpu as _loop_cpu
+    except ImportError as exc:  # pragma: no cover
+        _MISSING = f"fastzsl._ext.loop_cpu is not built ({exc})"
+if not _MISSING:
+    try:
+        from fastzsl._ext import gaussian_cpu as _gaussian_cpu
+    except ImportError as exc:  # pragma: no cover
+        _MISSING = f"fastzsl._ext.gaussian_cpu is not built ({exc})"
+
+
+if _MISSING:
+    KERNELS = None
+else:
+    KERNELS = KernelSet(
+        name="cython",
+        device="cpu",
+        knn=_knn_cpu.knn,
+        loop_fit=_loop_cpu.loop_fit,
+        loop_score=_loop_cpu.loop_score,
+        gaussian_loglik=_gaussian_cpu.gaussian_loglik,
+    )
+
+
+def is_available():
+    if _MISSING:
+        return False, (
+            f"the compiled extension {_MISSING}; "
+            "rebuild with: pip install --no-build-isolation -e ."
+        )
+    return True, ""

@@ -1,0 +1,216 @@
+"""Numba backend: parallel loops over query blocks, float64 accumulation.
+
+The kNN kernel tiles queries x reference rows so one reference tile stays in cache while
+a block of queries streams over it; each query keeps a sorted list of its k best
+(distance, index) pairs, so a candidate usually costs one compare against the worst.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ._base import KernelSet
+
+QUERY_BLOCK = 32
+REFERENCE_TILE = 512
+
+
+@numba.njit(cache=True, inline="always")
+def _insert_sorted(best_d, best_i, row, dist, idx, k):
+    # Shift worse entries right; equal distances keep the earlier (lower) index first.
+    pos = k - 1
+    while pos > 0 and best_d[row, pos - 1] > dist:
+        best_d[row, pos] = best_d[row, pos - 1]
+        best_i[row, pos] = best_i[row, pos - 1]
+        pos -= 1
+    best_d[row, pos] = dist
+    best_i[row, pos] = idx
+
+
+@numba.njit(parallel=True, cache=True)
+def _knn(queries, reference, k, exclude_self, D, I):
+    n_q, d = queries.shape
+    n_r = reference.shape[0]
+    n_blocks = (n_q + QUERY_BLOCK - 1) // QUERY_BLOCK
+    for b in numba.prange(n_blocks):
+        q0 = b * QUERY_BLOCK
+        q1 = min(q0 + QUERY_BLOCK, n_q)
+        best_d = np.full((q1 - q0, k), np.inf)
+        best_i = np.full((q1 - q0, k), -1, dtype=np.int64)
+        for r0 in range(0, n_r, REFERENCE_TILE):
+            r1 = min(r0 + REFERENCE_TILE, n_r)
+            for qi in range(q0, q1):
+                row = qi - q0
+                worst = best_d[row, k - 1]
+                for j in range(r0, r1):
+                    if exclude_self and j == qi:
+                        continue
+                    s = 0.0
+                    for t in range(d):
+                        diff = np.float64(queries[qi, t]) - np.float64(reference[j, t])
+                        s += diff * diff
+                    if s < worst:
+                        _insert_sorted(best_d, best_i, row, s, j, k)
+                        worst = best_d[row, k - 1]
+        for row in range(q1 - q0):
+            for c in range(k):
+                D[q0 + row, c] = best_d[row, c]
+                I[q0 + row, c] = best_i[row, c]
+
+
+def knn(queries, reference, k, exclude_self):
+    D = np.empty((queries.shape[0], k), dtype=queries.dtype)
+    I = np.empty((queries.shape[0], k), dtype=np.int64)
+    _knn(queries, reference, k, exclude_self, D, I)
+    return D, I
+
+
+@numba.njit(parallel=True, cache=True)
+def _pdist(D, extent, out):
+    n, k = D.shape
+    for i in numba.prange(n):
+        s = 0.0
+        for c in range(k):
+            s += np.float64(D[i, c])
+        out[i] = extent * math.sqrt(s / k)
+
+
+@numba.njit(cache=True)
+def _plof(pdist, ev):
+    # 0/0 -> 0 (as dense as the neighbours); x/0 -> +inf (infinitely sparser).
+    if ev > 0.0:
+        return pdist / ev - 1.0
+    return math.inf if pdist > 0.0 else 0.0
+
+
+@numba.njit(cache=True)
+def _probability(plof, nplof):
+    if nplof > 0.0:
+        ratio = plof / (nplof * math.sqrt(2.0))
+    else:
+        ratio = math.inf if plof > 0.0 else 0.0
+    return max(0.0, math.erf(ratio))
+
+
+@numba.njit(parallel=True, cache=True)
+def _plof_rows(pdist, I, ref_pdist, ev_override, out):
+    n, k = I.shape
+    use_neighbours = math.isnan(ev_override)
+    for i in numba.prange(n):
+        if use_neighbours:
+            s = 0.0
+            for c in range(k):
+                s += ref_pdist[I[i, c]]
+            ev = s / k
+        else:
+            ev = ev_override
+        out[i] = _plof(pdist[i], ev)
+
+
+@numba.njit(parallel=True, cache=True)
+def _probability_rows(plof, nplof, out):
+    for i in numba.prange(plof.shape[0]):
+        out[i] = _probability(plof[i], nplof)
+
+
+@numba.njit(cache=True)
+def _nplof(plof, extent):
+    s = 0.0
+    count = 0
+    for value in plof:
+        if math.isfinite(value):
+            s += value * value
+            count += 1
+    return extent * math.sqrt(s / count) if count > 0 else 0.0
+
+
+def loop_fit(D, I, extent):
+    n = D.shape[0]
+    pdist = np.empty(n)
+    _pdist(D, extent, pdist)
+    plof = np.empty(n)
+    _plof_rows(pdist, I, pdist, math.nan, plof)
+    nplof = float(_nplof(plof, extent))
+    prob = np.empty(n)
+    _probability_rows(plof, nplof, prob)
+    return pdist, plof, nplof, prob
+
+
+def loop_score(D, I, ref_pdist, nplof, extent, ev_override):
+    n = D.shape[0]
+    pdist = np.empty(n)
+    _pdist(D, extent, pdist)
+    plof = np.empty(n)
+    _plof_rows(pdist, I, ref_pdist, ev_override, plof)
+    prob = np.empty(n)
+    _probability_rows(plof, nplof, prob)
+    return prob
+
+
+@numba.njit(parallel=True, cache=True)
+def _gaussian(F, means, variances, log_weights, thresholds, full,
+              L, row_max, row_argmax, row_lse, all_below):
+    n, d = F.shape
+    n_classes = means.shape[0]
+    half_d = 0.5 * d
+    for i in numba.prange(n):
+        best = -math.inf
+        best_c = 0
+        lse_max = -math.inf
+        lse_sum = 0.0
+        below = True
+        for c in range(n_classes):
+            s = 0.0
+            for t in range(d):
+                diff = np.float64(F[i, t]) - np.float64(means[c, t])
+                s += diff * diff
+            var = np.float64(variances[c])
+            value = -s / (2.0 * var) - half_d * math.log(2.0 * math.pi * var)
+            if full:
+                L[i, c] = value
+            if value > best:
+                best = value
+                best_c = c
+            if not value < thresholds[c]:
+                below = False
+            # Online logsumexp: rescale the running sum whenever the maximum grows.
+            weighted = value + log_weights[c]
+            if weighted == -math.inf:  # a zero-weight class adds nothing (and -inf - -inf is NaN)
+                continue
+            if weighted > lse_max:
+                lse_sum = lse_sum * math.exp(lse_max - weighted) + 1.0
+                lse_max = weighted
+            else:
+                lse_sum += math.exp(weighted - lse_max)
+        row_max[i] = best
+        row_argmax[i] = best_c
+        row_lse[i] = lse_max + math.log(lse_sum)
+        all_below[i] = below
+
+
+def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
+    n, n_classes = F.shape[0], means.shape[0]
+    L = np.empty((n, n_classes) if full else (0, 0), dtype=F.dtype)
+    row_max = np.empty(n, dtype=F.dtype)
+    row_argmax = np.empty(n, dtype=np.int64)
+    row_lse = np.empty(n, dtype=F.dtype)
+    all_below = np.empty(n, dtype=bool)
+    _gaussian(F, means, variances, log_weights, thresholds, full,
+              L, row_max, row_argmax, row_lse, all_below)
+    return (L if full else None), row_max, row_argmax, row_lse, all_below
+
+
+KERNELS = KernelSet(
+    name="numba",
+    device="cpu",
+    knn=knn,
+    loop_fit=loop_fit,
+    loop_score=loop_score,
+    gaussian_loglik=gaussian_loglik,
+)
+
+
+def is_available():
+    return True, ""

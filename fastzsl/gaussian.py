@@ -1,0 +1,278 @@
+r"""Isotropic Gaussian log-likelihoods with fused row reductions, and the Gaussian novelty
+detector of Socher et al. (2013).
+
+For class c with mean :math:`\mu_c` and variance :math:`\sigma_c^2` in d dimensions:
+
+.. math::
+
+    \log \mathcal{N}(f; \mu_c, \sigma_c^2 I) = -\frac{\lVert f - \mu_c\rVert^2}{2\sigma_c^2}
+    - \frac{d}{2}\log(2\pi\sigma_c^2).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._array import like
+from ._validation import as_float_matrix, as_float_vector, check_same_width
+from .backends import get_backend
+
+# Rows per call when the full (n, C) matrix is needed, to bound its memory.
+CHUNK_ROWS = 1 << 15
+
+
+class GaussianLogLik(NamedTuple):
+    """Log-likelihoods and their row reductions (n rows, C classes).
+
+    loglik : (n, C) in F's dtype, or None when ``full=False``
+    max : (n,) max over classes of loglik
+    argmax : (n,) int64, the first class reaching the max
+    logsumexp : (n,) log sum_c exp(loglik[:, c] + log_weights[c])
+    all_below : (n,) bool, loglik[:, c] < thresholds[c] for every class c
+    """
+
+    loglik: Optional[np.ndarray]
+    max: np.ndarray
+    argmax: np.ndarray
+    logsumexp: np.ndarray
+    all_below: np.ndarray
+
+
+def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, full=True,
+                    backend="auto") -> GaussianLogLik:
+    """Isotropic Gaussian log-likelihoods of every row of F under every class, fused with
+    the row reductions the novelty rules need.
+
+    Parameters
+    ----------
+    F : array-like of shape (n, d)
+    means : array-like of shape (C, d)
+    variances : array-like of shape (C,)
+        Positive and finite.
+    log_weights : array-like of shape (C,), optional
+        Added before the logsumexp (log class priors); default 0.
+    thresholds : array-like of shape (C,), optional
+        Per-class thresholds for ``all_below`` (may be +-inf); default +inf.
+    full : bool, default=True
+        Also return the (n, C) matrix; with False only the reductions are computed and
+        the matrix is never held.
+    backend : str, default="auto"
+
+    Returns
+    -------
+    GaussianLogLik
+    """
+    F = as_float_matrix(F, "F")
+    means = as_float_matrix(means, "means", dtype=F.dtype)
+    check_same_width(F, means.shape[1], "F", f"means (d={means.shape[1]})")
+    n_classes = means.shape[0]
+    variances = as_float_vector(variances, "variances", n_classes)
+    if not (np.isfinite(variances).all() and (variances > 0).all()):
+        raise ValueError(f"variances must be positive and finite, got {variances}")
+    log_weights = np.zeros(n_classes) if log_weights is None else \
+        as_float_vector(log_weights, "log_weights", n_classes)
+    if np.isnan(log_weights).any() or np.isposinf(log_weights).any():
+        raise ValueError(f"log_weights must be finite or -inf, got {log_weights}")
+    thresholds = np.full(n_classes, np.inf) if thresholds is None else \
+        as_float_vector(thresholds, "thresholds", n_classes)
+    if np.isnan(thresholds).any():
+        raise ValueError(f"thresholds must not be NaN, got {thresholds}")
+    result = get_backend(backend).gaussian_loglik(
+        F, means, variances, log_weights, thresholds, bool(full))
+    return GaussianLogLik(*result)
+
+
+RULES = ("paper", "mixture")
+VARIANCES = ("class", "reference_code")
+
+
+class GaussianNovelty(OutlierMixin, BaseEstimator):
+    """Per-class isotropic Gaussians in the semantic space as a novelty detector.
+
+    Each seen class c gets N(mu_c, sigma_c^2 I) with sigma_c^2 = sum_{i in c}
+    ||f_i - mu_c||^2 / (N_c d). A point's outlier probability is read off the training
+    points' own scores, so that a threshold t calls about a fraction 1 - t of the training
+    set unseen (the paper's sweep over "fraction of training points called unseen"):
+
+    - ``rule="paper"``: for each class, the fraction of that class's training points whose
+      log-likelihood under the class is higher than the point's; the outlier probability
+      is the minimum over classes. ``predict`` at threshold t is exactly the paper's rule
+      "unseen iff log N_c(f) < T_c for every class", with T_c the matching quantile.
+    - ``rule="mixture"`` (the authors' code): the fraction of training points whose
+      prior-weighted mixture log-likelihood logsumexp_c(log pi_c + log N_c) is higher.
+
+    Parameters
+    ----------
+    rule : {"paper", "mixture"}, default="paper"
+    variance : {"class", "reference_code"}, default="class"
+        ``"reference_code"`` divides by the total N instead of N_c (the authors' code).
+    backend : str, default="auto"
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (C,)
+    means_ : ndarray of shape (C, d)
+    variances_ : ndarray of shape (C,)
+    priors_ : ndarray of shape (C,)
+        N_c / N.
+    offset_ : float
+        1 - 0.95: ``decision_function`` is negative where ``predict`` (threshold 0.95)
+        says outlier.
+    n_features_in_ : int
+    """
+
+    default_threshold = 0.95
+
+    def __init__(self, *, rule="paper", variance="class", backend="auto"):
+        self.rule = rule
+        self.variance = variance
+        self.backend = backend
+
+    def fit(self, F, y, means=None):
+        """Fit the class Gaussians.
+
+        Parameters
+        ----------
+        F : array-like of shape (n, d)
+            Points in the semantic space.
+        y : array-like of shape (n,)
+            Class labels.
+        means : array-like of shape (C, d) or dict, optional
+            Class means (the word vectors, in the paper) in ``np.unique(y)`` order, or a
+            mapping {label: vector}. Default: each class's mean of F.
+        """
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        if self.variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
+        # float64 throughout, so thresholds read off training scores compare exactly.
+        F = as_float_matrix(F, "F", dtype=np.float64)
+        y = np.asarray(y)
+        if y.shape != (F.shape[0],):
+            raise ValueError(f"y must have shape ({F.shape[0]},), got {y.shape}")
+        self.classes_, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
+        n_classes, d = len(self.classes_), F.shape[1]
+        if means is None:
+            sums = np.zeros((n_classes, d))
+            np.add.at(sums, codes, F)
+            means = sums / counts[:, None]
+        elif isinstance(means, dict):
+            missing = [c for c in self.classes_ if c not in means]
+            if missing:
+                raise ValueError(f"means has no vector for classes {missing}")
+            means = np.stack([np.asarray(means[c], dtype=np.float64) for c in self.classes_])
+        self.means_ = as_float_matrix(means, "means", dtype=np.float64)
+        if self.means_.shape != (n_classes, d):
+            raise ValueError(
+                f"means must have shape ({n_classes}, {d}) for {n_classes} classes, "
+                f"got {self.means_.shape}")
+        sq = ((F - self.means_[codes]).astype(np.float64) ** 2).sum(axis=1)
+        denominator = counts if self.variance == "class" else np.full(n_classes, F.shape[0])
+        self.variances_ = np.bincount(codes, weights=sq, minlength=n_classes) / (denominator * d)
+        if (self.variances_ == 0).any():
+            zero = self.classes_[self.variances_ == 0].tolist()
+            raise ValueError(
+                f"classes {zero} have zero variance: all their points equal their mean")
+        self.priors_ = counts / F.shape[0]
+        self.n_features_in_ = d
+        self.offset_ = 1.0 - self.default_threshold
+        self._sort_training_scores(F, codes)
+        return self
+
+    def _sort_training_scores(self, F, codes):
+        if self.rule == "paper":
+            L = self.log_likelihood(F)
+            own = L[np.arange(F.shape[0]), codes]
+            self._train_scores = [np.sort(own[codes == c]) for c in range(len(self.classes_))]
+        else:
+            self._train_scores = np.sort(self._mixture(F))
+
+    def _mixture(self, F):
+        return self._reduce(F, log_weights=np.log(self.priors_)).logsumexp
+
+    def _reduce(self, F, **kw):
+        return gaussian_loglik(F, self.means_, self.variances_, full=False,
+                               backend=self.backend, **kw)
+
+    def _check_input(self, F):
+        check_is_fitted(self)
+        F = as_float_matrix(F, "F", dtype=self.means_.dtype)
+        check_same_width(F, self.n_features_in_, "F", "the data GaussianNovelty was fitted on")
+        return F
+
+    def log_likelihood(self, F):
+        """log N(f; mu_c, sigma_c^2 I) for every row and class: shape (n, C)."""
+        F = self._check_input(F)
+        out = gaussian_loglik(F, self.means_, self.variances_, backend=self.backend).loglik
+        return like(out, F)
+
+    def outlier_probability(self, F):
+        """Fraction of training points more typical than each row (see the class doc)."""
+        F_checked = self._check_input(F)
+        if self.rule == "mixture":
+            return like(_fraction_above(self._train_scores, self._mixture(F_checked)), F)
+        out = np.empty(F_checked.shape[0])
+        for start in range(0, F_checked.shape[0], CHUNK_ROWS):
+            L = self.log_likelihood(F_checked[start:start + CHUNK_ROWS])
+            fractions = [_fraction_above(s, L[:, c]) for c, s in enumerate(self._train_scores)]
+            out[start:start + CHUNK_ROWS] = np.min(fractions, axis=0)
+        return like(out, F)
+
+    def thresholds(self, threshold):
+        """Log-likelihood thresholds equivalent to ``outlier_probability > threshold``.
+
+        Returns an array of shape (C,) for ``rule="paper"`` (T_c: unseen iff
+        log N_c(f) < T_c for all c) and a float for ``rule="mixture"``.
+        """
+        check_is_fitted(self)
+        if self.rule == "mixture":
+            return _score_threshold(self._train_scores, threshold)
+        return np.array([_score_threshold(s, threshold) for s in self._train_scores])
+
+    def score_samples(self, F):
+        """1 - outlier_probability: higher means more normal."""
+        return 1.0 - self.outlier_probability(F)
+
+    def decision_function(self, F):
+        return self.score_samples(F) - self.offset_
+
+    def predict(self, F, threshold=default_threshold):
+        """-1 (unseen) where outlier_probability > threshold, else +1.
+
+        Computed with the fused kernel (no (n, C) matrix): the paper rule as
+        all-below-per-class-threshold, the mixture rule as logsumexp < T.
+        """
+        F = self._check_input(F)
+        T = self.thresholds(threshold)
+        if self.rule == "mixture":
+            unseen = self._mixture(F) < T
+        else:
+            unseen = self._reduce(F, thresholds=T).all_below
+        return np.where(unseen, -1, 1)
+
+
+def _fraction_above(sorted_scores, values):
+    """Fraction of ``sorted_scores`` strictly greater than each value."""
+    n = sorted_scores.shape[0]
+    return (n - np.searchsorted(sorted_scores, values, side="right")) / n
+
+
+def _score_threshold(sorted_scores, threshold):
+    """T with (value < T) == (_fraction_above(sorted_scores, value) > threshold)."""
+    n = sorted_scores.shape[0]
+    # fraction > t  <=>  at least m scores lie above the value, m the least count with
+    # m / n > t (found with the same float division _fraction_above uses)
+    #               <=>  value < the m-th largest score.
+    m = min(max(int(np.floor(threshold * n)) + 1, 0), n + 1)
+    while m > 0 and (m - 1) / n > threshold:
+        m -= 1
+    while m <= n and not m / n > threshold:
+        m += 1
+    if m > n:
+        return -np.inf
+    if m < 1:
+        return np.inf
+    return float(sorted_scores[n - m])

@@ -1,0 +1,231 @@
+r"""LoOP: Local Outlier Probabilities (Kriegel, Kröger, Schubert, Zimek, CIKM 2009).
+
+For a point f with k nearest neighbours C(f) in the reference set F (squared distances D):
+
+.. math::
+
+    \mathrm{pdist}(f) = \lambda \sqrt{\tfrac{1}{k}\sum_{q \in C(f)} \lVert f - q\rVert^2}, \qquad
+    \mathrm{PLOF}(f) = \frac{\mathrm{pdist}(f)}{\tfrac{1}{k}\sum_{q \in C(f)} \mathrm{pdist}(q)} - 1,
+
+.. math::
+
+    \mathrm{nPLOF} = \lambda \sqrt{\operatorname{mean}_{q \in F} \mathrm{PLOF}(q)^2}, \qquad
+    \mathrm{LoOP}(f) = \max\Bigl(0, \operatorname{erf}\Bigl(\frac{\mathrm{PLOF}(f)}
+    {\mathrm{nPLOF}\sqrt{2}}\Bigr)\Bigr).
+
+Zero distances (duplicates) are defined, so no NaN can come out:
+
+- a point whose neighbours' mean pdist is 0 has PLOF 0 when its own pdist is 0 too (it is
+  exactly as dense as its neighbours) and PLOF +inf otherwise (LoOP 1);
+- nPLOF is taken over the finite PLOFs; when it is 0 (e.g. all points identical) every
+  point with PLOF > 0 gets LoOP 1 and every other point LoOP 0.
+
+PyNomaly instead replaces a zero expected pdist by 1e-8, which makes its scores depend on
+the data's units; the two agree whenever no expected pdist is 0.
+
+References
+----------
+H.-P. Kriegel, P. Kröger, E. Schubert, A. Zimek. "LoOP: Local Outlier Probabilities."
+CIKM 2009.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._array import like
+from ._validation import as_float_matrix, check_k, check_positive_number, check_same_width
+from .backends import get_backend
+from .neighbors import make_index
+
+SCORING = ("neighbors", "stream")
+
+
+@dataclass(frozen=True)
+class LoOPFit:
+    """What scoring new points needs from a fitted reference set (all float64).
+
+    Attributes
+    ----------
+    pdist : ndarray of shape (n_reference,)
+        Probabilistic distance of each reference point.
+    plof : ndarray of shape (n_reference,)
+    nplof : float
+    probabilities : ndarray of shape (n_reference,)
+        In-sample LoOP, self excluded from each point's neighbours.
+    mean_expected_pdist : float
+        Mean over reference points of their neighbours' mean pdist (PyNomaly ``stream()``).
+    extent : float
+    """
+
+    pdist: np.ndarray
+    plof: np.ndarray
+    nplof: float
+    probabilities: np.ndarray
+    mean_expected_pdist: float
+    extent: float
+
+
+def _check_graph(D, I, n_reference, name):
+    D = as_float_matrix(D, f"{name} distances D")
+    I = np.asarray(I)
+    if I.dtype.kind not in "iu":
+        raise TypeError(f"{name} indices I must be integers, got dtype {I.dtype}")
+    if I.shape != D.shape:
+        raise ValueError(f"{name} D and I must have the same shape, got {D.shape} and {I.shape}")
+    if (D < 0).any():
+        raise ValueError(f"{name} distances D must be squared distances >= 0; found {D.min()!r}")
+    I = np.ascontiguousarray(I, dtype=np.int64)
+    if I.min() < 0 or I.max() >= n_reference:
+        raise ValueError(
+            f"{name} indices I must lie in [0, {n_reference}), found [{I.min()}, {I.max()}]"
+        )
+    return D, I
+
+
+def loop_fit(D, I, *, extent=3.0, backend="auto") -> LoOPFit:
+    """LoOP of a reference set from its own kNN graph (self excluded).
+
+    Parameters
+    ----------
+    D : array-like of shape (n, k)
+        Squared distances from each reference point to its k neighbours (``fastzsl.knn``
+        with ``exclude_self=True``).
+    I : array-like of int of shape (n, k)
+        Neighbour indices into the same reference set.
+    extent : float, default=3.0
+        The lambda of LoOP (1, 2 or 3 in the paper: the significance of pdist).
+    backend : str, default="auto"
+
+    Returns
+    -------
+    LoOPFit
+    """
+    extent = check_positive_number(extent, "extent")
+    D, I = _check_graph(D, I, np.asarray(D).shape[0], "loop_fit")
+    pdist, plof, nplof, probabilities = get_backend(backend).loop_fit(D, I, extent)
+    # Mean of pdist[I] over all entries, without the (n, k) temporary.
+    in_degree = np.bincount(I.ravel(), minlength=pdist.shape[0])
+    mean_ev = float(in_degree @ pdist / I.size)
+    return LoOPFit(pdist, plof, float(nplof), probabilities, mean_ev, extent)
+
+
+def loop_score(D, I, fit: LoOPFit, *, scoring="neighbors", backend="auto"):
+    """LoOP of new points from their neighbours in a fitted reference set.
+
+    Parameters
+    ----------
+    D : array-like of shape (n_queries, k)
+        Squared distances to the k nearest reference points.
+    I : array-like of int of shape (n_queries, k)
+    fit : LoOPFit
+        From :func:`loop_fit` on the reference set.
+    scoring : {"neighbors", "stream"}, default="neighbors"
+        ``"neighbors"`` (the paper): PLOF divides by the mean pdist of the point's own
+        neighbours. ``"stream"``: divides by the fit's ``mean_expected_pdist`` for every
+        point, as PyNomaly's ``stream()`` does.
+    backend : str, default="auto"
+
+    Returns
+    -------
+    ndarray of shape (n_queries,), float64 in [0, 1]
+    """
+    if scoring not in SCORING:
+        raise ValueError(f"scoring must be one of {SCORING}, got {scoring!r}")
+    D, I = _check_graph(D, I, fit.pdist.shape[0], "loop_score")
+    ev_override = np.nan if scoring == "neighbors" else fit.mean_expected_pdist
+    return get_backend(backend).loop_score(D, I, fit.pdist, fit.nplof, fit.extent, ev_override)
+
+
+class LoOP(OutlierMixin, BaseEstimator):
+    """Local Outlier Probabilities of new points against a reference set.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=20
+        Neighbours per point; must be below the number of reference points.
+    extent : float, default=3.0
+        LoOP's lambda.
+    backend : str, default="auto"
+        Kernel set for the LoOP arithmetic and exact kNN (``fastzsl.available_backends()``).
+    knn : {"auto", "exact", "faiss", "ivf"}, default="auto"
+        kNN method; ``"auto"`` is ``"exact"``.
+    knn_params : dict, optional
+        ``nlist``/``nprobe`` for ``knn="ivf"``.
+    scoring : {"neighbors", "stream"}, default="neighbors"
+        How new points are scored (see :func:`loop_score`).
+
+    Attributes
+    ----------
+    probabilities_ : ndarray of shape (n_samples,)
+        In-sample LoOP of the reference set (each point excluded from its own neighbours);
+        equals PyNomaly ``LocalOutlierProbability(X).fit().local_outlier_probabilities``.
+    fit_ : LoOPFit
+    index_ : ExactIndex or FaissIndex
+    offset_ : float
+        0.5: ``decision_function = score_samples - offset_`` is negative exactly when
+        ``predict`` (threshold 0.5) says outlier.
+    n_features_in_ : int
+
+    Notes
+    -----
+    ``predict(X)`` treats X as new points, even if X is the training set: a training
+    point then finds itself at distance 0. In-sample scores are ``probabilities_``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastzsl import LoOP
+    >>> X = np.r_[np.random.default_rng(0).normal(size=(200, 2)), [[8.0, 8.0]]]
+    >>> loop = LoOP(n_neighbors=10).fit(X[:-1])
+    >>> loop.predict(X[[0, -1]]).tolist()
+    [1, -1]
+    """
+
+    def __init__(self, *, n_neighbors=20, extent=3.0, backend="auto", knn="auto",
+                 knn_params=None, scoring="neighbors"):
+        self.n_neighbors = n_neighbors
+        self.extent = extent
+        self.backend = backend
+        self.knn = knn
+        self.knn_params = knn_params
+        self.scoring = scoring
+
+    def fit(self, X, y=None):
+        """Index the reference set X and compute its in-sample LoOP."""
+        X = as_float_matrix(X, "X")
+        if self.scoring not in SCORING:
+            raise ValueError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
+        k = check_k(self.n_neighbors, X.shape[0], exclude_self=True, name="n_neighbors")
+        self.index_ = make_index(X, method=self.knn, backend=self.backend,
+                                 **(self.knn_params or {}))
+        D, I = self.index_.search(X, k, exclude_self=True)
+        self.fit_ = loop_fit(D, I, extent=self.extent, backend=self.backend)
+        self.probabilities_ = self.fit_.probabilities
+        self.n_features_in_ = X.shape[1]
+        self.offset_ = 0.5
+        return self
+
+    def outlier_probability(self, X):
+        """LoOP of each row of X against the reference set, in [0, 1]; higher = more novel."""
+        check_is_fitted(self)
+        Q = as_float_matrix(X, "X")
+        check_same_width(Q, self.n_features_in_, "X", f"the data LoOP was fitted on")
+        D, I = self.index_.search(Q, self.n_neighbors)
+        return like(loop_score(D, I, self.fit_, scoring=self.scoring, backend=self.backend), X)
+
+    def score_samples(self, X):
+        """1 - LoOP: higher means more normal (scikit-learn's convention)."""
+        return 1.0 - self.outlier_probability(X)
+
+    def decision_function(self, X):
+        """score_samples - offset_: negative for outliers at the default threshold."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X, threshold=0.5):
+        """-1 where LoOP > threshold (outlier), +1 elsewhere (inlier)."""
+        probabilities = np.asarray(self.outlier_probability(X))
+        return np.where(probabilities > threshold, -1, 1)

@@ -1,0 +1,224 @@
+"""k-nearest-neighbour search: FAISS-like index objects and the ``knn`` function.
+
+Two kinds of index share one interface (``ntotal``, ``d``, ``search(queries, k)``):
+
+- :class:`ExactIndex` keeps the reference matrix and runs a backend's blocked brute-force
+  kernel (exact squared Euclidean distances as sums of squared differences, so duplicates
+  are exactly 0 apart; ties go to the lower index; deterministic).
+- :class:`FaissIndex` wraps faiss ``IndexFlatL2`` (``method="faiss"``: exact up to float32
+  rounding of the ||q||^2 - 2 q.r + ||r||^2 expansion) or ``IndexIVFFlat``
+  (``method="ivf"``: approximate, tuned by ``nlist`` and ``nprobe``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from ._array import like
+from ._validation import as_float_matrix, check_k, check_same_width
+from .backends import get_backend
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("exact", "faiss", "ivf")
+
+
+class ExactIndex:
+    """Exact brute-force index on one of fastzsl's backends.
+
+    Parameters
+    ----------
+    reference : array-like of shape (n_reference, d)
+        float32 or float64 (other numeric dtypes are converted, see ``fastzsl`` docs).
+    backend : str, default="auto"
+        A name from :func:`fastzsl.available_backends`.
+    """
+
+    def __init__(self, reference, *, backend="auto"):
+        self.reference = as_float_matrix(reference, "reference")
+        self.kernels = get_backend(backend)
+
+    @property
+    def ntotal(self) -> int:
+        return self.reference.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.reference.shape[1]
+
+    def search(self, queries, k, *, exclude_self=False):
+        """The k nearest reference rows of each query.
+
+        Parameters
+        ----------
+        queries : array-like of shape (n_queries, d)
+        k : int
+            1 <= k <= ntotal (ntotal - 1 with ``exclude_self``).
+        exclude_self : bool, default=False
+            Query row i is reference row i and is left out of its own neighbours (by index:
+            a duplicate of it still counts, at distance 0). Needs n_queries == ntotal.
+
+        Returns
+        -------
+        D : ndarray of shape (n_queries, k)
+            Squared Euclidean distances, ascending, in the reference's dtype.
+        I : ndarray of shape (n_queries, k), int64
+            Reference row indices; equal distances list the lower index first.
+        """
+        Q = _check_queries(queries, self, exclude_self)
+        k = check_k(k, self.ntotal, exclude_self=exclude_self)
+        return self.kernels.knn(Q, self.reference, k, bool(exclude_self))
+
+
+class FaissIndex:
+    """faiss ``IndexFlatL2`` or ``IndexIVFFlat`` behind the :class:`ExactIndex` interface.
+
+    faiss computes in float32: float64 references are converted, and distances come back
+    as float64 copies of float32 results.
+
+    Parameters
+    ----------
+    reference : array-like of shape (n_reference, d)
+    method : {"faiss", "ivf"}, default="faiss"
+    nlist : int, optional
+        IVF lists; default ``round(4 sqrt(n))``, capped so each list can hold 39 points.
+    nprobe : int, optional
+        IVF lists visited per query; default ``max(1, nlist // 8)``.
+    seed : int, default=0
+        Seed of the IVF k-means.
+    """
+
+    def __init__(self, reference, *, method="faiss", nlist=None, nprobe=None, seed=0):
+        faiss = import_faiss()
+        self.reference = as_float_matrix(reference, "reference")
+        self.dtype = self.reference.dtype
+        data = np.ascontiguousarray(self.reference, dtype=np.float32)
+        n, d = data.shape
+        if method == "faiss":
+            self.index = faiss.IndexFlatL2(d)
+        elif method == "ivf":
+            if nlist is None:
+                nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))
+            nlist = check_k(nlist, n, name="nlist")
+            quantizer = faiss.IndexFlatL2(d)
+            self.index = faiss.IndexIVFFlat(quantizer, d, nlist)
+            self.index.cp.seed = seed
+            self.index.train(data)
+            self.index.nprobe = int(nprobe) if nprobe is not None else max(1, nlist // 8)
+            self._quantizer = quantizer  # faiss does not own it; keep it alive
+        else:
+            raise ValueError(f"FaissIndex method must be 'faiss' or 'ivf', got {method!r}")
+        self.method = method
+        self.index.add(data)
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def d(self) -> int:
+        return self.index.d
+
+    def search(self, queries, k, *, exclude_self=False):
+        """Same contract as :meth:`ExactIndex.search` (IVF may miss true neighbours)."""
+        Q = _check_queries(queries, self, exclude_self)
+        k = check_k(k, self.ntotal, exclude_self=exclude_self)
+        Q32 = np.ascontiguousarray(Q, dtype=np.float32)
+        if not exclude_self:
+            D, I = self.index.search(Q32, k)
+        else:
+            D, I = self.index.search(Q32, k + 1)
+            D, I = _drop_self(D, I, k)
+        np.maximum(D, 0, out=D)  # the norms expansion can round just below zero
+        return D.astype(self.dtype, copy=False), I.astype(np.int64, copy=False)
+
+
+def _drop_self(D, I, k):
+    """From k+1 results per row, remove the row's own index (or the last if absent)."""
+    rows = np.arange(I.shape[0])[:, None]
+    is_self = I == rows
+    # Keep the first k columns that are not self; where self is absent, that drops column k.
+    keep = np.where(is_self.any(axis=1, keepdims=True), ~is_self, np.arange(k + 1) < k)
+    D = D[keep].reshape(-1, k)
+    I = I[keep].reshape(-1, k)
+    return D, I
+
+
+def _check_queries(queries, index, exclude_self):
+    Q = as_float_matrix(queries, "queries")
+    check_same_width(Q, index.d, "queries", f"the reference (d={index.d})")
+    if exclude_self and Q.shape[0] != index.ntotal:
+        raise ValueError(
+            "exclude_self=True needs the queries to be the reference rows themselves, "
+            f"but there are {Q.shape[0]} queries and {index.ntotal} reference rows"
+        )
+    if Q.dtype != index.reference.dtype:
+        Q = Q.astype(index.reference.dtype)
+    return Q
+
+
+def import_faiss():
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError(
+            f"kNN methods 'faiss' and 'ivf' need faiss ({exc}); "
+            "install it with: pip install 'fastzsl[faiss]'"
+        ) from None
+    return faiss
+
+
+def make_index(reference, *, method="exact", backend="auto", nlist=None, nprobe=None):
+    """Build the index for ``method`` ("exact", "faiss" or "ivf") over ``reference``."""
+    if method in ("exact", "auto"):
+        return ExactIndex(reference, backend=backend)
+    if method in ("faiss", "ivf"):
+        if backend not in ("auto", None):
+            raise ValueError(
+                f"backend={backend!r} applies to method='exact'; method={method!r} runs on faiss"
+            )
+        return FaissIndex(reference, method=method, nlist=nlist, nprobe=nprobe)
+    raise ValueError(f"unknown kNN method {method!r}; choose one of {METHODS}")
+
+
+def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="exact",
+        nlist=None, nprobe=None):
+    """k nearest neighbours of each query row among the reference rows.
+
+    Parameters
+    ----------
+    queries : array-like of shape (n_queries, d)
+        NumPy, torch or CuPy array; the results come back in the same kind.
+    reference : array-like of shape (n_reference, d)
+    k : int
+        Neighbours per query, 1 <= k <= n_reference (n_reference - 1 with ``exclude_self``).
+    exclude_self : bool, default=False
+        ``queries`` are the reference rows; row i is left out of its own neighbours.
+    backend : str, default="auto"
+        Kernel set for ``method="exact"``; see :func:`fastzsl.available_backends`.
+    method : {"exact", "faiss", "ivf"}, default="exact"
+        ``"exact"``: fastzsl's blocked brute force (exact, ties to the lower index).
+        ``"faiss"``: faiss ``IndexFlatL2``. ``"ivf"``: faiss ``IndexIVFFlat`` (approximate).
+    nlist, nprobe : int, optional
+        IVF parameters (see :class:`FaissIndex`).
+
+    Returns
+    -------
+    D : array of shape (n_queries, k)
+        Squared Euclidean distances in ascending order, in the input float dtype.
+    I : array of shape (n_queries, k), int64
+        Indices into ``reference``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastzsl
+    >>> X = np.array([[0.0], [1.0], [3.0]])
+    >>> D, I = fastzsl.knn(X, X, 1, exclude_self=True, backend="numpy")
+    >>> D.ravel().tolist(), I.ravel().tolist()
+    ([1.0, 1.0, 4.0], [1, 0, 1])
+    """
+    index = make_index(reference, method=method, backend=backend, nlist=nlist, nprobe=nprobe)
+    D, I = index.search(queries, k, exclude_self=exclude_self)
+    return like(D, queries), like(I, queries)

@@ -1,0 +1,45 @@
+"""Builds the Cython/OpenMP CPU kernels from csrc/cpu/<op>_cpu.pyx into fastzsl._ext.
+
+Every ``csrc/cpu/*_cpu.pyx`` becomes ``fastzsl._ext.<op>_cpu``: adding a kernel file needs
+no edit here. Flags are portable (-O3, OpenMP); set FASTZSL_NATIVE=1 to add -march=native.
+"""
+import glob
+import os
+import sys
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+compile_args = ["-O3", "-fopenmp"]
+link_args = ["-fopenmp"]
+if os.environ.get("FASTZSL_NATIVE") == "1":
+    compile_args.append("-march=native")
+if sys.platform == "darwin":  # Apple clang spells OpenMP differently; build without it.
+    compile_args = ["-O3"]
+    link_args = []
+
+extensions = [
+    Extension(
+        f"fastzsl._ext.{os.path.splitext(os.path.basename(path))[0]}",
+        [path],
+        include_dirs=[np.get_include(), "csrc/cpu"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+    for path in sorted(glob.glob("csrc/cpu/*_cpu.pyx"))
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    ),
+)

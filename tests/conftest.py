@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from fastzsl.testing import BACKENDS, DTYPES, backend_is_available
+
+
+def _backend_params():
+    params = []
+    for name in BACKENDS:
+        if backend_is_available(name):
+            params.append(pytest.param(name, id=name))
+        else:
+            from fastzsl.backends import _load
+            params.append(pytest.param(name, id=name, marks=pytest.mark.skip(
+                reason=f"backend {name!r} unavailable: {_load(name)[1]}")))
+    return params
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request):
+    return request.param
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: np.dtype(d).name)
+def dtype(request):
+    return np.dtype(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
