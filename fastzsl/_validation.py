@@ -1,7 +1,8 @@
 """Input checks, done once at the public boundary; kernels trust what passes here.
 
-Dtype policy: float32 and float64 are kept; bool and integer inputs become float64;
-float16 becomes float32; object, complex and string arrays are refused with a TypeError.
+Dtype policy: float32 and float64 are kept; bool, integer and object arrays of numbers
+become float64; float16 becomes float32; strings and other objects are refused with a
+TypeError, complex numbers and sparse matrices too (sklearn's wording).
 Non-contiguous arrays and read-only memory maps are accepted (copied only when not
 C-contiguous; never written to).
 """
@@ -29,11 +30,25 @@ def as_float_matrix(X, name: str = "X", *, dtype=None) -> np.ndarray:
     dtype : {np.float32, np.float64}, optional
         Cast to this dtype instead of applying the dtype policy.
     """
+    if _is_sparse(X):
+        raise TypeError(
+            f"{name} is a sparse matrix; sparse input is not supported: pass a dense array"
+        )
     X = to_host(X)
     if not isinstance(X, np.ndarray):
         X = np.asarray(X)
+    if X.dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {name} has dtype {X.dtype}")
+    if X.dtype.kind == "O":
+        try:  # object arrays of numbers are converted, anything else is refused
+            X = X.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{name} has dtype object with non-numeric entries ({exc}); "
+                "expected a real numeric array"
+            ) from None
     kind = X.dtype.kind
-    if kind in "OUSVcM m":
+    if kind not in "biuf":
         raise TypeError(
             f"{name} has dtype {X.dtype}; expected a real numeric array "
             "(float32/float64, or bool/integer/float16, which are converted)"
@@ -42,11 +57,16 @@ def as_float_matrix(X, name: str = "X", *, dtype=None) -> np.ndarray:
         raise ValueError(
             f"{name} must be 2-D of shape (n_samples, n_features), got {X.ndim}-D "
             f"array of shape {X.shape}" + (
-                "; reshape a single sample with X.reshape(1, -1)" if X.ndim == 1 else ""
+                "; Reshape your data with X.reshape(1, -1) if it holds a single sample"
+                if X.ndim == 1 else ""
             )
         )
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {X.shape}; need at least one row and one column")
+    for axis, what in ((0, "sample"), (1, "feature")):
+        if X.shape[axis] == 0:
+            raise ValueError(
+                f"{name} is empty: 0 {what}(s) (shape={X.shape}) while a minimum of 1 is "
+                "required."
+            )
     if dtype is None:
         if kind in "biu":
             dtype = np.float64
@@ -59,6 +79,12 @@ def as_float_matrix(X, name: str = "X", *, dtype=None) -> np.ndarray:
     return X
 
 
+def _is_sparse(X) -> bool:
+    from scipy import sparse
+
+    return sparse.issparse(X)
+
+
 def check_finite(X: np.ndarray, name: str) -> None:
     """Raise a ValueError naming the first NaN or infinity in the 2-D array ``X``."""
     for start in range(0, X.shape[0], _FINITE_CHECK_ROWS):
@@ -67,7 +93,7 @@ def check_finite(X: np.ndarray, name: str) -> None:
             row, col = (int(i) for i in np.argwhere(bad)[0])
             row += start
             raise ValueError(
-                f"{name} contains NaN or infinity: {X[row, col]!r} at row {row}, column {col}"
+                f"{name} contains NaN or infinity: {float(X[row, col])} at row {row}, column {col}"
             )
 
 
@@ -82,10 +108,12 @@ def as_float_vector(v, name: str, n: int, dtype=np.float64) -> np.ndarray:
     return v
 
 
-def check_same_width(X: np.ndarray, expected: int, name: str, reference_name: str) -> None:
+def check_same_width(X: np.ndarray, expected: int, name: str, owner: str) -> None:
+    """The width check, worded as scikit-learn words it."""
     if X.shape[1] != expected:
         raise ValueError(
-            f"{name} has {X.shape[1]} features but {reference_name} has {expected}"
+            f"{name} has {X.shape[1]} features, but {owner} is expecting {expected} "
+            "features as input"
         )
 
 
@@ -98,10 +126,7 @@ def check_k(k, n_reference: int, *, exclude_self: bool = False, name: str = "k")
     if k < 1:
         raise ValueError(f"{name} must be >= 1, got {name}={k}")
     if k > limit:
-        detail = (
-            f"{n_reference} reference points minus the point itself"
-            if exclude_self else f"{n_reference} reference points"
-        )
+        detail = f"n_samples = {n_reference}" + (", minus the point itself" if exclude_self else "")
         raise ValueError(
             f"{name}={k} is larger than the data: at most {limit} neighbours exist "
             f"({detail})"

@@ -67,7 +67,7 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
     """
     F = as_float_matrix(F, "F")
     means = as_float_matrix(means, "means", dtype=F.dtype)
-    check_same_width(F, means.shape[1], "F", f"means (d={means.shape[1]})")
+    check_same_width(F, means.shape[1], "F", "means")
     n_classes = means.shape[0]
     variances = as_float_vector(variances, "variances", n_classes)
     if not (np.isfinite(variances).all() and (variances > 0).all()):
@@ -131,7 +131,12 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
         self.variance = variance
         self.backend = backend
 
-    def fit(self, F, y, means=None):
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True  # fit needs the seen-class labels
+        return tags
+
+    def fit(self, F, y=None, means=None):
         """Fit the class Gaussians.
 
         Parameters
@@ -149,7 +154,11 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
         if self.variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
         # float64 throughout, so thresholds read off training scores compare exactly.
-        F = as_float_matrix(F, "F", dtype=np.float64)
+        F = as_float_matrix(F, "X", dtype=np.float64)
+        if y is None:
+            raise ValueError(
+                "GaussianNovelty requires y to be passed, but the target y is None: "
+                "give the seen-class label of every row")
         y = np.asarray(y)
         if y.shape != (F.shape[0],):
             raise ValueError(f"y must have shape ({F.shape[0]},), got {y.shape}")
@@ -160,7 +169,7 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
             np.add.at(sums, codes, F)
             means = sums / counts[:, None]
         elif isinstance(means, dict):
-            missing = [c for c in self.classes_ if c not in means]
+            missing = [c for c in self.classes_.tolist() if c not in means]
             if missing:
                 raise ValueError(f"means has no vector for classes {missing}")
             means = np.stack([np.asarray(means[c], dtype=np.float64) for c in self.classes_])
@@ -173,7 +182,8 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
         denominator = counts if self.variance == "class" else np.full(n_classes, F.shape[0])
         self.variances_ = np.bincount(codes, weights=sq, minlength=n_classes) / (denominator * d)
         if (self.variances_ == 0).any():
-            zero = self.classes_[self.variances_ == 0].tolist()
+            zero = ", ".join(f"{self.classes_.tolist()[c]!r} (n_samples = {counts[c]})"
+                             for c in np.flatnonzero(self.variances_ == 0))
             raise ValueError(
                 f"classes {zero} have zero variance: all their points equal their mean")
         self.priors_ = counts / F.shape[0]
@@ -199,8 +209,8 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
 
     def _check_input(self, F):
         check_is_fitted(self)
-        F = as_float_matrix(F, "F", dtype=self.means_.dtype)
-        check_same_width(F, self.n_features_in_, "F", "the data GaussianNovelty was fitted on")
+        F = as_float_matrix(F, "X", dtype=self.means_.dtype)
+        check_same_width(F, self.n_features_in_, "X", "GaussianNovelty")
         return F
 
     def log_likelihood(self, F):

@@ -213,7 +213,7 @@ class LoOP(OutlierMixin, BaseEstimator):
         """LoOP of each row of X against the reference set, in [0, 1]; higher = more novel."""
         check_is_fitted(self)
         Q = as_float_matrix(X, "X")
-        check_same_width(Q, self.n_features_in_, "X", f"the data LoOP was fitted on")
+        check_same_width(Q, self.n_features_in_, "X", "LoOP")
         D, I = self.index_.search(Q, self.n_neighbors)
         return like(loop_score(D, I, self.fit_, scoring=self.scoring, backend=self.backend), X)
 

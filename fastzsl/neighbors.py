@@ -148,7 +148,7 @@ def _drop_self(D, I, k):
 
 def _check_queries(queries, index, exclude_self):
     Q = as_float_matrix(queries, "queries")
-    check_same_width(Q, index.d, "queries", f"the reference (d={index.d})")
+    check_same_width(Q, index.d, "queries", "the reference")
     if exclude_self and Q.shape[0] != index.ntotal:
         raise ValueError(
             "exclude_self=True needs the queries to be the reference rows themselves, "
