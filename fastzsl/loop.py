@@ -157,6 +157,8 @@ class LoOP(OutlierMixin, BaseEstimator):
         ``nlist``/``nprobe`` for ``knn="ivf"``.
     scoring : {"neighbors", "stream"}, default="neighbors"
         How new points are scored (see :func:`loop_score`).
+    progress : bool, default=False
+        Show a progress bar during the kNN searches.
 
     Attributes
     ----------
@@ -186,13 +188,14 @@ class LoOP(OutlierMixin, BaseEstimator):
     """
 
     def __init__(self, *, n_neighbors=20, extent=3.0, backend="auto", knn="auto",
-                 knn_params=None, scoring="neighbors"):
+                 knn_params=None, scoring="neighbors", progress=False):
         self.n_neighbors = n_neighbors
         self.extent = extent
         self.backend = backend
         self.knn = knn
         self.knn_params = knn_params
         self.scoring = scoring
+        self.progress = progress
 
     def fit(self, X, y=None):
         """Index the reference set X and compute its in-sample LoOP."""
@@ -202,7 +205,7 @@ class LoOP(OutlierMixin, BaseEstimator):
         k = check_k(self.n_neighbors, X.shape[0], exclude_self=True, name="n_neighbors")
         self.index_ = make_index(X, method=self.knn, backend=self.backend,
                                  **(self.knn_params or {}))
-        D, I = self.index_.search(X, k, exclude_self=True)
+        D, I = self.index_.search(X, k, exclude_self=True, progress=self.progress)
         self.fit_ = loop_fit(D, I, extent=self.extent, backend=self.backend)
         self.probabilities_ = self.fit_.probabilities
         self.n_features_in_ = X.shape[1]
@@ -214,7 +217,7 @@ class LoOP(OutlierMixin, BaseEstimator):
         check_is_fitted(self)
         Q = as_float_matrix(X, "X")
         check_same_width(Q, self.n_features_in_, "X", "LoOP")
-        D, I = self.index_.search(Q, self.n_neighbors)
+        D, I = self.index_.search(Q, self.n_neighbors, progress=self.progress)
         return like(loop_score(D, I, self.fit_, scoring=self.scoring, backend=self.backend), X)
 
     def score_samples(self, X):

@@ -48,7 +48,7 @@ class ExactIndex:
     def d(self) -> int:
         return self.reference.shape[1]
 
-    def search(self, queries, k, *, exclude_self=False):
+    def search(self, queries, k, *, exclude_self=False, progress=False):
         """The k nearest reference rows of each query.
 
         Parameters
@@ -59,6 +59,8 @@ class ExactIndex:
         exclude_self : bool, default=False
             Query row i is reference row i and is left out of its own neighbours (by index:
             a duplicate of it still counts, at distance 0). Needs n_queries == ntotal.
+        progress : bool, default=False
+            Show a progress bar (queries are searched in chunks of SEARCH_CHUNK rows).
 
         Returns
         -------
@@ -69,7 +71,11 @@ class ExactIndex:
         """
         Q = _check_queries(queries, self, exclude_self)
         k = check_k(k, self.ntotal, exclude_self=exclude_self)
-        return self.kernels.knn(Q, self.reference, k, bool(exclude_self))
+
+        def search_chunk(chunk, offset):
+            return self.kernels.knn(chunk, self.reference, k, offset if exclude_self else -1)
+
+        return _search_in_chunks(search_chunk, Q, k, Q.dtype, progress)
 
 
 class FaissIndex:
@@ -121,23 +127,48 @@ class FaissIndex:
     def d(self) -> int:
         return self.index.d
 
-    def search(self, queries, k, *, exclude_self=False):
+    def search(self, queries, k, *, exclude_self=False, progress=False):
         """Same contract as :meth:`ExactIndex.search` (IVF may miss true neighbours)."""
         Q = _check_queries(queries, self, exclude_self)
         k = check_k(k, self.ntotal, exclude_self=exclude_self)
-        Q32 = np.ascontiguousarray(Q, dtype=np.float32)
-        if not exclude_self:
-            D, I = self.index.search(Q32, k)
-        else:
-            D, I = self.index.search(Q32, k + 1)
-            D, I = _drop_self(D, I, k)
-        np.maximum(D, 0, out=D)  # the norms expansion can round just below zero
-        return D.astype(self.dtype, copy=False), I.astype(np.int64, copy=False)
+
+        def search_chunk(chunk, offset):
+            chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+            if not exclude_self:
+                D, I = self.index.search(chunk, k)
+            else:
+                D, I = _drop_self(*self.index.search(chunk, k + 1), k, offset)
+            np.maximum(D, 0, out=D)  # the norms expansion can round just below zero
+            return D, I
+
+        return _search_in_chunks(search_chunk, Q, k, self.dtype, progress)
 
 
-def _drop_self(D, I, k):
+# Queries per kernel call: enough parallel work per call, and a progress bar that moves.
+SEARCH_CHUNK = 8192
+
+
+def _search_in_chunks(search_chunk, Q, k, dtype, progress):
+    """Run ``search_chunk(rows, first_row_index)`` over Q in chunks into one (D, I)."""
+    n = Q.shape[0]
+    if n <= SEARCH_CHUNK:
+        D, I = search_chunk(Q, 0)
+        return D.astype(dtype, copy=False), I.astype(np.int64, copy=False)
+    from tqdm.auto import tqdm
+
+    D = np.empty((n, k), dtype=dtype)
+    I = np.empty((n, k), dtype=np.int64)
+    with tqdm(total=n, desc=f"kNN k={k}", unit="query", disable=not progress) as bar:
+        for start in range(0, n, SEARCH_CHUNK):
+            stop = min(start + SEARCH_CHUNK, n)
+            D[start:stop], I[start:stop] = search_chunk(Q[start:stop], start)
+            bar.update(stop - start)
+    return D, I
+
+
+def _drop_self(D, I, k, offset=0):
     """From k+1 results per row, remove the row's own index (or the last if absent)."""
-    rows = np.arange(I.shape[0])[:, None]
+    rows = offset + np.arange(I.shape[0])[:, None]
     is_self = I == rows
     # Keep the first k columns that are not self; where self is absent, that drops column k.
     keep = np.where(is_self.any(axis=1, keepdims=True), ~is_self, np.arange(k + 1) < k)
@@ -184,7 +215,7 @@ def make_index(reference, *, method="exact", backend="auto", nlist=None, nprobe=
 
 
 def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="exact",
-        nlist=None, nprobe=None):
+        nlist=None, nprobe=None, progress=False):
     """k nearest neighbours of each query row among the reference rows.
 
     Parameters
@@ -203,6 +234,8 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="ex
         ``"faiss"``: faiss ``IndexFlatL2``. ``"ivf"``: faiss ``IndexIVFFlat`` (approximate).
     nlist, nprobe : int, optional
         IVF parameters (see :class:`FaissIndex`).
+    progress : bool, default=False
+        Show a progress bar over the queries.
 
     Returns
     -------
@@ -220,5 +253,5 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="ex
     ([1.0, 1.0, 4.0], [1, 0, 1])
     """
     index = make_index(reference, method=method, backend=backend, nlist=nlist, nprobe=nprobe)
-    D, I = index.search(queries, k, exclude_self=exclude_self)
+    D, I = index.search(queries, k, exclude_self=exclude_self, progress=progress)
     return like(D, queries), like(I, queries)

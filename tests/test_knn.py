@@ -18,7 +18,7 @@ def _data(rng, n_ref, n_q, d, dtype):
 def test_backend_equals_numpy_reference(backend, dtype, rng, n_ref, n_q, d, k):
     R, Q = _data(rng, n_ref, n_q, d, dtype)
     D, I = fastzsl.knn(Q, R, k, backend=backend)
-    D_ref, I_ref = numpy_.knn(Q, R, k, False)
+    D_ref, I_ref = numpy_.knn(Q, R, k, -1)
     assert D.dtype == dtype and I.dtype == np.int64
     assert_knn_equal(D, I, D_ref, I_ref, **TOL[dtype])
 
@@ -28,7 +28,7 @@ def test_exclude_self_with_duplicates_equals_numpy_reference(backend, dtype, rng
     X = rng.normal(size=(150, 4)).astype(dtype)
     X = np.concatenate([X, X[:100], X[:50]])  # triplicates and duplicates
     D, I = fastzsl.knn(X, X, k, exclude_self=True, backend=backend)
-    D_ref, I_ref = numpy_.knn(X, X, k, True)
+    D_ref, I_ref = numpy_.knn(X, X, k, 0)
     assert_knn_equal(D, I, D_ref, I_ref, **TOL[dtype])
     assert not (I == np.arange(len(X))[:, None]).any(), "a point is its own neighbour"
     if k == 6:
@@ -75,7 +75,7 @@ def test_torch_in_torch_out(rng):
     R = rng.normal(size=(100, 4)).astype(np.float32)
     D, I = fastzsl.knn(torch.from_numpy(R[:9]), torch.from_numpy(R), 3, backend="numpy")
     assert isinstance(D, torch.Tensor) and D.dtype == torch.float32 and I.dtype == torch.int64
-    D_ref, I_ref = numpy_.knn(R[:9], R, 3, False)
+    D_ref, I_ref = numpy_.knn(R[:9], R, 3, -1)
     np.testing.assert_array_equal(I.numpy(), I_ref)
 
 
@@ -85,7 +85,7 @@ def test_faiss_flat_equals_exact(rng, exclude_self):
     R = rng.normal(size=(3000, 16)).astype(np.float32)
     Q = R if exclude_self else rng.normal(size=(200, 16)).astype(np.float32)
     D, I = fastzsl.knn(Q, R, 10, exclude_self=exclude_self, method="faiss")
-    D_ref, I_ref = numpy_.knn(Q, R, 10, exclude_self)
+    D_ref, I_ref = numpy_.knn(Q, R, 10, 0 if exclude_self else -1)
     # faiss expands ||q||^2 - 2 q.r + ||r||^2 in float32: absolute error ~ eps * ||x||^2.
     assert_knn_equal(D, I, D_ref, I_ref, rtol=1e-4, atol=1e-4)
 
@@ -96,7 +96,7 @@ def test_faiss_ivf_recall(rng):
     R, _ = make_blobs(5000, 16, seed=1)
     Q, _ = make_blobs(300, 16, seed=2)
     _, I = fastzsl.knn(Q, R, 10, method="ivf", nlist=50, nprobe=10)
-    _, I_ref = numpy_.knn(Q, R, 10, False)
+    _, I_ref = numpy_.knn(Q, R, 10, -1)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, I_ref)])
     assert recall > 0.9, recall
     _, I_all = fastzsl.knn(Q, R, 10, method="ivf", nlist=50, nprobe=50)  # every list: exact
@@ -116,3 +116,21 @@ def test_faiss_methods_refuse_a_backend(rng):
     X = rng.normal(size=(50, 2))
     with pytest.raises(ValueError, match="backend='numba' applies to method='exact'"):
         fastzsl.knn(X, X, 3, method="faiss", backend="numba")
+
+
+@pytest.mark.parametrize("method", ["exact", "faiss"])
+def test_chunked_search_equals_one_call(backend, rng, monkeypatch, method):
+    if method == "faiss":
+        pytest.importorskip("faiss")
+        if backend != "numpy":
+            pytest.skip("faiss runs on its own kernels; one backend is enough")
+    import fastzsl.neighbors as neighbors
+    X = rng.normal(size=(301, 5)).astype(np.float32)
+    X[150:170] = X[0]  # duplicates straddling chunk edges
+    args = dict(exclude_self=True, method=method, backend=backend if method == "exact" else "auto")
+    D1, I1 = fastzsl.knn(X, X, 7, **args)
+    monkeypatch.setattr(neighbors, "SEARCH_CHUNK", 64)
+    D2, I2 = fastzsl.knn(X, X, 7, progress=True, **args)
+    np.testing.assert_array_equal(D1, D2)
+    np.testing.assert_array_equal(I1, I2)
+    assert not (I2 == np.arange(301)[:, None]).any()

@@ -51,7 +51,7 @@ def test_new_points_use_their_own_neighbours():
     X = DATASETS["blobs"]
     new = X[:30] + 0.01
     model = LoOP(n_neighbors=10, backend="numpy").fit(X)
-    D, I = numpy_.knn(new, X, 10, False)
+    D, I = numpy_.knn(new, X, 10, -1)
     pdist = 3.0 * np.sqrt(D.mean(axis=1))
     plof = pdist / model.fit_.pdist[I].mean(axis=1) - 1
     expected = np.maximum(0, __import__("scipy.special").special.erf(
@@ -62,13 +62,13 @@ def test_new_points_use_their_own_neighbours():
 @pytest.mark.parametrize("name", ["blobs", "duplicates"])
 def test_backends_equal_numpy_reference(backend, dtype, name):
     X = DATASETS[name].astype(dtype)
-    D, I = numpy_.knn(X, X, 12, True)
+    D, I = numpy_.knn(X, X, 12, 0)
     expected = numpy_.loop_fit(D, I, 2.5)
     fit = loop_fit(D, I, extent=2.5, backend=backend)
     for got, want in zip((fit.pdist, fit.plof, fit.nplof, fit.probabilities), expected):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     Q = (X[:40] * 1.3).astype(dtype)
-    Dq, Iq = numpy_.knn(Q, X, 12, False)
+    Dq, Iq = numpy_.knn(Q, X, 12, -1)
     for scoring, ev in (("neighbors", np.nan), ("stream", fit.mean_expected_pdist)):
         want = numpy_.loop_score(Dq, Iq, expected[0], expected[2], 2.5, ev)
         got = loop_score(Dq, Iq, fit, scoring=scoring, backend=backend)
@@ -117,7 +117,7 @@ def test_faiss_knn_gives_close_loop(knn):
 
 def test_loop_score_checks_the_graph():
     X = DATASETS["blobs"]
-    D, I = numpy_.knn(X, X, 5, True)
+    D, I = numpy_.knn(X, X, 5, 0)
     fit = loop_fit(D, I)
     with pytest.raises(ValueError, match=r"indices I must lie in \[0, 400\), found \[400, 400\]"):
         loop_score(D[:1], np.full((1, 5), 400), fit)

@@ -46,14 +46,14 @@ cdef inline void _insert_sorted(double* best_d, int64_t* best_i, Py_ssize_t k,
 
 cdef int _knn_impl(const cython.floating[:, ::1] queries,
                    const cython.floating[:, ::1] reference,
-                   Py_ssize_t k, bint exclude_self,
+                   Py_ssize_t k, Py_ssize_t self_offset,
                    cython.floating[:, ::1] D, int64_t[:, ::1] I) noexcept:
     """Fills D and I; returns 0, or -1 when a per-thread buffer could not be allocated."""
     cdef Py_ssize_t n_q = queries.shape[0]
     cdef Py_ssize_t d = queries.shape[1]
     cdef Py_ssize_t n_r = reference.shape[0]
     cdef Py_ssize_t n_blocks = (n_q + QUERY_BLOCK - 1) // QUERY_BLOCK
-    cdef Py_ssize_t b, q0, q1, qi, row, r0, r1, j, c
+    cdef Py_ssize_t b, q0, q1, qi, row, r0, r1, j, c, self_index
     cdef double s, worst
     cdef double* best_d
     cdef int64_t* best_i
@@ -96,9 +96,10 @@ cdef int _knn_impl(const cython.floating[:, ::1] queries,
                     bd = best_d + row * k
                     bi = best_i + row * k
                     qrow = &queries[qi, 0]
+                    self_index = qi + self_offset if self_offset >= 0 else -1
                     worst = bd[k - 1]
                     for j in range(r0, r1):
-                        if exclude_self and j == qi:
+                        if j == self_index:
                             continue
                         s = _sqdist(qrow, rbase + j * d, d)
                         if s < worst:
@@ -114,12 +115,12 @@ cdef int _knn_impl(const cython.floating[:, ::1] queries,
     return -1 if failed else 0
 
 
-def knn(queries, reference, k, exclude_self):
+def knn(queries, reference, k, self_offset):
     """Exact kNN: returns (D, I) with D in the input dtype and I int64 (see _base.KernelSet)."""
     queries = np.ascontiguousarray(queries)
     reference = np.ascontiguousarray(reference, dtype=queries.dtype)
     cdef Py_ssize_t kk = k
-    cdef bint excl = bool(exclude_self)
+    cdef Py_ssize_t offset = self_offset
     D = np.empty((queries.shape[0], kk), dtype=queries.dtype)
     I = np.empty((queries.shape[0], kk), dtype=np.int64)
     cdef const float[:, ::1] q32, r32
@@ -132,12 +133,12 @@ def knn(queries, reference, k, exclude_self):
         q32 = queries
         r32 = reference
         D32 = D
-        rc = _knn_impl(q32, r32, kk, excl, D32, Iv)
+        rc = _knn_impl(q32, r32, kk, offset, D32, Iv)
     elif queries.dtype == np.float64:
         q64 = queries
         r64 = reference
         D64 = D
-        rc = _knn_impl(q64, r64, kk, excl, D64, Iv)
+        rc = _knn_impl(q64, r64, kk, offset, D64, Iv)
     else:
         raise TypeError(f"knn_cpu.knn supports float32 and float64, not {queries.dtype}")
     if rc != 0:

@@ -15,11 +15,13 @@ from typing import Callable
 class KernelSet:
     """The operations of one backend.
 
-    knn(queries, reference, k, exclude_self) -> (D, I)
+    knn(queries, reference, k, self_offset) -> (D, I)
         Exact squared Euclidean k nearest neighbours, blocked so that no
         n_queries x n_reference matrix is held. D has the input dtype, I is int64; rows are
         sorted by distance, ties broken by the lower reference index. With
-        ``exclude_self`` query row i is reference row i and is left out of its own list.
+        ``self_offset >= 0`` query row i is reference row ``self_offset + i`` and is left
+        out of its own list (the offset lets a caller search the reference in chunks);
+        ``self_offset = -1`` excludes nothing.
     loop_fit(D, I, extent) -> (pdist, plof, nplof, probabilities)
         LoOP of a reference set from its own kNN graph (self excluded). float64 outputs.
     loop_score(D, I, ref_pdist, nplof, extent, ev_override) -> probabilities

@@ -30,7 +30,7 @@ def _insert_sorted(best_d, best_i, row, dist, idx, k):
 
 
 @numba.njit(parallel=True, cache=True)
-def _knn(queries, reference, k, exclude_self, D, I):
+def _knn(queries, reference, k, self_offset, D, I):
     n_q, d = queries.shape
     n_r = reference.shape[0]
     n_blocks = (n_q + QUERY_BLOCK - 1) // QUERY_BLOCK
@@ -43,9 +43,10 @@ def _knn(queries, reference, k, exclude_self, D, I):
             r1 = min(r0 + REFERENCE_TILE, n_r)
             for qi in range(q0, q1):
                 row = qi - q0
+                self_index = qi + self_offset if self_offset >= 0 else -1
                 worst = best_d[row, k - 1]
                 for j in range(r0, r1):
-                    if exclude_self and j == qi:
+                    if j == self_index:
                         continue
                     s = 0.0
                     for t in range(d):
@@ -60,10 +61,10 @@ def _knn(queries, reference, k, exclude_self, D, I):
                 I[q0 + row, c] = best_i[row, c]
 
 
-def knn(queries, reference, k, exclude_self):
+def knn(queries, reference, k, self_offset):
     D = np.empty((queries.shape[0], k), dtype=queries.dtype)
     I = np.empty((queries.shape[0], k), dtype=np.int64)
-    _knn(queries, reference, k, exclude_self, D, I)
+    _knn(queries, reference, k, self_offset, D, I)
     return D, I
 
 

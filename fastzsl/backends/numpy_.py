@@ -19,7 +19,7 @@ def _rows_per_block(n_other: int, d: int) -> int:
     return max(1, _BLOCK_BYTES // max(1, n_other * d * 8))
 
 
-def knn(queries, reference, k, exclude_self):
+def knn(queries, reference, k, self_offset):
     n_q = queries.shape[0]
     D = np.empty((n_q, k), dtype=queries.dtype)
     I = np.empty((n_q, k), dtype=np.int64)
@@ -29,9 +29,9 @@ def knn(queries, reference, k, exclude_self):
         stop = min(start + step, n_q)
         diff = queries[start:stop, None, :].astype(np.float64) - ref64[None, :, :]
         d2 = np.einsum("qrd,qrd->qr", diff, diff)
-        if exclude_self:
+        if self_offset >= 0:
             rows = np.arange(stop - start)
-            d2[rows, rows + start] = np.inf
+            d2[rows, rows + start + self_offset] = np.inf
         order = np.argsort(d2, axis=1, kind="stable")[:, :k]
         D[start:stop] = np.take_along_axis(d2, order, axis=1)
         I[start:stop] = order
