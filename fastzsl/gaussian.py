@@ -286,3 +286,29 @@ def _score_threshold(sorted_scores, threshold):
     if m < 1:
         return np.inf
     return float(sorted_scores[n - m])
+
+
+def export_gaussian(model: GaussianNovelty):
+    meta = {"params": model.get_params(), "classes": model.classes_.tolist()}
+    arrays = {"means": model.means_, "variances": model.variances_, "priors": model.priors_}
+    if model.rule == "paper":
+        arrays["train_scores"] = np.concatenate(model._train_scores)
+        arrays["train_counts"] = np.array([len(s) for s in model._train_scores])
+    else:
+        arrays["train_scores"] = model._train_scores
+    return meta, arrays
+
+
+def restore_gaussian(meta, arrays) -> GaussianNovelty:
+    model = GaussianNovelty(**meta["params"])
+    model.classes_ = np.asarray(meta["classes"])
+    model.means_, model.variances_, model.priors_ = (
+        arrays["means"], arrays["variances"], arrays["priors"])
+    model.n_features_in_ = model.means_.shape[1]
+    model.offset_ = 1.0 - model.default_threshold
+    if model.rule == "paper":
+        bounds = np.cumsum(arrays["train_counts"])[:-1]
+        model._train_scores = np.split(arrays["train_scores"], bounds)
+    else:
+        model._train_scores = arrays["train_scores"]
+    return model

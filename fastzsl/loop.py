@@ -167,6 +167,10 @@ class LoOP(OutlierMixin, BaseEstimator):
         equals PyNomaly ``LocalOutlierProbability(X).fit().local_outlier_probabilities``.
     fit_ : LoOPFit
     index_ : ExactIndex or FaissIndex
+    backend_ : str
+        The backend ``backend`` resolved to (``"auto"`` picks the fastest available).
+    knn_method_ : str
+        The kNN method ``knn`` resolved to.
     offset_ : float
         0.5: ``decision_function = score_samples - offset_`` is negative exactly when
         ``predict`` (threshold 0.5) says outlier.
@@ -203,10 +207,14 @@ class LoOP(OutlierMixin, BaseEstimator):
         if self.scoring not in SCORING:
             raise ValueError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
         k = check_k(self.n_neighbors, X.shape[0], exclude_self=True, name="n_neighbors")
-        self.index_ = make_index(X, method=self.knn, backend=self.backend,
+        self.backend_ = get_backend(self.backend).name
+        self.knn_method_ = "exact" if self.knn == "auto" else self.knn
+        # The backend runs exact kNN itself; faiss methods bring their own kernels.
+        index_backend = self.backend_ if self.knn_method_ == "exact" else "auto"
+        self.index_ = make_index(X, method=self.knn_method_, backend=index_backend,
                                  **(self.knn_params or {}))
         D, I = self.index_.search(X, k, exclude_self=True, progress=self.progress)
-        self.fit_ = loop_fit(D, I, extent=self.extent, backend=self.backend)
+        self.fit_ = loop_fit(D, I, extent=self.extent, backend=self.backend_)
         self.probabilities_ = self.fit_.probabilities
         self.n_features_in_ = X.shape[1]
         self.offset_ = 0.5
@@ -218,7 +226,7 @@ class LoOP(OutlierMixin, BaseEstimator):
         Q = as_float_matrix(X, "X")
         check_same_width(Q, self.n_features_in_, "X", "LoOP")
         D, I = self.index_.search(Q, self.n_neighbors, progress=self.progress)
-        return like(loop_score(D, I, self.fit_, scoring=self.scoring, backend=self.backend), X)
+        return like(loop_score(D, I, self.fit_, scoring=self.scoring, backend=self.backend_), X)
 
     def score_samples(self, X):
         """1 - LoOP: higher means more normal (scikit-learn's convention)."""
@@ -232,3 +240,29 @@ class LoOP(OutlierMixin, BaseEstimator):
         """-1 where LoOP > threshold (outlier), +1 elsewhere (inlier)."""
         probabilities = np.asarray(self.outlier_probability(X))
         return np.where(probabilities > threshold, -1, 1)
+
+
+def export_loop(model: LoOP):
+    """(metadata, arrays) of a fitted LoOP, for model files (the reference set included)."""
+    fit = model.fit_
+    meta = {"params": model.get_params(), "nplof": fit.nplof, "extent": fit.extent,
+            "mean_expected_pdist": fit.mean_expected_pdist}
+    arrays = {"reference": model.index_.reference, "pdist": fit.pdist, "plof": fit.plof,
+              "probabilities": fit.probabilities}
+    return meta, arrays
+
+
+def restore_loop(meta, arrays) -> LoOP:
+    model = LoOP(**meta["params"])
+    reference = arrays["reference"]
+    model.backend_ = get_backend(model.backend).name
+    model.knn_method_ = "exact" if model.knn == "auto" else model.knn
+    index_backend = model.backend_ if model.knn_method_ == "exact" else "auto"
+    model.index_ = make_index(reference, method=model.knn_method_, backend=index_backend,
+                              **(model.knn_params or {}))
+    model.fit_ = LoOPFit(arrays["pdist"], arrays["plof"], meta["nplof"], arrays["probabilities"],
+                         meta["mean_expected_pdist"], meta["extent"])
+    model.probabilities_ = model.fit_.probabilities
+    model.n_features_in_ = reference.shape[1]
+    model.offset_ = 0.5
+    return model

@@ -1,0 +1,5 @@
+import sys
+
+from fastzsl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,189 @@
+"""The ``fastzsl`` command line.
+
+    fastzsl novelty   novelty detection on Fashion-MNIST: held-out classes against the rest
+    fastzsl backends  which kernel backends load here
+    fastzsl bench     the benchmark suite (kernels against their peers), as a ratio table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_description() -> str:
+    import os
+
+    return f"{_cpu_name()}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
+
+
+def _pca(X, n_components, seed=0, fit_rows=10000):
+    """Project on the top principal components of (a sample of) X."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sample = X[rng.choice(len(X), size=min(fit_rows, len(X)), replace=False)]
+    mean = sample.mean(axis=0)
+    _, _, Vt = np.linalg.svd(sample - mean, full_matrices=False)
+    components = Vt[:n_components]
+    return lambda A: ((A - mean) @ components.T).astype(np.float32)
+
+
+def cmd_novelty(args) -> int:
+    """LoOP and Gaussian novelty scores of held-out Fashion-MNIST classes (ROC-AUC)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from fastzsl import GaussianNovelty, LoOP
+    from fastzsl.datasets import load_fashion_mnist
+
+    start = time.perf_counter()
+    X_train, y_train, X_test, y_test, names = load_fashion_mnist(args.data_dir)
+    unseen = [u.strip() for u in args.unseen.split(",") if u.strip()]
+    unknown = [u for u in unseen if u not in names]
+    if unknown:
+        print(f"error: unknown class names {unknown}; Fashion-MNIST has {names}", file=sys.stderr)
+        return 2
+    unseen_ids = [names.index(u) for u in unseen]
+    seen_rows = ~np.isin(y_train, unseen_ids)
+    if args.n_reference:
+        keep = np.flatnonzero(seen_rows)
+        keep = np.random.default_rng(args.seed).choice(keep, size=min(args.n_reference, keep.size),
+                                                       replace=False)
+        seen_rows = np.zeros_like(seen_rows)
+        seen_rows[keep] = True
+    flat = lambda imgs: imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0
+    reference_pixels = flat(X_train[seen_rows])
+    project = _pca(reference_pixels, args.dims, seed=args.seed)
+    reference, queries = project(reference_pixels), project(flat(X_test))
+    is_unseen = np.isin(y_test, unseen_ids)
+    print(f"reference: {len(reference)} training images of {10 - len(unseen)} seen classes; "
+          f"queries: {len(queries)} test images ({is_unseen.sum()} of unseen classes "
+          f"{', '.join(unseen)}); pixels -> PCA {args.dims} dims")
+
+    rows = []
+    t = time.perf_counter()
+    loop = LoOP(n_neighbors=args.k, extent=args.extent, backend=args.backend, progress=True)
+    loop.fit(reference)
+    p_loop = loop.outlier_probability(queries)
+    rows.append(("LoOP", p_loop, time.perf_counter() - t))
+    for rule in ("paper", "mixture"):
+        t = time.perf_counter()
+        gauss = GaussianNovelty(rule=rule, backend=args.backend)
+        gauss.fit(reference, y_train[seen_rows])
+        rows.append((f"Gaussian ({rule} rule)", gauss.outlier_probability(queries),
+                     time.perf_counter() - t))
+
+    results = []
+    print(f"\n| detector | ROC-AUC (unseen vs seen) | flagged unseen at 0.5 | "
+          f"flagged seen at 0.5 | seconds |\n|---|---|---|---|---|")
+    for name, p, seconds in rows:
+        auc = roc_auc_score(is_unseen, p)
+        flag_u, flag_s = (p[is_unseen] > 0.5).mean(), (p[~is_unseen] > 0.5).mean()
+        print(f"| {name} | {auc:.4f} | {flag_u:.3f} | {flag_s:.3f} | {seconds:.1f} |")
+        results.append(dict(detector=name, roc_auc=auc, flagged_unseen=flag_u,
+                            flagged_seen=flag_s, seconds=seconds))
+    wall = time.perf_counter() - start
+    print(f"\nwall time {wall:.1f} s on {machine_description()}; backend {loop.backend_}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(unseen=unseen, dims=args.dims, k=args.k, extent=args.extent,
+                           n_reference=int(len(reference)), wall_seconds=wall,
+                           machine=machine_description(), results=results), f, indent=2)
+    return 0
+
+
+def cmd_backends(args) -> int:
+    from fastzsl.backends import _load, registered_backends
+
+    for name in registered_backends():
+        kernels, reason = _load(name)
+        print(f"{name:8s} {'available' if kernels else 'unavailable: ' + reason}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Run benchmarks/ with pytest-benchmark and print the ratio table."""
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    root = Path(args.benchmarks)
+    if not (root / "report.py").exists():
+        print(f"error: no benchmark suite at {root} (pass --benchmarks DIR of a source checkout)",
+              file=sys.stderr)
+        return 2
+    env = dict(os.environ, FASTZSL_BENCH_QUICK="1" if args.quick else "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "-m", "pytest", str(root), "-q", "-p", "no:cacheprovider",
+               f"--benchmark-json={out}", "--benchmark-group-by=group"]
+        code = subprocess.call(cmd, env=env)
+        if code != 0:
+            return code
+        return subprocess.call([sys.executable, str(root / "report.py"), str(out)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastzsl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fastzsl",
+        description="Zero-shot classification with novelty detection (Socher et al. 2013): "
+                    "exact kNN, LoOP and Gaussian kernels on CPU and GPU.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastzsl {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log backend choices")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("novelty", help="novelty detection of held-out Fashion-MNIST classes",
+                       description=cmd_novelty.__doc__ + " Reference set: training images of the "
+                       "seen classes; queries: the 10,000 test images. Needs the Debian package "
+                       "dataset-fashion-mnist.")
+    p.add_argument("--unseen", default="sandal,pullover",
+                   help="comma-separated held-out class names (default: %(default)s)")
+    p.add_argument("--dims", type=int, default=50, help="PCA dimensions (default: %(default)s)")
+    p.add_argument("--k", type=int, default=20, help="LoOP neighbours (default: %(default)s)")
+    p.add_argument("--extent", type=float, default=3.0, help="LoOP lambda (default: %(default)s)")
+    p.add_argument("--n-reference", type=int, default=0,
+                   help="subsample the reference set to this many images (default: all)")
+    p.add_argument("--backend", default="auto", help="kernel backend (default: %(default)s)")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.set_defaults(func=cmd_novelty)
+
+    p = sub.add_parser("backends", help="list the kernel backends and whether they load")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("bench", help="run the benchmark suite and print the ratio table")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--benchmarks", default="benchmarks", help="the suite's folder")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
