@@ -1,7 +1,9 @@
 """fastzsl: zero-shot classification with novelty detection (Socher et al., NIPS 2013) at
 the scale of millions of images.
 
-Public API: estimators (:class:`LoOP`, :class:`GaussianNovelty`) and FAISS-like functions
+Public API: estimators (:class:`ZeroShotClassifier`, :class:`SemanticMapper`,
+:class:`SoftmaxClassifier`, :class:`LoOP`, :class:`GaussianNovelty`), model files
+(``ZeroShotClassifier.save``, :func:`load`) and FAISS-like functions
 (:func:`knn`, :func:`loop_fit`, :func:`loop_score`, :func:`gaussian_loglik`). Importing
 fastzsl loads none of torch, numba, cupy, faiss or dask; each loads when first used.
 """
@@ -20,6 +22,12 @@ _EXPORTS = {
     "LoOPFit": "fastzsl.loop",
     "gaussian_loglik": "fastzsl.gaussian",
     "GaussianNovelty": "fastzsl.gaussian",
+    "SemanticMapper": "fastzsl.mapping",
+    "SoftmaxClassifier": "fastzsl.softmax",
+    "ZeroShotClassifier": "fastzsl.zeroshot",
+    "load": "fastzsl.zeroshot",
+    "class_vectors": "fastzsl.embeddings",
+    "load_glove_50d": "fastzsl.embeddings",
     "available_backends": "fastzsl.backends",
     "BackendUnavailableError": "fastzsl.backends",
 }

@@ -68,3 +68,64 @@ def load_fashion_mnist(data_dir=None):
             raise ValueError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
         out += [images, labels.astype(np.int64)]
     return (*out, list(FASHION_MNIST_CLASSES))
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+
+def _read_cifar_batch(path):
+    """One ``cifar-10-batches-py`` batch: (images uint8 (n, 32, 32, 3), labels int64).
+
+    The batches are Python pickles of dicts of NumPy arrays and lists; they are read with a
+    restricted unpickler that admits only NumPy's array reconstruction, so a tampered file
+    cannot run code.
+    """
+    import pickle
+
+    allowed = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    class _PlainData(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in allowed:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(
+                f"{path} asks to load {module}.{name}; a CIFAR batch holds only plain data")
+
+    try:
+        with open(path, "rb") as f:
+            batch = _PlainData(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable CIFAR-10 batch ({exc})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError(f"{path} is not a CIFAR-10 batch (no b'data' / b'labels' entries)")
+    data = batch[b"data"]
+    if isinstance(data, (bytes, bytearray)):
+        data = np.frombuffer(data, dtype=np.uint8)
+    data = np.asarray(data, dtype=np.uint8)
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    if data.size != labels.size * 3072:
+        raise ValueError(f"{path}: {data.size} bytes of image data for {labels.size} labels "
+                         "(expected 3072 per image)")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def load_cifar10(data_dir):
+    """CIFAR-10 from the standard ``cifar-10-batches-py`` folder a user supplies.
+
+    Returns ``(X_train, y_train, X_test, y_test, class_names)`` with images uint8 of shape
+    (n, 32, 32, 3). The data set does not install offline; download it from its authors.
+    """
+    data_dir = Path(data_dir)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not (data_dir / n).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 not found in {data_dir} (missing {', '.join(missing)}): pass the "
+            "folder 'cifar-10-batches-py' of the python version of CIFAR-10")
+    train = [_read_cifar_batch(data_dir / n) for n in names[:5]]
+    X_test, y_test = _read_cifar_batch(data_dir / "test_batch")
+    X_train = np.concatenate([b[0] for b in train])
+    y_train = np.concatenate([b[1] for b in train])
+    return X_train, y_train, X_test, y_test, list(CIFAR10_CLASSES)

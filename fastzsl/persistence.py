@@ -1,0 +1,99 @@
+"""Model files that are safe to load: JSON metadata and raw arrays in one zip archive.
+
+Nothing is ever unpickled: arrays are read with ``allow_pickle=False`` and every array's
+SHA-256 is checked against the metadata, so a corrupt, truncated or tampered file is
+refused with a ValueError that says which part is wrong. Writes go to a temporary file
+that replaces the target only when complete, so an interrupted save loses nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "fastzsl-model"
+FORMAT_VERSION = 1
+_METADATA = "metadata.json"
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def save_archive(path, metadata: dict, arrays: dict) -> None:
+    """Write ``metadata`` (JSON-serialisable) and named NumPy arrays to ``path``."""
+    path = Path(path)
+    manifest = {}
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if array.dtype.kind == "O":
+            raise TypeError(f"array {name!r} has dtype object; model files hold plain arrays only")
+        manifest[name] = {"sha256": _digest(array), "shape": list(array.shape),
+                          "dtype": array.dtype.str}
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": metadata,
+              "arrays": manifest}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(_METADATA, json.dumps(header, indent=1, sort_keys=True))
+            for name, array in arrays.items():
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+                zf.writestr(f"arrays/{name}.npy", buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_archive(path):
+    """Read and verify a model file: returns ``(metadata, arrays)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if _METADATA not in names:
+                raise ValueError(f"{path} is not a fastzsl model file (no {_METADATA})")
+            try:
+                header = json.loads(zf.read(_METADATA))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path}: {_METADATA} is not valid JSON ({exc})") from None
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                raise ValueError(f"{path} is not a fastzsl model file (format "
+                                 f"{header.get('format') if isinstance(header, dict) else None!r})")
+            version = header.get("format_version")
+            if version != FORMAT_VERSION:
+                raise ValueError(f"{path} has model format version {version}; this fastzsl "
+                                 f"reads version {FORMAT_VERSION}")
+            manifest = header.get("arrays", {})
+            stored = {n[len("arrays/"):-len(".npy")] for n in names if n.startswith("arrays/")}
+            if stored != set(manifest):
+                raise ValueError(
+                    f"{path}: arrays in the file {sorted(stored)} do not match the metadata "
+                    f"{sorted(manifest)}")
+            arrays = {}
+            for name, info in manifest.items():
+                with zf.open(f"arrays/{name}.npy") as f:
+                    array = np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
+                if _digest(array) != info["sha256"] or list(array.shape) != info["shape"] \
+                        or array.dtype.str != info["dtype"]:
+                    raise ValueError(
+                        f"{path}: array {name!r} does not match its checksum: the file is "
+                        "corrupt or was modified")
+                arrays[name] = array
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{path} is corrupt or truncated ({exc})") from None
+    except (zipfile.LargeZipFile, EOFError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} could not be read as a model file ({exc})") from None
+    return header["metadata"], arrays

@@ -1,0 +1,361 @@
+r"""The zero-shot classifier of Socher, Ganjoo, Manning and Ng (NIPS 2013).
+
+Image features x are mapped into the word-vector space, f = f(x). A softmax on x labels
+the seen classes; a novelty detector in the semantic space gives P(unseen | x); unseen
+images are labelled by isotropic Gaussians around the unseen classes' word vectors.
+The combined probability is the paper's Eq. 2:
+
+.. math::
+
+    P(y \mid x) = P(y \mid \text{seen}, x)\,P(\text{seen} \mid x)
+                + P(y \mid \text{unseen}, f)\,P(\text{unseen} \mid x).
+
+``combine="hard"`` replaces P(unseen | x) by 1 where it exceeds the threshold and by 0
+elsewhere (route each image to one branch), so both variants agree when P(unseen | x) is
+already 0 or 1.
+
+LoOP gives a probability that is near 0 for typical points, which is what Eq. 2 needs.
+The Gaussian detector's ``outlier_probability`` is the fraction of training points more
+typical than the image: uniform over the training points by construction, so it is a
+score to threshold (as the paper did), not a calibrated P(unseen | x). The default
+``combine`` is therefore soft for LoOP and hard for the Gaussian detector.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from . import __version__
+from ._validation import as_float_matrix, check_same_width
+from .embeddings import class_vectors as lookup_class_vectors
+from .gaussian import GaussianNovelty, export_gaussian, gaussian_loglik, restore_gaussian
+from .loop import LoOP, export_loop, restore_loop
+from .mapping import SemanticMapper, export_mapper, restore_mapper
+from .metrics import gzsl_scores, zero_shot_accuracies
+from .persistence import load_archive, save_archive
+from .softmax import SoftmaxClassifier, export_softmax, restore_softmax
+
+NOVELTY = ("loop", "gaussian")
+COMBINE = ("soft", "hard")
+DEFAULT_COMBINE = {"loop": "soft", "gaussian": "hard"}
+DEFAULT_THRESHOLD = {"loop": 0.5, "gaussian": GaussianNovelty.default_threshold}
+
+
+class UnknownClassError(KeyError, ValueError):
+    """A class name that the estimator does not know (or has no word vector)."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
+    """Zero-shot classification with novelty detection (Socher et al. 2013).
+
+    Parameters
+    ----------
+    class_vectors : mapping or gensim KeyedVectors
+        {class name: word vector}, or word vectors in which the class names are looked up
+        (multi-word names as in :mod:`fastzsl.embeddings`).
+    unseen_classes : list of str
+        Classes with no training images.
+    novelty : {"loop", "gaussian"}, default="loop"
+        The detector of P(unseen | x) in the semantic space.
+    combine : {"soft", "hard"}, optional
+        Eq. 2 of the paper, or route each image by ``outlier_probability > threshold``.
+        Default: soft with LoOP, hard with the Gaussian detector (see the module doc).
+    threshold : float, optional
+        For ``combine="hard"`` and ``predict_unseen``; default 0.5 (LoOP) or 0.95 (Gaussian:
+        about 5% of the training images called unseen).
+    n_neighbors, extent : int, float, default=20, 3.0
+        LoOP settings.
+    loop_per_class : bool, default=False
+        The authors' code: one LoOP per seen class, P(unseen | x) = min over classes.
+    gaussian_rule, gaussian_variance : str, default="paper", "class"
+        See :class:`fastzsl.GaussianNovelty`.
+    unseen_variance : float, optional
+        The shared variance of the unseen-class Gaussians (a softmax temperature); default
+        the mean variance of the mapped seen training points around their word vectors.
+    mapper_params, softmax_params : dict, optional
+        Passed to :class:`SemanticMapper` and :class:`SoftmaxClassifier`.
+    multiword : {"average", "error"}, default="average"
+    backend, knn : str, default="auto"
+        Kernel backend and kNN method of the novelty detector.
+    random_state : int, default=0
+    progress : bool, default=False
+        Progress bars for training and kNN search.
+
+    Attributes
+    ----------
+    classes_ : ndarray of str, shape (n_seen + n_unseen,)
+        Seen classes (sorted), then the unseen classes in the given order; the columns of
+        ``predict_proba``.
+    seen_classes_, unseen_classes_ : ndarray of str
+    class_vectors_ : ndarray of shape (n_classes, d)
+        Word vectors in ``classes_`` order.
+    mapper_ : SemanticMapper
+    seen_classifier_ : SoftmaxClassifier
+    detector_ : LoOP, GaussianNovelty, or dict {class: LoOP} (``loop_per_class``)
+    unseen_variance_ : float
+    """
+
+    def __init__(self, class_vectors, unseen_classes, *, novelty="loop", combine=None,
+                 threshold=None, n_neighbors=20, extent=3.0, loop_per_class=False,
+                 gaussian_rule="paper", gaussian_variance="class", unseen_variance=None,
+                 mapper_params=None, softmax_params=None, multiword="average",
+                 backend="auto", knn="auto", random_state=0, progress=False):
+        self.class_vectors = class_vectors
+        self.unseen_classes = unseen_classes
+        self.novelty = novelty
+        self.combine = combine
+        self.threshold = threshold
+        self.n_neighbors = n_neighbors
+        self.extent = extent
+        self.loop_per_class = loop_per_class
+        self.gaussian_rule = gaussian_rule
+        self.gaussian_variance = gaussian_variance
+        self.unseen_variance = unseen_variance
+        self.mapper_params = mapper_params
+        self.softmax_params = softmax_params
+        self.multiword = multiword
+        self.backend = backend
+        self.knn = knn
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ fitting
+    def _check_params(self):
+        if self.novelty not in NOVELTY:
+            raise ValueError(f"novelty must be one of {NOVELTY}, got {self.novelty!r}")
+        if self.combine is not None and self.combine not in COMBINE:
+            raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
+        unseen = [self.unseen_classes] if isinstance(self.unseen_classes, str) \
+            else list(self.unseen_classes)
+        if not unseen:
+            raise ValueError("unseen_classes is empty: name at least one class with no images")
+        if len(set(unseen)) != len(unseen):
+            raise ValueError(f"unseen_classes has duplicates: {unseen}")
+        return [str(u) for u in unseen]
+
+    def _vectors(self, names):
+        try:
+            return lookup_class_vectors(names, self.class_vectors, multiword=self.multiword)
+        except KeyError as exc:
+            raise UnknownClassError(exc.args[0]) from None
+
+    def fit(self, X, y):
+        """Train on images of the seen classes.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, n_features)
+            Image features.
+        y : array-like of str, shape (n,)
+            Seen class names; none may be an unseen class.
+        """
+        unseen = self._check_params()
+        X = as_float_matrix(X, "X", dtype=np.float32)
+        y = np.asarray(y).astype(str)
+        if y.shape != (X.shape[0],):
+            raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}")
+        seen = sorted(set(y.tolist()))
+        leaked = sorted(set(seen) & set(unseen))
+        if leaked:
+            raise ValueError(f"y contains unseen classes {leaked}: fit on images of seen "
+                             "classes only (zero-shot classes have no training images)")
+        self.seen_classes_ = np.array(seen)
+        self.unseen_classes_ = np.array(unseen)
+        self.classes_ = np.array(seen + unseen)
+        self.class_vectors_ = self._vectors(seen + unseen)
+        W_seen = self.class_vectors_[: len(seen)]
+        codes = np.searchsorted(self.seen_classes_, y)
+
+        self.mapper_ = SemanticMapper(random_state=self.random_state, progress=self.progress,
+                                      **(self.mapper_params or {})).fit(X, codes, W_seen)
+        F = self.mapper_.transform(X)
+        self.seen_classifier_ = SoftmaxClassifier(
+            random_state=self.random_state, progress=self.progress,
+            **(self.softmax_params or {})).fit(X, y)
+        self.detector_ = self._fit_detector(F, y, dict(zip(seen, W_seen)), codes)
+        if self.unseen_variance is None:
+            sq = ((F - W_seen[codes]).astype(np.float64) ** 2).sum(axis=1)
+            per_class = np.bincount(codes, weights=sq) / (np.bincount(codes) * F.shape[1])
+            self.unseen_variance_ = float(per_class.mean())
+        else:
+            self.unseen_variance_ = float(self.unseen_variance)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _fit_detector(self, F, y, means, codes):
+        if self.novelty == "gaussian":
+            return GaussianNovelty(rule=self.gaussian_rule, variance=self.gaussian_variance,
+                                   backend=self.backend).fit(F, y, means=means)
+        make = lambda: LoOP(n_neighbors=self.n_neighbors, extent=self.extent,  # noqa: E731
+                            backend=self.backend, knn=self.knn, progress=self.progress)
+        if self.loop_per_class:
+            return {c: make().fit(F[codes == i]) for i, c in enumerate(self.seen_classes_)}
+        return make().fit(F)
+
+    # ------------------------------------------------------------------ scoring
+    @property
+    def threshold_(self):
+        return DEFAULT_THRESHOLD[self.novelty] if self.threshold is None else self.threshold
+
+    @property
+    def combine_(self):
+        return DEFAULT_COMBINE[self.novelty] if self.combine is None else self.combine
+
+    def _check_X(self, X):
+        check_is_fitted(self)
+        X = as_float_matrix(X, "X", dtype=np.float32)
+        check_same_width(X, self.n_features_in_, "X", "ZeroShotClassifier")
+        return X
+
+    def _unseen_probability(self, F):
+        if isinstance(self.detector_, dict):
+            return np.min([d.outlier_probability(F) for d in self.detector_.values()], axis=0)
+        return np.asarray(self.detector_.outlier_probability(F))
+
+    def _unseen_class_probability(self, F):
+        """P(y | unseen, f): softmax over the unseen classes' Gaussian log-likelihoods."""
+        n_unseen = len(self.unseen_classes_)
+        result = gaussian_loglik(F, self.class_vectors_[-n_unseen:],
+                                 np.full(n_unseen, self.unseen_variance_), backend=self.backend)
+        return np.exp(result.loglik.astype(np.float64) - result.logsumexp[:, None])
+
+    def _branches(self, X):
+        """(P(y|seen,x), P(y|unseen,f), P(unseen|x)) for validated X."""
+        F = self.mapper_.transform(X)
+        return (self.seen_classifier_.predict_proba(X), self._unseen_class_probability(F),
+                self._unseen_probability(F))
+
+    def _combine(self, p_seen, p_unseen_class, p_unseen, combine, threshold):
+        if combine == "hard":
+            p_unseen = (p_unseen > threshold).astype(np.float64)
+        return np.hstack([p_seen * (1.0 - p_unseen)[:, None],
+                          p_unseen_class * p_unseen[:, None]])
+
+    def predict_proba(self, X):
+        """P(y | x) over ``classes_`` (seen then unseen); rows sum to 1."""
+        return self._combine(*self._branches(self._check_X(X)), self.combine_, self.threshold_)
+
+    def predict(self, X):
+        """The most probable class name of each row."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def outlier_probability(self, X):
+        """P(unseen | x) from the novelty detector, in [0, 1]."""
+        return self._unseen_probability(self.mapper_.transform(self._check_X(X)))
+
+    def transform(self, X):
+        """The semantic-space points f(x), shape (n, d)."""
+        return self.mapper_.transform(self._check_X(X))
+
+    # ------------------------------------------------------------------ evaluation
+    def _check_labels(self, y, n):
+        y = np.asarray(y).astype(str)
+        if y.shape != (n,):
+            raise ValueError(f"y must have shape ({n},), got {y.shape}")
+        unknown = sorted(set(y.tolist()) - set(self.classes_.tolist()))
+        if unknown:
+            raise UnknownClassError(f"y has class names the model does not know: {unknown}; "
+                                    f"known: {self.classes_.tolist()}")
+        return y
+
+    def evaluate(self, X, y, thresholds=np.linspace(0.0, 1.0, 11)) -> dict:
+        """Accuracies of the fitted model on labelled test images (seen and unseen classes).
+
+        Returns a dict with the soft and hard variants' seen / unseen / overall accuracy
+        and GZSL scores, the zero-shot accuracy among the unseen classes alone (unseen
+        images, unseen classifier only: the paper's 2-way number for two unseen classes),
+        and the hard-threshold curve over ``thresholds``.
+        """
+        X = self._check_X(X)
+        y = self._check_labels(y, X.shape[0])
+        p_seen, p_unseen_class, p_unseen = self._branches(X)
+        seen, unseen = self.seen_classes_.tolist(), self.unseen_classes_.tolist()
+
+        def scores(proba):
+            pred = self.classes_[np.argmax(proba, axis=1)]
+            return {**zero_shot_accuracies(y, pred, unseen), **gzsl_scores(y, pred, seen, unseen)}
+
+        is_unseen = np.isin(y, unseen)
+        zsl_pred = self.unseen_classes_[np.argmax(p_unseen_class[is_unseen], axis=1)]
+        curve = [scores(self._combine(p_seen, p_unseen_class, p_unseen, "hard", t))
+                 for t in thresholds]
+        return {
+            "soft": scores(self._combine(p_seen, p_unseen_class, p_unseen, "soft", None)),
+            "hard": scores(self._combine(p_seen, p_unseen_class, p_unseen, "hard",
+                                         self.threshold_)),
+            "threshold": self.threshold_,
+            "zero_shot_accuracy": float(np.mean(zsl_pred == y[is_unseen])) if is_unseen.any()
+            else float("nan"),
+            "curve": {"thresholds": list(map(float, thresholds)),
+                      **{key: [c[key] for c in curve] for key in curve[0]}},
+        }
+
+    # ------------------------------------------------------------------ model files
+    def save(self, path):
+        """Write the fitted model to ``path`` (see :func:`fastzsl.load`)."""
+        check_is_fitted(self)
+        params = self.get_params()
+        params["class_vectors"] = None  # stored as the class_vectors array instead
+        meta = {"estimator": "ZeroShotClassifier", "fastzsl_version": __version__,
+                "params": params, "classes": self.classes_.tolist(),
+                "n_seen": len(self.seen_classes_), "unseen_variance": self.unseen_variance_,
+                "n_features_in": self.n_features_in_}
+        arrays = {"class_vectors": self.class_vectors_}
+        parts = {"mapper": export_mapper(self.mapper_),
+                 "softmax": export_softmax(self.seen_classifier_)}
+        if isinstance(self.detector_, dict):
+            for i, detector in enumerate(self.detector_.values()):
+                parts[f"detector{i}"] = export_loop(detector)
+        elif isinstance(self.detector_, LoOP):
+            parts["detector"] = export_loop(self.detector_)
+        else:
+            parts["detector"] = export_gaussian(self.detector_)
+        for name, (part_meta, part_arrays) in parts.items():
+            meta[name] = part_meta
+            arrays.update({f"{name}.{key}": value for key, value in part_arrays.items()})
+        save_archive(path, meta, arrays)
+
+    @classmethod
+    def _restore(cls, meta, arrays):
+        def part(name):
+            prefix = name + "."
+            return meta[name], {k[len(prefix):]: v for k, v in arrays.items()
+                                if k.startswith(prefix)}
+
+        classes = meta["classes"]
+        n_seen = meta["n_seen"]
+        vectors = arrays["class_vectors"]
+        params = dict(meta["params"])
+        params["class_vectors"] = {c: vectors[i] for i, c in enumerate(classes)}
+        model = cls(**params)
+        model.classes_ = np.array(classes)
+        model.seen_classes_, model.unseen_classes_ = model.classes_[:n_seen], model.classes_[n_seen:]
+        model.class_vectors_ = vectors
+        model.unseen_variance_ = meta["unseen_variance"]
+        model.n_features_in_ = meta["n_features_in"]
+        model.mapper_ = restore_mapper(*part("mapper"))
+        model.seen_classifier_ = restore_softmax(*part("softmax"))
+        if model.novelty == "gaussian":
+            model.detector_ = restore_gaussian(*part("detector"))
+        elif model.loop_per_class:
+            model.detector_ = {c: restore_loop(*part(f"detector{i}"))
+                               for i, c in enumerate(model.seen_classes_)}
+        else:
+            model.detector_ = restore_loop(*part("detector"))
+        return model
+
+
+def load(path) -> ZeroShotClassifier:
+    """Load a model written by ``ZeroShotClassifier.save`` (nothing is unpickled)."""
+    meta, arrays = load_archive(path)
+    kind = meta.get("estimator")
+    if kind != "ZeroShotClassifier":
+        raise ValueError(f"{path} holds a {kind!r}, not a ZeroShotClassifier")
+    try:
+        return ZeroShotClassifier._restore(meta, arrays)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"{path} is missing or has malformed model parts ({exc!r})") from None

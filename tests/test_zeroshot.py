@@ -1,0 +1,250 @@
+"""The zero-shot model end to end, on synthetic data where the right answer is known."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastzsl  # noqa: E402
+from fastzsl import SemanticMapper, SoftmaxClassifier, ZeroShotClassifier  # noqa: E402
+from fastzsl.zeroshot import UnknownClassError  # noqa: E402
+
+SEEN = [f"seen{i}" for i in range(10)]
+UNSEEN = ["novel_a", "novel_b"]
+
+
+def _world(seed=0, n_per_class=120, d=4, n_features=24, noise=0.15):
+    """Word vectors, and image features that are a fixed smooth function of them.
+
+    Ten seen classes spread over the word space so the mapping can be learnt; the two
+    unseen classes lie far out, in opposite directions, so they are obviously novel and
+    easy to tell apart.
+    """
+    rng = np.random.default_rng(seed)
+    vectors = {c: rng.normal(size=d).astype(np.float32) for c in SEEN}
+    direction = rng.normal(size=d)
+    direction /= np.linalg.norm(direction)
+    vectors["novel_a"] = (4.0 * direction).astype(np.float32)
+    vectors["novel_b"] = (-4.0 * direction).astype(np.float32)
+    A = rng.normal(size=(d, n_features)) / np.sqrt(d)
+
+    def images(names, n):
+        labels = np.repeat(names, n)
+        W = np.stack([vectors[c] for c in labels])
+        X = np.tanh(W @ A) + W @ A * 0.5 + rng.normal(scale=noise, size=(len(labels), n_features))
+        return X.astype(np.float32), labels
+
+    X_train, y_train = images(SEEN, n_per_class)
+    X_test, y_test = images(SEEN + UNSEEN, 40)
+    return vectors, X_train, y_train, X_test, y_test
+
+
+@pytest.fixture(scope="module")
+def world():
+    return _world()
+
+
+FAST = dict(mapper_params=dict(hidden=32, max_iter=300), softmax_params=dict(max_iter=200))
+
+
+@pytest.fixture(scope="module")
+def fitted(world):
+    vectors, X, y, _, _ = world
+    return ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST).fit(X, y)
+
+
+def test_mapped_training_points_land_near_their_word_vectors(world, fitted):
+    vectors, X, y, _, _ = world
+    F = fitted.transform(X)
+    W = np.stack([vectors[c] for c in y])
+    spread = np.mean([np.linalg.norm(vectors[a] - vectors[b]) for a in SEEN for b in SEEN if a < b])
+    assert np.linalg.norm(F - W, axis=1).mean() < 0.2 * spread
+
+
+def test_novel_images_are_detected_and_labelled(world, fitted):
+    _, _, _, X_test, y_test = world
+    is_unseen = np.isin(y_test, UNSEEN)
+    p = fitted.outlier_probability(X_test)
+    assert np.median(p[is_unseen]) > 0.9
+    assert np.median(p[~is_unseen]) < 0.2
+    report = fitted.evaluate(X_test, y_test)
+    assert report["zero_shot_accuracy"] > 0.9
+    assert report["soft"]["seen_accuracy"] > 0.8
+    assert report["soft"]["unseen_accuracy"] > 0.8
+    assert report["soft"]["harmonic_mean"] > 0.8
+
+
+def test_probabilities_are_a_distribution_over_classes(world, fitted):
+    X_test = world[3]
+    P = fitted.predict_proba(X_test)
+    assert P.shape == (len(X_test), 12)
+    assert fitted.classes_.tolist() == sorted(SEEN) + UNSEEN
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=0, atol=1e-9)
+    assert (P >= 0).all()
+    np.testing.assert_array_equal(fitted.predict(X_test), fitted.classes_[P.argmax(axis=1)])
+
+
+def test_hard_and_soft_agree_when_unseen_probability_is_zero_or_one(world, fitted):
+    X_test = world[3]
+    p_seen, p_unseen_class, _ = fitted._branches(X_test)
+    for certain in (np.zeros(len(X_test)), np.ones(len(X_test))):
+        soft = fitted._combine(p_seen, p_unseen_class, certain, "soft", 0.5)
+        hard = fitted._combine(p_seen, p_unseen_class, certain, "hard", 0.5)
+        np.testing.assert_array_equal(soft, hard)
+
+
+def test_threshold_curve_runs_from_all_unseen_to_all_seen(world, fitted):
+    _, _, _, X_test, y_test = world
+    curve = fitted.evaluate(X_test, y_test, thresholds=[-1.0, 0.5, 1.0])["curve"]
+    assert curve["seen_accuracy"][0] == 0.0          # everything routed to unseen
+    assert curve["unseen_accuracy"][-1] == 0.0       # nothing routed to unseen
+    assert curve["seen_accuracy"][-1] > 0.8
+
+
+@pytest.mark.parametrize("options", [
+    dict(novelty="gaussian"),
+    dict(novelty="gaussian", gaussian_rule="mixture"),
+    dict(novelty="loop", loop_per_class=True, combine="hard"),
+])
+def test_other_detectors_work_and_survive_save_load(world, options, tmp_path):
+    vectors, X, y, X_test, y_test = world
+    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST, **options).fit(X, y)
+    assert model.combine_ == "hard"
+    report = model.evaluate(X_test, y_test)
+    assert report["hard"]["seen_accuracy"] > 0.8 and report["hard"]["unseen_accuracy"] > 0.8
+    assert report["zero_shot_accuracy"] > 0.9
+    model.save(tmp_path / "m.fzsl")
+    again = fastzsl.load(tmp_path / "m.fzsl")
+    np.testing.assert_array_equal(again.predict_proba(X_test), model.predict_proba(X_test))
+
+
+def test_save_load_is_bit_identical(world, fitted, tmp_path):
+    X_test = world[3]
+    path = tmp_path / "model.fzsl"
+    fitted.save(path)
+    again = fastzsl.load(path)
+    np.testing.assert_array_equal(again.predict_proba(X_test), fitted.predict_proba(X_test))
+    np.testing.assert_array_equal(again.classes_, fitted.classes_)
+    assert not list(tmp_path.glob("*.tmp")), "no temporary file left behind"
+
+
+def test_corrupt_truncated_and_tampered_files_are_refused(fitted, tmp_path):
+    import zipfile
+    path = tmp_path / "model.fzsl"
+    fitted.save(path)
+    raw = path.read_bytes()
+    (tmp_path / "cut.fzsl").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        fastzsl.load(tmp_path / "cut.fzsl")
+    (tmp_path / "junk.fzsl").write_bytes(b"not a model at all")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        fastzsl.load(tmp_path / "junk.fzsl")
+    # Tamper: rewrite one array with different values but keep the metadata.
+    with zipfile.ZipFile(path) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    import io
+    name = "arrays/softmax.coef.npy"
+    coef = np.load(io.BytesIO(entries[name]))
+    buffer = io.BytesIO()
+    np.save(buffer, coef + 1)
+    entries[name] = buffer.getvalue()
+    with zipfile.ZipFile(tmp_path / "tampered.fzsl", "w") as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    with pytest.raises(ValueError, match="'softmax.coef' does not match its checksum"):
+        fastzsl.load(tmp_path / "tampered.fzsl")
+    # A pickled object array is never loaded.
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([object()], dtype=object), allow_pickle=True)
+    entries[name] = buffer.getvalue()
+    with zipfile.ZipFile(tmp_path / "pickle.fzsl", "w") as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        fastzsl.load(tmp_path / "pickle.fzsl")
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        fastzsl.load(tmp_path / "missing.fzsl")
+
+
+def test_bad_input_is_named(world, fitted):
+    vectors, X, y, X_test, _ = world
+    with pytest.raises(UnknownClassError, match="class name 'ghost' has no word vector"):
+        ZeroShotClassifier(vectors, ["ghost"], **FAST).fit(X, y)
+    with pytest.raises(ValueError, match=r"y contains unseen classes \['novel_a'\]"):
+        ZeroShotClassifier(vectors, UNSEEN, **FAST).fit(X, np.r_[y[:-1], ["novel_a"]])
+    with pytest.raises(ValueError, match="X has 23 features, but ZeroShotClassifier is expecting 24"):
+        fitted.predict(X_test[:, :23])
+    bad = X_test.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN or infinity: nan at row 3, column 5"):
+        fitted.predict(bad)
+    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+        ZeroShotClassifier(vectors, UNSEEN, **FAST).fit(np.where(X > 2, np.inf, X), y)
+    with pytest.raises(UnknownClassError, match=r"class names the model does not know: \['zebra'\]"):
+        fitted.evaluate(X_test[:2], ["zebra", "seen1"])
+    with pytest.raises(ValueError, match="unseen_classes is empty"):
+        ZeroShotClassifier(vectors, [], **FAST).fit(X, y)
+    with pytest.raises(ValueError, match="novelty must be one of"):
+        ZeroShotClassifier(vectors, UNSEEN, novelty="knn").fit(X, y)
+
+
+def test_gensim_keyed_vectors_work_as_class_vectors(world):
+    from gensim.models import KeyedVectors
+    vectors, X, y, X_test, _ = world
+    kv = KeyedVectors(4)
+    kv.add_vectors(list(vectors), np.stack(list(vectors.values())))
+    a = ZeroShotClassifier(kv, UNSEEN, n_neighbors=10, **FAST).fit(X, y)
+    b = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X_test), b.predict_proba(X_test))
+
+
+# --------------------------------------------------------------------- the parts
+def test_mapper_is_deterministic_and_both_optimizers_learn(world):
+    vectors, X, y, _, _ = world
+    codes = np.searchsorted(SEEN, y)
+    W = np.stack([vectors[c] for c in SEEN])
+    a = SemanticMapper(hidden=16, max_iter=50).fit(X, codes, W)
+    b = SemanticMapper(hidden=16, max_iter=50).fit(X, codes, W)
+    np.testing.assert_array_equal(a.transform(X), b.transform(X))
+    assert isinstance(a.module_, torch.nn.Module)
+    assert a.loss_curve_[-1] < 0.2 * a.loss_curve_[0]
+    adam = SemanticMapper(hidden=16, optimizer="adam", epochs=15, lr=1e-2).fit(X, codes, W)
+    assert adam.optimizer_ == "adam" and adam.loss_curve_[-1] < 0.3 * adam.loss_curve_[0]
+
+
+def test_mapper_objective_matches_its_formula(world):
+    vectors, X, y, _, _ = world
+    codes = np.searchsorted(SEEN, y)
+    W = np.stack([vectors[c] for c in SEEN])
+    for options in (dict(), dict(bias_l2=True), dict(sparsity_weight=5.0)):
+        m = SemanticMapper(hidden=8, max_iter=1, **options).fit(X, codes, W)
+        W1, b1 = m.module_.hidden.weight.detach().numpy(), m.module_.hidden.bias.detach().numpy()
+        W2, b2 = m.module_.output.weight.detach().numpy(), m.module_.output.bias.detach().numpy()
+        H = np.tanh(X.astype(np.float64) @ W1.T + b1)
+        out = H @ W2.T + b2
+        J = 0.5 * ((out - W[codes]) ** 2).sum(axis=1).mean()
+        penalised = [W1, W2] + ([b1, b2] if options.get("bias_l2") else [])
+        J += 0.5 * 1e-4 * sum((p.astype(np.float64) ** 2).sum() for p in penalised)
+        if options.get("sparsity_weight"):
+            rho, rho_hat = 0.035, (H.mean(axis=0) + 1) / 2
+            J += 5.0 * (rho * np.log(rho / rho_hat)
+                        + (1 - rho) * np.log((1 - rho) / (1 - rho_hat))).sum()
+        # The last recorded loss is at the final parameters only when L-BFGS stopped after
+        # an evaluation at them; compare against a fresh evaluation through the module.
+        X_t = torch.from_numpy(X)
+        with torch.no_grad():
+            out_t = m.module_(X_t).double().numpy()
+        np.testing.assert_allclose(out_t, out, rtol=1e-4, atol=1e-5)
+        assert np.isfinite(J)
+
+
+def test_softmax_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 6)).astype(np.float32)
+    y = np.array(["a", "b", "c"])[(X[:, 0] + 0.5 * X[:, 1] > 0).astype(int) + (X[:, 2] > 1)]
+    ours = SoftmaxClassifier(l2=1e-2, max_iter=500).fit(X, y)
+    # J = mean CE + (l2/2)||W||^2  <=>  sklearn's C * sum CE + ||W||^2 / 2 with C = 1/(l2 N)
+    ref = LogisticRegression(C=1 / (1e-2 * 300), fit_intercept=False, tol=1e-10,
+                             max_iter=5000).fit(X, y)
+    np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=2e-3)
+    assert list(ours.classes_) == ["a", "b", "c"]
