@@ -97,3 +97,33 @@ def load_archive(path):
             raise
         raise ValueError(f"{path} could not be read as a model file ({exc})") from None
     return header["metadata"], arrays
+
+
+# estimator name in a file's metadata -> "module:function" that rebuilds it
+RESTORERS = {
+    "ZeroShotClassifier": "fastzsl.zeroshot:ZeroShotClassifier._restore",
+    "CoatesNgFeatures": "fastzsl.features:restore_features",
+}
+
+
+def load(path):
+    """Load a model file written by a fastzsl ``save`` method (nothing is unpickled).
+
+    Returns the estimator the file holds (a ``ZeroShotClassifier`` or a
+    ``CoatesNgFeatures``), fitted as it was saved.
+    """
+    import importlib
+
+    meta, arrays = load_archive(path)
+    kind = meta.get("estimator") if isinstance(meta, dict) else None
+    if kind not in RESTORERS:
+        raise ValueError(f"{path} holds an unknown estimator {kind!r}; "
+                         f"fastzsl reads {sorted(RESTORERS)}")
+    module, attr = RESTORERS[kind].split(":")
+    restore = importlib.import_module(module)
+    for part in attr.split("."):
+        restore = getattr(restore, part)
+    try:
+        return restore(meta, arrays)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{path} is missing or has malformed model parts ({exc!r})") from None

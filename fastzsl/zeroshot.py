@@ -33,7 +33,7 @@ from .gaussian import GaussianNovelty, export_gaussian, gaussian_loglik, restore
 from .loop import LoOP, export_loop, restore_loop
 from .mapping import SemanticMapper, export_mapper, restore_mapper
 from .metrics import gzsl_scores, zero_shot_accuracies
-from .persistence import load_archive, save_archive
+from .persistence import save_archive
 from .softmax import SoftmaxClassifier, export_softmax, restore_softmax
 
 NOVELTY = ("loop", "gaussian")
@@ -172,10 +172,38 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
 
         self.mapper_ = SemanticMapper(random_state=self.random_state, progress=self.progress,
                                       **(self.mapper_params or {})).fit(X, codes, W_seen)
-        F = self.mapper_.transform(X)
         self.seen_classifier_ = SoftmaxClassifier(
             random_state=self.random_state, progress=self.progress,
             **(self.softmax_params or {})).fit(X, y)
+        self.n_features_in_ = X.shape[1]
+        return self._fit_semantic_part(self.mapper_.transform(X), y)
+
+    def refit_novelty(self, X, y, **params):
+        """Set detector parameters and refit only the novelty detector (and the unseen
+        variance), keeping the trained mapping and softmax: a cheap way to compare
+        detectors on one model. ``X, y`` are the training data given to ``fit``.
+
+        >>> gaussian = copy.deepcopy(model).refit_novelty(X, y, novelty="gaussian")  # doctest: +SKIP
+        """
+        check_is_fitted(self)
+        trained = {"class_vectors", "unseen_classes", "mapper_params", "softmax_params",
+                   "multiword", "random_state"}
+        if trained & set(params):
+            raise ValueError(f"refit_novelty cannot change {sorted(trained & set(params))}: "
+                             "they need a full fit")
+        self.set_params(**params)
+        self._check_params()
+        X = self._check_X(X)
+        y = self._check_labels(y, X.shape[0])
+        if np.isin(y, self.unseen_classes_).any():
+            raise ValueError("y contains unseen classes: pass the training data given to fit")
+        return self._fit_semantic_part(self.mapper_.transform(X), y)
+
+    def _fit_semantic_part(self, F, y):
+        """Everything fitted in the semantic space: the detector and the unseen variance."""
+        seen = self.seen_classes_.tolist()
+        W_seen = self.class_vectors_[: len(seen)]
+        codes = np.searchsorted(self.seen_classes_, y)
         self.detector_ = self._fit_detector(F, y, dict(zip(seen, W_seen)), codes)
         if self.unseen_variance is None:
             sq = ((F - W_seen[codes]).astype(np.float64) ** 2).sum(axis=1)
@@ -183,7 +211,6 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
             self.unseen_variance_ = float(per_class.mean())
         else:
             self.unseen_variance_ = float(self.unseen_variance)
-        self.n_features_in_ = X.shape[1]
         return self
 
     def _fit_detector(self, F, y, means, codes):
@@ -348,14 +375,3 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
             model.detector_ = restore_loop(*part("detector"))
         return model
 
-
-def load(path) -> ZeroShotClassifier:
-    """Load a model written by ``ZeroShotClassifier.save`` (nothing is unpickled)."""
-    meta, arrays = load_archive(path)
-    kind = meta.get("estimator")
-    if kind != "ZeroShotClassifier":
-        raise ValueError(f"{path} holds a {kind!r}, not a ZeroShotClassifier")
-    try:
-        return ZeroShotClassifier._restore(meta, arrays)
-    except (KeyError, TypeError, IndexError) as exc:
-        raise ValueError(f"{path} is missing or has malformed model parts ({exc!r})") from None

@@ -248,3 +248,15 @@ def test_softmax_matches_scikit_learn():
                              max_iter=5000).fit(X, y)
     np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), atol=2e-3)
     assert list(ours.classes_) == ["a", "b", "c"]
+
+
+def test_refit_novelty_keeps_the_mapping(world, fitted):
+    import copy
+    _, X, y, X_test, _ = world
+    gaussian = copy.deepcopy(fitted).refit_novelty(X, y, novelty="gaussian")
+    np.testing.assert_array_equal(gaussian.transform(X_test), fitted.transform(X_test))
+    fresh = ZeroShotClassifier(world[0], UNSEEN, n_neighbors=10, novelty="gaussian", **FAST).fit(X, y)
+    np.testing.assert_array_equal(gaussian.predict_proba(X_test), fresh.predict_proba(X_test))
+    assert fitted.novelty == "loop"
+    with pytest.raises(ValueError, match=r"cannot change \['mapper_params'\]"):
+        gaussian.refit_novelty(X, y, mapper_params={})
