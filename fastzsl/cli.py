@@ -121,7 +121,8 @@ def cmd_train(args) -> int:
         results, _, _ = train_fashion_mnist(
             unseen=unseen, n_centroids=args.centroids, stride=args.stride,
             n_patches=args.patches, data_dir=args.data_dir, seed=args.seed,
-            backend=args.backend, mapper_params=mapper, out_dir=args.out,
+            backend=args.backend, mapper_params=mapper, max_train=args.max_train,
+            max_test=args.max_test, n_neighbors=args.k, out_dir=args.out,
             progress=not args.quiet)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -239,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=1, help="patch stride (default: %(default)s)")
     p.add_argument("--patches", type=int, default=200_000,
                    help="training patches for whitening and k-means (default: %(default)s)")
+    p.add_argument("--k", type=int, default=20, help="LoOP neighbours (default: %(default)s)")
+    p.add_argument("--max-train", type=int, default=None,
+                   help="use a random subset of this many seen training images")
+    p.add_argument("--max-test", type=int, default=None,
+                   help="evaluate on a random subset of this many test images")
     p.add_argument("--mapper-optimizer", choices=["lbfgs", "adam"], default=None,
                    help="semantic mapping optimiser (default: Adam on data this size)")
     p.add_argument("--backend", default="auto", help="kernel backend (default: %(default)s)")

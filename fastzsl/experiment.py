@@ -22,9 +22,13 @@ CURVE_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 21), 3)
 
 def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
                         n_patches=200_000, data_dir=None, seed=0, backend="auto",
-                        mapper_params=None, softmax_params=None, out_dir=None, progress=True,
-                        log=print):
-    """Train and evaluate on Fashion-MNIST; returns (results dict, model, extractor)."""
+                        mapper_params=None, softmax_params=None, max_train=None, max_test=None,
+                        n_neighbors=20, out_dir=None, progress=True, log=print):
+    """Train and evaluate on Fashion-MNIST; returns (results dict, model, extractor).
+
+    ``max_train`` / ``max_test`` keep a seeded random subset of the seen training images /
+    of the test images (for quick runs and tests); default: all.
+    """
     from .embeddings import load_glove_50d
     from .features import CoatesNgFeatures
     from .zeroshot import ZeroShotClassifier
@@ -41,7 +45,15 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
     if unknown:
         raise ValueError(f"unknown class names {unknown}; Fashion-MNIST has {names}")
     names_arr = np.array(names)
+    rng = np.random.default_rng(seed)
     seen_rows = ~np.isin(names_arr[y_train], unseen)
+    if max_train is not None and max_train < seen_rows.sum():
+        keep = rng.choice(np.flatnonzero(seen_rows), size=max_train, replace=False)
+        seen_rows = np.zeros_like(seen_rows)
+        seen_rows[keep] = True
+    if max_test is not None and max_test < len(X_test):
+        keep = np.sort(rng.choice(len(X_test), size=max_test, replace=False))
+        X_test, y_test = X_test[keep], y_test[keep]
     log(f"Fashion-MNIST: {seen_rows.sum()} training images of {10 - len(unseen)} seen classes; "
         f"test: {len(X_test)} images; unseen: {', '.join(unseen)}")
 
@@ -59,6 +71,7 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
 
     t = time.perf_counter()
     loop_model = ZeroShotClassifier(kv, unseen, novelty="loop", backend=backend,
+                                    n_neighbors=n_neighbors,
                                     mapper_params=mapper_params, softmax_params=softmax_params,
                                     random_state=seed, progress=progress).fit(F_train, y_seen)
     lap("train (mapping, softmax, LoOP)", t)

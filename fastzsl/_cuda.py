@@ -1,0 +1,79 @@
+"""Run-time compilation of fastzsl's CUDA kernels (``csrc/cuda/*.cu``) with CuPy.
+
+The kernel sources ship as package data in ``fastzsl/cuda/``; a source checkout on
+``PYTHONPATH`` reads them from ``csrc/cuda/`` next to the package instead. Local
+``#include "..."`` lines are inlined (NVRTC has no file system search path for them, and
+CuPy's on-disk kernel cache keys on the source text, so an edited header must change it),
+and ``#line`` directives keep compiler messages pointing at the real files.
+
+CuPy is imported only when a module is loaded, never at import time.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+# The options every module is compiled with (CuPy adds the target architecture).
+OPTIONS = ("-std=c++17",)
+
+_SOURCE_TREE = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def _read(filename: str) -> str:
+    """Text of a kernel file: installed package data first, then the source tree."""
+    try:
+        resource = resources.files("fastzsl") / "cuda" / filename
+        if resource.is_file():
+            return resource.read_text(encoding="utf-8")
+    except (FileNotFoundError, ModuleNotFoundError, NotADirectoryError):
+        pass
+    path = _SOURCE_TREE / filename
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    raise FileNotFoundError(
+        f"CUDA kernel source {filename!r} not found in the installed package "
+        f"(fastzsl/cuda/) nor in the source tree ({_SOURCE_TREE}); reinstall fastzsl")
+
+
+def _expand(filename: str, seen: tuple[str, ...]) -> str:
+    if filename in seen:
+        raise ValueError(f"recursive #include of {filename!r} in the CUDA sources")
+    out = [f'#line 1 "{filename}"']
+    for number, line in enumerate(_read(filename).splitlines(), start=1):
+        match = _INCLUDE.match(line)
+        if match:
+            out.append(_expand(match.group(1), seen + (filename,)))
+            out.append(f'#line {number + 1} "{filename}"')
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def kernel_source(name: str) -> str:
+    """The full source of ``<name>.cu`` as NVRTC compiles it (headers inlined)."""
+    return _expand(f"{name}.cu", ())
+
+
+@lru_cache(maxsize=None)
+def _load(name: str, device_id: int):
+    import cupy
+
+    with cupy.cuda.Device(device_id):
+        module = cupy.RawModule(code=kernel_source(name), options=OPTIONS)
+        module.compile()  # compile now, so that errors surface here with the file name
+    return module
+
+
+def load_module(name: str, device_id: int | None = None):
+    """The compiled ``cupy.RawModule`` of ``csrc/cuda/<name>.cu`` for a device.
+
+    Memoised per (name, device id); ``device_id`` defaults to CuPy's current device.
+    """
+    import cupy
+
+    if device_id is None:
+        device_id = cupy.cuda.Device().id
+    return _load(name, int(device_id))
