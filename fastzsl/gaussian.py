@@ -104,6 +104,9 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
     - ``rule="mixture"`` (the authors' code): the fraction of training points whose
       prior-weighted mixture log-likelihood logsumexp_c(log pi_c + log N_c) is higher.
 
+    The estimator computes in float64 throughout, so the thresholds it reads off the
+    training scores compare exactly with the scores of new points.
+
     Parameters
     ----------
     rule : {"paper", "mixture"}, default="paper"

@@ -1,0 +1,67 @@
+"""kNN search: fastzsl.knn (exact, per backend; method="faiss") vs raw faiss IndexFlatL2.
+
+Group ``knn N_ref=.. N_q=.. d=50 k=20``: every query. The NumPy backend is far too slow
+at full size, so it runs there only with --quick; group ``knn subset ...`` times every
+method on the first 100 queries, NumPy included.
+
+Each case first checks its result on the first n_check queries against fastzsl's NumPy
+reference (distances within fastzsl.testing.TOL for float32, rtol 1e-3 for faiss, which
+expands the squared distance in float32; neighbour sets equal up to ties).
+"""
+import numpy as np
+import pytest
+
+import fastzsl
+from fastzsl.testing import TOL, assert_knn_equal, backend_is_available
+
+FAISS_RTOL = 1e-3
+CASES = ["cython", "numba", "numpy", "fastzsl-faiss", "faiss-IndexFlatL2"]
+
+
+def _make(case, reference, k, faiss_flat):
+    """(label, fn(Q) -> (D, I), extra_info, is_baseline)."""
+    if case == "faiss-IndexFlatL2":
+        return ("faiss IndexFlatL2.search (index built outside the timer)",
+                lambda Q: faiss_flat.search(Q, k), dict(peer="faiss-cpu"), True)
+    if case == "fastzsl-faiss":
+        return ('fastzsl.knn(method="faiss") (builds IndexFlatL2 per call)',
+                lambda Q: fastzsl.knn(Q, reference, k, method="faiss"),
+                dict(peer="fastzsl", method="faiss"), False)
+    if not backend_is_available(case):
+        pytest.skip(f"backend {case!r} unavailable")
+    return (f"fastzsl.knn exact ({case})",
+            lambda Q: fastzsl.knn(Q, reference, k, backend=case),
+            dict(peer="fastzsl", backend=case, method="exact"), False)
+
+
+def _check(case, fn, cfg, queries, knn_expected):
+    D, I = fn(queries[:cfg.n_check])
+    D_ref, I_ref = knn_expected
+    tol = dict(TOL[np.dtype(cfg.dtype)])
+    if "faiss" in case:
+        # faiss: ||q||^2 - 2 q.r + ||r||^2 in float32, relative error ~1e-4 on these data
+        tol["rtol"] = FAISS_RTOL
+    assert_knn_equal(np.maximum(D, 0), I, D_ref, I_ref, **tol)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_knn(case, bench, cfg, reference, queries, faiss_flat, knn_expected):
+    if case == "numpy" and not cfg.quick:
+        pytest.skip("numpy backend: too slow for 10k x 100k; timed in the 'knn subset' group")
+    label, fn, extra, baseline = _make(case, reference, cfg.k, faiss_flat)
+    _check(case, fn, cfg, queries, knn_expected)  # correctness before time
+    bench(lambda: fn(queries),
+          group=f"knn N_ref={cfg.n_ref} N_q={cfg.n_q} d={cfg.d} k={cfg.k}",
+          label=label, baseline=baseline, **extra, **cfg.sizes())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_knn_subset(case, bench, cfg, reference, queries, faiss_flat, knn_expected):
+    label, fn, extra, baseline = _make(case, reference, cfg.k, faiss_flat)
+    n = cfg.n_subset
+    _check(case, fn, cfg, queries, knn_expected)
+    Q = np.ascontiguousarray(queries[:n])
+    bench(lambda: fn(Q),
+          group=f"knn subset N_ref={cfg.n_ref} N_q={n} d={cfg.d} k={cfg.k} "
+                f"(first {n} queries, NumPy backend included)",
+          label=label, baseline=baseline, **extra, **cfg.sizes(N_q=n))

@@ -1,0 +1,233 @@
+"""LoOP novelty scoring and fitting, fastzsl vs peers.
+
+Groups
+------
+``loop fit N_ref=..`` (the reference set that ``loop score`` scores against)
+    fastzsl ``LoOP(n_neighbors=20, backend=b).fit(ref)`` (exact kNN graph + LoOP);
+    peer A (baseline): faiss IndexFlatL2 self-search (k+1, self dropped) + fastzsl
+    ``loop_fit(D, I, backend="numpy")``; peer B: scikit-learn
+    ``LocalOutlierFactor(n_neighbors=20, novelty=True).fit(ref)``. At full size each fit
+    takes minutes on 2 cores, so this group runs ONE round without warm-up (5 + 1 with
+    --quick); the fitted models are reused by the scoring group.
+``loop score N_ref=.. N_q=..``
+    Timed: fastzsl ``LoOP.outlier_probability(Q)`` (kNN of the new points + scoring);
+    peer A (baseline): faiss ``IndexFlatL2.search(Q, 20)`` + fastzsl
+    ``loop_score(D, I, fit, backend="numpy")``; peer B: scikit-learn LOF
+    ``score_samples(Q)`` (a different score, LOF not LoOP, same neighbourhood work).
+``loop fit N=10000``
+    In-sample LoOP of 10k points: fastzsl ``LoOP.fit`` per backend vs PyNomaly 0.4.0
+    ``LocalOutlierProbability(X, extent=3, n_neighbors=20, ...).fit()``, default
+    configuration (use_numba=False: scipy cdist in chunks) and its fastest one
+    (use_numba=True, n_jobs=-1: parallel Numba kernel, JIT compiled in the warm-up);
+    the baseline is the faster of the two, the Numba one. Also scikit-learn LOF fit.
+
+Correctness before time: every case is checked against fastzsl's NumPy reference on the
+same kind of inputs before it is timed (see each test). faiss computes squared distances
+as ||q||^2 - 2 q.r + ||r||^2 in float32 (relative error ~1e-4 at this data scale), so a few
+near-tied k-th neighbours differ from the exact graph; faiss-based LoOP is therefore
+checked with a mean-absolute-difference bound, and the max difference is recorded in
+extra_info.
+"""
+import numpy as np
+import pytest
+
+import fastzsl
+from fastzsl.testing import backend_is_available
+
+EXACT_ATOL = 1e-6       # fastzsl backends vs NumPy reference, LoOP probabilities
+FAISS_MEAN_ATOL = 1e-3  # faiss-graph LoOP vs exact-graph LoOP: mean |diff|
+PYNOMALY_ATOL = 1e-6    # PyNomaly vs fastzsl (float32 input)
+
+
+def _require(backend):
+    if not backend_is_available(backend):
+        pytest.skip(f"backend {backend!r} unavailable")
+
+
+def _faiss_fit(X, k, extent=3.0):
+    """Peer A fit: faiss IndexFlatL2 self-search (k+1, self dropped) + NumPy loop_fit."""
+    import faiss
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    index = faiss.IndexFlatL2(X.shape[1])
+    index.add(X)
+    D, I = index.search(X, k + 1)
+    is_self = I == np.arange(X.shape[0])[:, None]
+    keep = np.where(is_self.any(axis=1, keepdims=True), ~is_self, np.arange(k + 1) < k)
+    D = np.maximum(D[keep].reshape(-1, k), 0)
+    I = I[keep].reshape(-1, k)
+    return fastzsl.loop_fit(D, I, extent=extent, backend="numpy")
+
+
+def _faiss_score(index, Q, k, fit):
+    """Peer A score: faiss search + fastzsl NumPy LoOP arithmetic."""
+    D, I = index.search(Q, k)
+    np.maximum(D, 0, out=D)
+    return fastzsl.loop_score(D, I, fit, backend="numpy")
+
+
+def _lof(k):
+    from sklearn.neighbors import LocalOutlierFactor
+    return LocalOutlierFactor(n_neighbors=k, novelty=True)
+
+
+def _check_lof_neighbours(lof, Q, knn_expected, k):
+    """LOF is not LoOP: check its neighbour search agrees with the exact kNN."""
+    D_ref, I_ref = knn_expected
+    dist, ind = lof.kneighbors(Q, k)
+    np.testing.assert_allclose(dist ** 2, D_ref, rtol=1e-4, atol=1e-6)
+    same = (np.sort(ind, axis=1) == np.sort(I_ref, axis=1)).all(axis=1).mean()
+    assert same >= 0.99, f"LOF neighbour sets agree on only {same:.1%} of rows"
+
+
+@pytest.fixture(scope="session")
+def small_expected(cfg, reference):
+    """NumPy-reference in-sample LoOP of the first 2000 reference rows (pre-timing checks)."""
+    X = np.ascontiguousarray(reference[:2000])
+    return X, fastzsl.LoOP(n_neighbors=cfg.k, backend="numpy").fit(X).probabilities_
+
+
+@pytest.fixture(scope="session")
+def fitted():
+    """Models fitted on the full reference, shared by the fit and score groups."""
+    return {}
+
+
+def _fit_case(case, cfg):
+    """(label, fit_fn(X) -> model, probabilities_of(model), extra, baseline)."""
+    if case == "faiss+numpy":
+        return ("peer A: faiss IndexFlatL2 self-search + fastzsl loop_fit(numpy)",
+                lambda X: _faiss_fit(X, cfg.k), lambda m: m.probabilities,
+                dict(peer="faiss-cpu + fastzsl numpy LoOP"), True)
+    if case == "sklearn-LOF":
+        return ("peer B: sklearn LocalOutlierFactor(novelty=True).fit",
+                lambda X: _lof(cfg.k).fit(X), None, dict(peer="scikit-learn"), False)
+    _require(case)
+    return (f"fastzsl LoOP.fit ({case})",
+            lambda X: fastzsl.LoOP(n_neighbors=cfg.k, backend=case).fit(X),
+            lambda m: m.probabilities_, dict(peer="fastzsl", backend=case), False)
+
+
+def _get_fitted(case, cfg, reference, fitted):
+    if case not in fitted:
+        fitted[case] = _fit_case(case, cfg)[1](reference)
+    return fitted[case]
+
+
+# ------------------------------------------------------------------ fit of the reference
+@pytest.mark.parametrize("case", ["faiss+numpy", "cython", "numba", "sklearn-LOF"])
+def test_loop_fit_reference(case, bench, cfg, reference, queries, knn_expected,
+                            small_expected, fitted):
+    label, fit_fn, probs_of, extra, baseline = _fit_case(case, cfg)
+    # correctness before time, on the first 2000 reference rows
+    X_small, p_small = small_expected
+    small = fit_fn(X_small)
+    if case == "sklearn-LOF":
+        Qc = queries[:cfg.n_check]
+        _check_lof_neighbours(small, Qc, fastzsl.knn(Qc, X_small, cfg.k, backend="numpy"),
+                              cfg.k)
+    else:
+        diff = np.abs(probs_of(small) - p_small)
+        if case == "faiss+numpy":
+            assert diff.mean() <= FAISS_MEAN_ATOL, diff.mean()
+        else:
+            assert diff.max() <= EXACT_ATOL, diff.max()
+    rounds = None if cfg.quick else 1
+    model = bench(lambda: fit_fn(reference),
+                  group=f"loop fit N_ref={cfg.n_ref} d={cfg.d} k={cfg.k}"
+                        + ("" if cfg.quick else " (1 round each: minutes per fit)"),
+                  label=label, baseline=baseline, rounds=rounds, **extra,
+                  **cfg.sizes(N_q=0))
+    fitted[case] = model
+    # the single timed full-size fit is checked after the fact, against the other fits
+    if probs_of is not None:
+        p = probs_of(model)
+        for other in ("cython", "numba"):
+            if other != case and other in fitted:
+                assert np.abs(p - fitted[other].probabilities_).max() <= EXACT_ATOL
+        if case != "faiss+numpy" and "faiss+numpy" in fitted:
+            diff = np.abs(p - fitted["faiss+numpy"].probabilities)
+            assert diff.mean() <= FAISS_MEAN_ATOL, diff.mean()
+
+
+# ------------------------------------------------------------------ scoring new points
+@pytest.mark.parametrize("case", ["cython", "numba", "faiss+numpy", "sklearn-LOF"])
+def test_loop_score(case, bench, cfg, reference, queries, faiss_flat, knn_expected, fitted):
+    group = f"loop score N_ref={cfg.n_ref} N_q={cfg.n_q} d={cfg.d} k={cfg.k}"
+    Qc = queries[:cfg.n_check]
+    D_ref, I_ref = knn_expected
+    if case == "sklearn-LOF":
+        lof = _get_fitted(case, cfg, reference, fitted)
+        _check_lof_neighbours(lof, Qc, knn_expected, cfg.k)
+        assert np.isfinite(lof.score_samples(Qc)).all()
+        bench(lambda: lof.score_samples(queries), group=group,
+              label="peer B: sklearn LocalOutlierFactor.score_samples (fit outside)",
+              peer="scikit-learn", **cfg.sizes())
+        return
+    if case == "faiss+numpy":
+        fit = _get_fitted(case, cfg, reference, fitted)
+        # same fit, exact query neighbours: differs only by faiss's float32 rounding
+        expected = fastzsl.loop_score(D_ref, I_ref, fit, backend="numpy")
+        diff = np.abs(_faiss_score(faiss_flat, Qc, cfg.k, fit) - expected)
+        assert diff.mean() <= FAISS_MEAN_ATOL, diff.mean()
+        bench(lambda: _faiss_score(faiss_flat, queries, cfg.k, fit), group=group,
+              label="peer A: faiss IndexFlatL2.search + fastzsl loop_score(numpy)",
+              baseline=True, peer="faiss-cpu + fastzsl numpy LoOP",
+              check_max_abs_diff=float(diff.max()), **cfg.sizes())
+        return
+    _require(case)
+    model = _get_fitted(case, cfg, reference, fitted)
+    expected = fastzsl.loop_score(D_ref, I_ref, model.fit_, backend="numpy")
+    diff = np.abs(np.asarray(model.outlier_probability(Qc)) - expected)
+    assert diff.max() <= EXACT_ATOL, diff.max()
+    bench(lambda: model.outlier_probability(queries), group=group,
+          label=f"fastzsl LoOP.outlier_probability ({case})",
+          peer="fastzsl", backend=case, **cfg.sizes())
+
+
+# ------------------------------------------------------------------ in-sample fit, 10k
+def _pynomaly(X, k, **kw):
+    from PyNomaly import loop as pynomaly_loop
+    model = pynomaly_loop.LocalOutlierProbability(X, extent=3, n_neighbors=k, **kw).fit()
+    return np.asarray(model.local_outlier_probabilities, dtype=np.float64)
+
+
+PYNOMALY_CONFIGS = {
+    "PyNomaly-default": dict(),
+    "PyNomaly-numba": dict(use_numba=True, n_jobs=-1),
+}
+
+
+@pytest.fixture(scope="session")
+def fit_data(cfg, reference):
+    X = np.ascontiguousarray(reference[:cfg.n_fit])
+    expected = fastzsl.LoOP(n_neighbors=cfg.k, backend="numpy").fit(X).probabilities_
+    return X, expected
+
+
+@pytest.mark.parametrize("case", ["cython", "numba", "numpy", "PyNomaly-default",
+                                  "PyNomaly-numba", "sklearn-LOF"])
+def test_loop_fit_insample(case, bench, cfg, fit_data):
+    X, expected = fit_data
+    group = f"loop fit N={cfg.n_fit} d={cfg.d} k={cfg.k} (in-sample)"
+    sizes = dict(N=cfg.n_fit, d=cfg.d, k=cfg.k)
+    if case in PYNOMALY_CONFIGS:
+        kw = PYNOMALY_CONFIGS[case]
+        diff = np.abs(_pynomaly(X, cfg.k, **kw) - expected)  # also compiles the JIT
+        assert diff.max() <= PYNOMALY_ATOL, diff.max()
+        bench(lambda: _pynomaly(X, cfg.k, **kw), group=group,
+              label=f"PyNomaly 0.4.0 LocalOutlierProbability.fit ({kw or 'default: use_numba=False'})",
+              baseline=case == "PyNomaly-numba", peer="PyNomaly",
+              pynomaly_kwargs=repr(kw), check_max_abs_diff=float(diff.max()), **sizes)
+        return
+    if case == "sklearn-LOF":
+        lof = _lof(cfg.k).fit(X)
+        assert np.isfinite(lof.negative_outlier_factor_).all()
+        bench(lambda: _lof(cfg.k).fit(X), group=group,
+              label="sklearn LocalOutlierFactor(novelty=True).fit (LOF, not LoOP)",
+              peer="scikit-learn", **sizes)
+        return
+    _require(case)
+    diff = np.abs(fastzsl.LoOP(n_neighbors=cfg.k, backend=case).fit(X).probabilities_ - expected)
+    assert diff.max() <= EXACT_ATOL, diff.max()
+    bench(lambda: fastzsl.LoOP(n_neighbors=cfg.k, backend=case).fit(X), group=group,
+          label=f"fastzsl LoOP.fit ({case})", peer="fastzsl", backend=case, **sizes)

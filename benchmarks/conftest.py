@@ -1,0 +1,166 @@
+"""pytest-benchmark configuration for fastzsl's benchmarks (not tests).
+
+Run from the repository root:
+
+    .venv/bin/python -m pytest benchmarks -p no:cacheprovider --benchmark-json=OUT.json
+    .venv/bin/python -m pytest benchmarks -p no:cacheprovider --quick      # smoke sizes
+
+``bench_*.py`` files are collected by :func:`pytest_collect_file` below (the project's
+``python_files`` stays at pytest's default ``test_*.py``, so ``pytest`` alone never runs
+these). Sizes: N_ref=100_000 reference points, N_q=10_000 queries, d=50, k=20;
+``--quick`` or ``FASTZSL_BENCH_QUICK=1`` shrinks them to N_ref=10_000, N_q=1_000.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from fastzsl.testing import make_blobs
+
+DATA_DESCRIPTION = "synthetic Gaussian blobs, seeded (fastzsl.testing.make_blobs), float32"
+
+
+# ---------------------------------------------------------------- collection, options
+def pytest_addoption(parser):
+    parser.addoption("--quick", action="store_true", default=False,
+                     help="fastzsl benchmarks: smoke sizes (N_ref=10_000, N_q=1_000); "
+                          "same as FASTZSL_BENCH_QUICK=1")
+
+
+def pytest_collect_file(file_path, parent):
+    # Collect bench_*.py as test modules; files named on the command line are already
+    # collected by pytest itself, so leave those alone (no duplicates).
+    if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
+            and not parent.session.isinitpath(file_path)):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+# ---------------------------------------------------------------- sizes and data
+@dataclass(frozen=True)
+class BenchConfig:
+    quick: bool
+    n_ref: int
+    n_q: int
+    d: int = 50
+    k: int = 20
+    n_fit: int = 10_000          # in-sample LoOP fit group (PyNomaly comparison)
+    n_subset: int = 100          # queries of the "knn subset" group (numpy backend)
+    n_check: int = 200           # queries checked against the reference before timing
+    n_classes: int = 100         # Gaussian group
+    rounds: int = 5              # timed rounds (median reported), one warm-up round
+    dtype: type = np.float32
+
+    @property
+    def n_gauss(self) -> int:
+        return self.n_q * 10
+
+    def sizes(self, **extra):
+        sizes = dict(N_ref=self.n_ref, N_q=self.n_q, d=self.d, k=self.k)
+        sizes.update(extra)
+        return sizes
+
+
+def _is_quick(config) -> bool:
+    return bool(config.getoption("--quick", default=False)) or \
+        os.environ.get("FASTZSL_BENCH_QUICK", "") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def cfg(request) -> BenchConfig:
+    if _is_quick(request.config):
+        return BenchConfig(quick=True, n_ref=10_000, n_q=1_000, n_fit=2_000)
+    return BenchConfig(quick=False, n_ref=100_000, n_q=10_000)
+
+
+@pytest.fixture(scope="session")
+def blobs(cfg):
+    """One seeded draw of N_ref + N_q points around 10 shared centres."""
+    X, _ = make_blobs(cfg.n_ref + cfg.n_q, cfg.d, seed=0, dtype=cfg.dtype)
+    return X
+
+
+@pytest.fixture(scope="session")
+def reference(cfg, blobs):
+    return np.ascontiguousarray(blobs[:cfg.n_ref])
+
+
+@pytest.fixture(scope="session")
+def queries(cfg, blobs):
+    """New points from the reference's distribution (not reference rows)."""
+    return np.ascontiguousarray(blobs[cfg.n_ref:])
+
+
+@pytest.fixture(scope="session")
+def faiss_flat(reference):
+    """faiss IndexFlatL2 over the reference, built once, outside every timer."""
+    import faiss
+    index = faiss.IndexFlatL2(reference.shape[1])
+    index.add(np.ascontiguousarray(reference, dtype=np.float32))
+    return index
+
+
+@pytest.fixture(scope="session")
+def knn_expected(cfg, reference, queries):
+    """Exact kNN of the first n_check queries from fastzsl's NumPy reference backend."""
+    import fastzsl
+    return fastzsl.knn(queries[:cfg.n_check], reference, cfg.k, backend="numpy")
+
+
+# ---------------------------------------------------------------- machine, bookkeeping
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _threads() -> dict:
+    info = {}
+    try:
+        import faiss
+        info["faiss_threads"] = faiss.omp_get_max_threads()
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        import numba
+        info["numba_threads"] = numba.get_num_threads()
+    except Exception:  # pragma: no cover
+        pass
+    return info
+
+
+@pytest.fixture(scope="session")
+def machine() -> dict:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return dict(cpu=_cpu_model(), cores=cores, **_threads())
+
+
+@pytest.fixture
+def bench(benchmark, cfg, machine):
+    """``bench(fn, group=..., label=..., baseline=False, rounds=None, **extra)``.
+
+    Sets the group and extra_info, then times ``fn`` with
+    ``benchmark.pedantic(fn, rounds=R, warmup_rounds=1, iterations=1)`` and returns its
+    result. ``rounds=1`` (used for multi-minute fits) skips the warm-up round.
+    """
+    def run(fn, *, group, label, baseline=False, rounds=None, **extra):
+        rounds = cfg.rounds if rounds is None else rounds
+        benchmark.group = group
+        benchmark.extra_info.update(
+            label=label, baseline=bool(baseline), data=DATA_DESCRIPTION,
+            dtype=np.dtype(cfg.dtype).name, quick=cfg.quick,
+            machine=f"{machine['cpu']}, {machine['cores']} cores", **machine, **extra)
+        if hasattr(os, "getloadavg"):  # other work on the machine shows up here
+            benchmark.extra_info["loadavg_1m_before"] = round(os.getloadavg()[0], 2)
+        warmup = 1 if rounds > 1 else 0
+        return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    return run
