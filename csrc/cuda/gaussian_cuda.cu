@@ -1,0 +1,171 @@
+// Isotropic Gaussian log-likelihoods L[i, c] = -||F_i - mu_c||^2 / (2 var_c)
+// - d/2 log(2 pi var_c), fused with the row reductions of fastzsl's novelty rules:
+// max, first argmax, logsumexp_c(L + log_weights) (online, skipping -inf terms) and
+// all_below = all_c L < thresholds_c. The (n, C) matrix is written only when `full`.
+//
+// Layout as in knn_cuda.cu: a block owns BQ = blockDim.x rows (one per thread); classes
+// stream through shared memory in sub-tiles of RS classes x DC dimensions, with the rows'
+// matching dimensions staged beside them. Squared distances accumulate in T (float or
+// double); L and every reduction are computed in double, classes in ascending order, as
+// the NumPy reference and the CPU backends do. With `full`, each RS-class slab of L is
+// staged in shared memory and written with coalesced stores. With f_resident (the host
+// checks that it fits) all d dimensions of the block's rows are loaded once.
+#include "common.cuh"
+
+namespace fastzsl {
+namespace gaussian {
+
+constexpr int RS = 32;  // classes per sub-tile
+
+template <typename T> struct Tile;
+template <> struct Tile<float> { static constexpr int DC = 32; };
+template <> struct Tile<double> { static constexpr int DC = 16; };
+
+extern __shared__ __align__(16) unsigned char smem_raw[];
+
+template <typename T>
+__device__ __forceinline__ void gaussian_block(
+    const T* __restrict__ F, const T* __restrict__ M, const double* __restrict__ var,
+    const double* __restrict__ log_weights, const double* __restrict__ thresholds,
+    long long n, int C, int d, int full, int f_resident, T* __restrict__ L,
+    T* __restrict__ row_max, long long* __restrict__ row_argmax, T* __restrict__ row_lse,
+    bool* __restrict__ all_below) {
+    constexpr int DC = Tile<T>::DC;
+    const double NEG_INF = -inf_f64();
+    const int bq = blockDim.x;
+    const int tid = threadIdx.x;
+    const long long i0 = (long long)blockIdx.x * bq;
+    const long long i = i0 + tid;
+    // No early return: every thread takes part in the tile loads and barriers.
+    const bool active = i < n;
+
+    double* p_twovar = reinterpret_cast<double*>(smem_raw);  // RS each
+    double* p_lnorm = p_twovar + RS;
+    double* p_lw = p_lnorm + RS;
+    double* p_thr = p_lw + RS;
+    // Rows, element (row, dim) at f_tile[row * f_rs + dim * f_ds] (bank-conflict-free reads):
+    //   f_resident: all d_pad dims, dim-major [d_pad][bq] (loaded once);
+    //   otherwise:  one DC-chunk, row-major [bq][DC + 1] (padded; re-staged per tile).
+    const int d_pad = (d + DC - 1) / DC * DC;
+    const int f_rs = f_resident ? 1 : DC + 1;
+    const int f_ds = f_resident ? bq : 1;
+    const int f_size = f_resident ? bq * d_pad : bq * (DC + 1);
+    T* m_tile = reinterpret_cast<T*>(p_thr + RS);             // RS x DC
+    T* f_tile = m_tile + RS * DC;                             // f_size
+    T* stage = f_tile + f_size;                               // bq x (RS + 1), only if full
+
+    double best = NEG_INF;
+    long long best_c = 0;
+    double lse_max = NEG_INF;
+    double lse_sum = 0.0;
+    bool below = true;
+
+    if (f_resident) {  // once; the main loop's first barrier publishes it
+        for (int e = tid; e < bq * d_pad; e += bq) {
+            const int row = e / d_pad, dim = e % d_pad;
+            const long long ii = i0 + row;
+            f_tile[row * f_rs + dim * f_ds] = (ii < n && dim < d) ? F[ii * d + dim] : T(0);
+        }
+    }
+
+    for (int cb = 0; cb < C; cb += RS) {  // uniform across the block
+        T acc[RS];
+#pragma unroll
+        for (int r = 0; r < RS; ++r) acc[r] = T(0);
+        for (int c0 = 0; c0 < d; c0 += DC) {
+            __syncthreads();  // readers of the tiles (and of the class parameters) are done
+            if (c0 == 0 && tid < RS && cb + tid < C) {
+                const int c = cb + tid;
+                const double v = var[c];
+                p_twovar[tid] = 2.0 * v;
+                p_lnorm[tid] = -0.5 * d * log(TWO_PI * v);
+                p_lw[tid] = log_weights[c];
+                p_thr[tid] = thresholds[c];
+            }
+            for (int e = tid; e < RS * DC; e += bq) {
+                const int r = e / DC, t = e % DC;
+                const int c = cb + r, dim = c0 + t;
+                m_tile[e] = (c < C && dim < d) ? M[(long long)c * d + dim] : T(0);
+            }
+            if (!f_resident) {
+                for (int e = tid; e < bq * DC; e += bq) {
+                    const int row = e / DC, t = e % DC;
+                    const long long ii = i0 + row;
+                    const int dim = c0 + t;
+                    f_tile[row * f_rs + t * f_ds] = (ii < n && dim < d) ? F[ii * d + dim] : T(0);
+                }
+            }
+            __syncthreads();
+            const T* f_row = f_tile + tid * f_rs + (f_resident ? c0 : 0) * f_ds;
+            T fv[DC];
+#pragma unroll
+            for (int t = 0; t < DC; ++t) fv[t] = f_row[t * f_ds];
+#pragma unroll
+            for (int r = 0; r < RS; ++r) {
+                T s = acc[r];
+#pragma unroll
+                for (int t = 0; t < DC; ++t) {
+                    const T diff = fv[t] - m_tile[r * DC + t];
+                    s = Num<T>::fma_(diff, diff, s);
+                }
+                acc[r] = s;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < RS; ++r) {
+            const int c = cb + r;
+            if (c < C) {
+                const double value = -(double)acc[r] / p_twovar[r] + p_lnorm[r];
+                if (full) stage[tid * (RS + 1) + r] = (T)value;
+                if (value > best) {
+                    best = value;
+                    best_c = c;
+                }
+                if (!(value < p_thr[r])) below = false;
+                // Online logsumexp; a zero-weight class adds nothing (-inf - -inf is NaN).
+                const double weighted = value + p_lw[r];
+                if (weighted != NEG_INF) {
+                    if (weighted > lse_max) {
+                        lse_sum = lse_sum * exp(lse_max - weighted) + 1.0;
+                        lse_max = weighted;
+                    } else {
+                        lse_sum += exp(weighted - lse_max);
+                    }
+                }
+            }
+        }
+        if (full) {  // uniform: every thread reaches this barrier
+            __syncthreads();
+            const int cols = (C - cb < RS) ? C - cb : RS;
+            for (int e = tid; e < bq * RS; e += bq) {
+                const int row = e / RS, col = e % RS;
+                const long long ii = i0 + row;
+                if (ii < n && col < cols) L[ii * C + cb + col] = stage[row * (RS + 1) + col];
+            }
+            // The next write of `stage` comes after the next sub-tile's barriers.
+        }
+    }
+
+    if (active) {
+        row_max[i] = (T)best;
+        row_argmax[i] = best_c;
+        row_lse[i] = (T)(lse_max + log(lse_sum));
+        all_below[i] = below;
+    }
+}
+
+}  // namespace gaussian
+}  // namespace fastzsl
+
+#define FASTZSL_GAUSSIAN_ENTRY(NAME, T, MIN_BLOCKS)                                         \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(                     \
+        const T* F, const T* M, const double* var, const double* log_weights,               \
+        const double* thresholds, long long n, int C, int d, int full, int f_resident,      \
+        T* L, T* row_max, long long* row_argmax, T* row_lse, bool* all_below) {             \
+        fastzsl::gaussian::gaussian_block<T>(F, M, var, log_weights, thresholds, n, C, d,   \
+                                             full, f_resident, L, row_max, row_argmax,       \
+                                             row_lse, all_below);                            \
+    }
+
+FASTZSL_GAUSSIAN_ENTRY(gaussian_f32, float, 4)
+FASTZSL_GAUSSIAN_ENTRY(gaussian_f64, double, 2)

@@ -1,0 +1,245 @@
+// Exact k nearest neighbours (squared Euclidean) fused with per-query top-k selection.
+//
+// The n_queries x n_reference distance matrix is never written to global memory:
+//
+// * A thread block owns BQ = blockDim.x queries (one per thread; BQ in {32, 64, 128}) and
+//   one split [r_begin, r_end) of the reference rows (blockIdx.y; the host adds splits
+//   when there are too few query blocks to fill the GPU).
+// * Reference rows stream through shared memory in sub-tiles of RS rows x DC dimensions;
+//   the matching DC dimensions of the block's queries are staged in shared memory too
+//   (coalesced loads), then each thread accumulates the RS distances of its query in
+//   registers: sums of squared differences, float for float32 and double for float64, so
+//   a duplicate is exactly 0 apart. When q_resident is set (the host checks that it fits),
+//   all d dimensions of the block's queries are loaded into shared memory once instead.
+// * Each thread keeps its k best (distance, index) pairs sorted in a list in shared memory
+//   (layout [slot][thread], conflict-free) -- or, when k is too large for shared memory,
+//   in a global scratch buffer of the same layout -- and inserts a candidate only when it
+//   is strictly better than the current k-th. Candidates are visited in ascending
+//   reference index, so among equal distances the lower index stays first, as in the
+//   NumPy reference's stable sort.
+// * self_on: local reference row (self_base + query row) is skipped (query i is reference
+//   row self_offset + i; the host rebases the offset to each launch's reference chunk).
+//
+// Each block writes its sorted list to out[split][query][0..k) (+inf / -1 where fewer
+// than k candidates were seen); knn_merge_* merges the lists of several splits (and the
+// state carried over from earlier reference chunks, all lower indices) into one.
+#include "common.cuh"
+
+namespace fastzsl {
+namespace knn {
+
+constexpr int RS = 32;  // reference rows per sub-tile (distances accumulated at once)
+constexpr int MAX_LISTS = 65;  // merge: 64 splits + the carried state
+
+template <typename T> struct Tile;
+template <> struct Tile<float> { static constexpr int DC = 32; };   // dims per chunk
+template <> struct Tile<double> { static constexpr int DC = 16; };
+
+// Insert (dist, idx) into the sorted list bd/bi (entries stride apart) if it belongs there.
+template <typename T>
+__device__ __forceinline__ void consider(T* bd, int* bi, int stride, int k, int& n_filled,
+                                         T& worst, T dist, int idx) {
+    int pos;
+    if (n_filled < k) {
+        pos = n_filled;
+        ++n_filled;
+    } else if (dist < worst) {
+        pos = k - 1;
+    } else {
+        return;
+    }
+    // Shift strictly worse entries right: an equal distance keeps its (lower) index first.
+    while (pos > 0) {
+        const T prev = bd[(pos - 1) * stride];
+        if (!(prev > dist)) break;
+        bd[pos * stride] = prev;
+        bi[pos * stride] = bi[(pos - 1) * stride];
+        --pos;
+    }
+    bd[pos * stride] = dist;
+    bi[pos * stride] = idx;
+    if (n_filled == k) worst = bd[(k - 1) * stride];
+}
+
+extern __shared__ __align__(16) unsigned char smem_raw[];
+
+template <typename T>
+__device__ __forceinline__ void knn_block(
+    const T* __restrict__ Q, const T* __restrict__ R, long long n_q, long long n_r, int d,
+    int k, long long self_base, int self_on, long long span, long long idx_base,
+    int q_resident, T* __restrict__ out_d, long long* __restrict__ out_i, T* scratch_d,
+    int* scratch_i) {
+    constexpr int DC = Tile<T>::DC;
+    const T INF = Num<T>::inf();
+    const int bq = blockDim.x;
+    const int tid = threadIdx.x;
+    const long long q0 = (long long)blockIdx.x * bq;
+    const long long qi = q0 + tid;
+    // No early return: every thread of the block takes part in the tile loads and barriers.
+    const bool active = qi < n_q;
+    const long long split = blockIdx.y;
+
+    // Queries, element (row, dim) at q_tile[row * q_rs + dim * q_ds]; either layout puts the
+    // threads' reads of one dim in distinct banks:
+    //   q_resident: all d_pad dims, dim-major [d_pad][bq] (loaded once);
+    //   otherwise:  one DC-chunk, row-major [bq][DC + 1] (padded; re-staged per tile).
+    const int d_pad = (d + DC - 1) / DC * DC;
+    const int q_rs = q_resident ? 1 : DC + 1;
+    const int q_ds = q_resident ? bq : 1;
+    const int q_size = q_resident ? bq * d_pad : bq * (DC + 1);
+    T* ref_tile = reinterpret_cast<T*>(smem_raw);   // RS x DC
+    T* q_tile = ref_tile + RS * DC;                  // q_size
+    T* bd;
+    int* bi;
+    if (scratch_d == nullptr) {                      // lists in shared memory
+        T* lists_d = q_tile + q_size;
+        int* lists_i = reinterpret_cast<int*>(lists_d + bq * k);
+        bd = lists_d + tid;
+        bi = lists_i + tid;
+    } else {                                         // lists in global scratch, same layout
+        const long long block_id = split * gridDim.x + blockIdx.x;
+        bd = scratch_d + block_id * bq * k + tid;
+        bi = scratch_i + block_id * bq * k + tid;
+    }
+    for (int s = 0; s < k; ++s) {                    // each thread only touches its column
+        bd[s * bq] = INF;
+        bi[s * bq] = -1;
+    }
+    int n_filled = 0;
+    T worst = INF;
+
+    const long long r_begin = split * span;
+    const long long r_end = (r_begin + span < n_r) ? r_begin + span : n_r;
+    const long long self_j = (self_on && active) ? self_base + qi : -1;  // -1 matches no row
+
+    if (q_resident) {  // once; the main loop's first barrier publishes it
+        for (int e = tid; e < bq * d_pad; e += bq) {
+            const int row = e / d_pad, c = e % d_pad;
+            const long long q = q0 + row;
+            q_tile[row * q_rs + c * q_ds] = (q < n_q && c < d) ? Q[q * d + c] : T(0);
+        }
+    }
+
+    for (long long rb = r_begin; rb < r_end; rb += RS) {  // uniform across the block
+        T acc[RS];
+#pragma unroll
+        for (int r = 0; r < RS; ++r) acc[r] = T(0);
+        for (int c0 = 0; c0 < d; c0 += DC) {
+            __syncthreads();  // the previous chunk's readers are done with both tiles
+            for (int e = tid; e < RS * DC; e += bq) {
+                const int r = e / DC, t = e % DC;
+                const long long j = rb + r;
+                const int c = c0 + t;
+                ref_tile[e] = (j < r_end && c < d) ? R[j * d + c] : T(0);
+            }
+            if (!q_resident) {
+                for (int e = tid; e < bq * DC; e += bq) {
+                    const int row = e / DC, t = e % DC;
+                    const long long q = q0 + row;
+                    const int c = c0 + t;
+                    q_tile[row * q_rs + t * q_ds] = (q < n_q && c < d) ? Q[q * d + c] : T(0);
+                }
+            }
+            __syncthreads();
+            // Padding dimensions are 0 in both tiles and add exactly 0.
+            const T* q_row = q_tile + tid * q_rs + (q_resident ? c0 : 0) * q_ds;
+            T qv[DC];
+#pragma unroll
+            for (int t = 0; t < DC; ++t) qv[t] = q_row[t * q_ds];
+#pragma unroll
+            for (int r = 0; r < RS; ++r) {
+                T s = acc[r];
+#pragma unroll
+                for (int t = 0; t < DC; ++t) {
+                    const T diff = qv[t] - ref_tile[r * DC + t];
+                    s = Num<T>::fma_(diff, diff, s);
+                }
+                acc[r] = s;
+            }
+        }
+        if (active) {
+#pragma unroll
+            for (int r = 0; r < RS; ++r) {
+                const long long j = rb + r;
+                if (j < r_end && j != self_j && (n_filled < k || acc[r] < worst)) {
+                    consider(bd, bi, bq, k, n_filled, worst, acc[r], (int)j);
+                }
+            }
+        }
+    }
+
+    if (active) {
+        T* od = out_d + (split * n_q + qi) * k;
+        long long* oi = out_i + (split * n_q + qi) * k;
+        for (int s = 0; s < k; ++s) {
+            const int j = bi[s * bq];
+            od[s] = bd[s * bq];
+            oi[s] = j < 0 ? -1LL : idx_base + j;
+        }
+    }
+}
+
+// Merge sorted lists of one query: the carried state (lower reference indices) first, then
+// the splits in ascending reference order; among equal distances the earlier list wins,
+// which is the lower index. Entries with index -1 are "no candidate" and sort last.
+template <typename T>
+__device__ __forceinline__ void merge_row(
+    const T* __restrict__ prev_d, const long long* __restrict__ prev_i, int has_prev,
+    const T* __restrict__ part_d, const long long* __restrict__ part_i, int n_parts,
+    long long n_q, int k, T* __restrict__ out_d, long long* __restrict__ out_i) {
+    const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (q >= n_q) return;
+    const int n_lists = n_parts + (has_prev ? 1 : 0);
+    int head[MAX_LISTS];
+    for (int l = 0; l < n_lists; ++l) head[l] = 0;
+    for (int p = 0; p < k; ++p) {
+        int best = -1;
+        T best_d = Num<T>::inf();
+        long long best_i = -1;
+        for (int l = 0; l < n_lists; ++l) {
+            const int h = head[l];
+            if (h >= k) continue;
+            const long long row = (has_prev && l == 0)
+                ? q * k
+                : ((long long)(l - (has_prev ? 1 : 0)) * n_q + q) * k;
+            const long long idx = (has_prev && l == 0) ? prev_i[row + h] : part_i[row + h];
+            if (idx < 0) continue;  // this list is exhausted
+            const T dist = (has_prev && l == 0) ? prev_d[row + h] : part_d[row + h];
+            if (best < 0 || dist < best_d) {
+                best = l;
+                best_d = dist;
+                best_i = idx;
+            }
+        }
+        out_d[q * k + p] = best_d;
+        out_i[q * k + p] = best_i;
+        if (best >= 0) ++head[best];
+    }
+}
+
+}  // namespace knn
+}  // namespace fastzsl
+
+#define FASTZSL_KNN_ENTRY(NAME, T, MIN_BLOCKS)                                              \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(                     \
+        const T* Q, const T* R, long long n_q, long long n_r, int d, int k,                 \
+        long long self_base, int self_on, long long span, long long idx_base,               \
+        int q_resident, T* out_d, long long* out_i, T* scratch_d, int* scratch_i) {         \
+        fastzsl::knn::knn_block<T>(Q, R, n_q, n_r, d, k, self_base, self_on, span,          \
+                                   idx_base, q_resident, out_d, out_i, scratch_d,           \
+                                   scratch_i);                                               \
+    }
+
+FASTZSL_KNN_ENTRY(knn_f32, float, 4)
+FASTZSL_KNN_ENTRY(knn_f64, double, 2)
+
+#define FASTZSL_MERGE_ENTRY(NAME, T)                                                        \
+    extern "C" __global__ void NAME(const T* prev_d, const long long* prev_i, int has_prev, \
+                                    const T* part_d, const long long* part_i, int n_parts,  \
+                                    long long n_q, int k, T* out_d, long long* out_i) {     \
+        fastzsl::knn::merge_row<T>(prev_d, prev_i, has_prev, part_d, part_i, n_parts, n_q,  \
+                                   k, out_d, out_i);                                         \
+    }
+
+FASTZSL_MERGE_ENTRY(knn_merge_f32, float)
+FASTZSL_MERGE_ENTRY(knn_merge_f64, double)

@@ -1,0 +1,144 @@
+// LoOP (Kriegel et al. 2009) arithmetic, in double, with the conventions of
+// fastzsl/backends/numpy_.py:
+//   pdist  = extent * sqrt(mean_k D)
+//   PLOF   = pdist / ev - 1, ev = mean pdist of the neighbours (or ev_override);
+//            0/0 -> 0 and x/0 -> +inf
+//   nPLOF  = extent * sqrt(mean PLOF^2) over the finite PLOFs (0 when there are none)
+//   LoOP   = max(0, erf(PLOF / (nPLOF sqrt 2))); nPLOF = 0: PLOF > 0 -> 1, else 0
+// The nPLOF sums are a deterministic two-pass reduction (per-block partials, then one
+// block), so repeated runs give bit-identical results.
+#include "common.cuh"
+
+namespace fastzsl {
+namespace loop {
+
+constexpr int REDUCE_THREADS = 256;  // blockDim.x of both reduction kernels
+
+template <typename T>
+__device__ __forceinline__ void pdist_row(const T* __restrict__ D, long long n, int k,
+                                          double extent, double* __restrict__ pdist) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const T* row = D + i * k;
+    double s = 0.0;
+    for (int c = 0; c < k; ++c) s += (double)row[c];
+    pdist[i] = extent * sqrt(s / k);
+}
+
+__device__ __forceinline__ double plof_of(double pdist, double ev) {
+    if (ev == 0.0) return pdist > 0.0 ? inf_f64() : 0.0;
+    return pdist / ev - 1.0;
+}
+
+__device__ __forceinline__ double probability_of(double plof, double nplof) {
+    double ratio;
+    if (nplof > 0.0) {
+        ratio = plof / (nplof * SQRT2);
+    } else {
+        ratio = plof > 0.0 ? inf_f64() : 0.0;
+    }
+    const double p = erf(ratio);
+    return p > 0.0 ? p : 0.0;
+}
+
+}  // namespace loop
+}  // namespace fastzsl
+
+using fastzsl::loop::REDUCE_THREADS;
+
+extern "C" __global__ void loop_pdist_f32(const float* D, long long n, int k, double extent,
+                                          double* pdist) {
+    fastzsl::loop::pdist_row<float>(D, n, k, extent, pdist);
+}
+
+extern "C" __global__ void loop_pdist_f64(const double* D, long long n, int k, double extent,
+                                          double* pdist) {
+    fastzsl::loop::pdist_row<double>(D, n, k, extent, pdist);
+}
+
+// PLOF of each row; ev = mean ref_pdist over the row's neighbours I, unless use_override.
+extern "C" __global__ void loop_plof(const double* pdist, const long long* I,
+                                     const double* ref_pdist, long long n, int k,
+                                     double ev_override, int use_override, double* plof) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    double ev;
+    if (use_override) {
+        ev = ev_override;
+    } else {
+        const long long* row = I + i * k;
+        double s = 0.0;
+        for (int c = 0; c < k; ++c) s += ref_pdist[row[c]];
+        ev = s / k;
+    }
+    plof[i] = fastzsl::loop::plof_of(pdist[i], ev);
+}
+
+// Pass 1: block b writes the sum of squares and the count of the finite PLOFs it saw
+// (grid-stride, so any grid size works). blockDim.x must be REDUCE_THREADS.
+extern "C" __global__ void __launch_bounds__(256) loop_nplof_partial(
+    const double* plof, long long n, double* part_sum, long long* part_count) {
+    __shared__ double s_sum[REDUCE_THREADS];
+    __shared__ long long s_cnt[REDUCE_THREADS];
+    const int tid = threadIdx.x;
+    double s = 0.0;
+    long long c = 0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + tid; i < n; i += stride) {
+        const double v = plof[i];
+        if (fastzsl::is_finite(v)) {
+            s += v * v;
+            ++c;
+        }
+    }
+    s_sum[tid] = s;
+    s_cnt[tid] = c;
+    __syncthreads();
+    for (int half = REDUCE_THREADS / 2; half > 0; half >>= 1) {
+        if (tid < half) {
+            s_sum[tid] += s_sum[tid + half];
+            s_cnt[tid] += s_cnt[tid + half];
+        }
+        __syncthreads();
+    }
+    if (tid == 0) {
+        part_sum[blockIdx.x] = s_sum[0];
+        part_count[blockIdx.x] = s_cnt[0];
+    }
+}
+
+// Pass 2 (one block of REDUCE_THREADS): totals of the n_parts partials into out[0], count[0].
+extern "C" __global__ void __launch_bounds__(256) loop_nplof_final(
+    const double* part_sum, const long long* part_count, int n_parts, double* out_sum,
+    long long* out_count) {
+    __shared__ double s_sum[REDUCE_THREADS];
+    __shared__ long long s_cnt[REDUCE_THREADS];
+    const int tid = threadIdx.x;
+    double s = 0.0;
+    long long c = 0;
+    for (int i = tid; i < n_parts; i += REDUCE_THREADS) {
+        s += part_sum[i];
+        c += part_count[i];
+    }
+    s_sum[tid] = s;
+    s_cnt[tid] = c;
+    __syncthreads();
+    for (int half = REDUCE_THREADS / 2; half > 0; half >>= 1) {
+        if (tid < half) {
+            s_sum[tid] += s_sum[tid + half];
+            s_cnt[tid] += s_cnt[tid + half];
+        }
+        __syncthreads();
+    }
+    if (tid == 0) {
+        out_sum[0] = s_sum[0];
+        out_count[0] = s_cnt[0];
+    }
+}
+
+extern "C" __global__ void loop_probability(const double* plof, long long n, double nplof,
+                                            double* prob) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    prob[i] = fastzsl::loop::probability_of(plof[i], nplof);
+}
