@@ -3,6 +3,9 @@
 The kNN kernel tiles queries x reference rows so one reference tile stays in cache while
 a block of queries streams over it; each query keeps a sorted list of its k best
 (distance, index) pairs, so a candidate usually costs one compare against the worst.
+``knn`` runs that direct kernel (``_knn``) behind a BLAS prefilter (``_knn_gemm``): most
+candidates are rejected on a GEMM-expanded distance with a rounding margin, and the rest are
+re-ranked by the same direct difference sum, so the results are those of ``_knn`` exactly.
 """
 from __future__ import annotations
 
@@ -61,9 +64,144 @@ def _knn(queries, reference, k, self_offset, D, I):
                 I[q0 + row, c] = best_i[row, c]
 
 
+# GEMM prefilter + exact re-rank (same scheme and margin as csrc/cpu/knn_cpu.pyx, whose
+# docstring derives it): np.dot gives q . r_j for a block of queries x a tile of references in
+# the input precision, v_j = ||r_j||^2 - 2 q . r_j, and only candidates with
+# v_j <= worst - ||q||^2 + m are re-ranked by the direct difference sum above, in ascending j,
+# so the results equal those of ``_knn`` bit for bit.
+GEMM_QUERY_BLOCK = 128
+GEMM_TILE_ELEMS = 131072  # dot products per block x tile (512 KiB in float32)
+GEMM_BEST_BYTES = 16 * 2**20  # cap on the per-block k-best lists (large k: fewer queries)
+MARGIN_C = 8.0
+SCAN_CHUNK = 32
+_NORM_LIMIT = {np.dtype(np.float32): 1e37, np.dtype(np.float64): 1e300}
+
+
+@numba.njit(parallel=True, cache=True)
+def _sqnorms(X, out):
+    n, d = X.shape
+    for i in numba.prange(n):
+        s = 0.0
+        for t in range(d):
+            x = np.float64(X[i, t])
+            s += x * x
+        out[i] = s
+
+
+@numba.njit(cache=True, inline="always")
+def _threshold(worst, qn, rmax, scale, eps, tiny):
+    # worst = +inf gives +inf: every candidate passes until k are known.
+    return worst - qn + scale * (eps * (qn + rmax + worst) + tiny)
+
+
+@numba.njit(cache=True, inline="always")
+def _next_candidate(P, row, rn, r0, thr, start, n):
+    # First j in [start, n) with rn[r0 + j] - 2 P[row, j] <= thr (computed in double), or n.
+    j = start
+    while j < n and j % SCAN_CHUNK != 0:
+        if np.float64(rn[r0 + j]) - 2.0 * np.float64(P[row, j]) <= thr:
+            return j
+        j += 1
+    while j + SCAN_CHUNK <= n:
+        hit = False
+        for t in range(SCAN_CHUNK):
+            hit |= np.float64(rn[r0 + j + t]) - 2.0 * np.float64(P[row, j + t]) <= thr
+        if hit:
+            break
+        j += SCAN_CHUNK
+    while j < n:
+        if np.float64(rn[r0 + j]) - 2.0 * np.float64(P[row, j]) <= thr:
+            return j
+        j += 1
+    return n
+
+
+@numba.njit(parallel=True, cache=True)
+def _knn_gemm(queries, reference, k, self_offset, qn, rn, tile_rmax, qb, tile, eps, tiny, D, I):
+    n_q, d = queries.shape
+    n_r = reference.shape[0]
+    n_blocks = (n_q + qb - 1) // qb
+    scale = MARGIN_C * (d + 2)
+    for b in numba.prange(n_blocks):
+        q0 = b * qb
+        q1 = min(q0 + qb, n_q)
+        best_d = np.full((q1 - q0, k), np.inf)
+        best_i = np.full((q1 - q0, k), -1, dtype=np.int64)
+        Qb = queries[q0:q1]
+        for r0 in range(0, n_r, tile):
+            r1 = min(r0 + tile, n_r)
+            nr = r1 - r0
+            P = np.dot(Qb, reference[r0:r1].T)
+            rmax = tile_rmax[r0 // tile]
+            for row in range(q1 - q0):
+                qi = q0 + row
+                self_index = qi + self_offset if self_offset >= 0 else -1
+                worst = best_d[row, k - 1]
+                thr = _threshold(worst, qn[qi], rmax, scale, eps, tiny)
+                j = _next_candidate(P, row, rn, r0, thr, 0, nr)
+                while j < nr:
+                    jj = r0 + j
+                    if jj != self_index:
+                        s = 0.0
+                        for t in range(d):
+                            diff = np.float64(queries[qi, t]) - np.float64(reference[jj, t])
+                            s += diff * diff
+                        if s < worst:
+                            _insert_sorted(best_d, best_i, row, s, jj, k)
+                            worst = best_d[row, k - 1]
+                            thr = _threshold(worst, qn[qi], rmax, scale, eps, tiny)
+                    j = _next_candidate(P, row, rn, r0, thr, j + 1, nr)
+        for row in range(q1 - q0):
+            for c in range(k):
+                D[q0 + row, c] = best_d[row, c]
+                I[q0 + row, c] = best_i[row, c]
+
+
+_controller = None
+
+
+def _blas_single_threaded():
+    """Limit BLAS to one thread while the numba threads call it (no-op without threadpoolctl)."""
+    global _controller
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        import contextlib
+        return contextlib.nullcontext()
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
+
+
 def knn(queries, reference, k, self_offset):
     D = np.empty((queries.shape[0], k), dtype=queries.dtype)
     I = np.empty((queries.shape[0], k), dtype=np.int64)
+    n_q, d = queries.shape
+    n_r = reference.shape[0]
+    if n_q == 0 or k <= 0:
+        return D, I
+    if n_r > 0 and d > 0:
+        dtype = queries.dtype
+        qn = np.empty(n_q)
+        rn64 = np.empty(n_r)
+        _sqnorms(queries, qn)
+        _sqnorms(reference, rn64)
+        tile = GEMM_TILE_ELEMS // GEMM_QUERY_BLOCK // (dtype.itemsize // 4)
+        n_tiles = (n_r + tile - 1) // tile
+        padded = np.zeros(n_tiles * tile)
+        padded[:n_r] = rn64
+        tile_rmax = padded.reshape(n_tiles, tile).max(axis=1)
+        limit = _NORM_LIMIT[dtype]
+        if np.isfinite(qn.max()) and np.isfinite(tile_rmax.max()) \
+                and qn.max() + tile_rmax.max() <= limit:
+            info = np.finfo(dtype)
+            # Small query sets: still give every thread a few blocks (min 8 queries each).
+            per_block = max(8, -(-n_q // (4 * numba.get_num_threads())))
+            qb = int(max(1, min(GEMM_QUERY_BLOCK, GEMM_BEST_BYTES // (16 * k), per_block)))
+            with _blas_single_threaded():
+                _knn_gemm(queries, reference, k, self_offset, qn, rn64.astype(dtype),
+                          tile_rmax, qb, tile, float(info.eps), float(info.tiny), D, I)
+            return D, I
     _knn(queries, reference, k, self_offset, D, I)
     return D, I
 
