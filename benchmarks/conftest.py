@@ -13,12 +13,12 @@ these). Sizes: N_ref=100_000 reference points, N_q=10_000 queries, d=50, k=20;
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
+from fastzsl.cli import cpu_name
 from fastzsl.testing import make_blobs
 
 DATA_DESCRIPTION = "synthetic Gaussian blobs, seeded (fastzsl.testing.make_blobs), float32"
@@ -112,17 +112,6 @@ def knn_expected(cfg, reference, queries):
 
 
 # ---------------------------------------------------------------- machine, bookkeeping
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _threads() -> dict:
     info = {}
     try:
@@ -141,7 +130,7 @@ def _threads() -> dict:
 @pytest.fixture(scope="session")
 def machine() -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return dict(cpu=_cpu_model(), cores=cores, **_threads())
+    return dict(cpu=cpu_name(), cores=cores, **_threads())
 
 
 @pytest.fixture

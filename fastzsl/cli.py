@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -32,7 +33,7 @@ def _cpu_name() -> str:
 def machine_description() -> str:
     import os
 
-    return f"{_cpu_name()}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
+    return f"{cpu_name()}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
 
 
 def _pca(X, n_components, seed=0, fit_rows=10000):
@@ -206,13 +207,14 @@ def cmd_bench(args) -> int:
         return 2
     env = dict(os.environ, FASTZSL_BENCH_QUICK="1" if args.quick else "0")
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "bench.json"
+        out = Path(args.json) if args.json else Path(tmp) / "bench.json"
         cmd = [sys.executable, "-m", "pytest", str(root), "-q", "-p", "no:cacheprovider",
                f"--benchmark-json={out}", "--benchmark-group-by=group"]
         code = subprocess.call(cmd, env=env)
         if code != 0:
             return code
-        return subprocess.call([sys.executable, str(root / "report.py"), str(out)])
+        report = [sys.executable, str(root / "report.py"), str(out)]
+        return subprocess.call(report + (["--out", args.markdown] if args.markdown else []))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmark suite and print the ratio table")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--benchmarks", default="benchmarks", help="the suite's folder")
+    p.add_argument("--json", default=None, help="keep pytest-benchmark's JSON here")
+    p.add_argument("--markdown", default=None, help="also write the ratio tables here")
     p.set_defaults(func=cmd_bench)
     return parser
 

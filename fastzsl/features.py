@@ -784,11 +784,7 @@ class CoatesNgFeatures(TransformerMixin, BaseEstimator):
         -------
         ndarray of shape (n, n_features_out_)
         """
-        images4, image_shape = self._check_transform_input(images)
-        dtype = np.dtype(self.dtype)
-        out = np.empty((images4.shape[0], 8 * self.centroids_.shape[0]), dtype)
-        self._run(images4, image_shape, dtype, out=out, desc="features (encode)")
-        return out
+        return self._encode(images, standardize=False)
 
     def transform(self, images):
         """Standardised features.
@@ -803,11 +799,14 @@ class CoatesNgFeatures(TransformerMixin, BaseEstimator):
         ndarray of shape (n, n_features_out_)
             ``(encode(images) - feature_mean_) / feature_scale_``.
         """
+        return self._encode(images, standardize=True)
+
+    def _encode(self, images, standardize):
         images4, image_shape = self._check_transform_input(images)
         dtype = np.dtype(self.dtype)
         out = np.empty((images4.shape[0], 8 * self.centroids_.shape[0]), dtype)
-        self._run(images4, image_shape, dtype, out=out, standardize=True,
-                  desc="features (transform)")
+        self._run(images4, image_shape, dtype, out=out, standardize=standardize,
+                  desc="features (transform)" if standardize else "features (encode)")
         return out
 
     # ---- model files
