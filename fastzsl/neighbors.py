@@ -82,7 +82,9 @@ class FaissIndex:
     """faiss ``IndexFlatL2`` or ``IndexIVFFlat`` behind the :class:`ExactIndex` interface.
 
     faiss computes in float32: float64 references are converted, and distances come back
-    as float64 copies of float32 results.
+    as float64 copies of float32 results. When faiss has GPU support and sees a GPU
+    (``faiss.get_num_gpus() > 0``), the index moves there (``GpuIndexFlatL2`` /
+    ``GpuIndexIVFFlat``), on the reference's device for torch and CuPy inputs, else GPU 0.
 
     Parameters
     ----------
@@ -94,10 +96,14 @@ class FaissIndex:
         IVF lists visited per query; default ``max(1, nlist // 8)``.
     seed : int, default=0
         Seed of the IVF k-means.
+    gpu : bool, optional
+        Use a faiss GPU index: default when one is available; True insists on it.
     """
 
-    def __init__(self, reference, *, method="faiss", nlist=None, nprobe=None, seed=0):
+    def __init__(self, reference, *, method="faiss", nlist=None, nprobe=None, seed=0,
+                 gpu=None):
         faiss = import_faiss()
+        self.gpu_device = _faiss_gpu_device(faiss, reference, gpu)
         self.reference = as_float_matrix(reference, "reference")
         self.dtype = self.reference.dtype
         data = np.ascontiguousarray(self.reference, dtype=np.float32)
@@ -117,6 +123,9 @@ class FaissIndex:
         else:
             raise ValueError(f"FaissIndex method must be 'faiss' or 'ivf', got {method!r}")
         self.method = method
+        if self.gpu_device is not None:
+            self._gpu_resources = faiss.StandardGpuResources()
+            self.index = faiss.index_cpu_to_gpu(self._gpu_resources, self.gpu_device, self.index)
         self.index.add(data)
 
     @property
@@ -164,6 +173,21 @@ def _search_in_chunks(search_chunk, Q, k, dtype, progress):
             D[start:stop], I[start:stop] = search_chunk(Q[start:stop], start)
             bar.update(stop - start)
     return D, I
+
+
+def _faiss_gpu_device(faiss, reference, gpu):
+    """The GPU a faiss index should live on, or None for the CPU."""
+    has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if gpu and not has_gpu:
+        raise RuntimeError("gpu=True but faiss has no GPU support or sees no GPU; "
+                           "install faiss-gpu (pip install 'fastzsl[gpu]') on a CUDA machine")
+    if gpu is False or not has_gpu:
+        return None
+    device = getattr(reference, "device", None)
+    index = getattr(device, "index", None)  # torch.device
+    if index is None:
+        index = getattr(device, "id", None)  # cupy.cuda.Device
+    return int(index) if isinstance(index, int) else 0
 
 
 def _drop_self(D, I, k, offset=0):

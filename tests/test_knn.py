@@ -134,3 +134,30 @@ def test_chunked_search_equals_one_call(backend, rng, monkeypatch, method):
     np.testing.assert_array_equal(D1, D2)
     np.testing.assert_array_equal(I1, I2)
     assert not (I2 == np.arange(301)[:, None]).any()
+
+
+def test_faiss_moves_the_index_to_a_gpu_when_it_has_one(rng, monkeypatch):
+    """faiss-gpu is not installed here: a stand-in checks the GPU path is taken."""
+    faiss = pytest.importorskip("faiss")
+    import fastzsl.neighbors as neighbors
+    moved = []
+
+    class FakeResources:
+        pass
+
+    def index_cpu_to_gpu(resources, device, index):
+        moved.append((type(resources), device, type(index).__name__))
+        return index  # keep searching on the CPU index
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", FakeResources, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", index_cpu_to_gpu, raising=False)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    D, I = fastzsl.knn(X, X, 3, method="faiss")
+    assert moved == [(FakeResources, 0, "IndexFlatL2")]
+    np.testing.assert_array_equal(I[:, 0], np.arange(200))
+    index = neighbors.FaissIndex(X, method="ivf", nlist=4, gpu=False)
+    assert index.gpu_device is None and len(moved) == 1
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    with pytest.raises(RuntimeError, match="gpu=True but faiss has no GPU support"):
+        neighbors.FaissIndex(X, gpu=True)
