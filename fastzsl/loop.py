@@ -207,18 +207,22 @@ class LoOP(OutlierMixin, BaseEstimator):
         if self.scoring not in SCORING:
             raise ValueError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
         k = check_k(self.n_neighbors, X.shape[0], exclude_self=True, name="n_neighbors")
-        self.backend_ = get_backend(self.backend).name
-        self.knn_method_ = "exact" if self.knn == "auto" else self.knn
-        # The backend runs exact kNN itself; faiss methods bring their own kernels.
-        index_backend = self.backend_ if self.knn_method_ == "exact" else "auto"
-        self.index_ = make_index(X, method=self.knn_method_, backend=index_backend,
-                                 **(self.knn_params or {}))
+        self._build_index(X)
         D, I = self.index_.search(X, k, exclude_self=True, progress=self.progress)
         self.fit_ = loop_fit(D, I, extent=self.extent, backend=self.backend_)
         self.probabilities_ = self.fit_.probabilities
         self.n_features_in_ = X.shape[1]
         self.offset_ = 0.5
         return self
+
+    def _build_index(self, X):
+        """Resolve the backend and kNN method, and index the reference set X."""
+        self.backend_ = get_backend(self.backend).name
+        self.knn_method_ = "exact" if self.knn == "auto" else self.knn
+        # The backend runs exact kNN itself; faiss methods bring their own kernels.
+        index_backend = self.backend_ if self.knn_method_ == "exact" else "auto"
+        self.index_ = make_index(X, method=self.knn_method_, backend=index_backend,
+                                 **(self.knn_params or {}))
 
     def outlier_probability(self, X):
         """LoOP of each row of X against the reference set, in [0, 1]; higher = more novel."""
@@ -255,11 +259,7 @@ def export_loop(model: LoOP):
 def restore_loop(meta, arrays) -> LoOP:
     model = LoOP(**meta["params"])
     reference = arrays["reference"]
-    model.backend_ = get_backend(model.backend).name
-    model.knn_method_ = "exact" if model.knn == "auto" else model.knn
-    index_backend = model.backend_ if model.knn_method_ == "exact" else "auto"
-    model.index_ = make_index(reference, method=model.knn_method_, backend=index_backend,
-                              **(model.knn_params or {}))
+    model._build_index(reference)
     model.fit_ = LoOPFit(arrays["pdist"], arrays["plof"], meta["nplof"], arrays["probabilities"],
                          meta["mean_expected_pdist"], meta["extent"])
     model.probabilities_ = model.fit_.probabilities
