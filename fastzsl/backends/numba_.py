@@ -21,6 +21,17 @@ REFERENCE_TILE = 512
 
 
 @numba.njit(cache=True, inline="always")
+def _sqdist(queries, qi, reference, j):
+    """Exact squared distance: double sum of squared differences, t in order (the value
+    every kNN path of this backend reports, bit for bit)."""
+    s = 0.0
+    for t in range(queries.shape[1]):
+        diff = np.float64(queries[qi, t]) - np.float64(reference[j, t])
+        s += diff * diff
+    return s
+
+
+@numba.njit(cache=True, inline="always")
 def _insert_sorted(best_d, best_i, row, dist, idx, k):
     # Shift worse entries right; equal distances keep the earlier (lower) index first.
     pos = k - 1
@@ -51,10 +62,7 @@ def _knn(queries, reference, k, self_offset, D, I):
                 for j in range(r0, r1):
                     if j == self_index:
                         continue
-                    s = 0.0
-                    for t in range(d):
-                        diff = np.float64(queries[qi, t]) - np.float64(reference[j, t])
-                        s += diff * diff
+                    s = _sqdist(queries, qi, reference, j)
                     if s < worst:
                         _insert_sorted(best_d, best_i, row, s, j, k)
                         worst = best_d[row, k - 1]
@@ -142,10 +150,7 @@ def _knn_gemm(queries, reference, k, self_offset, qn, rn, tile_rmax, qb, tile, e
                 while j < nr:
                     jj = r0 + j
                     if jj != self_index:
-                        s = 0.0
-                        for t in range(d):
-                            diff = np.float64(queries[qi, t]) - np.float64(reference[jj, t])
-                            s += diff * diff
+                        s = _sqdist(queries, qi, reference, jj)
                         if s < worst:
                             _insert_sorted(best_d, best_i, row, s, jj, k)
                             worst = best_d[row, k - 1]
