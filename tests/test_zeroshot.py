@@ -138,29 +138,29 @@ def test_corrupt_truncated_and_tampered_files_are_refused(fitted, tmp_path):
     (tmp_path / "junk.fzsl").write_bytes(b"not a model at all")
     with pytest.raises(ValueError, match="corrupt or truncated"):
         fastzsl.load(tmp_path / "junk.fzsl")
-    # Tamper: rewrite one array with different values but keep the metadata.
+    import io
     with zipfile.ZipFile(path) as zf:
         entries = {n: zf.read(n) for n in zf.namelist()}
-    import io
     name = "arrays/softmax.coef.npy"
+
+    def with_coef(array, out, **save_kw):
+        """A copy of the model file whose softmax.coef entry holds ``array``."""
+        buffer = io.BytesIO()
+        np.save(buffer, array, **save_kw)
+        with zipfile.ZipFile(out, "w") as zf:
+            for n, data in entries.items():
+                zf.writestr(n, buffer.getvalue() if n == name else data)
+        return out
+
+    # Tamper: rewrite one array with different values but keep the metadata.
     coef = np.load(io.BytesIO(entries[name]))
-    buffer = io.BytesIO()
-    np.save(buffer, coef + 1)
-    entries[name] = buffer.getvalue()
-    with zipfile.ZipFile(tmp_path / "tampered.fzsl", "w") as zf:
-        for n, data in entries.items():
-            zf.writestr(n, data)
     with pytest.raises(ValueError, match="'softmax.coef' does not match its checksum"):
-        fastzsl.load(tmp_path / "tampered.fzsl")
+        fastzsl.load(with_coef(coef + 1, tmp_path / "tampered.fzsl"))
     # A pickled object array is never loaded.
-    buffer = io.BytesIO()
-    np.save(buffer, np.array([object()], dtype=object), allow_pickle=True)
-    entries[name] = buffer.getvalue()
-    with zipfile.ZipFile(tmp_path / "pickle.fzsl", "w") as zf:
-        for n, data in entries.items():
-            zf.writestr(n, data)
+    pickled = with_coef(np.array([object()], dtype=object), tmp_path / "pickle.fzsl",
+                        allow_pickle=True)
     with pytest.raises(ValueError, match="allow_pickle=False"):
-        fastzsl.load(tmp_path / "pickle.fzsl")
+        fastzsl.load(pickled)
     with pytest.raises(FileNotFoundError, match="no model file"):
         fastzsl.load(tmp_path / "missing.fzsl")
 
