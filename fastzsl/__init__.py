@@ -4,7 +4,8 @@ the scale of millions of images.
 Public API: estimators (:class:`ZeroShotClassifier`, :class:`SemanticMapper`,
 :class:`SoftmaxClassifier`, :class:`LoOP`, :class:`GaussianNovelty`), model files
 (``ZeroShotClassifier.save``, :func:`load`) and FAISS-like functions
-(:func:`knn`, :func:`loop_fit`, :func:`loop_score`, :func:`gaussian_loglik`). Importing
+(:func:`knn`, :func:`loop_fit`, :func:`loop_score`, :func:`gaussian_loglik`), and batch
+scoring of feature files of any size (:func:`score_file`, :func:`read_scores`). Importing
 fastzsl loads none of torch, numba, cupy, faiss or dask; each loads when first used.
 """
 from importlib import import_module
@@ -31,6 +32,8 @@ _EXPORTS = {
     "load_glove_50d": "fastzsl.embeddings",
     "available_backends": "fastzsl.backends",
     "BackendUnavailableError": "fastzsl.backends",
+    "score_file": "fastzsl.batch",
+    "read_scores": "fastzsl.batch",
 }
 
 __all__ = sorted(_EXPORTS)

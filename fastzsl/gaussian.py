@@ -266,6 +266,13 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
             unseen = self._reduce(F, thresholds=T).all_below
         return np.where(unseen, -1, 1)
 
+    def save(self, path):
+        """Write the fitted detector to ``path`` (see :func:`fastzsl.load`)."""
+        from .persistence import save_estimator
+
+        check_is_fitted(self)
+        save_estimator(path, "GaussianNovelty", *export_gaussian(self))
+
 
 def _fraction_above(sorted_scores, values):
     """Fraction of ``sorted_scores`` strictly greater than each value."""

@@ -245,6 +245,13 @@ class LoOP(OutlierMixin, BaseEstimator):
         probabilities = np.asarray(self.outlier_probability(X))
         return np.where(probabilities > threshold, -1, 1)
 
+    def save(self, path):
+        """Write the fitted detector, reference set included, to ``path`` (see :func:`fastzsl.load`)."""
+        from .persistence import save_estimator
+
+        check_is_fitted(self)
+        save_estimator(path, "LoOP", *export_loop(self))
+
 
 def export_loop(model: LoOP):
     """(metadata, arrays) of a fitted LoOP, for model files (the reference set included)."""

@@ -103,14 +103,24 @@ def load_archive(path):
 RESTORERS = {
     "ZeroShotClassifier": "fastzsl.zeroshot:ZeroShotClassifier._restore",
     "CoatesNgFeatures": "fastzsl.features:restore_features",
+    "LoOP": "fastzsl.loop:restore_loop",
+    "GaussianNovelty": "fastzsl.gaussian:restore_gaussian",
 }
+
+
+def save_estimator(path, estimator: str, metadata: dict, arrays: dict) -> None:
+    """Write an estimator's exported parts as a model file that :func:`load` restores."""
+    from . import __version__
+
+    save_archive(path, {"estimator": estimator, "fastzsl_version": __version__, **metadata},
+                 arrays)
 
 
 def load(path):
     """Load a model file written by a fastzsl ``save`` method (nothing is unpickled).
 
-    Returns the estimator the file holds (a ``ZeroShotClassifier`` or a
-    ``CoatesNgFeatures``), fitted as it was saved.
+    Returns the estimator the file holds (a ``ZeroShotClassifier``, ``LoOP``,
+    ``GaussianNovelty`` or ``CoatesNgFeatures``), fitted as it was saved.
     """
     import importlib
 

@@ -264,7 +264,16 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X):
         """P(y | x) over ``classes_`` (seen then unseen); rows sum to 1."""
-        return self._combine(*self._branches(self._check_X(X)), self.combine_, self.threshold_)
+        return self.predict_proba_with_novelty(X)[0]
+
+    def predict_proba_with_novelty(self, X):
+        """``(predict_proba(X), outlier_probability(X))`` from one pass over X.
+
+        What batch scoring needs: the mapping and the novelty detector run once per row.
+        """
+        p_seen, p_unseen_class, p_unseen = self._branches(self._check_X(X))
+        proba = self._combine(p_seen, p_unseen_class, p_unseen, self.combine_, self.threshold_)
+        return proba, p_unseen
 
     def predict(self, X):
         """The most probable class name of each row."""
