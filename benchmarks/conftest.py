@@ -144,10 +144,11 @@ def bench(benchmark, cfg, machine):
     def run(fn, *, group, label, baseline=False, rounds=None, **extra):
         rounds = cfg.rounds if rounds is None else rounds
         benchmark.group = group
-        benchmark.extra_info.update(
-            label=label, baseline=bool(baseline), data=DATA_DESCRIPTION,
-            dtype=np.dtype(cfg.dtype).name, quick=cfg.quick,
-            machine=f"{machine['cpu']}, {machine['cores']} cores", **machine, **extra)
+        info = dict(label=label, baseline=bool(baseline), data=DATA_DESCRIPTION,
+                    dtype=np.dtype(cfg.dtype).name, quick=cfg.quick,
+                    machine=f"{machine['cpu']}, {machine['cores']} cores", **machine)
+        info.update(extra)  # a group may describe its own data
+        benchmark.extra_info.update(info)
         if hasattr(os, "getloadavg"):  # other work on the machine shows up here
             benchmark.extra_info["loadavg_1m_before"] = round(os.getloadavg()[0], 2)
         warmup = 1 if rounds > 1 else 0

@@ -56,6 +56,41 @@ def _verdict(ratio):
     return f"{1 / ratio:.2f}x faster"
 
 
+# extra_info keys shown as extra columns when a group's rows have them
+EXTRA_COLUMNS = (("rows", "rows/s"), ("peak_rss_mb", "peak RSS [MB]"))
+
+
+def _extra(bench, key):
+    info = bench.get("extra_info", {})
+    if key not in info:
+        return ""
+    if key == "rows":  # throughput from the median time
+        return f"{info['rows'] / bench['stats']['median']:,.0f}"
+    return f"{info[key]:,.0f}"
+
+
+def _growth_exponents(rows):
+    """Least-squares exponent a of time ~ size^a, per series, for rows with growth_size."""
+    import math
+
+    series = OrderedDict()
+    for b in rows:
+        info = b.get("extra_info", {})
+        if "growth_size" in info:
+            series.setdefault(info.get("series", ""), []).append(
+                (math.log(info["growth_size"]), math.log(b["stats"]["median"])))
+    lines = []
+    for name, points in series.items():
+        if len(points) < 2:
+            continue
+        mx = sum(x for x, _ in points) / len(points)
+        my = sum(y for _, y in points) / len(points)
+        slope = (sum((x - mx) * (y - my) for x, y in points)
+                 / sum((x - mx) ** 2 for x, _ in points))
+        lines.append(f"fitted growth: time ~ size^{slope:.2f} ({name}, {len(points)} sizes)")
+    return [""] + lines if lines else []
+
+
 def render(data, note=None) -> str:
     benches = data["benchmarks"]
     groups: "OrderedDict[str, list]" = OrderedDict()
@@ -99,12 +134,18 @@ def render(data, note=None) -> str:
         rows = sorted(rows, key=lambda b: b["stats"]["median"])
         loads = [b["extra_info"]["loadavg_1m_before"] for b in rows
                  if "loadavg_1m_before" in b.get("extra_info", {})]
+        extras = [(key, title) for key, title in EXTRA_COLUMNS
+                  if any(key in b.get("extra_info", {}) for b in rows)]
+        data_lines = sorted({b["extra_info"]["data"] for b in rows
+                             if b.get("extra_info", {}).get("data", info0.get("data"))
+                             != info0.get("data")})
         lines += [f"### {group}", "",
+                  *[f"Data: {d}." for d in data_lines], *([""] if data_lines else []),
                   *([f"1-min load average before its rows: {min(loads):.1f} to "
                      f"{max(loads):.1f}", ""] if loads else []),
                   "| name | median [s] | min [s] | max/min | rounds | ratio to baseline | verdict |"
-                  " ratio of mins |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|"]
+                  " ratio of mins |" + "".join(f" {title} |" for _, title in extras),
+                  "|---|---:|---:|---:|---:|---:|---|---:|" + "---:|" * len(extras)]
         for b in rows:
             label = b.get("extra_info", {}).get("label", b["name"])
             is_base = bool(base) and b is base[0]
@@ -119,10 +160,11 @@ def render(data, note=None) -> str:
                 f"{st['max'] / st['min']:.2f} | {st['rounds']} | "
                 f"{'' if ratio is None else f'{ratio:.2f}'} | "
                 f"{'baseline' if is_base else _verdict(ratio)} | "
-                f"{min_ratio} |")
+                f"{min_ratio} |" + "".join(f" {_extra(b, key)} |" for key, _ in extras))
         if not base:
             lines.append("")
             lines.append("(no baseline row in this group)")
+        lines += _growth_exponents(rows)
         lines.append("")
     return "\n".join(lines)
 
