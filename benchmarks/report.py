@@ -57,7 +57,11 @@ def _verdict(ratio):
 
 
 # extra_info keys shown as extra columns when a group's rows have them
-EXTRA_COLUMNS = (("rows", "rows/s"), ("peak_rss_mb", "peak RSS [MB]"))
+EXTRA_COLUMNS = (("rows", "rows/s"), ("peak_rss_mb", "peak RSS [MB]"),
+                 ("recall", "recall@k"), ("loop_mean_err", "LoOP mean abs err"),
+                 ("loop_max_err", "LoOP max abs err"))
+_EXTRA_FORMAT = {"peak_rss_mb": "{:,.0f}", "recall": "{:.4f}", "loop_mean_err": "{:.2e}",
+                 "loop_max_err": "{:.2e}"}
 
 
 def _extra(bench, key):
@@ -66,7 +70,7 @@ def _extra(bench, key):
         return ""
     if key == "rows":  # throughput from the median time
         return f"{info['rows'] / bench['stats']['median']:,.0f}"
-    return f"{info[key]:,.0f}"
+    return _EXTRA_FORMAT[key].format(info[key])
 
 
 def _growth_exponents(rows):

@@ -271,13 +271,17 @@ def score_rows(model, X, with_proba=False) -> dict:
     return {"p_unseen": p_unseen, "is_novel": p_unseen > novelty_threshold(model)}
 
 
+def _parts(model) -> list:
+    """The model and its novelty detector(s): what carries backend and progress settings."""
+    detector = getattr(model, "detector_", None)
+    detectors = list(detector.values()) if isinstance(detector, dict) else [detector]
+    return [model] + [d for d in detectors if d is not None]
+
+
 def _quiet(model):
     """Turn off the per-chunk progress bars of the model and its detectors."""
-    parts = [model, getattr(model, "detector_", None)]
-    if isinstance(parts[-1], dict):
-        parts += list(parts.pop().values())
-    for part in parts:
-        if part is not None and hasattr(part, "progress"):
+    for part in _parts(model):
+        if hasattr(part, "progress"):
             part.progress = False
     return model
 
@@ -288,12 +292,7 @@ def _with_backend(model, backend):
 
     if backend is None:
         return model
-    detectors = [model, getattr(model, "detector_", None)]
-    if isinstance(detectors[-1], dict):
-        detectors += list(detectors.pop().values())
-    for part in detectors:
-        if part is None:
-            continue
+    for part in _parts(model):
         part.set_params(backend=backend)
         if isinstance(part, LoOP):
             part._build_index(part.index_.reference)

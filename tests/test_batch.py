@@ -371,3 +371,16 @@ def test_cli_score_runs_and_reports_errors(loop_job, tmp_path, capsys):
         main(["score", "--help"])
     assert exit_info.value.code == 0
     assert "rerun the same command" in capsys.readouterr().out
+
+
+def test_backend_override_scores_with_that_backend(loop_job, tmp_path):
+    folder, model, Q = loop_job
+    score_file(folder / "loop.fzsl", folder / "queries.npy", tmp_path / "out", backend="numpy",
+               progress=False)
+    reference = fastzsl.LoOP(n_neighbors=10, backend="numpy").fit(model.index_.reference)
+    np.testing.assert_allclose(read_scores(tmp_path / "out")["p_unseen"],
+                               reference.outlier_probability(Q), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="bogus"):
+        score_file(folder / "loop.fzsl", folder / "queries.npy", tmp_path / "out2",
+                   backend="bogus", progress=False)
+    assert not (tmp_path / "out2").exists()

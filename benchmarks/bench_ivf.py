@@ -1,0 +1,140 @@
+"""Approximate kNN (faiss ``IndexIVFFlat``) for LoOP: recall@k, speed and LoOP error.
+
+Groups
+------
+``ivf <data> N_ref=.. N_q=..``
+    baseline: exact LoOP (fastzsl exact kNN graph for the fit, exact search for scoring).
+    Rows: LoOP with ``knn="ivf"`` at ``nlist = round(4 sqrt(N_ref))`` and a range of
+    ``nprobe``; the graph of the fit and the search of the new points both come from the
+    IVF index. Timed: scoring the N_q new points (the search dominates). extra_info:
+    recall@20 of the new points' neighbour sets against the exact ones, and the LoOP error
+    on the new points against exact LoOP (mean and max |difference|). Data: ``mapped`` =
+    the real mapped Fashion-MNIST training features of a trained run (the LoOP reference
+    of ``FASTZSL_BENCH_RUN``, default ``fastzsl-run/model.fzsl``), split into reference
+    and new points (skipped without a run); ``blobs`` = seeded Gaussian blobs.
+``loop fit N_ref=1000000`` (only with ``FASTZSL_BENCH_SCALE=1``; one round)
+    ``LoOP(knn="ivf").fit`` on 1M points in a subprocess; peak RSS from ``wait4`` beyond
+    the input, and recall@20 of 1,000 sampled rows of the graph.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastzsl
+from fastzsl.testing import make_blobs
+
+K = 20
+RUN_MODEL = os.environ.get("FASTZSL_BENCH_RUN", "fastzsl-run/model.fzsl")
+NPROBES = [1, 2, 4, 8, 16, 32, 64]
+
+
+def _recall(I_approx, I_exact):
+    hits = [np.intersect1d(a, e).size for a, e in zip(I_approx, I_exact)]
+    return float(np.mean(hits) / I_exact.shape[1])
+
+
+def _mapped(cfg):
+    path = Path(RUN_MODEL)
+    if not path.is_file():
+        pytest.skip(f"no trained run at {path} (run 'fastzsl train' first)")
+    detector = fastzsl.load(path).detector_
+    detector = next(iter(detector.values())) if isinstance(detector, dict) else detector
+    F = np.asarray(detector.index_.reference, dtype=np.float32)
+    F = F[np.random.default_rng(0).permutation(len(F))]
+    n_q = 2_000 if cfg.quick else 8_000
+    return (F[n_q:], F[:n_q],
+            f"real mapped Fashion-MNIST training features ({path}), {len(F) - n_q} reference "
+            f"/ {n_q} new points, d={F.shape[1]}")
+
+
+def _blobs(cfg):
+    n_ref, n_q = (20_000, 2_000) if cfg.quick else (100_000, 10_000)
+    X, _ = make_blobs(n_ref + n_q, 50, seed=7)
+    return X[:n_ref], X[n_ref:], f"seeded Gaussian blobs (10 centres), d=50"
+
+
+DATA = {"mapped": _mapped, "blobs": _blobs}
+
+
+@pytest.fixture(scope="module", params=list(DATA))
+def study(request, cfg):
+    reference, queries, description = DATA[request.param](cfg)
+    exact = fastzsl.LoOP(n_neighbors=K, knn="exact").fit(reference)
+    return dict(name=request.param, reference=reference, queries=queries,
+                description=description, exact=exact,
+                exact_p=exact.outlier_probability(queries),
+                exact_I=exact.index_.search(queries, K)[1],
+                nlist=max(1, min(round(4 * np.sqrt(len(reference))), len(reference) // 39)))
+
+
+def _group(study):
+    return f"ivf {study['name']} N_ref={len(study['reference'])} N_q={len(study['queries'])}"
+
+
+def test_exact_baseline(bench, study):
+    p = bench(lambda: study["exact"].outlier_probability(study["queries"]), group=_group(study),
+              label="exact LoOP (fastzsl exact kNN)", baseline=True, data=study["description"],
+              recall=1.0, loop_mean_err=0.0, loop_max_err=0.0)
+    np.testing.assert_array_equal(p, study["exact_p"])
+
+
+@pytest.mark.parametrize("nprobe", NPROBES)
+def test_ivf(bench, benchmark, study, nprobe):
+    if nprobe > study["nlist"]:
+        pytest.skip(f"nprobe {nprobe} > nlist {study['nlist']}")
+    loop = fastzsl.LoOP(n_neighbors=K, knn="ivf",
+                        knn_params={"nlist": study["nlist"], "nprobe": nprobe})
+    loop.fit(study["reference"])
+    recall = _recall(loop.index_.search(study["queries"], K)[1], study["exact_I"])
+    p = bench(lambda: loop.outlier_probability(study["queries"]), group=_group(study),
+              label=f"IVF nlist={study['nlist']} nprobe={nprobe}", data=study["description"],
+              nlist=study["nlist"], nprobe=nprobe, recall=recall)
+    error = np.abs(np.asarray(p) - study["exact_p"])
+    benchmark.extra_info.update(loop_mean_err=float(error.mean()),
+                                loop_max_err=float(error.max()))
+    assert recall > 0  # a broken index would find nothing
+
+
+_FIT_SCRIPT = """
+import json, sys, time, numpy as np, fastzsl
+X = np.load(sys.argv[1], mmap_mode="r")
+t = time.perf_counter()
+loop = fastzsl.LoOP(n_neighbors=20, knn="ivf").fit(X)
+seconds = time.perf_counter() - t
+rows = np.random.default_rng(0).choice(len(X), 1000, replace=False)
+_, I_exact = fastzsl.knn(np.ascontiguousarray(X[rows]), X, 20, exclude_self=True)
+_, I_graph = loop.index_.search(np.ascontiguousarray(X[rows]), 20, exclude_self=True)
+recall = float(np.mean([np.intersect1d(a, b).size for a, b in zip(I_graph, I_exact)]) / 20)
+json.dump(dict(seconds=seconds, recall=recall, nlist=loop.index_.index.nlist,
+               nprobe=loop.index_.index.nprobe), open(sys.argv[2], "w"))
+"""
+
+
+@pytest.mark.skipif(os.environ.get("FASTZSL_BENCH_SCALE", "") in ("", "0"),
+                    reason="set FASTZSL_BENCH_SCALE=1 for the 1M-point LoOP fit (minutes)")
+def test_loop_fit_one_million_memory(bench, benchmark, tmp_path):
+    n = 1_000_000
+    X, _ = make_blobs(n, 50, seed=11)
+    np.save(tmp_path / "X.npy", X)
+    input_mb = X.nbytes / 2**20
+    del X
+    info = {}
+
+    def run():
+        process = subprocess.Popen([sys.executable, "-c", _FIT_SCRIPT, str(tmp_path / "X.npy"),
+                                    str(tmp_path / "fit.json")])
+        _, status, usage = os.wait4(process.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        info.update(json.loads((tmp_path / "fit.json").read_text()))
+        info["peak_rss_mb"] = usage.ru_maxrss / 1024
+        info["peak_rss_beyond_input_mb"] = info["peak_rss_mb"] - input_mb
+
+    bench(run, group=f"loop fit N_ref={n}", label="LoOP(knn='ivf').fit in a subprocess",
+          baseline=True, rounds=1, data="seeded Gaussian blobs (10 centres), d=50")
+    benchmark.extra_info.update(info)
+    assert info["peak_rss_beyond_input_mb"] < 1536, info
