@@ -14,6 +14,7 @@ import math
 import numba
 import numpy as np
 
+from .._threads import blas_single_threaded
 from ._base import KernelSet
 
 QUERY_BLOCK = 32
@@ -162,22 +163,6 @@ def _knn_gemm(queries, reference, k, self_offset, qn, rn, tile_rmax, qb, tile, e
                 I[q0 + row, c] = best_i[row, c]
 
 
-_controller = None
-
-
-def _blas_single_threaded():
-    """Limit BLAS to one thread while the numba threads call it (no-op without threadpoolctl)."""
-    global _controller
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        import contextlib
-        return contextlib.nullcontext()
-    if _controller is None:
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
-
-
 def knn(queries, reference, k, self_offset):
     D = np.empty((queries.shape[0], k), dtype=queries.dtype)
     I = np.empty((queries.shape[0], k), dtype=np.int64)
@@ -203,7 +188,7 @@ def knn(queries, reference, k, self_offset):
             # Small query sets: still give every thread a few blocks (min 8 queries each).
             per_block = max(8, -(-n_q // (4 * numba.get_num_threads())))
             qb = int(max(1, min(GEMM_QUERY_BLOCK, GEMM_BEST_BYTES // (16 * k), per_block)))
-            with _blas_single_threaded():
+            with blas_single_threaded():
                 _knn_gemm(queries, reference, k, self_offset, qn, rn64.astype(dtype),
                           tile_rmax, qb, tile, float(info.eps), float(info.tiny), D, I)
             return D, I
