@@ -182,22 +182,20 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
         }
     }
     double lse = wmax + log(sum);
-    if (2.0 * err > acc * fabs(lse) * sum) { /* rare: direct values for these terms */
+    if (2.0 * err > acc * fabs(lse) * sum) {
+        /* direct values for these terms (kept in b: the row's values stay as they are) */
         wmax = -INFINITY;
         for (j = 0; j < n_list; j++) {
             c = list[j] >> 3;
             if (!(list[j] & FZ_LSE))
                 continue;
-            if (b[c] > 0.0) {
-                L[c] = FZ_DIRECT(c);
-                b[c] = 0.0;
-            }
-            wmax = L[c] + lw[c] > wmax ? L[c] + lw[c] : wmax;
+            b[c] = (b[c] > 0.0 ? FZ_DIRECT(c) : L[c]) + lw[c];
+            wmax = b[c] > wmax ? b[c] : wmax;
         }
         sum = 0.0;
         for (j = 0; j < n_list; j++) {
             c = list[j] >> 3;
-            double x = L[c] + lw[c] - wmax;
+            double x = b[c] - wmax;
             if ((list[j] & FZ_LSE) && x >= -FZ_LSE_CUT)
                 sum += fz_exp_neg(x);
         }
