@@ -85,5 +85,9 @@ def blas_single_threaded():
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
         return contextlib.nullcontext()
     if _blas_controller is None:
+        # The kernels call SciPy's BLAS (numba's np.dot too): load it before the controller
+        # takes its snapshot of the loaded libraries, or the limit would miss it.
+        import scipy.linalg.cython_blas  # noqa: F401
+
         _blas_controller = ThreadpoolController()
     return _blas_controller.limit(limits=1, user_api="blas")

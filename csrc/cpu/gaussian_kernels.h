@@ -80,33 +80,6 @@ typedef struct {
     int exact_thresholds;
 } fz_gauss_params;
 
-/* exp(x) for x in [-FZ_LSE_CUT, 0], vectorisable: exp(x / 64) by a degree-14 Taylor
- * polynomial around -1/2 (|y + 1/2| <= 1/2, truncation < 3e-17), then squared 6 times
- * (relative error <= 64 (3e-17 + 2^-53) + 63 2^-53 < 2e-14). */
-static inline double fz_exp_neg(double x)
-{
-    const double e_half = 0.60653065971263342360; /* exp(-1/2) */
-    double y = x * (1.0 / 64.0) + 0.5;
-    double p = 1.0 / 87178291200.0;                /* 1/14! */
-    p = p * y + 1.0 / 6227020800.0;
-    p = p * y + 1.0 / 479001600.0;
-    p = p * y + 1.0 / 39916800.0;
-    p = p * y + 1.0 / 3628800.0;
-    p = p * y + 1.0 / 362880.0;
-    p = p * y + 1.0 / 40320.0;
-    p = p * y + 1.0 / 5040.0;
-    p = p * y + 1.0 / 720.0;
-    p = p * y + 1.0 / 120.0;
-    p = p * y + 1.0 / 24.0;
-    p = p * y + 1.0 / 6.0;
-    p = p * y + 0.5;
-    p = p * y + 1.0;
-    p = p * y + 1.0;
-    p *= e_half;
-    p *= p; p *= p; p *= p; p *= p; p *= p; p *= p;
-    return p;
-}
-
 /* Runs BODY for every c in [0, n) with M(c) >= 0, in increasing c: blocks of FZ_BLOCK and
  * then of FZ_CHUNK entries are skipped after one vectorised max-reduction each, since only
  * a few entries per row are expected. */

@@ -176,7 +176,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
         c = list[j] >> 3;
         double x = L[c] + lw[c] - wmax;
         if ((list[j] & FZ_LSE) && x >= -FZ_LSE_CUT) {
-            double e = fz_exp_neg(x);
+            double e = exp(x);
             sum += e;
             err += e * b[c];
         }
@@ -197,7 +197,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
             c = list[j] >> 3;
             double x = b[c] - wmax;
             if ((list[j] & FZ_LSE) && x >= -FZ_LSE_CUT)
-                sum += fz_exp_neg(x);
+                sum += exp(x);
         }
         lse = wmax + log(sum);
     }
