@@ -10,6 +10,7 @@ duration of one call and restores each of them afterwards, also when the call ra
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import os
 import sys
@@ -47,13 +48,35 @@ def resolve_n_jobs(n_jobs) -> int | None:
     return threads
 
 
-@contextlib.contextmanager
-def thread_limits(n_jobs):
-    """Run the body with ``n_jobs`` threads in OpenMP, BLAS, Numba and faiss.
+def load_openmp() -> None:
+    """Load the OpenMP runtime of the compiled kernels (a no-op where they are not built),
+    so that threadpoolctl, which only sees loaded libraries, can set it."""
+    try:
+        import fastzsl._ext.threads_cpu  # noqa: F401
+    except ImportError:  # pragma: no cover - the extension is not built
+        pass
 
-    Numba and faiss are adjusted only when already imported (callers resolve their
-    backend first, which imports them); Numba cannot exceed the pool it started with
-    (``numba.config.NUMBA_NUM_THREADS``), so it gets at most that many.
+
+def _prepare(backend, knn):
+    """Import the libraries a call is about to use (its backend; faiss for the faiss kNN
+    methods), so thread_limits can set them before the call."""
+    from .backends import get_backend
+
+    get_backend(backend)
+    if knn in ("faiss", "ivf"):
+        from .neighbors import import_faiss
+
+        import_faiss()
+
+
+@contextlib.contextmanager
+def thread_limits(n_jobs, *, backend="auto", knn=None):
+    """Run the body with ``n_jobs`` threads in OpenMP, BLAS, Numba and faiss, and restore
+    every setting afterwards (also when the body raises); ``None`` changes nothing.
+
+    ``backend`` and ``knn`` name what the body will run, so that its libraries are loaded
+    (and set) first. Numba cannot exceed the pool it started with
+    (``numba.config.NUMBA_NUM_THREADS``), so it gets at most that many threads.
     """
     threads = resolve_n_jobs(n_jobs)
     if threads is None:
@@ -61,6 +84,8 @@ def thread_limits(n_jobs):
         return
     from threadpoolctl import threadpool_limits
 
+    load_openmp()
+    _prepare(backend, knn)
     with contextlib.ExitStack() as stack:
         stack.enter_context(threadpool_limits(limits=threads))
         numba = sys.modules.get("numba")
@@ -74,6 +99,18 @@ def thread_limits(n_jobs):
             faiss.omp_set_num_threads(threads)
             stack.callback(faiss.omp_set_num_threads, before_faiss)
         yield threads
+
+
+def uses_n_jobs(method):
+    """Decorator for estimator methods: run under ``thread_limits(self.n_jobs)``, with the
+    estimator's ``backend`` and ``knn`` (where it has them) loaded first."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        knn = getattr(self, "knn", None)
+        with thread_limits(self.n_jobs, backend=getattr(self, "backend", "auto"),
+                           knn="exact" if knn == "auto" else knn):
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 def blas_single_threaded():

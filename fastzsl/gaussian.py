@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._array import like
 from ._validation import as_float_matrix, as_float_vector, check_same_width
+from ._threads import thread_limits, uses_n_jobs
 from .backends import get_backend
 
 # Rows per call when the full (n, C) matrix is needed, to bound its memory.
@@ -42,7 +43,7 @@ class GaussianLogLik(NamedTuple):
 
 
 def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, full=True,
-                    backend="auto") -> GaussianLogLik:
+                    backend="auto", n_jobs=None) -> GaussianLogLik:
     """Isotropic Gaussian log-likelihoods of every row of F under every class, fused with
     the row reductions the novelty rules need.
 
@@ -60,6 +61,10 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
         Also return the (n, C) matrix; with False only the reductions are computed and
         the matrix is never held.
     backend : str, default="auto"
+    n_jobs : int, optional
+        Threads for this call (OpenMP, BLAS, Numba, faiss), restored afterwards: None
+        leaves the current settings (all cores, or an outer ``threadpoolctl`` limit), -1
+        uses all cores.
 
     Returns
     -------
@@ -80,8 +85,10 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
         as_float_vector(thresholds, "thresholds", n_classes)
     if np.isnan(thresholds).any():
         raise ValueError(f"thresholds must not be NaN, got {thresholds}")
-    result = get_backend(backend).gaussian_loglik(
-        F, means, variances, log_weights, thresholds, bool(full))
+    kernels = get_backend(backend)
+    with thread_limits(n_jobs, backend=backend):
+        result = kernels.gaussian_loglik(F, means, variances, log_weights, thresholds,
+                                         bool(full))
     return GaussianLogLik(*result)
 
 
@@ -113,6 +120,10 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
     variance : {"class", "reference_code"}, default="class"
         ``"reference_code"`` divides by the total N instead of N_c (the authors' code).
     backend : str, default="auto"
+    n_jobs : int, optional
+        Threads for each call (OpenMP, BLAS, Numba), restored afterwards: None leaves the
+        current settings (all cores, or an outer ``threadpoolctl`` limit), -1 uses all
+        cores.
 
     Attributes
     ----------
@@ -129,16 +140,18 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
 
     default_threshold = 0.95
 
-    def __init__(self, *, rule="paper", variance="class", backend="auto"):
+    def __init__(self, *, rule="paper", variance="class", backend="auto", n_jobs=None):
         self.rule = rule
         self.variance = variance
         self.backend = backend
+        self.n_jobs = n_jobs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True  # fit needs the seen-class labels
         return tags
 
+    @uses_n_jobs
     def fit(self, F, y=None, means=None):
         """Fit the class Gaussians.
 
@@ -216,12 +229,14 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
         check_same_width(F, self.n_features_in_, "X", "GaussianNovelty")
         return F
 
+    @uses_n_jobs
     def log_likelihood(self, F):
         """log N(f; mu_c, sigma_c^2 I) for every row and class: shape (n, C)."""
         F = self._check_input(F)
         out = gaussian_loglik(F, self.means_, self.variances_, backend=self.backend).loglik
         return like(out, F)
 
+    @uses_n_jobs
     def outlier_probability(self, F):
         """Fraction of training points more typical than each row (see the class doc)."""
         F_checked = self._check_input(F)
@@ -252,6 +267,7 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
     def decision_function(self, F):
         return self.score_samples(F) - self.offset_
 
+    @uses_n_jobs
     def predict(self, F, threshold=default_threshold):
         """-1 (unseen) where outlier_probability > threshold, else +1.
 
