@@ -24,7 +24,7 @@ from libc.math cimport exp, log, M_PI, INFINITY, isfinite
 from gemm_tiles cimport gemm_abt
 
 from fastzsl._threads import blas_single_threaded
-from fastzsl.backends._gaussian_gemm import class_terms
+from fastzsl.backends._gaussian_gemm import LSE_CUT, class_terms
 
 cdef extern from "gaussian_kernels.h" nogil:
     ctypedef struct fz_gauss_params:
@@ -46,6 +46,7 @@ cdef extern from "gaussian_kernels.h" nogil:
         int uniform_weights
         int finite_thresholds
         double acc
+        double lse_cut
         int exact_thresholds
     Py_ssize_t fz_gauss_tile_f(const float* P, const double* fn, const float* F,
                                const float* means, Py_ssize_t r0, Py_ssize_t r1,
@@ -307,6 +308,7 @@ def gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full):
     q.uniform_weights = bool((log_weights == log_weights[0]).all())
     q.finite_thresholds = bool((thresholds < np.inf).any())
     q.acc = terms.acc
+    q.lse_cut = LSE_CUT
     # float32: its accuracy target is coarse, so entries near a threshold are decided on
     # their direct value; float64 decides on the (reproducible) values themselves.
     q.exact_thresholds = F.dtype == np.float32

@@ -20,20 +20,24 @@
  *     c with the largest F_c, and the row max is that F_c.
  *   all_below: F_c < threshold_c for every c; for float32 inputs (exact_thresholds: their
  *     acc is coarse) an entry within b_c of its threshold is decided, and stored, by L_dir.
- *   logsumexp: over the terms F_c + lw_c within FZ_LSE_CUT of their max (the others add
+ *   logsumexp: over the terms F_c + lw_c within lse_cut of their max (the others add
  *     less than C e^-64 relative), in index order; if its error bound
  *     2 sum e_c b_c / sum e_c exceeds acc |lse|, the terms with b_c > 0 use L_dir.
  *   The (n, C) matrix, when asked for, holds F.
  *
- * Per row: pass A forms L~ and beta and two lower bounds, lo1 = max (L~ - beta) <= lo and
- * wm1 = max (L~ + lw - beta) <= max (F + lw); with the matrix asked for, every "need" entry
- * is fixed. Pass B tests 32-entry chunks with one vectorised any-reduction for entries that
- * may matter: L~ + beta >= lo1 (argmax), L~ + lw + beta >= wm1 - FZ_LSE_CUT (logsumexp) or
- * |L~ - threshold| <= beta (undecided); it also notes entries certainly above their
- * threshold. Only the few entries so listed get the scalar treatment above, so a row costs
+ * Per row: pass A forms L~ and its maximum (with the matrix asked for, also beta, and
+ * every "need" entry is fixed). Two lower bounds follow: lo1 = max L~ - beta_max <= lo,
+ * and W <= max (F + lw) (from lo1 and the smallest weight when all weights are finite,
+ * and from the heaviest class). Pass B screens every entry with beta_max in place of its
+ * own beta, t = L~ + beta_max >= min(lo1, threshold_c, W - lse_cut - lw_c), skipping
+ * blocks of FZ_BLOCK and then FZ_CHUNK entries after one vectorised max-reduction each;
+ * the entries that pass are tested with their own beta and listed when they may be an
+ * argmax candidate, a logsumexp term or not below their threshold. Only the listed
+ * entries (a few per row on typical data) get the scalar treatment above, so a row costs
  * two vectorised passes plus O(listed) work. A row's values depend only on the row, the
  * classes and acc (and the thresholds, for float32 entries next to one), so a row gets the
- * same numbers in every call whose GEMM sees it in the same tile position.
+ * same numbers in every call whose GEMM sees it in the same tile position (every tile is
+ * padded to the full BLAS call shape).
  * The hot function is compiled for x86-64-v4 / v3 / baseline and picked at load time
  * (GCC target_clones): the build itself uses portable flags.
  */
@@ -55,7 +59,6 @@
 #define FZ_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FZ_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define FZ_CHUNK 16
-#define FZ_LSE_CUT 64.0
 
 /* why an entry is on a row's list (pass B) */
 enum { FZ_ARGMAX = 1, FZ_LSE = 2, FZ_THRESHOLD = 4 };
@@ -77,6 +80,7 @@ typedef struct {
     int uniform_weights;     /* every log weight equals lw[0] */
     int finite_thresholds;   /* some threshold is below +inf */
     double acc;
+    double lse_cut;          /* logsumexp terms below max - lse_cut are left out */
     int exact_thresholds;
 } fz_gauss_params;
 

@@ -72,8 +72,8 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
      * B - b >= L~ - beta and beta <= bc_max; W <= max_c (F_c + lw_c), from that entry when
      * every weight is finite (F >= lo1 there) and from the heaviest class cw. Pass B lists
      * the entries that may matter, t_c = L_c + b_c >= z_c = min(lo1, threshold_c,
-     * W - FZ_LSE_CUT - lw_c): a possible argmax (t >= lo1), possibly not below its
-     * threshold (t >= threshold_c) or a logsumexp term within FZ_LSE_CUT of the largest.
+     * W - lse_cut - lw_c): a possible argmax (t >= lo1), possibly not below its
+     * threshold (t >= threshold_c) or a logsumexp term within lse_cut of the largest.
      * A chunk is tested with one max-reduction of t - z (>= 0 exactly when t >= z). */
     const double lo1 = mxv - (q->kh_max * fn + q->km_max);
     double W = INFINITY; /* no finite weight: no logsumexp terms */
@@ -83,7 +83,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
         if (q->all_weights_finite && lo1 + q->lw_min > W)
             W = lo1 + q->lw_min;
     }
-    const double wcut = W - FZ_LSE_CUT;
+    const double wcut = W - q->lse_cut;
     int above = 0;
     /* The screen uses beta_max for every entry (a superset of the list), and leaves out
      * the threshold and weight streams when they are all +inf or all equal. */
@@ -175,7 +175,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
     for (j = 0; j < n_list; j++) {
         c = list[j] >> 3;
         double x = L[c] + lw[c] - wmax;
-        if ((list[j] & FZ_LSE) && x >= -FZ_LSE_CUT) {
+        if ((list[j] & FZ_LSE) && x >= -q->lse_cut) {
             double e = exp(x);
             sum += e;
             err += e * b[c];
@@ -196,7 +196,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
         for (j = 0; j < n_list; j++) {
             c = list[j] >> 3;
             double x = b[c] - wmax;
-            if ((list[j] & FZ_LSE) && x >= -FZ_LSE_CUT)
+            if ((list[j] & FZ_LSE) && x >= -q->lse_cut)
                 sum += exp(x);
         }
         lse = wmax + log(sum);

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._threads import blas_single_threaded
 from ._base import KernelSet
-from ._gaussian_gemm import class_terms
+from ._gaussian_gemm import LSE_CUT, class_terms
 
 QUERY_BLOCK = 32
 REFERENCE_TILE = 512
@@ -340,7 +340,6 @@ def gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full):
 # input precision), then each row takes two passes over its classes plus scalar work on
 # the few entries that may matter.
 ARGMAX, LSE, THRESHOLD = 1, 2, 4
-LSE_CUT = 64.0
 SCREEN_BLOCK = 256
 
 
