@@ -176,3 +176,21 @@ def test_import_loads_the_kernels_openmp_runtime():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=fastzsl.__path__[0] + "/..")
     assert out.stdout.strip() == "True", out.stdout + out.stderr
+
+
+def test_settings_are_restored_when_a_kernel_raises(monkeypatch):
+    import dataclasses
+
+    import fastzsl.gaussian
+    real = fastzsl.gaussian.get_backend
+
+    def failing(name):
+        def boom(*args):
+            assert threads_cpu.team_size() == 1 and _blas_threads() == [1]
+            raise RuntimeError("kernel failed")
+        return dataclasses.replace(real(name), gaussian_loglik=boom)
+    monkeypatch.setattr(fastzsl.gaussian, "get_backend", failing)
+    before = (threads_cpu.max_threads(), numba.get_num_threads(), _blas_threads())
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        gaussian_loglik(np.ones((3, 2)), np.zeros((2, 2)), np.ones(2), n_jobs=1)
+    assert (threads_cpu.max_threads(), numba.get_num_threads(), _blas_threads()) == before
