@@ -24,6 +24,7 @@ extensions = [
         f"fastzsl._ext.{os.path.splitext(os.path.basename(path))[0]}",
         [path],
         include_dirs=[np.get_include(), "csrc/cpu"],
+        depends=glob.glob("csrc/cpu/*.h") + glob.glob("csrc/cpu/*.pxd"),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
@@ -34,6 +35,7 @@ extensions = [
 setup(
     ext_modules=cythonize(
         extensions,
+        include_path=["csrc/cpu"],  # shared .pxd helpers (gemm_tiles.pxd)
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

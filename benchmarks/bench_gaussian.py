@@ -1,18 +1,27 @@
 """Isotropic Gaussian log-likelihoods: fastzsl.gaussian_loglik vs the bare GEMM and SciPy.
 
-Group ``gaussian n=.. C=100 d=50`` (n = 10 * N_q: 100_000, or 10_000 with --quick):
+Two groups, d=50, float32 blobs around C class centres (seed 3), with per-class means and
+variances estimated from them:
 
-- fastzsl ``gaussian_loglik(F, means, variances, full=False)`` (row reductions only: max,
-  argmax, logsumexp, all-below-threshold; no (n, C) matrix) and ``full=True`` (the matrix
-  too), per backend (cython, numba, numpy);
-- baseline: NumPy float32 ``F @ means.T``, the bare GEMM any log-likelihood needs (a
-  lower bound, not a log-likelihood);
-- the per-class loop ``scipy.stats.multivariate_normal(mean_c, var_c * I).logpdf(F)``
-  (the frozen distributions are built outside the timer; float64 output).
+- ``gaussian n=100000 C=100 d=50`` (n = 10 * N_q; 10_000 with --quick): fastzsl
+  ``gaussian_loglik(F, means, variances, full=False)`` (row reductions only: max, argmax,
+  logsumexp, all-below-threshold; no (n, C) matrix) and ``full=True`` (the matrix too),
+  per backend (cython, numba, numpy); the per-class SciPy loop on all rows.
+- ``gaussian n=1000000 C=1000 d=50`` (the issue's target; n=50_000 with --quick):
+  ``full=False`` only (the float32 matrix alone would be 4 GB), cython and numba (the
+  NumPy backend would take minutes per round); the SciPy loop on the first
+  ``SCIPY_SUBSET`` rows, its times scaled by n / SCIPY_SUBSET (``time_scale`` in
+  extra_info, applied and labelled by report.py).
+
+Baseline of both: NumPy float32 ``F @ means.T``, the bare GEMM any log-likelihood needs (a
+lower bound, not a log-likelihood; at the target size it writes a 4 GB matrix). The row
+"sgemm in blocks" runs the same product through a reused (8192, C) buffer, the same
+arithmetic without that memory traffic.
 
 Correctness before time: every fastzsl result is compared with the NumPy backend's on the
-same inputs (fastzsl.testing.TOL for float32; argmax/all_below exact), SciPy's matrix with
-the NumPy backend's matrix (rtol 1e-4), and the GEMM with a float64 product (rtol 1e-4).
+first N_CHECK rows (fastzsl.testing.TOL for float32; argmax/all_below exact), SciPy's
+matrix with the NumPy backend's matrix (rtol 1e-4), and the GEMM with a float64 product
+(rtol 1e-4).
 """
 import numpy as np
 import pytest
@@ -21,42 +30,51 @@ import fastzsl
 from fastzsl.testing import TOL, backend_is_available, make_blobs
 
 N_CHECK = 2000  # rows compared before timing
+SCIPY_SUBSET = 20_000  # rows the SciPy loop runs on in the target group
+BLOCK = 8192
 
 
-@pytest.fixture(scope="session")
-def gauss_data(cfg):
-    """Semantic-space points around C class centres, per-class means and variances."""
-    F, y = make_blobs(cfg.n_gauss, cfg.d, n_centers=cfg.n_classes, seed=3, dtype=cfg.dtype)
-    C = cfg.n_classes
+def _shapes(cfg):
+    """(n, C, full matrix wanted, NumPy backend timed) per group."""
+    return {"small": (cfg.n_gauss, cfg.n_classes), "target": (cfg.n_gauss_target, 1000)}
+
+
+@pytest.fixture(scope="session", params=["small", "target"])
+def gauss_data(request, cfg):
+    """Points around C class centres, per-class means, variances, log-priors, thresholds."""
+    n, C = _shapes(cfg)[request.param]
+    F, y = make_blobs(n, cfg.d, n_centers=C, seed=3, dtype=cfg.dtype)
+    order = np.argsort(y, kind="stable")
     counts = np.bincount(y, minlength=C)
-    sums = np.zeros((C, cfg.d))
-    np.add.at(sums, y, F.astype(np.float64))
-    means = sums / counts[:, None]
-    sq = ((F - means[y]) ** 2).sum(axis=1)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    means = np.add.reduceat(F[order].astype(np.float64), starts) / counts[:, None]
+    sq = ((F - means[y].astype(cfg.dtype)).astype(np.float64) ** 2).sum(axis=1)
     variances = np.bincount(y, weights=sq, minlength=C) / (counts * cfg.d)
     # thresholds near the median own-class log-likelihood, so all_below is a real test
     thresholds = np.full(C, -0.5 * cfg.d * (1 + np.log(2 * np.pi * variances.mean())))
     log_weights = np.log(counts / counts.sum())
-    return F, means.astype(cfg.dtype), variances, log_weights, thresholds
+    return request.param, F, means.astype(cfg.dtype), variances, log_weights, thresholds
 
 
 @pytest.fixture(scope="session")
 def gauss_expected(gauss_data):
-    F, means, variances, log_weights, thresholds = gauss_data
+    _, F, means, variances, log_weights, thresholds = gauss_data
     return fastzsl.gaussian_loglik(F[:N_CHECK], means, variances, log_weights=log_weights,
                                    thresholds=thresholds, full=True, backend="numpy")
 
 
-def _group(cfg):
-    return f"gaussian n={cfg.n_gauss} C={cfg.n_classes} d={cfg.d}"
+def _group(F, means):
+    return f"gaussian n={F.shape[0]} C={means.shape[0]} d={F.shape[1]}"
 
 
 @pytest.mark.parametrize("full", [False, True], ids=["reductions", "full"])
 @pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
 def test_gaussian_loglik(backend, full, bench, cfg, gauss_data, gauss_expected):
+    which, F, means, variances, log_weights, thresholds = gauss_data
     if not backend_is_available(backend):
         pytest.skip(f"backend {backend!r} unavailable")
-    F, means, variances, log_weights, thresholds = gauss_data
+    if which == "target" and (full or backend == "numpy"):
+        pytest.skip("target size: reductions only (4 GB matrix), compiled backends only")
 
     def run(X):
         return fastzsl.gaussian_loglik(X, means, variances, log_weights=log_weights,
@@ -73,24 +91,42 @@ def test_gaussian_loglik(backend, full, bench, cfg, gauss_data, gauss_expected):
     np.testing.assert_array_equal(got.argmax, ref.argmax)
     np.testing.assert_array_equal(got.all_below, ref.all_below)
     what = "full=True (matrix + reductions)" if full else "full=False (reductions only)"
-    bench(lambda: run(F), group=_group(cfg),
+    bench(lambda: run(F), group=_group(F, means),
           label=f"fastzsl gaussian_loglik {what} ({backend})", peer="fastzsl",
-          backend=backend, full=full, n=cfg.n_gauss, C=cfg.n_classes, d=cfg.d)
+          backend=backend, full=full, n=F.shape[0], C=means.shape[0], d=cfg.d)
 
 
 def test_gemm_baseline(bench, cfg, gauss_data):
-    F, means = gauss_data[:2]
+    _, F, means = gauss_data[:3]
     np.testing.assert_allclose(F[:N_CHECK] @ means.T,
                                F[:N_CHECK].astype(np.float64) @ means.T.astype(np.float64),
                                rtol=1e-4, atol=1e-2)
-    bench(lambda: F @ means.T, group=_group(cfg),
+    bench(lambda: F @ means.T, group=_group(F, means),
           label="baseline: NumPy float32 F @ means.T (bare GEMM)", baseline=True,
-          peer="numpy", n=cfg.n_gauss, C=cfg.n_classes, d=cfg.d)
+          peer="numpy", n=F.shape[0], C=means.shape[0], d=cfg.d)
+
+
+def test_gemm_in_blocks(bench, cfg, gauss_data):
+    _, F, means = gauss_data[:3]
+    out = np.empty((BLOCK, means.shape[0]), dtype=F.dtype)
+
+    def run():
+        for start in range(0, F.shape[0], BLOCK):
+            stop = min(start + BLOCK, F.shape[0])
+            np.dot(F[start:stop], means.T, out=out[:stop - start])
+        return out
+
+    run()
+    last = (F.shape[0] - 1) // BLOCK * BLOCK
+    np.testing.assert_allclose(out[:F.shape[0] - last], F[last:] @ means.T, rtol=1e-5)
+    bench(run, group=_group(F, means),
+          label=f"sgemm in blocks of {BLOCK} rows into one reused buffer (same product)",
+          peer="numpy", n=F.shape[0], C=means.shape[0], d=cfg.d)
 
 
 def test_scipy_loop(bench, cfg, gauss_data, gauss_expected):
     from scipy.stats import multivariate_normal
-    F, means, variances = gauss_data[:3]
+    which, F, means, variances = gauss_data[:4]
     eye = np.eye(cfg.d)
     frozen = [multivariate_normal(m.astype(np.float64), v * eye)
               for m, v in zip(means, variances)]
@@ -99,6 +135,11 @@ def test_scipy_loop(bench, cfg, gauss_data, gauss_expected):
         return np.column_stack([dist.logpdf(X) for dist in frozen])
 
     np.testing.assert_allclose(run(F[:N_CHECK]), gauss_expected.loglik, rtol=1e-4)
-    bench(lambda: run(F), group=_group(cfg),
-          label="scipy.stats.multivariate_normal(mean, var*I).logpdf, loop over classes",
-          peer="scipy", n=cfg.n_gauss, C=cfg.n_classes, d=cfg.d)
+    label = "scipy.stats.multivariate_normal(mean, var*I).logpdf, loop over classes"
+    rows, scale = F.shape[0], 1.0
+    if which == "target" and F.shape[0] > SCIPY_SUBSET:
+        rows, scale = SCIPY_SUBSET, F.shape[0] / SCIPY_SUBSET
+        label += f" (first {rows} rows, times x{scale:g})"
+    X = F[:rows]
+    bench(lambda: run(X), group=_group(F, means), label=label, peer="scipy",
+          time_scale=scale, rows_timed=rows, n=F.shape[0], C=means.shape[0], d=cfg.d)

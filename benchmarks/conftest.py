@@ -52,6 +52,7 @@ class BenchConfig:
     n_subset: int = 100          # queries of the "knn subset" group (numpy backend)
     n_check: int = 200           # queries checked against the reference before timing
     n_classes: int = 100         # Gaussian group
+    n_gauss_target: int = 1_000_000  # Gaussian target group (C=1000)
     rounds: int = 5              # timed rounds (median reported), one warm-up round
     dtype: type = np.float32
 
@@ -73,7 +74,8 @@ def _is_quick(config) -> bool:
 @pytest.fixture(scope="session")
 def cfg(request) -> BenchConfig:
     if _is_quick(request.config):
-        return BenchConfig(quick=True, n_ref=10_000, n_q=1_000, n_fit=2_000)
+        return BenchConfig(quick=True, n_ref=10_000, n_q=1_000, n_fit=2_000,
+                           n_gauss_target=50_000)
     return BenchConfig(quick=False, n_ref=100_000, n_q=10_000)
 
 

@@ -7,6 +7,8 @@ One table per benchmark group: name, median seconds, rounds, and the ratio
 median / baseline median, where the baseline is the row marked ``baseline`` in
 extra_info (faiss IndexFlatL2 for knn, faiss + NumPy LoOP for loop fit/score, PyNomaly
 for the in-sample LoOP fit, the bare GEMM for gaussian), measured in the same process.
+A row whose extra_info has ``time_scale`` (a peer timed on a subset) is shown with its
+times multiplied by it; its label says so.
 """
 from __future__ import annotations
 
@@ -95,8 +97,15 @@ def _growth_exponents(rows):
     return [""] + lines if lines else []
 
 
+def _scaled_stats(bench):
+    """The row's stats, multiplied by extra_info["time_scale"] where present."""
+    scale = bench.get("extra_info", {}).get("time_scale", 1.0)
+    return {key: (value * scale if key in ("min", "max", "median", "mean") else value)
+            for key, value in bench["stats"].items()}
+
+
 def render(data, note=None) -> str:
-    benches = data["benchmarks"]
+    benches = [dict(b, stats=_scaled_stats(b)) for b in data["benchmarks"]]
     groups: "OrderedDict[str, list]" = OrderedDict()
     for b in benches:
         groups.setdefault(b.get("group") or "(no group)", []).append(b)

@@ -38,6 +38,10 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+# The compiled kernels' OpenMP runtime is loaded now (a tiny extension), so that a
+# threadpoolctl.threadpool_limits entered after ``import fastzsl`` limits them too.
+import_module("fastzsl._threads").load_openmp()
+
 
 def __getattr__(name):
     if name in _EXPORTS:

@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._array import like
 from ._validation import as_float_matrix, as_float_vector, check_same_width
+from ._threads import thread_limits, uses_n_jobs
 from .backends import get_backend
 
 # Rows per call when the full (n, C) matrix is needed, to bound its memory.
@@ -42,7 +43,7 @@ class GaussianLogLik(NamedTuple):
 
 
 def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, full=True,
-                    backend="auto") -> GaussianLogLik:
+                    backend="auto", n_jobs=None) -> GaussianLogLik:
     """Isotropic Gaussian log-likelihoods of every row of F under every class, fused with
     the row reductions the novelty rules need.
 
@@ -60,10 +61,35 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
         Also return the (n, C) matrix; with False only the reductions are computed and
         the matrix is never held.
     backend : str, default="auto"
+    n_jobs : int, optional
+        Threads for this call (OpenMP, BLAS, Numba, faiss), restored afterwards: None
+        leaves the current settings (all cores, or an outer ``threadpoolctl`` limit), -1
+        uses all cores.
 
     Returns
     -------
     GaussianLogLik
+
+    Notes
+    -----
+    The NumPy backend (the reference) sums squared differences in float64. The compiled
+    backends (cython, numba) expand ||f - mu||^2 = ||f||^2 - 2 f.mu + ||mu||^2 with one BLAS
+    product per tile of rows, in the input precision, on data centred at the mean of the
+    means, and certify each value with an error bound (derived in
+    ``fastzsl/backends/_gaussian_gemm.py``). A value whose bound exceeds 2^-40 (float64
+    input) or 2^-15 (float32) of its magnitude is recomputed as the float64 sum of squared
+    differences, as are the near-ties of the argmax and (float32) the entries next to a
+    threshold. So:
+
+    - values are within 2^-40 (float64) or 2^-15 (float32) relative of the float64 sum
+      (previously float32 results were that sum rounded once to float32);
+    - argmax and all_below equal the reference's wherever its margin exceeds that bound
+      (float64) or the sums' own rounding (float32); exact ties go to the first class;
+    - logsumexp leaves out terms more than 64 below the row's largest (together less than
+      C e^-64 relative).
+
+    The reductions never depend on ``full``; a row gets bit-identical values in every
+    call (the estimator reads its thresholds off earlier calls).
     """
     F = as_float_matrix(F, "F")
     means = as_float_matrix(means, "means", dtype=F.dtype)
@@ -80,8 +106,10 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
         as_float_vector(thresholds, "thresholds", n_classes)
     if np.isnan(thresholds).any():
         raise ValueError(f"thresholds must not be NaN, got {thresholds}")
-    result = get_backend(backend).gaussian_loglik(
-        F, means, variances, log_weights, thresholds, bool(full))
+    kernels = get_backend(backend)
+    with thread_limits(n_jobs, backend=backend):
+        result = kernels.gaussian_loglik(F, means, variances, log_weights, thresholds,
+                                         bool(full))
     return GaussianLogLik(*result)
 
 
@@ -113,6 +141,10 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
     variance : {"class", "reference_code"}, default="class"
         ``"reference_code"`` divides by the total N instead of N_c (the authors' code).
     backend : str, default="auto"
+    n_jobs : int, optional
+        Threads for each call (OpenMP, BLAS, Numba), restored afterwards: None leaves the
+        current settings (all cores, or an outer ``threadpoolctl`` limit), -1 uses all
+        cores.
 
     Attributes
     ----------
@@ -129,16 +161,18 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
 
     default_threshold = 0.95
 
-    def __init__(self, *, rule="paper", variance="class", backend="auto"):
+    def __init__(self, *, rule="paper", variance="class", backend="auto", n_jobs=None):
         self.rule = rule
         self.variance = variance
         self.backend = backend
+        self.n_jobs = n_jobs
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True  # fit needs the seen-class labels
         return tags
 
+    @uses_n_jobs
     def fit(self, F, y=None, means=None):
         """Fit the class Gaussians.
 
@@ -216,12 +250,14 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
         check_same_width(F, self.n_features_in_, "X", "GaussianNovelty")
         return F
 
+    @uses_n_jobs
     def log_likelihood(self, F):
         """log N(f; mu_c, sigma_c^2 I) for every row and class: shape (n, C)."""
         F = self._check_input(F)
         out = gaussian_loglik(F, self.means_, self.variances_, backend=self.backend).loglik
         return like(out, F)
 
+    @uses_n_jobs
     def outlier_probability(self, F):
         """Fraction of training points more typical than each row (see the class doc)."""
         F_checked = self._check_input(F)
@@ -252,6 +288,7 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
     def decision_function(self, F):
         return self.score_samples(F) - self.offset_
 
+    @uses_n_jobs
     def predict(self, F, threshold=default_threshold):
         """-1 (unseen) where outlier_probability > threshold, else +1.
 

@@ -38,6 +38,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._array import like
 from ._validation import as_float_matrix, check_k, check_positive_number, check_same_width
+from ._threads import thread_limits, uses_n_jobs
 from .backends import get_backend
 from .neighbors import make_index
 
@@ -86,7 +87,7 @@ def _check_graph(D, I, n_reference, name):
     return D, I
 
 
-def loop_fit(D, I, *, extent=3.0, backend="auto") -> LoOPFit:
+def loop_fit(D, I, *, extent=3.0, backend="auto", n_jobs=None) -> LoOPFit:
     """LoOP of a reference set from its own kNN graph (self excluded).
 
     Parameters
@@ -99,6 +100,10 @@ def loop_fit(D, I, *, extent=3.0, backend="auto") -> LoOPFit:
     extent : float, default=3.0
         The lambda of LoOP (1, 2 or 3 in the paper: the significance of pdist).
     backend : str, default="auto"
+    n_jobs : int, optional
+        Threads for this call (OpenMP, BLAS, Numba, faiss), restored afterwards: None
+        leaves the current settings (all cores, or an outer ``threadpoolctl`` limit), -1
+        uses all cores.
 
     Returns
     -------
@@ -106,14 +111,16 @@ def loop_fit(D, I, *, extent=3.0, backend="auto") -> LoOPFit:
     """
     extent = check_positive_number(extent, "extent")
     D, I = _check_graph(D, I, np.asarray(D).shape[0], "loop_fit")
-    pdist, plof, nplof, probabilities = get_backend(backend).loop_fit(D, I, extent)
+    kernels = get_backend(backend)
+    with thread_limits(n_jobs, backend=backend):
+        pdist, plof, nplof, probabilities = kernels.loop_fit(D, I, extent)
     # Mean of pdist[I] over all entries, without the (n, k) temporary.
     in_degree = np.bincount(I.ravel(), minlength=pdist.shape[0])
     mean_ev = float(in_degree @ pdist / I.size)
     return LoOPFit(pdist, plof, float(nplof), probabilities, mean_ev, extent)
 
 
-def loop_score(D, I, fit: LoOPFit, *, scoring="neighbors", backend="auto"):
+def loop_score(D, I, fit: LoOPFit, *, scoring="neighbors", backend="auto", n_jobs=None):
     """LoOP of new points from their neighbours in a fitted reference set.
 
     Parameters
@@ -128,6 +135,10 @@ def loop_score(D, I, fit: LoOPFit, *, scoring="neighbors", backend="auto"):
         neighbours. ``"stream"``: divides by the fit's ``mean_expected_pdist`` for every
         point, as PyNomaly's ``stream()`` does.
     backend : str, default="auto"
+    n_jobs : int, optional
+        Threads for this call (OpenMP, BLAS, Numba, faiss), restored afterwards: None
+        leaves the current settings (all cores, or an outer ``threadpoolctl`` limit), -1
+        uses all cores.
 
     Returns
     -------
@@ -137,7 +148,9 @@ def loop_score(D, I, fit: LoOPFit, *, scoring="neighbors", backend="auto"):
         raise ValueError(f"scoring must be one of {SCORING}, got {scoring!r}")
     D, I = _check_graph(D, I, fit.pdist.shape[0], "loop_score")
     ev_override = np.nan if scoring == "neighbors" else fit.mean_expected_pdist
-    return get_backend(backend).loop_score(D, I, fit.pdist, fit.nplof, fit.extent, ev_override)
+    kernels = get_backend(backend)
+    with thread_limits(n_jobs, backend=backend):
+        return kernels.loop_score(D, I, fit.pdist, fit.nplof, fit.extent, ev_override)
 
 
 class LoOP(OutlierMixin, BaseEstimator):
@@ -159,6 +172,10 @@ class LoOP(OutlierMixin, BaseEstimator):
         How new points are scored (see :func:`loop_score`).
     progress : bool, default=False
         Show a progress bar during the kNN searches.
+    n_jobs : int, optional
+        Threads for fitting and scoring (OpenMP, BLAS, Numba, faiss), restored after each
+        call: None leaves the current settings (all cores, or an outer ``threadpoolctl``
+        limit), -1 uses all cores.
 
     Attributes
     ----------
@@ -192,7 +209,7 @@ class LoOP(OutlierMixin, BaseEstimator):
     """
 
     def __init__(self, *, n_neighbors=20, extent=3.0, backend="auto", knn="auto",
-                 knn_params=None, scoring="neighbors", progress=False):
+                 knn_params=None, scoring="neighbors", progress=False, n_jobs=None):
         self.n_neighbors = n_neighbors
         self.extent = extent
         self.backend = backend
@@ -200,7 +217,9 @@ class LoOP(OutlierMixin, BaseEstimator):
         self.knn_params = knn_params
         self.scoring = scoring
         self.progress = progress
+        self.n_jobs = n_jobs
 
+    @uses_n_jobs
     def fit(self, X, y=None):
         """Index the reference set X and compute its in-sample LoOP."""
         X = as_float_matrix(X, "X")
@@ -224,6 +243,7 @@ class LoOP(OutlierMixin, BaseEstimator):
         self.index_ = make_index(X, method=self.knn_method_, backend=index_backend,
                                  **(self.knn_params or {}))
 
+    @uses_n_jobs
     def outlier_probability(self, X):
         """LoOP of each row of X against the reference set, in [0, 1]; higher = more novel."""
         check_is_fitted(self)

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from ._array import like
+from ._threads import thread_limits
 from ._validation import as_float_matrix, check_k, check_same_width
 from .backends import get_backend
 
@@ -239,7 +240,7 @@ def make_index(reference, *, method="exact", backend="auto", nlist=None, nprobe=
 
 
 def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="exact",
-        nlist=None, nprobe=None, progress=False):
+        nlist=None, nprobe=None, progress=False, n_jobs=None):
     """k nearest neighbours of each query row among the reference rows.
 
     Parameters
@@ -260,6 +261,10 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="ex
         IVF parameters (see :class:`FaissIndex`).
     progress : bool, default=False
         Show a progress bar over the queries.
+    n_jobs : int, optional
+        Threads for this call (OpenMP, BLAS, Numba, faiss), restored afterwards: None
+        leaves the current settings (all cores, or an outer ``threadpoolctl`` limit), -1
+        uses all cores.
 
     Returns
     -------
@@ -276,6 +281,9 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="ex
     >>> D.ravel().tolist(), I.ravel().tolist()
     ([1.0, 1.0, 4.0], [1, 0, 1])
     """
-    index = make_index(reference, method=method, backend=backend, nlist=nlist, nprobe=nprobe)
-    D, I = index.search(queries, k, exclude_self=exclude_self, progress=progress)
+    with thread_limits(n_jobs, backend=backend if method in ("exact", "auto") else "auto",
+                       knn=method):
+        index = make_index(reference, method=method, backend=backend, nlist=nlist,
+                           nprobe=nprobe)
+        D, I = index.search(queries, k, exclude_self=exclude_self, progress=progress)
     return like(D, queries), like(I, queries)

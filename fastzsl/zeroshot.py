@@ -27,6 +27,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
+from ._threads import uses_n_jobs
 from ._validation import as_float_matrix, check_same_width
 from .embeddings import class_vectors as lookup_class_vectors
 from .gaussian import GaussianNovelty, export_gaussian, gaussian_loglik, restore_gaussian
@@ -84,6 +85,10 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     random_state : int, default=0
     progress : bool, default=False
         Progress bars for training and kNN search.
+    n_jobs : int, optional
+        Threads for fitting and prediction (OpenMP, BLAS, Numba, faiss), restored after
+        each call: None leaves the current settings (all cores, or an outer
+        ``threadpoolctl`` limit), -1 uses all cores.
 
     Attributes
     ----------
@@ -103,7 +108,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
                  threshold=None, n_neighbors=20, extent=3.0, loop_per_class=False,
                  gaussian_rule="paper", gaussian_variance="class", unseen_variance=None,
                  mapper_params=None, softmax_params=None, multiword="average",
-                 backend="auto", knn="auto", random_state=0, progress=False):
+                 backend="auto", knn="auto", random_state=0, progress=False, n_jobs=None):
         self.class_vectors = class_vectors
         self.unseen_classes = unseen_classes
         self.novelty = novelty
@@ -122,6 +127,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         self.knn = knn
         self.random_state = random_state
         self.progress = progress
+        self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self):
@@ -143,6 +149,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         except KeyError as exc:
             raise UnknownClassError(exc.args[0]) from None
 
+    @uses_n_jobs
     def fit(self, X, y):
         """Train on images of the seen classes.
 
@@ -178,6 +185,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         return self._fit_semantic_part(self.mapper_.transform(X), y)
 
+    @uses_n_jobs
     def refit_novelty(self, X, y, **params):
         """Set detector parameters and refit only the novelty detector (and the unseen
         variance), keeping the trained mapping and softmax: a cheap way to compare
@@ -262,6 +270,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         return np.hstack([p_seen * (1.0 - p_unseen)[:, None],
                           p_unseen_class * p_unseen[:, None]])
 
+    @uses_n_jobs
     def predict_proba(self, X):
         """P(y | x) over ``classes_`` (seen then unseen); rows sum to 1."""
         return self.predict_proba_with_novelty(X)[0]
@@ -279,10 +288,12 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         """The most probable class name of each row."""
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
+    @uses_n_jobs
     def outlier_probability(self, X):
         """P(unseen | x) from the novelty detector, in [0, 1]."""
         return self._unseen_probability(self.mapper_.transform(self._check_X(X)))
 
+    @uses_n_jobs
     def transform(self, X):
         """The semantic-space points f(x), shape (n, d)."""
         return self.mapper_.transform(self._check_X(X))
@@ -298,6 +309,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
                                     f"known: {self.classes_.tolist()}")
         return y
 
+    @uses_n_jobs
     def evaluate(self, X, y, thresholds=np.linspace(0.0, 1.0, 11)) -> dict:
         """Accuracies of the fitted model on labelled test images (seen and unseen classes).
 

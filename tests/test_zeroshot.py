@@ -260,3 +260,46 @@ def test_refit_novelty_keeps_the_mapping(world, fitted):
     assert fitted.novelty == "loop"
     with pytest.raises(ValueError, match=r"cannot change \['mapper_params'\]"):
         gaussian.refit_novelty(X, y, mapper_params={})
+
+
+def _drop_n_jobs(path, out):
+    """A copy of a model file as a fastzsl without ``n_jobs`` wrote it (no such params)."""
+    import json
+    import zipfile
+    with zipfile.ZipFile(path) as zf:
+        entries = {n: zf.read(n) for n in zf.namelist()}
+    header = json.loads(entries["metadata.json"])
+
+    def strip(node):
+        if isinstance(node, dict):
+            node.pop("n_jobs", None)
+            for value in node.values():
+                strip(value)
+    strip(header["metadata"])
+    entries["metadata.json"] = json.dumps(header).encode()
+    with zipfile.ZipFile(out, "w") as zf:
+        for n, data in entries.items():
+            zf.writestr(n, data)
+    return out
+
+
+@pytest.mark.parametrize("novelty", ["loop", "gaussian"])
+def test_n_jobs_is_a_parameter_that_survives_save_load(world, tmp_path, novelty):
+    vectors, X, y, X_test, _ = world
+    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, novelty=novelty, n_jobs=1,
+                               **FAST).fit(X, y)
+    two = fastzsl.load(_save(model, tmp_path / "m.fzsl")).set_params(n_jobs=2)
+    np.testing.assert_array_equal(two.predict_proba(X_test), model.predict_proba(X_test))
+    again = fastzsl.load(tmp_path / "m.fzsl")
+    assert again.n_jobs == 1 and again.detector_.get_params()["n_jobs"] is None
+    # files written before n_jobs existed load with the default
+    old = fastzsl.load(_drop_n_jobs(tmp_path / "m.fzsl", tmp_path / "old.fzsl"))
+    assert old.n_jobs is None
+    np.testing.assert_array_equal(old.predict_proba(X_test), model.predict_proba(X_test))
+    with pytest.raises(ValueError, match="n_jobs=0 runs nothing"):
+        old.set_params(n_jobs=0).predict(X_test)
+
+
+def _save(model, path):
+    model.save(path)
+    return path

@@ -1,16 +1,65 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Isotropic Gaussian log-likelihoods with fused row reductions, Cython + OpenMP.
 
-L[i, c] = -||F_i - mu_c||^2 / (2 var_c) - d/2 log(2 pi var_c), accumulated in double; per row:
-max, first argmax, logsumexp(L + log_weights) (online, in double) and all_c L < threshold_c.
-Same semantics as ``fastzsl.backends.numpy_.gaussian_loglik`` / ``numba_.gaussian_loglik``.
+L[i, c] = -||F_i - mu_c||^2 / (2 var_c) - d/2 log(2 pi var_c); per row: max, first argmax,
+logsumexp(L + log_weights) and all_c L < threshold_c; optionally the (n, C) matrix.
+
+``gaussian_loglik`` (the backend kernel) works in GEMM form: OpenMP over tiles of rows,
+per tile one single-threaded BLAS product of the centred rows with the centred means (in
+the input precision), then the row reductions of csrc/cpu/gaussian_kernels.h in double,
+recomputing by direct differences every entry whose certified error bound exceeds the
+dtype's accuracy target and every near-tie a decision depends on. The bound and targets
+are derived in fastzsl/backends/_gaussian_gemm.py. ``gaussian_loglik_direct`` is the
+direct-difference kernel (double sums of squared differences, online logsumexp): the
+fallback for norms that could overflow the product, and a test oracle.
 """
 import numpy as np
 
 cimport cython
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t, uint8_t
-from libc.math cimport exp, log, M_PI, INFINITY
+from libc.stdlib cimport free, malloc
+from libc.math cimport exp, log, M_PI, INFINITY, isfinite
+
+from gemm_tiles cimport gemm_abt
+
+from fastzsl._threads import blas_single_threaded
+from fastzsl.backends._gaussian_gemm import LSE_CUT, class_terms
+
+cdef extern from "gaussian_kernels.h" nogil:
+    ctypedef struct fz_gauss_params:
+        Py_ssize_t n_classes
+        Py_ssize_t d
+        const double* h
+        const double* k
+        const double* kh
+        const double* km
+        const double* var
+        const double* ln
+        const double* lw
+        const double* thr
+        double kh_max
+        double km_max
+        Py_ssize_t heavy
+        int all_weights_finite
+        double lw_min
+        int uniform_weights
+        int finite_thresholds
+        double acc
+        double lse_cut
+        int exact_thresholds
+    Py_ssize_t fz_gauss_tile_f(const float* P, const double* fn, const float* F,
+                               const float* means, Py_ssize_t r0, Py_ssize_t r1,
+                               const fz_gauss_params* q, double* L, double* b, int* lst,
+                               float* Lout,
+                               float* row_max, int64_t* row_argmax, float* row_lse,
+                               uint8_t* all_below)
+    Py_ssize_t fz_gauss_tile_d(const double* P, const double* fn, const double* F,
+                               const double* means, Py_ssize_t r0, Py_ssize_t r1,
+                               const fz_gauss_params* q, double* L, double* b, int* lst,
+                               double* Lout,
+                               double* row_max, int64_t* row_argmax, double* row_lse,
+                               uint8_t* all_below)
 
 
 cdef void _gaussian(const cython.floating[:, ::1] F,
@@ -69,8 +118,9 @@ cdef void _gaussian(const cython.floating[:, ::1] F,
         all_below[i] = below
 
 
-def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
-    """Returns (L or None, row_max, row_argmax, row_logsumexp, all_below)."""
+def gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full):
+    """The direct-difference kernel: (L or None, row_max, row_argmax, row_logsumexp,
+    all_below)."""
     F = np.ascontiguousarray(F)
     means = np.ascontiguousarray(means, dtype=F.dtype)
     variances = np.ascontiguousarray(variances, dtype=np.float64)
@@ -125,3 +175,180 @@ def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
     else:
         raise TypeError(f"gaussian_cpu supports float32 and float64, not {F.dtype}")
     return (L if want_full else None), row_max, row_argmax, row_lse, all_below
+
+
+# ------------------------------------------------------------------------------- GEMM form
+
+cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
+                             const cython.floating[:, ::1] means,
+                             const cython.floating[:, ::1] centred,
+                             const double[::1] center, double norm_limit,
+                             const fz_gauss_params* q, Py_ssize_t tile,
+                             cython.floating* Lout, cython.floating* row_max,
+                             int64_t* row_argmax, cython.floating* row_lse,
+                             uint8_t* all_below) noexcept nogil:
+    """Fills the outputs; returns the number of entries computed directly, -1 when a
+    buffer could not be allocated, -2 when a row's norm could overflow the product."""
+    cdef Py_ssize_t n = F.shape[0]
+    cdef Py_ssize_t d = F.shape[1]
+    cdef Py_ssize_t C = centred.shape[0]
+    cdef Py_ssize_t n_tiles = (n + tile - 1) // tile
+    cdef Py_ssize_t b, r0, r1, i, row, t, n_direct = 0
+    cdef double s, x
+    cdef cython.floating* fc
+    cdef cython.floating* prod
+    cdef double* fn
+    cdef double* Lbuf
+    cdef double* bbuf
+    cdef int* lst
+    cdef int failed = 0
+    cdef int* failed_p = &failed  # written through a pointer: a plain name is thread-private
+    cdef const cython.floating* Fbase = &F[0, 0]
+    cdef const cython.floating* Mbase = &means[0, 0]
+    cdef const cython.floating* Cbase = &centred[0, 0]
+    fc = NULL
+    prod = NULL
+    fn = NULL
+    Lbuf = NULL
+    bbuf = NULL
+    lst = NULL
+    with parallel():
+        fc = <cython.floating*>malloc(tile * d * sizeof(cython.floating))
+        prod = <cython.floating*>malloc(tile * C * sizeof(cython.floating))
+        fn = <double*>malloc(tile * sizeof(double))
+        Lbuf = <double*>malloc(C * sizeof(double))
+        bbuf = <double*>malloc(C * sizeof(double))
+        lst = <int*>malloc(C * sizeof(int))
+        for b in prange(n_tiles, schedule="dynamic"):
+            if (fc == NULL or prod == NULL or fn == NULL or Lbuf == NULL or bbuf == NULL
+                    or lst == NULL):
+                failed_p[0] = -1
+                continue
+            r0 = b * tile
+            r1 = r0 + tile
+            if r1 > n:
+                r1 = n
+            # Centre the rows into the tile buffer; pad to a full tile so every row meets
+            # the same BLAS call shape (its products then do not depend on n).
+            for row in range(tile):
+                s = 0.0
+                for t in range(d):
+                    if r0 + row < r1:
+                        fc[row * d + t] = <cython.floating>(<double>Fbase[(r0 + row) * d + t]
+                                                            - center[t])
+                    else:
+                        fc[row * d + t] = 0
+                    x = <double>fc[row * d + t]
+                    s = s + x * x
+                fn[row] = s
+                if not (s <= norm_limit):  # also NaN / inf
+                    failed_p[0] = -2
+            if failed_p[0] == -2:
+                continue
+            gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
+            if cython.floating is float:
+                n_direct += fz_gauss_tile_f(prod, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf, lst,
+                                            Lout, row_max, row_argmax, row_lse, all_below)
+            else:
+                n_direct += fz_gauss_tile_d(prod, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf, lst,
+                                            Lout, row_max, row_argmax, row_lse, all_below)
+        free(fc)
+        free(prod)
+        free(fn)
+        free(Lbuf)
+        free(bbuf)
+        free(lst)
+    if failed:
+        return failed
+    return n_direct
+
+
+def gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full):
+    """The GEMM-form kernel: ((L or None, row_max, row_argmax, row_logsumexp, all_below),
+    n_direct), n_direct the number of entries it computed by direct differences; None
+    instead when the GEMM form does not apply (no classes, d = 0, norms that could
+    overflow the product)."""
+    F = np.ascontiguousarray(F)
+    means = np.ascontiguousarray(means, dtype=F.dtype)
+    terms = class_terms(means, variances)
+    if terms is None or F.shape[0] == 0:
+        return None
+    log_weights = np.ascontiguousarray(log_weights, dtype=np.float64)
+    thresholds = np.ascontiguousarray(thresholds, dtype=np.float64)
+    variances = np.ascontiguousarray(variances, dtype=np.float64)
+    cdef bint want_full = bool(full)
+    cdef Py_ssize_t n = F.shape[0]
+    cdef Py_ssize_t n_classes = means.shape[0]
+    L = np.empty(((<object>n, <object>n_classes) if want_full else (0, 0)), dtype=F.dtype)
+    row_max = np.empty(n, dtype=F.dtype)
+    row_argmax = np.empty(n, dtype=np.int64)
+    row_lse = np.empty(n, dtype=F.dtype)
+    all_below = np.empty(n, dtype=bool)
+
+    cdef const double[::1] h = terms.h, k = terms.k, kh = terms.kh
+    cdef const double[::1] km = terms.km, ln = terms.log_norm, var = variances
+    cdef const double[::1] lw = log_weights, thr = thresholds, center = terms.center
+    cdef fz_gauss_params q
+    q.n_classes = n_classes
+    q.d = F.shape[1]
+    q.h = &h[0]
+    q.k = &k[0]
+    q.kh = &kh[0]
+    q.km = &km[0]
+    q.var = &var[0]
+    q.ln = &ln[0]
+    q.lw = &lw[0]
+    q.thr = &thr[0]
+    q.kh_max = terms.kh.max()
+    q.km_max = terms.km.max()
+    finite = np.isfinite(log_weights)
+    q.heavy = int(np.argmax(log_weights)) if finite.any() else -1
+    q.all_weights_finite = bool(finite.all())
+    q.lw_min = log_weights.min()
+    q.uniform_weights = bool((log_weights == log_weights[0]).all())
+    q.finite_thresholds = bool((thresholds < np.inf).any())
+    q.acc = terms.acc
+    q.lse_cut = LSE_CUT
+    # float32: its accuracy target is coarse, so entries near a threshold are decided on
+    # their direct value; float64 decides on the (reproducible) values themselves.
+    q.exact_thresholds = F.dtype == np.float32
+    cdef Py_ssize_t tile = terms.tile
+    cdef double norm_limit = terms.norm_limit
+    cdef int64_t[::1] am_v = row_argmax
+    cdef uint8_t[::1] below_v = all_below.view(np.uint8)
+    cdef const float[:, ::1] F32, M32, C32
+    cdef float[::1] mx32, lse32
+    cdef float[:, ::1] L32
+    cdef const double[:, ::1] F64, M64, C64
+    cdef double[::1] mx64, lse64
+    cdef double[:, ::1] L64
+    cdef Py_ssize_t rc = 0
+    with blas_single_threaded():
+        if F.dtype == np.float32:
+            F32, M32, C32, L32, mx32, lse32 = F, means, terms.centred, L, row_max, row_lse
+            with nogil:
+                rc = _gemm_kernel(F32, M32, C32, center, norm_limit, &q, tile,
+                                  &L32[0, 0] if want_full else NULL, &mx32[0], &am_v[0],
+                                  &lse32[0], &below_v[0])
+        elif F.dtype == np.float64:
+            F64, M64, C64, L64, mx64, lse64 = F, means, terms.centred, L, row_max, row_lse
+            with nogil:
+                rc = _gemm_kernel(F64, M64, C64, center, norm_limit, &q, tile,
+                                  &L64[0, 0] if want_full else NULL, &mx64[0], &am_v[0],
+                                  &lse64[0], &below_v[0])
+        else:
+            raise TypeError(f"gaussian_cpu supports float32 and float64, not {F.dtype}")
+    if rc == -1:
+        raise MemoryError("gaussian_cpu: could not allocate the per-thread tile buffers")
+    if rc == -2:
+        return None
+    return ((L if want_full else None), row_max, row_argmax, row_lse, all_below), rc
+
+
+def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
+    """Returns (L or None, row_max, row_argmax, row_logsumexp, all_below): the GEMM-form
+    kernel, or the direct one where the GEMM form does not apply."""
+    out = gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full)
+    if out is None:
+        return gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full)
+    return out[0]

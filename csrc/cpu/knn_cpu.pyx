@@ -44,12 +44,10 @@ from libc.math cimport INFINITY, isfinite, nextafterf
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from openmp cimport omp_get_max_threads
-from scipy.linalg.cython_blas cimport dgemm, sgemm
 
-try:  # keep BLAS single-threaded inside the OpenMP region (both cores already busy)
-    from threadpoolctl import ThreadpoolController
-except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-    ThreadpoolController = None
+from gemm_tiles cimport gemm_abt
+
+from fastzsl._threads import blas_single_threaded
 
 cdef extern from "knn_kernels.h" nogil:
     Py_ssize_t fz_next_f(const float* p, const float* rn, float thr, Py_ssize_t start,
@@ -184,28 +182,6 @@ cdef int _knn_direct_impl(const cython.floating[:, ::1] queries,
 
 # ------------------------------------------------------------------------------- GEMM kernel
 
-cdef inline void _gemm_qrt(const cython.floating* qblk, const cython.floating* rtile,
-                           int nq, int nr, int d, cython.floating* out) noexcept nogil:
-    """Row-major out[nq, nr] = qblk[nq, d] @ rtile[nr, d]^T.
-
-    BLAS is column-major: the row-major out is the column-major out^T (nr x nq, ld nr) =
-    rtile_cm^T @ qblk_cm, where rtile_cm (d x nr, ld d) and qblk_cm (d x nq, ld d) are the
-    row-major inputs read as column-major.
-    """
-    cdef char ta = b'T'
-    cdef char tb = b'N'
-    cdef float one_f = 1.0
-    cdef float zero_f = 0.0
-    cdef double one_d = 1.0
-    cdef double zero_d = 0.0
-    if cython.floating is float:
-        sgemm(&ta, &tb, &nr, &nq, &d, &one_f, <float*>rtile, &d, <float*>qblk, &d,
-              &zero_f, out, &nr)
-    else:
-        dgemm(&ta, &tb, &nr, &nq, &d, &one_d, <double*>rtile, &d, <double*>qblk, &d,
-              &zero_d, out, &nr)
-
-
 cdef inline double _threshold(double worst, double qn, double rmax, double scale,
                               double eps, double tiny) noexcept nogil:
     # worst = +inf gives +inf: every candidate passes until k are known.
@@ -265,7 +241,7 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
         if r1 > n_r:
             r1 = n_r
         nr = r1 - r0
-        _gemm_qrt(qbase + q0 * d, rbase + r0 * d, <int>nq, <int>nr, <int>d, buf)
+        gemm_abt(qbase + q0 * d, rbase + r0 * d, <int>nq, <int>nr, <int>d, buf)
         rmax = tile_rmax[t]
         rn_tile = rn_w + r0
         for row in range(nq):
@@ -407,20 +383,6 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
 
 # ---------------------------------------------------------------------------------- wrappers
 
-_controller = None
-
-
-def _blas_single_threaded():
-    """A context that limits BLAS to one thread (a no-op without threadpoolctl)."""
-    global _controller
-    if ThreadpoolController is None:
-        import contextlib
-        return contextlib.nullcontext()
-    if _controller is None:
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
-
-
 def _run(queries, reference, k, self_offset, bint direct):
     queries = np.ascontiguousarray(queries)
     reference = np.ascontiguousarray(reference, dtype=queries.dtype)
@@ -441,7 +403,7 @@ def _run(queries, reference, k, self_offset, bint direct):
         r32 = reference
         D32 = D
         if use_gemm:
-            with _blas_single_threaded():
+            with blas_single_threaded():
                 rc = _knn_gemm_impl(q32, r32, kk, offset, D32, Iv)
         if rc == 1:
             rc = _knn_direct_impl(q32, r32, kk, offset, D32, Iv)
@@ -450,7 +412,7 @@ def _run(queries, reference, k, self_offset, bint direct):
         r64 = reference
         D64 = D
         if use_gemm:
-            with _blas_single_threaded():
+            with blas_single_threaded():
                 rc = _knn_gemm_impl(q64, r64, kk, offset, D64, Iv)
         if rc == 1:
             rc = _knn_direct_impl(q64, r64, kk, offset, D64, Iv)

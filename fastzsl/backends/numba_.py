@@ -14,7 +14,9 @@ import math
 import numba
 import numpy as np
 
+from .._threads import blas_single_threaded
 from ._base import KernelSet
+from ._gaussian_gemm import LSE_CUT, class_terms
 
 QUERY_BLOCK = 32
 REFERENCE_TILE = 512
@@ -162,22 +164,6 @@ def _knn_gemm(queries, reference, k, self_offset, qn, rn, tile_rmax, qb, tile, e
                 I[q0 + row, c] = best_i[row, c]
 
 
-_controller = None
-
-
-def _blas_single_threaded():
-    """Limit BLAS to one thread while the numba threads call it (no-op without threadpoolctl)."""
-    global _controller
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        import contextlib
-        return contextlib.nullcontext()
-    if _controller is None:
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
-
-
 def knn(queries, reference, k, self_offset):
     D = np.empty((queries.shape[0], k), dtype=queries.dtype)
     I = np.empty((queries.shape[0], k), dtype=np.int64)
@@ -203,7 +189,7 @@ def knn(queries, reference, k, self_offset):
             # Small query sets: still give every thread a few blocks (min 8 queries each).
             per_block = max(8, -(-n_q // (4 * numba.get_num_threads())))
             qb = int(max(1, min(GEMM_QUERY_BLOCK, GEMM_BEST_BYTES // (16 * k), per_block)))
-            with _blas_single_threaded():
+            with blas_single_threaded():
                 _knn_gemm(queries, reference, k, self_offset, qn, rn64.astype(dtype),
                           tile_rmax, qb, tile, float(info.eps), float(info.tiny), D, I)
             return D, I
@@ -294,7 +280,7 @@ def loop_score(D, I, ref_pdist, nplof, extent, ev_override):
 
 
 @numba.njit(parallel=True, cache=True)
-def _gaussian(F, means, variances, log_weights, thresholds, full,
+def _gaussian_direct(F, means, variances, log_weights, thresholds, full,
               L, row_max, row_argmax, row_lse, all_below):
     n, d = F.shape
     n_classes = means.shape[0]
@@ -334,16 +320,278 @@ def _gaussian(F, means, variances, log_weights, thresholds, full,
         all_below[i] = below
 
 
-def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
+def gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full):
+    """The direct-difference kernel (double sums of squared differences, online logsumexp):
+    the fallback where the GEMM form does not apply, and a test oracle."""
     n, n_classes = F.shape[0], means.shape[0]
     L = np.empty((n, n_classes) if full else (0, 0), dtype=F.dtype)
     row_max = np.empty(n, dtype=F.dtype)
     row_argmax = np.empty(n, dtype=np.int64)
     row_lse = np.empty(n, dtype=F.dtype)
     all_below = np.empty(n, dtype=bool)
-    _gaussian(F, means, variances, log_weights, thresholds, full,
-              L, row_max, row_argmax, row_lse, all_below)
+    _gaussian_direct(F, means, variances, log_weights, thresholds, full,
+                     L, row_max, row_argmax, row_lse, all_below)
     return (L if full else None), row_max, row_argmax, row_lse, all_below
+
+
+# GEMM form: the algorithm of csrc/cpu/gaussian_kernels.h (which defines the values and
+# decisions) with the bound of fastzsl/backends/_gaussian_gemm.py. Tiles of rows run in
+# parallel; per tile the centred rows go through one np.dot with the centred means (BLAS,
+# input precision), then each row takes two passes over its classes plus scalar work on
+# the few entries that may matter.
+ARGMAX, LSE, THRESHOLD = 1, 2, 4
+SCREEN_BLOCK = 256
+
+
+@numba.njit(cache=True)
+def _direct(F, i, means, c, var, ln):
+    s = 0.0
+    for t in range(F.shape[1]):
+        diff = np.float64(F[i, t]) - np.float64(means[c, t])
+        s += diff * diff
+    return -s / (2.0 * var) - ln
+
+
+@numba.njit(cache=True, fastmath={"nnan", "nsz"})
+def _block_max(a, lo, hi):
+    """max(a[lo:hi]) (-inf when empty); NaN-free inputs, so LLVM may vectorise it."""
+    top = -math.inf
+    for c in range(lo, hi):
+        top = max(top, a[c])
+    return top
+
+
+@numba.njit(cache=True)
+def _screen(L, bmax, z0, thr, wcut, lw, uniform, finite_thr, m):
+    """m_c = (L_c + beta_max) - min(z0, threshold_c, wcut - lw_c) (the varying terms only
+    where they vary), one loop per case so that each vectorises."""
+    C = L.shape[0]
+    if uniform and not finite_thr:
+        for c in range(C):
+            m[c] = (L[c] + bmax) - z0
+    elif uniform:
+        for c in range(C):
+            m[c] = (L[c] + bmax) - min(z0, thr[c])
+    elif not finite_thr:
+        for c in range(C):
+            m[c] = (L[c] + bmax) - min(z0, wcut - lw[c])
+    else:
+        for c in range(C):
+            m[c] = (L[c] + bmax) - min(min(z0, thr[c]), wcut - lw[c])
+
+
+@numba.njit(cache=True)
+def _gauss_row(p, fn, F, i, means, h, k, kh, km, var, ln, lw, thr, acc, exact, kh_max,
+               km_max, heavy, all_finite, lw_min, uniform, finite_thr, full, L, b, m, lst):
+    """One row; returns (max, argmax, logsumexp, all_below, n_direct)."""
+    C = L.shape[0]
+    n_direct = 0
+    # Pass A
+    for c in range(C):
+        L[c] = h[c] * (2.0 * np.float64(p[c]) - fn) - k[c]
+    mxv = _block_max(L, 0, C)
+    if full:  # the matrix holds B: fix every "need" entry
+        for c in range(C):
+            b[c] = kh[c] * fn + km[c]
+        for c in range(C):
+            if b[c] > acc * abs(L[c]):
+                L[c] = _direct(F, i, means, c, var[c], ln[c])
+                b[c] = 0.0
+                n_direct += 1
+    lo1 = mxv - (kh_max * fn + km_max)
+    W = math.inf
+    if heavy >= 0:
+        bh = (b[heavy] if b[heavy] > 0.0 else 0.0) if full else kh[heavy] * fn + km[heavy]
+        W = (L[heavy] - bh) + lw[heavy]
+        if all_finite and lo1 + lw_min > W:
+            W = lo1 + lw_min
+    wcut = W - LSE_CUT
+    bmax = kh_max * fn + km_max
+    z0 = lo1
+    if uniform and wcut - lw[0] < z0:
+        z0 = wcut - lw[0]
+    # Pass B: blocks whose screen is all negative are skipped
+    _screen(L, bmax, z0, thr, wcut, lw, uniform, finite_thr, m)
+    n_list = 0
+    for b0 in range(0, C, SCREEN_BLOCK):
+        b1 = min(b0 + SCREEN_BLOCK, C)
+        if not _block_max(m, b0, b1) >= 0.0:
+            continue
+        for c in range(b0, b1):
+            if not m[c] >= 0.0:
+                continue
+            bc = b[c] if full else kh[c] * fn + km[c]
+            t = L[c] + bc
+            flags = ((ARGMAX if t >= lo1 else 0) | (LSE if t >= wcut - lw[c] else 0)
+                     | (THRESHOLD if t >= thr[c] else 0))
+            if flags == 0:
+                continue
+            lst[n_list] = c * 8 + flags
+            n_list += 1
+            if not full:
+                if bc > acc * abs(L[c]):
+                    L[c] = _direct(F, i, means, c, var[c], ln[c])
+                    n_direct += 1
+                    bc = 0.0
+                b[c] = bc
+    # argmax over the listed candidates
+    lo = -math.inf
+    for j in range(n_list):
+        c = lst[j] >> 3
+        if (lst[j] & ARGMAX) and L[c] - b[c] > lo:
+            lo = L[c] - b[c]
+    n_cand = 0
+    for j in range(n_list):
+        c = lst[j] >> 3
+        if (lst[j] & ARGMAX) and L[c] + b[c] >= lo:
+            n_cand += 1
+    mx = -math.inf
+    am = 0
+    for j in range(n_list):
+        c = lst[j] >> 3
+        if not (lst[j] & ARGMAX) or not L[c] + b[c] >= lo:
+            continue
+        if n_cand > 1 and b[c] > 0.0:
+            L[c] = _direct(F, i, means, c, var[c], ln[c])
+            n_direct += 1
+            b[c] = 0.0
+        if L[c] > mx:  # the list is in index order: the first maximum wins
+            mx = L[c]
+            am = c
+    # all_below
+    above = False
+    for j in range(n_list):
+        c = lst[j] >> 3
+        if not (lst[j] & THRESHOLD):
+            continue
+        if exact and b[c] > 0.0 and abs(L[c] - thr[c]) <= b[c]:
+            L[c] = _direct(F, i, means, c, var[c], ln[c])
+            n_direct += 1
+            b[c] = 0.0
+        if not L[c] < thr[c]:
+            above = True
+    # logsumexp over the listed terms
+    wmax = -math.inf
+    for j in range(n_list):
+        c = lst[j] >> 3
+        if (lst[j] & LSE) and L[c] + lw[c] > wmax:
+            wmax = L[c] + lw[c]
+    if wmax == -math.inf:
+        return mx, am, -math.inf, not above, n_direct
+    total = 0.0
+    err = 0.0
+    for j in range(n_list):
+        c = lst[j] >> 3
+        x = L[c] + lw[c] - wmax
+        if (lst[j] & LSE) and x >= -LSE_CUT:
+            e = math.exp(x)
+            total += e
+            err += e * b[c]
+    lse = wmax + math.log(total)
+    if 2.0 * err > acc * abs(lse) * total:
+        # direct values for these terms (kept in b: the row's values stay as they are)
+        wmax = -math.inf
+        for j in range(n_list):
+            c = lst[j] >> 3
+            if not (lst[j] & LSE):
+                continue
+            if b[c] > 0.0:
+                b[c] = _direct(F, i, means, c, var[c], ln[c]) + lw[c]
+                n_direct += 1
+            else:
+                b[c] = L[c] + lw[c]
+            if b[c] > wmax:
+                wmax = b[c]
+        total = 0.0
+        for j in range(n_list):
+            c = lst[j] >> 3
+            x = b[c] - wmax
+            if (lst[j] & LSE) and x >= -LSE_CUT:
+                total += math.exp(x)
+        lse = wmax + math.log(total)
+    return mx, am, lse, not above, n_direct
+
+
+@numba.njit(parallel=True, cache=True)
+def _gaussian_gemm(F, means, centred, center, norm_limit, h, k, kh, km, var, ln, lw, thr,
+                   acc, exact, kh_max, km_max, heavy, all_finite, lw_min, uniform, finite_thr,
+                   tile, full, Lout, row_max, row_argmax, row_lse, all_below, overflow):
+    n, d = F.shape
+    C = centred.shape[0]
+    n_tiles = (n + tile - 1) // tile
+    n_direct = 0
+    for t in numba.prange(n_tiles):
+        r0 = t * tile
+        r1 = min(r0 + tile, n)
+        # centred rows, padded to a full tile (the same BLAS call shape for every row)
+        fc = np.zeros((tile, d), dtype=F.dtype)
+        fn = np.zeros(tile)
+        for row in range(r1 - r0):
+            s = 0.0
+            for j in range(d):
+                x = F.dtype.type(np.float64(F[r0 + row, j]) - center[j])
+                fc[row, j] = x
+                s += np.float64(x) * np.float64(x)
+            fn[row] = s
+            if not s <= norm_limit:
+                overflow[t] = True
+        if overflow[t]:
+            continue
+        P = np.dot(fc, centred.T)
+        L = np.empty(C)
+        b = np.empty(C)
+        m = np.empty(C)
+        lst = np.empty(C, dtype=np.int64)
+        for row in range(r1 - r0):
+            i = r0 + row
+            mx, am, lse, below, nd = _gauss_row(
+                P[row], fn[row], F, i, means, h, k, kh, km, var, ln, lw, thr, acc, exact,
+                kh_max, km_max, heavy, all_finite, lw_min, uniform, finite_thr, full, L, b, m, lst)
+            row_max[i] = mx
+            row_argmax[i] = am
+            row_lse[i] = lse
+            all_below[i] = below
+            n_direct += nd
+            if full:
+                for c in range(C):
+                    Lout[i, c] = L[c]
+    return n_direct
+
+
+def gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full):
+    """The GEMM-form kernel: ((L or None, row_max, row_argmax, row_logsumexp, all_below),
+    n_direct), or None where the GEMM form does not apply (see gaussian_cpu's twin)."""
+    terms = class_terms(means, variances)
+    n = F.shape[0]
+    if terms is None or n == 0:
+        return None
+    n_classes = means.shape[0]
+    L = np.empty((n, n_classes) if full else (0, 0), dtype=F.dtype)
+    row_max = np.empty(n, dtype=F.dtype)
+    row_argmax = np.empty(n, dtype=np.int64)
+    row_lse = np.empty(n, dtype=F.dtype)
+    all_below = np.empty(n, dtype=bool)
+    finite = np.isfinite(log_weights)
+    overflow = np.zeros((n + terms.tile - 1) // terms.tile, dtype=bool)
+    with blas_single_threaded():
+        n_direct = _gaussian_gemm(
+            F, means, terms.centred, terms.center, terms.norm_limit, terms.h, terms.k,
+            terms.kh, terms.km, np.asarray(variances, dtype=np.float64), terms.log_norm,
+            log_weights, thresholds, terms.acc, F.dtype == np.float32, terms.kh.max(),
+            terms.km.max(), int(np.argmax(log_weights)) if finite.any() else -1,
+            bool(finite.all()), float(log_weights.min()),
+            bool((log_weights == log_weights[0]).all()), bool((thresholds < np.inf).any()),
+            terms.tile, bool(full), L, row_max, row_argmax, row_lse, all_below, overflow)
+    if overflow.any():
+        return None
+    return ((L if full else None), row_max, row_argmax, row_lse, all_below), n_direct
+
+
+def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
+    out = gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full)
+    if out is None:
+        return gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full)
+    return out[0]
 
 
 KERNELS = KernelSet(

@@ -1,0 +1,115 @@
+r"""Shared set-up of the GEMM-form Gaussian log-likelihood kernels (cython and numba).
+
+Both compiled backends compute
+
+.. math::
+
+    \tilde L_{ic} = 2 h_c \tilde P_{ic} - h_c (f_i + m_c) - \ell_c, \qquad
+    h_c = \frac{1}{2\sigma_c^2}, \quad \ell_c = \frac{d}{2}\log(2\pi\sigma_c^2),
+
+from one BLAS product :math:`\tilde P = F_c M_c^T` of centred rows and means per tile of
+rows, with :math:`f_i = \lVert F_{c,i}\rVert^2`, :math:`m_c = \lVert M_{c,c}\rVert^2` in
+double, and accept :math:`\tilde L_{ic}` only where its error bound
+
+.. math::
+
+    \beta_{ic} = K h_c (f_i + m_c) + 4u'\lvert\ell_c\rvert, \qquad
+    K = 2\bigl((d + 6)u + (d + 20)u'\bigr)
+
+is at most ``acc`` :math:`\lvert\tilde L_{ic}\rvert`; every other entry is recomputed by
+the direct double sum of squared differences (:math:`L^{dir}`, the old kernel's value).
+:math:`u` is the unit roundoff of the input dtype, :math:`u' = 2^{-53}`.
+
+Why :math:`\lvert\tilde L - L^{dir}\rvert \le \beta` (first order in u; the factor 2 in K
+covers the higher-order terms many times over). Centring: z is the mean of the class
+means, :math:`F_{c,i} = \mathrm{fl}(F_i - z)` and :math:`M_{c,c} = \mathrm{fl}(\mu_c - z)`
+rounded to the input dtype; each component is off by at most
+:math:`(u + u')(\lvert F_{c,it}\rvert + \lvert M_{c,ct}\rvert)`, which moves
+:math:`\lVert F_{c,i} - M_{c,c}\rVert^2` from the true :math:`s_{ic}` by at most
+:math:`2(u + u')(s + 2(f + m)) \le (6u + 6u')(f + m)` (as :math:`s \le 2(f + m)`).
+GEMM: :math:`\lvert\tilde P - P\rvert \le \gamma_d \sum_t\lvert F_{c,it} M_{c,ct}\rvert
+\le d u (f + m) / 2` for any summation order, FMA or not. The double norms add
+:math:`d u'(f + m)`, forming :math:`\tilde L` in double adds at most
+:math:`8u' h(f + m) + 2u'\lvert\ell\rvert` (:math:`2\lvert P\rvert \le f + m`), the
+rounded :math:`h_c` another :math:`2u' h (f + m)`, and the direct sum itself is within
+:math:`(d + 2)u'\,2h(f + m)` of the exact value. Together
+:math:`((d + 6)u + (3d + 16)u') h(f + m) + 2u'\lvert\ell\rvert`, below :math:`\beta`
+(the :math:`u'` terms only matter for float64, where :math:`u = u'`). Inputs whose norms
+could overflow the product (or d = 0) take the direct kernel.
+
+Decisions (first argmax, all-below-threshold) use the final values; near-ties within the
+bounds are recomputed directly (see csrc/cpu/gaussian_kernels.h), so they equal the direct
+kernel's decisions, and the NumPy reference's whenever its margin exceeds the bound.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Relative accuracy of an accepted GEMM-form value (else it is recomputed directly):
+# 100x below the float64 test tolerance (1e-10); float32 keeps 3x below its 1e-4 (the
+# sgemm bound cannot certify much better without recomputing most entries).
+ACC = {np.dtype(np.float32): 2.0**-15, np.dtype(np.float64): 2.0**-40}
+# logsumexp terms more than LSE_CUT below the row's largest are left out: together they
+# add less than C e^-64 (C * 1.6e-28) relative, far below either dtype's accuracy.
+LSE_CUT = 64.0
+# Norm sums above these could overflow the product in the input dtype: direct kernel.
+NORM_LIMIT = {np.dtype(np.float32): 1e37, np.dtype(np.float64): 1e300}
+# Rows per tile: the tile's (rows x C) products stay near this many bytes (L2-sized).
+TILE_BYTES = 256 * 1024
+UNIT_ROUNDOFF_DOUBLE = 2.0**-53
+
+
+def margin_constant(dtype, d: int) -> float:
+    """K of the bound beta = K h_c (f_i + m_c) + 4 u' |l_c| (see the module docstring)."""
+    u = float(np.finfo(dtype).eps) / 2
+    return 2.0 * ((d + 6) * u + (d + 20) * UNIT_ROUNDOFF_DOUBLE)
+
+
+def tile_rows(n_classes: int, dtype) -> int:
+    """Rows per tile, a multiple of 8 in [8, 256], from the classes and the dtype."""
+    rows = TILE_BYTES // max(1, n_classes * np.dtype(dtype).itemsize)
+    return int(min(256, max(8, rows - rows % 8)))
+
+
+@dataclass(frozen=True)
+class ClassTerms:
+    """Per-class arrays of the GEMM form (float64 unless noted), for one call."""
+
+    center: np.ndarray      # z, (d,)
+    centred: np.ndarray     # M_c = fl(mu - z) in the input dtype, (C, d)
+    sqnorm: np.ndarray      # m_c = ||M_c||^2
+    h: np.ndarray           # h_c = 1 / (2 var_c)
+    k: np.ndarray           # h_c m_c + l_c
+    kh: np.ndarray          # K h_c
+    km: np.ndarray          # K h_c m_c + 4 u' |l_c|
+    log_norm: np.ndarray    # l_c = d/2 log(2 pi var_c)
+    acc: float
+    tile: int
+    norm_limit: float       # f_i + max m_c above this: use the direct kernel
+
+
+def class_terms(means: np.ndarray, variances: np.ndarray) -> ClassTerms | None:
+    """The per-class terms, or None when the GEMM form does not apply (use the direct
+    kernel): no classes or d = 0. The kernels check the rows' norms against
+    ``norm_limit`` themselves and report when the direct kernel must run instead."""
+    dtype = means.dtype
+    n_classes, d = means.shape
+    if n_classes == 0 or d == 0:
+        return None
+    means64 = means.astype(np.float64)
+    center = means64.mean(axis=0)
+    centred = (means64 - center).astype(dtype)
+    sqnorm = np.einsum("cd,cd->c", centred, centred, dtype=np.float64)
+    var = np.asarray(variances, dtype=np.float64)
+    h = 1.0 / (2.0 * var)
+    log_norm = 0.5 * d * np.log(2.0 * np.pi * var)
+    K = margin_constant(dtype, d)
+    return ClassTerms(
+        center=center, centred=np.ascontiguousarray(centred), sqnorm=sqnorm, h=h,
+        k=h * sqnorm + log_norm, kh=K * h,
+        km=K * h * sqnorm + 4 * UNIT_ROUNDOFF_DOUBLE * np.abs(log_norm),
+        log_norm=log_norm, acc=ACC[dtype], tile=tile_rows(n_classes, dtype),
+        norm_limit=NORM_LIMIT[dtype] - float(sqnorm.max()))
+
