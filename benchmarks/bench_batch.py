@@ -21,7 +21,7 @@ Groups
     rows/s as the reference set grows (exact and IVF index, fixed N_q) and as the number of
     queries grows (N_ref fixed); ``report.py`` fits the growth exponent of time per series.
     References of 1M points get their LoOP statistics from an IVF graph (nprobe 8: only
-    the scoring is timed here).
+    the scoring is timed here); every IVF row searches with the default nlist and nprobe.
 ``batch scale`` (only with ``FASTZSL_BENCH_SCALE=1``; one round)
     ``fastzsl score`` in a subprocess over a ``.npy`` of N rows (default 10M, 2 GB),
     N_ref=100k; peak RSS of that process from ``wait4``. Sizes from
@@ -91,13 +91,17 @@ def _sizes(cfg):
 
 
 def _fit_loop(reference, knn="exact"):
-    if len(reference) >= 500_000:  # LoOP statistics from a cheap IVF graph; scoring timed only
-        model = fastzsl.LoOP(n_neighbors=K, knn="ivf", knn_params={"nprobe": 8}).fit(reference)
-        if knn == "exact":
-            model.set_params(knn="exact", knn_params=None)
-            model._build_index(reference)
-        return model
-    return fastzsl.LoOP(n_neighbors=K, knn=knn).fit(reference)
+    """LoOP with default settings; scoring uses the exact or the default IVF index."""
+    if len(reference) < 500_000:
+        return fastzsl.LoOP(n_neighbors=K, knn=knn).fit(reference)
+    # 1M references: the LoOP statistics come from a cheap IVF graph (only scoring is timed)
+    model = fastzsl.LoOP(n_neighbors=K, knn="ivf", knn_params={"nprobe": 8}).fit(reference)
+    if knn == "exact":
+        model.set_params(knn="exact", knn_params=None)
+        model._build_index(reference)
+    else:  # the default IVF search, as for the smaller references
+        model.index_.index.nprobe = fastzsl.FaissIndex.default_nprobe(model.index_.index.nlist)
+    return model
 
 
 @pytest.fixture(scope="session")
