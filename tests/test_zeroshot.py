@@ -294,3 +294,17 @@ def test_mapper_rejects_bad_hidden(world, options, message):
     with pytest.raises(ValueError, match=message):
         SemanticMapper(max_iter=1, **options).fit(X, np.searchsorted(SEEN, y), W)
 
+
+def test_evaluate_with_another_detectors_probability(world, fitted):
+    """unseen_probability replaces the fitted detector's P(unseen|x) in every number."""
+    _, _, _, X_test, y_test = world
+    is_unseen = np.isin(y_test, UNSEEN)
+    own = fitted.evaluate(X_test, y_test, unseen_probability=fitted.outlier_probability(X_test))
+    np.testing.assert_equal(own, fitted.evaluate(X_test, y_test))
+    oracle = fitted.evaluate(X_test, y_test, unseen_probability=is_unseen.astype(float))
+    # A perfect detector: the soft and hard rows route every image to its own branch.
+    for row in ("soft", "hard"):
+        assert oracle[row]["unseen_accuracy"] == oracle["zero_shot_accuracy"]
+        assert oracle[row]["seen_accuracy"] >= own[row]["seen_accuracy"]
+    with pytest.raises(ValueError, match=r"unseen_probability must have shape \(\d+,\)"):
+        fitted.evaluate(X_test, y_test, unseen_probability=np.zeros(3))
