@@ -146,9 +146,10 @@ def test_quick_reproduce_on_real_fashion_mnist(tmp_path, capsys):
         capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     _check_output(out, results, "fashion-mnist", 2)
-    # Under a minute on an idle 2-core machine; the bound only catches a --quick that
-    # silently runs the full sizes (15 minutes or more), not a busy machine.
-    assert results["wall_seconds"] < 600
+    # --quick runs the small sizes (about a minute on an idle 2-core machine; wall time is
+    # not asserted: a busy machine can make it many times slower).
+    assert results["settings"]["centroids"] == 64 and results["settings"]["max_per_class"] == 300
+    assert results["per_seed"][0]["n_train"] == 8 * 300 and results["per_seed"][0]["n_test"] == 2000
     agg = results["aggregate"]
     # Sandal and pullover are far apart: told apart from their word vectors alone.
     assert agg["reports"]["loop"]["zero_shot_accuracy"]["mean"] > 0.8
