@@ -325,8 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
             "and the Gaussian detector, soft (Eq. 2) and hard; generalized zero-shot numbers; "
             "distractor words; 2-layer tanh against linear mapping; novelty detection in the "
             "semantic against the raw feature space; calibration of P(unseen|x); LoOP with "
-            "exact against IVF kNN. The full Fashion-MNIST run takes about 15-30 minutes on "
-            "2 cores, --quick about a minute. Needs the GloVe vectors (pip install "
+            "exact against IVF kNN. The full Fashion-MNIST run (3 seeds) should take about "
+            "15 minutes on 2 idle cores (93 minutes measured on a busy machine), --quick "
+            "about a minute. Needs the GloVe vectors (pip install "
             "'fastzsl[data,plot]') and the data set.", width=88),
         epilog="examples:\n"
                "  fastzsl reproduce --quick --out results-quick\n"
