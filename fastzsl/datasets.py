@@ -129,3 +129,75 @@ def load_cifar10(data_dir):
     X_train = np.concatenate([b[0] for b in train])
     y_train = np.concatenate([b[1] for b in train])
     return X_train, y_train, X_test, y_test, list(CIFAR10_CLASSES)
+
+
+DATASETS = ("fashion-mnist", "cifar10")
+
+
+def load_dataset(name, data_dir=None):
+    """``(X_train, y_train, X_test, y_test, class_names)`` of a data set by name.
+
+    Parameters
+    ----------
+    name : {"fashion-mnist", "cifar10"}
+    data_dir : path, optional
+        Fashion-MNIST: the IDX folder (default: the Debian package's). CIFAR-10: the
+        ``cifar-10-batches-py`` folder (required).
+    """
+    if name == "fashion-mnist":
+        return load_fashion_mnist(data_dir)
+    if name == "cifar10":
+        if data_dir is None:
+            raise FileNotFoundError(
+                "CIFAR-10 does not install offline: pass --data-dir, the folder "
+                "'cifar-10-batches-py' of the python version of CIFAR-10")
+        return load_cifar10(data_dir)
+    raise ValueError(f"unknown data set {name!r}; choose one of {DATASETS}")
+
+
+def zero_shot_split(y_train, unseen_ids, *, val_fraction=0.05, random_state=0):
+    """The paper's split of the training images (SPEC section 6).
+
+    For every seen class a random ``val_fraction`` of its training images goes to
+    validation and the rest trains (CIFAR-10: 4750 / 250 per class); the same fraction of
+    each unseen class's training images joins the validation set, and the remaining
+    unseen-class images are not used at all.
+
+    Parameters
+    ----------
+    y_train : array-like of int, shape (n,)
+    unseen_ids : list of int
+        Labels of the unseen classes.
+    val_fraction : float, default=0.05
+    random_state : int, default=0
+
+    Returns
+    -------
+    train_idx, val_idx : ndarray of int64
+        Sorted row indices into the training images.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+    y_train = np.asarray(y_train)
+    rng = np.random.default_rng(random_state)
+    train, val = [], []
+    for label in np.unique(y_train):
+        rows = rng.permutation(np.flatnonzero(y_train == label))
+        n_val = int(round(val_fraction * rows.size))
+        val.append(rows[:n_val])
+        if label not in unseen_ids:
+            train.append(rows[n_val:])
+    if not train:
+        raise ValueError("every class is unseen: at least one class needs training images")
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def per_class_subset(rows, y, max_per_class, random_state=0):
+    """At most ``max_per_class`` random rows of each label (all rows when None)."""
+    rows = np.asarray(rows)
+    if max_per_class is None:
+        return rows
+    rng = np.random.default_rng(random_state)
+    keep = [rng.permutation(rows[y[rows] == label])[:max_per_class]
+            for label in np.unique(y[rows])]
+    return np.sort(np.concatenate(keep))

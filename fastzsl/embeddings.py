@@ -93,6 +93,19 @@ def glove_50d_files():
     return root / "glove_6B_50d_emb.npy", root / "glove_6B_index.parquet"
 
 
+def glove_50d_arrays():
+    """GloVe 6B 50-d as ``(words, matrix)``: a list of the 400k words in frequency order
+    and a read-only float32 memory map of shape (400000, 50), row i the vector of words[i]."""
+    import pandas as pd
+
+    emb_path, index_path = glove_50d_files()
+    vocab = pd.read_parquet(index_path)["index"].astype(str).tolist()
+    matrix = np.load(emb_path, mmap_mode="r")
+    if len(vocab) != matrix.shape[0]:
+        raise ValueError(f"GloVe index has {len(vocab)} words but the matrix {matrix.shape[0]} rows")
+    return vocab, matrix
+
+
 def load_glove_50d(words=None):
     """GloVe 6B 50-d (400k words) as a gensim ``KeyedVectors``.
 
@@ -102,14 +115,9 @@ def load_glove_50d(words=None):
         Keep only these words (and the parts of multi-word names), which is much faster
         to build than the full 400k vocabulary.
     """
-    import pandas as pd
     from gensim.models import KeyedVectors
 
-    emb_path, index_path = glove_50d_files()
-    vocab = pd.read_parquet(index_path)["index"].astype(str).tolist()
-    matrix = np.load(emb_path, mmap_mode="r")
-    if len(vocab) != matrix.shape[0]:
-        raise ValueError(f"GloVe index has {len(vocab)} words but the matrix {matrix.shape[0]} rows")
+    vocab, matrix = glove_50d_arrays()
     if words is not None:
         wanted = set()
         for w in words:

@@ -31,7 +31,6 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
     """
     from .embeddings import load_glove_50d
     from .features import CoatesNgFeatures
-    from .zeroshot import ZeroShotClassifier
 
     start = time.perf_counter()
     timings = {}
@@ -69,15 +68,10 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
     y_seen = names_arr[y_train[seen_rows]]
     y_true = names_arr[y_test]
 
-    t = time.perf_counter()
-    loop_model = ZeroShotClassifier(kv, unseen, novelty="loop", backend=backend,
-                                    n_neighbors=n_neighbors,
-                                    mapper_params=mapper_params, softmax_params=softmax_params,
-                                    random_state=seed, progress=progress).fit(F_train, y_seen)
-    lap("train (mapping, softmax, LoOP)", t)
-    t = time.perf_counter()
-    gauss_model = copy.deepcopy(loop_model).refit_novelty(F_train, y_seen, novelty="gaussian")
-    lap("Gaussian detector", t)
+    loop_model, gauss_model = fit_both_detectors(
+        F_train, y_seen, kv, unseen, backend=backend, n_neighbors=n_neighbors,
+        mapper_params=mapper_params, softmax_params=softmax_params, seed=seed,
+        progress=progress, timings=timings)
 
     t = time.perf_counter()
     reports = {"loop": loop_model.evaluate(F_test, y_true, CURVE_THRESHOLDS),
@@ -100,6 +94,34 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
     return results, loop_model, extractor
 
 
+def fit_both_detectors(F_train, y_seen, class_vectors, unseen, *, backend="auto",
+                       n_neighbors=20, mapper_params=None, softmax_params=None, seed=0,
+                       progress=False, timings=None):
+    """The zero-shot model with LoOP, and a copy with the Gaussian detector.
+
+    Both share one trained mapping and softmax (``refit_novelty``), so their numbers differ
+    only by the detector. ``timings``, a dict, receives the seconds of each step.
+
+    Returns
+    -------
+    (ZeroShotClassifier, ZeroShotClassifier)
+        The LoOP model and the Gaussian model.
+    """
+    from .zeroshot import ZeroShotClassifier
+
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
+    loop_model = ZeroShotClassifier(class_vectors, unseen, novelty="loop", backend=backend,
+                                    n_neighbors=n_neighbors,
+                                    mapper_params=mapper_params, softmax_params=softmax_params,
+                                    random_state=seed, progress=progress).fit(F_train, y_seen)
+    timings["train (mapping, softmax, LoOP)"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    gauss_model = copy.deepcopy(loop_model).refit_novelty(F_train, y_seen, novelty="gaussian")
+    timings["Gaussian detector"] = round(time.perf_counter() - t, 1)
+    return loop_model, gauss_model
+
+
 def results_table(results) -> str:
     """Markdown table of the main numbers of ``train_fashion_mnist``."""
     rows = ["| detector | combine | threshold | seen acc | unseen acc | overall acc | "
@@ -120,8 +142,12 @@ def results_table(results) -> str:
     return "\n".join(rows)
 
 
-def plot_threshold_curves(reports, path, title=""):
-    """Seen / unseen / overall accuracy against the novelty threshold, one panel a detector."""
+def plot_threshold_curves(reports, path, title="", spread=None):
+    """Seen / unseen / overall accuracy against the novelty threshold, one panel a detector.
+
+    ``spread`` ({detector: {metric: list}}, optional) draws a band of +- that around each
+    curve (e.g. the standard deviation over seeds when ``reports`` holds means).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,8 +160,12 @@ def plot_threshold_curves(reports, path, title=""):
         curve = report["curve"]
         for key, style in (("seen_accuracy", "-o"), ("unseen_accuracy", "-s"),
                            ("overall_accuracy", "-^")):
-            ax.plot(curve["thresholds"], curve[key], style, markersize=3,
-                    label=key.replace("_", " "))
+            line, = ax.plot(curve["thresholds"], curve[key], style, markersize=3,
+                            label=key.replace("_", " "))
+            if spread is not None:
+                mean, sd = np.asarray(curve[key]), np.asarray(spread[detector][key])
+                ax.fill_between(curve["thresholds"], mean - sd, mean + sd,
+                                color=line.get_color(), alpha=0.2, linewidth=0)
         ax.axvline(report["threshold"], color="grey", linestyle=":", label="default threshold")
         ax.set_title(labels.get(detector, detector))
         ax.set_xlabel("threshold on P(unseen | x)  (image called unseen above it)")

@@ -4,7 +4,9 @@ r"""The semantic mapping of Socher et al. (2013): image features -> word-vector 
 
     f(x) = W_2 \tanh(W_1 x + b_1) + b_2
 
-trained on the seen classes only, with the class word vectors as fixed targets:
+(or, with ``hidden=0``, the one-layer linear map :math:`f(x) = W x + b`, the baseline the
+paper compares against), trained on the seen classes only, with the class word vectors as
+fixed targets:
 
 .. math::
 
@@ -14,6 +16,7 @@ trained on the seen classes only, with the class word vectors as fixed targets:
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -24,19 +27,20 @@ from ._validation import as_float_matrix, check_same_width
 
 
 def build_network(n_features: int, hidden: int, n_outputs: int):
-    """The two-layer tanh network as a torch ``nn.Module``."""
+    """The two-layer tanh network (``hidden > 0``) or the linear map (``hidden == 0``) as a
+    torch ``nn.Module``."""
     import torch
 
     class MappingNetwork(torch.nn.Module):
-        """f(x) = output(tanh(hidden(x)))"""
+        """f(x) = output(tanh(hidden(x))), or output(x) without a hidden layer."""
 
         def __init__(self):
             super().__init__()
-            self.hidden = torch.nn.Linear(n_features, hidden)
-            self.output = torch.nn.Linear(hidden, n_outputs)
+            self.hidden = torch.nn.Linear(n_features, hidden) if hidden else None
+            self.output = torch.nn.Linear(hidden or n_features, n_outputs)
 
         def forward(self, x):
-            return self.output(torch.tanh(self.hidden(x)))
+            return self.output(x if self.hidden is None else torch.tanh(self.hidden(x)))
 
     return MappingNetwork()
 
@@ -60,12 +64,13 @@ def targets_for(y, class_vectors):
 
 
 class SemanticMapper(TransformerMixin, BaseEstimator):
-    """Two-layer tanh network from image features to the word-vector space (torch).
+    """Two-layer tanh (or linear) network from image features to the word-vector space (torch).
 
     Parameters
     ----------
     hidden : int, default=200
-        Hidden units (the authors' code; older code used 100).
+        Hidden units (the authors' code; older code used 100); 0 makes the mapping the
+        one-layer linear map f(x) = W x + b.
     l2 : float, default=1e-4
         lambda of the weight penalty (lambda/2)(||W1||^2 + ||W2||^2).
     optimizer : {"auto", "lbfgs", "adam"}, default="auto"
@@ -79,7 +84,7 @@ class SemanticMapper(TransformerMixin, BaseEstimator):
         Reference code: also penalise the biases.
     sparsity_weight : float, default=0.0
         Reference code (beta = 5): KL sparsity penalty beta sum_j KL(rho || rho_hat_j) with
-        rho_hat_j = (mean_i a_ij + 1) / 2 over the tanh activations a.
+        rho_hat_j = (mean_i a_ij + 1) / 2 over the tanh activations a (needs hidden > 0).
     sparsity_target : float, default=0.035
         rho.
     random_state : int, default=0
@@ -123,6 +128,11 @@ class SemanticMapper(TransformerMixin, BaseEstimator):
         """
         import torch
 
+        hidden = self.hidden
+        if isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 0:
+            raise ValueError(f"hidden must be an int >= 0 (0: linear mapping), got {hidden!r}")
+        if hidden == 0 and self.sparsity_weight:
+            raise ValueError("sparsity_weight penalises hidden units: it needs hidden > 0")
         X = as_float_matrix(X, "X", dtype=np.float32)
         T = targets_for(y, class_vectors)
         if T.shape[0] != X.shape[0]:
@@ -132,28 +142,32 @@ class SemanticMapper(TransformerMixin, BaseEstimator):
         self.optimizer_ = resolve_optimizer(self.optimizer, n, n_features)
 
         generator = torch.Generator().manual_seed(self.random_state)
-        self.module_ = build_network(n_features, self.hidden, self.n_outputs_)
+        self.module_ = build_network(n_features, hidden, self.n_outputs_)
+        layers = [m for m in (self.module_.hidden, self.module_.output) if m is not None]
         # The authors' init: U[-r, r], r = sqrt(6 / (I + h + d)); biases 0.
-        r = math.sqrt(6.0 / (n_features + self.hidden + self.n_outputs_))
+        r = math.sqrt(6.0 / (n_features + hidden + self.n_outputs_))
         with torch.no_grad():
-            for layer in (self.module_.hidden, self.module_.output):
+            for layer in layers:
                 layer.weight.uniform_(-r, r, generator=generator)
                 layer.bias.zero_()
 
         X_t, T_t = torch.from_numpy(X), torch.from_numpy(np.ascontiguousarray(T))
-        weights = [self.module_.hidden.weight, self.module_.output.weight]
-        biases = [self.module_.hidden.bias, self.module_.output.bias]
+        weights = [layer.weight for layer in layers]
+        biases = [layer.bias for layer in layers]
         penalised = weights + (biases if self.bias_l2 else [])
         rho = self.sparsity_target
 
         def batch_loss(rows):
             x, t = (X_t, T_t) if rows is None else (X_t[rows], T_t[rows])
-            hidden = torch.tanh(self.module_.hidden(x))
-            out = self.module_.output(hidden)
+            if self.sparsity_weight:
+                activations = torch.tanh(self.module_.hidden(x))
+                out = self.module_.output(activations)
+            else:
+                out = self.module_(x)
             loss = 0.5 * ((out - t) ** 2).sum(dim=1).mean()
             loss = loss + 0.5 * self.l2 * sum((p ** 2).sum() for p in penalised)
             if self.sparsity_weight:
-                rho_hat = ((hidden.mean(dim=0) + 1.0) / 2.0).clamp(1e-6, 1 - 1e-6)
+                rho_hat = ((activations.mean(dim=0) + 1.0) / 2.0).clamp(1e-6, 1 - 1e-6)
                 kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
                 loss = loss + self.sparsity_weight * kl.sum()
             return loss

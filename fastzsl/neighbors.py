@@ -162,6 +162,14 @@ class FaissIndex:
                 D, I = self.index.search(chunk, k)
             else:
                 D, I = _drop_self(*self.index.search(chunk, k + 1), k, offset)
+            missing = (I < 0).any(axis=1)
+            if missing.any():
+                # IVF visits only nprobe lists; faiss pads a short result with -1.
+                nlist, nprobe = self.index.nlist, self.index.nprobe
+                raise ValueError(
+                    f"the IVF index found fewer than k = {k} neighbours for {missing.sum()} of "
+                    f"{len(I)} queries (nlist = {nlist}, nprobe = {nprobe}, {self.ntotal} "
+                    "points): raise nprobe or lower nlist")
             np.maximum(D, 0, out=D)  # the norms expansion can round just below zero
             return D, I
 

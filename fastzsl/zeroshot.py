@@ -310,17 +310,27 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         return y
 
     @uses_n_jobs
-    def evaluate(self, X, y, thresholds=np.linspace(0.0, 1.0, 11)) -> dict:
+    def evaluate(self, X, y, thresholds=np.linspace(0.0, 1.0, 11), *,
+                 unseen_probability=None) -> dict:
         """Accuracies of the fitted model on labelled test images (seen and unseen classes).
 
         Returns a dict with the soft and hard variants' seen / unseen / overall accuracy
         and GZSL scores, the zero-shot accuracy among the unseen classes alone (unseen
         images, unseen classifier only: the paper's 2-way number for two unseen classes),
         and the hard-threshold curve over ``thresholds``.
+
+        ``unseen_probability`` (shape (n,)), when given, replaces the fitted detector's
+        P(unseen | x): it scores another novelty detector (e.g. one fitted in the raw
+        feature space) inside this model's classifiers, with this model's threshold.
         """
         X = self._check_X(X)
         y = self._check_labels(y, X.shape[0])
         p_seen, p_unseen_class, p_unseen = self._branches(X)
+        if unseen_probability is not None:
+            p_unseen = np.asarray(unseen_probability, dtype=np.float64)
+            if p_unseen.shape != (X.shape[0],):
+                raise ValueError(f"unseen_probability must have shape ({X.shape[0]},), "
+                                 f"got {p_unseen.shape}")
         seen, unseen = self.seen_classes_.tolist(), self.unseen_classes_.tolist()
 
         def scores(proba):

@@ -111,6 +111,17 @@ def test_faiss_ivf_exclude_self_never_returns_self(rng):
     assert not (I == np.arange(len(X))[:, None]).any()
 
 
+def test_faiss_ivf_that_finds_too_few_neighbours_says_so(rng):
+    """nprobe lists may hold fewer than k points; faiss pads with -1, which must not leak."""
+    pytest.importorskip("faiss")
+    X = rng.normal(size=(400, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"found fewer than k = 30 neighbours for \d+ of 400 "
+                                         r"queries \(nlist = 40, nprobe = 1, 400 points\)"):
+        fastzsl.knn(X, X, 30, method="ivf", nlist=40, nprobe=1)
+    _, I = fastzsl.knn(X, X, 30, method="ivf", nlist=40, nprobe=40)
+    assert (I >= 0).all()
+
+
 def test_faiss_methods_refuse_a_backend(rng):
     pytest.importorskip("faiss")
     X = rng.normal(size=(50, 2))

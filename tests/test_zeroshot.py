@@ -303,3 +303,51 @@ def test_n_jobs_is_a_parameter_that_survives_save_load(world, tmp_path, novelty)
 def _save(model, path):
     model.save(path)
     return path
+
+
+def test_linear_mapping_is_affine_learns_and_survives_save_load(world, tmp_path):
+    """hidden=0: f(x) = W x + b, the paper's one-layer baseline."""
+    vectors, X, y, X_test, y_test = world
+    codes = np.searchsorted(SEEN, y)
+    W = np.stack([vectors[c] for c in SEEN])
+    linear = SemanticMapper(hidden=0, max_iter=100).fit(X, codes, W)
+    assert linear.module_.hidden is None
+    assert linear.module_.output.weight.shape == (W.shape[1], X.shape[1])
+    assert linear.loss_curve_[-1] < 0.5 * linear.loss_curve_[0]
+    a, b = X[:5].astype(np.float64), X[5:10].astype(np.float64)
+    mid = linear.transform((0.3 * a + 0.7 * b).astype(np.float32))
+    np.testing.assert_allclose(mid, 0.3 * linear.transform(X[:5]) + 0.7 * linear.transform(X[5:10]),
+                               rtol=1e-4, atol=1e-5)
+    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10,
+                               mapper_params=dict(hidden=0, max_iter=100),
+                               softmax_params=FAST["softmax_params"]).fit(X, y)
+    model.save(tmp_path / "linear.fzsl")
+    again = fastzsl.load(tmp_path / "linear.fzsl")
+    np.testing.assert_array_equal(again.predict_proba(X_test), model.predict_proba(X_test))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(hidden=-1), r"hidden must be an int >= 0 \(0: linear mapping\), got -1"),
+    (dict(hidden=2.5), r"hidden must be an int >= 0 \(0: linear mapping\), got 2.5"),
+    (dict(hidden=0, sparsity_weight=5.0), "sparsity_weight penalises hidden units"),
+])
+def test_mapper_rejects_bad_hidden(world, options, message):
+    vectors, X, y, _, _ = world
+    W = np.stack([vectors[c] for c in SEEN])
+    with pytest.raises(ValueError, match=message):
+        SemanticMapper(max_iter=1, **options).fit(X, np.searchsorted(SEEN, y), W)
+
+
+def test_evaluate_with_another_detectors_probability(world, fitted):
+    """unseen_probability replaces the fitted detector's P(unseen|x) in every number."""
+    _, _, _, X_test, y_test = world
+    is_unseen = np.isin(y_test, UNSEEN)
+    own = fitted.evaluate(X_test, y_test, unseen_probability=fitted.outlier_probability(X_test))
+    np.testing.assert_equal(own, fitted.evaluate(X_test, y_test))
+    oracle = fitted.evaluate(X_test, y_test, unseen_probability=is_unseen.astype(float))
+    # A perfect detector: the soft and hard rows route every image to its own branch.
+    for row in ("soft", "hard"):
+        assert oracle[row]["unseen_accuracy"] == oracle["zero_shot_accuracy"]
+        assert oracle[row]["seen_accuracy"] >= own[row]["seen_accuracy"]
+    with pytest.raises(ValueError, match=r"unseen_probability must have shape \(\d+,\)"):
+        fitted.evaluate(X_test, y_test, unseen_probability=np.zeros(3))
