@@ -24,13 +24,11 @@ Groups
     the scoring is timed here); every IVF row searches with the default nlist and nprobe.
 ``batch scale`` (only with ``FASTZSL_BENCH_SCALE=1``; one round)
     ``fastzsl score`` in a subprocess over a ``.npy`` of N rows (default 10M, 2 GB),
-    N_ref=100k; peak RSS of that process from ``wait4``. Sizes from
+    N_ref=100k; peak RSS of that process (its VmHWM). Sizes from
     ``FASTZSL_BENCH_SCALE_ROWS`` and ``FASTZSL_BENCH_SCALE_KNN`` (exact | ivf).
 """
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +185,8 @@ def test_growth_in_query_count(bench, cfg, batch_job, semantic_points, knn, step
 
 @pytest.mark.skipif(os.environ.get("FASTZSL_BENCH_SCALE", "") in ("", "0"),
                     reason="set FASTZSL_BENCH_SCALE=1 for the 10M-row run (minutes, 2 GB disk)")
-def test_scale_subprocess(bench, benchmark, batch_job, semantic_points, tmp_path):
+def test_scale_subprocess(bench, benchmark, batch_job, semantic_points, tmp_path,
+                          run_with_peak_rss):
     draw, description = semantic_points
     n_rows = int(os.environ.get("FASTZSL_BENCH_SCALE_ROWS", 10_000_000))
     knn = os.environ.get("FASTZSL_BENCH_SCALE_KNN", "exact")
@@ -206,13 +205,8 @@ def test_scale_subprocess(bench, benchmark, batch_job, semantic_points, tmp_path
 
     def run():
         _fresh(tmp_path / "out")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fastzsl.cli", "score", str(model_path),
-             str(tmp_path / "q.npy"), str(tmp_path / "out"), "--quiet"])
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        assert process.returncode == 0
-        info["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: kilobytes
+        info["peak_rss_mb"] = run_with_peak_rss(
+            "fastzsl.cli", ["score", model_path, tmp_path / "q.npy", tmp_path / "out", "--quiet"])
 
     bench(run, group=f"batch scale N_ref={batch_job['n_ref']} N_q={n_rows}",
           label=f"fastzsl score subprocess, {knn} kNN", rounds=1, baseline=True,

@@ -156,3 +156,35 @@ def bench(benchmark, cfg, machine):
         warmup = 1 if rounds > 1 else 0
         return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
     return run
+
+
+# ---------------------------------------------------------------- peak memory of a subprocess
+# The child reports its own high-water mark (VmHWM of its address space after exec). The
+# rusage of wait4 would not do: Linux carries the forked parent's RSS into ru_maxrss.
+_PEAK_RSS_WRAPPER = """
+import runpy, sys
+out, target, sys.argv = sys.argv[1], sys.argv[2], sys.argv[2:]
+try:
+    if target.endswith(".py"):
+        runpy.run_path(target, run_name="__main__")
+    else:
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+finally:
+    with open("/proc/self/status") as f:
+        hwm = next(line for line in f if line.startswith("VmHWM"))
+    open(out, "w").write(str(int(hwm.split()[1]) / 1024))
+"""
+
+
+@pytest.fixture
+def run_with_peak_rss(tmp_path):
+    """``run(target, args)``: ``python -m target`` (or a .py path) with args; its peak RSS in MiB."""
+    import subprocess
+    import sys
+
+    def run(target, args):
+        rss_file = tmp_path / "peak_rss.txt"
+        subprocess.run([sys.executable, "-c", _PEAK_RSS_WRAPPER, str(rss_file), str(target),
+                        *map(str, args)], check=True)
+        return float(rss_file.read_text())
+    return run
