@@ -94,8 +94,8 @@ class FaissIndex:
     nlist : int, optional
         IVF lists; default ``round(4 sqrt(n))``, capped so each list can hold 39 points.
     nprobe : int, optional
-        IVF lists visited per query; default ``max(1, nlist // 16)`` (mean LoOP error
-        against exact kNN below 0.01 in benchmarks/bench_ivf.py).
+        IVF lists visited per query; default ``min(nlist, max(8, nlist // 16))`` (mean
+        LoOP error against exact kNN below 0.01 in benchmarks/bench_ivf.py).
     seed : int, default=0
         Seed of the IVF k-means.
     gpu : bool, optional
@@ -135,13 +135,15 @@ class FaissIndex:
 
     @staticmethod
     def default_nprobe(nlist: int) -> int:
-        """Lists visited per query: nlist // 16.
+        """Lists visited per query: nlist // 16, at least 8 (all lists if fewer).
 
         From the study in benchmarks/bench_ivf.py (results/ivf-cpu-2core.md): the smallest
         simple fraction that keeps LoOP's mean error against exact kNN well under 0.01 both
-        on real mapped features (clustered) and on Gaussian blobs (hard for IVF).
+        on real mapped features (clustered) and on Gaussian blobs (hard for IVF). The floor
+        of 8 lists keeps small indexes (a few thousand points, ~40 points a list) finding
+        k = 20 neighbours for every query.
         """
-        return max(1, nlist // 16)
+        return min(nlist, max(8, nlist // 16))
 
     @property
     def ntotal(self) -> int:

@@ -172,3 +172,20 @@ def test_faiss_moves_the_index_to_a_gpu_when_it_has_one(rng, monkeypatch):
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
     with pytest.raises(RuntimeError, match="gpu=True but faiss has no GPU support"):
         neighbors.FaissIndex(X, gpu=True)
+
+
+@pytest.mark.parametrize("n", [800, 2000, 20000])
+def test_faiss_ivf_defaults_find_k_neighbours_and_visit_a_fraction(n):
+    """Default nlist/nprobe: every query gets k = 20 real neighbours, small or large index."""
+    pytest.importorskip("faiss")
+    from fastzsl.neighbors import FaissIndex
+    from fastzsl.testing import make_blobs
+    X, _ = make_blobs(n, 16, seed=3)
+    index = FaissIndex(X, method="ivf")
+    nlist, nprobe = index.index.nlist, index.index.nprobe
+    assert (nlist, nprobe) == (FaissIndex.default_nlist(n), FaissIndex.default_nprobe(nlist))
+    assert 8 <= nprobe <= nlist and (nlist < 128 or nprobe == nlist // 16)
+    _, I = index.search(X, 20, exclude_self=True)
+    assert (I >= 0).all()
+    probabilities = fastzsl.LoOP(n_neighbors=20, knn="ivf").fit(X).probabilities_
+    assert np.isfinite(probabilities).all()
