@@ -37,23 +37,19 @@ import pytest
 import fastzsl
 from fastzsl.batch import read_scores, score_file
 
+from conftest import RUN_MODEL, trained_run_features
+
 K = 20
-RUN_MODEL = os.environ.get("FASTZSL_BENCH_RUN", "fastzsl-run/model.fzsl")
 
 
 def _real_seed():
     """(mapped training features of a trained run, description) or (None, None)."""
-    path = Path(RUN_MODEL)
-    if not path.is_file():
+    F = trained_run_features()
+    if F is None:
         return None, None
-    model = fastzsl.load(path)
-    detector = model.detector_
-    detector = next(iter(detector.values())) if isinstance(detector, dict) else detector
-    if not hasattr(detector, "index_"):
-        return None, None
-    F = np.asarray(detector.index_.reference, dtype=np.float32)
     return F, (f"synthetic semantic points seeded from {len(F)} real mapped Fashion-MNIST "
-               f"features ({path}): random real rows + N(0, (0.1 std)^2) noise, d={F.shape[1]}")
+               f"features ({RUN_MODEL}): random real rows + N(0, (0.1 std)^2) noise, "
+               f"d={F.shape[1]}")
 
 
 @pytest.fixture(scope="session")

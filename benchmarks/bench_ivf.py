@@ -26,8 +26,9 @@ import pytest
 import fastzsl
 from fastzsl.testing import make_blobs
 
+from conftest import RUN_MODEL, trained_run_features
+
 K = 20
-RUN_MODEL = os.environ.get("FASTZSL_BENCH_RUN", "fastzsl-run/model.fzsl")
 NPROBES = [1, 2, 4, 8, 16, 32, 64, 128, "default"]
 
 
@@ -38,11 +39,9 @@ def _recall(I_approx, I_exact):
 
 def _mapped(cfg):
     path = Path(RUN_MODEL)
-    if not path.is_file():
-        pytest.skip(f"no trained run at {path} (run 'fastzsl train' first)")
-    detector = fastzsl.load(path).detector_
-    detector = next(iter(detector.values())) if isinstance(detector, dict) else detector
-    F = np.asarray(detector.index_.reference, dtype=np.float32)
+    F = trained_run_features()
+    if F is None:
+        pytest.skip(f"no trained LoOP run at {path} (run 'fastzsl train' first)")
     F = F[np.random.default_rng(0).permutation(len(F))]
     n_q = 2_000 if cfg.quick else 8_000
     return (F[n_q:], F[:n_q],

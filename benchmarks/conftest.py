@@ -22,6 +22,21 @@ from fastzsl.cli import cpu_name
 from fastzsl.testing import make_blobs
 
 DATA_DESCRIPTION = "synthetic Gaussian blobs, seeded (fastzsl.testing.make_blobs), float32"
+# A trained run ('fastzsl train'): its LoOP reference is real mapped Fashion-MNIST features.
+RUN_MODEL = os.environ.get("FASTZSL_BENCH_RUN", "fastzsl-run/model.fzsl")
+
+
+def trained_run_features():
+    """The mapped training features (float32) held by the trained run's LoOP, or None."""
+    import fastzsl
+
+    if not os.path.isfile(RUN_MODEL):
+        return None
+    detector = fastzsl.load(RUN_MODEL).detector_
+    detector = next(iter(detector.values())) if isinstance(detector, dict) else detector
+    if not hasattr(detector, "index_"):  # a Gaussian-detector model holds no reference set
+        return None
+    return np.asarray(detector.index_.reference, dtype=np.float32)
 
 
 # ---------------------------------------------------------------- collection, options
