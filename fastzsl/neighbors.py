@@ -72,6 +72,10 @@ class ExactIndex:
         """
         Q = _check_queries(queries, self, exclude_self)
         k = check_k(k, self.ntotal, exclude_self=exclude_self)
+        if exclude_self and self.kernels.knn_self is not None and _same_rows(Q, self.reference):
+            result = _self_join(self.kernels.knn_self, Q, k, progress)
+            if result is not None:
+                return result
 
         def search_chunk(chunk, offset):
             return self.kernels.knn(chunk, self.reference, k, offset if exclude_self else -1)
@@ -180,6 +184,28 @@ class FaissIndex:
 
 # Queries per kernel call: enough parallel work per call, and a progress bar that moves.
 SEARCH_CHUNK = 8192
+
+
+def _same_rows(Q, reference):
+    return Q is reference or (Q.shape == reference.shape and np.array_equal(Q, reference))
+
+
+def _self_join(knn_self, X, k, progress):
+    """A backend's one-call self-join (None if it declines), with a progress bar on request."""
+    bar = None
+
+    def advance(fraction):
+        nonlocal bar
+        if bar is None:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=X.shape[0], desc=f"kNN k={k} (self-join)", unit="point")
+        bar.update(round(fraction * X.shape[0]) - bar.n)
+
+    try:
+        return knn_self(X, k, advance if progress else None)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _search_in_chunks(search_chunk, Q, k, dtype, progress):

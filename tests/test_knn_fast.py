@@ -1,10 +1,11 @@
 """Adversarial cases for the GEMM-prefiltered exact kNN of the cython backend.
 
-The kernel rejects candidates on ||q||^2 + ||r||^2 - 2 q.r computed with BLAS and re-ranks
-the rest by direct differences; a margin too small would silently drop true neighbours.
-Every case checks the result against the NumPy reference (within the usual tolerances,
-neighbour sets up to ties) and bit for bit against the direct kernel ``knn_direct`` (the
-pre-GEMM algorithm) and, when available, the numba backend (same distance formula).
+The kernels keep candidates on ||r||^2 - 2 q.r computed with BLAS and re-rank the survivors
+by direct differences; a margin too small would silently drop true neighbours. Every case
+checks the result against the NumPy reference (within the usual tolerances, neighbour sets
+up to ties) and bit for bit against the direct kernel ``knn_direct`` (the pre-GEMM
+algorithm) and, when available, the numba backend (same distance formula); self-searches
+also check the symmetric self-join ``knn_self`` bit for bit.
 """
 import numpy as np
 import pytest
@@ -15,9 +16,12 @@ from fastzsl.testing import TOL, assert_knn_equal, backend_is_available
 
 knn_cpu = pytest.importorskip("fastzsl._ext.knn_cpu", reason="cython extension not built")
 
-# float32 tiles hold 1024 reference rows, float64 tiles 512; query blocks hold up to 128
+# float32 tiles hold 512 reference rows, float64 tiles 256; query blocks hold up to 256
 # queries (fewer for small query sets, so every thread gets work).
-EDGE_SIZES = [(1, 1), (127, 511), (128, 512), (129, 513), (257, 1023), (130, 1025), (3, 2049)]
+EDGE_SIZES = [(1, 1), (127, 255), (128, 256), (129, 257), (255, 511), (256, 512), (257, 513),
+              (130, 1025), (3, 2049)]
+# The self-join's blocks hold 256 rows; 513..768 rows make an odd number of blocks.
+SELF_SIZES = [1, 2, 255, 256, 257, 600, 1100]
 
 
 def _check(Q, R, k, self_offset=-1):
@@ -37,6 +41,11 @@ def _check(Q, R, k, self_offset=-1):
     if self_offset >= 0:
         own = np.arange(len(Q))[:, None] + self_offset
         assert not (I == own).any(), "a point is its own neighbour"
+    if self_offset == 0 and Q is R:
+        joined = knn_cpu.knn_self(Q, k)
+        assert joined is not None, "knn_self declined a search it can do"
+        np.testing.assert_array_equal(joined[0], D)
+        np.testing.assert_array_equal(joined[1], I)
     return D, I
 
 
@@ -112,14 +121,58 @@ def test_huge_values_fall_back_exactly(dtype, rng):
     # Norms near the float32 overflow: the kernel must not lose neighbours to inf - inf.
     big = 1e18 if dtype == np.float32 else 1e150
     X = (rng.normal(size=(300, 10)) * big).astype(dtype)
-    _check(X, X, 4, 0)
+    _check(X[:], X, 4, 0)  # (a view: _check would ask knn_self, which must decline here)
+    assert knn_cpu.knn_self(X, 4) is None
 
 
-def test_public_api_blobs(dtype):
-    X, _ = fastzsl.testing.make_blobs(3000, 50, seed=1, dtype=dtype)
-    D, I = fastzsl.knn(X[2500:], X[:2500], 20, backend="cython")
-    D_ref, I_ref = numpy_.knn(X[2500:], X[:2500], 20, -1)
-    assert_knn_equal(D, I, D_ref, I_ref, **TOL[dtype])
-    D_dir, I_dir = knn_cpu.knn_direct(X[2500:], X[:2500], 20, -1)
-    np.testing.assert_array_equal(D, D_dir)
-    np.testing.assert_array_equal(I, I_dir)
+@pytest.mark.parametrize("n", SELF_SIZES)
+def test_self_join_block_edges(dtype, rng, n):
+    X = rng.normal(size=(n, 7)).astype(dtype)
+    for k in sorted({k for k in (1, 6, n - 1) if 1 <= k <= n - 1}):
+        _check(X, X, k, 0)
+    # More neighbours than points (the public API refuses it; the kernels pad with inf, -1).
+    D, I = knn_cpu.knn_self(X, n + 2)
+    D_ref, I_ref = knn_cpu.knn(X, X, n + 2, 0)
+    assert np.isinf(D[:, -3:]).all() and (I[:, -3:] == -1).all()
+    np.testing.assert_array_equal(D, D_ref)
+    np.testing.assert_array_equal(I, I_ref)
+
+
+def test_self_join_clustered_ties_and_duplicates(dtype, rng):
+    # Blocks of near-identical points (near-ties everywhere) plus exact duplicates.
+    centres = rng.normal(size=(5, 12)) * 50
+    X = (centres[rng.integers(5, size=700)] + rng.normal(size=(700, 12)) * 1e-3).astype(dtype)
+    X = np.concatenate([X, X[::3]])
+    _check(X, X, 15, 0)
+
+
+def test_self_join_reports_progress_to_the_end(rng):
+    X = rng.normal(size=(1300, 5)).astype(np.float32)
+    seen = []
+    D, I = knn_cpu.knn_self(X, 3, seen.append)
+    assert seen and seen == sorted(seen) and seen[-1] == 1.0
+    D_ref, I_ref = knn_cpu.knn(X, X, 3, 0)
+    np.testing.assert_array_equal(I, I_ref)
+
+
+def test_self_join_declines_over_its_memory_cap(rng, monkeypatch):
+    X = rng.normal(size=(500, 5)).astype(np.float32)
+    monkeypatch.setattr(knn_cpu, "SELF_JOIN_MAX_BYTES", 1000)
+    assert knn_cpu.knn_self(X, 3) is None
+    # ... and the public search still answers, through the chunked kernel.
+    D, I = fastzsl.knn(X, X, 3, exclude_self=True, backend="cython")
+    np.testing.assert_array_equal(I, knn_cpu.knn(X, X, 3, 0)[1])
+
+
+def test_public_self_search_uses_the_self_join(rng, monkeypatch):
+    from fastzsl import neighbors
+    X = rng.normal(size=(900, 6)).astype(np.float32)
+    calls = []
+    real = neighbors._self_join
+    monkeypatch.setattr(neighbors, "_self_join", lambda *a: calls.append(1) or real(*a))
+    D, I = fastzsl.ExactIndex(X, backend="cython").search(X, 5, exclude_self=True,
+                                                          progress=True)
+    assert calls, "ExactIndex.search(exclude_self=True) did not use knn_self"
+    D_ref, I_ref = knn_cpu.knn(X, X, 5, 0)
+    np.testing.assert_array_equal(D, D_ref)
+    np.testing.assert_array_equal(I, I_ref)

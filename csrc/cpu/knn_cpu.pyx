@@ -3,45 +3,55 @@
 
 Results are those of the direct kernel (``knn_direct`` below, the same algorithm as
 ``fastzsl.backends.numba_._knn``), bit for bit: every distance that is returned is
-sum((double(q_t) - double(r_t))^2) accumulated over t = 0..d-1 in order, each query keeps a
-sorted list of its k best (distance, index) pairs, a candidate enters only when strictly
-better than the current worst, candidates are visited in ascending reference index, and
-equal distances therefore keep the lower index first.
+e = sum((double(q_t) - double(r_t))^2) accumulated over t = 0..d-1 in order, and each query
+gets the k smallest (e, index) pairs in lexicographic order (the direct kernel visits
+candidates in ascending index and admits one only when strictly better than its k-th, which
+is the same set and order: equal distances keep the lower index first).
 
-What is new is how most candidates are rejected. Blocks of queries run in parallel
-(OpenMP); for each tile of reference rows, one BLAS gemm (single-threaded) gives the dot
-products P = q . r_j in the input precision, and with norms Q = ||q||^2 and R_j = ||r_j||^2
-precomputed once, v_j = R_j - 2 P_j is the expansion of the distance minus Q. A candidate
-is re-ranked exactly only when
+How the GEMM kernels get there. With norms Q = ||q||^2 and R_j = ||r_j||^2 (double, computed
+once) and dot products P_j = q . r_j from a BLAS gemm on cache-sized tiles (input precision,
+single-threaded inside OpenMP), v_j = R_j - 2 P_j (input precision) approximates e_j - Q.
+Pass 1 keeps, per query, the L = k + LIST_EXTRA smallest v_j seen with their indices (one
+SIMD compare per entry against the list's largest rejects almost every candidate). Pass 2
+takes T = the k-th smallest kept v and the margin M = 2 SAFETY b + 4 u' (|T| + Q + Rmax)
+(b below with R = Rmax, the largest R_j; SAFETY = 2): every kept candidate with v_j <= T + M
+gets its exact e_j, and the k lexicographically smallest (e_j, j) are the answer. When a full
+list's largest entry is itself <= T + M (near-ties beyond L candidates), the query is
+recomputed by the direct kernel instead.
 
-    v_j <= worst - Q + m,   m = C (d + 2) (eps (Q + Rmax + worst) + tiny),
+Why that is exact. Let u = eps / 2 be the unit roundoff of the input dtype and u' that of
+double. For one candidate, |v_j - (e_j - Q)| <= b = ((d + 3) u + (3 d + 4) u') (Q + R_j)
+(1 + 2 (d + 2) u) + (2 d + 4) tiny: the gemm dot product has |P~ - P| <= gamma_d sum|q_t r_t|
+<= d u (1 + 2du) (Q + R) / 2 for any summation order, FMA or not; R_j (double, then rounded to
+the input dtype) adds d u' R + u R; v~ = fl(R~ - 2 P~) adds u |R - 2P| <= 2 u (Q + R); the
+double re-rank adds |e - E| <= (d + 2) u' E <= 2 (d + 2) u' (Q + R) (E the exact real
+distance); gradual underflow adds at most one unit of the smallest subnormal per operation
+(2d + 4 of them), under the tiny term (the smallest normal number of the input dtype). Then:
+the k kept candidates with v <= T have exact distances <= Q + T + b, so the k-th smallest
+exact distance e_(k) <= Q + T + b, and every member j of the answer has
+v_j <= e_j - Q + b <= T + 2b, below T + M with a factor SAFETY to spare (forming T + M in
+double is covered by the 4 u' term). A list only drops a candidate whose v is >= its largest
+entry at that time, which is >= its final largest entry; so if the final largest entry of a
+full list is above T + M, no member of the answer was dropped, all of them pass the filter,
+and the exact re-rank of this superset of the answer returns the answer. Inputs are finite
+(validated by the public API); whenever the norms could make the gemm overflow the kernels
+fall back to the direct kernel.
 
-where worst is the query's current k-th exact distance (+inf until k are known), Rmax the
-largest R_j of the tile, eps the machine epsilon and tiny the smallest normal number of the
-input dtype, and C = MARGIN_C = 8.
-
-Why m is safe (u = eps / 2 is the unit roundoff of the input dtype, u' that of double,
-E = Q + R - 2 P the exact real distance, e the re-ranked double value): the gemm dot product
-has |P~ - P| <= gamma_d sum|q_t r_t| <= d u (1 + du) (Q + R) / 2 for any summation order,
-FMA or not; R_j rounded to the input dtype and v~ = fl(R~ - 2 P~) add u R and
-u |R - 2P| <= 2 u (Q + R); the double norms and the re-rank add |Q~ - Q| <= d u' Q and
-|e - E| <= (d + 2) u' E <= 2 (d + 2) u' (Q + R). So if e < worst then
-v~ < worst - Q~ + ((d + 3) u + (3d + 4) u') (Q + R) (1 + small), and forming the threshold in
-double adds at most 3 u' (worst + Q + m). With C = 8 the margin is 16 (d + 2) u (...) >= 4x
-that bound for float64 and >= 10x for float32. Gradual underflow adds at most one unit of
-the smallest subnormal per operation (2d + 4 operations), covered by the tiny term many
-times over. Inputs are finite (validated by the public API); whenever the norms could make
-the gemm overflow the kernel falls back to the direct kernel. A rejected candidate
-therefore has e >= worst and would not have entered the list of the direct kernel either,
-and since insertions happen in the same order with the same values, the lists are equal.
+``knn`` runs query blocks in parallel, each against all reference tiles. ``knn_self`` (the
+self-join: every row of X among the other rows, what a LoOP fit needs) computes each pair of
+row blocks once: the tile G = X_a X_b^T serves block a's points along its rows and block b's
+along its columns, half the gemm work. Its pairs run in rounds of pairs that share no block
+(a round-robin schedule), so the pairs of a round run in parallel and each point keeps one
+list. Pass 1's visiting order differs from the direct kernel's, which the lexicographic
+pass 2 makes irrelevant.
 """
 import numpy as np
 
 cimport cython
 from cython.parallel cimport parallel, prange
-from libc.float cimport DBL_EPSILON, DBL_MIN, FLT_EPSILON, FLT_MAX, FLT_MIN
-from libc.math cimport INFINITY, isfinite, nextafterf
-from libc.stdint cimport int64_t
+from libc.float cimport DBL_EPSILON, DBL_MIN, FLT_EPSILON, FLT_MIN
+from libc.math cimport INFINITY, fabs
+from libc.stdint cimport int64_t, uint32_t
 from libc.stdlib cimport free, malloc
 from openmp cimport omp_get_max_threads
 
@@ -50,28 +60,39 @@ from gemm_tiles cimport gemm_abt
 from fastzsl._threads import blas_single_threaded
 
 cdef extern from "knn_kernels.h" nogil:
-    Py_ssize_t fz_next_f(const float* p, const float* rn, float thr, Py_ssize_t start,
-                         Py_ssize_t n)
-    Py_ssize_t fz_next_d(const double* p, const double* rn, double thr, Py_ssize_t start,
-                         Py_ssize_t n)
+    enum: FZ_CHUNK
+    uint32_t fz_row_mask_f(const float* p, const float* rn, float thr, Py_ssize_t n)
+    uint32_t fz_row_mask_d(const double* p, const double* rn, double thr, Py_ssize_t n)
+    uint32_t fz_col_mask_f(const float* g, float ra, const float* lim, Py_ssize_t n)
+    uint32_t fz_col_mask_d(const double* g, double ra, const double* lim, Py_ssize_t n)
+    int fz_lowest_bit(uint32_t m)
 
 cdef enum:
     # Direct kernel.
     QUERY_BLOCK = 32
     REFERENCE_TILE = 512
-    # GEMM kernel: QUERY_BLOCK_GEMM queries x (GEMM_TILE_ELEMS / QUERY_BLOCK_GEMM) float32
-    # reference rows (half as many float64 rows): a 512 KiB tile of dot products per thread.
-    QUERY_BLOCK_GEMM = 128
+    # knn: QUERY_BLOCK_GEMM queries x (GEMM_TILE_ELEMS / QUERY_BLOCK_GEMM) float32 reference
+    # rows (half as many float64 rows): a 512 KiB tile of dot products per thread (square-ish
+    # tiles run the k = d = 50 gemm ~30% faster than 128 x 1024 ones on this machine).
+    QUERY_BLOCK_GEMM = 256
     GEMM_TILE_ELEMS = 131072
-    # Per-thread k-best lists of the GEMM kernel stay under this many bytes (large k).
-    BEST_BYTES = 16777216
-    # The GEMM kernel runs when d >= MIN_GEMM_DIM (below that, direct differences are cheap).
+    # knn_self: square tiles of SELF_BLOCK x SELF_BLOCK rows.
+    SELF_BLOCK = 256
+    # Pass-1 lists keep k + LIST_EXTRA candidates per query.
+    LIST_EXTRA = 8
+    # Per-thread pass-1 lists of a knn query block stay under this many bytes (large k).
+    LIST_BYTES = 16777216
+    # The GEMM kernels run when d >= MIN_GEMM_DIM (below that, direct differences are cheap).
     MIN_GEMM_DIM = 1
 
-cdef double MARGIN_C = 8.0
+# Pass-2 margin: SAFETY times twice the proven error bound of one candidate (docstring).
+cdef double SAFETY = 2.0
 # Norm sums above these could overflow the gemm / v_j in the input dtype: use the direct kernel.
 cdef double NORM_LIMIT_F32 = 1e37
 cdef double NORM_LIMIT_F64 = 1e300
+# knn_self keeps one set of lists per thread for all n points; above this many bytes in all,
+# it declines (returns None) and the caller searches in query chunks with knn instead.
+SELF_JOIN_MAX_BYTES = 256 * 2**20
 
 
 cdef inline double _sqdist(const cython.floating* a, const cython.floating* b,
@@ -180,96 +201,268 @@ cdef int _knn_direct_impl(const cython.floating[:, ::1] queries,
     return -1 if failed else 0
 
 
-# ------------------------------------------------------------------------------- GEMM kernel
+# ------------------------------------------------------------------------------ GEMM kernels
 
-cdef inline double _threshold(double worst, double qn, double rmax, double scale,
-                              double eps, double tiny) noexcept nogil:
-    # worst = +inf gives +inf: every candidate passes until k are known.
-    return worst - qn + scale * (eps * (qn + rmax + worst) + tiny)
-
-
-cdef inline float _up_to_float(double x) noexcept nogil:
-    """The smallest float >= x (+inf above FLT_MAX)."""
-    cdef float f
-    if x > FLT_MAX:
-        return INFINITY
-    f = <float>x
-    if <double>f < x:
-        f = nextafterf(f, INFINITY)
-    return f
-
-
-cdef inline Py_ssize_t _next(const cython.floating* p, const cython.floating* rn,
-                             double thr, Py_ssize_t start, Py_ssize_t n) noexcept nogil:
+cdef inline uint32_t _row_mask(const cython.floating* p, const cython.floating* rn,
+                               cython.floating thr, Py_ssize_t n) noexcept nogil:
     if cython.floating is float:
-        return fz_next_f(p, rn, _up_to_float(thr), start, n)
+        return fz_row_mask_f(p, rn, thr, n)
     else:
-        return fz_next_d(p, rn, thr, start, n)
+        return fz_row_mask_d(p, rn, thr, n)
+
+
+cdef inline uint32_t _col_mask(const cython.floating* g, cython.floating ra,
+                               const cython.floating* lim, Py_ssize_t n) noexcept nogil:
+    if cython.floating is float:
+        return fz_col_mask_f(g, ra, lim, n)
+    else:
+        return fz_col_mask_d(g, ra, lim, n)
+
+
+cdef inline void _list_replace_max(cython.floating* lv, int64_t* li, Py_ssize_t L,
+                                   cython.floating v, int64_t j) noexcept nogil:
+    """Pass 1: a list of L (value, index) pairs sorted largest first; (v, j), smaller than
+    lv[0], replaces the largest. (Measured faster here than a binary heap: most accepted
+    candidates land near the front, and the shift loop predicts well.)"""
+    cdef Py_ssize_t pos = 0
+    while pos + 1 < L and lv[pos + 1] > v:
+        lv[pos] = lv[pos + 1]
+        li[pos] = li[pos + 1]
+        pos += 1
+    lv[pos] = v
+    li[pos] = j
+
+
+cdef inline void _insert_lex(double* bd, int64_t* bi, Py_ssize_t k, double s,
+                             int64_t j) noexcept nogil:
+    """Pass 2: keep the k lexicographically smallest (distance, index), in any visiting order."""
+    cdef Py_ssize_t pos = k - 1
+    if not (s < bd[pos] or (s == bd[pos] and j < bi[pos])):
+        return
+    while pos > 0 and (bd[pos - 1] > s or (bd[pos - 1] == s and bi[pos - 1] > j)):
+        bd[pos] = bd[pos - 1]
+        bi[pos] = bi[pos - 1]
+        pos -= 1
+    bd[pos] = s
+    bi[pos] = j
+
+
+cdef void _scan_row(const cython.floating* p, const cython.floating* rn, Py_ssize_t n,
+                    Py_ssize_t first, Py_ssize_t skip, cython.floating* lv, int64_t* li,
+                    Py_ssize_t L) noexcept nogil:
+    """Pass 1 for one query against candidates first..first+n-1 (p: its dot products, rn:
+    their norms); ``skip`` is the query's own index (or -1)."""
+    cdef cython.floating last = lv[0]
+    cdef cython.floating v
+    cdef Py_ssize_t j0, j, m
+    cdef uint32_t mask
+    j0 = 0
+    while j0 < n:
+        m = n - j0 if n - j0 < FZ_CHUNK else FZ_CHUNK
+        mask = _row_mask(p + j0, rn + j0, last, m)
+        while mask:
+            j = j0 + fz_lowest_bit(mask)
+            mask &= mask - 1
+            v = rn[j] - (p[j] + p[j])
+            if v < last and first + j != skip:
+                _list_replace_max(lv, li, L, v, first + j)
+                last = lv[0]
+        j0 += FZ_CHUNK
+
+
+cdef void _scan_columns(const cython.floating* g, Py_ssize_t ni, Py_ssize_t nj,
+                        Py_ssize_t i0, Py_ssize_t j0, const cython.floating* rn,
+                        cython.floating* lv, int64_t* li, Py_ssize_t L,
+                        cython.floating* lim) noexcept nogil:
+    """Pass 1 for queries j0..j0+nj-1 against candidates i0..i0+ni-1, from the tile
+    g[ni, nj] of their dot products (rows: candidates). ``lim``: nj scratch entries."""
+    cdef Py_ssize_t i, c, c0, m
+    cdef cython.floating ra, v
+    cdef const cython.floating* row
+    cdef uint32_t mask
+    for c in range(nj):
+        lim[c] = lv[(j0 + c) * L]
+    for i in range(ni):
+        ra = rn[i0 + i]
+        row = g + i * nj
+        c0 = 0
+        while c0 < nj:
+            m = nj - c0 if nj - c0 < FZ_CHUNK else FZ_CHUNK
+            mask = _col_mask(row + c0, ra, lim + c0, m)
+            while mask:
+                c = c0 + fz_lowest_bit(mask)
+                mask &= mask - 1
+                v = ra - (row[c] + row[c])
+                if v < lim[c]:
+                    _list_replace_max(lv + (j0 + c) * L, li + (j0 + c) * L, L, v, i0 + i)
+                    lim[c] = lv[(j0 + c) * L]
+            c0 += FZ_CHUNK
+
+
+cdef inline void _sqdists(const cython.floating* qrow, const cython.floating* rbase,
+                          Py_ssize_t d, const int64_t* cand, Py_ssize_t nc,
+                          double* out) noexcept nogil:
+    """_sqdist of qrow to rows cand[0..nc-1], four at a time (independent sums run in
+    parallel in the pipeline; each is the same sequence of operations as _sqdist)."""
+    cdef Py_ssize_t c = 0
+    cdef Py_ssize_t t
+    cdef double x, e0, e1, e2, e3, s0, s1, s2, s3
+    cdef const cython.floating* b0
+    cdef const cython.floating* b1
+    cdef const cython.floating* b2
+    cdef const cython.floating* b3
+    while c + 4 <= nc:
+        b0 = rbase + cand[c] * d
+        b1 = rbase + cand[c + 1] * d
+        b2 = rbase + cand[c + 2] * d
+        b3 = rbase + cand[c + 3] * d
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        for t in range(d):
+            x = <double>qrow[t]
+            e0 = x - <double>b0[t]
+            e1 = x - <double>b1[t]
+            e2 = x - <double>b2[t]
+            e3 = x - <double>b3[t]
+            s0 += e0 * e0
+            s1 += e1 * e1
+            s2 += e2 * e2
+            s3 += e3 * e3
+        out[c] = s0
+        out[c + 1] = s1
+        out[c + 2] = s2
+        out[c + 3] = s3
+        c += 4
+    while c < nc:
+        out[c] = _sqdist(qrow, rbase + cand[c] * d, d)
+        c += 1
+
+
+cdef inline double _margin(double T, double qn, double rmax, Py_ssize_t d, double eps,
+                           double tiny) noexcept nogil:
+    """M = 2 SAFETY b + the rounding of T + M (module docstring); eps, tiny of the input dtype."""
+    cdef double u = 0.5 * eps
+    cdef double u2 = 0.5 * DBL_EPSILON
+    cdef double b = (((d + 3) * u + (3 * d + 4) * u2) * (qn + rmax) * (1 + 2 * (d + 2) * u)
+                     + (2 * d + 4) * tiny)
+    return 2 * SAFETY * b + 4 * u2 * (fabs(T) + qn + rmax)
+
+
+cdef void _finish_query(const cython.floating* qrow, const cython.floating* rbase,
+                        Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k, Py_ssize_t skip,
+                        double qn, double rmax, double eps, double tiny,
+                        const cython.floating* lv, const int64_t* li, Py_ssize_t L,
+                        int64_t* cand, double* cand_d, double* bd, int64_t* bi,
+                        cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    """Pass 2 for one query from its pass-1 list lv/li (L entries, index -1 = empty);
+    writes its k results to Dout/Iout. Scratch: cand/cand_d[L], bd/bi[k]."""
+    cdef Py_ssize_t c, nc, j, pos
+    cdef double T, x, limit, worst
+    # The kept candidates sorted by value (insertion sort of <= L entries).
+    nc = 0
+    for c in range(L):
+        if li[c] < 0:
+            continue
+        x = lv[c]
+        pos = nc
+        while pos > 0 and cand_d[pos - 1] > x:
+            cand_d[pos] = cand_d[pos - 1]
+            cand[pos] = cand[pos - 1]
+            pos -= 1
+        cand_d[pos] = x
+        cand[pos] = li[c]
+        nc += 1
+    for c in range(k):
+        bd[c] = INFINITY
+        bi[c] = -1
+    # T: the k-th smallest kept value (+inf when fewer than k candidates exist).
+    T = cand_d[k - 1] if nc >= k else INFINITY
+    limit = T + _margin(T, qn, rmax, d, eps, tiny) if T < INFINITY else INFINITY
+    if nc == L and cand_d[L - 1] <= limit:
+        # Near-ties beyond the list: the direct kernel's scan (ascending index).
+        worst = INFINITY
+        for j in range(n_r):
+            if j == skip:
+                continue
+            x = _sqdist(qrow, rbase + j * d, d)
+            if x < worst:
+                _insert_sorted(bd, bi, k, x, j)
+                worst = bd[k - 1]
+    else:
+        while nc > 0 and cand_d[nc - 1] > limit:
+            nc -= 1
+        _sqdists(qrow, rbase, d, cand, nc, cand_d)
+        for c in range(nc):
+            _insert_lex(bd, bi, k, cand_d[c], cand[c])
+    for c in range(k):
+        Dout[c] = <cython.floating>bd[c]
+        Iout[c] = bi[c]
+
+
+cdef inline void _dtype_limits(cython.floating dummy, double* eps, double* tiny,
+                               double* norm_limit) noexcept nogil:
+    if cython.floating is float:
+        eps[0] = FLT_EPSILON
+        tiny[0] = FLT_MIN
+        norm_limit[0] = NORM_LIMIT_F32
+    else:
+        eps[0] = DBL_EPSILON
+        tiny[0] = DBL_MIN
+        norm_limit[0] = NORM_LIMIT_F64
+
+
+cdef bint _norms(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, double* out,
+                 cython.floating* out_w, double* vmax) noexcept nogil:
+    """Squared norms in double (and in the input dtype when out_w); False if not finite."""
+    cdef Py_ssize_t i
+    cdef double m = 0.0
+    for i in prange(n, schedule="static"):
+        out[i] = _norm(X + i * d, d)
+        if out_w != NULL:
+            out_w[i] = <cython.floating>out[i]
+    for i in range(n):
+        if not (out[i] <= m):  # also catches NaN / inf
+            m = out[i]
+    vmax[0] = m
+    return m < INFINITY
 
 
 cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase,
-                      const double* qn, const cython.floating* rn_w, const double* tile_rmax,
+                      const double* qn, const cython.floating* rn_w, double rmax,
                       Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t n_r, Py_ssize_t d,
                       Py_ssize_t k, Py_ssize_t self_offset, Py_ssize_t tile,
-                      double* best_d, int64_t* best_i, cython.floating* buf,
-                      cython.floating* Dout, int64_t* Iout) noexcept nogil:
+                      cython.floating* lv, int64_t* li, cython.floating* buf,
+                      int64_t* cand, double* cand_d, double* bd,
+                      int64_t* bi, cython.floating* Dout, int64_t* Iout) noexcept nogil:
     """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout."""
     cdef Py_ssize_t nq = q1 - q0
-    cdef Py_ssize_t r0, r1, nr, t, row, qi, j, jj, c, self_index
-    cdef double worst, thr, s, rmax, qnorm
-    cdef double* bd
-    cdef int64_t* bi
-    cdef const cython.floating* p
-    cdef const cython.floating* rn_tile
-    cdef const cython.floating* qrow
-    cdef double eps, tiny
-    cdef double scale = MARGIN_C * (d + 2)
-    if cython.floating is float:
-        eps = FLT_EPSILON
-        tiny = FLT_MIN
-    else:
-        eps = DBL_EPSILON
-        tiny = DBL_MIN
-
-    for c in range(nq * k):
-        best_d[c] = INFINITY
-        best_i[c] = -1
+    cdef Py_ssize_t L = k + LIST_EXTRA
+    cdef Py_ssize_t r0, r1, nr, row, qi, c, skip
+    cdef double eps, tiny, limit
+    _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
+    for c in range(nq * L):
+        lv[c] = INFINITY
+        li[c] = -1
     r0 = 0
-    t = 0
     while r0 < n_r:
         r1 = r0 + tile
         if r1 > n_r:
             r1 = n_r
         nr = r1 - r0
         gemm_abt(qbase + q0 * d, rbase + r0 * d, <int>nq, <int>nr, <int>d, buf)
-        rmax = tile_rmax[t]
-        rn_tile = rn_w + r0
         for row in range(nq):
             qi = q0 + row
-            bd = best_d + row * k
-            bi = best_i + row * k
-            qrow = qbase + qi * d
-            qnorm = qn[qi]
-            self_index = qi + self_offset if self_offset >= 0 else -1
-            p = buf + row * nr
-            worst = bd[k - 1]
-            thr = _threshold(worst, qnorm, rmax, scale, eps, tiny)
-            j = _next(p, rn_tile, thr, 0, nr)
-            while j < nr:
-                jj = r0 + j
-                if jj != self_index:
-                    s = _sqdist(qrow, rbase + jj * d, d)
-                    if s < worst:
-                        _insert_sorted(bd, bi, k, s, jj)
-                        worst = bd[k - 1]
-                        thr = _threshold(worst, qnorm, rmax, scale, eps, tiny)
-                j = _next(p, rn_tile, thr, j + 1, nr)
+            skip = qi + self_offset if self_offset >= 0 else -1
+            _scan_row(buf + row * nr, rn_w + r0, nr, r0, skip, lv + row * L, li + row * L, L)
         r0 = r1
-        t += 1
     for row in range(nq):
-        for c in range(k):
-            Dout[(q0 + row) * k + c] = <cython.floating>best_d[row * k + c]
-            Iout[(q0 + row) * k + c] = best_i[row * k + c]
+        qi = q0 + row
+        skip = qi + self_offset if self_offset >= 0 else -1
+        _finish_query(qbase + qi * d, rbase, n_r, d, k, skip, qn[qi], rmax, eps, tiny,
+                      lv + row * L, li + row * L, L, cand, cand_d, bd, bi,
+                      Dout + qi * k, Iout + qi * k)
 
 
 cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
@@ -281,16 +474,20 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
     cdef Py_ssize_t n_q = queries.shape[0]
     cdef Py_ssize_t d = queries.shape[1]
     cdef Py_ssize_t n_r = reference.shape[0]
+    cdef Py_ssize_t L = k + LIST_EXTRA
     cdef Py_ssize_t tile = GEMM_TILE_ELEMS // QUERY_BLOCK_GEMM
-    cdef Py_ssize_t qb, per_block, n_blocks, n_tiles, b, q0, q1, i, t, r1
-    cdef double s, x, qmax, rmax_all, limit
+    cdef Py_ssize_t qb, per_block, n_blocks, b, q0, q1
+    cdef double qmax, rmax, eps, tiny, limit
     cdef double* qn = NULL
     cdef double* rn64 = NULL
-    cdef double* tile_rmax = NULL
     cdef cython.floating* rn_w = NULL
-    cdef double* best_d
-    cdef int64_t* best_i
+    cdef cython.floating* lv
+    cdef int64_t* li
     cdef cython.floating* buf
+    cdef int64_t* cand
+    cdef double* cand_d
+    cdef double* bd
+    cdef int64_t* bi
     cdef const cython.floating* qbase
     cdef const cython.floating* rbase
     cdef int failed = 0
@@ -299,12 +496,10 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
 
     if n_q == 0 or k <= 0:
         return 0
+    _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
     if cython.floating is double:
         tile = tile // 2
-        limit = NORM_LIMIT_F64
-    else:
-        limit = NORM_LIMIT_F32
-    qb = BEST_BYTES // (k * (sizeof(double) + sizeof(int64_t)))
+    qb = LIST_BYTES // (L * (sizeof(cython.floating) + sizeof(int64_t)))
     if qb > QUERY_BLOCK_GEMM:
         qb = QUERY_BLOCK_GEMM
     # Small query sets: still give every thread a few blocks (min 8 queries for the gemm).
@@ -316,68 +511,59 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
     if qb < 1:
         qb = 1
     n_blocks = (n_q + qb - 1) // qb
-    n_tiles = (n_r + tile - 1) // tile
     qbase = &queries[0, 0]
     rbase = &reference[0, 0]
 
     qn = <double*>malloc(n_q * sizeof(double))
     rn64 = <double*>malloc(n_r * sizeof(double))
     rn_w = <cython.floating*>malloc(n_r * sizeof(cython.floating))
-    tile_rmax = <double*>malloc(n_tiles * sizeof(double))
-    if qn == NULL or rn64 == NULL or rn_w == NULL or tile_rmax == NULL:
+    if qn == NULL or rn64 == NULL or rn_w == NULL:
         rc = -1
     else:
         with nogil:
-            for i in prange(n_q, schedule="static"):
-                qn[i] = _norm(qbase + i * d, d)
-            for i in prange(n_r, schedule="static"):
-                rn64[i] = _norm(rbase + i * d, d)
-                rn_w[i] = <cython.floating>rn64[i]
-            qmax = 0.0
-            for i in range(n_q):
-                if not (qn[i] <= qmax):  # also catches NaN / inf
-                    qmax = qn[i]
-            rmax_all = 0.0
-            for t in range(n_tiles):
-                x = 0.0
-                r1 = (t + 1) * tile
-                if r1 > n_r:
-                    r1 = n_r
-                for i in range(t * tile, r1):
-                    if not (rn64[i] <= x):
-                        x = rn64[i]
-                tile_rmax[t] = x
-                if not (x <= rmax_all):
-                    rmax_all = x
-            if not (isfinite(qmax) and isfinite(rmax_all) and qmax + rmax_all <= limit):
+            if not (_norms(qbase, n_q, d, qn, <cython.floating*>NULL, &qmax)
+                    and _norms(rbase, n_r, d, rn64, rn_w, &rmax) and qmax + rmax <= limit):
                 rc = 1
         if rc == 0:
-            best_d = NULL
-            best_i = NULL
+            lv = NULL
+            li = NULL
             buf = NULL
+            cand = NULL
+            cand_d = NULL
+            bd = NULL
+            bi = NULL
             with nogil, parallel():
-                best_d = <double*>malloc(qb * k * sizeof(double))
-                best_i = <int64_t*>malloc(qb * k * sizeof(int64_t))
+                lv = <cython.floating*>malloc(qb * L * sizeof(cython.floating))
+                li = <int64_t*>malloc(qb * L * sizeof(int64_t))
                 buf = <cython.floating*>malloc(qb * tile * sizeof(cython.floating))
+                cand = <int64_t*>malloc(L * sizeof(int64_t))
+                cand_d = <double*>malloc(L * sizeof(double))
+                bd = <double*>malloc(k * sizeof(double))
+                bi = <int64_t*>malloc(k * sizeof(int64_t))
                 for b in prange(n_blocks, schedule="dynamic"):
-                    if best_d == NULL or best_i == NULL or buf == NULL:
+                    if (lv == NULL or li == NULL or buf == NULL
+                            or cand == NULL or cand_d == NULL or bd == NULL or bi == NULL):
                         failed_p[0] = 1
                         continue
                     q0 = b * qb
                     q1 = q0 + qb
                     if q1 > n_q:
                         q1 = n_q
-                    _gemm_block(qbase, rbase, qn, rn_w, tile_rmax, q0, q1, n_r, d, k,
-                                self_offset, tile, best_d, best_i, buf, &D[0, 0], &I[0, 0])
-                free(best_d)
-                free(best_i)
+                    _gemm_block(qbase, rbase, qn, rn_w, rmax, q0, q1, n_r, d, k,
+                                self_offset, tile, lv, li, buf, cand, cand_d, bd, bi,
+                                &D[0, 0], &I[0, 0])
+                free(lv)
+                free(li)
                 free(buf)
+                free(cand)
+                free(cand_d)
+                free(bd)
+                free(bi)
             if failed:
                 rc = -1
     free(qn)
     free(rn64)
     free(rn_w)
-    free(tile_rmax)
     return rc
 
 
@@ -434,3 +620,171 @@ def knn(queries, reference, k, self_offset):
 def knn_direct(queries, reference, k, self_offset):
     """The direct-difference kernel (no GEMM prefilter), kept as the fallback and test oracle."""
     return _run(queries, reference, k, self_offset, True)
+
+
+# ------------------------------------------------------------------------------- self-join
+
+cdef int _self_rounds(const cython.floating* X, Py_ssize_t n, Py_ssize_t d,
+                      const cython.floating* rn_w, const Py_ssize_t* round_start,
+                      const Py_ssize_t* pair_a, const Py_ssize_t* pair_b, Py_ssize_t r0,
+                      Py_ssize_t r1, Py_ssize_t L, cython.floating* lv,
+                      int64_t* li) noexcept nogil:
+    """Pass 1 of the self-join over rounds r0..r1-1 of block pairs (a <= b). The pairs of a
+    round share no block, so its pairs run in parallel with one list per point; rounds are
+    separated by the barrier that ends each prange. Returns 0, or -1 when a buffer could not
+    be allocated."""
+    cdef Py_ssize_t r, p, a0, b0, na, nb, i, q
+    cdef cython.floating* buf = NULL
+    cdef cython.floating* lim = NULL
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    r = r0  # (the parallel block copies it in)
+    with parallel():
+        buf = <cython.floating*>malloc(SELF_BLOCK * SELF_BLOCK * sizeof(cython.floating))
+        lim = <cython.floating*>malloc(SELF_BLOCK * sizeof(cython.floating))
+        for r in range(r0, r1):
+            for p in prange(round_start[r], round_start[r + 1], schedule="dynamic"):
+                if buf == NULL or lim == NULL:
+                    failed_p[0] = 1
+                    continue
+                a0 = pair_a[p] * SELF_BLOCK
+                b0 = pair_b[p] * SELF_BLOCK
+                na = n - a0
+                if na > SELF_BLOCK:
+                    na = SELF_BLOCK
+                nb = n - b0
+                if nb > SELF_BLOCK:
+                    nb = SELF_BLOCK
+                gemm_abt(X + a0 * d, X + b0 * d, <int>na, <int>nb, <int>d, buf)
+                # Rows: block a's points against block b (a diagonal tile covers both ways).
+                for i in range(na):
+                    q = a0 + i
+                    _scan_row(buf + i * nb, rn_w + b0, nb, b0, q, lv + q * L, li + q * L, L)
+                if a0 != b0:
+                    _scan_columns(buf, na, nb, a0, b0, rn_w, lv, li, L, lim)
+        free(buf)
+        free(lim)
+    return -1 if failed else 0
+
+
+cdef int _self_finish(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
+                      const double* qn, double rmax, Py_ssize_t L,
+                      const cython.floating* lv, const int64_t* li, cython.floating* Dout,
+                      int64_t* Iout) noexcept nogil:
+    """Pass 2 of the self-join: every point from its list."""
+    cdef Py_ssize_t q
+    cdef double eps, tiny, limit
+    cdef int64_t* cand = NULL
+    cdef double* cand_d = NULL
+    cdef double* bd = NULL
+    cdef int64_t* bi = NULL
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
+    with parallel():
+        cand = <int64_t*>malloc(L * sizeof(int64_t))
+        cand_d = <double*>malloc(L * sizeof(double))
+        bd = <double*>malloc(k * sizeof(double))
+        bi = <int64_t*>malloc(k * sizeof(int64_t))
+        for q in prange(n, schedule="dynamic", chunksize=64):
+            if cand == NULL or cand_d == NULL or bd == NULL or bi == NULL:
+                failed_p[0] = 1
+                continue
+            _finish_query(X + q * d, X, n, d, k, q, qn[q], rmax, eps, tiny, lv + q * L,
+                          li + q * L, L, cand, cand_d, bd, bi, Dout + q * k, Iout + q * k)
+        free(cand)
+        free(cand_d)
+        free(bd)
+        free(bi)
+    return -1 if failed else 0
+
+
+def _pair_rounds(Py_ssize_t n_blocks):
+    """Block pairs (a <= b) in rounds of disjoint pairs: the diagonal, then the circle method
+    (n_blocks - 1 rounds, or n_blocks when odd). Returns (round_start, pair_a, pair_b)."""
+    rounds = [[(a, a) for a in range(n_blocks)]]
+    m = n_blocks + n_blocks % 2  # odd: a dummy block that sits out each round
+    ring = list(range(1, m))
+    for r in range(m - 1):
+        order = [0] + ring[r:] + ring[:r]
+        pairs = [(min(order[i], order[m - 1 - i]), max(order[i], order[m - 1 - i]))
+                 for i in range(m // 2)]
+        rounds.append([pair for pair in pairs if pair[1] < n_blocks])
+    sizes = [len(pairs) for pairs in rounds]
+    flat = [pair for pairs in rounds for pair in pairs]
+    round_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
+    pair_a = np.array([a for a, _ in flat], dtype=np.intp)
+    pair_b = np.array([b for _, b in flat], dtype=np.intp)
+    return round_start, pair_a, pair_b
+
+
+def _knn_self_typed(const cython.floating[:, ::1] X, Py_ssize_t k, on_progress):
+    cdef Py_ssize_t n = X.shape[0]
+    cdef Py_ssize_t d = X.shape[1]
+    cdef Py_ssize_t L = k + LIST_EXTRA
+    cdef Py_ssize_t n_blocks = (n + SELF_BLOCK - 1) // SELF_BLOCK
+    cdef double rmax, eps, tiny, limit
+    cdef int rc = 0
+    cdef Py_ssize_t r0, r1, n_rounds, step
+    dtype = np.dtype(np.float32 if cython.floating is float else np.float64)
+    if n * L * (dtype.itemsize + 8) > SELF_JOIN_MAX_BYTES:
+        return None
+    _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
+    qn_arr = np.empty(n, dtype=np.float64)
+    rn_arr = np.empty(n, dtype=dtype)
+    cdef double[::1] qn = qn_arr
+    cdef cython.floating[::1] rn_w = rn_arr
+    with nogil:
+        if not (_norms(&X[0, 0], n, d, &qn[0], &rn_w[0], &rmax) and 2 * rmax <= limit):
+            rc = 1
+    if rc == 1:
+        return None
+    start_arr, a_arr, b_arr = _pair_rounds(n_blocks)
+    cdef Py_ssize_t[::1] round_start = start_arr
+    cdef Py_ssize_t[::1] pair_a = a_arr
+    cdef Py_ssize_t[::1] pair_b = b_arr
+    lv_arr = np.full((n, L), np.inf, dtype=dtype)
+    li_arr = np.full((n, L), -1, dtype=np.int64)
+    cdef cython.floating[:, ::1] lv = lv_arr
+    cdef int64_t[:, ::1] li = li_arr
+    D = np.empty((n, k), dtype=dtype)
+    I = np.empty((n, k), dtype=np.int64)
+    cdef cython.floating[:, ::1] Dv = D
+    cdef int64_t[:, ::1] Iv = I
+    n_rounds = round_start.shape[0] - 1
+    step = max(1, n_rounds // 100)  # about 100 progress updates
+    with blas_single_threaded():
+        r0 = 0
+        while r0 < n_rounds and rc == 0:
+            r1 = min(r0 + step, n_rounds)
+            with nogil:
+                rc = _self_rounds(&X[0, 0], n, d, &rn_w[0], &round_start[0], &pair_a[0],
+                                  &pair_b[0], r0, r1, L, &lv[0, 0], &li[0, 0])
+            if on_progress is not None:
+                on_progress(float(round_start[r1]) / round_start[n_rounds])
+            r0 = r1
+    if rc == 0:
+        with nogil:
+            rc = _self_finish(&X[0, 0], n, d, k, &qn[0], rmax, L, &lv[0, 0], &li[0, 0],
+                              &Dv[0, 0], &Iv[0, 0])
+    if rc != 0:
+        raise MemoryError("knn_cpu.knn_self: could not allocate the per-thread kNN buffers")
+    return D, I
+
+
+def knn_self(X, k, on_progress=None):
+    """Exact kNN of every row of X among the other rows: equal to ``knn(X, X, k, 0)`` bit for
+    bit, with half the gemm work (each pair of row blocks once).
+
+    ``on_progress(fraction_done)`` is called about 100 times. Returns None, doing nothing
+    else, when the candidate lists would exceed SELF_JOIN_MAX_BYTES, when X is empty or
+    k < 1, or when its norms are too large for the gemm: use ``knn`` then.
+    """
+    X = np.ascontiguousarray(X)
+    if X.shape[0] == 0 or X.shape[1] < MIN_GEMM_DIM or k < 1:
+        return None
+    if X.dtype == np.float32:
+        return _knn_self_typed["float"](X, k, on_progress)
+    if X.dtype == np.float64:
+        return _knn_self_typed["double"](X, k, on_progress)
+    raise TypeError(f"knn_cpu.knn_self supports float32 and float64, not {X.dtype}")

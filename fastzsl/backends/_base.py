@@ -8,7 +8,7 @@ NumPy reference in :mod:`fastzsl.backends.numpy_`, which documents the exact sem
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class KernelSet:
     gaussian_loglik(F, means, variances, log_weights, thresholds, full)
         -> (L or None, row_max, row_argmax, row_logsumexp, all_below)
         Isotropic Gaussian log-likelihoods L[i, c] and their fused row reductions.
+    knn_self(X, k, on_progress) -> (D, I) or None, optional
+        The self-join ``knn(X, X, k, 0)`` in one call, for backends with a faster way to
+        do it (each pair of points once); ``on_progress(fraction_done)`` is called along the
+        way. It may decline (None) and the caller then uses ``knn``.
     """
 
     name: str
@@ -39,3 +43,4 @@ class KernelSet:
     loop_fit: Callable
     loop_score: Callable
     gaussian_loglik: Callable
+    knn_self: Optional[Callable] = None

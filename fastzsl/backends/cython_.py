@@ -35,6 +35,7 @@ else:
         loop_fit=_loop_cpu.loop_fit,
         loop_score=_loop_cpu.loop_score,
         gaussian_loglik=_gaussian_cpu.gaussian_loglik,
+        knn_self=_knn_cpu.knn_self,
     )
 
 

@@ -74,11 +74,15 @@ def _knn(queries, reference, k, self_offset, D, I):
                 I[q0 + row, c] = best_i[row, c]
 
 
-# GEMM prefilter + exact re-rank (same scheme and margin as csrc/cpu/knn_cpu.pyx, whose
-# docstring derives it): np.dot gives q . r_j for a block of queries x a tile of references in
-# the input precision, v_j = ||r_j||^2 - 2 q . r_j, and only candidates with
+# GEMM prefilter + exact re-rank: np.dot gives q . r_j for a block of queries x a tile of
+# references in the input precision, v_j = ||r_j||^2 - 2 q . r_j, and only candidates with
 # v_j <= worst - ||q||^2 + m are re-ranked by the direct difference sum above, in ascending j,
-# so the results equal those of ``_knn`` bit for bit.
+# so the results equal those of ``_knn`` bit for bit. Why m is safe: csrc/cpu/knn_cpu.pyx's
+# docstring bounds |v_j - (e_j - ||q||^2)| by b (e_j the re-ranked distance); a candidate
+# with e_j < worst therefore has v_j < worst - ||q||^2 + b, and
+# m = 8 (d + 2) (eps (||q||^2 + Rmax + worst) + tiny) >= 4 b plus the rounding of the
+# threshold. (The cython kernel defers the re-rank to a second pass instead, which re-ranks
+# fewer candidates; this simpler scheme is kept here.)
 GEMM_QUERY_BLOCK = 128
 GEMM_TILE_ELEMS = 131072  # dot products per block x tile (512 KiB in float32)
 GEMM_BEST_BYTES = 16 * 2**20  # cap on the per-block k-best lists (large k: fewer queries)
