@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import TMP_PREFIX, fsync_dir, write_atomically
+
 # Leading underscore: Parquet readers (pyarrow, Spark, Dask) skip it in a data-set folder.
 MANIFEST = "_manifest.json"
 FORMAT = "fastzsl-scores"
@@ -40,7 +42,6 @@ OUTPUT_FORMATS = ("npy", "parquet")
 INPUT_SUFFIXES = (".npy", ".parquet")
 # Default chunk: about this many bytes of input rows (64k rows of 50 float32s is 13 MB).
 DEFAULT_CHUNK_BYTES = 32 << 20
-_TMP_PREFIX = ".tmp-"
 
 
 class BatchError(RuntimeError):
@@ -300,35 +301,6 @@ def _with_backend(model, backend):
 
 
 # ---------------------------------------------------------------------------- result files
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, write):
-    """``write(file)`` to a temporary name, flush to disk, then rename to ``path``."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
 def _write_npy(f, columns, table):
     dtype = np.dtype([(name, dt, shape) for name, dt, shape in columns])
     records = np.empty(len(table["row"]), dtype=dtype)
@@ -392,7 +364,7 @@ def _run_chunk(model, spec: JobSpec, chunk: Chunk) -> int:
     else:
         write = lambda f: _write_parquet(f, spec.columns, table, spec.classes)
     try:
-        _write_atomically(path, write)
+        write_atomically(path, write)
     except OSError as exc:
         reason = ("the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
                   else exc.strerror or str(exc))
@@ -430,13 +402,13 @@ def _job_differences(old: dict, new: dict) -> list[str]:
 
 
 def _write_manifest(output: Path, manifest: dict):
-    _write_atomically(output / MANIFEST,
+    write_atomically(output / MANIFEST,
                       lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
 
 def _finished_chunks(output: Path, chunks, output_format) -> set:
     """Indexes of chunks whose result files exist; stale temporary files are removed."""
-    for stale in output.glob(f"{_TMP_PREFIX}*"):
+    for stale in output.glob(f"{TMP_PREFIX}*"):
         stale.unlink()
     names = {c.file_name(output_format): c.index for c in chunks}
     return {names[p.name] for p in output.iterdir() if p.name in names}

@@ -3,19 +3,20 @@
 Nothing is ever unpickled: arrays are read with ``allow_pickle=False`` and every array's
 SHA-256 is checked against the metadata, so a corrupt, truncated or tampered file is
 refused with a ValueError that says which part is wrong. Writes go to a temporary file
-that replaces the target only when complete, so an interrupted save loses nothing.
+that replaces the target only when complete and on disk (``fastzsl._files``), so an
+interrupted save, or a power loss after it returns, loses nothing.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from ._files import write_atomically
 
 FORMAT = "fastzsl-model"
 FORMAT_VERSION = 1
@@ -38,19 +39,16 @@ def save_archive(path, metadata: dict, arrays: dict) -> None:
                           "dtype": array.dtype.str}
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": metadata,
               "arrays": manifest}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
+
+    def write(raw):
+        with zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(_METADATA, json.dumps(header, indent=1, sort_keys=True))
             for name, array in arrays.items():
                 buffer = io.BytesIO()
                 np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
                 zf.writestr(f"arrays/{name}.npy", buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomically(path, write)
 
 
 def load_archive(path):
