@@ -7,6 +7,11 @@ method on the first 100 queries, NumPy included.
 Each case first checks its result on the first n_check queries against fastzsl's NumPy
 reference (distances within fastzsl.testing.TOL for float32, rtol 1e-3 for faiss, which
 expands the squared distance in float32; neighbour sets equal up to ties).
+
+Every row records the FLOP of the distance GEMM (2 N_q N_ref d), so the report shows its
+rate in GFLOP/s (a lower bound for the distance part: the time includes the selection), and
+the full-size group has a reference row: this machine's square float32 GEMM rate (NumPy's
+BLAS, all threads), the "machine peak" the kernels are measured against.
 """
 import numpy as np
 import pytest
@@ -50,9 +55,30 @@ def test_knn(case, bench, cfg, reference, queries, faiss_flat, knn_expected):
         pytest.skip("numpy backend: too slow for 10k x 100k; timed in the 'knn subset' group")
     label, fn, extra, baseline = _make(case, reference, cfg.k, faiss_flat)
     _check(case, fn, cfg, queries, knn_expected)  # correctness before time
-    bench(lambda: fn(queries),
-          group=f"knn N_ref={cfg.n_ref} N_q={cfg.n_q} d={cfg.d} k={cfg.k}",
-          label=label, baseline=baseline, **extra, **cfg.sizes())
+    bench(lambda: fn(queries), group=_group(cfg), label=label, baseline=baseline,
+          flop=2 * cfg.n_q * cfg.n_ref * cfg.d, **extra, **cfg.sizes())
+
+
+def _group(cfg):
+    return f"knn N_ref={cfg.n_ref} N_q={cfg.n_q} d={cfg.d} k={cfg.k}"
+
+
+SQUARE = 4096
+
+
+def test_square_sgemm_rate(bench, cfg):
+    """The machine's square float32 GEMM rate, the reference for the kNN kernels' GFLOP/s."""
+    n = SQUARE // 4 if cfg.quick else SQUARE
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((n, n), dtype=np.float32)
+    B = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    np.matmul(A[:8], B, out=out[:8])
+    np.testing.assert_allclose(out[:8, :4], A[:8].astype(np.float64) @ B[:, :4], rtol=1e-3,
+                               atol=1e-3 * np.sqrt(n))
+    bench(lambda: np.matmul(A, B, out=out), group=_group(cfg),
+          label=f"machine peak reference: square sgemm {n}^3 (NumPy BLAS, all threads)",
+          peak_reference=True, flop=2 * n ** 3, peer="numpy")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -64,4 +90,5 @@ def test_knn_subset(case, bench, cfg, reference, queries, faiss_flat, knn_expect
     bench(lambda: fn(Q),
           group=f"knn subset N_ref={cfg.n_ref} N_q={n} d={cfg.d} k={cfg.k} "
                 f"(first {n} queries, NumPy backend included)",
-          label=label, baseline=baseline, **extra, **cfg.sizes(N_q=n))
+          label=label, baseline=baseline, flop=2 * n * cfg.n_ref * cfg.d, **extra,
+          **cfg.sizes(N_q=n))

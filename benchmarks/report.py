@@ -58,20 +58,32 @@ def _verdict(ratio):
     return f"{1 / ratio:.2f}x faster"
 
 
-# extra_info keys shown as extra columns when a group's rows have them
-EXTRA_COLUMNS = (("rows", "rows/s"), ("peak_rss_mb", "peak RSS [MB]"),
+# extra_info keys shown as extra columns when a group's rows have them. "flop" (the
+# distance GEMM's floating-point operations) gives GFLOP/s from the median time and, when
+# the group has a row marked peak_reference (a square sgemm), the fraction of that rate.
+EXTRA_COLUMNS = (("rows", "rows/s"), ("flop", "GFLOP/s"), ("flop", "of square sgemm"),
+                 ("peak_rss_mb", "peak RSS [MB]"),
                  ("recall", "recall@k"), ("loop_mean_err", "LoOP mean abs err"),
                  ("loop_max_err", "LoOP max abs err"))
 _EXTRA_FORMAT = {"peak_rss_mb": "{:,.0f}", "recall": "{:.4f}", "loop_mean_err": "{:.2e}",
                  "loop_max_err": "{:.2e}"}
 
 
-def _extra(bench, key):
+def _gflops(bench):
+    return bench["extra_info"]["flop"] / bench["stats"]["median"] / 1e9
+
+
+def _extra(bench, key, title, rows):
     info = bench.get("extra_info", {})
     if key not in info:
         return ""
     if key == "rows":  # throughput from the median time
         return f"{info['rows'] / bench['stats']['median']:,.0f}"
+    if title == "GFLOP/s":
+        return f"{_gflops(bench):.0f}"
+    if title == "of square sgemm":
+        peak = [b for b in rows if b.get("extra_info", {}).get("peak_reference")]
+        return f"{_gflops(bench) / _gflops(peak[0]):.0%}" if peak else ""
     return _EXTRA_FORMAT[key].format(info[key])
 
 
@@ -148,7 +160,9 @@ def render(data, note=None) -> str:
         loads = [b["extra_info"]["loadavg_1m_before"] for b in rows
                  if "loadavg_1m_before" in b.get("extra_info", {})]
         extras = [(key, title) for key, title in EXTRA_COLUMNS
-                  if any(key in b.get("extra_info", {}) for b in rows)]
+                  if any(key in b.get("extra_info", {}) for b in rows)
+                  and (title != "of square sgemm"
+                       or any(b.get("extra_info", {}).get("peak_reference") for b in rows))]
         data_lines = sorted({b["extra_info"]["data"] for b in rows
                              if b.get("extra_info", {}).get("data", info0.get("data"))
                              != info0.get("data")})
@@ -173,7 +187,8 @@ def render(data, note=None) -> str:
                 f"{st['max'] / st['min']:.2f} | {st['rounds']} | "
                 f"{'' if ratio is None else f'{ratio:.2f}'} | "
                 f"{'baseline' if is_base else _verdict(ratio)} | "
-                f"{min_ratio} |" + "".join(f" {_extra(b, key)} |" for key, _ in extras))
+                f"{min_ratio} |" + "".join(f" {_extra(b, key, title, rows)} |"
+                                           for key, title in extras))
         if not base:
             lines.append("")
             lines.append("(no baseline row in this group)")

@@ -16,10 +16,11 @@ from fastzsl.testing import TOL, assert_knn_equal, backend_is_available
 
 knn_cpu = pytest.importorskip("fastzsl._ext.knn_cpu", reason="cython extension not built")
 
-# float32 tiles hold 512 reference rows, float64 tiles 256; query blocks hold up to 256
-# queries (fewer for small query sets, so every thread gets work).
+# Query blocks hold min(1024, ceil(n_q / (4 threads))) queries, at least 8; reference tiles
+# hold 262144 / block rows (half for float64): e.g. 2048 queries on 2 threads make blocks of
+# 256 and tiles of 1024 (512) rows, which the larger sizes below straddle.
 EDGE_SIZES = [(1, 1), (127, 255), (128, 256), (129, 257), (255, 511), (256, 512), (257, 513),
-              (130, 1025), (3, 2049)]
+              (130, 1025), (3, 2049), (2048, 1023), (2048, 1025), (2047, 2049)]
 # The self-join's blocks hold 256 rows; 513..768 rows make an odd number of blocks.
 SELF_SIZES = [1, 2, 255, 256, 257, 600, 1100]
 
