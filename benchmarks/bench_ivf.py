@@ -12,9 +12,10 @@ Groups
     the real mapped Fashion-MNIST training features of a trained run (the LoOP reference
     of ``FASTZSL_BENCH_RUN``, default ``fastzsl-run/model.fzsl``), split into reference
     and new points (skipped without a run); ``blobs`` = seeded Gaussian blobs.
-``loop fit N_ref=1000000`` (only with ``FASTZSL_BENCH_SCALE=1``; one round)
-    ``LoOP(knn="ivf").fit`` on 1M points in a subprocess; its peak RSS (VmHWM) beyond
-    the input (loaded into memory), and recall@20 of 1,000 sampled rows of the graph.
+``loop fit N_ref=1000000`` (only with ``FASTZSL_BENCH_SCALE=1``; one round each)
+    ``LoOP(knn="ivf").fit`` (the baseline) and ``LoOP(knn="exact").fit`` (the self-join,
+    ~5e13 FLOP) on 1M points in a subprocess; peak RSS (VmHWM) beyond the input (loaded into
+    memory), and recall@20 of 1,000 sampled rows of the graph (1 for exact).
 """
 import json
 import os
@@ -105,8 +106,9 @@ def test_ivf(bench, benchmark, study, nprobe):
 _FIT_SCRIPT = """
 import json, sys, time, numpy as np, fastzsl
 X = np.load(sys.argv[1])
+method = sys.argv[3]
 t = time.perf_counter()
-loop = fastzsl.LoOP(n_neighbors=20, knn="ivf").fit(X)
+loop = fastzsl.LoOP(n_neighbors=20, knn=method).fit(X)
 seconds = time.perf_counter() - t
 rows = np.random.default_rng(0).choice(len(X), 1000, replace=False)
 # neighbours of sampled reference rows, themselves dropped (k+1, then remove the row's own id)
@@ -115,14 +117,17 @@ def without_self(I):
 exact = without_self(fastzsl.knn(X[rows], X, 21)[1])
 graph = without_self(loop.index_.search(X[rows], 21)[1])
 recall = float(np.mean([np.intersect1d(a, b).size for a, b in zip(graph, exact)]) / 20)
-json.dump(dict(seconds=seconds, recall=recall, nlist=loop.index_.index.nlist,
-               nprobe=loop.index_.index.nprobe), open(sys.argv[2], "w"))
+info = dict(seconds=seconds, recall=recall)
+if method == "ivf":
+    info.update(nlist=loop.index_.index.nlist, nprobe=loop.index_.index.nprobe)
+json.dump(info, open(sys.argv[2], "w"))
 """
 
 
 @pytest.mark.skipif(os.environ.get("FASTZSL_BENCH_SCALE", "") in ("", "0"),
                     reason="set FASTZSL_BENCH_SCALE=1 for the 1M-point LoOP fit (minutes)")
-def test_loop_fit_one_million_memory(bench, benchmark, tmp_path, run_with_peak_rss):
+@pytest.mark.parametrize("method", ["ivf", "exact"])
+def test_loop_fit_one_million_memory(bench, benchmark, tmp_path, run_with_peak_rss, method):
     n = 1_000_000
     X, _ = make_blobs(n, 50, seed=11)
     np.save(tmp_path / "X.npy", X)
@@ -133,11 +138,11 @@ def test_loop_fit_one_million_memory(bench, benchmark, tmp_path, run_with_peak_r
     def run():
         (tmp_path / "fit.py").write_text(_FIT_SCRIPT)
         info["peak_rss_mb"] = run_with_peak_rss(
-            tmp_path / "fit.py", [tmp_path / "X.npy", tmp_path / "fit.json"])
+            tmp_path / "fit.py", [tmp_path / "X.npy", tmp_path / "fit.json", method])
         info.update(json.loads((tmp_path / "fit.json").read_text()))
         info["peak_rss_beyond_input_mb"] = info["peak_rss_mb"] - input_mb
 
-    bench(run, group=f"loop fit N_ref={n}", label="LoOP(knn='ivf').fit in a subprocess",
-          baseline=True, rounds=1, data="seeded Gaussian blobs (10 centres), d=50")
+    bench(run, group=f"loop fit N_ref={n}", label=f"LoOP(knn={method!r}).fit in a subprocess",
+          baseline=method == "ivf", rounds=1, data="seeded Gaussian blobs (10 centres), d=50")
     benchmark.extra_info.update(info)
     assert info["peak_rss_beyond_input_mb"] < 1536, info

@@ -90,9 +90,10 @@ cdef double SAFETY = 2.0
 # Norm sums above these could overflow the gemm / v_j in the input dtype: use the direct kernel.
 cdef double NORM_LIMIT_F32 = 1e37
 cdef double NORM_LIMIT_F64 = 1e300
-# knn_self keeps one set of lists per thread for all n points; above this many bytes in all,
-# it declines (returns None) and the caller searches in query chunks with knn instead.
-SELF_JOIN_MAX_BYTES = 256 * 2**20
+# knn_self keeps a list of k + LIST_EXTRA candidates for each of the n points at once (336 MB
+# for 1M points, k = 20, float32); above this many bytes it declines (returns None) and the
+# caller searches in query chunks with knn instead, which needs memory only per thread.
+SELF_JOIN_MAX_BYTES = 512 * 2**20
 
 
 cdef inline double _sqdist(const cython.floating* a, const cython.floating* b,
@@ -128,6 +129,23 @@ cdef inline void _insert_sorted(double* best_d, int64_t* best_i, Py_ssize_t k,
     best_i[pos] = idx
 
 
+cdef inline void _direct_scan(const cython.floating* qrow, const cython.floating* rbase,
+                              Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t d, Py_ssize_t k,
+                              Py_ssize_t skip, double* bd, int64_t* bi) noexcept nogil:
+    """The direct kernel's step: reference rows r0..r1-1, in ascending index, into one
+    query's sorted k-best list bd/bi (``skip``: the query's own row, or -1)."""
+    cdef double worst = bd[k - 1]
+    cdef double s
+    cdef Py_ssize_t j
+    for j in range(r0, r1):
+        if j == skip:
+            continue
+        s = _sqdist(qrow, rbase + j * d, d)
+        if s < worst:
+            _insert_sorted(bd, bi, k, s, j)
+            worst = bd[k - 1]
+
+
 # ----------------------------------------------------------------------------- direct kernel
 
 cdef int _knn_direct_impl(const cython.floating[:, ::1] queries,
@@ -139,8 +157,7 @@ cdef int _knn_direct_impl(const cython.floating[:, ::1] queries,
     cdef Py_ssize_t d = queries.shape[1]
     cdef Py_ssize_t n_r = reference.shape[0]
     cdef Py_ssize_t n_blocks = (n_q + QUERY_BLOCK - 1) // QUERY_BLOCK
-    cdef Py_ssize_t b, q0, q1, qi, row, r0, r1, j, c, self_index
-    cdef double s, worst
+    cdef Py_ssize_t b, q0, q1, qi, row, r0, r1, c, self_index
     cdef double* best_d
     cdef int64_t* best_i
     cdef double* bd
@@ -183,14 +200,7 @@ cdef int _knn_direct_impl(const cython.floating[:, ::1] queries,
                     bi = best_i + row * k
                     qrow = &queries[qi, 0]
                     self_index = qi + self_offset if self_offset >= 0 else -1
-                    worst = bd[k - 1]
-                    for j in range(r0, r1):
-                        if j == self_index:
-                            continue
-                        s = _sqdist(qrow, rbase + j * d, d)
-                        if s < worst:
-                            _insert_sorted(bd, bi, k, s, j)
-                            worst = bd[k - 1]
+                    _direct_scan(qrow, rbase, r0, r1, d, k, self_index, bd, bi)
                 r0 = r1
             for row in range(q1 - q0):
                 for c in range(k):
@@ -358,8 +368,8 @@ cdef void _finish_query(const cython.floating* qrow, const cython.floating* rbas
                         cython.floating* Dout, int64_t* Iout) noexcept nogil:
     """Pass 2 for one query from its pass-1 list lv/li (L entries, index -1 = empty);
     writes its k results to Dout/Iout. Scratch: cand/cand_d[L], bd/bi[k]."""
-    cdef Py_ssize_t c, nc, j, pos
-    cdef double T, x, limit, worst
+    cdef Py_ssize_t c, nc, pos
+    cdef double T, x, limit
     # The kept candidates sorted by value (insertion sort of <= L entries).
     nc = 0
     for c in range(L):
@@ -381,15 +391,8 @@ cdef void _finish_query(const cython.floating* qrow, const cython.floating* rbas
     T = cand_d[k - 1] if nc >= k else INFINITY
     limit = T + _margin(T, qn, rmax, d, eps, tiny) if T < INFINITY else INFINITY
     if nc == L and cand_d[L - 1] <= limit:
-        # Near-ties beyond the list: the direct kernel's scan (ascending index).
-        worst = INFINITY
-        for j in range(n_r):
-            if j == skip:
-                continue
-            x = _sqdist(qrow, rbase + j * d, d)
-            if x < worst:
-                _insert_sorted(bd, bi, k, x, j)
-                worst = bd[k - 1]
+        # Near-ties beyond the list: the direct kernel's scan.
+        _direct_scan(qrow, rbase, 0, n_r, d, k, skip, bd, bi)
     else:
         while nc > 0 and cand_d[nc - 1] > limit:
             nc -= 1
