@@ -112,6 +112,19 @@ def test_all_identical(dtype):
     assert (D == 0).all() and (I == np.arange(4)).all()
 
 
+def test_more_near_ties_than_a_rescan_keeps(dtype, rng):
+    # float32: 2600 points within the rounding margin of the query's neighbours (more than
+    # the 2048 candidates a rescan collects) at lower indices than the true neighbours, so
+    # only the direct-scan fallback finds them.
+    base = np.full(4, 100.0)
+    near = base + rng.integers(1, 3, size=(2600, 4)) * 1e-2
+    X = np.concatenate([near, np.repeat(base[None], 10, axis=0),
+                        rng.normal(size=(30, 4))]).astype(dtype)
+    D, I = _check(X[2600:2610], X, 6)
+    assert ((I >= 2600) & (I < 2610)).all() and (D == 0).all()
+    _check(X, X, 3, 0)
+
+
 def test_tiny_values_underflow(dtype, rng):
     # float32 squares of 1e-22 underflow in the gemm; the re-rank is in double.
     X = (rng.normal(size=(600, 12)) * 1e-22).astype(dtype)

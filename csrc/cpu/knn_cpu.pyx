@@ -17,7 +17,9 @@ takes T = the k-th smallest kept v and the margin M = 2 SAFETY b + 4 u' (|T| + Q
 (b below with R = Rmax, the largest R_j; SAFETY = 2): every kept candidate with v_j <= T + M
 gets its exact e_j, and the k lexicographically smallest (e_j, j) are the answer. When a full
 list's largest entry is itself <= T + M (near-ties beyond L candidates), the query is
-recomputed by the direct kernel instead.
+rescanned instead: one more gemm against every reference tile collects all candidates with
+v_j <= T + M (any gemm's v_j is within b, so the argument below holds for them too) and
+those are re-ranked; beyond max(RESCAN_CAP, 2L) of them the direct kernel's scan answers.
 
 Why that is exact. Let u = eps / 2 be the unit roundoff of the input dtype and u' that of
 double. For one candidate, |v_j - (e_j - Q)| <= b = ((d + 3) u + (3 d + 4) u') (Q + R_j)
@@ -33,7 +35,8 @@ v_j <= e_j - Q + b <= T + 2b, below T + M with a factor SAFETY to spare (forming
 double is covered by the 4 u' term). A list only drops a candidate whose v is >= its largest
 entry at that time, which is >= its final largest entry; so if the final largest entry of a
 full list is above T + M, no member of the answer was dropped, all of them pass the filter,
-and the exact re-rank of this superset of the answer returns the answer. Inputs are finite
+and the exact re-rank of this superset of the answer returns the answer (in a rescan, every
+candidate within T + M is collected, a superset by the same argument). Inputs are finite
 (validated by the public API); whenever the norms could make the gemm overflow the kernels
 fall back to the direct kernel.
 
@@ -49,10 +52,11 @@ import numpy as np
 
 cimport cython
 from cython.parallel cimport parallel, prange
-from libc.float cimport DBL_EPSILON, DBL_MIN, FLT_EPSILON, FLT_MIN
-from libc.math cimport INFINITY, fabs
+from libc.float cimport DBL_EPSILON, DBL_MIN, FLT_EPSILON, FLT_MAX, FLT_MIN
+from libc.math cimport INFINITY, fabs, nextafterf
 from libc.stdint cimport int64_t, uint32_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 from openmp cimport omp_get_max_threads
 
 from gemm_tiles cimport gemm_abt
@@ -80,6 +84,12 @@ cdef enum:
     SELF_BLOCK = 256
     # Pass-1 lists keep k + LIST_EXTRA candidates per query.
     LIST_EXTRA = 8
+    # Pass 2 of queries whose list overflowed (near-ties): RESCAN_GROUP of them at a time,
+    # one more gemm over tiles of RESCAN_TILE reference rows, collecting up to
+    # max(RESCAN_CAP, 2 L) candidates per query (beyond that: the direct scan).
+    RESCAN_GROUP = 32
+    RESCAN_TILE = 8192
+    RESCAN_CAP = 2048
     # Per-thread pass-1 lists of a knn query block stay under this many bytes (large k).
     LIST_BYTES = 16777216
     # The GEMM kernels run when d >= MIN_GEMM_DIM (below that, direct differences are cheap).
@@ -360,48 +370,235 @@ cdef inline double _margin(double T, double qn, double rmax, Py_ssize_t d, doubl
     return 2 * SAFETY * b + 4 * u2 * (fabs(T) + qn + rmax)
 
 
-cdef void _finish_query(const cython.floating* qrow, const cython.floating* rbase,
-                        Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k, Py_ssize_t skip,
-                        double qn, double rmax, double eps, double tiny,
-                        const cython.floating* lv, const int64_t* li, Py_ssize_t L,
-                        int64_t* cand, double* cand_d, double* bd, int64_t* bi,
-                        cython.floating* Dout, int64_t* Iout) noexcept nogil:
-    """Pass 2 for one query from its pass-1 list lv/li (L entries, index -1 = empty);
-    writes its k results to Dout/Iout. Scratch: cand/cand_d[L], bd/bi[k]."""
+cdef Py_ssize_t _pass2_candidates(const cython.floating* lv, const int64_t* li, Py_ssize_t L,
+                                   Py_ssize_t k, double qn, double rmax, Py_ssize_t d,
+                                   double eps, double tiny, int64_t* cand, double* cand_v,
+                                   double* limit) noexcept nogil:
+    """Pass 2, first step, for one query's list lv/li (L entries, index -1 = empty): sorts the
+    kept candidates into cand/cand_v and sets limit = T + M. Returns how many are within the
+    limit, or -1 when the list overflowed (its largest entry is itself within the limit, so
+    a candidate it dropped may belong to the answer)."""
     cdef Py_ssize_t c, nc, pos
-    cdef double T, x, limit
-    # The kept candidates sorted by value (insertion sort of <= L entries).
+    cdef double T, x
     nc = 0
     for c in range(L):
         if li[c] < 0:
             continue
         x = lv[c]
         pos = nc
-        while pos > 0 and cand_d[pos - 1] > x:
-            cand_d[pos] = cand_d[pos - 1]
+        while pos > 0 and cand_v[pos - 1] > x:
+            cand_v[pos] = cand_v[pos - 1]
             cand[pos] = cand[pos - 1]
             pos -= 1
-        cand_d[pos] = x
+        cand_v[pos] = x
         cand[pos] = li[c]
         nc += 1
-    for c in range(k):
-        bd[c] = INFINITY
-        bi[c] = -1
     # T: the k-th smallest kept value (+inf when fewer than k candidates exist).
-    T = cand_d[k - 1] if nc >= k else INFINITY
-    limit = T + _margin(T, qn, rmax, d, eps, tiny) if T < INFINITY else INFINITY
-    if nc == L and cand_d[L - 1] <= limit:
-        # Near-ties beyond the list: the direct kernel's scan.
-        _direct_scan(qrow, rbase, 0, n_r, d, k, skip, bd, bi)
-    else:
-        while nc > 0 and cand_d[nc - 1] > limit:
-            nc -= 1
-        _sqdists(qrow, rbase, d, cand, nc, cand_d)
-        for c in range(nc):
-            _insert_lex(bd, bi, k, cand_d[c], cand[c])
+    T = cand_v[k - 1] if nc >= k else INFINITY
+    limit[0] = T + _margin(T, qn, rmax, d, eps, tiny) if T < INFINITY else INFINITY
+    if nc == L and cand_v[L - 1] <= limit[0]:
+        return -1
+    while nc > 0 and cand_v[nc - 1] > limit[0]:
+        nc -= 1
+    return nc
+
+
+cdef inline void _write_answer(const double* bd, const int64_t* bi, Py_ssize_t k,
+                               cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    cdef Py_ssize_t c
     for c in range(k):
         Dout[c] = <cython.floating>bd[c]
         Iout[c] = bi[c]
+
+
+cdef void _rerank(const cython.floating* qrow, const cython.floating* rbase, Py_ssize_t d,
+                  Py_ssize_t k, const int64_t* cand, Py_ssize_t nc, double* dist, double* bd,
+                  int64_t* bi, cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    """Pass 2, last step: the k lexicographically smallest (exact distance, index) among
+    candidates cand[0..nc-1], written to Dout/Iout. Scratch: dist[nc], bd/bi[k]."""
+    cdef Py_ssize_t c
+    for c in range(k):
+        bd[c] = INFINITY
+        bi[c] = -1
+    _sqdists(qrow, rbase, d, cand, nc, dist)
+    for c in range(nc):
+        _insert_lex(bd, bi, k, dist[c], cand[c])
+    _write_answer(bd, bi, k, Dout, Iout)
+
+
+cdef inline cython.floating _at_least(cython.floating dummy, double x) noexcept nogil:
+    """The smallest value of the input dtype >= x (+inf above its range)."""
+    cdef float f
+    if cython.floating is float:
+        if x > FLT_MAX:
+            return INFINITY
+        f = <float>x
+        if <double>f < x:
+            f = nextafterf(f, INFINITY)
+        return f
+    else:
+        return x
+
+
+cdef void _rescan(const cython.floating* qbase, const int64_t* ids, const double* limits,
+                  Py_ssize_t nsub, Py_ssize_t self_offset, const cython.floating* rbase,
+                  const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k,
+                  Py_ssize_t cap, cython.floating* qsub, cython.floating* buf, int64_t* cand,
+                  Py_ssize_t* ncand, double* dist, double* bd, int64_t* bi,
+                  cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    """Pass 2 of queries ids[0..nsub-1] (<= RESCAN_GROUP) whose lists overflowed: one more
+    gemm over all reference tiles collects every candidate with v <= the query's limit (any
+    gemm's v is within b, so the module docstring's argument holds for them), then _rerank;
+    a query with more than ``cap`` such candidates takes the direct scan. Scratch: qsub[nsub
+    d], buf[nsub RESCAN_TILE], cand[nsub cap], ncand[nsub], dist[cap], bd/bi[k]."""
+    cdef Py_ssize_t s, r0, r1, nr, j0, j, m, skip, qi
+    cdef cython.floating thr, v
+    cdef const cython.floating* p
+    cdef uint32_t mask
+    for s in range(nsub):
+        memcpy(qsub + s * d, qbase + ids[s] * d, d * sizeof(cython.floating))
+        ncand[s] = 0
+    r0 = 0
+    while r0 < n_r:
+        r1 = r0 + RESCAN_TILE
+        if r1 > n_r:
+            r1 = n_r
+        nr = r1 - r0
+        gemm_abt(qsub, rbase + r0 * d, <int>nsub, <int>nr, <int>d, buf)
+        for s in range(nsub):
+            if ncand[s] > cap:
+                continue
+            thr = _at_least(<cython.floating>0, limits[s])
+            skip = ids[s] + self_offset if self_offset >= 0 else -1
+            p = buf + s * nr
+            j0 = 0
+            while j0 < nr and ncand[s] <= cap:
+                m = nr - j0 if nr - j0 < FZ_CHUNK else FZ_CHUNK
+                mask = _row_mask(p + j0, rn_w + r0 + j0, thr, m)
+                while mask:
+                    j = j0 + fz_lowest_bit(mask)
+                    mask &= mask - 1
+                    v = rn_w[r0 + j] - (p[j] + p[j])
+                    if <double>v <= limits[s] and r0 + j != skip:
+                        if ncand[s] == cap:
+                            ncand[s] = cap + 1  # too many near-ties: direct scan below
+                            break
+                        cand[s * cap + ncand[s]] = r0 + j
+                        ncand[s] += 1
+                j0 += FZ_CHUNK
+        r0 = r1
+    for s in range(nsub):
+        qi = ids[s]
+        if ncand[s] > cap:
+            for m in range(k):
+                bd[m] = INFINITY
+                bi[m] = -1
+            skip = qi + self_offset if self_offset >= 0 else -1
+            _direct_scan(qbase + qi * d, rbase, 0, n_r, d, k, skip, bd, bi)
+            _write_answer(bd, bi, k, Dout + qi * k, Iout + qi * k)
+        else:
+            _rerank(qbase + qi * d, rbase, d, k, cand + s * cap, ncand[s], dist, bd, bi,
+                    Dout + qi * k, Iout + qi * k)
+
+
+cdef struct Pass2Scratch:
+    # Per-thread buffers of pass 2 (see _pass2_scratch_new).
+    void* cand         # int64_t[max(L, cap)]: one query's sorted candidates
+    double* cand_v     # [max(L, cap)]: their values, then their exact distances
+    double* bd         # [k]
+    int64_t* bi        # [k]
+    int64_t* ids       # [RESCAN_GROUP]: overflowed queries waiting for _rescan
+    double* limits     # [RESCAN_GROUP]
+    Py_ssize_t n_ids
+    void* qsub         # floating[RESCAN_GROUP d]
+    void* buf          # floating[RESCAN_GROUP RESCAN_TILE]
+    int64_t* gcand     # [RESCAN_GROUP cap]
+    Py_ssize_t* ncand  # [RESCAN_GROUP]
+    Py_ssize_t cap
+
+
+cdef inline Py_ssize_t _rescan_cap(Py_ssize_t L) noexcept nogil:
+    return RESCAN_CAP if RESCAN_CAP > 2 * L else 2 * L
+
+
+cdef bint _pass2_scratch_new(Pass2Scratch* sc, Py_ssize_t k, Py_ssize_t L, Py_ssize_t d,
+                             size_t itemsize) noexcept nogil:
+    """Allocates every buffer; False (buffers freed) when one could not be allocated."""
+    sc.cap = _rescan_cap(L)
+    sc.n_ids = 0
+    sc.cand = malloc(sc.cap * sizeof(int64_t))
+    sc.cand_v = <double*>malloc(sc.cap * sizeof(double))
+    sc.bd = <double*>malloc(k * sizeof(double))
+    sc.bi = <int64_t*>malloc(k * sizeof(int64_t))
+    sc.ids = <int64_t*>malloc(RESCAN_GROUP * sizeof(int64_t))
+    sc.limits = <double*>malloc(RESCAN_GROUP * sizeof(double))
+    sc.qsub = malloc(RESCAN_GROUP * d * itemsize)
+    sc.buf = malloc(RESCAN_GROUP * RESCAN_TILE * itemsize)
+    sc.gcand = <int64_t*>malloc(RESCAN_GROUP * sc.cap * sizeof(int64_t))
+    sc.ncand = <Py_ssize_t*>malloc(RESCAN_GROUP * sizeof(Py_ssize_t))
+    if (sc.cand == NULL or sc.cand_v == NULL or sc.bd == NULL or sc.bi == NULL
+            or sc.ids == NULL or sc.limits == NULL or sc.qsub == NULL or sc.buf == NULL
+            or sc.gcand == NULL or sc.ncand == NULL):
+        _pass2_scratch_free(sc)
+        return False
+    return True
+
+
+cdef void _pass2_scratch_free(Pass2Scratch* sc) noexcept nogil:
+    free(sc.cand)
+    free(sc.cand_v)
+    free(sc.bd)
+    free(sc.bi)
+    free(sc.ids)
+    free(sc.limits)
+    free(sc.qsub)
+    free(sc.buf)
+    free(sc.gcand)
+    free(sc.ncand)
+    sc.cand = NULL
+    sc.cand_v = NULL
+    sc.bd = NULL
+    sc.bi = NULL
+    sc.ids = NULL
+    sc.limits = NULL
+    sc.qsub = NULL
+    sc.buf = NULL
+    sc.gcand = NULL
+    sc.ncand = NULL
+
+
+cdef void _pass2_flush(Pass2Scratch* sc, const cython.floating* qbase,
+                       Py_ssize_t self_offset, const cython.floating* rbase,
+                       const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k,
+                       cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    """Rescans the overflowed queries waiting in sc."""
+    if sc.n_ids > 0:
+        _rescan(qbase, sc.ids, sc.limits, sc.n_ids, self_offset, rbase, rn_w, n_r, d, k,
+                sc.cap, <cython.floating*>sc.qsub, <cython.floating*>sc.buf, sc.gcand,
+                sc.ncand, sc.cand_v, sc.bd, sc.bi, Dout, Iout)
+        sc.n_ids = 0
+
+
+cdef void _pass2(Pass2Scratch* sc, Py_ssize_t qi, const cython.floating* qbase,
+                 Py_ssize_t self_offset, const cython.floating* rbase,
+                 const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k,
+                 Py_ssize_t L, double qn, double rmax, double eps, double tiny,
+                 const cython.floating* lv, const int64_t* li, cython.floating* Dout,
+                 int64_t* Iout) noexcept nogil:
+    """Pass 2 for query qi from its list lv/li: answered now, or queued for a rescan (the
+    caller flushes the queue with _pass2_flush when it is done)."""
+    cdef double limit
+    cdef Py_ssize_t nc = _pass2_candidates(lv, li, L, k, qn, rmax, d, eps, tiny,
+                                           <int64_t*>sc.cand, sc.cand_v, &limit)
+    if nc >= 0:
+        _rerank(qbase + qi * d, rbase, d, k, <int64_t*>sc.cand, nc, sc.cand_v, sc.bd, sc.bi,
+                Dout + qi * k, Iout + qi * k)
+        return
+    sc.ids[sc.n_ids] = qi
+    sc.limits[sc.n_ids] = limit
+    sc.n_ids += 1
+    if sc.n_ids == RESCAN_GROUP:
+        _pass2_flush(sc, qbase, self_offset, rbase, rn_w, n_r, d, k, Dout, Iout)
 
 
 cdef inline void _dtype_limits(cython.floating dummy, double* eps, double* tiny,
@@ -437,8 +634,7 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
                       Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t n_r, Py_ssize_t d,
                       Py_ssize_t k, Py_ssize_t self_offset, Py_ssize_t tile,
                       cython.floating* lv, int64_t* li, cython.floating* buf,
-                      int64_t* cand, double* cand_d, double* bd,
-                      int64_t* bi, cython.floating* Dout, int64_t* Iout) noexcept nogil:
+                      Pass2Scratch* sc, cython.floating* Dout, int64_t* Iout) noexcept nogil:
     """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout."""
     cdef Py_ssize_t nq = q1 - q0
     cdef Py_ssize_t L = k + LIST_EXTRA
@@ -462,10 +658,9 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
         r0 = r1
     for row in range(nq):
         qi = q0 + row
-        skip = qi + self_offset if self_offset >= 0 else -1
-        _finish_query(qbase + qi * d, rbase, n_r, d, k, skip, qn[qi], rmax, eps, tiny,
-                      lv + row * L, li + row * L, L, cand, cand_d, bd, bi,
-                      Dout + qi * k, Iout + qi * k)
+        _pass2(sc, qi, qbase, self_offset, rbase, rn_w, n_r, d, k, L, qn[qi], rmax, eps, tiny,
+               lv + row * L, li + row * L, Dout, Iout)
+    _pass2_flush(sc, qbase, self_offset, rbase, rn_w, n_r, d, k, Dout, Iout)
 
 
 cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
@@ -487,10 +682,7 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
     cdef cython.floating* lv
     cdef int64_t* li
     cdef cython.floating* buf
-    cdef int64_t* cand
-    cdef double* cand_d
-    cdef double* bd
-    cdef int64_t* bi
+    cdef Pass2Scratch* sc
     cdef const cython.floating* qbase
     cdef const cython.floating* rbase
     cdef int failed = 0
@@ -533,21 +725,17 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
             lv = NULL
             li = NULL
             buf = NULL
-            cand = NULL
-            cand_d = NULL
-            bd = NULL
-            bi = NULL
+            sc = NULL
             with nogil, parallel():
                 lv = <cython.floating*>malloc(qb * L * sizeof(cython.floating))
                 li = <int64_t*>malloc(qb * L * sizeof(int64_t))
                 buf = <cython.floating*>malloc(qb * tile * sizeof(cython.floating))
-                cand = <int64_t*>malloc(L * sizeof(int64_t))
-                cand_d = <double*>malloc(L * sizeof(double))
-                bd = <double*>malloc(k * sizeof(double))
-                bi = <int64_t*>malloc(k * sizeof(int64_t))
+                sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
+                if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(cython.floating)):
+                    free(sc)
+                    sc = NULL
                 for b in prange(n_blocks, schedule="dynamic"):
-                    if (lv == NULL or li == NULL or buf == NULL
-                            or cand == NULL or cand_d == NULL or bd == NULL or bi == NULL):
+                    if lv == NULL or li == NULL or buf == NULL or sc == NULL:
                         failed_p[0] = 1
                         continue
                     q0 = b * qb
@@ -555,15 +743,13 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
                     if q1 > n_q:
                         q1 = n_q
                     _gemm_block(qbase, rbase, qn, rn_w, rmax, q0, q1, n_r, d, k,
-                                self_offset, tile, lv, li, buf, cand, cand_d, bd, bi,
-                                &D[0, 0], &I[0, 0])
+                                self_offset, tile, lv, li, buf, sc, &D[0, 0], &I[0, 0])
                 free(lv)
                 free(li)
                 free(buf)
-                free(cand)
-                free(cand_d)
-                free(bd)
-                free(bi)
+                if sc != NULL:
+                    _pass2_scratch_free(sc)
+                    free(sc)
             if failed:
                 rc = -1
     free(qn)
@@ -673,34 +859,32 @@ cdef int _self_rounds(const cython.floating* X, Py_ssize_t n, Py_ssize_t d,
 
 
 cdef int _self_finish(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
-                      const double* qn, double rmax, Py_ssize_t L,
-                      const cython.floating* lv, const int64_t* li, cython.floating* Dout,
-                      int64_t* Iout) noexcept nogil:
+                      const double* qn, const cython.floating* rn_w, double rmax,
+                      Py_ssize_t L, const cython.floating* lv, const int64_t* li,
+                      cython.floating* Dout, int64_t* Iout) noexcept nogil:
     """Pass 2 of the self-join: every point from its list."""
     cdef Py_ssize_t q
     cdef double eps, tiny, limit
-    cdef int64_t* cand = NULL
-    cdef double* cand_d = NULL
-    cdef double* bd = NULL
-    cdef int64_t* bi = NULL
+    cdef Pass2Scratch* sc = NULL
     cdef int failed = 0
     cdef int* failed_p = &failed
     _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
     with parallel():
-        cand = <int64_t*>malloc(L * sizeof(int64_t))
-        cand_d = <double*>malloc(L * sizeof(double))
-        bd = <double*>malloc(k * sizeof(double))
-        bi = <int64_t*>malloc(k * sizeof(int64_t))
-        for q in prange(n, schedule="dynamic", chunksize=64):
-            if cand == NULL or cand_d == NULL or bd == NULL or bi == NULL:
+        sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
+        if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(cython.floating)):
+            free(sc)
+            sc = NULL
+        for q in prange(n, schedule="static"):
+            if sc == NULL:
                 failed_p[0] = 1
                 continue
-            _finish_query(X + q * d, X, n, d, k, q, qn[q], rmax, eps, tiny, lv + q * L,
-                          li + q * L, L, cand, cand_d, bd, bi, Dout + q * k, Iout + q * k)
-        free(cand)
-        free(cand_d)
-        free(bd)
-        free(bi)
+            _pass2(sc, q, X, 0, X, rn_w, n, d, k, L, qn[q], rmax, eps, tiny, lv + q * L,
+                   li + q * L, Dout, Iout)
+        if sc != NULL:
+            # What this thread queued (the static schedule gave each thread its own share).
+            _pass2_flush(sc, X, 0, X, rn_w, n, d, k, Dout, Iout)
+            _pass2_scratch_free(sc)
+            free(sc)
     return -1 if failed else 0
 
 
@@ -770,8 +954,8 @@ def _knn_self_typed(const cython.floating[:, ::1] X, Py_ssize_t k, on_progress):
             r0 = r1
     if rc == 0:
         with nogil:
-            rc = _self_finish(&X[0, 0], n, d, k, &qn[0], rmax, L, &lv[0, 0], &li[0, 0],
-                              &Dv[0, 0], &Iv[0, 0])
+            rc = _self_finish(&X[0, 0], n, d, k, &qn[0], &rn_w[0], rmax, L, &lv[0, 0],
+                              &li[0, 0], &Dv[0, 0], &Iv[0, 0])
     if rc != 0:
         raise MemoryError("knn_cpu.knn_self: could not allocate the per-thread kNN buffers")
     return D, I
