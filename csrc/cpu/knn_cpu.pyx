@@ -403,6 +403,14 @@ cdef Py_ssize_t _pass2_candidates(const cython.floating* lv, const int64_t* li, 
     return nc
 
 
+cdef inline void _clear_best(double* bd, int64_t* bi, Py_ssize_t k) noexcept nogil:
+    """An empty k-best list: every slot (+inf, -1)."""
+    cdef Py_ssize_t c
+    for c in range(k):
+        bd[c] = INFINITY
+        bi[c] = -1
+
+
 cdef inline void _write_answer(const double* bd, const int64_t* bi, Py_ssize_t k,
                                cython.floating* Dout, int64_t* Iout) noexcept nogil:
     cdef Py_ssize_t c
@@ -417,9 +425,7 @@ cdef void _rerank(const cython.floating* qrow, const cython.floating* rbase, Py_
     """Pass 2, last step: the k lexicographically smallest (exact distance, index) among
     candidates cand[0..nc-1], written to Dout/Iout. Scratch: dist[nc], bd/bi[k]."""
     cdef Py_ssize_t c
-    for c in range(k):
-        bd[c] = INFINITY
-        bi[c] = -1
+    _clear_best(bd, bi, k)
     _sqdists(qrow, rbase, d, cand, nc, dist)
     for c in range(nc):
         _insert_lex(bd, bi, k, dist[c], cand[c])
@@ -490,9 +496,7 @@ cdef void _rescan(const cython.floating* qbase, const int64_t* ids, const double
     for s in range(nsub):
         qi = ids[s]
         if ncand[s] > cap:
-            for m in range(k):
-                bd[m] = INFINITY
-                bi[m] = -1
+            _clear_best(bd, bi, k)
             skip = qi + self_offset if self_offset >= 0 else -1
             _direct_scan(qbase + qi * d, rbase, 0, n_r, d, k, skip, bd, bi)
             _write_answer(bd, bi, k, Dout + qi * k, Iout + qi * k)
@@ -503,7 +507,7 @@ cdef void _rescan(const cython.floating* qbase, const int64_t* ids, const double
 
 cdef struct Pass2Scratch:
     # Per-thread buffers of pass 2 (see _pass2_scratch_new).
-    void* cand         # int64_t[max(L, cap)]: one query's sorted candidates
+    int64_t* cand      # [max(L, cap)]: one query's sorted candidates
     double* cand_v     # [max(L, cap)]: their values, then their exact distances
     double* bd         # [k]
     int64_t* bi        # [k]
@@ -526,7 +530,7 @@ cdef bint _pass2_scratch_new(Pass2Scratch* sc, Py_ssize_t k, Py_ssize_t L, Py_ss
     """Allocates every buffer; False (buffers freed) when one could not be allocated."""
     sc.cap = _rescan_cap(L)
     sc.n_ids = 0
-    sc.cand = malloc(sc.cap * sizeof(int64_t))
+    sc.cand = <int64_t*>malloc(sc.cap * sizeof(int64_t))
     sc.cand_v = <double*>malloc(sc.cap * sizeof(double))
     sc.bd = <double*>malloc(k * sizeof(double))
     sc.bi = <int64_t*>malloc(k * sizeof(int64_t))
@@ -589,9 +593,9 @@ cdef void _pass2(Pass2Scratch* sc, Py_ssize_t qi, const cython.floating* qbase,
     caller flushes the queue with _pass2_flush when it is done)."""
     cdef double limit
     cdef Py_ssize_t nc = _pass2_candidates(lv, li, L, k, qn, rmax, d, eps, tiny,
-                                           <int64_t*>sc.cand, sc.cand_v, &limit)
+                                           sc.cand, sc.cand_v, &limit)
     if nc >= 0:
-        _rerank(qbase + qi * d, rbase, d, k, <int64_t*>sc.cand, nc, sc.cand_v, sc.bd, sc.bi,
+        _rerank(qbase + qi * d, rbase, d, k, sc.cand, nc, sc.cand_v, sc.bd, sc.bi,
                 Dout + qi * k, Iout + qi * k)
         return
     sc.ids[sc.n_ids] = qi
