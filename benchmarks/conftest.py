@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from fastzsl.cli import cpu_name
+from fastzsl._platform import cpu_count, cpu_name
 from fastzsl.testing import make_blobs
 
 DATA_DESCRIPTION = "synthetic Gaussian blobs, seeded (fastzsl.testing.make_blobs), float32"
@@ -146,8 +146,7 @@ def _threads() -> dict:
 
 @pytest.fixture(scope="session")
 def machine() -> dict:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return dict(cpu=cpu_name(), cores=cores, **_threads())
+    return dict(cpu=cpu_name(), cores=cpu_count(), **_threads())
 
 
 @pytest.fixture

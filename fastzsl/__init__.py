@@ -10,7 +10,7 @@ fastzsl loads none of torch, numba, cupy, faiss or dask; each loads when first u
 """
 from importlib import import_module
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> module that defines it (imported on first access, PEP 562)
 _EXPORTS = {

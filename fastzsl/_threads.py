@@ -6,24 +6,19 @@ all cores (negative values count back from the number of cores, as in scikit-lea
 :func:`thread_limits` sets OpenMP (the Cython kernels, faiss), BLAS (threadpoolctl),
 Numba (``numba.set_num_threads``) and faiss (``faiss.omp_set_num_threads``) for the
 duration of one call and restores each of them afterwards, also when the call raises.
+It sets the libraries that are loaded when it is entered: callers load their backend
+first (``fastzsl.backends.thread_limits`` does both).
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import numbers
-import os
 import sys
+from collections import deque
+
+from ._platform import cpu_count
 
 _blas_controller = None
-
-
-def cpu_count() -> int:
-    """Cores this process may run on (its CPU affinity where the OS reports one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
 
 
 def resolve_n_jobs(n_jobs) -> int | None:
@@ -57,26 +52,14 @@ def load_openmp() -> None:
         pass
 
 
-def _prepare(backend, knn):
-    """Import the libraries a call is about to use (its backend; faiss for the faiss kNN
-    methods), so thread_limits can set them before the call."""
-    from .backends import get_backend
-
-    get_backend(backend)
-    if knn in ("faiss", "ivf"):
-        from .neighbors import import_faiss
-
-        import_faiss()
-
-
 @contextlib.contextmanager
-def thread_limits(n_jobs, *, backend="auto", knn=None):
+def thread_limits(n_jobs):
     """Run the body with ``n_jobs`` threads in OpenMP, BLAS, Numba and faiss, and restore
     every setting afterwards (also when the body raises); ``None`` changes nothing.
 
-    ``backend`` and ``knn`` name what the body will run, so that its libraries are loaded
-    (and set) first. Numba cannot exceed the pool it started with
-    (``numba.config.NUMBA_NUM_THREADS``), so it gets at most that many threads.
+    Only loaded libraries can be set, so load what the body runs first. Numba cannot
+    exceed the pool it started with (``numba.config.NUMBA_NUM_THREADS``), so it gets at
+    most that many threads.
     """
     threads = resolve_n_jobs(n_jobs)
     if threads is None:
@@ -85,7 +68,6 @@ def thread_limits(n_jobs, *, backend="auto", knn=None):
     from threadpoolctl import threadpool_limits
 
     load_openmp()
-    _prepare(backend, knn)
     with contextlib.ExitStack() as stack:
         stack.enter_context(threadpool_limits(limits=threads))
         numba = sys.modules.get("numba")
@@ -101,16 +83,43 @@ def thread_limits(n_jobs, *, backend="auto", knn=None):
         yield threads
 
 
-def uses_n_jobs(method):
-    """Decorator for estimator methods: run under ``thread_limits(self.n_jobs)``, with the
-    estimator's ``backend`` and ``knn`` (where it has them) loaded first."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        knn = getattr(self, "knn", None)
-        with thread_limits(self.n_jobs, backend=getattr(self, "backend", "auto"),
-                           knn="exact" if knn == "auto" else knn):
-            return method(self, *args, **kwargs)
-    return wrapper
+def worker_count(n_jobs) -> int:
+    """Threads for a Python-level worker pool: ``n_jobs`` resolved, all cores for None."""
+    threads = resolve_n_jobs(n_jobs)
+    return cpu_count() if threads is None else threads
+
+
+def imap_ordered(fn, items, n_workers, bar=None):
+    """Yield ``fn(i) for i in items``, in order, computed on ``n_workers`` threads (BLAS on
+    one thread each meanwhile). At most ``4 * n_workers`` tasks are in flight, so finished
+    results waiting for the consumer stay few; ``bar`` (tqdm) advances once per result."""
+    from threadpoolctl import threadpool_limits
+
+    def done(result):
+        if bar is not None:
+            bar.update(1)
+        return result
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n_workers == 1:
+            for item in items:
+                yield done(fn(item))
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        ex = ThreadPoolExecutor(max_workers=n_workers)
+        pending = deque()
+        try:
+            for item in items:
+                if len(pending) >= 4 * n_workers:
+                    yield done(pending.popleft().result())
+                pending.append(ex.submit(fn, item))
+            while pending:
+                yield done(pending.popleft().result())
+        finally:
+            for f in pending:
+                f.cancel()
+            ex.shutdown(wait=True)
 
 
 def blas_single_threaded():

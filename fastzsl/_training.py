@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._optional import import_torch
+
 OPTIMIZERS = ("auto", "lbfgs", "adam")
 # "auto" uses full-batch L-BFGS up to this many input values (n_samples x n_features);
 # beyond it one L-BFGS iteration costs a pass over all data, and Adam converges sooner.
@@ -27,7 +29,7 @@ def minimize(batch_loss, params, n_samples, *, optimizer, max_iter, epochs, batc
 
     Returns a list of the loss values seen (one per L-BFGS evaluation or Adam epoch).
     """
-    import torch
+    torch = import_torch()
     from tqdm.auto import tqdm
 
     history = []
@@ -70,7 +72,7 @@ def minimize(batch_loss, params, n_samples, *, optimizer, max_iter, epochs, batc
 
 def predict_in_chunks(fn, X: np.ndarray, chunk_rows: int = 1 << 15) -> np.ndarray:
     """Apply a torch function to row chunks of X without gradients; stack as NumPy."""
-    import torch
+    torch = import_torch()
 
     outputs = []
     with torch.no_grad():

@@ -26,13 +26,12 @@ import dataclasses
 import errno
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from ._files import TMP_PREFIX, fsync_dir, write_atomically
+from ._files import TMP_PREFIX, write_atomically
 
 # Leading underscore: Parquet readers (pyarrow, Spark, Dask) skip it in a data-set folder.
 MANIFEST = "_manifest.json"

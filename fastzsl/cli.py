@@ -14,28 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def machine_description() -> str:
-    import os
-
-    return f"{cpu_name()}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
+from fastzsl._platform import machine_description
 
 
 def _pca(X, n_components, seed=0, fit_rows=10000):
@@ -234,11 +217,10 @@ def _positive_int(text):
 
 
 def cmd_backends(args) -> int:
-    from fastzsl.backends import _load, registered_backends
+    from fastzsl.backends import backend_status
 
-    for name in registered_backends():
-        kernels, reason = _load(name)
-        print(f"{name:8s} {'available' if kernels else 'unavailable: ' + reason}")
+    for name, reason in backend_status().items():
+        print(f"{name:8s} {'unavailable: ' + reason if reason else 'available'}")
     return 0
 
 

@@ -47,7 +47,6 @@ rest of the library does not depend on this module.
 from __future__ import annotations
 
 import numbers
-import os
 import threading
 import warnings
 
@@ -57,6 +56,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._array import to_host
+from ._model_files import SaveMixin
+from ._threads import imap_ordered, resolve_n_jobs, worker_count
 
 __all__ = [
     "CoatesNgFeatures",
@@ -260,56 +261,6 @@ def zca_whitening(patches, eps=ZCA_EPS):
     return mean, (w + w.T) / 2
 
 
-# --------------------------------------------------------------------------- threads
-
-
-def _n_workers(n_jobs):
-    if n_jobs is None or n_jobs == -1:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # not on Linux
-            return max(1, os.cpu_count() or 1)
-    if not isinstance(n_jobs, numbers.Integral) or n_jobs < 1:
-        raise ValueError(f"n_jobs must be a positive int, -1 or None, got {n_jobs!r}")
-    return int(n_jobs)
-
-
-def _imap_ordered(fn, items, n_workers, bar=None):
-    """Yield ``fn(i) for i in items``, in order, computed on ``n_workers`` threads (BLAS on
-    one thread each meanwhile). At most ``4 * n_workers`` tasks are in flight, so finished
-    results waiting for the consumer stay few."""
-    from collections import deque
-
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        if n_workers == 1:
-            for item in items:
-                yield fn(item)
-                if bar is not None:
-                    bar.update(1)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        ex = ThreadPoolExecutor(max_workers=n_workers)
-        pending = deque()
-        try:
-            for item in items:
-                if len(pending) >= 4 * n_workers:
-                    yield pending.popleft().result()
-                    if bar is not None:
-                        bar.update(1)
-                pending.append(ex.submit(fn, item))
-            while pending:
-                yield pending.popleft().result()
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            for f in pending:
-                f.cancel()
-            ex.shutdown(wait=True)
-
-
 def _progress(total, desc, progress, unit):
     from tqdm.auto import tqdm
 
@@ -375,7 +326,7 @@ def spherical_kmeans(X, n_centroids, n_iter=50, random_state=None, *, n_jobs=Non
     k = int(n_centroids)
     rng = _rng(random_state)
     gemm_rows = max(64, KMEANS_GEMM_BYTES // (k * X.itemsize))
-    n_workers = _n_workers(n_jobs)
+    n_workers = worker_count(n_jobs)
     starts = range(0, n, chunk_rows)
 
     init = rng.choice(n, size=k, replace=n < k)
@@ -404,7 +355,7 @@ def spherical_kmeans(X, n_centroids, n_iter=50, random_state=None, *, n_jobs=Non
             Dt = np.ascontiguousarray(D.T, dtype=X.dtype)
             D = np.zeros((k, d))
             counts = np.zeros(k, dtype=np.int64)
-            for sums, cnt in _imap_ordered(partial, starts, n_workers):
+            for sums, cnt in imap_ordered(partial, starts, n_workers):
                 D += sums
                 counts += cnt
             norms = np.linalg.norm(D, axis=1)
@@ -521,7 +472,7 @@ class _RunningStats:
 # --------------------------------------------------------------------------- estimator
 
 
-class CoatesNgFeatures(TransformerMixin, BaseEstimator):
+class CoatesNgFeatures(SaveMixin, TransformerMixin, BaseEstimator):
     """Coates & Ng single-layer k-means features of images (see the module docstring).
 
     Parameters
@@ -617,7 +568,7 @@ class CoatesNgFeatures(TransformerMixin, BaseEstimator):
         dtype = np.dtype(self.dtype)
         if dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        _n_workers(self.n_jobs)
+        resolve_n_jobs(self.n_jobs)
         return dtype
 
     def _encoder(self, dtype, image_shape):
@@ -663,7 +614,7 @@ class CoatesNgFeatures(TransformerMixin, BaseEstimator):
              desc="features"):
         """Encode all images in batches; optionally keep them, their stats, standardise."""
         enc = self._encoder(dtype, image_shape)
-        n_workers = _n_workers(self.n_jobs)
+        n_workers = worker_count(self.n_jobs)
         bs = self._batch_size(enc, n_workers)
         n = images4.shape[0]
         if standardize:
@@ -689,7 +640,7 @@ class CoatesNgFeatures(TransformerMixin, BaseEstimator):
         starts = range(0, n, bs)
         running = _RunningStats() if stats else None
         with _progress(len(starts), desc, self.progress, "batch") as bar:
-            for result in _imap_ordered(task, starts, n_workers, bar):
+            for result in imap_ordered(task, starts, n_workers, bar):
                 if stats:
                     running.add(result)
         return running
@@ -811,32 +762,26 @@ class CoatesNgFeatures(TransformerMixin, BaseEstimator):
 
     # ---- model files
 
-    def save(self, path):
-        """Write the fitted extractor to ``path``; read it back with :func:`fastzsl.load`."""
-        from .persistence import save_archive
-
-        check_is_fitted(self, ["centroids_", "feature_mean_", "feature_scale_"])
+    def _export(self):
         params = self.get_params()
         params["dtype"] = np.dtype(self.dtype).name
         if not isinstance(params["random_state"], (numbers.Integral, type(None))):
             params["random_state"] = None  # a Generator is not part of the fitted model
-        meta = {"estimator": "CoatesNgFeatures", "params": params,
-                "image_shape": list(self.image_shape_), "n_patches": int(self.n_patches_)}
-        arrays = {name: getattr(self, name) for name in _FITTED_ARRAYS}
-        save_archive(path, meta, arrays)
+        meta = {"params": params, "image_shape": list(self.image_shape_),
+                "n_patches": int(self.n_patches_)}
+        return meta, {name: getattr(self, name) for name in _FITTED_ARRAYS}
+
+    @classmethod
+    def _restore(cls, meta, arrays):
+        params = dict(meta["params"])
+        params["dtype"] = np.dtype(params["dtype"]).type
+        model = cls(**params)
+        for name in _FITTED_ARRAYS:
+            setattr(model, name, arrays[name])
+        model.image_shape_ = tuple(meta["image_shape"])
+        model.n_patches_ = meta["n_patches"]
+        model.n_features_out_ = 8 * model.centroids_.shape[0]
+        return model
 
 
 _FITTED_ARRAYS = ("mean_patch_", "whiten_", "centroids_", "feature_mean_", "feature_scale_")
-
-
-def restore_features(meta, arrays) -> CoatesNgFeatures:
-    """Rebuild a fitted :class:`CoatesNgFeatures` from a model file's contents."""
-    params = dict(meta["params"])
-    params["dtype"] = np.dtype(params["dtype"]).type
-    model = CoatesNgFeatures(**params)
-    for name in _FITTED_ARRAYS:
-        setattr(model, name, arrays[name])
-    model.image_shape_ = tuple(meta["image_shape"])
-    model.n_patches_ = meta["n_patches"]
-    model.n_features_out_ = 8 * model.centroids_.shape[0]
-    return model

@@ -17,9 +17,9 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._array import like
+from ._model_files import SaveMixin
 from ._validation import as_float_matrix, as_float_vector, check_same_width
-from ._threads import thread_limits, uses_n_jobs
-from .backends import get_backend
+from .backends import get_backend, thread_limits, uses_n_jobs
 
 # Rows per call when the full (n, C) matrix is needed, to bound its memory.
 CHUNK_ROWS = 1 << 15
@@ -117,7 +117,7 @@ RULES = ("paper", "mixture")
 VARIANCES = ("class", "reference_code")
 
 
-class GaussianNovelty(OutlierMixin, BaseEstimator):
+class GaussianNovelty(SaveMixin, OutlierMixin, BaseEstimator):
     """Per-class isotropic Gaussians in the semantic space as a novelty detector.
 
     Each seen class c gets N(mu_c, sigma_c^2 I) with sigma_c^2 = sum_{i in c}
@@ -303,12 +303,31 @@ class GaussianNovelty(OutlierMixin, BaseEstimator):
             unseen = self._reduce(F, thresholds=T).all_below
         return np.where(unseen, -1, 1)
 
-    def save(self, path):
-        """Write the fitted detector to ``path`` (see :func:`fastzsl.load`)."""
-        from .persistence import save_estimator
+    # ------------------------------------------------------------------ model files
+    def _export(self):
+        meta = {"params": self.get_params(), "classes": self.classes_.tolist()}
+        arrays = {"means": self.means_, "variances": self.variances_, "priors": self.priors_}
+        if self.rule == "paper":
+            arrays["train_scores"] = np.concatenate(self._train_scores)
+            arrays["train_counts"] = np.array([len(s) for s in self._train_scores])
+        else:
+            arrays["train_scores"] = self._train_scores
+        return meta, arrays
 
-        check_is_fitted(self)
-        save_estimator(path, "GaussianNovelty", *export_gaussian(self))
+    @classmethod
+    def _restore(cls, meta, arrays):
+        model = cls(**meta["params"])
+        model.classes_ = np.asarray(meta["classes"])
+        model.means_, model.variances_, model.priors_ = (
+            arrays["means"], arrays["variances"], arrays["priors"])
+        model.n_features_in_ = model.means_.shape[1]
+        model.offset_ = 1.0 - model.default_threshold
+        if model.rule == "paper":
+            bounds = np.cumsum(arrays["train_counts"])[:-1]
+            model._train_scores = np.split(arrays["train_scores"], bounds)
+        else:
+            model._train_scores = arrays["train_scores"]
+        return model
 
 
 def _fraction_above(sorted_scores, values):
@@ -333,29 +352,3 @@ def _score_threshold(sorted_scores, threshold):
     if m < 1:
         return np.inf
     return float(sorted_scores[n - m])
-
-
-def export_gaussian(model: GaussianNovelty):
-    meta = {"params": model.get_params(), "classes": model.classes_.tolist()}
-    arrays = {"means": model.means_, "variances": model.variances_, "priors": model.priors_}
-    if model.rule == "paper":
-        arrays["train_scores"] = np.concatenate(model._train_scores)
-        arrays["train_counts"] = np.array([len(s) for s in model._train_scores])
-    else:
-        arrays["train_scores"] = model._train_scores
-    return meta, arrays
-
-
-def restore_gaussian(meta, arrays) -> GaussianNovelty:
-    model = GaussianNovelty(**meta["params"])
-    model.classes_ = np.asarray(meta["classes"])
-    model.means_, model.variances_, model.priors_ = (
-        arrays["means"], arrays["variances"], arrays["priors"])
-    model.n_features_in_ = model.means_.shape[1]
-    model.offset_ = 1.0 - model.default_threshold
-    if model.rule == "paper":
-        bounds = np.cumsum(arrays["train_counts"])[:-1]
-        model._train_scores = np.split(arrays["train_scores"], bounds)
-    else:
-        model._train_scores = arrays["train_scores"]
-    return model

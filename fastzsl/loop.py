@@ -37,9 +37,9 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._array import like
+from ._model_files import SaveMixin
 from ._validation import as_float_matrix, check_k, check_positive_number, check_same_width
-from ._threads import thread_limits, uses_n_jobs
-from .backends import get_backend
+from .backends import get_backend, thread_limits, uses_n_jobs
 from .neighbors import make_index
 
 SCORING = ("neighbors", "stream")
@@ -153,7 +153,7 @@ def loop_score(D, I, fit: LoOPFit, *, scoring="neighbors", backend="auto", n_job
         return kernels.loop_score(D, I, fit.pdist, fit.nplof, fit.extent, ev_override)
 
 
-class LoOP(OutlierMixin, BaseEstimator):
+class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
     """Local Outlier Probabilities of new points against a reference set.
 
     Parameters
@@ -265,31 +265,24 @@ class LoOP(OutlierMixin, BaseEstimator):
         probabilities = np.asarray(self.outlier_probability(X))
         return np.where(probabilities > threshold, -1, 1)
 
-    def save(self, path):
-        """Write the fitted detector, reference set included, to ``path`` (see :func:`fastzsl.load`)."""
-        from .persistence import save_estimator
+    # ------------------------------------------------------------------ model files
+    def _export(self):
+        """(metadata, arrays) of the fitted detector, the reference set included."""
+        fit = self.fit_
+        meta = {"params": self.get_params(), "nplof": fit.nplof, "extent": fit.extent,
+                "mean_expected_pdist": fit.mean_expected_pdist}
+        arrays = {"reference": self.index_.reference, "pdist": fit.pdist, "plof": fit.plof,
+                  "probabilities": fit.probabilities}
+        return meta, arrays
 
-        check_is_fitted(self)
-        save_estimator(path, "LoOP", *export_loop(self))
-
-
-def export_loop(model: LoOP):
-    """(metadata, arrays) of a fitted LoOP, for model files (the reference set included)."""
-    fit = model.fit_
-    meta = {"params": model.get_params(), "nplof": fit.nplof, "extent": fit.extent,
-            "mean_expected_pdist": fit.mean_expected_pdist}
-    arrays = {"reference": model.index_.reference, "pdist": fit.pdist, "plof": fit.plof,
-              "probabilities": fit.probabilities}
-    return meta, arrays
-
-
-def restore_loop(meta, arrays) -> LoOP:
-    model = LoOP(**meta["params"])
-    reference = arrays["reference"]
-    model._build_index(reference)
-    model.fit_ = LoOPFit(arrays["pdist"], arrays["plof"], meta["nplof"], arrays["probabilities"],
-                         meta["mean_expected_pdist"], meta["extent"])
-    model.probabilities_ = model.fit_.probabilities
-    model.n_features_in_ = reference.shape[1]
-    model.offset_ = 0.5
-    return model
+    @classmethod
+    def _restore(cls, meta, arrays):
+        model = cls(**meta["params"])
+        reference = arrays["reference"]
+        model._build_index(reference)
+        model.fit_ = LoOPFit(arrays["pdist"], arrays["plof"], meta["nplof"],
+                             arrays["probabilities"], meta["mean_expected_pdist"], meta["extent"])
+        model.probabilities_ = model.fit_.probabilities
+        model.n_features_in_ = reference.shape[1]
+        model.offset_ = 0.5
+        return model

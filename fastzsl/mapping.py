@@ -22,6 +22,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ._model_files import SaveMixin
+from ._optional import import_torch
 from ._training import minimize, predict_in_chunks, resolve_optimizer
 from ._validation import as_float_matrix, check_same_width
 
@@ -29,7 +31,7 @@ from ._validation import as_float_matrix, check_same_width
 def build_network(n_features: int, hidden: int, n_outputs: int):
     """The two-layer tanh network (``hidden > 0``) or the linear map (``hidden == 0``) as a
     torch ``nn.Module``."""
-    import torch
+    torch = import_torch()
 
     class MappingNetwork(torch.nn.Module):
         """f(x) = output(tanh(hidden(x))), or output(x) without a hidden layer."""
@@ -63,7 +65,7 @@ def targets_for(y, class_vectors):
     return W[y]
 
 
-class SemanticMapper(TransformerMixin, BaseEstimator):
+class SemanticMapper(SaveMixin, TransformerMixin, BaseEstimator):
     """Two-layer tanh (or linear) network from image features to the word-vector space (torch).
 
     Parameters
@@ -126,7 +128,7 @@ class SemanticMapper(TransformerMixin, BaseEstimator):
             Labels (keys of ``class_vectors``), or row indices when it is an array.
         class_vectors : dict or array-like of shape (C, d)
         """
-        import torch
+        torch = import_torch()
 
         hidden = self.hidden
         if isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 0:
@@ -189,23 +191,21 @@ class SemanticMapper(TransformerMixin, BaseEstimator):
     def fit_transform(self, X, y=None, class_vectors=None):
         return self.fit(X, y, class_vectors).transform(X)
 
+    # ------------------------------------------------------------------ model files
+    def _export(self):
+        meta = {"params": self.get_params(), "n_features_in": self.n_features_in_,
+                "n_outputs": self.n_outputs_, "optimizer": self.optimizer_,
+                "loss_curve": list(self.loss_curve_)}
+        arrays = {name: t.detach().numpy() for name, t in self.module_.state_dict().items()}
+        return meta, arrays
 
-def export_mapper(mapper: SemanticMapper):
-    """(metadata, arrays) of a fitted mapper, for model files."""
-    meta = {"params": mapper.get_params(), "n_features_in": mapper.n_features_in_,
-            "n_outputs": mapper.n_outputs_, "optimizer": mapper.optimizer_,
-            "loss_curve": list(mapper.loss_curve_)}
-    arrays = {name: t.detach().numpy() for name, t in mapper.module_.state_dict().items()}
-    return meta, arrays
-
-
-def restore_mapper(meta, arrays) -> SemanticMapper:
-    import torch
-
-    mapper = SemanticMapper(**meta["params"])
-    mapper.n_features_in_, mapper.n_outputs_ = meta["n_features_in"], meta["n_outputs"]
-    mapper.optimizer_, mapper.loss_curve_ = meta["optimizer"], meta["loss_curve"]
-    mapper.module_ = build_network(mapper.n_features_in_, mapper.hidden, mapper.n_outputs_)
-    mapper.module_.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
-    mapper.module_.eval()
-    return mapper
+    @classmethod
+    def _restore(cls, meta, arrays):
+        torch = import_torch()
+        mapper = cls(**meta["params"])
+        mapper.n_features_in_, mapper.n_outputs_ = meta["n_features_in"], meta["n_outputs"]
+        mapper.optimizer_, mapper.loss_curve_ = meta["optimizer"], meta["loss_curve"]
+        mapper.module_ = build_network(mapper.n_features_in_, mapper.hidden, mapper.n_outputs_)
+        mapper.module_.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+        mapper.module_.eval()
+        return mapper

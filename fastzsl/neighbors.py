@@ -17,9 +17,9 @@ import math
 import numpy as np
 
 from ._array import like
-from ._threads import thread_limits
+from ._optional import import_faiss
 from ._validation import as_float_matrix, check_k, check_same_width
-from .backends import get_backend
+from .backends import get_backend, thread_limits
 
 logger = logging.getLogger(__name__)
 
@@ -263,17 +263,6 @@ def _check_queries(queries, index, exclude_self):
     if Q.dtype != index.reference.dtype:
         Q = Q.astype(index.reference.dtype)
     return Q
-
-
-def import_faiss():
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ImportError(
-            f"kNN methods 'faiss' and 'ivf' need faiss ({exc}); "
-            "install it with: pip install 'fastzsl[faiss]'"
-        ) from None
-    return faiss
 
 
 def make_index(reference, *, method="exact", backend="auto", nlist=None, nprobe=None):

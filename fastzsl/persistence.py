@@ -1,137 +1,43 @@
-"""Model files that are safe to load: JSON metadata and raw arrays in one zip archive.
+"""``fastzsl.load``: read any fastzsl model file back into its fitted estimator.
 
-Nothing is ever unpickled: arrays are read with ``allow_pickle=False`` and every array's
-SHA-256 is checked against the metadata, so a corrupt, truncated or tampered file is
-refused with a ValueError that says which part is wrong. Writes go to a temporary file
-that replaces the target only when complete and on disk (``fastzsl._files``), so an
-interrupted save, or a power loss after it returns, loses nothing.
+The format (JSON metadata and raw arrays in a zip, checksummed, never unpickled) and the
+save protocol live in :mod:`fastzsl._model_files`; this module maps the estimator name a
+file records to the class that restores it.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import zipfile
-from pathlib import Path
+import importlib
 
-import numpy as np
+from ._model_files import FORMAT, FORMAT_VERSION, load_archive, save_archive
 
-from ._files import write_atomically
+__all__ = ["FORMAT", "FORMAT_VERSION", "RESTORERS", "load", "load_archive", "save_archive"]
 
-FORMAT = "fastzsl-model"
-FORMAT_VERSION = 1
-_METADATA = "metadata.json"
-
-
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def save_archive(path, metadata: dict, arrays: dict) -> None:
-    """Write ``metadata`` (JSON-serialisable) and named NumPy arrays to ``path``."""
-    path = Path(path)
-    manifest = {}
-    for name, array in arrays.items():
-        array = np.asarray(array)
-        if array.dtype.kind == "O":
-            raise TypeError(f"array {name!r} has dtype object; model files hold plain arrays only")
-        manifest[name] = {"sha256": _digest(array), "shape": list(array.shape),
-                          "dtype": array.dtype.str}
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": metadata,
-              "arrays": manifest}
-
-    def write(raw):
-        with zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(_METADATA, json.dumps(header, indent=1, sort_keys=True))
-            for name, array in arrays.items():
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
-                zf.writestr(f"arrays/{name}.npy", buffer.getvalue())
-
-    write_atomically(path, write)
-
-
-def load_archive(path):
-    """Read and verify a model file: returns ``(metadata, arrays)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if _METADATA not in names:
-                raise ValueError(f"{path} is not a fastzsl model file (no {_METADATA})")
-            try:
-                header = json.loads(zf.read(_METADATA))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValueError(f"{path}: {_METADATA} is not valid JSON ({exc})") from None
-            if not isinstance(header, dict) or header.get("format") != FORMAT:
-                raise ValueError(f"{path} is not a fastzsl model file (format "
-                                 f"{header.get('format') if isinstance(header, dict) else None!r})")
-            version = header.get("format_version")
-            if version != FORMAT_VERSION:
-                raise ValueError(f"{path} has model format version {version}; this fastzsl "
-                                 f"reads version {FORMAT_VERSION}")
-            manifest = header.get("arrays", {})
-            stored = {n[len("arrays/"):-len(".npy")] for n in names if n.startswith("arrays/")}
-            if stored != set(manifest):
-                raise ValueError(
-                    f"{path}: arrays in the file {sorted(stored)} do not match the metadata "
-                    f"{sorted(manifest)}")
-            arrays = {}
-            for name, info in manifest.items():
-                with zf.open(f"arrays/{name}.npy") as f:
-                    array = np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
-                if _digest(array) != info["sha256"] or list(array.shape) != info["shape"] \
-                        or array.dtype.str != info["dtype"]:
-                    raise ValueError(
-                        f"{path}: array {name!r} does not match its checksum: the file is "
-                        "corrupt or was modified")
-                arrays[name] = array
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"{path} is corrupt or truncated ({exc})") from None
-    except (zipfile.LargeZipFile, EOFError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"{path} could not be read as a model file ({exc})") from None
-    return header["metadata"], arrays
-
-
-# estimator name in a file's metadata -> "module:function" that rebuilds it
+# estimator name in a file's metadata -> "module:Class" whose ``_restore`` rebuilds it
 RESTORERS = {
-    "ZeroShotClassifier": "fastzsl.zeroshot:ZeroShotClassifier._restore",
-    "CoatesNgFeatures": "fastzsl.features:restore_features",
-    "LoOP": "fastzsl.loop:restore_loop",
-    "GaussianNovelty": "fastzsl.gaussian:restore_gaussian",
+    "ZeroShotClassifier": "fastzsl.zeroshot:ZeroShotClassifier",
+    "CoatesNgFeatures": "fastzsl.features:CoatesNgFeatures",
+    "LoOP": "fastzsl.loop:LoOP",
+    "GaussianNovelty": "fastzsl.gaussian:GaussianNovelty",
+    "SemanticMapper": "fastzsl.mapping:SemanticMapper",
+    "SoftmaxClassifier": "fastzsl.softmax:SoftmaxClassifier",
 }
-
-
-def save_estimator(path, estimator: str, metadata: dict, arrays: dict) -> None:
-    """Write an estimator's exported parts as a model file that :func:`load` restores."""
-    from . import __version__
-
-    save_archive(path, {"estimator": estimator, "fastzsl_version": __version__, **metadata},
-                 arrays)
 
 
 def load(path):
     """Load a model file written by a fastzsl ``save`` method (nothing is unpickled).
 
     Returns the estimator the file holds (a ``ZeroShotClassifier``, ``LoOP``,
-    ``GaussianNovelty`` or ``CoatesNgFeatures``), fitted as it was saved.
+    ``GaussianNovelty``, ``CoatesNgFeatures``, ``SemanticMapper`` or ``SoftmaxClassifier``),
+    fitted as it was saved.
     """
-    import importlib
-
     meta, arrays = load_archive(path)
     kind = meta.get("estimator") if isinstance(meta, dict) else None
     if kind not in RESTORERS:
         raise ValueError(f"{path} holds an unknown estimator {kind!r}; "
                          f"fastzsl reads {sorted(RESTORERS)}")
-    module, attr = RESTORERS[kind].split(":")
-    restore = importlib.import_module(module)
-    for part in attr.split("."):
-        restore = getattr(restore, part)
+    module, name = RESTORERS[kind].split(":")
+    cls = getattr(importlib.import_module(module), name)
     try:
-        return restore(meta, arrays)
+        return cls._restore(meta, arrays)
     except (KeyError, TypeError, IndexError, AttributeError) as exc:
         raise ValueError(f"{path} is missing or has malformed model parts ({exc!r})") from None

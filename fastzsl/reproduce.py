@@ -554,7 +554,7 @@ def reproduce(dataset="fashion-mnist", *, data_dir=None, seeds=3, out="results",
         log(f"  pair {pair[0]} / {pair[1]}: 2-way zero-shot accuracy "
             f"{_pm(sweep[-1]['accuracy'])} ({sweep[-1]['seconds']} s)")
 
-    from .cli import machine_description
+    from ._platform import machine_description
 
     results = {
         "command": _command_line(dataset, data_dir, n_seeds, out, quick, unseen, st),

@@ -13,11 +13,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ._model_files import SaveMixin
+from ._optional import import_torch
 from ._training import minimize, predict_in_chunks, resolve_optimizer
 from ._validation import as_float_matrix, check_same_width
 
 
-class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
+class SoftmaxClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     """Softmax regression over the seen classes, P(y | seen, x).
 
     Parameters
@@ -49,7 +51,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self.progress = progress
 
     def fit(self, X, y):
-        import torch
+        torch = import_torch()
 
         X = as_float_matrix(X, "X", dtype=np.float32)
         y = np.asarray(y)
@@ -75,7 +77,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X):
         """P(y | seen, x): shape (n, C), columns in ``classes_`` order, float64."""
-        import torch
+        torch = import_torch()
 
         check_is_fitted(self)
         X = as_float_matrix(X, "X", dtype=np.float32)
@@ -86,17 +88,17 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
+    # ------------------------------------------------------------------ model files
+    def _export(self):
+        meta = {"params": self.get_params(), "classes": self.classes_.tolist(),
+                "optimizer": self.optimizer_, "loss_curve": list(self.loss_curve_)}
+        return meta, {"coef": self.coef_}
 
-def export_softmax(model: SoftmaxClassifier):
-    meta = {"params": model.get_params(), "classes": model.classes_.tolist(),
-            "optimizer": model.optimizer_, "loss_curve": list(model.loss_curve_)}
-    return meta, {"coef": model.coef_}
-
-
-def restore_softmax(meta, arrays) -> SoftmaxClassifier:
-    model = SoftmaxClassifier(**meta["params"])
-    model.classes_ = np.asarray(meta["classes"])
-    model.coef_ = arrays["coef"]
-    model.n_features_in_ = model.coef_.shape[0]
-    model.optimizer_, model.loss_curve_ = meta["optimizer"], meta["loss_curve"]
-    return model
+    @classmethod
+    def _restore(cls, meta, arrays):
+        model = cls(**meta["params"])
+        model.classes_ = np.asarray(meta["classes"])
+        model.coef_ = arrays["coef"]
+        model.n_features_in_ = model.coef_.shape[0]
+        model.optimizer_, model.loss_curve_ = meta["optimizer"], meta["loss_curve"]
+        return model

@@ -26,16 +26,15 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from . import __version__
-from ._threads import uses_n_jobs
+from ._model_files import SaveMixin, pack_parts, unpack_part
 from ._validation import as_float_matrix, check_same_width
+from .backends import uses_n_jobs
 from .embeddings import class_vectors as lookup_class_vectors
-from .gaussian import GaussianNovelty, export_gaussian, gaussian_loglik, restore_gaussian
-from .loop import LoOP, export_loop, restore_loop
-from .mapping import SemanticMapper, export_mapper, restore_mapper
+from .gaussian import GaussianNovelty, gaussian_loglik
+from .loop import LoOP
+from .mapping import SemanticMapper
 from .metrics import gzsl_scores, zero_shot_accuracies
-from .persistence import save_archive
-from .softmax import SoftmaxClassifier, export_softmax, restore_softmax
+from .softmax import SoftmaxClassifier
 
 NOVELTY = ("loop", "gaussian")
 COMBINE = ("soft", "hard")
@@ -50,7 +49,7 @@ class UnknownClassError(KeyError, ValueError):
         return str(self.args[0])
 
 
-class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
+class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     """Zero-shot classification with novelty detection (Socher et al. 2013).
 
     Parameters
@@ -353,36 +352,25 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         }
 
     # ------------------------------------------------------------------ model files
-    def save(self, path):
-        """Write the fitted model to ``path`` (see :func:`fastzsl.load`)."""
-        check_is_fitted(self)
+    def _export(self):
         params = self.get_params()
         params["class_vectors"] = None  # stored as the class_vectors array instead
-        meta = {"estimator": "ZeroShotClassifier", "fastzsl_version": __version__,
-                "params": params, "classes": self.classes_.tolist(),
-                "n_seen": len(self.seen_classes_), "unseen_variance": self.unseen_variance_,
-                "n_features_in": self.n_features_in_}
-        arrays = {"class_vectors": self.class_vectors_}
-        parts = {"mapper": export_mapper(self.mapper_),
-                 "softmax": export_softmax(self.seen_classifier_)}
+        parts = {"mapper": self.mapper_._export(), "softmax": self.seen_classifier_._export()}
         if isinstance(self.detector_, dict):
             for i, detector in enumerate(self.detector_.values()):
-                parts[f"detector{i}"] = export_loop(detector)
-        elif isinstance(self.detector_, LoOP):
-            parts["detector"] = export_loop(self.detector_)
+                parts[f"detector{i}"] = detector._export()
         else:
-            parts["detector"] = export_gaussian(self.detector_)
-        for name, (part_meta, part_arrays) in parts.items():
-            meta[name] = part_meta
-            arrays.update({f"{name}.{key}": value for key, value in part_arrays.items()})
-        save_archive(path, meta, arrays)
+            parts["detector"] = self.detector_._export()
+        meta, arrays = pack_parts(parts)
+        meta.update(params=params, classes=self.classes_.tolist(), n_seen=len(self.seen_classes_),
+                    unseen_variance=self.unseen_variance_, n_features_in=self.n_features_in_)
+        arrays["class_vectors"] = self.class_vectors_
+        return meta, arrays
 
     @classmethod
     def _restore(cls, meta, arrays):
         def part(name):
-            prefix = name + "."
-            return meta[name], {k[len(prefix):]: v for k, v in arrays.items()
-                                if k.startswith(prefix)}
+            return unpack_part(meta, arrays, name)
 
         classes = meta["classes"]
         n_seen = meta["n_seen"]
@@ -395,14 +383,14 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         model.class_vectors_ = vectors
         model.unseen_variance_ = meta["unseen_variance"]
         model.n_features_in_ = meta["n_features_in"]
-        model.mapper_ = restore_mapper(*part("mapper"))
-        model.seen_classifier_ = restore_softmax(*part("softmax"))
+        model.mapper_ = SemanticMapper._restore(*part("mapper"))
+        model.seen_classifier_ = SoftmaxClassifier._restore(*part("softmax"))
         if model.novelty == "gaussian":
-            model.detector_ = restore_gaussian(*part("detector"))
+            model.detector_ = GaussianNovelty._restore(*part("detector"))
         elif model.loop_per_class:
-            model.detector_ = {c: restore_loop(*part(f"detector{i}"))
+            model.detector_ = {c: LoOP._restore(*part(f"detector{i}"))
                                for i, c in enumerate(model.seen_classes_)}
         else:
-            model.detector_ = restore_loop(*part("detector"))
+            model.detector_ = LoOP._restore(*part("detector"))
         return model
 

@@ -1,18 +1,19 @@
 import numpy as np
 import pytest
 
+from fastzsl.backends import backend_status
 from fastzsl.testing import BACKENDS, DTYPES, backend_is_available
 
 
 def _backend_params():
     params = []
+    status = backend_status()
     for name in BACKENDS:
         if backend_is_available(name):
             params.append(pytest.param(name, id=name))
         else:
-            from fastzsl.backends import _load
             params.append(pytest.param(name, id=name, marks=pytest.mark.skip(
-                reason=f"backend {name!r} unavailable: {_load(name)[1]}")))
+                reason=f"backend {name!r} unavailable: {status[name]}")))
     return params
 
 

@@ -165,7 +165,8 @@ def test_transform_deterministic_and_batch_independent(gray):
     X, est = gray
     ref = est.transform(X)
     np.testing.assert_array_equal(est.transform(X), ref)
-    for bs, jobs in [(1, 1), (7, 2), (1000, 1)]:
+    # n_jobs follows fastzsl's one rule (negative counts back from the cores, as in sklearn)
+    for bs, jobs in [(1, 1), (7, 2), (1000, 1), (3, -1), (5, -2)]:
         est.set_params(batch_size=bs, n_jobs=jobs)
         np.testing.assert_allclose(est.transform(X), ref, rtol=1e-6, atol=1e-6)
     est.set_params(batch_size=None, n_jobs=None)
@@ -175,6 +176,14 @@ def test_transform_deterministic_and_batch_independent(gray):
     # refitting with the same seed reproduces the model, whatever the threads
     again = _est(n_jobs=1, batch_size=5).fit(X)
     np.testing.assert_allclose(again.centroids_, est.centroids_, atol=1e-5)
+
+
+def test_n_jobs_errors_follow_the_thread_rule(gray):
+    X, _ = gray
+    with pytest.raises(ValueError, match="n_jobs=0 runs nothing"):
+        _est(n_jobs=0).fit(X)
+    with pytest.raises(ValueError, match="leaves no thread"):
+        _est(n_jobs=-1000).fit(X)
 
 
 def test_standardised_training_features(gray):

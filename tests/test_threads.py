@@ -6,7 +6,9 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastzsl
 from fastzsl import GaussianNovelty, LoOP, gaussian_loglik, knn, loop_fit, loop_score
-from fastzsl._threads import cpu_count, resolve_n_jobs, thread_limits
+from fastzsl._platform import cpu_count
+from fastzsl._threads import resolve_n_jobs
+from fastzsl.backends import thread_limits
 from fastzsl.testing import backend_is_available, make_blobs
 
 threads_cpu = pytest.importorskip("fastzsl._ext.threads_cpu",

@@ -7,10 +7,14 @@ cannot load raises :class:`BackendUnavailableError` naming what to install; only
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import logging
 from functools import lru_cache
 
+from .. import _threads
+from .._optional import import_faiss
 from ._base import KernelSet
 
 logger = logging.getLogger(__name__)
@@ -74,7 +78,36 @@ def get_backend(name: str) -> KernelSet:
     return kernels
 
 
+def backend_status() -> dict[str, str]:
+    """Every registered backend -> "" where it loads here, else why not (what to install)."""
+    order = list(AUTO_ORDER) + [n for n in _REGISTRY if n not in AUTO_ORDER]
+    return {name: _load(name)[1] for name in order}
+
+
 def available_backends() -> list[str]:
     """Names of the backends that load on this machine, fastest first."""
-    order = list(AUTO_ORDER) + [n for n in _REGISTRY if n not in AUTO_ORDER]
-    return [name for name in order if _load(name)[0] is not None]
+    return [name for name, reason in backend_status().items() if not reason]
+
+
+@contextlib.contextmanager
+def thread_limits(n_jobs, *, backend="auto", knn=None):
+    """``fastzsl._threads.thread_limits`` for a body that runs ``backend`` (and faiss, for the
+    kNN methods "faiss" and "ivf"): their libraries are loaded first, so they are set too."""
+    if _threads.resolve_n_jobs(n_jobs) is not None:
+        get_backend(backend)
+        if knn in ("faiss", "ivf"):
+            import_faiss()
+    with _threads.thread_limits(n_jobs) as threads:
+        yield threads
+
+
+def uses_n_jobs(method):
+    """Decorator for estimator methods: run under ``thread_limits(self.n_jobs)``, with the
+    estimator's ``backend`` and ``knn`` (where it has them) loaded first."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        knn = getattr(self, "knn", None)
+        with thread_limits(self.n_jobs, backend=getattr(self, "backend", "auto"),
+                           knn="exact" if knn == "auto" else knn):
+            return method(self, *args, **kwargs)
+    return wrapper
