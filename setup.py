@@ -1,7 +1,9 @@
-"""Builds the Cython/OpenMP CPU kernels from csrc/cpu/<op>_cpu.pyx into fastzsl._ext.
+"""Builds the Cython/OpenMP CPU kernels from csrc/cpu/<op>_cpu.pyx into fastzsl._ext, and
+lists the packages: every package under fastzsl/ (found), plus fastzsl.cuda, the CUDA
+sources in csrc/cuda shipped as package data (pyproject.toml maps the folder).
 
-Every ``csrc/cpu/*_cpu.pyx`` becomes ``fastzsl._ext.<op>_cpu``: adding a kernel file needs
-no edit here. Flags are portable (-O3, OpenMP); set FASTZSL_NATIVE=1 to add -march=native.
+Every ``csrc/cpu/*_cpu.pyx`` becomes ``fastzsl._ext.<op>_cpu``: adding a kernel file or a
+subpackage needs no edit here. Flags are portable (-O3, OpenMP); set FASTZSL_NATIVE=1 to add -march=native.
 """
 import glob
 import os
@@ -9,7 +11,7 @@ import sys
 
 import numpy as np
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 compile_args = ["-O3", "-fopenmp"]
 link_args = ["-fopenmp"]
@@ -33,6 +35,7 @@ extensions = [
 ]
 
 setup(
+    packages=find_packages(include=["fastzsl", "fastzsl.*"]) + ["fastzsl.cuda"],
     ext_modules=cythonize(
         extensions,
         include_path=["csrc/cpu"],  # shared .pxd helpers (gemm_tiles.pxd)

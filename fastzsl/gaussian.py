@@ -81,8 +81,7 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
     differences, as are the near-ties of the argmax and (float32) the entries next to a
     threshold. So:
 
-    - values are within 2^-40 (float64) or 2^-15 (float32) relative of the float64 sum
-      (previously float32 results were that sum rounded once to float32);
+    - values are within 2^-40 (float64) or 2^-15 (float32) relative of the float64 sum;
     - argmax and all_below equal the reference's wherever its margin exceeds that bound
       (float64) or the sums' own rounding (float32); exact ties go to the first class;
     - logsumexp leaves out terms more than 64 below the row's largest (together less than
