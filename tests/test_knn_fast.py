@@ -4,7 +4,7 @@ The kernels keep candidates on ||r||^2 - 2 q.r computed with BLAS and re-rank th
 by direct differences; a margin too small would silently drop true neighbours. Every case
 checks the result against the NumPy reference (within the usual tolerances, neighbour sets
 up to ties) and bit for bit against the direct kernel ``knn_direct`` (the pre-GEMM
-algorithm) and, when available, the numba backend (same distance formula); self-searches
+algorithm) and, when available, the numba backend (the same direct kernel); self-searches
 also check the symmetric self-join ``knn_self`` bit for bit.
 """
 import numpy as np
@@ -35,8 +35,8 @@ def _check(Q, R, k, self_offset=-1):
     np.testing.assert_array_equal(D, D_dir)
     np.testing.assert_array_equal(I, I_dir)
     if backend_is_available("numba"):
-        from fastzsl.backends import numba_
-        D_nb, I_nb = numba_.knn(Q, R, k, self_offset)
+        from fastzsl.backends.numba.knn import knn as numba_knn
+        D_nb, I_nb = numba_knn(Q, R, k, self_offset)
         np.testing.assert_array_equal(D, D_nb)
         np.testing.assert_array_equal(I, I_nb)
     if self_offset >= 0:
