@@ -1,6 +1,7 @@
-r"""Shared set-up of the GEMM-form Gaussian log-likelihood kernels (cython and numba).
+r"""Set-up of the GEMM-form Gaussian log-likelihood kernel (the cython backend,
+``csrc/cpu/gaussian_kernels_impl.h``).
 
-Both compiled backends compute
+The kernel computes
 
 .. math::
 
@@ -17,7 +18,7 @@ double, and accept :math:`\tilde L_{ic}` only where its error bound
     K = 2\bigl((d + 6)u + (d + 20)u'\bigr)
 
 is at most ``acc`` :math:`\lvert\tilde L_{ic}\rvert`; every other entry is recomputed by
-the direct double sum of squared differences (:math:`L^{dir}`, the old kernel's value).
+the direct double sum of squared differences (:math:`L^{dir}`, what the direct kernels compute).
 :math:`u` is the unit roundoff of the input dtype, :math:`u' = 2^{-53}`.
 
 Why :math:`\lvert\tilde L - L^{dir}\rvert \le \beta` (first order in u; the factor 2 in K
