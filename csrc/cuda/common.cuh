@@ -3,7 +3,7 @@
 // These files are compiled at run time by NVRTC (cupy.RawModule), which has no host
 // standard library: no <cmath>, <cstdio>, <limits> or INFINITY/NAN macros here. Only CUDA
 // device built-ins (sqrt, erf, exp, log, fma, __int_as_float, ...) are used.
-// fastzsl/_cuda.py inlines this header into each kernel source before compiling, so the
+// fastzsl/backends/cupy/_loader.py inlines this header into each kernel source before compiling, so the
 // CuPy kernel cache sees its text; nvcc finds it next to the .cu file.
 #ifndef FASTZSL_COMMON_CUH
 #define FASTZSL_COMMON_CUH

@@ -15,10 +15,26 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
+# --- constants the kernels are compiled with ---------------------------------------------
+# Rows of the shared-memory sub-tile whose distances a thread accumulates at once
+# (reference rows in kNN, classes in the Gaussian kernel).
+TILE_ROWS = 32
+# Dimensions per sub-tile chunk, by dtype.
+TILE_DIMS = {np.dtype(np.float32): 32, np.dtype(np.float64): 16}
+# The most threads per block of the kNN and Gaussian kernels (their __launch_bounds__).
+MAX_BLOCK_THREADS = 128
+# The most splits of one reference chunk over blocks; the merge kernel takes these lists
+# plus the state carried over from earlier chunks.
+KNN_MAX_SPLITS = 64
+# Threads per block of the LoOP reduction kernels.
+REDUCE_THREADS = 256
+
 # The options every module is compiled with (CuPy adds the target architecture).
 OPTIONS = ("-std=c++17",)
 
-_SOURCE_TREE = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
+_SOURCE_TREE = Path(__file__).resolve().parents[3] / "csrc" / "cuda"
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
