@@ -8,6 +8,22 @@
 #ifndef FASTZSL_COMMON_CUH
 #define FASTZSL_COMMON_CUH
 
+// Constants shared with the Python launchers are defined only in
+// fastzsl/backends/cupy/_loader.py, which prepends them to the source as #define lines (nvcc
+// builds take them as -D flags from the same place).
+#ifndef FASTZSL_TILE_ROWS
+#error "FASTZSL_TILE_ROWS must be defined by the loader"
+#endif
+#ifndef FASTZSL_TILE_DIMS_F32
+#error "FASTZSL_TILE_DIMS_F32 must be defined by the loader"
+#endif
+#ifndef FASTZSL_TILE_DIMS_F64
+#error "FASTZSL_TILE_DIMS_F64 must be defined by the loader"
+#endif
+#ifndef FASTZSL_MAX_BLOCK_THREADS
+#error "FASTZSL_MAX_BLOCK_THREADS must be defined by the loader"
+#endif
+
 namespace fastzsl {
 
 __device__ __forceinline__ float inf_f32() { return __int_as_float(0x7f800000); }

@@ -15,11 +15,11 @@
 namespace fastzsl {
 namespace gaussian {
 
-constexpr int RS = 32;  // classes per sub-tile
+constexpr int RS = FASTZSL_TILE_ROWS;  // classes per sub-tile
 
 template <typename T> struct Tile;
-template <> struct Tile<float> { static constexpr int DC = 32; };
-template <> struct Tile<double> { static constexpr int DC = 16; };
+template <> struct Tile<float> { static constexpr int DC = FASTZSL_TILE_DIMS_F32; };
+template <> struct Tile<double> { static constexpr int DC = FASTZSL_TILE_DIMS_F64; };
 
 extern __shared__ __align__(16) unsigned char smem_raw[];
 
@@ -158,7 +158,7 @@ __device__ __forceinline__ void gaussian_block(
 }  // namespace fastzsl
 
 #define FASTZSL_GAUSSIAN_ENTRY(NAME, T, MIN_BLOCKS)                                         \
-    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(                     \
+    extern "C" __global__ void __launch_bounds__(FASTZSL_MAX_BLOCK_THREADS, MIN_BLOCKS) NAME( \
         const T* F, const T* M, const double* var, const double* log_weights,               \
         const double* thresholds, long long n, int C, int d, int full, int f_resident,      \
         T* L, T* row_max, long long* row_argmax, T* row_lse, bool* all_below) {             \

@@ -25,15 +25,19 @@
 // state carried over from earlier reference chunks, all lower indices) into one.
 #include "common.cuh"
 
+#ifndef FASTZSL_KNN_MAX_SPLITS
+#error "FASTZSL_KNN_MAX_SPLITS must be defined by the loader"
+#endif
+
 namespace fastzsl {
 namespace knn {
 
-constexpr int RS = 32;  // reference rows per sub-tile (distances accumulated at once)
-constexpr int MAX_LISTS = 65;  // merge: 64 splits + the carried state
+constexpr int RS = FASTZSL_TILE_ROWS;  // reference rows per sub-tile (accumulated at once)
+constexpr int MAX_LISTS = FASTZSL_KNN_MAX_SPLITS + 1;  // merge: the splits + the carried state
 
 template <typename T> struct Tile;
-template <> struct Tile<float> { static constexpr int DC = 32; };   // dims per chunk
-template <> struct Tile<double> { static constexpr int DC = 16; };
+template <> struct Tile<float> { static constexpr int DC = FASTZSL_TILE_DIMS_F32; };
+template <> struct Tile<double> { static constexpr int DC = FASTZSL_TILE_DIMS_F64; };
 
 // Insert (dist, idx) into the sorted list bd/bi (entries stride apart) if it belongs there.
 template <typename T>
@@ -221,7 +225,7 @@ __device__ __forceinline__ void merge_row(
 }  // namespace fastzsl
 
 #define FASTZSL_KNN_ENTRY(NAME, T, MIN_BLOCKS)                                              \
-    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(                     \
+    extern "C" __global__ void __launch_bounds__(FASTZSL_MAX_BLOCK_THREADS, MIN_BLOCKS) NAME( \
         const T* Q, const T* R, long long n_q, long long n_r, int d, int k,                 \
         long long self_base, int self_on, long long span, long long idx_base,               \
         int q_resident, T* out_d, long long* out_i, T* scratch_d, int* scratch_i) {         \

@@ -77,10 +77,56 @@ def test_nvcc_compiles_the_loaded_source_without_warnings(nvcc, path, arch, tmp_
 
 @pytest.mark.parametrize("path", CU_FILES, ids=lambda p: p.name)
 def test_nvcc_compiles_the_file_as_is(nvcc, path, tmp_path):
-    cmd = [nvcc, *_loader.OPTIONS, "-arch=sm_80", "--ptx", "-Werror", "all-warnings",
-           "-o", str(tmp_path / f"{path.stem}.ptx"), str(path)]
+    cmd = [nvcc, *_loader.OPTIONS, *_loader.define_flags(), "-arch=sm_80", "--ptx",
+           "-Werror", "all-warnings", "-o", str(tmp_path / f"{path.stem}.ptx"), str(path)]
     code, output = _run(cmd)
     assert code == 0 and not output, f"{' '.join(cmd)}\n{output}"
+
+
+def _uses(path, name):
+    """Whether ``path`` or a header it includes mentions macro ``name``."""
+    text = _loader.kernel_source(path.stem)
+    body = text.split('#line 1 "', 1)[1]  # after the prepended defines
+    return re.search(rf"\b{name}\b", body) is not None
+
+
+@pytest.mark.parametrize("name", sorted(_loader.defines()))
+def test_nvcc_stops_when_a_define_is_missing(nvcc, name, tmp_path):
+    flags = [flag for flag in _loader.define_flags() if not flag.startswith(f"-D{name}=")]
+    users = [path for path in CU_FILES if _uses(path, name)]
+    assert users, f"no kernel uses {name}; drop it from _loader.defines()"
+    for path in users:
+        cmd = [nvcc, *_loader.OPTIONS, *flags, "-arch=sm_80", "-E", "-o",
+               str(tmp_path / f"{path.stem}.ii"), str(path)]
+        code, output = _run(cmd)
+        assert code != 0 and f"{name} must be defined by the loader" in output, \
+            f"{' '.join(cmd)}\n{output}"
+
+
+@pytest.mark.parametrize("path", CUDA_SOURCES, ids=lambda p: p.name)
+def test_sources_do_not_define_the_loader_constants(path):
+    text = path.read_text()
+    for name in _loader.defines():
+        assert not re.search(rf"^\s*#\s*define\s+{name}\b", text, flags=re.M), \
+            f"{path.name} defines {name}, which only fastzsl/backends/cupy/_loader.py may"
+
+
+@pytest.mark.parametrize("name", sorted(_loader.defines()))
+def test_each_loader_constant_is_guarded_once(name):
+    guard = re.compile(rf"^\s*#\s*ifndef\s+{name}\s*\n\s*#\s*error\b", flags=re.M)
+    guarded = [path.name for path in CUDA_SOURCES if guard.search(path.read_text())]
+    assert len(guarded) == 1, f"{name}: #ifndef/#error guards in {guarded}"
+
+
+def test_kernel_source_starts_with_the_defines(monkeypatch):
+    text = _loader.kernel_source("loop_cuda")
+    prelude = [f"#define {name} {value}" for name, value in _loader.defines().items()]
+    assert text.splitlines()[:len(prelude) + 1] == prelude + ['#line 1 "loop_cuda.cu"']
+    assert _loader.defines()["FASTZSL_TILE_ROWS"] == _loader.TILE_ROWS
+    # Read when the source is built, so a changed constant changes CuPy's cache key.
+    monkeypatch.setattr(_loader, "REDUCE_THREADS", 128)
+    assert "#define FASTZSL_REDUCE_THREADS 128\n" in _loader.kernel_source("loop_cuda")
+    assert "-DFASTZSL_REDUCE_THREADS=128" in _loader.define_flags()
 
 
 def test_kernel_source_inlines_headers():
