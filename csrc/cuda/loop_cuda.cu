@@ -82,8 +82,6 @@ extern "C" __global__ void loop_plof(const double* pdist, const long long* I,
 // (grid-stride, so any grid size works). blockDim.x must be REDUCE_THREADS.
 extern "C" __global__ void __launch_bounds__(FASTZSL_REDUCE_THREADS) loop_nplof_partial(
     const double* plof, long long n, double* part_sum, long long* part_count) {
-    __shared__ double s_sum[REDUCE_THREADS];
-    __shared__ long long s_cnt[REDUCE_THREADS];
     const int tid = threadIdx.x;
     double s = 0.0;
     long long c = 0;
@@ -95,19 +93,10 @@ extern "C" __global__ void __launch_bounds__(FASTZSL_REDUCE_THREADS) loop_nplof_
             ++c;
         }
     }
-    s_sum[tid] = s;
-    s_cnt[tid] = c;
-    __syncthreads();
-    for (int half = REDUCE_THREADS / 2; half > 0; half >>= 1) {
-        if (tid < half) {
-            s_sum[tid] += s_sum[tid + half];
-            s_cnt[tid] += s_cnt[tid + half];
-        }
-        __syncthreads();
-    }
+    fastzsl::block_reduce_sum_count<REDUCE_THREADS>(s, c);
     if (tid == 0) {
-        part_sum[blockIdx.x] = s_sum[0];
-        part_count[blockIdx.x] = s_cnt[0];
+        part_sum[blockIdx.x] = s;
+        part_count[blockIdx.x] = c;
     }
 }
 
@@ -115,8 +104,6 @@ extern "C" __global__ void __launch_bounds__(FASTZSL_REDUCE_THREADS) loop_nplof_
 extern "C" __global__ void __launch_bounds__(FASTZSL_REDUCE_THREADS) loop_nplof_final(
     const double* part_sum, const long long* part_count, int n_parts, double* out_sum,
     long long* out_count) {
-    __shared__ double s_sum[REDUCE_THREADS];
-    __shared__ long long s_cnt[REDUCE_THREADS];
     const int tid = threadIdx.x;
     double s = 0.0;
     long long c = 0;
@@ -124,19 +111,10 @@ extern "C" __global__ void __launch_bounds__(FASTZSL_REDUCE_THREADS) loop_nplof_
         s += part_sum[i];
         c += part_count[i];
     }
-    s_sum[tid] = s;
-    s_cnt[tid] = c;
-    __syncthreads();
-    for (int half = REDUCE_THREADS / 2; half > 0; half >>= 1) {
-        if (tid < half) {
-            s_sum[tid] += s_sum[tid + half];
-            s_cnt[tid] += s_cnt[tid + half];
-        }
-        __syncthreads();
-    }
+    fastzsl::block_reduce_sum_count<REDUCE_THREADS>(s, c);
     if (tid == 0) {
-        out_sum[0] = s_sum[0];
-        out_count[0] = s_cnt[0];
+        out_sum[0] = s;
+        out_count[0] = c;
     }
 }
 
