@@ -380,10 +380,11 @@ def main(argv=None):
 
     import cupy as cp
 
-    from fastzsl.backends import cupy_, numpy_
+    from fastzsl.backends import cupy as cupy_backend
+    from fastzsl.backends import numpy_
     from fastzsl.testing import TOL, assert_knn_equal
 
-    ok, reason = cupy_.is_available()
+    ok, reason = cupy_backend.is_available()
     if not ok:
         raise SystemExit(f"bench_gpu: backend cupy unavailable: {reason}")
     try:
@@ -392,7 +393,7 @@ def main(argv=None):
             torch = None
     except ImportError:
         torch = None
-    K = cupy_.KERNELS
+    K = cupy_backend.KERNELS
     budget = Budget(args.budget)
 
     def log(msg):

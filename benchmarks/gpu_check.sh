@@ -9,7 +9,7 @@
 #   QUICK=1 bash benchmarks/gpu_check.sh    # smaller benchmark sizes
 #   BENCH_ARGS="--tiny" RESULTS_DIR=/tmp/r bash benchmarks/gpu_check.sh   # script check only
 #
-# Steps: nvidia-smi; the GPU tests (tests/test_cuda.py -m gpu); the public-API tests
+# Steps: nvidia-smi; the GPU tests (tests/backends/test_cupy.py -m gpu); the public-API tests
 # that run on backend 'cupy' (only when it is in the registry); benchmarks/bench_gpu.py,
 # which writes benchmarks/results/gpu.json and gpu.md (copied to $OUT when it is set).
 # Any failure stops the script with a non-zero status and a line saying which step.
@@ -41,14 +41,14 @@ try:
     print("torch", torch.__version__, "cuda", torch.cuda.is_available())
 except ImportError:
     print("torch: not installed (no baseline)")
-import fastzsl.backends.cupy_ as m
+import fastzsl.backends.cupy as m
 ok, why = m.is_available()
 print("fastzsl cupy backend available:", ok, why)
 sys.exit(0 if ok else 1)
 PYEOF
 
-step "GPU tests: tests/test_cuda.py -m gpu"
-timeout 200 "$PY" -m pytest tests/test_cuda.py -m gpu -q -ra -p no:cacheprovider \
+step "GPU tests: tests/backends/test_cupy.py -m gpu"
+timeout 200 "$PY" -m pytest tests/backends/test_cupy.py -m gpu -q -ra -p no:cacheprovider \
     || fail "GPU tests (exit $?)"
 
 step "public-API tests on backend 'cupy' (skipped unless it is registered)"

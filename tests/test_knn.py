@@ -8,6 +8,10 @@ from fastzsl.testing import TOL, assert_knn_equal
 
 # Odd sizes that cross the kernels' block (32 queries) and tile (512 references) edges.
 SIZES = [(50, 7, 3, 5), (1031, 77, 13, 20), (600, 129, 50, 1), (40, 33, 2, 40)]
+# Sizes for the cupy kernel's edges too: its 32-row and 32/16-dim tiles, its 128/64/32-query
+# blocks (k up to 128) and d = 300 (query rows re-staged per tile instead of resident).
+SIZES += [(2000, 300, 70, 128), (700, 5, 33, 64), (97, 260, 1, 7), (37, 5, 3, 37),
+          (200, 50, 300, 10)]
 
 
 def _data(rng, n_ref, n_q, d, dtype):

@@ -3,10 +3,26 @@
 // These files are compiled at run time by NVRTC (cupy.RawModule), which has no host
 // standard library: no <cmath>, <cstdio>, <limits> or INFINITY/NAN macros here. Only CUDA
 // device built-ins (sqrt, erf, exp, log, fma, __int_as_float, ...) are used.
-// fastzsl/_cuda.py inlines this header into each kernel source before compiling, so the
+// fastzsl/backends/cupy/_loader.py inlines this header into each kernel source before compiling, so the
 // CuPy kernel cache sees its text; nvcc finds it next to the .cu file.
 #ifndef FASTZSL_COMMON_CUH
 #define FASTZSL_COMMON_CUH
+
+// Constants shared with the Python launchers are defined only in
+// fastzsl/backends/cupy/_loader.py, which prepends them to the source as #define lines (nvcc
+// builds take them as -D flags from the same place).
+#ifndef FASTZSL_TILE_ROWS
+#error "FASTZSL_TILE_ROWS must be defined by the loader"
+#endif
+#ifndef FASTZSL_TILE_DIMS_F32
+#error "FASTZSL_TILE_DIMS_F32 must be defined by the loader"
+#endif
+#ifndef FASTZSL_TILE_DIMS_F64
+#error "FASTZSL_TILE_DIMS_F64 must be defined by the loader"
+#endif
+#ifndef FASTZSL_MAX_BLOCK_THREADS
+#error "FASTZSL_MAX_BLOCK_THREADS must be defined by the loader"
+#endif
 
 namespace fastzsl {
 
@@ -33,6 +49,122 @@ __device__ __forceinline__ bool is_finite(double x) { return fabs(x) < inf_f64()
 
 constexpr double SQRT2 = 1.4142135623730951;       // == numpy.sqrt(2.0)
 constexpr double TWO_PI = 6.283185307179586;       // == 2.0 * numpy.pi
+
+// --- squared distances of a block's rows to a tile of other rows (kNN, Gaussian) ---------
+//
+// A block owns bq = blockDim.x rows of its own (queries, features; one per thread). The
+// other side (reference rows, class means) streams through shared memory in sub-tiles of
+// RS rows x DC dimensions; each thread accumulates its row's RS squared distances in
+// registers, in T, one fused multiply-add per dimension in ascending order.
+
+// The sub-tile shape for element type T.
+template <typename T> struct Tile;
+template <> struct Tile<float> {
+    static constexpr int RS = FASTZSL_TILE_ROWS;
+    static constexpr int DC = FASTZSL_TILE_DIMS_F32;
+};
+template <> struct Tile<double> {
+    static constexpr int RS = FASTZSL_TILE_ROWS;
+    static constexpr int DC = FASTZSL_TILE_DIMS_F64;
+};
+
+// Rows [row0, row0 + RS), dims [c0, c0 + DC) of src (row-major, d columns) into
+// tile[RS][DC]; zero past row_end or d. Every thread of the block takes part.
+template <typename T, int RS, int DC>
+__device__ __forceinline__ void stage_tile(T* tile, const T* __restrict__ src, long long row0,
+                                           long long row_end, int c0, int d) {
+    for (int e = threadIdx.x; e < RS * DC; e += blockDim.x) {
+        const int r = e / DC, t = e % DC;
+        const long long j = row0 + r;
+        const int c = c0 + t;
+        tile[e] = (j < row_end && c < d) ? src[j * d + c] : T(0);
+    }
+}
+
+// The block's own rows in shared memory, element (row, dim) at data[row * rs + dim * ds];
+// either layout puts the threads' reads of one dim in distinct banks:
+//   resident: all d_pad dims, dim-major [d_pad][bq] (loaded once by load_all);
+//   otherwise: one DC-chunk, row-major [bq][DC + 1] (padded; load_chunk per chunk).
+// Padding dimensions are 0, as in the tile, and add exactly 0.
+template <typename T>
+struct BlockRows {
+    static constexpr int DC = Tile<T>::DC;
+    T* data;
+    int d, d_pad, rs, ds, size;
+    bool resident;
+
+    __device__ __forceinline__ BlockRows(T* data_, int d_, int bq, bool resident_)
+        : data(data_), d(d_), d_pad((d_ + DC - 1) / DC * DC), rs(resident_ ? 1 : DC + 1),
+          ds(resident_ ? bq : 1), size(resident_ ? bq * d_pad : bq * (DC + 1)),
+          resident(resident_) {}
+
+    // Rows [i0, i0 + blockDim.x) of src (n rows, d columns), dims [c0, c0 + width).
+    __device__ __forceinline__ void load(const T* __restrict__ src, long long i0, long long n,
+                                         int c0, int width) {
+        const int bq = blockDim.x;
+        for (int e = threadIdx.x; e < bq * width; e += bq) {
+            const int row = e / width, t = e % width;
+            const long long i = i0 + row;
+            const int c = c0 + t;
+            data[row * rs + t * ds] = (i < n && c < d) ? src[i * d + c] : T(0);
+        }
+    }
+    __device__ __forceinline__ void load_all(const T* __restrict__ src, long long i0,
+                                             long long n) {
+        load(src, i0, n, 0, d_pad);
+    }
+    __device__ __forceinline__ void load_chunk(const T* __restrict__ src, long long i0,
+                                               long long n, int c0) {
+        load(src, i0, n, c0, DC);
+    }
+    // Thread row's dims from c0 on (the staged chunk when not resident).
+    __device__ __forceinline__ const T* row(int thread_row, int c0) const {
+        return data + thread_row * rs + (resident ? c0 : 0) * ds;
+    }
+};
+
+// acc[r] += sum over t < DC of (row[t * ds] - tile[r * DC + t])^2: one DC-chunk of the RS
+// distances of a thread's row, one fused multiply-add per term in ascending t.
+template <typename T, int RS, int DC>
+__device__ __forceinline__ void accumulate_sqdist(T (&acc)[RS], const T* row, int ds,
+                                                  const T* tile) {
+    T v[DC];
+#pragma unroll
+    for (int t = 0; t < DC; ++t) v[t] = row[t * ds];
+#pragma unroll
+    for (int r = 0; r < RS; ++r) {
+        T s = acc[r];
+#pragma unroll
+        for (int t = 0; t < DC; ++t) {
+            const T diff = v[t] - tile[r * DC + t];
+            s = Num<T>::fma_(diff, diff, s);
+        }
+        acc[r] = s;
+    }
+}
+
+// --- block reductions ---------------------------------------------------------------------
+
+// Sums of (s, c) over the THREADS (== blockDim.x) threads of a block, a fixed pairwise
+// tree, so the result does not depend on timing; every thread calls it and gets the sums.
+template <int THREADS>
+__device__ __forceinline__ void block_reduce_sum_count(double& s, long long& c) {
+    __shared__ double s_sum[THREADS];
+    __shared__ long long s_cnt[THREADS];
+    const int tid = threadIdx.x;
+    s_sum[tid] = s;
+    s_cnt[tid] = c;
+    __syncthreads();
+    for (int half = THREADS / 2; half > 0; half >>= 1) {
+        if (tid < half) {
+            s_sum[tid] += s_sum[tid + half];
+            s_cnt[tid] += s_cnt[tid + half];
+        }
+        __syncthreads();
+    }
+    s = s_sum[0];
+    c = s_cnt[0];
+}
 
 }  // namespace fastzsl
 

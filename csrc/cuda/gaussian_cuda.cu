@@ -15,12 +15,6 @@
 namespace fastzsl {
 namespace gaussian {
 
-constexpr int RS = 32;  // classes per sub-tile
-
-template <typename T> struct Tile;
-template <> struct Tile<float> { static constexpr int DC = 32; };
-template <> struct Tile<double> { static constexpr int DC = 16; };
-
 extern __shared__ __align__(16) unsigned char smem_raw[];
 
 template <typename T>
@@ -30,7 +24,7 @@ __device__ __forceinline__ void gaussian_block(
     long long n, int C, int d, int full, int f_resident, T* __restrict__ L,
     T* __restrict__ row_max, long long* __restrict__ row_argmax, T* __restrict__ row_lse,
     bool* __restrict__ all_below) {
-    constexpr int DC = Tile<T>::DC;
+    constexpr int RS = Tile<T>::RS, DC = Tile<T>::DC;  // classes x dims per sub-tile
     const double NEG_INF = -inf_f64();
     const int bq = blockDim.x;
     const int tid = threadIdx.x;
@@ -43,16 +37,9 @@ __device__ __forceinline__ void gaussian_block(
     double* p_lnorm = p_twovar + RS;
     double* p_lw = p_lnorm + RS;
     double* p_thr = p_lw + RS;
-    // Rows, element (row, dim) at f_tile[row * f_rs + dim * f_ds] (bank-conflict-free reads):
-    //   f_resident: all d_pad dims, dim-major [d_pad][bq] (loaded once);
-    //   otherwise:  one DC-chunk, row-major [bq][DC + 1] (padded; re-staged per tile).
-    const int d_pad = (d + DC - 1) / DC * DC;
-    const int f_rs = f_resident ? 1 : DC + 1;
-    const int f_ds = f_resident ? bq : 1;
-    const int f_size = f_resident ? bq * d_pad : bq * (DC + 1);
     T* m_tile = reinterpret_cast<T*>(p_thr + RS);             // RS x DC
-    T* f_tile = m_tile + RS * DC;                             // f_size
-    T* stage = f_tile + f_size;                               // bq x (RS + 1), only if full
+    BlockRows<T> f_tile(m_tile + RS * DC, d, bq, f_resident != 0);  // the block's rows
+    T* stage = f_tile.data + f_tile.size;                     // bq x (RS + 1), only if full
 
     double best = NEG_INF;
     long long best_c = 0;
@@ -60,13 +47,7 @@ __device__ __forceinline__ void gaussian_block(
     double lse_sum = 0.0;
     bool below = true;
 
-    if (f_resident) {  // once; the main loop's first barrier publishes it
-        for (int e = tid; e < bq * d_pad; e += bq) {
-            const int row = e / d_pad, dim = e % d_pad;
-            const long long ii = i0 + row;
-            f_tile[row * f_rs + dim * f_ds] = (ii < n && dim < d) ? F[ii * d + dim] : T(0);
-        }
-    }
+    if (f_resident) f_tile.load_all(F, i0, n);  // the main loop's first barrier publishes it
 
     for (int cb = 0; cb < C; cb += RS) {  // uniform across the block
         T acc[RS];
@@ -82,34 +63,10 @@ __device__ __forceinline__ void gaussian_block(
                 p_lw[tid] = log_weights[c];
                 p_thr[tid] = thresholds[c];
             }
-            for (int e = tid; e < RS * DC; e += bq) {
-                const int r = e / DC, t = e % DC;
-                const int c = cb + r, dim = c0 + t;
-                m_tile[e] = (c < C && dim < d) ? M[(long long)c * d + dim] : T(0);
-            }
-            if (!f_resident) {
-                for (int e = tid; e < bq * DC; e += bq) {
-                    const int row = e / DC, t = e % DC;
-                    const long long ii = i0 + row;
-                    const int dim = c0 + t;
-                    f_tile[row * f_rs + t * f_ds] = (ii < n && dim < d) ? F[ii * d + dim] : T(0);
-                }
-            }
+            stage_tile<T, RS, DC>(m_tile, M, cb, C, c0, d);
+            if (!f_resident) f_tile.load_chunk(F, i0, n, c0);
             __syncthreads();
-            const T* f_row = f_tile + tid * f_rs + (f_resident ? c0 : 0) * f_ds;
-            T fv[DC];
-#pragma unroll
-            for (int t = 0; t < DC; ++t) fv[t] = f_row[t * f_ds];
-#pragma unroll
-            for (int r = 0; r < RS; ++r) {
-                T s = acc[r];
-#pragma unroll
-                for (int t = 0; t < DC; ++t) {
-                    const T diff = fv[t] - m_tile[r * DC + t];
-                    s = Num<T>::fma_(diff, diff, s);
-                }
-                acc[r] = s;
-            }
+            accumulate_sqdist<T, RS, DC>(acc, f_tile.row(tid, c0), f_tile.ds, m_tile);
         }
 #pragma unroll
         for (int r = 0; r < RS; ++r) {
@@ -158,7 +115,7 @@ __device__ __forceinline__ void gaussian_block(
 }  // namespace fastzsl
 
 #define FASTZSL_GAUSSIAN_ENTRY(NAME, T, MIN_BLOCKS)                                         \
-    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(                     \
+    extern "C" __global__ void __launch_bounds__(FASTZSL_MAX_BLOCK_THREADS, MIN_BLOCKS) NAME( \
         const T* F, const T* M, const double* var, const double* log_weights,               \
         const double* thresholds, long long n, int C, int d, int full, int f_resident,      \
         T* L, T* row_max, long long* row_argmax, T* row_lse, bool* all_below) {             \

@@ -11,6 +11,8 @@
 //   registers: sums of squared differences, float for float32 and double for float64, so
 //   a duplicate is exactly 0 apart. When q_resident is set (the host checks that it fits),
 //   all d dimensions of the block's queries are loaded into shared memory once instead.
+//   The staging and accumulation are common.cuh's stage_tile, BlockRows and
+//   accumulate_sqdist, shared with gaussian_cuda.cu (one summation order for both).
 // * Each thread keeps its k best (distance, index) pairs sorted in a list in shared memory
 //   (layout [slot][thread], conflict-free) -- or, when k is too large for shared memory,
 //   in a global scratch buffer of the same layout -- and inserts a candidate only when it
@@ -25,15 +27,14 @@
 // state carried over from earlier reference chunks, all lower indices) into one.
 #include "common.cuh"
 
+#ifndef FASTZSL_KNN_MAX_SPLITS
+#error "FASTZSL_KNN_MAX_SPLITS must be defined by the loader"
+#endif
+
 namespace fastzsl {
 namespace knn {
 
-constexpr int RS = 32;  // reference rows per sub-tile (distances accumulated at once)
-constexpr int MAX_LISTS = 65;  // merge: 64 splits + the carried state
-
-template <typename T> struct Tile;
-template <> struct Tile<float> { static constexpr int DC = 32; };   // dims per chunk
-template <> struct Tile<double> { static constexpr int DC = 16; };
+constexpr int MAX_LISTS = FASTZSL_KNN_MAX_SPLITS + 1;  // merge: the splits + the carried state
 
 // Insert (dist, idx) into the sorted list bd/bi (entries stride apart) if it belongs there.
 template <typename T>
@@ -69,7 +70,7 @@ __device__ __forceinline__ void knn_block(
     int k, long long self_base, int self_on, long long span, long long idx_base,
     int q_resident, T* __restrict__ out_d, long long* __restrict__ out_i, T* scratch_d,
     int* scratch_i) {
-    constexpr int DC = Tile<T>::DC;
+    constexpr int RS = Tile<T>::RS, DC = Tile<T>::DC;  // reference rows x dims per sub-tile
     const T INF = Num<T>::inf();
     const int bq = blockDim.x;
     const int tid = threadIdx.x;
@@ -79,20 +80,12 @@ __device__ __forceinline__ void knn_block(
     const bool active = qi < n_q;
     const long long split = blockIdx.y;
 
-    // Queries, element (row, dim) at q_tile[row * q_rs + dim * q_ds]; either layout puts the
-    // threads' reads of one dim in distinct banks:
-    //   q_resident: all d_pad dims, dim-major [d_pad][bq] (loaded once);
-    //   otherwise:  one DC-chunk, row-major [bq][DC + 1] (padded; re-staged per tile).
-    const int d_pad = (d + DC - 1) / DC * DC;
-    const int q_rs = q_resident ? 1 : DC + 1;
-    const int q_ds = q_resident ? bq : 1;
-    const int q_size = q_resident ? bq * d_pad : bq * (DC + 1);
     T* ref_tile = reinterpret_cast<T*>(smem_raw);   // RS x DC
-    T* q_tile = ref_tile + RS * DC;                  // q_size
+    BlockRows<T> q_tile(ref_tile + RS * DC, d, bq, q_resident != 0);  // the block's queries
     T* bd;
     int* bi;
     if (scratch_d == nullptr) {                      // lists in shared memory
-        T* lists_d = q_tile + q_size;
+        T* lists_d = q_tile.data + q_tile.size;
         int* lists_i = reinterpret_cast<int*>(lists_d + bq * k);
         bd = lists_d + tid;
         bi = lists_i + tid;
@@ -112,13 +105,7 @@ __device__ __forceinline__ void knn_block(
     const long long r_end = (r_begin + span < n_r) ? r_begin + span : n_r;
     const long long self_j = (self_on && active) ? self_base + qi : -1;  // -1 matches no row
 
-    if (q_resident) {  // once; the main loop's first barrier publishes it
-        for (int e = tid; e < bq * d_pad; e += bq) {
-            const int row = e / d_pad, c = e % d_pad;
-            const long long q = q0 + row;
-            q_tile[row * q_rs + c * q_ds] = (q < n_q && c < d) ? Q[q * d + c] : T(0);
-        }
-    }
+    if (q_resident) q_tile.load_all(Q, q0, n_q);  // the main loop's first barrier publishes it
 
     for (long long rb = r_begin; rb < r_end; rb += RS) {  // uniform across the block
         T acc[RS];
@@ -126,36 +113,10 @@ __device__ __forceinline__ void knn_block(
         for (int r = 0; r < RS; ++r) acc[r] = T(0);
         for (int c0 = 0; c0 < d; c0 += DC) {
             __syncthreads();  // the previous chunk's readers are done with both tiles
-            for (int e = tid; e < RS * DC; e += bq) {
-                const int r = e / DC, t = e % DC;
-                const long long j = rb + r;
-                const int c = c0 + t;
-                ref_tile[e] = (j < r_end && c < d) ? R[j * d + c] : T(0);
-            }
-            if (!q_resident) {
-                for (int e = tid; e < bq * DC; e += bq) {
-                    const int row = e / DC, t = e % DC;
-                    const long long q = q0 + row;
-                    const int c = c0 + t;
-                    q_tile[row * q_rs + t * q_ds] = (q < n_q && c < d) ? Q[q * d + c] : T(0);
-                }
-            }
+            stage_tile<T, RS, DC>(ref_tile, R, rb, r_end, c0, d);
+            if (!q_resident) q_tile.load_chunk(Q, q0, n_q, c0);
             __syncthreads();
-            // Padding dimensions are 0 in both tiles and add exactly 0.
-            const T* q_row = q_tile + tid * q_rs + (q_resident ? c0 : 0) * q_ds;
-            T qv[DC];
-#pragma unroll
-            for (int t = 0; t < DC; ++t) qv[t] = q_row[t * q_ds];
-#pragma unroll
-            for (int r = 0; r < RS; ++r) {
-                T s = acc[r];
-#pragma unroll
-                for (int t = 0; t < DC; ++t) {
-                    const T diff = qv[t] - ref_tile[r * DC + t];
-                    s = Num<T>::fma_(diff, diff, s);
-                }
-                acc[r] = s;
-            }
+            accumulate_sqdist<T, RS, DC>(acc, q_tile.row(tid, c0), q_tile.ds, ref_tile);
         }
         if (active) {
 #pragma unroll
@@ -221,7 +182,7 @@ __device__ __forceinline__ void merge_row(
 }  // namespace fastzsl
 
 #define FASTZSL_KNN_ENTRY(NAME, T, MIN_BLOCKS)                                              \
-    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(                     \
+    extern "C" __global__ void __launch_bounds__(FASTZSL_MAX_BLOCK_THREADS, MIN_BLOCKS) NAME( \
         const T* Q, const T* R, long long n_q, long long n_r, int d, int k,                 \
         long long self_base, int self_on, long long span, long long idx_base,               \
         int q_resident, T* out_d, long long* out_i, T* scratch_d, int* scratch_i) {         \

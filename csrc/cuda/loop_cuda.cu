@@ -9,10 +9,14 @@
 // block), so repeated runs give bit-identical results.
 #include "common.cuh"
 
+#ifndef FASTZSL_REDUCE_THREADS
+#error "FASTZSL_REDUCE_THREADS must be defined by the loader"
+#endif
+
 namespace fastzsl {
 namespace loop {
 
-constexpr int REDUCE_THREADS = 256;  // blockDim.x of both reduction kernels
+constexpr int REDUCE_THREADS = FASTZSL_REDUCE_THREADS;  // blockDim.x of both reduction kernels
 
 template <typename T>
 __device__ __forceinline__ void pdist_row(const T* __restrict__ D, long long n, int k,
@@ -76,10 +80,8 @@ extern "C" __global__ void loop_plof(const double* pdist, const long long* I,
 
 // Pass 1: block b writes the sum of squares and the count of the finite PLOFs it saw
 // (grid-stride, so any grid size works). blockDim.x must be REDUCE_THREADS.
-extern "C" __global__ void __launch_bounds__(256) loop_nplof_partial(
+extern "C" __global__ void __launch_bounds__(FASTZSL_REDUCE_THREADS) loop_nplof_partial(
     const double* plof, long long n, double* part_sum, long long* part_count) {
-    __shared__ double s_sum[REDUCE_THREADS];
-    __shared__ long long s_cnt[REDUCE_THREADS];
     const int tid = threadIdx.x;
     double s = 0.0;
     long long c = 0;
@@ -91,28 +93,17 @@ extern "C" __global__ void __launch_bounds__(256) loop_nplof_partial(
             ++c;
         }
     }
-    s_sum[tid] = s;
-    s_cnt[tid] = c;
-    __syncthreads();
-    for (int half = REDUCE_THREADS / 2; half > 0; half >>= 1) {
-        if (tid < half) {
-            s_sum[tid] += s_sum[tid + half];
-            s_cnt[tid] += s_cnt[tid + half];
-        }
-        __syncthreads();
-    }
+    fastzsl::block_reduce_sum_count<REDUCE_THREADS>(s, c);
     if (tid == 0) {
-        part_sum[blockIdx.x] = s_sum[0];
-        part_count[blockIdx.x] = s_cnt[0];
+        part_sum[blockIdx.x] = s;
+        part_count[blockIdx.x] = c;
     }
 }
 
 // Pass 2 (one block of REDUCE_THREADS): totals of the n_parts partials into out[0], count[0].
-extern "C" __global__ void __launch_bounds__(256) loop_nplof_final(
+extern "C" __global__ void __launch_bounds__(FASTZSL_REDUCE_THREADS) loop_nplof_final(
     const double* part_sum, const long long* part_count, int n_parts, double* out_sum,
     long long* out_count) {
-    __shared__ double s_sum[REDUCE_THREADS];
-    __shared__ long long s_cnt[REDUCE_THREADS];
     const int tid = threadIdx.x;
     double s = 0.0;
     long long c = 0;
@@ -120,19 +111,10 @@ extern "C" __global__ void __launch_bounds__(256) loop_nplof_final(
         s += part_sum[i];
         c += part_count[i];
     }
-    s_sum[tid] = s;
-    s_cnt[tid] = c;
-    __syncthreads();
-    for (int half = REDUCE_THREADS / 2; half > 0; half >>= 1) {
-        if (tid < half) {
-            s_sum[tid] += s_sum[tid + half];
-            s_cnt[tid] += s_cnt[tid + half];
-        }
-        __syncthreads();
-    }
+    fastzsl::block_reduce_sum_count<REDUCE_THREADS>(s, c);
     if (tid == 0) {
-        out_sum[0] = s_sum[0];
-        out_count[0] = s_cnt[0];
+        out_sum[0] = s;
+        out_count[0] = c;
     }
 }
 

@@ -27,7 +27,7 @@ _REGISTRY = {
         "fastzsl.backends.cython_",
         "the compiled extension (pip install --no-build-isolation -e . from a source checkout)",
     ),
-    "cupy": ("fastzsl.backends.cupy_", "cupy and a CUDA GPU (pip install 'fastzsl[gpu]')"),
+    "cupy": ("fastzsl.backends.cupy", "cupy and a CUDA GPU (pip install 'fastzsl[gpu]')"),
 }
 
 # Fastest first; "auto" takes the first one that loads.

@@ -1,5 +1,11 @@
 """Run-time compilation of fastzsl's CUDA kernels (``csrc/cuda/*.cu``) with CuPy.
 
+The constants the kernels and their Python launchers share (tile sizes, block sizes) are
+defined here only: :func:`defines` lists them, :func:`kernel_source` prepends them as
+``#define`` lines (so they are part of CuPy's compile-cache key) and the nvcc tests pass
+them as ``-D`` flags (:func:`define_flags`). The ``.cu`` files do not define them and stop
+with ``#error`` when one is missing.
+
 The kernel sources ship as package data in ``fastzsl/cuda/``; a source checkout on
 ``PYTHONPATH`` reads them from ``csrc/cuda/`` next to the package instead. Local
 ``#include "..."`` lines are inlined (NVRTC has no file system search path for them, and
@@ -15,10 +21,26 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
+# --- constants the kernels are compiled with (see defines()) -----------------------------
+# Rows of the shared-memory sub-tile whose distances a thread accumulates at once
+# (reference rows in kNN, classes in the Gaussian kernel).
+TILE_ROWS = 32
+# Dimensions per sub-tile chunk, by dtype.
+TILE_DIMS = {np.dtype(np.float32): 32, np.dtype(np.float64): 16}
+# The most threads per block of the kNN and Gaussian kernels (their __launch_bounds__).
+MAX_BLOCK_THREADS = 128
+# The most splits of one reference chunk over blocks; the merge kernel takes these lists
+# plus the state carried over from earlier chunks.
+KNN_MAX_SPLITS = 64
+# Threads per block of the LoOP reduction kernels.
+REDUCE_THREADS = 256
+
 # The options every module is compiled with (CuPy adds the target architecture).
 OPTIONS = ("-std=c++17",)
 
-_SOURCE_TREE = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
+_SOURCE_TREE = Path(__file__).resolve().parents[3] / "csrc" / "cuda"
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
@@ -52,9 +74,28 @@ def _expand(filename: str, seen: tuple[str, ...]) -> str:
     return "\n".join(out) + "\n"
 
 
+def defines() -> dict[str, int]:
+    """The preprocessor constants every kernel is compiled with: name -> value."""
+    return {
+        "FASTZSL_TILE_ROWS": TILE_ROWS,
+        "FASTZSL_TILE_DIMS_F32": TILE_DIMS[np.dtype(np.float32)],
+        "FASTZSL_TILE_DIMS_F64": TILE_DIMS[np.dtype(np.float64)],
+        "FASTZSL_MAX_BLOCK_THREADS": MAX_BLOCK_THREADS,
+        "FASTZSL_KNN_MAX_SPLITS": KNN_MAX_SPLITS,
+        "FASTZSL_REDUCE_THREADS": REDUCE_THREADS,
+    }
+
+
+def define_flags() -> list[str]:
+    """:func:`defines` as compiler flags, ``-DNAME=value``."""
+    return [f"-D{name}={value}" for name, value in defines().items()]
+
+
 def kernel_source(name: str) -> str:
-    """The full source of ``<name>.cu`` as NVRTC compiles it (headers inlined)."""
-    return _expand(f"{name}.cu", ())
+    """The full source of ``<name>.cu`` as NVRTC compiles it: the :func:`defines` as
+    ``#define`` lines, then the file with its local headers inlined."""
+    prelude = "".join(f"#define {name_} {value}\n" for name_, value in defines().items())
+    return prelude + _expand(f"{name}.cu", ())
 
 
 @lru_cache(maxsize=None)
