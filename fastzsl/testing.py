@@ -7,7 +7,7 @@ from .backends import available_backends, registered_backends
 
 BACKENDS = registered_backends()
 DTYPES = (np.float32, np.float64)
-# Every backend against the NumPy reference (DESIGN: float64 1e-10, float32 1e-4 relative).
+# Every backend against the NumPy reference: float64 1e-10, float32 1e-4 relative.
 TOL = {
     np.dtype(np.float32): dict(rtol=1e-4, atol=1e-6),
     np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12),
@@ -49,3 +49,28 @@ def make_blobs(n, d, *, n_centers=10, spread=1.0, scale=10.0, seed=0, dtype=np.f
     labels = rng.integers(n_centers, size=n)
     X = centers[labels] + rng.normal(scale=spread, size=(n, d))
     return X.astype(dtype), labels
+
+
+def loop_datasets() -> dict:
+    """Seeded float64 data sets on which LoOP is well defined and tie-free at the k-th
+    neighbour: blobs, outliers around a core, duplicates, a heavy-tailed cloud."""
+    rng = np.random.default_rng(7)
+    blobs, _ = make_blobs(400, 5, n_centers=4, seed=3, dtype=np.float64)
+    outliers = np.r_[rng.normal(size=(300, 3)), rng.uniform(-8, 8, size=(20, 3))]
+    base = rng.normal(size=(150, 4))
+    # Duplicates in pairs and triples: fewer copies than neighbours, so no expected pdist is 0.
+    duplicates = np.r_[base, base[:60], base[:25]]
+    # (A lattice is left out on purpose: ties at the k-th neighbour make the neighbour set,
+    # and so LoOP, depend on tie-breaking, which PyNomaly leaves to argpartition.)
+    heavy_tailed = rng.standard_t(2, size=(250, 30))
+    return {"blobs": blobs, "outliers": outliers, "duplicates": duplicates,
+            "heavy_tailed": heavy_tailed}
+
+
+def gaussian_problem(rng, n, C, d, dtype):
+    """Random (F, means, variances, log_weights) for gaussian_loglik."""
+    F = rng.normal(size=(n, d)).astype(dtype)
+    means = rng.normal(size=(C, d)).astype(dtype)
+    variances = rng.uniform(0.5, 2.0, size=C)
+    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    return F, means, variances, log_weights

@@ -1,71 +1,14 @@
+"""GaussianNovelty, the estimator: the paper's and the mixture rule, options, fit errors, and
+the parameter checks of gaussian_loglik. Backend equivalence: tests/backends/test_gaussian.py."""
 import numpy as np
 import pytest
-from scipy.special import logsumexp
-from scipy.stats import multivariate_normal
 
 from fastzsl import GaussianNovelty, gaussian_loglik
-from fastzsl.backends import numpy_
-from fastzsl.testing import TOL, make_blobs
-
-
-def _problem(rng, n, C, d, dtype):
-    F = rng.normal(size=(n, d)).astype(dtype)
-    means = rng.normal(size=(C, d)).astype(dtype)
-    variances = rng.uniform(0.5, 2.0, size=C)
-    log_weights = np.log(rng.dirichlet(np.ones(C)))
-    return F, means, variances, log_weights
-
-
-def test_numpy_reference_equals_scipy(rng):
-    F, means, variances, _ = _problem(rng, 30, 4, 6, np.float64)
-    L = numpy_.gaussian_loglik(F, means, variances, np.zeros(4), np.full(4, np.inf), True)[0]
-    for c in range(4):
-        expected = multivariate_normal(means[c], variances[c] * np.eye(6)).logpdf(F)
-        np.testing.assert_allclose(L[:, c], expected, rtol=1e-12)
-
-
-@pytest.mark.parametrize("n,C,d", [(1, 1, 1), (77, 13, 50), (1030, 3, 7)])
-@pytest.mark.parametrize("full", [True, False])
-def test_backend_equals_numpy_reference(backend, dtype, rng, n, C, d, full):
-    F, means, variances, log_weights = _problem(rng, n, C, d, dtype)
-    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, np.full(C, np.inf), True)
-    # Thresholds between data values (never equal to one), so "below" cannot flip on rounding.
-    thresholds = np.median(ref[0], axis=0).astype(np.float64) + 1e-3
-    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
-    got = gaussian_loglik(F, means, variances, log_weights=log_weights, thresholds=thresholds,
-                          full=full, backend=backend)
-    if full:
-        assert got.loglik.dtype == dtype and got.loglik.shape == (n, C)
-        np.testing.assert_allclose(got.loglik, ref[0], **TOL[dtype])
-    else:
-        assert got.loglik is None
-    np.testing.assert_allclose(got.max, ref[1], **TOL[dtype])
-    np.testing.assert_array_equal(got.argmax, ref[2])
-    np.testing.assert_allclose(got.logsumexp, ref[3], **TOL[dtype])
-    np.testing.assert_array_equal(got.all_below, ref[4])
-
-
-def test_reductions_match_their_definitions(backend, rng):
-    F, means, variances, log_weights = _problem(rng, 200, 7, 5, np.float64)
-    thresholds = np.full(7, -9.0)
-    r = gaussian_loglik(F, means, variances, log_weights=log_weights, thresholds=thresholds,
-                        backend=backend)
-    np.testing.assert_allclose(r.max, r.loglik.max(axis=1), rtol=1e-12)
-    np.testing.assert_array_equal(r.argmax, r.loglik.argmax(axis=1))
-    np.testing.assert_allclose(r.logsumexp, logsumexp(r.loglik + log_weights, axis=1), rtol=1e-12)
-    np.testing.assert_array_equal(r.all_below, (r.loglik < thresholds).all(axis=1))
-    assert 0 < r.all_below.sum() < 200
-
-
-def test_zero_weight_classes_are_ignored_by_logsumexp(backend, rng):
-    F, means, variances, _ = _problem(rng, 20, 3, 4, np.float64)
-    log_weights = np.array([-np.inf, 0.0, -np.inf])
-    r = gaussian_loglik(F, means, variances, log_weights=log_weights, backend=backend)
-    np.testing.assert_allclose(r.logsumexp, r.loglik[:, 1], rtol=1e-12)
+from fastzsl.testing import gaussian_problem, make_blobs
 
 
 def test_bad_parameters_are_named(rng):
-    F, means, variances, _ = _problem(rng, 5, 3, 4, np.float64)
+    F, means, variances, _ = gaussian_problem(rng, 5, 3, 4, np.float64)
     with pytest.raises(ValueError, match="variances must be positive"):
         gaussian_loglik(F, means, np.array([1.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match=r"variances must have shape \(3,\), got \(2,\)"):
@@ -125,7 +68,7 @@ def test_variance_and_means_options(classes):
     np.testing.assert_allclose(model.priors_, counts / len(X))
 
 
-def test_fit_errors_name_the_problem(classes):
+def test_fit_errors_name_thegaussian_problem(classes):
     X, y = classes
     with pytest.raises(ValueError, match=r"means has no vector for classes \['d'\]"):
         GaussianNovelty().fit(X, y, means={"a": X[0], "b": X[0], "c": X[0]})
@@ -146,181 +89,4 @@ def test_fit_errors_name_the_problem(classes):
 # (argmax, all_below) are taken on direct values wherever the bound leaves them open.
 # These cases are built so that the bound matters.
 
-# Relative margin beyond which a decision must equal the reference's: the accuracy target
-# plus the direct sum's own rounding (float32 decisions are always taken on direct values).
-DECISION_MARGIN = {np.dtype(np.float32): 1e-12, np.dtype(np.float64): 2.0**-40 + 1e-13}
 
-
-def _adversarial(kind, dtype, rng):
-    """(F, means, variances, log_weights) for one hard case."""
-    d, C = 23, 9
-    if kind == "offset":  # a large common offset: ||F||^2 >> ||F - mu||^2
-        offset = 1e3 if dtype == np.float32 else 1e6
-        means = offset + rng.normal(size=(C, d))
-        F = offset + rng.normal(size=(301, d))
-    elif kind == "at_means":  # points equal to means (distance exactly 0), duplicated means
-        means = rng.normal(scale=5.0, size=(C, d))
-        means[4] = means[1]
-        F = np.r_[means, means, rng.normal(scale=5.0, size=(40, d))]
-    elif kind == "near_ties":  # points midway between pairs of means: ties up to rounding
-        centre = rng.normal(scale=3.0, size=(C // 2, d))
-        step = rng.normal(scale=0.5, size=(C // 2, d))
-        means = np.r_[centre + step, centre - step, centre[:1] + 7.0]
-        F = np.r_[centre, centre + 1e-7 * step, centre - 1e-9 * step,
-                  rng.normal(scale=3.0, size=(30, d))]
-    else:
-        raise ValueError(kind)
-    F, means = F.astype(dtype), means.astype(dtype)
-    variances = np.full(C, 0.7)
-    variances[::3] = 1.3  # unequal variances make ties depend on the log-normaliser too
-    if kind == "near_ties":
-        variances[:] = 0.9
-    log_weights = np.log(rng.dirichlet(np.ones(C)))
-    return F, means, variances, log_weights
-
-
-def _reference_margins(L, thresholds):
-    """Per row: the gap between the best and the second-best class, and the smallest
-    distance to a threshold, relative to |L| (the reference's own decision margins)."""
-    top2 = np.sort(L, axis=1)[:, -2:] if L.shape[1] > 1 else np.c_[L - np.inf, L]
-    gap = (top2[:, 1] - top2[:, 0]) / np.maximum(np.abs(top2[:, 1]), 1e-300)
-    near = np.min(np.abs(L - thresholds) / np.maximum(np.abs(L), 1e-300), axis=1)
-    return gap, near
-
-
-@pytest.mark.parametrize("kind", ["offset", "at_means", "near_ties"])
-def test_adversarial_inputs_match_the_reference(backend, dtype, rng, kind):
-    F, means, variances, log_weights = _adversarial(kind, dtype, rng)
-    C = means.shape[0]
-    L_ref = numpy_.gaussian_loglik(F, means, variances, log_weights, np.full(C, np.inf),
-                                   True)[0].astype(np.float64)
-    # thresholds exactly at reference values, and a hair either side of them
-    pick = L_ref[np.arange(C) % F.shape[0], np.arange(C)]
-    for thresholds in (pick, pick * (1 + 1e-9), pick * (1 - 1e-9)):
-        ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
-        got = gaussian_loglik(F, means, variances, log_weights=log_weights,
-                              thresholds=thresholds, backend=backend)
-        np.testing.assert_allclose(got.loglik, ref[0], **TOL[dtype])
-        np.testing.assert_allclose(got.max, ref[1], **TOL[dtype])
-        np.testing.assert_allclose(got.logsumexp, ref[3], **TOL[dtype])
-        # the reference computes its float32 L in float64 before rounding: compare with that
-        L64 = numpy_.gaussian_loglik(F.astype(np.float64), means.astype(np.float64),
-                                     variances, log_weights, thresholds, True)[0]
-        gap, near = _reference_margins(L64, thresholds)
-        decided = gap > DECISION_MARGIN[dtype]
-        np.testing.assert_array_equal(got.argmax[decided], ref[2][decided])
-        # where the reference's top two are within the margin, either of them is right
-        tied = ~decided
-        best = L64[tied].max(axis=1)
-        assert (L64[tied, got.argmax[tied]]
-                >= best - 4 * DECISION_MARGIN[dtype] * np.abs(best)).all()
-        clear = near > DECISION_MARGIN[dtype]
-        np.testing.assert_array_equal(got.all_below[clear], ref[4][clear])
-        if kind != "offset":  # duplicated means and exact ties: the first index, as NumPy
-            np.testing.assert_array_equal(got.argmax, ref[2])
-
-
-def test_exact_ties_take_the_first_class(backend, dtype, rng):
-    means = rng.normal(size=(5, 8)).astype(dtype)
-    means[3] = means[1]
-    means[4] = means[1]
-    F = np.r_[means[[1, 1, 2]], rng.normal(size=(3, 8)).astype(dtype)]
-    got = gaussian_loglik(F, means, np.ones(5), backend=backend)
-    assert got.argmax[0] == 1 and got.argmax[1] == 1 and got.argmax[2] == 2
-    np.testing.assert_array_equal(got.argmax, got.loglik.argmax(axis=1))
-
-
-def test_reductions_do_not_depend_on_the_matrix_being_asked_for(backend, dtype, rng):
-    """full=True and full=False give the same reductions bit for bit, and (float64) the
-    all_below flags equal ``loglik < thresholds`` even with thresholds taken from the
-    matrix itself: the estimator reads its thresholds off earlier calls."""
-    for kind in ("offset", "at_means", "near_ties"):
-        F, means, variances, log_weights = _adversarial(kind, dtype, rng)
-        first = gaussian_loglik(F, means, variances, log_weights=log_weights, backend=backend)
-        thresholds = np.asarray(first.loglik, dtype=np.float64)[
-            np.arange(means.shape[0]) * 7 % F.shape[0], np.arange(means.shape[0])]
-        full = gaussian_loglik(F, means, variances, log_weights=log_weights,
-                               thresholds=thresholds, full=True, backend=backend)
-        reduced = gaussian_loglik(F, means, variances, log_weights=log_weights,
-                                  thresholds=thresholds, full=False, backend=backend)
-        for name in ("max", "argmax", "logsumexp", "all_below"):
-            np.testing.assert_array_equal(getattr(full, name), getattr(reduced, name),
-                                          err_msg=f"{kind}: {name}")
-        if dtype == np.float64:
-            np.testing.assert_array_equal(first.loglik, full.loglik)
-            np.testing.assert_array_equal(full.all_below,
-                                          (full.loglik < thresholds).all(axis=1))
-            np.testing.assert_array_equal(full.argmax, full.loglik.argmax(axis=1))
-            np.testing.assert_array_equal(full.max, full.loglik.max(axis=1))
-
-
-def test_a_row_gets_the_same_values_alone_and_in_a_batch(backend, rng):
-    F, means, variances, log_weights = _adversarial("offset", np.float64, rng)
-    F = np.r_[F, F, F]  # several tiles
-    batch = gaussian_loglik(F, means, variances, log_weights=log_weights, backend=backend)
-    for i in (0, 5, 300, 301, len(F) - 1):
-        alone = gaussian_loglik(F[i:i + 1], means, variances, log_weights=log_weights,
-                                backend=backend)
-        np.testing.assert_array_equal(alone.loglik[0], batch.loglik[i])
-        assert alone.logsumexp[0] == batch.logsumexp[i]
-
-
-@pytest.mark.parametrize("log_weights", [[-np.inf, 0.0, -np.inf, 0.5], [-np.inf] * 4,
-                                         [-1e300, 0.0, 3.0, -np.inf]])
-def test_logsumexp_with_zero_weights(backend, dtype, rng, log_weights):
-    F, means, variances, _ = _problem(rng, 37, 4, 6, dtype)
-    log_weights = np.array(log_weights)
-    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, np.full(4, np.inf), True)
-    got = gaussian_loglik(F, means, variances, log_weights=log_weights, backend=backend)
-    np.testing.assert_allclose(got.logsumexp, ref[3], **TOL[dtype])
-
-
-def test_many_classes_near_the_maximum(backend, dtype, rng):
-    """Every class within a few nats of the best: the logsumexp needs all the terms."""
-    means = rng.normal(scale=0.05, size=(300, 4)).astype(dtype)
-    F = rng.normal(scale=0.05, size=(50, 4)).astype(dtype)
-    variances = rng.uniform(0.5, 2.0, size=300)
-    log_weights = np.log(rng.dirichlet(np.ones(300)))
-    thresholds = np.full(300, -3.0)
-    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
-    got = gaussian_loglik(F, means, variances, log_weights=log_weights, thresholds=thresholds,
-                          backend=backend)
-    np.testing.assert_allclose(got.logsumexp, ref[3], **TOL[dtype])
-    np.testing.assert_array_equal(got.argmax, ref[2])
-    np.testing.assert_array_equal(got.all_below, ref[4])
-
-
-def _gemm_kernel():
-    """The cython backend's GEMM-form entry point (returns its direct-evaluation count);
-    the numba backend has only the direct kernel."""
-    from fastzsl.backends import cython_
-    if cython_.KERNELS is None:
-        pytest.skip("cython backend not built")
-    return cython_._gaussian_cpu.gaussian_loglik_gemm
-
-
-@pytest.mark.parametrize("name", ["cython", "numba"])
-def test_huge_norms_fall_back_to_the_direct_kernel(name, dtype, rng):
-    """Norms that could overflow the product take cython's direct kernel; both compiled
-    backends match the reference there."""
-    scale = 1e19 if dtype == np.float32 else 1e152
-    F, means, variances, log_weights = _problem(rng, 20, 3, 5, dtype)
-    F, means = (F * scale).astype(dtype), (means * scale).astype(dtype)
-    variances = variances * scale**2
-    if name == "cython":
-        assert _gemm_kernel()(F, means, variances, log_weights, np.full(3, np.inf), True) is None
-    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, np.full(3, np.inf), True)
-    got = gaussian_loglik(F, means, variances, log_weights=log_weights, backend=name)
-    np.testing.assert_allclose(got.loglik, ref[0], **TOL[dtype])
-    np.testing.assert_array_equal(got.argmax, ref[2])
-
-
-def test_the_gemm_form_recomputes_few_entries_on_typical_data(dtype):
-    """On blobs (the benchmark's data) only the entries near each row's own class need
-    the direct sum; the rest are certified by the bound."""
-    gemm = _gemm_kernel()
-    F, y = make_blobs(3000, 50, n_centers=200, seed=3, dtype=dtype)
-    means = np.stack([F[y == c].mean(axis=0) for c in range(200)]).astype(dtype)
-    for full in (False, True):
-        out, n_direct = gemm(F, means, np.ones(200), np.zeros(200), np.full(200, np.inf), full)
-        assert 0 < n_direct <= 2 * len(F), (full, n_direct)

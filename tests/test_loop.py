@@ -4,26 +4,12 @@ import pytest
 import fastzsl
 from fastzsl import LoOP, loop_fit, loop_score
 from fastzsl.backends import numpy_
-from fastzsl.testing import make_blobs
+from fastzsl.testing import loop_datasets, make_blobs
 
 PyNomaly = pytest.importorskip("PyNomaly.loop", reason="PyNomaly is the LoOP oracle")
 
 
-def _datasets():
-    rng = np.random.default_rng(7)
-    blobs, _ = make_blobs(400, 5, n_centers=4, seed=3, dtype=np.float64)
-    outliers = np.r_[rng.normal(size=(300, 3)), rng.uniform(-8, 8, size=(20, 3))]
-    base = rng.normal(size=(150, 4))
-    # Duplicates in pairs and triples: fewer copies than neighbours, so no expected pdist is 0.
-    duplicates = np.r_[base, base[:60], base[:25]]
-    # (A lattice is left out on purpose: ties at the k-th neighbour make the neighbour set,
-    # and so LoOP, depend on tie-breaking, which PyNomaly leaves to argpartition.)
-    heavy_tailed = rng.standard_t(2, size=(250, 30))
-    return {"blobs": blobs, "outliers": outliers, "duplicates": duplicates,
-            "heavy_tailed": heavy_tailed}
-
-
-DATASETS = _datasets()
+DATASETS = loop_datasets()
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
@@ -57,42 +43,6 @@ def test_new_points_use_their_own_neighbours():
     expected = np.maximum(0, __import__("scipy.special").special.erf(
         plof / (model.fit_.nplof * np.sqrt(2))))
     np.testing.assert_allclose(model.outlier_probability(new), expected, rtol=1e-12, atol=1e-14)
-
-
-@pytest.mark.parametrize("name", ["blobs", "duplicates"])
-def test_backends_equal_numpy_reference(backend, dtype, name):
-    X = DATASETS[name].astype(dtype)
-    D, I = numpy_.knn(X, X, 12, 0)
-    expected = numpy_.loop_fit(D, I, 2.5)
-    fit = loop_fit(D, I, extent=2.5, backend=backend)
-    for got, want in zip((fit.pdist, fit.plof, fit.nplof, fit.probabilities), expected):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
-    Q = (X[:40] * 1.3).astype(dtype)
-    Dq, Iq = numpy_.knn(Q, X, 12, -1)
-    for scoring, ev in (("neighbors", np.nan), ("stream", fit.mean_expected_pdist)):
-        want = numpy_.loop_score(Dq, Iq, expected[0], expected[2], 2.5, ev)
-        got = loop_score(Dq, Iq, fit, scoring=scoring, backend=backend)
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
-
-
-def test_zero_distances_give_defined_values(backend):
-    # A cluster of 30 identical points (more copies than neighbours) plus a point beside it.
-    X = np.r_[np.zeros((30, 2)), [[1.0, 0.0]], np.random.default_rng(0).normal(size=(40, 2)) + 10]
-    model = LoOP(n_neighbors=5, backend=backend).fit(X)
-    p = model.probabilities_
-    assert np.isfinite(p).all()
-    assert (p[:30] == 0).all(), "identical points are exactly as dense as their neighbours"
-    assert p[30] == 1.0, "a point whose neighbours have zero pdist is infinitely sparser"
-    assert np.isfinite(model.fit_.nplof) and model.fit_.nplof > 0
-    new = model.outlier_probability(np.array([[0.0, 0.0], [0.5, 0.0]]))
-    assert new.tolist() == [0.0, 1.0]
-
-
-def test_all_points_identical_give_zero_and_new_points_one(backend):
-    X = np.ones((25, 3))
-    model = LoOP(n_neighbors=4, backend=backend).fit(X)
-    assert (model.probabilities_ == 0).all() and model.fit_.nplof == 0
-    assert model.outlier_probability(np.array([[1.0, 1, 1], [2.0, 1, 1]])).tolist() == [0.0, 1.0]
 
 
 def test_obvious_outliers_score_high():
