@@ -64,7 +64,7 @@ from gemm_tiles cimport gemm_abt
 from fastzsl._threads import blas_single_threaded
 
 cdef extern from "knn_kernels.h" nogil:
-    enum: FZ_CHUNK
+    enum: FZ_KNN_CHUNK
     uint32_t fz_row_mask_f(const float* p, const float* rn, float thr, Py_ssize_t n)
     uint32_t fz_row_mask_d(const double* p, const double* rn, double thr, Py_ssize_t n)
     uint32_t fz_col_mask_f(const float* g, float ra, const float* lim, Py_ssize_t n)
@@ -278,7 +278,7 @@ cdef void _scan_row(const cython.floating* p, const cython.floating* rn, Py_ssiz
     cdef uint32_t mask
     j0 = 0
     while j0 < n:
-        m = n - j0 if n - j0 < FZ_CHUNK else FZ_CHUNK
+        m = n - j0 if n - j0 < FZ_KNN_CHUNK else FZ_KNN_CHUNK
         mask = _row_mask(p + j0, rn + j0, last, m)
         while mask:
             j = j0 + fz_lowest_bit(mask)
@@ -287,7 +287,7 @@ cdef void _scan_row(const cython.floating* p, const cython.floating* rn, Py_ssiz
             if v < last and first + j != skip:
                 _list_replace_max(lv, li, L, v, first + j)
                 last = lv[0]
-        j0 += FZ_CHUNK
+        j0 += FZ_KNN_CHUNK
 
 
 cdef void _scan_columns(const cython.floating* g, Py_ssize_t ni, Py_ssize_t nj,
@@ -307,7 +307,7 @@ cdef void _scan_columns(const cython.floating* g, Py_ssize_t ni, Py_ssize_t nj,
         row = g + i * nj
         c0 = 0
         while c0 < nj:
-            m = nj - c0 if nj - c0 < FZ_CHUNK else FZ_CHUNK
+            m = nj - c0 if nj - c0 < FZ_KNN_CHUNK else FZ_KNN_CHUNK
             mask = _col_mask(row + c0, ra, lim + c0, m)
             while mask:
                 c = c0 + fz_lowest_bit(mask)
@@ -316,7 +316,7 @@ cdef void _scan_columns(const cython.floating* g, Py_ssize_t ni, Py_ssize_t nj,
                 if v < lim[c]:
                     _list_replace_max(lv + (j0 + c) * L, li + (j0 + c) * L, L, v, i0 + i)
                     lim[c] = lv[(j0 + c) * L]
-            c0 += FZ_CHUNK
+            c0 += FZ_KNN_CHUNK
 
 
 cdef inline void _sqdists(const cython.floating* qrow, const cython.floating* rbase,
@@ -479,7 +479,7 @@ cdef void _rescan(const cython.floating* qbase, const int64_t* ids, const double
             p = buf + s * nr
             j0 = 0
             while j0 < nr and ncand[s] <= cap:
-                m = nr - j0 if nr - j0 < FZ_CHUNK else FZ_CHUNK
+                m = nr - j0 if nr - j0 < FZ_KNN_CHUNK else FZ_KNN_CHUNK
                 mask = _row_mask(p + j0, rn_w + r0 + j0, thr, m)
                 while mask:
                     j = j0 + fz_lowest_bit(mask)
@@ -491,7 +491,7 @@ cdef void _rescan(const cython.floating* qbase, const int64_t* ids, const double
                             break
                         cand[s * cap + ncand[s]] = r0 + j
                         ncand[s] += 1
-                j0 += FZ_CHUNK
+                j0 += FZ_KNN_CHUNK
         r0 = r1
     for s in range(nsub):
         qi = ids[s]
