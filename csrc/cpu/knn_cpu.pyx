@@ -86,6 +86,26 @@ include "knn_self.pxi"
 
 # ---------------------------------------------------------------------------------- wrappers
 
+include "floating_dispatch.pxi"  # _floating_key
+
+
+def _run_typed(const cython.floating[:, ::1] queries,
+               const cython.floating[:, ::1] reference, Py_ssize_t k,
+               Py_ssize_t self_offset, bint direct, cython.floating[:, ::1] D,
+               int64_t[:, ::1] I):
+    """Fills D and I: the GEMM kernel unless ``direct`` (or it does not apply), else the
+    direct one."""
+    cdef int rc = 1
+    if (not direct and queries.shape[0] > 0 and reference.shape[0] > 0
+            and queries.shape[1] >= MIN_GEMM_DIM and k > 0):
+        with blas_single_threaded():
+            rc = _knn_gemm_impl(queries, reference, k, self_offset, D, I)
+    if rc == 1:
+        rc = _knn_direct_impl(queries, reference, k, self_offset, D, I)
+    if rc != 0:
+        raise MemoryError("knn_cpu.knn: could not allocate the per-thread kNN buffers")
+
+
 def _run(queries, reference, k, self_offset, bint direct):
     queries = np.ascontiguousarray(queries)
     reference = np.ascontiguousarray(reference, dtype=queries.dtype)
@@ -93,36 +113,8 @@ def _run(queries, reference, k, self_offset, bint direct):
     cdef Py_ssize_t offset = self_offset
     D = np.empty((queries.shape[0], kk), dtype=queries.dtype)
     I = np.empty((queries.shape[0], kk), dtype=np.int64)
-    cdef const float[:, ::1] q32, r32
-    cdef const double[:, ::1] q64, r64
-    cdef float[:, ::1] D32
-    cdef double[:, ::1] D64
-    cdef int64_t[:, ::1] Iv = I
-    cdef int rc = 1
-    use_gemm = (not direct and queries.shape[0] > 0 and reference.shape[0] > 0
-                and queries.shape[1] >= MIN_GEMM_DIM and kk > 0)
-    if queries.dtype == np.float32:
-        q32 = queries
-        r32 = reference
-        D32 = D
-        if use_gemm:
-            with blas_single_threaded():
-                rc = _knn_gemm_impl(q32, r32, kk, offset, D32, Iv)
-        if rc == 1:
-            rc = _knn_direct_impl(q32, r32, kk, offset, D32, Iv)
-    elif queries.dtype == np.float64:
-        q64 = queries
-        r64 = reference
-        D64 = D
-        if use_gemm:
-            with blas_single_threaded():
-                rc = _knn_gemm_impl(q64, r64, kk, offset, D64, Iv)
-        if rc == 1:
-            rc = _knn_direct_impl(q64, r64, kk, offset, D64, Iv)
-    else:
-        raise TypeError(f"knn_cpu.knn supports float32 and float64, not {queries.dtype}")
-    if rc != 0:
-        raise MemoryError("knn_cpu.knn: could not allocate the per-thread kNN buffers")
+    key = _floating_key(queries.dtype, "knn_cpu.knn supports float32 and float64")
+    _run_typed[key](queries, reference, kk, offset, direct, D, I)
     return D, I
 
 
@@ -150,8 +142,5 @@ def knn_self(X, k, on_progress=None):
     X = np.ascontiguousarray(X)
     if X.shape[0] == 0 or X.shape[1] < MIN_GEMM_DIM or k < 1:
         return None
-    if X.dtype == np.float32:
-        return _knn_self_typed["float"](X, k, on_progress)
-    if X.dtype == np.float64:
-        return _knn_self_typed["double"](X, k, on_progress)
-    raise TypeError(f"knn_cpu.knn_self supports float32 and float64, not {X.dtype}")
+    key = _floating_key(X.dtype, "knn_cpu.knn_self supports float32 and float64")
+    return _knn_self_typed[key](X, k, on_progress)
