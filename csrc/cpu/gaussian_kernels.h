@@ -7,8 +7,8 @@
  *     L~[i, c] = h_c (2 P[i, c] - fn_i) - (h_c mn_c + ln_c),   h_c = 1 / (2 var_c),
  *     beta[i, c] = K h_c (fn_i + mn_c) + 4 u' |ln_c|,
  *
- * where beta bounds |L~ - L_dir| (L_dir: the direct double sum of squared differences,
- * the old kernel's value); K and the derivation are in fastzsl/backends/_gaussian_gemm.py.
+ * where beta bounds |L~ - L_dir| (L_dir: the value from the double sum of squared
+ * differences, fz_direct); K and the derivation are in fastzsl/backends/_gaussian_gemm.py.
  *
  * The values and decisions are defined per row, independently of which outputs are asked
  * for (every step below only needs to look at a superset of the entries it concerns):

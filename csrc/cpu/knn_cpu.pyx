@@ -127,7 +127,8 @@ def knn(queries, reference, k, self_offset):
 
 
 def knn_direct(queries, reference, k, self_offset):
-    """The direct-difference kernel (no GEMM prefilter), kept as the fallback and test oracle."""
+    """The direct-difference kernel (no GEMM prefilter): the GEMM kernel's fallback and the
+    test oracle."""
     return _run(queries, reference, k, self_offset, True)
 
 
