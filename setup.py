@@ -26,7 +26,9 @@ extensions = [
         f"fastzsl._ext.{os.path.splitext(os.path.basename(path))[0]}",
         [path],
         include_dirs=[np.get_include(), "csrc/cpu"],
-        depends=glob.glob("csrc/cpu/*.h") + glob.glob("csrc/cpu/*.pxd"),
+        # Headers, shared .pxd and the .pxi parts of a module (knn_cpu.pyx includes them).
+        depends=sorted(glob.glob("csrc/cpu/*.h") + glob.glob("csrc/cpu/*.pxd")
+                       + glob.glob("csrc/cpu/*.pxi")),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,

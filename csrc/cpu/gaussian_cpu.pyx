@@ -62,18 +62,33 @@ cdef extern from "gaussian_kernels.h" nogil:
                                uint8_t* all_below)
 
 
-cdef void _gaussian(const cython.floating[:, ::1] F,
-                    const cython.floating[:, ::1] means,
-                    const double[::1] variances,
-                    const double[::1] log_norm,
-                    const double[::1] log_weights,
-                    const double[::1] thresholds,
-                    bint full,
-                    cython.floating[:, ::1] L,
-                    cython.floating[::1] row_max,
-                    int64_t[::1] row_argmax,
-                    cython.floating[::1] row_lse,
-                    uint8_t[::1] all_below) noexcept nogil:
+include "floating_dispatch.pxi"  # _floating_key
+
+cdef str _SUPPORTED = "gaussian_cpu supports float32 and float64"
+
+
+cdef tuple _outputs(Py_ssize_t n, Py_ssize_t n_classes, dtype, bint full):
+    """Empty (L, row_max, row_argmax, row_lse, all_below) of both kernels; L is (n,
+    n_classes) when ``full``, else (0, 0)."""
+    L = np.empty(((<object>n, <object>n_classes) if full else (0, 0)), dtype=dtype)
+    return (L, np.empty(n, dtype=dtype), np.empty(n, dtype=np.int64),
+            np.empty(n, dtype=dtype), np.empty(n, dtype=bool))
+
+
+def _gaussian(const cython.floating[:, ::1] F,
+              const cython.floating[:, ::1] means,
+              const double[::1] variances,
+              const double[::1] log_norm,
+              const double[::1] log_weights,
+              const double[::1] thresholds,
+              bint full,
+              cython.floating[:, ::1] L,
+              cython.floating[::1] row_max,
+              int64_t[::1] row_argmax,
+              cython.floating[::1] row_lse,
+              uint8_t[::1] all_below):
+    """The direct-difference kernel for one dtype: fills L (when ``full``), row_max,
+    row_argmax, row_lse and all_below."""
     cdef Py_ssize_t n = F.shape[0]
     cdef Py_ssize_t d = F.shape[1]
     cdef Py_ssize_t n_classes = means.shape[0]
@@ -83,39 +98,41 @@ cdef void _gaussian(const cython.floating[:, ::1] F,
     cdef bint below
     cdef const cython.floating* frow
     cdef const cython.floating* mrow
-    for i in prange(n, schedule="static"):
-        best = -INFINITY
-        best_c = 0
-        lse_max = -INFINITY
-        lse_sum = 0.0
-        below = True
-        frow = &F[i, 0]
-        for c in range(n_classes):
-            mrow = &means[c, 0]
-            s = 0.0
-            for t in range(d):
-                diff = <double>frow[t] - <double>mrow[t]
-                s = s + diff * diff
-            value = -s / (2.0 * variances[c]) - log_norm[c]
-            if full:
-                L[i, c] = <cython.floating>value
-            if value > best:
-                best = value
-                best_c = c
-            if not value < thresholds[c]:
-                below = False
-            # Online logsumexp: rescale the running sum whenever the maximum grows. A weight
-            # of -inf contributes exp(-inf) = 0 (skipped, so -inf - -inf never makes a NaN).
-            weighted = value + log_weights[c]
-            if weighted > lse_max:
-                lse_sum = lse_sum * exp(lse_max - weighted) + 1.0
-                lse_max = weighted
-            elif weighted != -INFINITY:
-                lse_sum = lse_sum + exp(weighted - lse_max)
-        row_max[i] = <cython.floating>best
-        row_argmax[i] = best_c
-        row_lse[i] = <cython.floating>(lse_max + log(lse_sum))
-        all_below[i] = below
+    with nogil:
+        for i in prange(n, schedule="static"):
+            best = -INFINITY
+            best_c = 0
+            lse_max = -INFINITY
+            lse_sum = 0.0
+            below = True
+            frow = &F[i, 0]
+            for c in range(n_classes):
+                mrow = &means[c, 0]
+                s = 0.0
+                for t in range(d):
+                    diff = <double>frow[t] - <double>mrow[t]
+                    s = s + diff * diff
+                value = -s / (2.0 * variances[c]) - log_norm[c]
+                if full:
+                    L[i, c] = <cython.floating>value
+                if value > best:
+                    best = value
+                    best_c = c
+                if not value < thresholds[c]:
+                    below = False
+                # Online logsumexp: rescale the running sum whenever the maximum grows. A
+                # weight of -inf contributes exp(-inf) = 0 (skipped, so -inf - -inf never
+                # makes a NaN).
+                weighted = value + log_weights[c]
+                if weighted > lse_max:
+                    lse_sum = lse_sum * exp(lse_max - weighted) + 1.0
+                    lse_max = weighted
+                elif weighted != -INFINITY:
+                    lse_sum = lse_sum + exp(weighted - lse_max)
+            row_max[i] = <cython.floating>best
+            row_argmax[i] = best_c
+            row_lse[i] = <cython.floating>(lse_max + log(lse_sum))
+            all_below[i] = below
 
 
 def gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full):
@@ -138,42 +155,10 @@ def gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full):
     cdef const double[::1] var_v = variances
     for c in range(n_classes):
         ln_w[c] = half_d * log(2.0 * M_PI * var_v[c])
-    L = np.empty(((<object>n, <object>n_classes) if want_full else (0, 0)), dtype=F.dtype)
-    row_max = np.empty(n, dtype=F.dtype)
-    row_argmax = np.empty(n, dtype=np.int64)
-    row_lse = np.empty(n, dtype=F.dtype)
-    all_below = np.empty(n, dtype=bool)
-    cdef const double[::1] norm_v = log_norm
-    cdef const double[::1] lw_v = log_weights
-    cdef const double[::1] th_v = thresholds
-    cdef int64_t[::1] am_v = row_argmax
-    cdef uint8_t[::1] below_v = all_below.view(np.uint8)
-    cdef const float[:, ::1] F32, M32
-    cdef float[:, ::1] L32
-    cdef float[::1] mx32, lse32
-    cdef const double[:, ::1] F64, M64
-    cdef double[:, ::1] L64
-    cdef double[::1] mx64, lse64
-    if F.dtype == np.float32:
-        F32 = F
-        M32 = means
-        L32 = L
-        mx32 = row_max
-        lse32 = row_lse
-        with nogil:
-            _gaussian(F32, M32, var_v, norm_v, lw_v, th_v, want_full,
-                      L32, mx32, am_v, lse32, below_v)
-    elif F.dtype == np.float64:
-        F64 = F
-        M64 = means
-        L64 = L
-        mx64 = row_max
-        lse64 = row_lse
-        with nogil:
-            _gaussian(F64, M64, var_v, norm_v, lw_v, th_v, want_full,
-                      L64, mx64, am_v, lse64, below_v)
-    else:
-        raise TypeError(f"gaussian_cpu supports float32 and float64, not {F.dtype}")
+    L, row_max, row_argmax, row_lse, all_below = _outputs(n, n_classes, F.dtype, want_full)
+    _gaussian[_floating_key(F.dtype, _SUPPORTED)](
+        F, means, variances, log_norm, log_weights, thresholds, want_full, L, row_max,
+        row_argmax, row_lse, all_below.view(np.uint8))
     return (L if want_full else None), row_max, row_argmax, row_lse, all_below
 
 
@@ -263,33 +248,18 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     return n_direct
 
 
-def gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full):
-    """The GEMM-form kernel: ((L or None, row_max, row_argmax, row_logsumexp, all_below),
-    n_direct), n_direct the number of entries it computed by direct differences; None
-    instead when the GEMM form does not apply (no classes, d = 0, norms that could
-    overflow the product)."""
-    F = np.ascontiguousarray(F)
-    means = np.ascontiguousarray(means, dtype=F.dtype)
-    terms = class_terms(means, variances)
-    if terms is None or F.shape[0] == 0:
-        return None
-    log_weights = np.ascontiguousarray(log_weights, dtype=np.float64)
-    thresholds = np.ascontiguousarray(thresholds, dtype=np.float64)
-    variances = np.ascontiguousarray(variances, dtype=np.float64)
-    cdef bint want_full = bool(full)
-    cdef Py_ssize_t n = F.shape[0]
-    cdef Py_ssize_t n_classes = means.shape[0]
-    L = np.empty(((<object>n, <object>n_classes) if want_full else (0, 0)), dtype=F.dtype)
-    row_max = np.empty(n, dtype=F.dtype)
-    row_argmax = np.empty(n, dtype=np.int64)
-    row_lse = np.empty(n, dtype=F.dtype)
-    all_below = np.empty(n, dtype=bool)
-
+def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] means,
+                const cython.floating[:, ::1] centred, terms, const double[::1] var,
+                log_weights, thresholds, bint full, cython.floating[:, ::1] L,
+                cython.floating[::1] row_max, int64_t[::1] row_argmax,
+                cython.floating[::1] row_lse, uint8_t[::1] all_below):
+    """_gemm_kernel for one dtype, with the class terms of ``class_terms``: fills the outputs
+    (L when ``full``) and returns its result."""
     cdef const double[::1] h = terms.h, k = terms.k, kh = terms.kh
-    cdef const double[::1] km = terms.km, ln = terms.log_norm, var = variances
+    cdef const double[::1] km = terms.km, ln = terms.log_norm
     cdef const double[::1] lw = log_weights, thr = thresholds, center = terms.center
     cdef fz_gauss_params q
-    q.n_classes = n_classes
+    q.n_classes = means.shape[0]
     q.d = F.shape[1]
     q.h = &h[0]
     q.k = &k[0]
@@ -311,33 +281,37 @@ def gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full):
     q.lse_cut = LSE_CUT
     # float32: its accuracy target is coarse, so entries near a threshold are decided on
     # their direct value; float64 decides on the (reproducible) values themselves.
-    q.exact_thresholds = F.dtype == np.float32
+    q.exact_thresholds = cython.floating is float
     cdef Py_ssize_t tile = terms.tile
     cdef double norm_limit = terms.norm_limit
-    cdef int64_t[::1] am_v = row_argmax
-    cdef uint8_t[::1] below_v = all_below.view(np.uint8)
-    cdef const float[:, ::1] F32, M32, C32
-    cdef float[::1] mx32, lse32
-    cdef float[:, ::1] L32
-    cdef const double[:, ::1] F64, M64, C64
-    cdef double[::1] mx64, lse64
-    cdef double[:, ::1] L64
-    cdef Py_ssize_t rc = 0
+    cdef Py_ssize_t rc
     with blas_single_threaded():
-        if F.dtype == np.float32:
-            F32, M32, C32, L32, mx32, lse32 = F, means, terms.centred, L, row_max, row_lse
-            with nogil:
-                rc = _gemm_kernel(F32, M32, C32, center, norm_limit, &q, tile,
-                                  &L32[0, 0] if want_full else NULL, &mx32[0], &am_v[0],
-                                  &lse32[0], &below_v[0])
-        elif F.dtype == np.float64:
-            F64, M64, C64, L64, mx64, lse64 = F, means, terms.centred, L, row_max, row_lse
-            with nogil:
-                rc = _gemm_kernel(F64, M64, C64, center, norm_limit, &q, tile,
-                                  &L64[0, 0] if want_full else NULL, &mx64[0], &am_v[0],
-                                  &lse64[0], &below_v[0])
-        else:
-            raise TypeError(f"gaussian_cpu supports float32 and float64, not {F.dtype}")
+        with nogil:
+            rc = _gemm_kernel(F, means, centred, center, norm_limit, &q, tile,
+                              &L[0, 0] if full else NULL, &row_max[0], &row_argmax[0],
+                              &row_lse[0], &all_below[0])
+    return rc
+
+
+def gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full):
+    """The GEMM-form kernel: ((L or None, row_max, row_argmax, row_logsumexp, all_below),
+    n_direct), n_direct the number of entries it computed by direct differences; None
+    instead when the GEMM form does not apply (no classes, d = 0, norms that could
+    overflow the product)."""
+    F = np.ascontiguousarray(F)
+    means = np.ascontiguousarray(means, dtype=F.dtype)
+    terms = class_terms(means, variances)
+    if terms is None or F.shape[0] == 0:
+        return None
+    log_weights = np.ascontiguousarray(log_weights, dtype=np.float64)
+    thresholds = np.ascontiguousarray(thresholds, dtype=np.float64)
+    variances = np.ascontiguousarray(variances, dtype=np.float64)
+    cdef bint want_full = bool(full)
+    L, row_max, row_argmax, row_lse, all_below = _outputs(F.shape[0], means.shape[0],
+                                                          F.dtype, want_full)
+    rc = _gemm_typed[_floating_key(F.dtype, _SUPPORTED)](
+        F, means, terms.centred, terms, variances, log_weights, thresholds, want_full, L,
+        row_max, row_argmax, row_lse, all_below.view(np.uint8))
     if rc == -1:
         raise MemoryError("gaussian_cpu: could not allocate the per-thread tile buffers")
     if rc == -2:

@@ -7,8 +7,8 @@
  *     L~[i, c] = h_c (2 P[i, c] - fn_i) - (h_c mn_c + ln_c),   h_c = 1 / (2 var_c),
  *     beta[i, c] = K h_c (fn_i + mn_c) + 4 u' |ln_c|,
  *
- * where beta bounds |L~ - L_dir| (L_dir: the direct double sum of squared differences,
- * the old kernel's value); K and the derivation are in fastzsl/backends/_gaussian_gemm.py.
+ * where beta bounds |L~ - L_dir| (L_dir: the value from the double sum of squared
+ * differences, fz_direct); K and the derivation are in fastzsl/backends/_gaussian_gemm.py.
  *
  * The values and decisions are defined per row, independently of which outputs are asked
  * for (every step below only needs to look at a superset of the entries it concerns):
@@ -30,8 +30,8 @@
  * and W <= max (F + lw) (from lo1 and the smallest weight when all weights are finite,
  * and from the heaviest class). Pass B screens every entry with beta_max in place of its
  * own beta, t = L~ + beta_max >= min(lo1, threshold_c, W - lse_cut - lw_c), skipping
- * blocks of FZ_BLOCK and then FZ_CHUNK entries after one vectorised max-reduction each;
- * the entries that pass are tested with their own beta and listed when they may be an
+ * blocks of FZ_BLOCK and then FZ_GAUSS_CHUNK entries after one vectorised max-reduction
+ * each; the entries that pass are tested with their own beta and listed when they may be an
  * argmax candidate, a logsumexp term or not below their threshold. Only the listed
  * entries (a few per row on typical data) get the scalar treatment above, so a row costs
  * two vectorised passes plus O(listed) work. A row's values depend only on the row, the
@@ -58,7 +58,7 @@
 #define FZ_BLOCK 256
 #define FZ_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FZ_MAX(a, b) ((a) > (b) ? (a) : (b))
-#define FZ_CHUNK 16
+#define FZ_GAUSS_CHUNK 16
 
 /* why an entry is on a row's list (pass B) */
 enum { FZ_ARGMAX = 1, FZ_LSE = 2, FZ_THRESHOLD = 4 };
@@ -85,8 +85,8 @@ typedef struct {
 } fz_gauss_params;
 
 /* Runs BODY for every c in [0, n) with M(c) >= 0, in increasing c: blocks of FZ_BLOCK and
- * then of FZ_CHUNK entries are skipped after one vectorised max-reduction each, since only
- * a few entries per row are expected. */
+ * then of FZ_GAUSS_CHUNK entries are skipped after one vectorised max-reduction each, since
+ * only a few entries per row are expected. */
 #define FZ_FOR_NONNEG(M, n, c, BODY)                                                      \
     for (ptrdiff_t b0_ = 0; b0_ < (n); b0_ += FZ_BLOCK) {                                 \
         ptrdiff_t b1_ = b0_ + FZ_BLOCK < (n) ? b0_ + FZ_BLOCK : (n);                      \
@@ -96,8 +96,8 @@ typedef struct {
             top_ = FZ_MAX(M(c), top_);                                                    \
         if (!(top_ >= 0.0))                                                               \
             continue;                                                                     \
-        for (ptrdiff_t c0_ = b0_; c0_ < b1_; c0_ += FZ_CHUNK) {                           \
-            ptrdiff_t c1_ = c0_ + FZ_CHUNK < b1_ ? c0_ + FZ_CHUNK : b1_;                  \
+        for (ptrdiff_t c0_ = b0_; c0_ < b1_; c0_ += FZ_GAUSS_CHUNK) {                     \
+            ptrdiff_t c1_ = c0_ + FZ_GAUSS_CHUNK < b1_ ? c0_ + FZ_GAUSS_CHUNK : b1_;      \
             top_ = -INFINITY;                                                             \
             _Pragma("omp simd reduction(max:top_)")                                       \
             for (c = c0_; c < c1_; c++)                                                   \

@@ -54,8 +54,8 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
         }
     }
     if (need_any) { /* the matrix holds B: fix every "need" entry */
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_CHUNK) {
-            ptrdiff_t c1 = c0 + FZ_CHUNK < C ? c0 + FZ_CHUNK : C;
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_GAUSS_CHUNK) {
+            ptrdiff_t c1 = c0 + FZ_GAUSS_CHUNK < C ? c0 + FZ_GAUSS_CHUNK : C;
             double top = 0.0;
             #pragma omp simd reduction(max:top)
             for (c = c0; c < c1; c++)

@@ -1,7 +1,7 @@
 /* Scan helpers for csrc/cpu/knn_cpu.pyx (pass 1 of the GEMM kNN kernels).
  *
- * Each returns a bit mask of the n <= FZ_CHUNK entries of one chunk that pass the filter
- * (bit t for entry t):
+ * Each returns a bit mask of the n <= FZ_KNN_CHUNK entries of one chunk that pass the
+ * filter (bit t for entry t):
  *   fz_row_mask_{f,d}(p, rn, thr, n):      rn[t] - 2 p[t] <= thr
  *       one query's dot products p with candidates of norms rn, against its threshold;
  *   fz_col_mask_{f,d}(g, ra, lim, n):      ra - 2 g[t] <= lim[t]
@@ -18,7 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FZ_CHUNK 32
+#define FZ_KNN_CHUNK 32
 
 #if defined(__SSE2__)
 #include <emmintrin.h>

@@ -15,6 +15,8 @@ from libc.math cimport erf, sqrt, isnan, isfinite, INFINITY, NAN
 
 cdef double SQRT2 = sqrt(2.0)
 
+include "floating_dispatch.pxi"  # _floating_key
+
 
 cdef inline double _plof(double pdist, double ev) noexcept nogil:
     # 0/0 -> 0 (as dense as the neighbours); x/0 -> +inf (infinitely sparser).
@@ -33,17 +35,18 @@ cdef inline double _probability(double plof, double nplof) noexcept nogil:
     return 0.0 if p < 0.0 else p  # NaN passes through, as np.maximum(0, nan)
 
 
-cdef void _pdist(const cython.floating[:, ::1] D, double extent,
-                 double[::1] out) noexcept nogil:
+def _pdist(const cython.floating[:, ::1] D, double extent, double[::1] out):
+    """pdist of every row of D (its k distances) into out."""
     cdef Py_ssize_t n = D.shape[0]
     cdef Py_ssize_t k = D.shape[1]
     cdef Py_ssize_t i, c
     cdef double s
-    for i in prange(n, schedule="static"):
-        s = 0.0
-        for c in range(k):
-            s = s + <double>D[i, c]
-        out[i] = extent * sqrt(s / k)
+    with nogil:
+        for i in prange(n, schedule="static"):
+            s = 0.0
+            for c in range(k):
+                s = s + <double>D[i, c]
+            out[i] = extent * sqrt(s / k)
 
 
 cdef void _plof_rows(const double[::1] pdist, const int64_t[:, ::1] I,
@@ -87,19 +90,8 @@ cdef _pdist_any(D, double extent):
     """pdist as a float64 array, for D of dtype float32 or float64."""
     D = np.ascontiguousarray(D)
     out = np.empty(D.shape[0], dtype=np.float64)
-    cdef double[::1] o = out
-    cdef const float[:, ::1] d32
-    cdef const double[:, ::1] d64
-    if D.dtype == np.float32:
-        d32 = D
-        with nogil:
-            _pdist(d32, extent, o)
-    elif D.dtype == np.float64:
-        d64 = D
-        with nogil:
-            _pdist(d64, extent, o)
-    else:
-        raise TypeError(f"loop_cpu supports float32 and float64 distances, not {D.dtype}")
+    key = _floating_key(D.dtype, "loop_cpu supports float32 and float64 distances")
+    _pdist[key](D, extent, out)
     return out
 
 

@@ -3,8 +3,8 @@
 The kernels keep candidates on ||r||^2 - 2 q.r computed with BLAS and re-rank the survivors
 by direct differences; a margin too small would silently drop true neighbours. Every case
 checks the result against the NumPy reference (within the usual tolerances, neighbour sets
-up to ties) and bit for bit against the direct kernel ``knn_direct`` (the pre-GEMM
-algorithm) and, when available, the numba backend (the same direct kernel); self-searches
+up to ties) and bit for bit against the direct kernel ``knn_direct`` (exact differences,
+no GEMM) and, when available, the numba backend (the same direct kernel); self-searches
 also check the symmetric self-join ``knn_self`` bit for bit.
 """
 import numpy as np
@@ -190,3 +190,11 @@ def test_public_self_search_uses_the_self_join(rng, monkeypatch):
     D_ref, I_ref = knn_cpu.knn(X, X, 5, 0)
     np.testing.assert_array_equal(D, D_ref)
     np.testing.assert_array_equal(I, I_ref)
+
+
+@pytest.mark.parametrize("name", ["knn", "knn_direct", "knn_self"])
+def test_other_dtypes_are_refused(name):
+    X = np.ones((4, 3), dtype=np.int64)
+    args = (X, 2) if name == "knn_self" else (X, X, 2, -1)
+    with pytest.raises(TypeError, match="supports float32 and float64, not int64"):
+        getattr(knn_cpu, name)(*args)

@@ -1,0 +1,575 @@
+# The two-pass GEMM kernel of knn (part of knn_cpu.pyx, included there after
+# knn_direct.pxi; the module docstring proves it exact). Pass 1 keeps k + LIST_EXTRA
+# candidates per query from gemm tiles of dot products; pass 2 (_pass2, with its per-thread
+# Pass2Scratch) re-ranks them by exact distances, or rescans the queries whose list
+# overflowed. The pass-1 scans, pass 2 and the norms also serve the self-join (knn_self.pxi).
+
+cdef enum:
+    # knn: blocks of up to QUERY_BLOCK_GEMM queries x (GEMM_TILE_ELEMS / block size) float32
+    # reference rows (half as many float64 rows): a 1 MiB tile of dot products per thread.
+    # Measured here on the d = 50 bench: 1024 x 256 tiles 9% faster than 256 x 512 ones.
+    QUERY_BLOCK_GEMM = 1024
+    GEMM_TILE_ELEMS = 262144
+    # Pass 2 of queries whose list overflowed (near-ties): RESCAN_GROUP of them at a time,
+    # one more gemm over tiles of RESCAN_TILE reference rows, collecting up to
+    # max(RESCAN_CAP, 2 L) candidates per query (beyond that: the direct scan).
+    RESCAN_GROUP = 32
+    RESCAN_TILE = 8192
+    RESCAN_CAP = 2048
+    # Per-thread pass-1 lists of a knn query block stay under this many bytes (large k).
+    LIST_BYTES = 16777216
+
+# Pass-2 margin: SAFETY times twice the proven error bound of one candidate (docstring).
+cdef double SAFETY = 2.0
+# Norm sums above these could overflow the gemm / v_j in the input dtype: use the direct kernel.
+cdef double NORM_LIMIT_F32 = 1e37
+cdef double NORM_LIMIT_F64 = 1e300
+
+
+cdef inline uint32_t _row_mask(const cython.floating* p, const cython.floating* rn,
+                               cython.floating thr, Py_ssize_t n) noexcept nogil:
+    if cython.floating is float:
+        return fz_row_mask_f(p, rn, thr, n)
+    else:
+        return fz_row_mask_d(p, rn, thr, n)
+
+
+cdef inline uint32_t _col_mask(const cython.floating* g, cython.floating ra,
+                               const cython.floating* lim, Py_ssize_t n) noexcept nogil:
+    if cython.floating is float:
+        return fz_col_mask_f(g, ra, lim, n)
+    else:
+        return fz_col_mask_d(g, ra, lim, n)
+
+
+cdef inline void _list_replace_max(cython.floating* lv, int64_t* li, Py_ssize_t L,
+                                   cython.floating v, int64_t j) noexcept nogil:
+    """Pass 1: a list of L (value, index) pairs sorted largest first; (v, j), smaller than
+    lv[0], replaces the largest. (Measured faster here than a binary heap: most accepted
+    candidates land near the front, and the shift loop predicts well.)"""
+    cdef Py_ssize_t pos = 0
+    while pos + 1 < L and lv[pos + 1] > v:
+        lv[pos] = lv[pos + 1]
+        li[pos] = li[pos + 1]
+        pos += 1
+    lv[pos] = v
+    li[pos] = j
+
+
+cdef inline void _insert_lex(double* bd, int64_t* bi, Py_ssize_t k, double s,
+                             int64_t j) noexcept nogil:
+    """Pass 2: keep the k lexicographically smallest (distance, index), in any visiting order."""
+    cdef Py_ssize_t pos = k - 1
+    if not (s < bd[pos] or (s == bd[pos] and j < bi[pos])):
+        return
+    while pos > 0 and (bd[pos - 1] > s or (bd[pos - 1] == s and bi[pos - 1] > j)):
+        bd[pos] = bd[pos - 1]
+        bi[pos] = bi[pos - 1]
+        pos -= 1
+    bd[pos] = s
+    bi[pos] = j
+
+
+cdef void _scan_row(const cython.floating* p, const cython.floating* rn, Py_ssize_t n,
+                    Py_ssize_t first, Py_ssize_t skip, cython.floating* lv, int64_t* li,
+                    Py_ssize_t L) noexcept nogil:
+    """Pass 1 for one query against candidates first..first+n-1 (p: its dot products, rn:
+    their norms); ``skip`` is the query's own index (or -1)."""
+    cdef cython.floating last = lv[0]
+    cdef cython.floating v
+    cdef Py_ssize_t j0, j, m
+    cdef uint32_t mask
+    j0 = 0
+    while j0 < n:
+        m = n - j0 if n - j0 < FZ_KNN_CHUNK else FZ_KNN_CHUNK
+        mask = _row_mask(p + j0, rn + j0, last, m)
+        while mask:
+            j = j0 + fz_lowest_bit(mask)
+            mask &= mask - 1
+            v = rn[j] - (p[j] + p[j])
+            if v < last and first + j != skip:
+                _list_replace_max(lv, li, L, v, first + j)
+                last = lv[0]
+        j0 += FZ_KNN_CHUNK
+
+
+cdef void _scan_columns(const cython.floating* g, Py_ssize_t ni, Py_ssize_t nj,
+                        Py_ssize_t i0, Py_ssize_t j0, const cython.floating* rn,
+                        cython.floating* lv, int64_t* li, Py_ssize_t L,
+                        cython.floating* lim) noexcept nogil:
+    """Pass 1 for queries j0..j0+nj-1 against candidates i0..i0+ni-1, from the tile
+    g[ni, nj] of their dot products (rows: candidates). ``lim``: nj scratch entries."""
+    cdef Py_ssize_t i, c, c0, m
+    cdef cython.floating ra, v
+    cdef const cython.floating* row
+    cdef uint32_t mask
+    for c in range(nj):
+        lim[c] = lv[(j0 + c) * L]
+    for i in range(ni):
+        ra = rn[i0 + i]
+        row = g + i * nj
+        c0 = 0
+        while c0 < nj:
+            m = nj - c0 if nj - c0 < FZ_KNN_CHUNK else FZ_KNN_CHUNK
+            mask = _col_mask(row + c0, ra, lim + c0, m)
+            while mask:
+                c = c0 + fz_lowest_bit(mask)
+                mask &= mask - 1
+                v = ra - (row[c] + row[c])
+                if v < lim[c]:
+                    _list_replace_max(lv + (j0 + c) * L, li + (j0 + c) * L, L, v, i0 + i)
+                    lim[c] = lv[(j0 + c) * L]
+            c0 += FZ_KNN_CHUNK
+
+
+cdef inline void _sqdists(const cython.floating* qrow, const cython.floating* rbase,
+                          Py_ssize_t d, const int64_t* cand, Py_ssize_t nc,
+                          double* out) noexcept nogil:
+    """_sqdist of qrow to rows cand[0..nc-1], four at a time (independent sums run in
+    parallel in the pipeline; each is the same sequence of operations as _sqdist)."""
+    cdef Py_ssize_t c = 0
+    cdef Py_ssize_t t
+    cdef double x, e0, e1, e2, e3, s0, s1, s2, s3
+    cdef const cython.floating* b0
+    cdef const cython.floating* b1
+    cdef const cython.floating* b2
+    cdef const cython.floating* b3
+    while c + 4 <= nc:
+        b0 = rbase + cand[c] * d
+        b1 = rbase + cand[c + 1] * d
+        b2 = rbase + cand[c + 2] * d
+        b3 = rbase + cand[c + 3] * d
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        for t in range(d):
+            x = <double>qrow[t]
+            e0 = x - <double>b0[t]
+            e1 = x - <double>b1[t]
+            e2 = x - <double>b2[t]
+            e3 = x - <double>b3[t]
+            s0 += e0 * e0
+            s1 += e1 * e1
+            s2 += e2 * e2
+            s3 += e3 * e3
+        out[c] = s0
+        out[c + 1] = s1
+        out[c + 2] = s2
+        out[c + 3] = s3
+        c += 4
+    while c < nc:
+        out[c] = _sqdist(qrow, rbase + cand[c] * d, d)
+        c += 1
+
+
+cdef inline double _margin(double T, double qn, double rmax, Py_ssize_t d, double eps,
+                           double tiny) noexcept nogil:
+    """M = 2 SAFETY b + the rounding of T + M (module docstring); eps, tiny of the input dtype."""
+    cdef double u = 0.5 * eps
+    cdef double u2 = 0.5 * DBL_EPSILON
+    cdef double b = (((d + 3) * u + (3 * d + 4) * u2) * (qn + rmax) * (1 + 2 * (d + 2) * u)
+                     + (2 * d + 4) * tiny)
+    return 2 * SAFETY * b + 4 * u2 * (fabs(T) + qn + rmax)
+
+
+cdef Py_ssize_t _pass2_candidates(const cython.floating* lv, const int64_t* li, Py_ssize_t L,
+                                   Py_ssize_t k, double qn, double rmax, Py_ssize_t d,
+                                   double eps, double tiny, int64_t* cand, double* cand_v,
+                                   double* limit) noexcept nogil:
+    """Pass 2, first step, for one query's list lv/li (L entries, index -1 = empty): sorts the
+    kept candidates into cand/cand_v and sets limit = T + M. Returns how many are within the
+    limit, or -1 when the list overflowed (its largest entry is itself within the limit, so
+    a candidate it dropped may belong to the answer)."""
+    cdef Py_ssize_t c, nc, pos
+    cdef double T, x
+    nc = 0
+    for c in range(L):
+        if li[c] < 0:
+            continue
+        x = lv[c]
+        pos = nc
+        while pos > 0 and cand_v[pos - 1] > x:
+            cand_v[pos] = cand_v[pos - 1]
+            cand[pos] = cand[pos - 1]
+            pos -= 1
+        cand_v[pos] = x
+        cand[pos] = li[c]
+        nc += 1
+    # T: the k-th smallest kept value (+inf when fewer than k candidates exist).
+    T = cand_v[k - 1] if nc >= k else INFINITY
+    limit[0] = T + _margin(T, qn, rmax, d, eps, tiny) if T < INFINITY else INFINITY
+    if nc == L and cand_v[L - 1] <= limit[0]:
+        return -1
+    while nc > 0 and cand_v[nc - 1] > limit[0]:
+        nc -= 1
+    return nc
+
+
+cdef inline void _clear_best(double* bd, int64_t* bi, Py_ssize_t k) noexcept nogil:
+    """An empty k-best list: every slot (+inf, -1)."""
+    cdef Py_ssize_t c
+    for c in range(k):
+        bd[c] = INFINITY
+        bi[c] = -1
+
+
+cdef inline void _write_answer(const double* bd, const int64_t* bi, Py_ssize_t k,
+                               cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(k):
+        Dout[c] = <cython.floating>bd[c]
+        Iout[c] = bi[c]
+
+
+cdef void _rerank(const cython.floating* qrow, const cython.floating* rbase, Py_ssize_t d,
+                  Py_ssize_t k, const int64_t* cand, Py_ssize_t nc, double* dist, double* bd,
+                  int64_t* bi, cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    """Pass 2, last step: the k lexicographically smallest (exact distance, index) among
+    candidates cand[0..nc-1], written to Dout/Iout. Scratch: dist[nc], bd/bi[k]."""
+    cdef Py_ssize_t c
+    _clear_best(bd, bi, k)
+    _sqdists(qrow, rbase, d, cand, nc, dist)
+    for c in range(nc):
+        _insert_lex(bd, bi, k, dist[c], cand[c])
+    _write_answer(bd, bi, k, Dout, Iout)
+
+
+cdef inline cython.floating _at_least(cython.floating dummy, double x) noexcept nogil:
+    """The smallest value of the input dtype >= x (+inf above its range)."""
+    cdef float f
+    if cython.floating is float:
+        if x > FLT_MAX:
+            return INFINITY
+        f = <float>x
+        if <double>f < x:
+            f = nextafterf(f, INFINITY)
+        return f
+    else:
+        return x
+
+
+cdef void _rescan(const cython.floating* qbase, const int64_t* ids, const double* limits,
+                  Py_ssize_t nsub, Py_ssize_t self_offset, const cython.floating* rbase,
+                  const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k,
+                  Py_ssize_t cap, cython.floating* qsub, cython.floating* buf, int64_t* cand,
+                  Py_ssize_t* ncand, double* dist, double* bd, int64_t* bi,
+                  cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    """Pass 2 of queries ids[0..nsub-1] (<= RESCAN_GROUP) whose lists overflowed: one more
+    gemm over all reference tiles collects every candidate with v <= the query's limit (any
+    gemm's v is within b, so the module docstring's argument holds for them), then _rerank;
+    a query with more than ``cap`` such candidates takes the direct scan. Scratch: qsub[nsub
+    d], buf[nsub RESCAN_TILE], cand[nsub cap], ncand[nsub], dist[cap], bd/bi[k]."""
+    cdef Py_ssize_t s, r0, r1, nr, j0, j, m, skip, qi
+    cdef cython.floating thr, v
+    cdef const cython.floating* p
+    cdef uint32_t mask
+    for s in range(nsub):
+        memcpy(qsub + s * d, qbase + ids[s] * d, d * sizeof(cython.floating))
+        ncand[s] = 0
+    r0 = 0
+    while r0 < n_r:
+        r1 = r0 + RESCAN_TILE
+        if r1 > n_r:
+            r1 = n_r
+        nr = r1 - r0
+        gemm_abt(qsub, rbase + r0 * d, <int>nsub, <int>nr, <int>d, buf)
+        for s in range(nsub):
+            if ncand[s] > cap:
+                continue
+            thr = _at_least(<cython.floating>0, limits[s])
+            skip = ids[s] + self_offset if self_offset >= 0 else -1
+            p = buf + s * nr
+            j0 = 0
+            while j0 < nr and ncand[s] <= cap:
+                m = nr - j0 if nr - j0 < FZ_KNN_CHUNK else FZ_KNN_CHUNK
+                mask = _row_mask(p + j0, rn_w + r0 + j0, thr, m)
+                while mask:
+                    j = j0 + fz_lowest_bit(mask)
+                    mask &= mask - 1
+                    v = rn_w[r0 + j] - (p[j] + p[j])
+                    if <double>v <= limits[s] and r0 + j != skip:
+                        if ncand[s] == cap:
+                            ncand[s] = cap + 1  # too many near-ties: direct scan below
+                            break
+                        cand[s * cap + ncand[s]] = r0 + j
+                        ncand[s] += 1
+                j0 += FZ_KNN_CHUNK
+        r0 = r1
+    for s in range(nsub):
+        qi = ids[s]
+        if ncand[s] > cap:
+            _clear_best(bd, bi, k)
+            skip = qi + self_offset if self_offset >= 0 else -1
+            _direct_scan(qbase + qi * d, rbase, 0, n_r, d, k, skip, bd, bi)
+            _write_answer(bd, bi, k, Dout + qi * k, Iout + qi * k)
+        else:
+            _rerank(qbase + qi * d, rbase, d, k, cand + s * cap, ncand[s], dist, bd, bi,
+                    Dout + qi * k, Iout + qi * k)
+
+
+cdef struct Pass2Scratch:
+    # Per-thread buffers of pass 2 (see _pass2_scratch_new).
+    int64_t* cand      # [max(L, cap)]: one query's sorted candidates
+    double* cand_v     # [max(L, cap)]: their values, then their exact distances
+    double* bd         # [k]
+    int64_t* bi        # [k]
+    int64_t* ids       # [RESCAN_GROUP]: overflowed queries waiting for _rescan
+    double* limits     # [RESCAN_GROUP]
+    Py_ssize_t n_ids
+    void* qsub         # floating[RESCAN_GROUP d]
+    void* buf          # floating[RESCAN_GROUP RESCAN_TILE]
+    int64_t* gcand     # [RESCAN_GROUP cap]
+    Py_ssize_t* ncand  # [RESCAN_GROUP]
+    Py_ssize_t cap
+
+
+cdef inline Py_ssize_t _rescan_cap(Py_ssize_t L) noexcept nogil:
+    return RESCAN_CAP if RESCAN_CAP > 2 * L else 2 * L
+
+
+cdef bint _pass2_scratch_new(Pass2Scratch* sc, Py_ssize_t k, Py_ssize_t L, Py_ssize_t d,
+                             size_t itemsize) noexcept nogil:
+    """Allocates every buffer; False (buffers freed) when one could not be allocated."""
+    sc.cap = _rescan_cap(L)
+    sc.n_ids = 0
+    sc.cand = <int64_t*>malloc(sc.cap * sizeof(int64_t))
+    sc.cand_v = <double*>malloc(sc.cap * sizeof(double))
+    sc.bd = <double*>malloc(k * sizeof(double))
+    sc.bi = <int64_t*>malloc(k * sizeof(int64_t))
+    sc.ids = <int64_t*>malloc(RESCAN_GROUP * sizeof(int64_t))
+    sc.limits = <double*>malloc(RESCAN_GROUP * sizeof(double))
+    sc.qsub = malloc(RESCAN_GROUP * d * itemsize)
+    sc.buf = malloc(RESCAN_GROUP * RESCAN_TILE * itemsize)
+    sc.gcand = <int64_t*>malloc(RESCAN_GROUP * sc.cap * sizeof(int64_t))
+    sc.ncand = <Py_ssize_t*>malloc(RESCAN_GROUP * sizeof(Py_ssize_t))
+    if (sc.cand == NULL or sc.cand_v == NULL or sc.bd == NULL or sc.bi == NULL
+            or sc.ids == NULL or sc.limits == NULL or sc.qsub == NULL or sc.buf == NULL
+            or sc.gcand == NULL or sc.ncand == NULL):
+        _pass2_scratch_free(sc)
+        return False
+    return True
+
+
+cdef void _pass2_scratch_free(Pass2Scratch* sc) noexcept nogil:
+    free(sc.cand)
+    free(sc.cand_v)
+    free(sc.bd)
+    free(sc.bi)
+    free(sc.ids)
+    free(sc.limits)
+    free(sc.qsub)
+    free(sc.buf)
+    free(sc.gcand)
+    free(sc.ncand)
+    sc.cand = NULL
+    sc.cand_v = NULL
+    sc.bd = NULL
+    sc.bi = NULL
+    sc.ids = NULL
+    sc.limits = NULL
+    sc.qsub = NULL
+    sc.buf = NULL
+    sc.gcand = NULL
+    sc.ncand = NULL
+
+
+cdef void _pass2_flush(Pass2Scratch* sc, const cython.floating* qbase,
+                       Py_ssize_t self_offset, const cython.floating* rbase,
+                       const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k,
+                       cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    """Rescans the overflowed queries waiting in sc."""
+    if sc.n_ids > 0:
+        _rescan(qbase, sc.ids, sc.limits, sc.n_ids, self_offset, rbase, rn_w, n_r, d, k,
+                sc.cap, <cython.floating*>sc.qsub, <cython.floating*>sc.buf, sc.gcand,
+                sc.ncand, sc.cand_v, sc.bd, sc.bi, Dout, Iout)
+        sc.n_ids = 0
+
+
+cdef void _pass2(Pass2Scratch* sc, Py_ssize_t qi, const cython.floating* qbase,
+                 Py_ssize_t self_offset, const cython.floating* rbase,
+                 const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k,
+                 Py_ssize_t L, double qn, double rmax, double eps, double tiny,
+                 const cython.floating* lv, const int64_t* li, cython.floating* Dout,
+                 int64_t* Iout) noexcept nogil:
+    """Pass 2 for query qi from its list lv/li: answered now, or queued for a rescan (the
+    caller flushes the queue with _pass2_flush when it is done)."""
+    cdef double limit
+    cdef Py_ssize_t nc = _pass2_candidates(lv, li, L, k, qn, rmax, d, eps, tiny,
+                                           sc.cand, sc.cand_v, &limit)
+    if nc >= 0:
+        _rerank(qbase + qi * d, rbase, d, k, sc.cand, nc, sc.cand_v, sc.bd, sc.bi,
+                Dout + qi * k, Iout + qi * k)
+        return
+    sc.ids[sc.n_ids] = qi
+    sc.limits[sc.n_ids] = limit
+    sc.n_ids += 1
+    if sc.n_ids == RESCAN_GROUP:
+        _pass2_flush(sc, qbase, self_offset, rbase, rn_w, n_r, d, k, Dout, Iout)
+
+
+cdef inline void _dtype_limits(cython.floating dummy, double* eps, double* tiny,
+                               double* norm_limit) noexcept nogil:
+    if cython.floating is float:
+        eps[0] = FLT_EPSILON
+        tiny[0] = FLT_MIN
+        norm_limit[0] = NORM_LIMIT_F32
+    else:
+        eps[0] = DBL_EPSILON
+        tiny[0] = DBL_MIN
+        norm_limit[0] = NORM_LIMIT_F64
+
+
+cdef inline double _norm(const cython.floating* a, Py_ssize_t d) noexcept nogil:
+    cdef double s = 0.0
+    cdef double x
+    cdef Py_ssize_t t
+    for t in range(d):
+        x = <double>a[t]
+        s += x * x
+    return s
+
+
+cdef bint _norms(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, double* out,
+                 cython.floating* out_w, double* vmax) noexcept nogil:
+    """Squared norms in double (and in the input dtype when out_w); False if not finite."""
+    cdef Py_ssize_t i
+    cdef double m = 0.0
+    for i in prange(n, schedule="static"):
+        out[i] = _norm(X + i * d, d)
+        if out_w != NULL:
+            out_w[i] = <cython.floating>out[i]
+    for i in range(n):
+        if not (out[i] <= m):  # also catches NaN / inf
+            m = out[i]
+    vmax[0] = m
+    return m < INFINITY
+
+
+cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase,
+                      const double* qn, const cython.floating* rn_w, double rmax,
+                      Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t n_r, Py_ssize_t d,
+                      Py_ssize_t k, Py_ssize_t self_offset, Py_ssize_t tile,
+                      cython.floating* lv, int64_t* li, cython.floating* buf,
+                      Pass2Scratch* sc, cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout."""
+    cdef Py_ssize_t nq = q1 - q0
+    cdef Py_ssize_t L = k + LIST_EXTRA
+    cdef Py_ssize_t r0, r1, nr, row, qi, c, skip
+    cdef double eps, tiny, limit
+    _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
+    for c in range(nq * L):
+        lv[c] = INFINITY
+        li[c] = -1
+    r0 = 0
+    while r0 < n_r:
+        r1 = r0 + tile
+        if r1 > n_r:
+            r1 = n_r
+        nr = r1 - r0
+        gemm_abt(qbase + q0 * d, rbase + r0 * d, <int>nq, <int>nr, <int>d, buf)
+        for row in range(nq):
+            qi = q0 + row
+            skip = qi + self_offset if self_offset >= 0 else -1
+            _scan_row(buf + row * nr, rn_w + r0, nr, r0, skip, lv + row * L, li + row * L, L)
+        r0 = r1
+    for row in range(nq):
+        qi = q0 + row
+        _pass2(sc, qi, qbase, self_offset, rbase, rn_w, n_r, d, k, L, qn[qi], rmax, eps, tiny,
+               lv + row * L, li + row * L, Dout, Iout)
+    _pass2_flush(sc, qbase, self_offset, rbase, rn_w, n_r, d, k, Dout, Iout)
+
+
+cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
+                        const cython.floating[:, ::1] reference,
+                        Py_ssize_t k, Py_ssize_t self_offset,
+                        cython.floating[:, ::1] D, int64_t[:, ::1] I) noexcept:
+    """Fills D and I; returns 0, -1 when a buffer could not be allocated, or 1 when the norms
+    are too large for the gemm (nothing written: use the direct kernel)."""
+    cdef Py_ssize_t n_q = queries.shape[0]
+    cdef Py_ssize_t d = queries.shape[1]
+    cdef Py_ssize_t n_r = reference.shape[0]
+    cdef Py_ssize_t L = k + LIST_EXTRA
+    cdef Py_ssize_t tile
+    cdef Py_ssize_t qb, per_block, n_blocks, b, q0, q1
+    cdef double qmax, rmax, eps, tiny, limit
+    cdef double* qn = NULL
+    cdef double* rn64 = NULL
+    cdef cython.floating* rn_w = NULL
+    cdef cython.floating* lv
+    cdef int64_t* li
+    cdef cython.floating* buf
+    cdef Pass2Scratch* sc
+    cdef const cython.floating* qbase
+    cdef const cython.floating* rbase
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    cdef int rc = 0
+
+    if n_q == 0 or k <= 0:
+        return 0
+    _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
+    qb = LIST_BYTES // (L * (sizeof(cython.floating) + sizeof(int64_t)))
+    if qb > QUERY_BLOCK_GEMM:
+        qb = QUERY_BLOCK_GEMM
+    # Small query sets: still give every thread a few blocks (min 8 queries for the gemm).
+    per_block = (n_q + 4 * omp_get_max_threads() - 1) // (4 * omp_get_max_threads())
+    if per_block < 8:
+        per_block = 8
+    if qb > per_block:
+        qb = per_block
+    if qb < 1:
+        qb = 1
+    # Reference tiles fill GEMM_TILE_ELEMS dot products (float64: half as many).
+    tile = GEMM_TILE_ELEMS // qb
+    if cython.floating is double:
+        tile = (tile + 1) // 2
+    n_blocks = (n_q + qb - 1) // qb
+    qbase = &queries[0, 0]
+    rbase = &reference[0, 0]
+
+    qn = <double*>malloc(n_q * sizeof(double))
+    rn64 = <double*>malloc(n_r * sizeof(double))
+    rn_w = <cython.floating*>malloc(n_r * sizeof(cython.floating))
+    if qn == NULL or rn64 == NULL or rn_w == NULL:
+        rc = -1
+    else:
+        with nogil:
+            if not (_norms(qbase, n_q, d, qn, <cython.floating*>NULL, &qmax)
+                    and _norms(rbase, n_r, d, rn64, rn_w, &rmax) and qmax + rmax <= limit):
+                rc = 1
+        if rc == 0:
+            lv = NULL
+            li = NULL
+            buf = NULL
+            sc = NULL
+            with nogil, parallel():
+                lv = <cython.floating*>malloc(qb * L * sizeof(cython.floating))
+                li = <int64_t*>malloc(qb * L * sizeof(int64_t))
+                buf = <cython.floating*>malloc(qb * tile * sizeof(cython.floating))
+                sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
+                if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(cython.floating)):
+                    free(sc)
+                    sc = NULL
+                for b in prange(n_blocks, schedule="dynamic"):
+                    if lv == NULL or li == NULL or buf == NULL or sc == NULL:
+                        failed_p[0] = 1
+                        continue
+                    q0 = b * qb
+                    q1 = q0 + qb
+                    if q1 > n_q:
+                        q1 = n_q
+                    _gemm_block(qbase, rbase, qn, rn_w, rmax, q0, q1, n_r, d, k,
+                                self_offset, tile, lv, li, buf, sc, &D[0, 0], &I[0, 0])
+                free(lv)
+                free(li)
+                free(buf)
+                if sc != NULL:
+                    _pass2_scratch_free(sc)
+                    free(sc)
+            if failed:
+                rc = -1
+    free(qn)
+    free(rn64)
+    free(rn_w)
+    return rc
