@@ -1,6 +1,7 @@
 """Cython + OpenMP CPU backend: the compiled kernels of csrc/cpu (fastzsl._ext.*_cpu).
 
-Same algorithms as the numba backend (kNN distances bit-match it); built by setup.py. When
+GEMM-form kNN and Gaussian kernels with proven error bounds (their kNN distances bit-match
+the direct kernels of csrc/cpu and of the numba backend); built by setup.py. When
 the extension is not built this module still imports, ``KERNELS`` is None and
 ``is_available()`` says how to build it.
 """
