@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Exact brute-force kNN (squared Euclidean), Cython + OpenMP: GEMM prefilter + exact re-rank.
 
-Results are those of the direct kernel (``knn_direct`` below, the same algorithm as
-``fastzsl.backends.numba.knn._knn``), bit for bit: every distance that is returned is
+Results are those of the direct kernel (``knn_direct`` in knn_direct.pxi, the same algorithm
+as ``fastzsl.backends.numba.knn._knn``), bit for bit: every distance that is returned is
 e = sum((double(q_t) - double(r_t))^2) accumulated over t = 0..d-1 in order, and each query
 gets the k smallest (e, index) pairs in lexicographic order (the direct kernel visits
 candidates in ascending index and admits one only when strictly better than its k-th, which
