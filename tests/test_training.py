@@ -9,15 +9,6 @@ from fastzsl._training import (  # noqa: E402
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Problems this small run on one thread; more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------- resolve_optimizer
 def test_named_optimizers_are_kept_and_auto_switches_at_the_documented_size():
     assert OPTIMIZERS == ("auto", "lbfgs", "adam")
