@@ -25,7 +25,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._model_files import SaveMixin
 from ._optional import import_torch
 from ._training import minimize, predict_in_chunks, resolve_optimizer
-from ._validation import as_float_matrix, check_same_width
+from ._validation import as_float_matrix, check_finite, check_same_width
 
 
 def build_network(n_features: int, hidden: int, n_outputs: int):
@@ -51,14 +51,19 @@ def targets_for(y, class_vectors):
     """Rows of word vectors for labels y; class_vectors a mapping or a (C, d) array."""
     y = np.asarray(y)
     if isinstance(class_vectors, dict):
-        missing = sorted({str(c) for c in np.unique(y).tolist() if c not in class_vectors})
+        labels = np.unique(y).tolist()
+        missing = sorted({str(c) for c in labels if c not in class_vectors})
         if missing:
             raise ValueError(f"class_vectors has no vector for labels {missing}")
         lookup = {c: np.asarray(v, dtype=np.float32) for c, v in class_vectors.items()}
+        bad = [str(c) for c in labels if not np.isfinite(lookup[c]).all()]
+        if bad:
+            raise ValueError(f"class_vectors has NaN or infinity in the vectors of labels {bad}")
         return np.stack([lookup[c] for c in y.tolist()])
     W = np.asarray(class_vectors, dtype=np.float32)
     if W.ndim != 2:
         raise ValueError(f"class_vectors must be a mapping or a 2-D array, got shape {W.shape}")
+    check_finite(W, "class_vectors")
     if y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= W.shape[0]:
         raise ValueError(
             f"with an array of class vectors, y must hold row indices in [0, {W.shape[0]})")
@@ -136,9 +141,10 @@ class SemanticMapper(SaveMixin, TransformerMixin, BaseEstimator):
         if hidden == 0 and self.sparsity_weight:
             raise ValueError("sparsity_weight penalises hidden units: it needs hidden > 0")
         X = as_float_matrix(X, "X", dtype=np.float32)
+        y = np.asarray(y)
+        if y.shape != (X.shape[0],):
+            raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}")
         T = targets_for(y, class_vectors)
-        if T.shape[0] != X.shape[0]:
-            raise ValueError(f"X has {X.shape[0]} rows but y has {T.shape[0]}")
         n, n_features = X.shape
         self.n_features_in_, self.n_outputs_ = n_features, T.shape[1]
         self.optimizer_ = resolve_optimizer(self.optimizer, n, n_features)
