@@ -29,8 +29,8 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
     ``max_train`` / ``max_test`` keep a seeded random subset of the seen training images /
     of the test images (for quick runs and tests); default: all.
     """
-    from .embeddings import load_glove_50d
-    from .features import CoatesNgFeatures
+    from ..embeddings import load_glove_50d
+    from ..features import CoatesNgFeatures
 
     start = time.perf_counter()
     timings = {}
@@ -107,7 +107,7 @@ def fit_both_detectors(F_train, y_seen, class_vectors, unseen, *, backend="auto"
     (ZeroShotClassifier, ZeroShotClassifier)
         The LoOP model and the Gaussian model.
     """
-    from .zeroshot import ZeroShotClassifier
+    from ..zeroshot import ZeroShotClassifier
 
     timings = {} if timings is None else timings
     t = time.perf_counter()
