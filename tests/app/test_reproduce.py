@@ -238,3 +238,28 @@ def test_distractor_words_and_nearest_word_accuracy():
 def test_cifar10_class_names_have_paper_pairs():
     assert all(c in CIFAR10_CLASSES for pair in PAIRS["cifar10"] for c in pair)
     assert PAIRS["cifar10"][0] == ("cat", "truck")
+
+
+def test_ivf_lists_of_the_exact_against_ivf_comparison():
+    from fastzsl.app.reproduce.experiments import ivf_lists
+
+    assert ivf_lists(10_000, 20) == (100, 13)   # sqrt(n) lists, 1/8 of them visited
+    assert ivf_lists(100, 20) == (10, 9)        # enough lists for 4 (k + 1) points
+    assert ivf_lists(1, 20) == (1, 1)
+
+
+def test_distractor_accuracy_counts_extra_words():
+    from fastzsl.app.reproduce.experiments import SeedData, distractor_accuracy
+    from fastzsl.app.reproduce.settings import Settings
+
+    y_te = np.array(["cat", "truck", "dog"])
+    empty = np.zeros((0, 2))
+    run = SeedData(seed=0, st=Settings(distractor_counts=(0, 1)), unseen=["cat", "truck"],
+                   X_tr=empty, y_tr=y_te[:0], X_val=empty, y_val=y_te[:0], X_te=empty,
+                   y_te=y_te, is_unseen=np.array([True, True, False]), n_train=0, n_val=0,
+                   n_test=3)
+    F_te = np.array([[1.0, 0.1], [0.1, 1.0], [5.0, 5.0]])
+    W_unseen = np.array([[1.0, 0.0], [0.0, 1.0]])
+    # One distractor right on the cat image takes it; the truck image stays right.
+    acc = distractor_accuracy(run, F_te, W_unseen, {"near": (["kitty"], np.array([[1.0, 0.1]]))})
+    assert acc == {"near": [1.0, 0.5]}
