@@ -3,7 +3,9 @@
 Coates & Ng k-means features of the images, GloVe 6B 50-d class vectors, the semantic
 mapping, the seen softmax, LoOP and the Gaussian detector; evaluation on the 10,000 test
 images (seen / unseen / overall accuracy, the zero-shot accuracy among the unseen classes,
-GZSL H) and a PNG of the accuracy-versus-threshold curves.
+GZSL H) and a PNG of the accuracy-versus-threshold curves. A run folder (model,
+feature extractor, results) is evaluated again or used to classify new images with
+:func:`evaluate_run` and :func:`predict_file`.
 """
 from __future__ import annotations
 

@@ -31,3 +31,14 @@ def add_backend_option(parser, default="auto", help="kernel backend (default: %(
 
 def add_data_dir_option(parser, help="folder with the Fashion-MNIST IDX files"):
     parser.add_argument("--data-dir", default=None, help=help)
+
+
+def add_unseen_option(parser, what="zero-shot classes"):
+    """``--unseen``: comma-separated Fashion-MNIST class names, sandal and pullover by default."""
+    parser.add_argument("--unseen", type=comma_list, default="sandal,pullover",
+                        help=f"comma-separated {what} (default: %(default)s)")
+
+
+def add_neighbours_option(parser):
+    parser.add_argument("--k", type=positive_int, default=20,
+                        help="LoOP neighbours (default: %(default)s)")

@@ -2,7 +2,8 @@
 against the rest."""
 from __future__ import annotations
 
-from ._args import add_backend_option, add_data_dir_option, comma_list, positive_int
+from ._args import (add_backend_option, add_data_dir_option, add_neighbours_option,
+                    add_unseen_option, positive_int)
 
 
 def add_parser(subparsers):
@@ -11,12 +12,10 @@ def add_parser(subparsers):
         description="LoOP and Gaussian novelty scores of held-out Fashion-MNIST classes "
                     "(ROC-AUC). Reference set: training images of the seen classes; queries: "
                     "the 10,000 test images. Needs the Debian package dataset-fashion-mnist.")
-    p.add_argument("--unseen", type=comma_list, default="sandal,pullover",
-                   help="comma-separated held-out class names (default: %(default)s)")
+    add_unseen_option(p, "held-out class names")
     p.add_argument("--dims", type=positive_int, default=50,
                    help="PCA dimensions (default: %(default)s)")
-    p.add_argument("--k", type=positive_int, default=20,
-                   help="LoOP neighbours (default: %(default)s)")
+    add_neighbours_option(p)
     p.add_argument("--extent", type=float, default=3.0, help="LoOP lambda (default: %(default)s)")
     p.add_argument("--n-reference", type=int, default=0,
                    help="subsample the reference set to this many images (default: all)")

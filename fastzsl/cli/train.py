@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from fastzsl._platform import machine_description
 
-from ._args import add_backend_option, add_data_dir_option, comma_list, positive_int
+from ._args import (add_backend_option, add_data_dir_option, add_neighbours_option,
+                    add_unseen_option, positive_int)
 
 DESCRIPTION = ("Train the zero-shot model on Fashion-MNIST and report its accuracies. Coates & "
                "Ng k-means features, GloVe 50-d class vectors, LoOP and Gaussian novelty "
@@ -15,16 +16,14 @@ DESCRIPTION = ("Train the zero-shot model on Fashion-MNIST and report its accura
 def add_parser(subparsers):
     p = subparsers.add_parser("train", help="train the zero-shot model on Fashion-MNIST (main job)",
                               description=DESCRIPTION)
-    p.add_argument("--unseen", type=comma_list, default="sandal,pullover",
-                   help="comma-separated zero-shot classes (default: %(default)s)")
+    add_unseen_option(p)
     p.add_argument("--centroids", type=positive_int, default=400,
                    help="k-means dictionary size K; features have 8K dims (default: %(default)s)")
     p.add_argument("--stride", type=positive_int, default=1,
                    help="patch stride (default: %(default)s)")
     p.add_argument("--patches", type=positive_int, default=200_000,
                    help="training patches for whitening and k-means (default: %(default)s)")
-    p.add_argument("--k", type=positive_int, default=20,
-                   help="LoOP neighbours (default: %(default)s)")
+    add_neighbours_option(p)
     p.add_argument("--max-train", type=positive_int, default=None,
                    help="use a random subset of this many seen training images")
     p.add_argument("--max-test", type=positive_int, default=None,
