@@ -202,7 +202,7 @@ def test_scale_subprocess(bench, benchmark, batch_job, semantic_points, tmp_path
     def run():
         _fresh(tmp_path / "out")
         info["peak_rss_mb"] = run_with_peak_rss(
-            "fastzsl.cli", ["score", model_path, tmp_path / "q.npy", tmp_path / "out", "--quiet"])
+            "fastzsl", ["score", model_path, tmp_path / "q.npy", tmp_path / "out", "--quiet"])
 
     bench(run, group=f"batch scale N_ref={batch_job['n_ref']} N_q={n_rows}",
           label=f"fastzsl score subprocess, {knn} kNN", rounds=1, baseline=True,

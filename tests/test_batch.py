@@ -140,7 +140,7 @@ def test_zeroshot_scores_with_probability_rows(zeroshot_job, tmp_path, output_fo
 
 
 def _score_command(model, inputs, output, *extra):
-    return [sys.executable, "-m", "fastzsl.cli", "score", str(model), str(inputs), str(output),
+    return [sys.executable, "-m", "fastzsl", "score", str(model), str(inputs), str(output),
             "--quiet", *extra]
 
 

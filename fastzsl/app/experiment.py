@@ -3,7 +3,9 @@
 Coates & Ng k-means features of the images, GloVe 6B 50-d class vectors, the semantic
 mapping, the seen softmax, LoOP and the Gaussian detector; evaluation on the 10,000 test
 images (seen / unseen / overall accuracy, the zero-shot accuracy among the unseen classes,
-GZSL H) and a PNG of the accuracy-versus-threshold curves.
+GZSL H) and a PNG of the accuracy-versus-threshold curves. A run folder (model,
+feature extractor, results) is evaluated again or used to classify new images with
+:func:`evaluate_run` and :func:`predict_file`.
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
     ``max_train`` / ``max_test`` keep a seeded random subset of the seen training images /
     of the test images (for quick runs and tests); default: all.
     """
-    from .embeddings import load_glove_50d
-    from .features import CoatesNgFeatures
+    from ..embeddings import load_glove_50d
+    from ..features import CoatesNgFeatures
 
     start = time.perf_counter()
     timings = {}
@@ -94,6 +96,42 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
     return results, loop_model, extractor
 
 
+def load_run(folder):
+    """The (model, feature extractor) of a run folder written by :func:`train_fashion_mnist`."""
+    from ..persistence import load
+
+    folder = Path(folder)
+    return load(folder / "model.fzsl"), load(folder / "features.fzsl")
+
+
+def evaluate_run(folder, data_dir=None) -> str:
+    """A trained run folder's numbers on the Fashion-MNIST test images, as
+    :func:`results_table` writes them."""
+    model, extractor = load_run(folder)
+    _, _, X_test, y_test, names = load_fashion_mnist(data_dir)
+    F = extractor.transform(X_test)
+    report = model.evaluate(F, np.array(names)[y_test], CURVE_THRESHOLDS)
+    return results_table({"reports": {model.novelty: report},
+                          "unseen": model.unseen_classes_.tolist()})
+
+
+def predict_file(folder, input_path, output_path) -> int:
+    """Classify the images (n, H, W[, C]) or feature rows (n, n_features) of a .npy file
+    with a trained run folder; writes a CSV (row, predicted_class, probability,
+    p_unseen) and returns the number of rows."""
+    model, extractor = load_run(folder)
+    data = np.load(input_path, mmap_mode="r", allow_pickle=False)
+    features = extractor.transform(data) if data.ndim >= 3 else data
+    proba = model.predict_proba(features)
+    p_unseen = model.outlier_probability(features)
+    labels = model.classes_[proba.argmax(axis=1)]
+    with open(output_path, "w") as f:
+        f.write("row,predicted_class,probability,p_unseen\n")
+        for i, (label, p, u) in enumerate(zip(labels, proba.max(axis=1), p_unseen)):
+            f.write(f"{i},{label},{p:.6f},{u:.6f}\n")
+    return len(labels)
+
+
 def fit_both_detectors(F_train, y_seen, class_vectors, unseen, *, backend="auto",
                        n_neighbors=20, mapper_params=None, softmax_params=None, seed=0,
                        progress=False, timings=None):
@@ -107,7 +145,7 @@ def fit_both_detectors(F_train, y_seen, class_vectors, unseen, *, backend="auto"
     (ZeroShotClassifier, ZeroShotClassifier)
         The LoOP model and the Gaussian model.
     """
-    from .zeroshot import ZeroShotClassifier
+    from ..zeroshot import ZeroShotClassifier
 
     timings = {} if timings is None else timings
     t = time.perf_counter()

