@@ -1,10 +1,8 @@
 """Class word vectors: lookup rules, file formats, GloVe; and the CIFAR-10 loader."""
-import pickle
 
 import numpy as np
 import pytest
 
-from fastzsl.app.datasets import load_cifar10
 from fastzsl.embeddings import class_vector, class_vectors, load_glove_50d, load_keyed_vectors
 
 VOCAB = {"cat": np.ones(3), "truck": np.arange(3.0), "ankle": np.array([1.0, 0, 0]),
@@ -54,39 +52,3 @@ def test_glove_covers_the_data_sets_classes():
     assert Wn[cat] @ Wn[dog] > Wn[cat] @ Wn[truck]   # semantics: cats are nearer dogs
 
 
-def _write_cifar(folder, rng, n=20):
-    folder.mkdir()
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = rng.integers(0, 10, n).tolist()
-        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": data, b"labels": labels}, f)
-
-
-def test_cifar10_pickles(tmp_path, rng):
-    folder = tmp_path / "cifar-10-batches-py"
-    _write_cifar(folder, rng)
-    X, y, Xt, yt, names = load_cifar10(folder)
-    assert X.shape == (100, 32, 32, 3) and Xt.shape == (20, 32, 32, 3) and X.dtype == np.uint8
-    with open(folder / "test_batch", "rb") as f:
-        raw = pickle.load(f)
-    # channel-first rows of 1024 red, 1024 green, 1024 blue values -> HWC
-    np.testing.assert_array_equal(Xt[0, 0, :, 0], raw[b"data"][0, :32])
-    np.testing.assert_array_equal(Xt[0, :, :, 2].ravel(), raw[b"data"][0, 2048:])
-    assert names[3] == "cat" and names[9] == "truck"
-
-
-def test_cifar10_errors(tmp_path, rng):
-    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found"):
-        load_cifar10(tmp_path)
-    folder = tmp_path / "c"
-    _write_cifar(folder, rng)
-
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    with open(folder / "data_batch_2", "wb") as f:
-        pickle.dump({b"data": Evil(), b"labels": [1]}, f)
-    with pytest.raises(ValueError, match="asks to load builtins.print"):
-        load_cifar10(folder)

@@ -11,14 +11,9 @@ from fastzsl.mapping import SemanticMapper  # noqa: E402
 N_CLASSES, DIM, N_FEATURES = 4, 3, 8
 FAST = dict(hidden=16, max_iter=150)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Problems this small run on one thread; more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
 
 
 def _problem(seed=0, n_per_class=40, noise=0.05, linear=False):

@@ -13,6 +13,8 @@ from fastzsl.softmax import SoftmaxClassifier  # noqa: E402
 CENTRES = np.array([[4.0, 0.0], [-2.0, 3.5], [-2.0, -3.5]])
 NAMES = np.array(["zebra", "ant", "moose"])  # deliberately not in sorted order
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _blobs(n_per_class=30, seed=0):
     rng = np.random.default_rng(seed)
@@ -22,13 +24,6 @@ def _blobs(n_per_class=30, seed=0):
     return X, NAMES[codes]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Problems this small run on one thread; more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
