@@ -202,3 +202,34 @@ def run_with_peak_rss(tmp_path):
                         *map(str, args)], check=True)
         return float(rss_file.read_text())
     return run
+
+
+# ---------------------------------------------------------------- interleaved rounds
+def interleaved(candidates: dict, *, rounds: int = 5, warmup: int = 1) -> dict:
+    """Time every callable in ``candidates`` (name -> fn) in interleaved rounds: one call of
+    each per round (A B C, A B C, ...), so a fast or slow phase of the machine falls on all
+    of them alike. Returns name -> list of seconds per round (warm-up rounds dropped).
+
+    Report ``ratio_of_minima`` and ``ratio_of_medians`` against the baseline (see
+    :func:`interleaved_ratios`): these, not absolute times, carry across machines.
+    """
+    import time
+
+    times = {name: [] for name in candidates}
+    for round_ in range(warmup + rounds):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_ratios(times: dict, baseline: str) -> dict:
+    """name -> {min, median, ratio_of_minima, ratio_of_medians} (baseline time / its time:
+    above 1 means faster than the baseline)."""
+    base = times[baseline]
+    return {name: {"min": min(t), "median": float(np.median(t)),
+                   "ratio_of_minima": min(base) / min(t),
+                   "ratio_of_medians": float(np.median(base) / np.median(t))}
+            for name, t in times.items()}
