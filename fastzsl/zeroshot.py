@@ -255,7 +255,11 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         n_unseen = len(self.unseen_classes_)
         result = gaussian_loglik(F, self.class_vectors_[-n_unseen:],
                                  np.full(n_unseen, self.unseen_variance_), backend=self.backend)
-        return np.exp(result.loglik.astype(np.float64) - result.logsumexp[:, None])
+        # Normalised in float64 from the log-likelihoods themselves, so rows sum to 1 to
+        # rounding (the kernel's logsumexp is of the unrounded values, float32 ones differ).
+        loglik = result.loglik.astype(np.float64)
+        p = np.exp(loglik - loglik.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
 
     def _branches(self, X):
         """(P(y|seen,x), P(y|unseen,f), P(unseen|x)) for validated X."""
@@ -271,7 +275,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
 
     @uses_n_jobs
     def predict_proba(self, X):
-        """P(y | x) over ``classes_`` (seen then unseen); rows sum to 1."""
+        """P(y | x) over ``classes_`` (seen then unseen): float64, rows sum to 1 within 1e-12."""
         return self.predict_proba_with_novelty(X)[0]
 
     def predict_proba_with_novelty(self, X):

@@ -78,9 +78,24 @@ def test_probabilities_are_a_distribution_over_classes(world, fitted):
     P = fitted.predict_proba(X_test)
     assert P.shape == (len(X_test), 12)
     assert fitted.classes_.tolist() == sorted(SEEN) + UNSEEN
-    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=0, atol=1e-9)
+    assert P.dtype == np.float64
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=0, atol=1e-12)
     assert (P >= 0).all()
     np.testing.assert_array_equal(fitted.predict(X_test), fitted.classes_[P.argmax(axis=1)])
+
+
+@pytest.mark.parametrize("unseen_variance", [1.0, 4.0])
+def test_rows_sum_to_one_when_unseen_classes_compete(world, fitted, unseen_variance):
+    """A wide unseen softmax puts weight on several classes: its float64 normalisation
+    must come from the rounded log-likelihoods themselves (float32 ones were off by 1e-6)."""
+    import copy
+
+    model = copy.deepcopy(fitted)
+    model.unseen_variance_ = unseen_variance
+    P = model.predict_proba(world[3])
+    p_unseen_class = model._unseen_class_probability(model.transform(world[3]))
+    assert p_unseen_class.min(axis=1).max() > 0.1  # both unseen classes get weight
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=0, atol=1e-12)
 
 
 def test_hard_and_soft_agree_when_unseen_probability_is_zero_or_one(world, fitted):
