@@ -22,6 +22,7 @@ _EXPORTS = {
     "LoOP": "fastzsl.loop",
     "LoOPFit": "fastzsl.loop",
     "gaussian_loglik": "fastzsl.gaussian",
+    "KNNTransformer": "fastzsl.knn_graph",
     "GaussianNovelty": "fastzsl.gaussian",
     "CoatesNgFeatures": "fastzsl.features",
     "SemanticMapper": "fastzsl.mapping",
