@@ -18,7 +18,7 @@ LAYERS = [
                   "fastzsl._version", "fastzsl._ext")),
     ("backends", ("fastzsl.backends",)),
     ("kernel API", ("fastzsl.neighbors", "fastzsl.loop", "fastzsl.gaussian",
-                    "fastzsl.knn_graph")),
+                    "fastzsl.knn_graph", "fastzsl.pynomaly")),
     ("models", ("fastzsl.features", "fastzsl.embeddings", "fastzsl.mapping", "fastzsl.softmax",
                 "fastzsl._training", "fastzsl.metrics", "fastzsl.zeroshot",
                 "fastzsl.persistence", "fastzsl.batch", "fastzsl.testing")),
