@@ -22,8 +22,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted
 
 from ._validation import as_float_matrix, check_k, check_same_width
-from .backends import get_backend, uses_n_jobs
-from .neighbors import make_index
+from .backends import uses_n_jobs
+from .loop import LoOP
 
 MODES = ("distance", "connectivity")
 
@@ -90,11 +90,8 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """Index the samples X (no search yet)."""
         self._check_params()
         X = as_float_matrix(X, "X")
-        self.backend_ = get_backend(self.backend).name
-        self.knn_method_ = "exact" if self.knn == "auto" else self.knn
-        index_backend = self.backend_ if self.knn_method_ == "exact" else "auto"
-        self.index_ = make_index(X, method=self.knn_method_, backend=index_backend,
-                                 **(self.knn_params or {}))
+        # backend_, knn_method_ and index_ resolved and built exactly as LoOP does
+        LoOP._build_index(self, X)
         self.n_samples_fit_ = X.shape[0]
         self.n_features_in_ = X.shape[1]
         self._n_features_out = self.n_samples_fit_
