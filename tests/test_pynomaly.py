@@ -139,6 +139,9 @@ def test_precomputed_graph_equals_pynomaly_and_data_input():
     for distance in (0.2, 1.0, 5.0):  # stream takes a distance in this mode
         assert _stream_all(ours, [distance]) == pytest.approx(_stream_all(theirs, [distance]),
                                                               abs=1e-10)
+    # with cluster labels: nPLOF per cluster over the given graph
+    labels = list(np.arange(len(X)) % 2)
+    _assert_same_fit(*_both(**graph, cluster_labels=labels))
     # PyNomaly's float index matrix works too
     _, floats = _both(distance_matrix=from_data.distance_matrix,
                       neighbor_matrix=from_data.neighbor_matrix.astype(float), n_neighbors=7)
