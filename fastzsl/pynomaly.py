@@ -33,7 +33,7 @@ from scipy.special import erf
 from ._validation import as_float_matrix, check_positive_number
 from .backends import thread_limits
 from .loop import LoOPFit, loop_fit, loop_score
-from .neighbors import knn
+from .neighbors import ExactIndex
 
 # PyNomaly's stand-in for a zero expected pdist (its _prob_outlier_factor)
 ZERO_EV = 1.0e-8
@@ -137,6 +137,7 @@ class LocalOutlierProbability:
         self.local_outlier_probabilities = None
         self.is_fit = False
         self._fit = None
+        self._index = None
         if isinstance(n_jobs, numbers.Integral) and (n_jobs < -1 or n_jobs == 0):
             _warn("n_jobs must be -1 or a positive integer. Defaulting to 1.")
             self.n_jobs = 1
@@ -226,8 +227,8 @@ class LocalOutlierProbability:
         for cluster in np.unique(labels):
             members = np.flatnonzero(labels == cluster)
             Xc = X if members.size == n else X[members]
-            Dc, Ic = knn(Xc, Xc, k, exclude_self=True, backend=self.backend,
-                         progress=self.progress_bar)
+            Dc, Ic = ExactIndex(Xc, backend=self.backend).search(
+                Xc, k, exclude_self=True, progress=self.progress_bar)
             D[members], I[members] = Dc, members[Ic]
         return D, I
 
@@ -261,6 +262,7 @@ class LocalOutlierProbability:
         with thread_limits(self.n_jobs, backend=self.backend):
             if self.data is not None:
                 self.points_vector = self._points()
+                self._index = ExactIndex(self.points_vector, backend=self.backend)  # stream()
                 D, I = self._search_clusters(self.points_vector, labels)
                 self.distance_matrix, self.neighbor_matrix = np.sqrt(D), I
             else:
@@ -314,7 +316,8 @@ class LocalOutlierProbability:
             P = np.asarray(_as_array(x) if not np.isscalar(x) else [x])
             single = P.ndim <= 1
             P = as_float_matrix(P.reshape(1, -1) if single else P, "x", dtype=np.float64)
-            D, I = knn(P, self.points_vector, k, backend=self.backend, n_jobs=self.n_jobs)
+            with thread_limits(self.n_jobs, backend=self.backend):
+                D, I = self._index.search(P, k)
         else:
             distance = float(np.ravel(np.asarray(x, dtype=np.float64))[0])
             single = True
