@@ -2,7 +2,9 @@
 the scale of millions of images.
 
 Public API: estimators (:class:`ZeroShotClassifier`, :class:`SemanticMapper`,
-:class:`SoftmaxClassifier`, :class:`LoOP`, :class:`GaussianNovelty`), model files
+:class:`SoftmaxClassifier`, :class:`LoOP`, :class:`GaussianNovelty`, and
+:class:`KNNTransformer`, scikit-learn's kNN graph for ``metric="precomputed"`` estimators;
+``fastzsl.pynomaly`` is PyNomaly's API), model files
 (``ZeroShotClassifier.save``, :func:`load`) and FAISS-like functions
 (:func:`knn`, :func:`loop_fit`, :func:`loop_score`, :func:`gaussian_loglik`), and batch
 scoring of feature files of any size (:func:`score_file`, :func:`read_scores`). Importing
@@ -22,6 +24,7 @@ _EXPORTS = {
     "LoOP": "fastzsl.loop",
     "LoOPFit": "fastzsl.loop",
     "gaussian_loglik": "fastzsl.gaussian",
+    "KNNTransformer": "fastzsl.knn_graph",
     "GaussianNovelty": "fastzsl.gaussian",
     "CoatesNgFeatures": "fastzsl.features",
     "SemanticMapper": "fastzsl.mapping",

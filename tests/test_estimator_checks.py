@@ -5,7 +5,7 @@ import sys
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from fastzsl import GaussianNovelty, LoOP
+from fastzsl import GaussianNovelty, KNNTransformer, LoOP
 
 
 # GaussianNovelty is a *supervised* novelty detector: it needs the seen-class labels. These
@@ -20,7 +20,8 @@ EXPECTED_FAILURES = {
 
 
 @parametrize_with_checks(
-    [LoOP(n_neighbors=5), GaussianNovelty()],
+    [LoOP(n_neighbors=5), GaussianNovelty(), KNNTransformer(),
+     KNNTransformer(mode="connectivity")],
     expected_failed_checks=lambda est: EXPECTED_FAILURES if isinstance(est, GaussianNovelty) else {},
 )
 def test_sklearn_compatible(estimator, check):
