@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import TMP_PREFIX, write_atomically
+from ._optional import import_pyarrow
 
 # Leading underscore: Parquet readers (pyarrow, Spark, Dask) skip it in a data-set folder.
 MANIFEST = "_manifest.json"
@@ -112,14 +113,13 @@ def _inspect_npy(path: Path) -> Shard:
 
 
 def _parquet_file(path):
-    import pyarrow.parquet as pq
-
+    _, pq = import_pyarrow()
     return pq.ParquetFile(path)
 
 
 def _parquet_width_and_dtype(schema, path) -> tuple[int, str]:
     """Features are either one fixed-size-list column or all columns numeric, in order."""
-    import pyarrow as pa
+    pa, _ = import_pyarrow()
 
     types = [field.type for field in schema]
     if len(types) == 1 and pa.types.is_fixed_size_list(types[0]):
@@ -204,7 +204,7 @@ def read_rows(shard: Shard, start: int, stop: int) -> np.ndarray:
 
 
 def _read_parquet_rows(shard, start, stop):
-    import pyarrow as pa
+    pa, _ = import_pyarrow()
 
     pf = _parquet_file(shard.path)
     # Read only the row groups that overlap the chunk.
@@ -309,8 +309,7 @@ def _write_npy(f, columns, table):
 
 
 def _write_parquet(f, columns, table, classes):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa, pq = import_pyarrow()
 
     arrays, names = [], []
     for name, _, shape in columns:
@@ -599,10 +598,7 @@ def read_scores(output) -> dict:
     if manifest["output_format"] == "npy":
         records = np.concatenate([np.load(f, allow_pickle=False) for f in files])
         return {name: records[name] for name in records.dtype.names}
-    import pyarrow.parquet as pq
-
-    import pyarrow as pa
-
+    pa, pq = import_pyarrow()
     table = pa.concat_tables([pq.read_table(f) for f in files])
     return {name: table.column(name).to_numpy(zero_copy_only=False)
             for name in table.column_names}
