@@ -592,6 +592,8 @@ def score_file(model_path, input_path, output, *, chunk_size=None, output_format
     manifest = _manifest(spec, model_path, kind, int(chunk_size), len(chunks), n_rows)
 
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise BatchError(f"output {output} is a file; name a folder for the results")
     output.mkdir(parents=True, exist_ok=True)
     with output_lock(output, wait=wait, log=log):
         todo, rows_done = _claim_output(output, manifest, chunks, log)

@@ -404,6 +404,8 @@ def test_missing_inputs_and_bad_options_are_named(loop_job, tmp_path):
         score_file(folder / "loop.fzsl", tmp_path / "narrow.npy", tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="no model file"):
         score_file(tmp_path / "none.fzsl", folder / "queries.npy", tmp_path / "o")
+    with pytest.raises(BatchError, match=r"narrow\.npy is a file; name a folder"):
+        score_file(folder / "loop.fzsl", folder / "queries.npy", tmp_path / "narrow.npy")
 
 
 def test_unfinished_job_is_not_read_as_results(loop_job, tmp_path, monkeypatch):

@@ -37,6 +37,8 @@ INSTALL_TIMEOUT = 1800
 def _missing_toolchain() -> list[str]:
     """What building the wheel here needs and does not find."""
     missing = []
+    if not (ROOT / "setup.py").exists():
+        missing.append(f"the source tree (fastzsl is imported from {ROOT}, not a checkout)")
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         missing.append(f"a C compiler ({compiler!r} is not on PATH)")
