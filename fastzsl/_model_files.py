@@ -58,6 +58,17 @@ def save_archive(path, metadata: dict, arrays: dict) -> None:
     write_atomically(path, write)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # a zip's first local file header: every model file starts so
+
+
+def _starts_like_a_zip(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+    except OSError:
+        return False
+
+
 def load_archive(path):
     """Read and verify a model file: returns ``(metadata, arrays)``."""
     path = Path(path)
@@ -96,7 +107,9 @@ def load_archive(path):
                         "corrupt or was modified")
                 arrays[name] = array
     except zipfile.BadZipFile as exc:
-        raise ValueError(f"{path} is corrupt or truncated ({exc})") from None
+        if _starts_like_a_zip(path):  # a model file cut short or damaged
+            raise ValueError(f"{path} is corrupt or truncated ({exc})") from None
+        raise ValueError(f"{path} is not a fastzsl model file (not a zip archive)") from None
     except (zipfile.LargeZipFile, EOFError, OSError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise

@@ -22,8 +22,15 @@ def import_faiss():
 
 def import_torch():
     return _import("torch", "the zero-shot model (SemanticMapper, SoftmaxClassifier)",
-                   "pip install torch")
+                   "pip install 'fastzsl[model]'")
 
 
 def import_gensim_keyed_vectors():
-    return _import("gensim.models", "reading word-vector files", "pip install gensim").KeyedVectors
+    return _import("gensim.models", "gensim KeyedVectors (word-vector files, GloVe)",
+                   "pip install 'fastzsl[model]'").KeyedVectors
+
+
+def import_pyarrow():
+    """``(pyarrow, pyarrow.parquet)``."""
+    pq = _import("pyarrow.parquet", "Parquet files", "pip install 'fastzsl[data]'")
+    return importlib.import_module("pyarrow"), pq

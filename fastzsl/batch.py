@@ -22,19 +22,28 @@ result file itself, with the same code as the single-process path, so results ar
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
 import json
+import os
+import shlex
+import socket
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ._files import TMP_PREFIX, write_atomically
+from ._optional import import_pyarrow
 
 # Leading underscore: Parquet readers (pyarrow, Spark, Dask) skip it in a data-set folder.
 MANIFEST = "_manifest.json"
+# Held by the job working in the folder (its pid, host and command; an flock).
+LOCK = "_job.lock"
 FORMAT = "fastzsl-scores"
 FORMAT_VERSION = 1
 OUTPUT_FORMATS = ("npy", "parquet")
@@ -112,14 +121,13 @@ def _inspect_npy(path: Path) -> Shard:
 
 
 def _parquet_file(path):
-    import pyarrow.parquet as pq
-
+    _, pq = import_pyarrow()
     return pq.ParquetFile(path)
 
 
 def _parquet_width_and_dtype(schema, path) -> tuple[int, str]:
     """Features are either one fixed-size-list column or all columns numeric, in order."""
-    import pyarrow as pa
+    pa, _ = import_pyarrow()
 
     types = [field.type for field in schema]
     if len(types) == 1 and pa.types.is_fixed_size_list(types[0]):
@@ -204,7 +212,7 @@ def read_rows(shard: Shard, start: int, stop: int) -> np.ndarray:
 
 
 def _read_parquet_rows(shard, start, stop):
-    import pyarrow as pa
+    pa, _ = import_pyarrow()
 
     pf = _parquet_file(shard.path)
     # Read only the row groups that overlap the chunk.
@@ -309,8 +317,7 @@ def _write_npy(f, columns, table):
 
 
 def _write_parquet(f, columns, table, classes):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    pa, pq = import_pyarrow()
 
     arrays, names = [], []
     for name, _, shape in columns:
@@ -413,9 +420,110 @@ def _finished_chunks(output: Path, chunks, output_format) -> set:
     return {names[p.name] for p in output.iterdir() if p.name in names}
 
 
+# ---------------------------------------------------------------------------- the job lock
+def _lock_holder(path) -> dict:
+    """Who the lock file at ``path`` names ({} when empty or unreadable)."""
+    try:
+        holder = json.loads(Path(path).read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "a job that is just starting"
+    return (f"pid {holder.get('pid')} on host {holder.get('host')}, started "
+            f"{holder.get('started')}: {holder.get('command')}")
+
+
+def _same_file(fd, path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _lock_fd(path: Path, wait: bool, log):
+    """Open ``path`` and take its exclusive flock; refuse (or wait) while another job has it."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(path)
+                for _ in range(20):  # the holder writes its name right after locking
+                    if holder:
+                        break
+                    time.sleep(0.05)
+                    holder = _lock_holder(path)
+                if not wait:
+                    raise BatchError(
+                        f"{path.parent} is being scored by another fastzsl job "
+                        f"({_describe(holder)}); two jobs would score the same chunks: let it "
+                        "finish (then rerun this command: it finds the chunks done) or stop it "
+                        "and rerun this command to continue its work") from None
+                log(f"waiting for the job scoring {path.parent} to finish "
+                    f"({_describe(holder)})")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise BatchError(f"cannot lock {path}: {exc}; the output folder's file system "
+                                 "does not support file locks: choose a folder on one that "
+                                 "does") from None
+            # The job before us removes the file as it ends: lock the one now at ``path``.
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def output_lock(output, *, wait=False, log=None):
+    """Hold ``OUTPUT/_job.lock`` while a job works in ``output``: one job per folder.
+
+    The file names the job (pid, host, start time, command) and carries an exclusive
+    ``flock``. Another job on the folder is refused with an error that names this one, or
+    with ``wait=True`` waits for it. A lock left by a killed job is released by the kernel
+    with the process and taken over. A lock naming a job on another host that the file
+    system's locks did not keep out (its locks may not reach across hosts) is refused: that
+    job may be running. The file is removed when the job ends.
+    """
+    log = log or (lambda message: None)
+    output = Path(output)
+    path = output / LOCK
+    host = socket.gethostname()
+    fd = _lock_fd(path, wait, log)
+    try:
+        previous = _lock_holder(path)
+        if previous and previous.get("host") != host:
+            raise BatchError(
+                f"{path} names a job on another host ({_describe(previous)}) which may still "
+                f"be running; if it is not, delete {path} and rerun this command")
+        if previous:
+            log(f"taking over the lock of a job that no longer runs ({_describe(previous)})")
+        me = {"pid": os.getpid(), "host": host,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": shlex.join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        os.fsync(fd)
+        try:
+            yield me
+        finally:
+            if _same_file(fd, path):
+                os.unlink(path)
+    finally:
+        os.close(fd)
+
+
 def score_file(model_path, input_path, output, *, chunk_size=None, output_format="npy",
                with_proba=False, backend=None, scheduler=None, n_workers=2, progress=True,
-               log=None) -> dict:
+               wait=False, log=None) -> dict:
     """Score every row of ``input_path`` with the model file ``model_path`` into ``output``.
 
     Parameters
@@ -444,6 +552,9 @@ def score_file(model_path, input_path, output, *, chunk_size=None, output_format
         ``"tcp://10.0.0.1:8786"``; its workers must see ``input_path`` and ``output``.
     progress : bool
         Show a progress bar (rows/s and ETA).
+    wait : bool
+        If another job is scoring into ``output`` (its lock file names it), wait for it to
+        end instead of refusing; then continue with whatever chunks it left.
 
     Returns
     -------
@@ -481,6 +592,29 @@ def score_file(model_path, input_path, output, *, chunk_size=None, output_format
     manifest = _manifest(spec, model_path, kind, int(chunk_size), len(chunks), n_rows)
 
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise BatchError(f"output {output} is a file; name a folder for the results")
+    output.mkdir(parents=True, exist_ok=True)
+    with output_lock(output, wait=wait, log=log):
+        todo, rows_done = _claim_output(output, manifest, chunks, log)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=n_rows, initial=rows_done, unit="rows", unit_scale=True,
+                  smoothing=0.1, desc="scoring", disable=not progress) as bar:
+            if scheduler is None:
+                for chunk in todo:
+                    bar.update(_run_chunk(model, spec, chunk))
+            else:
+                _run_on_dask(model_path, spec, todo, scheduler, n_workers, backend, bar, log)
+
+        manifest.update(complete=True, chunks_scored_now=len(todo))
+        _write_manifest(output, manifest)
+    return manifest
+
+
+def _claim_output(output: Path, manifest: dict, chunks, log):
+    """Check that ``output`` is new or holds this job (under its lock) and list the chunks
+    left to score: ``(todo, rows_done)``."""
     if (output / MANIFEST).exists():
         try:
             old = json.loads((output / MANIFEST).read_text())
@@ -493,32 +627,18 @@ def score_file(model_path, input_path, output, *, chunk_size=None, output_format
                 f"{output} holds the results of a different job (it differs in: "
                 f"{', '.join(diff)}); nothing was changed: choose another output folder "
                 "(or delete that one if its results are not needed)")
-    elif output.exists() and any(output.iterdir()):
+    elif any(p.name != LOCK for p in output.iterdir()):
         raise BatchError(f"output folder {output} is not empty and holds no {MANIFEST}; "
                          "choose a new or empty folder")
     else:
-        output.mkdir(parents=True, exist_ok=True)
         _write_manifest(output, manifest)
 
-    done = _finished_chunks(output, chunks, output_format)
+    done = _finished_chunks(output, chunks, manifest["output_format"])
     todo = [c for c in chunks if c.index not in done]
-    rows_done = n_rows - sum(c.n_rows for c in todo)
+    rows_done = manifest["n_rows"] - sum(c.n_rows for c in todo)
     if done:
         log(f"resuming: {len(done)} of {len(chunks)} chunks ({rows_done} rows) already done")
-
-    from tqdm.auto import tqdm
-
-    with tqdm(total=n_rows, initial=rows_done, unit="rows", unit_scale=True, smoothing=0.1,
-              desc="scoring", disable=not progress) as bar:
-        if scheduler is None:
-            for chunk in todo:
-                bar.update(_run_chunk(model, spec, chunk))
-        else:
-            _run_on_dask(model_path, spec, todo, scheduler, n_workers, backend, bar, log)
-
-    manifest.update(complete=True, chunks_scored_now=len(todo))
-    _write_manifest(output, manifest)
-    return manifest
+    return todo, rows_done
 
 
 # ---------------------------------------------------------------------------- Dask
@@ -599,10 +719,7 @@ def read_scores(output) -> dict:
     if manifest["output_format"] == "npy":
         records = np.concatenate([np.load(f, allow_pickle=False) for f in files])
         return {name: records[name] for name in records.dtype.names}
-    import pyarrow.parquet as pq
-
-    import pyarrow as pa
-
+    pa, pq = import_pyarrow()
     table = pa.concat_tables([pq.read_table(f) for f in files])
     return {name: table.column(name).to_numpy(zero_copy_only=False)
             for name in table.column_names}

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._optional import import_gensim_keyed_vectors
+
 _PARTS = re.compile(r"[\s\-_]+")
 
 
@@ -68,7 +70,7 @@ def load_keyed_vectors(path, *, binary=None, no_header=False):
     GloVe's text files have no header line: pass ``no_header=True``. ``binary`` defaults
     to True for ``.bin`` files.
     """
-    from gensim.models import KeyedVectors
+    KeyedVectors = import_gensim_keyed_vectors()
 
     path = Path(path)
     if not path.exists():
@@ -115,7 +117,7 @@ def load_glove_50d(words=None):
         Keep only these words (and the parts of multi-word names), which is much faster
         to build than the full 400k vocabulary.
     """
-    from gensim.models import KeyedVectors
+    KeyedVectors = import_gensim_keyed_vectors()
 
     vocab, matrix = glove_50d_arrays()
     if words is not None:

@@ -15,7 +15,7 @@ import pytest
 
 import fastzsl
 from fastzsl import GaussianNovelty, LoOP
-from fastzsl.batch import BatchError, read_scores, score_file
+from fastzsl.batch import LOCK, BatchError, output_lock, read_scores, score_file
 from fastzsl.testing import make_blobs
 
 pa = pytest.importorskip("pyarrow")
@@ -158,18 +158,24 @@ def slow_job(tmp_path_factory):
     return folder
 
 
-def _kill_after_chunks(command, output, n_chunks, rng):
-    """Start the job and SIGKILL it once ``n_chunks`` result files exist (plus a random delay)."""
+def _start_and_await_chunks(command, output, n_chunks):
+    """Start the job; return its process once ``n_chunks`` result files exist (or it ended)."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if output.exists() and len(_chunk_files(output)) >= n_chunks:
             break
         time.sleep(0.002)
+    return process
+
+
+def _kill_after_chunks(command, output, n_chunks, rng):
+    """Start the job and SIGKILL it once ``n_chunks`` result files exist (plus a random delay)."""
+    process = _start_and_await_chunks(command, output, n_chunks)
     time.sleep(rng.uniform(0, 0.05))
     process.send_signal(signal.SIGKILL)
     process.wait()
-    return process.returncode
+    return process
 
 
 def test_sigkilled_job_resumes_to_identical_output(slow_job, tmp_path):
@@ -179,9 +185,13 @@ def test_sigkilled_job_resumes_to_identical_output(slow_job, tmp_path):
                              "--chunk-size", "1500")
     killed = 0
     for target in sorted(rng.sample(range(3, 55), 3)):
-        if _kill_after_chunks(command, output, target, rng) == -signal.SIGKILL:
+        process = _kill_after_chunks(command, output, target, rng)
+        if process.returncode == -signal.SIGKILL:
             manifest = json.loads((output / "_manifest.json").read_text())
-            killed += not manifest["complete"]
+            if not manifest["complete"]:
+                killed += 1
+                # the killed job's lock stays behind, naming it; the next run takes it over
+                assert json.loads((output / LOCK).read_text())["pid"] == process.pid
             # every file present is a whole chunk: never a half-written one
             for name in _chunk_files(output):
                 assert np.load(output / name).shape == (1500,)
@@ -190,8 +200,63 @@ def test_sigkilled_job_resumes_to_identical_output(slow_job, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert not [p for p in output.iterdir() if p.name.startswith(".tmp-")]
+    assert not (output / LOCK).exists()
     assert_same_outputs(slow_job / "clean", output)
     assert read_scores(output)["row"].tolist() == list(range(60 * 1500))
+
+
+def test_a_second_job_on_a_busy_folder_is_refused_or_waits_and_no_chunk_is_scored_twice(
+        slow_job, tmp_path):
+    output = tmp_path / "out"
+    command = _score_command(slow_job / "loop.fzsl", slow_job / "queries.npy", output,
+                             "--chunk-size", "1500")
+    first = _start_and_await_chunks(command, output, 2)
+    # Frozen in the middle of its work, the first job keeps the folder for as long as needed.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert first.poll() is None, "the first job ended before the test could stop it"
+        lock = json.loads((output / LOCK).read_text())
+        assert lock["pid"] == first.pid and "score" in lock["command"]
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert f"being scored by another fastzsl job (pid {first.pid} on host " \
+               f"{lock['host']}" in second.stderr, second.stderr
+        waiting = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys; from fastzsl.batch import score_file; "
+             "m = score_file(*sys.argv[1:4], chunk_size=1500, progress=False, wait=True); "
+             "print(m['chunks_scored_now'])",
+             str(slow_job / "loop.fzsl"), str(slow_job / "queries.npy"), str(output)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert waiting.poll() is None, waiting.communicate()
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err
+    assert out.split() == ["0"]  # it found every chunk done by the first job
+    assert not (output / LOCK).exists()
+    assert_same_outputs(slow_job / "clean", output)
+
+
+def test_the_lock_names_the_job_and_refuses_one_from_another_host(loop_job, tmp_path):
+    folder, _, _ = loop_job
+    out = tmp_path / "out"
+    out.mkdir()
+    with output_lock(out) as me:
+        assert me["pid"] == os.getpid()
+        with pytest.raises(BatchError, match=f"another fastzsl job \\(pid {os.getpid()} "):
+            score_file(folder / "loop.fzsl", folder / "queries.npy", out, progress=False)
+    assert [p.name for p in out.iterdir()] == []
+    # a lock that a job on another host left: it may still run there, so it is not taken
+    (out / LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere.example",
+                                        "started": "?", "command": "fastzsl score ..."}))
+    with pytest.raises(BatchError, match="a job on another host .*elsewhere.example"):
+        score_file(folder / "loop.fzsl", folder / "queries.npy", out, progress=False)
+    assert [p.name for p in out.iterdir()] == [LOCK]
+    (out / LOCK).unlink()
+    assert score_file(folder / "loop.fzsl", folder / "queries.npy", out, progress=False)["complete"]
 
 
 def test_dask_local_cluster_is_bit_identical_and_loads_the_model_once_per_worker(
@@ -212,6 +277,7 @@ def test_dask_local_cluster_is_bit_identical_and_loads_the_model_once_per_worker
     assert manifest["n_chunks"] == 13  # more tasks than workers
     assert sorted(loads.values()) == [1, 1], loads
     assert_same_outputs(tmp_path / "single", tmp_path / "dask")
+    assert not (tmp_path / "dask" / LOCK).exists()  # held and released by the driver
 
 
 def test_dask_zeroshot_model_is_bit_identical(zeroshot_job, tmp_path):
@@ -338,6 +404,8 @@ def test_missing_inputs_and_bad_options_are_named(loop_job, tmp_path):
         score_file(folder / "loop.fzsl", tmp_path / "narrow.npy", tmp_path / "o")
     with pytest.raises(FileNotFoundError, match="no model file"):
         score_file(tmp_path / "none.fzsl", folder / "queries.npy", tmp_path / "o")
+    with pytest.raises(BatchError, match=r"narrow\.npy is a file; name a folder"):
+        score_file(folder / "loop.fzsl", folder / "queries.npy", tmp_path / "narrow.npy")
 
 
 def test_unfinished_job_is_not_read_as_results(loop_job, tmp_path, monkeypatch):

@@ -146,13 +146,17 @@ def test_unknown_estimator_wrong_format_and_version_are_named(tmp_path):
 
 def test_not_a_zip_and_truncated_files_are_refused(tmp_path):
     text = tmp_path / "notes.fzsl"
-    text.write_text("hello")
-    with pytest.raises(ValueError, match="corrupt or truncated"):
-        fastzsl.load(text)
+    for content in (b"hello", b"", b"PK"):  # text, empty, too short to be a zip
+        text.write_bytes(content)
+        with pytest.raises(ValueError) as info:
+            fastzsl.load(text)
+        assert str(info.value) == f"{text} is not a fastzsl model file (not a zip archive)"
     data = (FIXTURES / "loop.fzsl").read_bytes()
+    assert data.startswith(b"PK\x03\x04")
     cut = tmp_path / "cut.fzsl"
-    cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=str(cut)):
-        fastzsl.load(cut)
+    for size in (len(data) // 2, len(data) - 10, 30):  # a real model file cut short
+        cut.write_bytes(data[:size])
+        with pytest.raises(ValueError, match=f"^{cut} is corrupt or truncated"):
+            fastzsl.load(cut)
     with pytest.raises(FileNotFoundError, match="no model file"):
         fastzsl.load(tmp_path / "missing.fzsl")

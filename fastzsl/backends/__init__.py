@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 # name -> (module, what to install when it is missing)
 _REGISTRY = {
     "numpy": ("fastzsl.backends.numpy_", "numpy and scipy"),
-    "numba": ("fastzsl.backends.numba", "numba (pip install numba)"),
+    "numba": ("fastzsl.backends.numba", "numba (pip install 'fastzsl[numba]')"),
     "cython": (
         "fastzsl.backends.cython_",
         "the compiled extension (pip install --no-build-isolation -e . from a source checkout)",
