@@ -50,6 +50,9 @@ def add_parser(subparsers):
     p.add_argument("--workers", type=positive_int, default=2,
                    help="LocalCluster workers with --scheduler local (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--wait", action="store_true",
+                   help="if another job is scoring into OUTPUT, wait for it to finish (then "
+                        "score what is left) instead of refusing")
     p.set_defaults(handler=run)
 
 
@@ -61,7 +64,8 @@ def run(args) -> int:
     manifest = score_file(args.model, args.input, args.output, chunk_size=args.chunk_size,
                           output_format=args.format, with_proba=args.proba,
                           backend=args.backend, scheduler=args.scheduler,
-                          n_workers=args.workers, progress=not args.quiet, log=log)
+                          n_workers=args.workers, progress=not args.quiet, wait=args.wait,
+                          log=log)
     seconds = time.perf_counter() - start
     print(f"{manifest['n_rows']} rows in {manifest['n_chunks']} chunks written to "
           f"{args.output}/ ({manifest['chunks_scored_now']} chunks scored now, {seconds:.1f} s)")
