@@ -145,3 +145,54 @@ def knn_self(X, k, on_progress=None):
         return None
     key = _floating_key(X.dtype, "knn_cpu.knn_self supports float32 and float64")
     return _knn_self_typed[key](X, k, on_progress)
+
+
+def _rerank_typed(const cython.floating[:, ::1] queries,
+                  const cython.floating[:, ::1] reference, const int64_t[:, ::1] cand,
+                  Py_ssize_t k, const int64_t[::1] skip, double[:, ::1] bd,
+                  int64_t[:, ::1] bi):
+    cdef Py_ssize_t n = queries.shape[0]
+    cdef Py_ssize_t d = queries.shape[1]
+    cdef Py_ssize_t m = cand.shape[1]
+    cdef Py_ssize_t i, c
+    cdef double* dist = NULL
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    if n == 0 or m == 0 or k <= 0:
+        return
+    with nogil, parallel():
+        dist = <double*>malloc(m * sizeof(double))
+        for i in prange(n, schedule="static"):
+            if dist == NULL:
+                failed_p[0] = 1
+                continue
+            _clear_best(&bd[i, 0], &bi[i, 0], k)
+            _sqdists(&queries[i, 0], &reference[0, 0], d, &cand[i, 0], m, dist)
+            for c in range(m):
+                if cand[i, c] != skip[i]:
+                    _insert_lex(&bd[i, 0], &bi[i, 0], k, dist[c], cand[i, c])
+        free(dist)
+    if failed:
+        raise MemoryError("knn_cpu.rerank: could not allocate the per-thread buffers")
+
+
+def rerank(queries, reference, cand, k, skip=None):
+    """The k lexicographically smallest (exact distance, index) among each query's candidate
+    reference rows ``cand[i, :]`` (leaving out row ``skip[i]``, query i's own, when ``skip``
+    is given): (distances as float64, int64 indices), each of shape (n, k).
+
+    The distances are the kernels' own (``_sqdist``: double sum of squared differences in
+    dimension order), so a candidate set that contains the brute-force answer gives it bit
+    for bit. Unfilled slots (fewer than k candidates) are (+inf, -1).
+    """
+    queries = np.ascontiguousarray(queries)
+    reference = np.ascontiguousarray(reference, dtype=queries.dtype)
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    bd = np.empty((queries.shape[0], k), dtype=np.float64)
+    bi = np.empty((queries.shape[0], k), dtype=np.int64)
+    if skip is None:
+        skip = np.full(queries.shape[0], -1, dtype=np.int64)
+    skip = np.ascontiguousarray(skip, dtype=np.int64)
+    key = _floating_key(queries.dtype, "knn_cpu.rerank supports float32 and float64")
+    _rerank_typed[key](queries, reference, cand, k, skip, bd, bi)
+    return bd, bi
