@@ -66,8 +66,11 @@ class ExactIndex:
     """
 
     def __init__(self, reference, *, backend="auto", method="auto"):
-        self.reference = as_float_matrix(reference, "reference")
+        self.reference = _read_only(as_float_matrix(reference, "reference"))
         self.kernels = get_backend(backend)
+        # What a kernel reuses across searches of this reference (knn.prepare, if it has
+        # one: the Cython kernels' reference norms), made on the first search.
+        self._prepared = _UNPREPARED
         self.method = resolve_method(method, self.d, self.ntotal, backend)
         if self.method == "kdtree":
             self._tree = KDTreeSearch(self.reference)
@@ -116,10 +119,23 @@ class ExactIndex:
             if result is not None:
                 return result
 
+        knn_kernel = self._knn_kernel()
+
         def search_chunk(chunk, offset):
-            return self.kernels.knn(chunk, self.reference, k, offset if exclude_self else -1)
+            return knn_kernel(chunk, self.reference, k, offset if exclude_self else -1)
 
         return _search_in_chunks(search_chunk, Q, k, Q.dtype, progress)
+
+    def _knn_kernel(self):
+        """The backend's knn, with what it prepared for this reference bound in."""
+        knn_kernel = self.kernels.knn
+        prepare = getattr(knn_kernel, "prepare", None)
+        if prepare is None:
+            return knn_kernel
+        if self._prepared is _UNPREPARED:
+            self._prepared = prepare(self.reference)
+        prepared = self._prepared
+        return lambda Q, R, k, self_offset: knn_kernel(Q, R, k, self_offset, prepared)
 
 
 class KDTreeSearch:
@@ -324,6 +340,16 @@ class FaissIndex:
             return D, I
 
         return _search_in_chunks(search_chunk, Q, k, self.dtype, progress)
+
+
+_UNPREPARED = object()
+
+
+def _read_only(X):
+    """A read-only view of X: the index's reference cannot be changed through it."""
+    X = X.view()
+    X.flags.writeable = False
+    return X
 
 
 # Queries per kernel call: enough parallel work per call, and a progress bar that moves.

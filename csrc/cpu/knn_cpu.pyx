@@ -57,7 +57,7 @@ from libc.math cimport INFINITY, fabs, nextafterf
 from libc.stdint cimport int64_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
-from openmp cimport omp_get_max_threads
+from openmp cimport omp_get_max_threads, omp_get_thread_num
 
 from gemm_tiles cimport gemm_abt
 
@@ -81,6 +81,7 @@ cdef enum:
 # the knn_kernels.h declarations above and each other's helpers, in this order).
 include "knn_direct.pxi"
 include "knn_gemm.pxi"
+include "knn_split.pxi"
 include "knn_self.pxi"
 
 
@@ -92,38 +93,59 @@ include "floating_dispatch.pxi"  # _floating_key
 def _run_typed(const cython.floating[:, ::1] queries,
                const cython.floating[:, ::1] reference, Py_ssize_t k,
                Py_ssize_t self_offset, bint direct, cython.floating[:, ::1] D,
-               int64_t[:, ::1] I):
+               int64_t[:, ::1] I, const cython.floating[::1] rn, double rmax):
     """Fills D and I: the GEMM kernel unless ``direct`` (or it does not apply), else the
-    direct one."""
+    direct one. ``rn``: the reference norms from reference_norms, or empty."""
     cdef int rc = 1
+    cdef const cython.floating* rn_cached = NULL
     if (not direct and queries.shape[0] > 0 and reference.shape[0] > 0
             and queries.shape[1] >= MIN_GEMM_DIM and k > 0):
+        if rn.shape[0] == reference.shape[0]:
+            rn_cached = &rn[0]
         with blas_single_threaded():
-            rc = _knn_gemm_impl(queries, reference, k, self_offset, D, I)
+            rc = _knn_gemm_impl(queries, reference, k, self_offset, rn_cached, rmax, D, I)
     if rc == 1:
         rc = _knn_direct_impl(queries, reference, k, self_offset, D, I)
     if rc != 0:
         raise MemoryError("knn_cpu.knn: could not allocate the per-thread kNN buffers")
 
 
-def _run(queries, reference, k, self_offset, bint direct):
+def _run(queries, reference, k, self_offset, bint direct, prepared=None):
     queries = np.ascontiguousarray(queries)
     reference = np.ascontiguousarray(reference, dtype=queries.dtype)
+    rn, rmax = _EMPTY[queries.dtype.char], 0.0
+    if prepared is not None and prepared[0].dtype == queries.dtype:
+        rn, rmax = prepared
     cdef Py_ssize_t kk = k
     cdef Py_ssize_t offset = self_offset
     D = np.empty((queries.shape[0], kk), dtype=queries.dtype)
     I = np.empty((queries.shape[0], kk), dtype=np.int64)
     key = _floating_key(queries.dtype, "knn_cpu.knn supports float32 and float64")
-    _run_typed[key](queries, reference, kk, offset, direct, D, I)
+    _run_typed[key](queries, reference, kk, offset, direct, D, I, rn, rmax)
     return D, I
 
 
-def knn(queries, reference, k, self_offset):
+_EMPTY = {"f": np.empty(0, dtype=np.float32), "d": np.empty(0, dtype=np.float64)}
+
+
+def knn(queries, reference, k, self_offset, prepared=None):
     """Exact kNN: returns (D, I) with D in the input dtype and I int64 (see _base.KernelSet).
 
     GEMM prefilter + exact re-rank; results equal those of :func:`knn_direct` bit for bit.
+    ``prepared``: ``reference_norms(reference)`` of this very reference (unchanged since),
+    which saves a pass over it per call.
     """
-    return _run(queries, reference, k, self_offset, False)
+    return _run(queries, reference, k, self_offset, False, prepared)
+
+
+def reference_norms(reference):
+    """What ``knn(..., prepared=)`` reuses across calls on one reference: (its squared norms
+    in its dtype, their largest in double), or None when a norm is not finite."""
+    reference = np.ascontiguousarray(reference)
+    rn = np.empty(reference.shape[0], dtype=reference.dtype)
+    key = _floating_key(reference.dtype, "knn_cpu.reference_norms supports float32 and float64")
+    rmax = _reference_norms_typed[key](reference, rn)
+    return None if rmax is None else (rn, rmax)
 
 
 def knn_direct(queries, reference, k, self_offset):

@@ -154,3 +154,36 @@ def test_kdtree_rerank_without_the_compiled_extension(dtype, rng, monkeypatch):
     got = neighbors.ExactIndex(X, method="kdtree").search(X, 9, exclude_self=True)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+# ---------------------------------------------------------------- few queries (Cython split path)
+@pytest.mark.parametrize("n_jobs", [1, 2, 3])
+@pytest.mark.parametrize("n_q,k", [(1, 1), (1, 20), (5, 7), (9, 60), (16, 3)])
+def test_few_queries_split_across_threads_are_bit_identical(dtype, rng, n_jobs, n_q, k):
+    """Few queries split the reference across threads and merge their lists: the direct
+    kernel's answer bit for bit, with the index's cached norms or without, duplicates
+    (more than a list holds) spread over several tiles, and a self offset."""
+    knn_cpu = pytest.importorskip("fastzsl._ext.knn_cpu")
+    R = rng.normal(size=(9000, 24)).astype(dtype)
+    R[3000:3100] = R[0]
+    R[8000:8090] = R[0]
+    Q = np.r_[R[:1], rng.normal(size=(n_q, 24)).astype(dtype)][:n_q]
+    index = fastzsl.ExactIndex(R, method="exact")
+    for offset in (-1, 0):
+        want = knn_cpu.knn_direct(Q, R, k, offset)
+        with fastzsl.backends.thread_limits(n_jobs, backend="cython"):
+            got = [knn_cpu.knn(Q, R, k, offset),
+                   knn_cpu.knn(Q, R, k, offset, knn_cpu.reference_norms(R))]
+            if offset < 0:
+                got.append(index.search(Q, k))
+        for D, I in got:
+            np.testing.assert_array_equal(D, want[0])
+            np.testing.assert_array_equal(I, want[1])
+
+
+def test_exact_index_reference_is_read_only(rng):
+    R = rng.normal(size=(50, 3))
+    index = fastzsl.ExactIndex(R)
+    with pytest.raises(ValueError, match="read-only"):
+        index.reference[0, 0] = 1.0
+    assert R.flags.writeable  # the caller's array is left alone
