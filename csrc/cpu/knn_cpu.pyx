@@ -40,7 +40,12 @@ candidate within T + M is collected, a superset by the same argument). Inputs ar
 (validated by the public API); whenever the norms could make the gemm overflow the kernels
 fall back to the direct kernel.
 
-``knn`` runs query blocks in parallel, each against all reference tiles. ``knn_self`` (the
+``knn`` runs query blocks in parallel, each against all reference tiles; with fewer query
+blocks than threads it splits the reference tiles across the threads instead, each thread
+keeping its own lists, which pass 2 merges (knn_split.pxi: the argument above holds for
+each list). ``reference_norms`` gives the R_j of one reference to reuse across calls
+(``knn(..., prepared=)``). ``rerank`` is pass 2's exact re-rank for candidates found by
+another method (the k-d tree of ``fastzsl.neighbors.KDTreeSearch``). ``knn_self`` (the
 self-join: every row of X among the other rows, what a LoOP fit needs) computes each pair of
 row blocks once: the tile G = X_a X_b^T serves block a's points along its rows and block b's
 along its columns, half the gemm work. Its pairs run in rounds of pairs that share no block
@@ -60,6 +65,7 @@ from libc.string cimport memcpy
 from openmp cimport omp_get_max_threads, omp_get_thread_num
 
 from gemm_tiles cimport gemm_abt
+from scipy.linalg.cython_blas cimport dgemv, sgemv
 
 from fastzsl._threads import blas_single_threaded
 
@@ -113,19 +119,19 @@ def _run_typed(const cython.floating[:, ::1] queries,
 def _run(queries, reference, k, self_offset, bint direct, prepared=None):
     queries = np.ascontiguousarray(queries)
     reference = np.ascontiguousarray(reference, dtype=queries.dtype)
-    rn, rmax = _EMPTY[queries.dtype.char], 0.0
+    key = _floating_key(queries.dtype, "knn_cpu.knn supports float32 and float64")
+    rn, rmax = _EMPTY[key], 0.0
     if prepared is not None and prepared[0].dtype == queries.dtype:
         rn, rmax = prepared
     cdef Py_ssize_t kk = k
     cdef Py_ssize_t offset = self_offset
     D = np.empty((queries.shape[0], kk), dtype=queries.dtype)
     I = np.empty((queries.shape[0], kk), dtype=np.int64)
-    key = _floating_key(queries.dtype, "knn_cpu.knn supports float32 and float64")
     _run_typed[key](queries, reference, kk, offset, direct, D, I, rn, rmax)
     return D, I
 
 
-_EMPTY = {"f": np.empty(0, dtype=np.float32), "d": np.empty(0, dtype=np.float64)}
+_EMPTY = {"float": np.empty(0, dtype=np.float32), "double": np.empty(0, dtype=np.float64)}
 
 
 def knn(queries, reference, k, self_offset, prepared=None):

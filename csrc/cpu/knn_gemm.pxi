@@ -571,11 +571,13 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
         if cython.floating is double:
             tile = (tile + 1) // 2
         n_blocks = (n_q + qb - 1) // qb
+        if n_threads > n_blocks:  # a thread with nothing to do still has to be woken
+            n_threads = <int>n_blocks
         lv = NULL
         li = NULL
         buf = NULL
         sc = NULL
-        with nogil, parallel():
+        with nogil, parallel(num_threads=n_threads):
             lv = <cython.floating*>malloc(qb * L * sizeof(cython.floating))
             li = <int64_t*>malloc(qb * L * sizeof(int64_t))
             buf = <cython.floating*>malloc(qb * tile * sizeof(cython.floating))

@@ -4,7 +4,9 @@
 # whole reference); here the reference is split instead.
 #
 # Every thread keeps its own pass-1 lists (L = k + LIST_EXTRA per query) over the reference
-# tiles it takes (gemm of all queries against the tile). Pass 2 (_pass2 with one list per
+# tiles it takes (gemm of all queries against the tile; gemv for one query: another
+# summation order of the same dot products, within the bound b of the module docstring,
+# which holds for any order). Pass 2 (_pass2 with one list per
 # thread) merges them: T is the k-th smallest v kept by any thread, and a thread's list can
 # only have dropped a member of the answer if it is full and its largest entry is within
 # T + M (the module docstring's argument, applied to each list: a list drops only
@@ -12,6 +14,23 @@
 # Otherwise every member of the answer is among the kept candidates within T + M, which are
 # re-ranked exactly in (distance, index) order: the answer of the direct kernel, bit for
 # bit, whichever thread saw which tile.
+
+cdef inline void _gemv_bq(const cython.floating* b, const cython.floating* q, int nb, int d,
+                         cython.floating* out) noexcept nogil:
+    """Row-major out[nb] = b[nb, d] @ q[d]: one query's dot products with a tile (a gemm of
+    one row would pack, i.e. copy, the whole tile first). Column-major, b is d x nb (ld d)
+    and this is b^T q."""
+    cdef char tr = b'T'
+    cdef int one = 1
+    cdef float one_f = 1.0
+    cdef float zero_f = 0.0
+    cdef double one_d = 1.0
+    cdef double zero_d = 0.0
+    if cython.floating is float:
+        sgemv(&tr, &d, &nb, &one_f, <float*>b, &d, <float*>q, &one, &zero_f, out, &one)
+    else:
+        dgemv(&tr, &d, &nb, &one_d, <double*>b, &d, <double*>q, &one, &zero_d, out, &one)
+
 
 cdef enum:
     # The split path: fewer 8-query blocks than threads, and at least two tiles of
@@ -68,7 +87,7 @@ cdef int _knn_split(const cython.floating* qbase, Py_ssize_t n_q,
     for c in range(n_threads * stride):  # also the lists of threads the team may lack
         lv_all[c] = INFINITY
         li_all[c] = -1
-    with parallel(num_threads=n_threads):
+    with parallel(num_threads=n_threads if n_threads < n_tiles else n_tiles):
         tid = omp_get_thread_num()
         buf = <cython.floating*>malloc(n_q * tile * sizeof(cython.floating))
         for t in prange(n_tiles, schedule="dynamic"):
@@ -80,7 +99,10 @@ cdef int _knn_split(const cython.floating* qbase, Py_ssize_t n_q,
             if r1 > n_r:
                 r1 = n_r
             nr = r1 - r0
-            gemm_abt(qbase, rbase + r0 * d, <int>n_q, <int>nr, <int>d, buf)
+            if n_q == 1:
+                _gemv_bq(rbase + r0 * d, qbase, <int>nr, <int>d, buf)
+            else:
+                gemm_abt(qbase, rbase + r0 * d, <int>n_q, <int>nr, <int>d, buf)
             for row in range(n_q):
                 skip = row + self_offset if self_offset >= 0 else -1
                 _scan_row(buf + row * nr, rn_w + r0, nr, r0, skip,
