@@ -30,10 +30,13 @@ METHODS = ("auto", "exact", "kdtree", "faiss", "ivf")
 EXACT_METHODS = ("auto", "exact", "kdtree")  # the methods of ExactIndex
 
 # method="auto" searches with the k-d tree when d <= KDTREE_MAX_DIM and the reference has at
-# least KDTREE_MIN_N rows (and no backend is named): the crossover measured on 2 cores in
-# benchmarks/kdtree_crossover.py (results/kdtree-crossover-cpu-2core.md).
-KDTREE_MAX_DIM = 8
-KDTREE_MIN_N = 2000
+# least KDTREE_MIN_N rows (and no backend is named): the crossover measured on 2 cores by
+# benchmarks/kdtree_crossover.py (results/kdtree-crossover-cpu-2core.md; in-sample k = 10 on
+# Gaussian blobs): the tree is 1.4-5x faster up to d = 5 from N = 20k, about even (20k) to
+# 1.4x faster (50k, 100k) at d = 6, and 2x slower at d = 8; below about 4000 points
+# brute force wins (d = 4: 2x faster at N = 2000, the tree 1.35x faster at N = 5000).
+KDTREE_MAX_DIM = 6
+KDTREE_MIN_N = 4000
 
 
 def resolve_method(method, d, n_reference, backend="auto"):
