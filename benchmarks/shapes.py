@@ -18,7 +18,7 @@ each group: other engineers' jobs share these 2 cores.
     PYTHONPATH=. python benchmarks/shapes.py [--quick] [--groups fit,single,batch]
 
 writes benchmarks/results/shapes-cpu-2core.{md,json} (``--quick``: smaller sizes, to
-/tmp).
+/tmp), replacing the groups it ran and keeping the others.
 """
 import argparse
 import itertools
@@ -77,14 +77,21 @@ def loop_fit_group(n, rounds, warmup):
                   rounds=rounds, warmup=warmup, N=n, d=4, k=k, dtype="float64")
 
 
-def single_query_group(n_ref, n_queries, rounds):
+def _d50(n_ref, n_q):
+    """Reference and query rows (blobs, d = 50, float32) and a faiss IndexFlatL2 of the
+    reference."""
     import faiss
 
-    X, _ = make_blobs(n_ref + n_queries, 50, seed=0, dtype=np.float32)
+    X, _ = make_blobs(n_ref + n_q, 50, seed=0, dtype=np.float32)
     R, Q = np.ascontiguousarray(X[:n_ref]), np.ascontiguousarray(X[n_ref:])
-    k = 20
     flat = faiss.IndexFlatL2(50)
     flat.add(R)
+    return R, Q, flat
+
+
+def single_query_group(n_ref, n_queries, rounds):
+    R, Q, flat = _d50(n_ref, n_queries)
+    k = 20
     index = fastzsl.ExactIndex(R)
     loop = fastzsl.LoOP(n_neighbors=k).fit(R)
     D_ref, I_ref = fastzsl.knn(Q[:20], R, k, backend="numpy")
@@ -131,13 +138,8 @@ def single_query_group(n_ref, n_queries, rounds):
 
 
 def large_batch_group(n_ref, n_q, rounds):
-    import faiss
-
-    X, _ = make_blobs(n_ref + n_q, 50, seed=0, dtype=np.float32)
-    R, Q = np.ascontiguousarray(X[:n_ref]), np.ascontiguousarray(X[n_ref:])
+    R, Q, flat = _d50(n_ref, n_q)
     k = 20
-    flat = faiss.IndexFlatL2(50)
-    flat.add(R)
     D_ref, I_ref = fastzsl.knn(Q[:100], R, k, backend="numpy")
     D, I = fastzsl.knn(Q[:100], R, k)
     np.testing.assert_array_equal(I, I_ref)
@@ -203,7 +205,13 @@ def main():
         rows.append(large_batch_group(10_000 if args.quick else 100_000,
                                       1_000 if args.quick else 10_000, rounds=3))
     out = (Path("/tmp") if args.quick else Path(__file__).parent / "results")
-    write(rows, out / "shapes-cpu-2core")
+    out = out / "shapes-cpu-2core"
+    if out.with_suffix(".json").exists():  # keep the groups not run this time
+        ran = {row["group"] for row in rows}
+        earlier = json.loads(out.with_suffix(".json").read_text())["groups"]
+        rows = [row for row in earlier if row["group"] not in ran] + rows
+        rows.sort(key=lambda row: ("loop fit" not in row["group"], "batch" in row["group"]))
+    write(rows, out)
 
 
 if __name__ == "__main__":

@@ -113,10 +113,7 @@ class ExactIndex:
         Q = _check_queries(queries, self, exclude_self)
         k = check_k(k, self.ntotal, exclude_self=exclude_self)
         if self.method == "kdtree":
-            def search_tree(chunk, offset):
-                return self._tree.search(chunk, k, offset if exclude_self else -1)
-
-            return _search_in_chunks(search_tree, Q, k, Q.dtype, progress, TREE_CHUNK)
+            return self._tree.search_all(Q, k, exclude_self, progress)
         if exclude_self and self.kernels.knn_self is not None and _same_rows(Q, self.reference):
             result = _self_join(self.kernels.knn_self, Q, k, progress)
             if result is not None:
@@ -172,8 +169,8 @@ class KDTreeSearch:
     the same indices, including near-ties that cKDTree ordered differently (they are
     re-ranked by e_j) and exact ties at the k-th distance (all of them are candidates, so
     the lower indices win, as in the kernels). With m = n_reference every row is a
-    candidate and the answer holds by definition. ``exclude_self`` drops row
-    ``offset + i`` by index, as the kernels do (a duplicate of it stays, at distance 0).
+    candidate and the answer holds by definition. ``exclude_self`` drops the
+    query's own row by index, as the kernels do (a duplicate of it stays, at distance 0).
 
     Runs ``cKDTree.query`` on the OpenMP thread count in force (``n_jobs``, an outer
     threadpoolctl limit, or all cores).
@@ -183,21 +180,40 @@ class KDTreeSearch:
         from scipy.spatial import cKDTree
 
         self.reference = reference
-        self.tree = cKDTree(reference, balanced_tree=False, compact_nodes=False)
+        self.tree = cKDTree(reference)
 
-    def search(self, Q, k, self_offset=-1):
-        """(D, I) of the k nearest rows for each row of Q (dtype of the reference)."""
+    def search_all(self, Q, k, exclude_self, progress=False):
+        """:meth:`ExactIndex.search` of Q (the reference rows themselves with
+        ``exclude_self``), in chunks. The reference's own rows are searched in the tree's
+        order (neighbouring queries visit the same nodes: measured 1.3x faster at 100k
+        points, d = 4) and the results put back in row order."""
+        if not exclude_self:
+            return _search_in_chunks(lambda chunk, _: self.search(chunk, k), Q, k, Q.dtype,
+                                     progress, TREE_CHUNK)
+        order = self.tree.indices
+        D_sorted, I_sorted = _search_in_chunks(
+            lambda chunk, offset: self.search(chunk, k, order[offset:offset + len(chunk)]),
+            Q[order], k, Q.dtype, progress, TREE_CHUNK)
+        D = np.empty_like(D_sorted)
+        I = np.empty_like(I_sorted)
+        D[order] = D_sorted
+        I[order] = I_sorted
+        return D, I
+
+    def search(self, Q, k, self_rows=None):
+        """(D, I) of the k nearest rows for each row of Q (dtype of the reference), leaving
+        out row ``self_rows[i]`` of query i where given."""
         n = self.reference.shape[0]
         D = np.empty((Q.shape[0], k), dtype=self.reference.dtype)
         I = np.empty((Q.shape[0], k), dtype=np.int64)
         rows = np.arange(Q.shape[0])
-        m = min(n, k + (self_offset >= 0) + TREE_EXTRA)
+        m = min(n, k + (self_rows is not None) + TREE_EXTRA)
         workers = _openmp_threads()
         while rows.size:
             Qr = Q[rows]
             dist, cand = self.tree.query(Qr, k=[*range(1, m + 1)], workers=workers)
-            offsets = rows + self_offset if self_offset >= 0 else None
-            bd, bi = _rerank(Qr, self.reference, cand, k, offsets)
+            skip = None if self_rows is None else self_rows[rows]
+            bd, bi = _rerank(Qr, self.reference, cand, k, skip)
             if m == n:
                 done = np.ones(rows.size, dtype=bool)
             else:

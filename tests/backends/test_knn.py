@@ -187,3 +187,18 @@ def test_exact_index_reference_is_read_only(rng):
     with pytest.raises(ValueError, match="read-only"):
         index.reference[0, 0] = 1.0
     assert R.flags.writeable  # the caller's array is left alone
+
+
+def test_kdtree_chunked_search_in_tree_order_equals_one_call(rng, monkeypatch):
+    from fastzsl import neighbors
+    X = rng.integers(0, 5, size=(500, 3)).astype(np.float64)
+    X[:, 0] += rng.normal(size=500)
+    want = [fastzsl.knn(X, X, 7, exclude_self=True, method="kdtree"),
+            fastzsl.knn(X[:80] + 0.5, X, 7, method="kdtree")]
+    monkeypatch.setattr(neighbors, "TREE_CHUNK", 64)
+    got = [fastzsl.knn(X, X, 7, exclude_self=True, method="kdtree", progress=True),
+           fastzsl.knn(X[:80] + 0.5, X, 7, method="kdtree")]
+    for (D1, I1), (D2, I2) in zip(want, got):
+        np.testing.assert_array_equal(D1, D2)
+        np.testing.assert_array_equal(I1, I2)
+    _assert_tree_is_brute_force(X, X, 7, True, np.dtype(np.float64))
