@@ -48,7 +48,8 @@ def _group(name, baseline, candidates, rounds, warmup=1, **sizes):
     times = interleaved(candidates, rounds=rounds, warmup=warmup)
     after = _load()
     ratios = interleaved_ratios(times, baseline)
-    row = dict(group=name, baseline=baseline, rounds=rounds, loadavg_1m_before=before,
+    row = dict(group=name, measured=time.strftime("%Y-%m-%d %H:%M UTC"), baseline=baseline,
+               rounds=rounds, loadavg_1m_before=before,
                loadavg_1m_after=after, sizes=sizes, results=ratios)
     print(json.dumps(row), flush=True)
     return row
@@ -164,7 +165,9 @@ def write(rows, out):
              "a second thread often finds no free core.", ""]
     for row in rows:
         lines += [f"## {row['group']}", "",
-                  f"{row['rounds']} rounds; load average (1 min) {row['loadavg_1m_before']} "
+                  f"{row.get('measured', 'run of 2026-11-28 14:24-14:44 UTC')}; {row['rounds']} rounds"
+                  + (f" of {row['sizes']['queries']} queries" if "per_query" in row else "")
+                  + f"; load average (1 min) {row['loadavg_1m_before']} "
                   f"before, {row['loadavg_1m_after']} after; baseline: {row['baseline']}", "",
                   "| candidate | min | median | ratio of minima | ratio of medians |",
                   "|---|---|---|---|---|"]
