@@ -92,3 +92,13 @@ def test_knn_subset(case, bench, cfg, reference, queries, faiss_flat, knn_expect
                 f"(first {n} queries, NumPy backend included)",
           label=label, baseline=baseline, flop=2 * n * cfg.n_ref * cfg.d, **extra,
           **cfg.sizes(N_q=n))
+
+
+def test_single_query_latency(cfg):
+    """One query at a time (N_ref x d=50, k=20, 200 queries): faiss IndexFlatL2 vs
+    ExactIndex.search and LoOP.outlier_probability, in interleaved rounds
+    (benchmarks/shapes.py, which also writes results/shapes-cpu-2core.md)."""
+    pytest.importorskip("faiss")
+    from shapes import single_query_group
+    row = single_query_group(cfg.n_ref, 200, rounds=3)
+    assert set(row["per_query"]) == set(row["results"])

@@ -231,3 +231,12 @@ def test_loop_fit_insample(case, bench, cfg, fit_data):
     assert diff.max() <= EXACT_ATOL, diff.max()
     bench(lambda: fastzsl.LoOP(n_neighbors=cfg.k, backend=case).fit(X), group=group,
           label=f"fastzsl LoOP.fit ({case})", peer="fastzsl", backend=case, **sizes)
+
+
+def test_loop_fit_low_dimensional(cfg):
+    """In-sample LoOP at d=4, k=10 (knn="auto": the k-d tree) vs scikit-learn LOF fit and
+    bare cKDTree, in interleaved rounds (benchmarks/shapes.py; N = 20k with --quick, else
+    100k; the 1M group runs from shapes.py)."""
+    from shapes import loop_fit_group
+    row = loop_fit_group(20_000 if cfg.quick else 100_000, rounds=3, warmup=1)
+    assert len(row["results"]) == 3

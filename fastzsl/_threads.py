@@ -8,6 +8,11 @@ Numba (``numba.set_num_threads``) and faiss (``faiss.omp_set_num_threads``) for 
 duration of one call and restores each of them afterwards, also when the call raises.
 It sets the libraries that are loaded when it is entered: callers load their backend
 first (``fastzsl.backends.thread_limits`` does both).
+
+Both contexts cost microseconds per call: they keep one ``threadpoolctl``
+ThreadpoolController (building one scans the loaded libraries, about a millisecond; it is
+rebuilt when modules have been imported since, which is when new libraries can appear)
+and set only the libraries whose thread count differs from the one asked for.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ from collections import deque
 
 from ._platform import cpu_count
 
-_blas_controller = None
+_controller = None
+_controller_modules = -1  # len(sys.modules) when _controller was built
 
 
 def resolve_n_jobs(n_jobs) -> int | None:
@@ -65,22 +71,48 @@ def thread_limits(n_jobs):
     if threads is None:
         yield None
         return
-    from threadpoolctl import threadpool_limits
-
     load_openmp()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(threadpool_limits(limits=threads))
+        stack.enter_context(_library_limits(threads))
         numba = sys.modules.get("numba")
         if numba is not None:
-            before = numba.get_num_threads()
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-            stack.callback(numba.set_num_threads, before)
+            _set_restored(stack, numba.get_num_threads, numba.set_num_threads,
+                          min(threads, numba.config.NUMBA_NUM_THREADS))
         faiss = sys.modules.get("faiss")
         if faiss is not None and hasattr(faiss, "omp_set_num_threads"):
-            before_faiss = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(threads)
-            stack.callback(faiss.omp_set_num_threads, before_faiss)
+            _set_restored(stack, faiss.omp_get_max_threads, faiss.omp_set_num_threads, threads)
         yield threads
+
+
+def _set_restored(stack, get, set_, value):
+    """set_(value) now and the previous value when ``stack`` closes, if it differs."""
+    before = get()
+    if before != value:
+        set_(value)
+        stack.callback(set_, before)
+
+
+def _thread_controller():
+    """The ThreadpoolController of the loaded libraries, rebuilt after new imports."""
+    global _controller, _controller_modules
+    if _controller is None or len(sys.modules) != _controller_modules:
+        from threadpoolctl import ThreadpoolController
+
+        modules = len(sys.modules)
+        _controller = ThreadpoolController()
+        _controller_modules = modules
+    return _controller
+
+
+@contextlib.contextmanager
+def _library_limits(threads, user_api=None):
+    """threadpoolctl's ``threadpool_limits(threads, user_api)``, setting only the libraries
+    whose count differs (and restoring those)."""
+    with contextlib.ExitStack() as stack:
+        for lib in _thread_controller().lib_controllers:
+            if user_api is None or lib.user_api == user_api:
+                _set_restored(stack, lib.get_num_threads, lib.set_num_threads, threads)
+        yield
 
 
 def worker_count(n_jobs) -> int:
@@ -93,14 +125,12 @@ def imap_ordered(fn, items, n_workers, bar=None):
     """Yield ``fn(i) for i in items``, in order, computed on ``n_workers`` threads (BLAS on
     one thread each meanwhile). At most ``4 * n_workers`` tasks are in flight, so finished
     results waiting for the consumer stay few; ``bar`` (tqdm) advances once per result."""
-    from threadpoolctl import threadpool_limits
-
     def done(result):
         if bar is not None:
             bar.update(1)
         return result
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _library_limits(1, "blas"):
         if n_workers == 1:
             for item in items:
                 yield done(fn(item))
@@ -125,15 +155,8 @@ def imap_ordered(fn, items, n_workers, bar=None):
 def blas_single_threaded():
     """A context that keeps BLAS on one thread: for kernels that call BLAS from inside
     their own parallel regions (every core is already busy there)."""
-    global _blas_controller
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return contextlib.nullcontext()
-    if _blas_controller is None:
-        # The kernels call SciPy's BLAS (numba's np.dot too): load it before the controller
-        # takes its snapshot of the loaded libraries, or the limit would miss it.
-        import scipy.linalg.cython_blas  # noqa: F401
+    # The kernels call SciPy's BLAS (numba's np.dot too): load it before the controller
+    # takes its snapshot of the loaded libraries, or the limit would miss it.
+    import scipy.linalg.cython_blas  # noqa: F401
 
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=1, user_api="blas")
+    return _library_limits(1, "blas")

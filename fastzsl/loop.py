@@ -40,7 +40,7 @@ from ._array import like
 from ._model_files import SaveMixin
 from ._validation import as_float_matrix, check_k, check_positive_number, check_same_width
 from .backends import get_backend, thread_limits, uses_n_jobs
-from .neighbors import make_index
+from .neighbors import make_index, resolve_method
 
 SCORING = ("neighbors", "stream")
 
@@ -164,8 +164,9 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
         LoOP's lambda.
     backend : str, default="auto"
         Kernel set for the LoOP arithmetic and exact kNN (``fastzsl.available_backends()``).
-    knn : {"auto", "exact", "faiss", "ivf"}, default="auto"
-        kNN method; ``"auto"`` is ``"exact"``.
+    knn : {"auto", "exact", "kdtree", "faiss", "ivf"}, default="auto"
+        kNN method (see :func:`fastzsl.knn`); ``"auto"`` is ``"kdtree"`` on low-dimensional
+        data when ``backend="auto"``, else ``"exact"``: both exact, with identical results.
     knn_params : dict, optional
         ``nlist``/``nprobe`` for ``knn="ivf"``.
     scoring : {"neighbors", "stream"}, default="neighbors"
@@ -187,7 +188,7 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
     backend_ : str
         The backend ``backend`` resolved to (``"auto"`` picks the fastest available).
     knn_method_ : str
-        The kNN method ``knn`` resolved to.
+        The kNN method ``knn`` resolved to ("exact", "kdtree", "faiss" or "ivf").
     offset_ : float
         0.5: ``decision_function = score_samples - offset_`` is negative exactly when
         ``predict`` (threshold 0.5) says outlier.
@@ -237,8 +238,8 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
     def _build_index(self, X):
         """Resolve the backend and kNN method, and index the reference set X."""
         self.backend_ = get_backend(self.backend).name
-        self.knn_method_ = "exact" if self.knn == "auto" else self.knn
-        # The backend runs exact kNN itself; faiss methods bring their own kernels.
+        self.knn_method_ = resolve_method(self.knn, X.shape[1], X.shape[0], self.backend)
+        # The backend runs exact kNN itself; the tree and faiss bring their own kernels.
         index_backend = self.backend_ if self.knn_method_ == "exact" else "auto"
         self.index_ = make_index(X, method=self.knn_method_, backend=index_backend,
                                  **(self.knn_params or {}))

@@ -2,9 +2,12 @@
 
 Two kinds of index share one interface (``ntotal``, ``d``, ``search(queries, k)``):
 
-- :class:`ExactIndex` keeps the reference matrix and runs a backend's blocked brute-force
-  kernel (exact squared Euclidean distances as sums of squared differences, so duplicates
-  are exactly 0 apart; ties go to the lower index; deterministic).
+- :class:`ExactIndex` keeps the reference matrix and answers exactly (squared Euclidean
+  distances as sums of squared differences, so duplicates are exactly 0 apart; ties go to
+  the lower index; deterministic), by one of two methods with identical results:
+  ``"exact"``, a backend's blocked brute-force kernel, or ``"kdtree"``, scipy's
+  ``cKDTree`` for candidates and an exact re-rank (:class:`KDTreeSearch`), which wins on
+  low-dimensional data. ``"auto"`` picks between them (:func:`resolve_method`).
 - :class:`FaissIndex` wraps faiss ``IndexFlatL2`` (``method="faiss"``: exact up to float32
   rounding of the ||q||^2 - 2 q.r + ||r||^2 expansion) or ``IndexIVFFlat``
   (``method="ivf"``: approximate, tuned by ``nlist`` and ``nprobe``).
@@ -23,23 +26,60 @@ from .backends import get_backend, thread_limits
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("exact", "faiss", "ivf")
+METHODS = ("auto", "exact", "kdtree", "faiss", "ivf")
+EXACT_METHODS = ("auto", "exact", "kdtree")  # the methods of ExactIndex
+
+# method="auto" searches with the k-d tree when d <= KDTREE_MAX_DIM and the reference has at
+# least KDTREE_MIN_N rows (and no backend is named): the crossover measured on 2 cores by
+# benchmarks/kdtree_crossover.py (results/kdtree-crossover-cpu-2core.md; in-sample k = 10 on
+# Gaussian blobs): the tree is 1.4-5x faster up to d = 5 from N = 20k, about even (20k) to
+# 1.4x faster (50k, 100k) at d = 6, and 2x slower at d = 8; below about 4000 points
+# brute force wins (d = 4: 2x faster at N = 2000, the tree 1.35x faster at N = 5000).
+KDTREE_MAX_DIM = 6
+KDTREE_MIN_N = 4000
+
+
+def resolve_method(method, d, n_reference, backend="auto"):
+    """The kNN method that ``method`` runs for a (n_reference, d) reference: ``"auto"`` is
+    ``"kdtree"`` for low-dimensional data (d <= KDTREE_MAX_DIM, n_reference >=
+    KDTREE_MIN_N) unless a backend is named (its brute-force kernels then run), else
+    ``"exact"``; any other method is itself."""
+    if method != "auto":
+        return method
+    if backend in ("auto", None) and d <= KDTREE_MAX_DIM and n_reference >= KDTREE_MIN_N:
+        return "kdtree"
+    return "exact"
 
 
 class ExactIndex:
-    """Exact brute-force index on one of fastzsl's backends.
+    """Exact index: a backend's brute-force kernel, or a k-d tree with an exact re-rank.
 
     Parameters
     ----------
     reference : array-like of shape (n_reference, d)
         float32 or float64 (other numeric dtypes are converted, see ``fastzsl`` docs).
+        The index keeps this array (no copy) and, for the tree, a tree built from it: do
+        not modify it in place afterwards, build a new index instead.
     backend : str, default="auto"
         A name from :func:`fastzsl.available_backends`.
+    method : {"auto", "exact", "kdtree"}, default="auto"
+        ``"exact"``: the backend's brute-force kernel; ``"kdtree"``: :class:`KDTreeSearch`
+        (identical results); ``"auto"``: see :func:`resolve_method`. The choice is in
+        ``self.method``.
     """
 
-    def __init__(self, reference, *, backend="auto"):
-        self.reference = as_float_matrix(reference, "reference")
+    def __init__(self, reference, *, backend="auto", method="auto"):
+        self.reference = _read_only(as_float_matrix(reference, "reference"))
         self.kernels = get_backend(backend)
+        # What a kernel reuses across searches of this reference (knn.prepare, if it has
+        # one: the Cython kernels' reference norms), made on the first search.
+        self._prepared = _UNPREPARED
+        self.method = resolve_method(method, self.d, self.ntotal, backend)
+        if self.method == "kdtree":
+            self._tree = KDTreeSearch(self.reference)
+        elif self.method != "exact":
+            raise ValueError(f"ExactIndex method must be 'auto', 'exact' or 'kdtree', got "
+                             f"{method!r}")
 
     @property
     def ntotal(self) -> int:
@@ -72,15 +112,154 @@ class ExactIndex:
         """
         Q = _check_queries(queries, self, exclude_self)
         k = check_k(k, self.ntotal, exclude_self=exclude_self)
+        if self.method == "kdtree":
+            return self._tree.search_all(Q, k, exclude_self, progress)
         if exclude_self and self.kernels.knn_self is not None and _same_rows(Q, self.reference):
             result = _self_join(self.kernels.knn_self, Q, k, progress)
             if result is not None:
                 return result
 
+        knn_kernel = self._knn_kernel()
+
         def search_chunk(chunk, offset):
-            return self.kernels.knn(chunk, self.reference, k, offset if exclude_self else -1)
+            return knn_kernel(chunk, self.reference, k, offset if exclude_self else -1)
 
         return _search_in_chunks(search_chunk, Q, k, Q.dtype, progress)
+
+    def _knn_kernel(self):
+        """The backend's knn, with what it prepared for this reference bound in."""
+        knn_kernel = self.kernels.knn
+        prepare = getattr(knn_kernel, "prepare", None)
+        if prepare is None:
+            return knn_kernel
+        if self._prepared is _UNPREPARED:
+            self._prepared = prepare(self.reference)
+        prepared = self._prepared
+        return lambda Q, R, k, self_offset: knn_kernel(Q, R, k, self_offset, prepared)
+
+
+class KDTreeSearch:
+    r"""Exact kNN through scipy's ``cKDTree``: the brute-force kernels' answer, bit for bit.
+
+    The kernels return, per query, the k lexicographically smallest pairs (e_j, j), where
+    e_j is the float64 sum of (double(q_t) - double(r_jt))^2 over t = 0..d-1 in order,
+    rounded to the input dtype only on output. cKDTree ranks by its own float64 distances
+    (another summation, a square root, pruning by incrementally updated box distances), so
+    its order can differ from that one at near-ties. This class uses it only for candidates:
+
+    1. ``cKDTree.query(q, m)`` returns m candidates (m = k + 1 + TREE_EXTRA, the 1 for
+       ``exclude_self``; at most n_reference), the largest at tree distance t_m.
+    2. Every candidate gets its exact e_j, computed exactly as the kernels do (the Cython
+       kernels' own ``_sqdist`` via ``knn_cpu.rerank``, or the same operations in NumPy),
+       the query's own row is dropped under ``exclude_self``, and the k lexicographically
+       smallest (e_j, j) are kept; e_(k) is the k-th of them.
+    3. The query is accepted when m = n_reference (every row was a candidate) or
+       e_(k) < t_m^2 (1 - TREE_SLACK) - TREE_TINY. Otherwise it is searched again with
+       twice as many candidates (up to all rows).
+
+    Why an accepted answer is the brute-force one. Write E_j for the exact real squared
+    distance. Every row j not returned has a tree distance >= t_m (cKDTree returns the m
+    nearest by its own distances); its own rounding, from the distance and from the
+    pruning bounds, is a relative error of at most a few hundred units of double roundoff
+    (2^-53) for the dimensions it is used in, far below TREE_SLACK = 2^-30, so
+    E_j >= t_m^2 (1 - TREE_SLACK / 2) - TREE_TINY / 2 (TREE_TINY covers gradual underflow).
+    The kernels' e_j is within (d + 2) 2^-53 E_j of E_j, so e_j > e_(k) for every row not
+    returned. Hence all rows with e_j <= e_(k) were candidates, and the k lexicographically
+    smallest pairs among the candidates are those among all rows: the same distances and
+    the same indices, including near-ties that cKDTree ordered differently (they are
+    re-ranked by e_j) and exact ties at the k-th distance (all of them are candidates, so
+    the lower indices win, as in the kernels). With m = n_reference every row is a
+    candidate and the answer holds by definition. ``exclude_self`` drops the
+    query's own row by index, as the kernels do (a duplicate of it stays, at distance 0).
+
+    Runs ``cKDTree.query`` on the OpenMP thread count in force (``n_jobs``, an outer
+    threadpoolctl limit, or all cores).
+    """
+
+    def __init__(self, reference):
+        from scipy.spatial import cKDTree
+
+        self.reference = reference
+        self.tree = cKDTree(reference)
+
+    def search_all(self, Q, k, exclude_self, progress=False):
+        """:meth:`ExactIndex.search` of Q (the reference rows themselves with
+        ``exclude_self``), in chunks. The reference's own rows are searched in the tree's
+        order (neighbouring queries visit the same nodes: measured 1.3x faster at 100k
+        points, d = 4) and the results put back in row order."""
+        if not exclude_self:
+            return _search_in_chunks(lambda chunk, _: self.search(chunk, k), Q, k, Q.dtype,
+                                     progress, TREE_CHUNK)
+        order = self.tree.indices
+        D_sorted, I_sorted = _search_in_chunks(
+            lambda chunk, offset: self.search(chunk, k, order[offset:offset + len(chunk)]),
+            Q[order], k, Q.dtype, progress, TREE_CHUNK)
+        D = np.empty_like(D_sorted)
+        I = np.empty_like(I_sorted)
+        D[order] = D_sorted
+        I[order] = I_sorted
+        return D, I
+
+    def search(self, Q, k, self_rows=None):
+        """(D, I) of the k nearest rows for each row of Q (dtype of the reference), leaving
+        out row ``self_rows[i]`` of query i where given."""
+        n = self.reference.shape[0]
+        D = np.empty((Q.shape[0], k), dtype=self.reference.dtype)
+        I = np.empty((Q.shape[0], k), dtype=np.int64)
+        rows = np.arange(Q.shape[0])
+        m = min(n, k + (self_rows is not None) + TREE_EXTRA)
+        workers = _openmp_threads()
+        while rows.size:
+            Qr = Q[rows]
+            dist, cand = self.tree.query(Qr, k=[*range(1, m + 1)], workers=workers)
+            skip = None if self_rows is None else self_rows[rows]
+            bd, bi = _rerank(Qr, self.reference, cand, k, skip)
+            if m == n:
+                done = np.ones(rows.size, dtype=bool)
+            else:
+                bound = dist[:, -1] ** 2 * (1 - TREE_SLACK) - TREE_TINY
+                done = bd[:, k - 1] < bound
+            D[rows[done]] = bd[done]
+            I[rows[done]] = bi[done]
+            rows = rows[~done]
+            m = min(n, 2 * m)
+        return D, I
+
+
+# KDTreeSearch: extra candidates beyond k, and the acceptance margin (its docstring).
+TREE_EXTRA = 1
+TREE_SLACK = 2.0 ** -30
+TREE_TINY = 1e-290
+
+
+def _openmp_threads():
+    """The OpenMP thread count in force (the compiled kernels' runtime), else all cores."""
+    try:
+        from fastzsl._ext.threads_cpu import max_threads
+    except ImportError:  # pragma: no cover - the extension is not built
+        from ._platform import cpu_count
+        return cpu_count()
+    return max_threads()
+
+
+def _rerank(Q, reference, cand, k, self_rows):
+    """The k lexicographically smallest (e_j, j) over each query's candidates cand[i]
+    (float64 distances computed as the kernels do; self_rows[i] left out if given)."""
+    try:
+        from fastzsl._ext import knn_cpu
+    except ImportError:  # pragma: no cover - the extension is not built
+        knn_cpu = None
+    if knn_cpu is not None:
+        return knn_cpu.rerank(Q, reference, cand, k, self_rows)
+    e = np.zeros(cand.shape, dtype=np.float64)
+    for t in range(Q.shape[1]):  # in dimension order, as the kernels sum
+        diff = Q[:, t, None].astype(np.float64) - reference[cand, t].astype(np.float64)
+        e += diff * diff
+    if self_rows is not None:
+        e[cand == self_rows[:, None]] = np.inf
+    order = np.lexsort((cand, e), axis=-1)[:, :k]
+    return np.take_along_axis(e, order, axis=1), np.take_along_axis(cand, order, axis=1)
+
 
 
 class FaissIndex:
@@ -182,8 +361,20 @@ class FaissIndex:
         return _search_in_chunks(search_chunk, Q, k, self.dtype, progress)
 
 
+_UNPREPARED = object()
+
+
+def _read_only(X):
+    """A read-only view of X: the index's reference cannot be changed through it."""
+    X = X.view()
+    X.flags.writeable = False
+    return X
+
+
 # Queries per kernel call: enough parallel work per call, and a progress bar that moves.
 SEARCH_CHUNK = 8192
+# Queries per KDTreeSearch call: fewer hand-overs between cKDTree's threads and OpenMP's.
+TREE_CHUNK = 65536
 
 
 def _same_rows(Q, reference):
@@ -208,10 +399,12 @@ def _self_join(knn_self, X, k, progress):
             bar.close()
 
 
-def _search_in_chunks(search_chunk, Q, k, dtype, progress):
-    """Run ``search_chunk(rows, first_row_index)`` over Q in chunks into one (D, I)."""
+def _search_in_chunks(search_chunk, Q, k, dtype, progress, chunk=None):
+    """Run ``search_chunk(rows, first_row_index)`` over Q in chunks (of SEARCH_CHUNK rows
+    unless ``chunk`` says) into one (D, I)."""
     n = Q.shape[0]
-    if n <= SEARCH_CHUNK:
+    chunk = SEARCH_CHUNK if chunk is None else chunk
+    if n <= chunk:
         D, I = search_chunk(Q, 0)
         return D.astype(dtype, copy=False), I.astype(np.int64, copy=False)
     from tqdm.auto import tqdm
@@ -219,8 +412,8 @@ def _search_in_chunks(search_chunk, Q, k, dtype, progress):
     D = np.empty((n, k), dtype=dtype)
     I = np.empty((n, k), dtype=np.int64)
     with tqdm(total=n, desc=f"kNN k={k}", unit="query", disable=not progress) as bar:
-        for start in range(0, n, SEARCH_CHUNK):
-            stop = min(start + SEARCH_CHUNK, n)
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
             D[start:stop], I[start:stop] = search_chunk(Q[start:stop], start)
             bar.update(stop - start)
     return D, I
@@ -265,10 +458,11 @@ def _check_queries(queries, index, exclude_self):
     return Q
 
 
-def make_index(reference, *, method="exact", backend="auto", nlist=None, nprobe=None):
-    """Build the index for ``method`` ("exact", "faiss" or "ivf") over ``reference``."""
-    if method in ("exact", "auto"):
-        return ExactIndex(reference, backend=backend)
+def make_index(reference, *, method="auto", backend="auto", nlist=None, nprobe=None):
+    """Build the index for ``method`` (see :data:`METHODS`) over ``reference``: an
+    :class:`ExactIndex` for "auto", "exact" and "kdtree", else a :class:`FaissIndex`."""
+    if method in EXACT_METHODS:
+        return ExactIndex(reference, backend=backend, method=method)
     if method in ("faiss", "ivf"):
         if backend not in ("auto", None):
             raise ValueError(
@@ -278,7 +472,7 @@ def make_index(reference, *, method="exact", backend="auto", nlist=None, nprobe=
     raise ValueError(f"unknown kNN method {method!r}; choose one of {METHODS}")
 
 
-def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="exact",
+def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="auto",
         nlist=None, nprobe=None, progress=False, n_jobs=None):
     """k nearest neighbours of each query row among the reference rows.
 
@@ -293,8 +487,11 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="ex
         ``queries`` are the reference rows; row i is left out of its own neighbours.
     backend : str, default="auto"
         Kernel set for ``method="exact"``; see :func:`fastzsl.available_backends`.
-    method : {"exact", "faiss", "ivf"}, default="exact"
+    method : {"auto", "exact", "kdtree", "faiss", "ivf"}, default="auto"
         ``"exact"``: fastzsl's blocked brute force (exact, ties to the lower index).
+        ``"kdtree"``: scipy's cKDTree plus an exact re-rank, the same results
+        (:class:`KDTreeSearch`). ``"auto"``: ``"kdtree"`` on low-dimensional data when no
+        backend is named, else ``"exact"`` (:func:`resolve_method`).
         ``"faiss"``: faiss ``IndexFlatL2``. ``"ivf"``: faiss ``IndexIVFFlat`` (approximate).
     nlist, nprobe : int, optional
         IVF parameters (see :class:`FaissIndex`).
@@ -320,7 +517,7 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="ex
     >>> D.ravel().tolist(), I.ravel().tolist()
     ([1.0, 1.0, 4.0], [1, 0, 1])
     """
-    with thread_limits(n_jobs, backend=backend if method in ("exact", "auto") else "auto",
+    with thread_limits(n_jobs, backend=backend if method in EXACT_METHODS else "auto",
                        knn=method):
         index = make_index(reference, method=method, backend=backend, nlist=nlist,
                            nprobe=nprobe)

@@ -93,3 +93,21 @@ def test_public_names():
     assert {"knn", "LoOP", "GaussianNovelty", "available_backends", "loop_fit", "loop_score",
             "gaussian_loglik"} <= set(fastzsl.__all__)
     assert "numpy" in fastzsl.available_backends()
+
+
+def test_low_dimensional_data_fit_with_the_tree_equal_the_brute_force_fit(tmp_path):
+    """knn="auto" on low-dimensional data searches a k-d tree: the same graph, hence the
+    same probabilities bit for bit, and the model file rebuilds the same index."""
+    X, _ = make_blobs(5000, 3, seed=4)
+    X = np.r_[X, X[:300]]  # duplicates: ties at distance 0
+    auto = LoOP(n_neighbors=10).fit(X)
+    brute = LoOP(n_neighbors=10, knn="exact").fit(X)
+    assert (auto.knn_method_, brute.knn_method_) == ("kdtree", "exact")
+    np.testing.assert_array_equal(auto.probabilities_, brute.probabilities_)
+    new = X[:50] + 0.01
+    np.testing.assert_array_equal(auto.outlier_probability(new),
+                                  brute.outlier_probability(new))
+    auto.save(tmp_path / "loop.fzsl")
+    loaded = fastzsl.load(tmp_path / "loop.fzsl")
+    assert loaded.knn_method_ == "kdtree"
+    np.testing.assert_array_equal(loaded.outlier_probability(new), auto.outlier_probability(new))

@@ -196,3 +196,40 @@ def test_settings_are_restored_when_a_kernel_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="kernel failed"):
         gaussian_loglik(np.ones((3, 2)), np.zeros((2, 2)), np.ones(2), n_jobs=1)
     assert (threads_cpu.max_threads(), numba.get_num_threads(), _blas_threads()) == before
+
+
+def test_thread_limits_reuse_one_controller_and_set_only_what_differs(monkeypatch):
+    """Per call, thread control costs microseconds: no new ThreadpoolController (a scan of
+    the loaded libraries) while no module was imported, and no library set to the count it
+    already has."""
+    import threadpoolctl
+
+    from fastzsl import _threads
+    from fastzsl._threads import blas_single_threaded
+
+    with thread_limits(1, backend="cython"):  # builds the controller if needed
+        pass
+    before = _state()  # (threadpool_info builds controllers of its own)
+    built, calls = [], []
+    real_controller = threadpoolctl.ThreadpoolController
+    monkeypatch.setattr(threadpoolctl, "ThreadpoolController",
+                        lambda: built.append(1) or real_controller())
+    controller = _threads._thread_controller()
+    for lib in controller.lib_controllers:
+        monkeypatch.setattr(lib, "set_num_threads",
+                            lambda n, lib=lib, real=lib.set_num_threads: calls.append(
+                                (lib.user_api, n)) or real(n))
+    blas = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
+    with thread_limits(threads_cpu.max_threads(), backend="cython"):
+        pass
+    assert not [c for c in calls if c[0] == "openmp"], "OpenMP set to the count it has"
+    calls.clear()
+    with blas_single_threaded():
+        assert {lib.get_num_threads() for lib in blas} == {1}
+    with blas_single_threaded():
+        with blas_single_threaded():  # already 1: the inner context sets nothing
+            n_calls = len(calls)
+        assert len(calls) == n_calls
+    assert built == []
+    monkeypatch.undo()
+    assert _state() == before

@@ -40,7 +40,12 @@ candidate within T + M is collected, a superset by the same argument). Inputs ar
 (validated by the public API); whenever the norms could make the gemm overflow the kernels
 fall back to the direct kernel.
 
-``knn`` runs query blocks in parallel, each against all reference tiles. ``knn_self`` (the
+``knn`` runs query blocks in parallel, each against all reference tiles; with fewer query
+blocks than threads it splits the reference tiles across the threads instead, each thread
+keeping its own lists, which pass 2 merges (knn_split.pxi: the argument above holds for
+each list). ``reference_norms`` gives the R_j of one reference to reuse across calls
+(``knn(..., prepared=)``). ``rerank`` is pass 2's exact re-rank for candidates found by
+another method (the k-d tree of ``fastzsl.neighbors.KDTreeSearch``). ``knn_self`` (the
 self-join: every row of X among the other rows, what a LoOP fit needs) computes each pair of
 row blocks once: the tile G = X_a X_b^T serves block a's points along its rows and block b's
 along its columns, half the gemm work. Its pairs run in rounds of pairs that share no block
@@ -57,9 +62,10 @@ from libc.math cimport INFINITY, fabs, nextafterf
 from libc.stdint cimport int64_t, uint32_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
-from openmp cimport omp_get_max_threads
+from openmp cimport omp_get_max_threads, omp_get_thread_num
 
 from gemm_tiles cimport gemm_abt
+from scipy.linalg.cython_blas cimport dgemv, sgemv
 
 from fastzsl._threads import blas_single_threaded
 
@@ -81,6 +87,7 @@ cdef enum:
 # the knn_kernels.h declarations above and each other's helpers, in this order).
 include "knn_direct.pxi"
 include "knn_gemm.pxi"
+include "knn_split.pxi"
 include "knn_self.pxi"
 
 
@@ -92,38 +99,59 @@ include "floating_dispatch.pxi"  # _floating_key
 def _run_typed(const cython.floating[:, ::1] queries,
                const cython.floating[:, ::1] reference, Py_ssize_t k,
                Py_ssize_t self_offset, bint direct, cython.floating[:, ::1] D,
-               int64_t[:, ::1] I):
+               int64_t[:, ::1] I, const cython.floating[::1] rn, double rmax):
     """Fills D and I: the GEMM kernel unless ``direct`` (or it does not apply), else the
-    direct one."""
+    direct one. ``rn``: the reference norms from reference_norms, or empty."""
     cdef int rc = 1
+    cdef const cython.floating* rn_cached = NULL
     if (not direct and queries.shape[0] > 0 and reference.shape[0] > 0
             and queries.shape[1] >= MIN_GEMM_DIM and k > 0):
+        if rn.shape[0] == reference.shape[0]:
+            rn_cached = &rn[0]
         with blas_single_threaded():
-            rc = _knn_gemm_impl(queries, reference, k, self_offset, D, I)
+            rc = _knn_gemm_impl(queries, reference, k, self_offset, rn_cached, rmax, D, I)
     if rc == 1:
         rc = _knn_direct_impl(queries, reference, k, self_offset, D, I)
     if rc != 0:
         raise MemoryError("knn_cpu.knn: could not allocate the per-thread kNN buffers")
 
 
-def _run(queries, reference, k, self_offset, bint direct):
+def _run(queries, reference, k, self_offset, bint direct, prepared=None):
     queries = np.ascontiguousarray(queries)
     reference = np.ascontiguousarray(reference, dtype=queries.dtype)
+    key = _floating_key(queries.dtype, "knn_cpu.knn supports float32 and float64")
+    rn, rmax = _EMPTY[key], 0.0
+    if prepared is not None and prepared[0].dtype == queries.dtype:
+        rn, rmax = prepared
     cdef Py_ssize_t kk = k
     cdef Py_ssize_t offset = self_offset
     D = np.empty((queries.shape[0], kk), dtype=queries.dtype)
     I = np.empty((queries.shape[0], kk), dtype=np.int64)
-    key = _floating_key(queries.dtype, "knn_cpu.knn supports float32 and float64")
-    _run_typed[key](queries, reference, kk, offset, direct, D, I)
+    _run_typed[key](queries, reference, kk, offset, direct, D, I, rn, rmax)
     return D, I
 
 
-def knn(queries, reference, k, self_offset):
+_EMPTY = {"float": np.empty(0, dtype=np.float32), "double": np.empty(0, dtype=np.float64)}
+
+
+def knn(queries, reference, k, self_offset, prepared=None):
     """Exact kNN: returns (D, I) with D in the input dtype and I int64 (see _base.KernelSet).
 
     GEMM prefilter + exact re-rank; results equal those of :func:`knn_direct` bit for bit.
+    ``prepared``: ``reference_norms(reference)`` of this very reference (unchanged since),
+    which saves a pass over it per call.
     """
-    return _run(queries, reference, k, self_offset, False)
+    return _run(queries, reference, k, self_offset, False, prepared)
+
+
+def reference_norms(reference):
+    """What ``knn(..., prepared=)`` reuses across calls on one reference: (its squared norms
+    in its dtype, their largest in double), or None when a norm is not finite."""
+    reference = np.ascontiguousarray(reference)
+    rn = np.empty(reference.shape[0], dtype=reference.dtype)
+    key = _floating_key(reference.dtype, "knn_cpu.reference_norms supports float32 and float64")
+    rmax = _reference_norms_typed[key](reference, rn)
+    return None if rmax is None else (rn, rmax)
 
 
 def knn_direct(queries, reference, k, self_offset):
@@ -145,3 +173,54 @@ def knn_self(X, k, on_progress=None):
         return None
     key = _floating_key(X.dtype, "knn_cpu.knn_self supports float32 and float64")
     return _knn_self_typed[key](X, k, on_progress)
+
+
+def _rerank_typed(const cython.floating[:, ::1] queries,
+                  const cython.floating[:, ::1] reference, const int64_t[:, ::1] cand,
+                  Py_ssize_t k, const int64_t[::1] skip, double[:, ::1] bd,
+                  int64_t[:, ::1] bi):
+    cdef Py_ssize_t n = queries.shape[0]
+    cdef Py_ssize_t d = queries.shape[1]
+    cdef Py_ssize_t m = cand.shape[1]
+    cdef Py_ssize_t i, c
+    cdef double* dist = NULL
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    if n == 0 or m == 0 or k <= 0:
+        return
+    with nogil, parallel():
+        dist = <double*>malloc(m * sizeof(double))
+        for i in prange(n, schedule="static"):
+            if dist == NULL:
+                failed_p[0] = 1
+                continue
+            _clear_best(&bd[i, 0], &bi[i, 0], k)
+            _sqdists(&queries[i, 0], &reference[0, 0], d, &cand[i, 0], m, dist)
+            for c in range(m):
+                if cand[i, c] != skip[i]:
+                    _insert_lex(&bd[i, 0], &bi[i, 0], k, dist[c], cand[i, c])
+        free(dist)
+    if failed:
+        raise MemoryError("knn_cpu.rerank: could not allocate the per-thread buffers")
+
+
+def rerank(queries, reference, cand, k, skip=None):
+    """The k lexicographically smallest (exact distance, index) among each query's candidate
+    reference rows ``cand[i, :]`` (leaving out row ``skip[i]``, query i's own, when ``skip``
+    is given): (distances as float64, int64 indices), each of shape (n, k).
+
+    The distances are the kernels' own (``_sqdist``: double sum of squared differences in
+    dimension order), so a candidate set that contains the brute-force answer gives it bit
+    for bit. Unfilled slots (fewer than k candidates) are (+inf, -1).
+    """
+    queries = np.ascontiguousarray(queries)
+    reference = np.ascontiguousarray(reference, dtype=queries.dtype)
+    cand = np.ascontiguousarray(cand, dtype=np.int64)
+    bd = np.empty((queries.shape[0], k), dtype=np.float64)
+    bi = np.empty((queries.shape[0], k), dtype=np.int64)
+    if skip is None:
+        skip = np.full(queries.shape[0], -1, dtype=np.int64)
+    skip = np.ascontiguousarray(skip, dtype=np.int64)
+    key = _floating_key(queries.dtype, "knn_cpu.rerank supports float32 and float64")
+    _rerank_typed[key](queries, reference, cand, k, skip, bd, bi)
+    return bd, bi

@@ -67,14 +67,19 @@ cdef int _knn_direct_impl(const cython.floating[:, ::1] queries,
     cdef const cython.floating* rbase
     cdef int failed = 0
     cdef int* failed_p = &failed  # written through a pointer: a plain name would be thread-private
+    cdef int n_threads
 
     if n_q == 0 or k <= 0:
         return 0
     rbase = &reference[0, 0] if n_r > 0 else NULL
+    # No more threads than blocks: a thread with nothing to do still has to be woken.
+    n_threads = omp_get_max_threads()
+    if n_threads > n_blocks:
+        n_threads = <int>n_blocks
     best_d = NULL  # set per thread below; initialised so the firstprivate copies are defined
     best_i = NULL
 
-    with nogil, parallel():
+    with nogil, parallel(num_threads=n_threads):
         # One pair of buffers per thread, reused by every block that thread runs. Every
         # thread still enters the prange (a worksharing loop must be met by the whole team).
         best_d = <double*>malloc(QUERY_BLOCK * k * sizeof(double))

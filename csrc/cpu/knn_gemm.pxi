@@ -18,6 +18,8 @@ cdef enum:
     RESCAN_CAP = 2048
     # Per-thread pass-1 lists of a knn query block stay under this many bytes (large k).
     LIST_BYTES = 16777216
+    # _norms of fewer rows than this run on the calling thread.
+    NORMS_PARALLEL_MIN = 256
 
 # Pass-2 margin: SAFETY times twice the proven error bound of one candidate (docstring).
 cdef double SAFETY = 2.0
@@ -174,33 +176,40 @@ cdef inline double _margin(double T, double qn, double rmax, Py_ssize_t d, doubl
 
 
 cdef Py_ssize_t _pass2_candidates(const cython.floating* lv, const int64_t* li, Py_ssize_t L,
-                                   Py_ssize_t k, double qn, double rmax, Py_ssize_t d,
-                                   double eps, double tiny, int64_t* cand, double* cand_v,
+                                   Py_ssize_t n_lists, Py_ssize_t stride, Py_ssize_t k,
+                                   double qn, double rmax, Py_ssize_t d, double eps,
+                                   double tiny, int64_t* cand, double* cand_v,
                                    double* limit) noexcept nogil:
-    """Pass 2, first step, for one query's list lv/li (L entries, index -1 = empty): sorts the
-    kept candidates into cand/cand_v and sets limit = T + M. Returns how many are within the
-    limit, or -1 when the list overflowed (its largest entry is itself within the limit, so
-    a candidate it dropped may belong to the answer)."""
-    cdef Py_ssize_t c, nc, pos
+    """Pass 2, first step, for one query's n_lists lists (list l at lv/li + l stride, L
+    entries each, largest first, index -1 = empty; several when threads split the
+    reference): sorts the kept candidates of all of them into cand/cand_v and sets limit =
+    T + M, T the k-th smallest of them. Returns how many are within the limit, or -1 when a
+    list overflowed (it is full and its largest entry is itself within the limit, so a
+    candidate it dropped may belong to the answer; a list whose largest entry is above the
+    limit dropped only candidates above it)."""
+    cdef Py_ssize_t c, nc, pos, l
     cdef double T, x
     nc = 0
-    for c in range(L):
-        if li[c] < 0:
+    for c in range(n_lists * L):
+        l = c // L
+        if li[l * stride + c % L] < 0:
             continue
-        x = lv[c]
+        x = lv[l * stride + c % L]
         pos = nc
         while pos > 0 and cand_v[pos - 1] > x:
             cand_v[pos] = cand_v[pos - 1]
             cand[pos] = cand[pos - 1]
             pos -= 1
         cand_v[pos] = x
-        cand[pos] = li[c]
+        cand[pos] = li[l * stride + c % L]
         nc += 1
     # T: the k-th smallest kept value (+inf when fewer than k candidates exist).
     T = cand_v[k - 1] if nc >= k else INFINITY
     limit[0] = T + _margin(T, qn, rmax, d, eps, tiny) if T < INFINITY else INFINITY
-    if nc == L and cand_v[L - 1] <= limit[0]:
-        return -1
+    for l in range(n_lists):
+        # Full (the largest slot, filled last, holds a candidate) and within the limit.
+        if li[l * stride] >= 0 and lv[l * stride] <= limit[0]:
+            return -1
     while nc > 0 and cand_v[nc - 1] > limit[0]:
         nc -= 1
     return nc
@@ -390,13 +399,14 @@ cdef void _pass2(Pass2Scratch* sc, Py_ssize_t qi, const cython.floating* qbase,
                  Py_ssize_t self_offset, const cython.floating* rbase,
                  const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k,
                  Py_ssize_t L, double qn, double rmax, double eps, double tiny,
-                 const cython.floating* lv, const int64_t* li, cython.floating* Dout,
-                 int64_t* Iout) noexcept nogil:
-    """Pass 2 for query qi from its list lv/li: answered now, or queued for a rescan (the
-    caller flushes the queue with _pass2_flush when it is done)."""
+                 const cython.floating* lv, const int64_t* li, Py_ssize_t n_lists,
+                 Py_ssize_t stride, cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    """Pass 2 for query qi from its n_lists lists (at lv/li + l stride; see
+    _pass2_candidates): answered now, or queued for a rescan (the caller flushes the queue
+    with _pass2_flush when it is done)."""
     cdef double limit
-    cdef Py_ssize_t nc = _pass2_candidates(lv, li, L, k, qn, rmax, d, eps, tiny,
-                                           sc.cand, sc.cand_v, &limit)
+    cdef Py_ssize_t nc = _pass2_candidates(lv, li, L, n_lists, stride, k, qn, rmax, d, eps,
+                                           tiny, sc.cand, sc.cand_v, &limit)
     if nc >= 0:
         _rerank(qbase + qi * d, rbase, d, k, sc.cand, nc, sc.cand_v, sc.bd, sc.bi,
                 Dout + qi * k, Iout + qi * k)
@@ -435,10 +445,16 @@ cdef bint _norms(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, double* o
     """Squared norms in double (and in the input dtype when out_w); False if not finite."""
     cdef Py_ssize_t i
     cdef double m = 0.0
-    for i in prange(n, schedule="static"):
-        out[i] = _norm(X + i * d, d)
-        if out_w != NULL:
-            out_w[i] = <cython.floating>out[i]
+    if n < NORMS_PARALLEL_MIN:  # a parallel region costs more than a few norms
+        for i in range(n):
+            out[i] = _norm(X + i * d, d)
+            if out_w != NULL:
+                out_w[i] = <cython.floating>out[i]
+    else:
+        for i in prange(n, schedule="static"):
+            out[i] = _norm(X + i * d, d)
+            if out_w != NULL:
+                out_w[i] = <cython.floating>out[i]
     for i in range(n):
         if not (out[i] <= m):  # also catches NaN / inf
             m = out[i]
@@ -476,16 +492,20 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
     for row in range(nq):
         qi = q0 + row
         _pass2(sc, qi, qbase, self_offset, rbase, rn_w, n_r, d, k, L, qn[qi], rmax, eps, tiny,
-               lv + row * L, li + row * L, Dout, Iout)
+               lv + row * L, li + row * L, 1, 0, Dout, Iout)
     _pass2_flush(sc, qbase, self_offset, rbase, rn_w, n_r, d, k, Dout, Iout)
 
 
 cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
                         const cython.floating[:, ::1] reference,
                         Py_ssize_t k, Py_ssize_t self_offset,
+                        const cython.floating* rn_cached, double rmax_cached,
                         cython.floating[:, ::1] D, int64_t[:, ::1] I) noexcept:
     """Fills D and I; returns 0, -1 when a buffer could not be allocated, or 1 when the norms
-    are too large for the gemm (nothing written: use the direct kernel)."""
+    are too large for the gemm (nothing written: use the direct kernel). ``rn_cached``: the
+    reference norms in the input dtype from reference_norms (their largest, in double,
+    ``rmax_cached``), or NULL to compute them here. Few queries take the split path
+    (knn_split.pxi), the others run query blocks in parallel."""
     cdef Py_ssize_t n_q = queries.shape[0]
     cdef Py_ssize_t d = queries.shape[1]
     cdef Py_ssize_t n_r = reference.shape[0]
@@ -495,7 +515,8 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
     cdef double qmax, rmax, eps, tiny, limit
     cdef double* qn = NULL
     cdef double* rn64 = NULL
-    cdef cython.floating* rn_w = NULL
+    cdef cython.floating* rn_own = NULL
+    cdef const cython.floating* rn_w = rn_cached
     cdef cython.floating* lv
     cdef int64_t* li
     cdef cython.floating* buf
@@ -505,71 +526,100 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
     cdef int failed = 0
     cdef int* failed_p = &failed
     cdef int rc = 0
+    cdef int n_threads = omp_get_max_threads()
 
     if n_q == 0 or k <= 0:
         return 0
     _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
-    qb = LIST_BYTES // (L * (sizeof(cython.floating) + sizeof(int64_t)))
-    if qb > QUERY_BLOCK_GEMM:
-        qb = QUERY_BLOCK_GEMM
-    # Small query sets: still give every thread a few blocks (min 8 queries for the gemm).
-    per_block = (n_q + 4 * omp_get_max_threads() - 1) // (4 * omp_get_max_threads())
-    if per_block < 8:
-        per_block = 8
-    if qb > per_block:
-        qb = per_block
-    if qb < 1:
-        qb = 1
-    # Reference tiles fill GEMM_TILE_ELEMS dot products (float64: half as many).
-    tile = GEMM_TILE_ELEMS // qb
-    if cython.floating is double:
-        tile = (tile + 1) // 2
-    n_blocks = (n_q + qb - 1) // qb
     qbase = &queries[0, 0]
     rbase = &reference[0, 0]
-
     qn = <double*>malloc(n_q * sizeof(double))
-    rn64 = <double*>malloc(n_r * sizeof(double))
-    rn_w = <cython.floating*>malloc(n_r * sizeof(cython.floating))
-    if qn == NULL or rn64 == NULL or rn_w == NULL:
+    if rn_cached == NULL:
+        rn64 = <double*>malloc(n_r * sizeof(double))
+        rn_own = <cython.floating*>malloc(n_r * sizeof(cython.floating))
+        rn_w = rn_own
+    if qn == NULL or (rn_cached == NULL and (rn64 == NULL or rn_own == NULL)):
         rc = -1
     else:
         with nogil:
-            if not (_norms(qbase, n_q, d, qn, <cython.floating*>NULL, &qmax)
-                    and _norms(rbase, n_r, d, rn64, rn_w, &rmax) and qmax + rmax <= limit):
+            if rn_cached == NULL:
+                if not _norms(rbase, n_r, d, rn64, rn_own, &rmax):
+                    rc = 1
+            else:
+                rmax = rmax_cached
+            if rc == 0 and not (_norms(qbase, n_q, d, qn, <cython.floating*>NULL, &qmax)
+                                and qmax + rmax <= limit):
                 rc = 1
-        if rc == 0:
-            lv = NULL
-            li = NULL
-            buf = NULL
-            sc = NULL
-            with nogil, parallel():
-                lv = <cython.floating*>malloc(qb * L * sizeof(cython.floating))
-                li = <int64_t*>malloc(qb * L * sizeof(int64_t))
-                buf = <cython.floating*>malloc(qb * tile * sizeof(cython.floating))
-                sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
-                if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(cython.floating)):
-                    free(sc)
-                    sc = NULL
-                for b in prange(n_blocks, schedule="dynamic"):
-                    if lv == NULL or li == NULL or buf == NULL or sc == NULL:
-                        failed_p[0] = 1
-                        continue
-                    q0 = b * qb
-                    q1 = q0 + qb
-                    if q1 > n_q:
-                        q1 = n_q
-                    _gemm_block(qbase, rbase, qn, rn_w, rmax, q0, q1, n_r, d, k,
-                                self_offset, tile, lv, li, buf, sc, &D[0, 0], &I[0, 0])
-                free(lv)
-                free(li)
-                free(buf)
-                if sc != NULL:
-                    _pass2_scratch_free(sc)
-                    free(sc)
-            if failed:
-                rc = -1
+    if rc == 0 and _use_split(n_q, n_r, L, n_threads):
+        with nogil:
+            rc = _knn_split(qbase, n_q, rbase, n_r, d, k, self_offset, qn, rn_w, rmax,
+                            n_threads, &D[0, 0], &I[0, 0])
+    elif rc == 0:
+        qb = LIST_BYTES // (L * (sizeof(cython.floating) + sizeof(int64_t)))
+        if qb > QUERY_BLOCK_GEMM:
+            qb = QUERY_BLOCK_GEMM
+        # Small query sets: still give every thread a few blocks (min 8 queries for the gemm).
+        per_block = (n_q + 4 * n_threads - 1) // (4 * n_threads)
+        if per_block < 8:
+            per_block = 8
+        if qb > per_block:
+            qb = per_block
+        if qb < 1:
+            qb = 1
+        # Reference tiles fill GEMM_TILE_ELEMS dot products (float64: half as many).
+        tile = GEMM_TILE_ELEMS // qb
+        if cython.floating is double:
+            tile = (tile + 1) // 2
+        n_blocks = (n_q + qb - 1) // qb
+        if n_threads > n_blocks:  # a thread with nothing to do still has to be woken
+            n_threads = <int>n_blocks
+        lv = NULL
+        li = NULL
+        buf = NULL
+        sc = NULL
+        with nogil, parallel(num_threads=n_threads):
+            lv = <cython.floating*>malloc(qb * L * sizeof(cython.floating))
+            li = <int64_t*>malloc(qb * L * sizeof(int64_t))
+            buf = <cython.floating*>malloc(qb * tile * sizeof(cython.floating))
+            sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
+            if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(cython.floating)):
+                free(sc)
+                sc = NULL
+            for b in prange(n_blocks, schedule="dynamic"):
+                if lv == NULL or li == NULL or buf == NULL or sc == NULL:
+                    failed_p[0] = 1
+                    continue
+                q0 = b * qb
+                q1 = q0 + qb
+                if q1 > n_q:
+                    q1 = n_q
+                _gemm_block(qbase, rbase, qn, rn_w, rmax, q0, q1, n_r, d, k,
+                            self_offset, tile, lv, li, buf, sc, &D[0, 0], &I[0, 0])
+            free(lv)
+            free(li)
+            free(buf)
+            if sc != NULL:
+                _pass2_scratch_free(sc)
+                free(sc)
+        if failed:
+            rc = -1
     free(qn)
     free(rn64)
-    free(rn_w)
+    free(rn_own)
     return rc
+
+
+def _reference_norms_typed(const cython.floating[:, ::1] reference,
+                           cython.floating[::1] rn_w):
+    """Fills rn_w (the reference norms in the input dtype); returns their largest in double,
+    or None when one is not finite."""
+    cdef double rmax
+    cdef bint ok
+    cdef Py_ssize_t n_r = reference.shape[0]
+    rn64 = np.empty(n_r, dtype=np.float64)
+    cdef double[::1] rn = rn64
+    if n_r == 0:
+        return 0.0
+    with nogil:
+        ok = _norms(&reference[0, 0], n_r, reference.shape[1], &rn[0], &rn_w[0], &rmax)
+    return rmax if ok else None

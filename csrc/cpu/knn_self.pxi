@@ -76,7 +76,7 @@ cdef int _self_finish(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, Py_s
                 failed_p[0] = 1
                 continue
             _pass2(sc, q, X, 0, X, rn_w, n, d, k, L, qn[q], rmax, eps, tiny, lv + q * L,
-                   li + q * L, Dout, Iout)
+                   li + q * L, 1, 0, Dout, Iout)
         if sc != NULL:
             # What this thread queued (the static schedule gave each thread its own share).
             _pass2_flush(sc, X, 0, X, rn_w, n, d, k, Dout, Iout)

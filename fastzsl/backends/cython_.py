@@ -26,13 +26,21 @@ if not _MISSING:
         _MISSING = f"fastzsl._ext.gaussian_cpu is not built ({exc})"
 
 
+def knn(queries, reference, k, self_offset, prepared=None):
+    """``knn_cpu.knn``. ``prepared``: ``knn.prepare(reference)`` (the reference's norms),
+    kept by a caller that searches one reference many times (``ExactIndex``): it saves a
+    pass over the reference per call, most of the work for a single query."""
+    return _knn_cpu.knn(queries, reference, k, self_offset, prepared)
+
+
 if _MISSING:
     KERNELS = None
 else:
+    knn.prepare = _knn_cpu.reference_norms
     KERNELS = KernelSet(
         name="cython",
         device="cpu",
-        knn=_knn_cpu.knn,
+        knn=knn,
         loop_fit=_loop_cpu.loop_fit,
         loop_score=_loop_cpu.loop_score,
         gaussian_loglik=_gaussian_cpu.gaussian_loglik,

@@ -1,0 +1,119 @@
+# The split path of knn for few queries (part of knn_cpu.pyx, included there after
+# knn_gemm.pxi, whose pass-1 scan and pass 2 it runs). With fewer query blocks than
+# threads, the query-block path would leave threads idle (one query: one thread for the
+# whole reference); here the reference is split instead.
+#
+# Every thread keeps its own pass-1 lists (L = k + LIST_EXTRA per query) over the reference
+# tiles it takes (gemm of all queries against the tile; gemv for one query: another
+# summation order of the same dot products, within the bound b of the module docstring,
+# which holds for any order). Pass 2 (_pass2 with one list per
+# thread) merges them: T is the k-th smallest v kept by any thread, and a thread's list can
+# only have dropped a member of the answer if it is full and its largest entry is within
+# T + M (the module docstring's argument, applied to each list: a list drops only
+# candidates whose v is >= its final largest entry), in which case the query is rescanned.
+# Otherwise every member of the answer is among the kept candidates within T + M, which are
+# re-ranked exactly in (distance, index) order: the answer of the direct kernel, bit for
+# bit, whichever thread saw which tile.
+
+cdef inline void _gemv_bq(const cython.floating* b, const cython.floating* q, int nb, int d,
+                         cython.floating* out) noexcept nogil:
+    """Row-major out[nb] = b[nb, d] @ q[d]: one query's dot products with a tile (a gemm of
+    one row would pack, i.e. copy, the whole tile first). Column-major, b is d x nb (ld d)
+    and this is b^T q."""
+    cdef char tr = b'T'
+    cdef int one = 1
+    cdef float one_f = 1.0
+    cdef float zero_f = 0.0
+    cdef double one_d = 1.0
+    cdef double zero_d = 0.0
+    if cython.floating is float:
+        sgemv(&tr, &d, &nb, &one_f, <float*>b, &d, <float*>q, &one, &zero_f, out, &one)
+    else:
+        dgemv(&tr, &d, &nb, &one_d, <double*>b, &d, <double*>q, &one, &zero_d, out, &one)
+
+
+cdef enum:
+    # The split path: fewer 8-query blocks than threads, and at least two tiles of
+    # SPLIT_MIN_TILE rows; about SPLIT_TILES_PER_THREAD tiles per thread (dynamic schedule:
+    # a thread that the OS holds back leaves its share to the others).
+    SPLIT_QUERIES_PER_BLOCK = 8
+    SPLIT_MIN_TILE = 1024
+    SPLIT_TILES_PER_THREAD = 4
+
+
+cdef inline bint _use_split(Py_ssize_t n_q, Py_ssize_t n_r, Py_ssize_t L,
+                            int n_threads) noexcept nogil:
+    return (n_threads > 1
+            and (n_q + SPLIT_QUERIES_PER_BLOCK - 1) // SPLIT_QUERIES_PER_BLOCK < n_threads
+            and n_r >= 2 * SPLIT_MIN_TILE
+            and n_threads * L <= _rescan_cap(L))  # pass 2 sorts all lists in sc.cand
+
+
+cdef int _knn_split(const cython.floating* qbase, Py_ssize_t n_q,
+                    const cython.floating* rbase, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k,
+                    Py_ssize_t self_offset, const double* qn, const cython.floating* rn_w,
+                    double rmax, int n_threads, cython.floating* Dout,
+                    int64_t* Iout) noexcept nogil:
+    """The k best of all n_q queries, the reference tiles split across n_threads threads.
+    Returns 0, or -1 when a buffer could not be allocated."""
+    cdef Py_ssize_t L = k + LIST_EXTRA
+    cdef Py_ssize_t stride = n_q * L  # one thread's lists
+    cdef Py_ssize_t tile, n_tiles, t, r0, r1, nr, row, skip, c, qi
+    cdef int tid
+    cdef double eps, tiny, limit
+    cdef cython.floating* lv_all
+    cdef int64_t* li_all
+    cdef cython.floating* buf = NULL
+    cdef Pass2Scratch sc
+    cdef int failed = 0
+    cdef int* failed_p = &failed
+    _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
+    tile = GEMM_TILE_ELEMS // n_q
+    if cython.floating is double:
+        tile = (tile + 1) // 2
+    c = (n_r + SPLIT_TILES_PER_THREAD * n_threads - 1) // (SPLIT_TILES_PER_THREAD * n_threads)
+    if tile > c:
+        tile = c
+    if tile < SPLIT_MIN_TILE:
+        tile = SPLIT_MIN_TILE
+    n_tiles = (n_r + tile - 1) // tile
+    lv_all = <cython.floating*>malloc(n_threads * stride * sizeof(cython.floating))
+    li_all = <int64_t*>malloc(n_threads * stride * sizeof(int64_t))
+    if lv_all == NULL or li_all == NULL or not _pass2_scratch_new(&sc, k, L, d,
+                                                                  sizeof(cython.floating)):
+        free(lv_all)
+        free(li_all)
+        return -1
+    for c in range(n_threads * stride):  # also the lists of threads the team may lack
+        lv_all[c] = INFINITY
+        li_all[c] = -1
+    with parallel(num_threads=n_threads if n_threads < n_tiles else n_tiles):
+        tid = omp_get_thread_num()
+        buf = <cython.floating*>malloc(n_q * tile * sizeof(cython.floating))
+        for t in prange(n_tiles, schedule="dynamic"):
+            if buf == NULL:
+                failed_p[0] = 1
+                continue
+            r0 = t * tile
+            r1 = r0 + tile
+            if r1 > n_r:
+                r1 = n_r
+            nr = r1 - r0
+            if n_q == 1:
+                _gemv_bq(rbase + r0 * d, qbase, <int>nr, <int>d, buf)
+            else:
+                gemm_abt(qbase, rbase + r0 * d, <int>n_q, <int>nr, <int>d, buf)
+            for row in range(n_q):
+                skip = row + self_offset if self_offset >= 0 else -1
+                _scan_row(buf + row * nr, rn_w + r0, nr, r0, skip,
+                          lv_all + tid * stride + row * L, li_all + tid * stride + row * L, L)
+        free(buf)
+    if not failed:
+        for qi in range(n_q):
+            _pass2(&sc, qi, qbase, self_offset, rbase, rn_w, n_r, d, k, L, qn[qi], rmax, eps,
+                   tiny, lv_all + qi * L, li_all + qi * L, n_threads, stride, Dout, Iout)
+        _pass2_flush(&sc, qbase, self_offset, rbase, rn_w, n_r, d, k, Dout, Iout)
+    _pass2_scratch_free(&sc)
+    free(lv_all)
+    free(li_all)
+    return -1 if failed else 0
