@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import as_float_matrix, check_k, check_same_width
 from .backends import uses_n_jobs
-from .loop import LoOP
+from .neighbors import estimator_index
 
 MODES = ("distance", "connectivity")
 
@@ -46,8 +46,9 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         Neighbours per sample in the graph (see ``mode`` for the extra one).
     backend : str, default="auto"
         Kernel set for exact kNN (``fastzsl.available_backends()``).
-    knn : {"auto", "exact", "faiss", "ivf"}, default="auto"
-        kNN method, as in :class:`fastzsl.LoOP`; ``"auto"`` is ``"exact"``.
+    knn : {"auto", "exact", "kdtree", "faiss", "ivf"}, default="auto"
+        kNN method, as in :class:`fastzsl.LoOP` (``"auto"``: the exact k-d tree for
+        low-dimensional data, else the backend's brute-force kernel).
     knn_params : dict, optional
         ``nlist``/``nprobe`` for ``knn="ivf"``.
     n_jobs : int, optional
@@ -90,8 +91,8 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         """Index the samples X (no search yet)."""
         self._check_params()
         X = as_float_matrix(X, "X")
-        # backend_, knn_method_ and index_ resolved and built exactly as LoOP does
-        LoOP._build_index(self, X)
+        self.backend_, self.knn_method_, self.index_ = estimator_index(
+            X, backend=self.backend, knn=self.knn, knn_params=self.knn_params)
         self.n_samples_fit_ = X.shape[0]
         self.n_features_in_ = X.shape[1]
         self._n_features_out = self.n_samples_fit_

@@ -40,7 +40,7 @@ from ._array import like
 from ._model_files import SaveMixin
 from ._validation import as_float_matrix, check_k, check_positive_number, check_same_width
 from .backends import get_backend, thread_limits, uses_n_jobs
-from .neighbors import make_index, resolve_method
+from .neighbors import estimator_index
 
 SCORING = ("neighbors", "stream")
 
@@ -237,12 +237,8 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
 
     def _build_index(self, X):
         """Resolve the backend and kNN method, and index the reference set X."""
-        self.backend_ = get_backend(self.backend).name
-        self.knn_method_ = resolve_method(self.knn, X.shape[1], X.shape[0], self.backend)
-        # The backend runs exact kNN itself; the tree and faiss bring their own kernels.
-        index_backend = self.backend_ if self.knn_method_ == "exact" else "auto"
-        self.index_ = make_index(X, method=self.knn_method_, backend=index_backend,
-                                 **(self.knn_params or {}))
+        self.backend_, self.knn_method_, self.index_ = estimator_index(
+            X, backend=self.backend, knn=self.knn, knn_params=self.knn_params)
 
     @uses_n_jobs
     def outlier_probability(self, X):

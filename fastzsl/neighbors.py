@@ -58,8 +58,8 @@ class ExactIndex:
     ----------
     reference : array-like of shape (n_reference, d)
         float32 or float64 (other numeric dtypes are converted, see ``fastzsl`` docs).
-        The index keeps this array (no copy) and, for the tree, a tree built from it: do
-        not modify it in place afterwards, build a new index instead.
+        The index keeps its own read-only copy (as faiss indexes do), so the norms and the
+        tree it derives from the rows stay true whatever the caller does to its array.
     backend : str, default="auto"
         A name from :func:`fastzsl.available_backends`.
     method : {"auto", "exact", "kdtree"}, default="auto"
@@ -365,8 +365,9 @@ _UNPREPARED = object()
 
 
 def _read_only(X):
-    """A read-only view of X: the index's reference cannot be changed through it."""
-    X = X.view()
+    """A read-only copy of X that the index owns: what it caches about the rows (norms, a
+    tree) cannot go stale through a change the caller makes to its own array."""
+    X = np.array(X, order="C", copy=True)
     X.flags.writeable = False
     return X
 
@@ -470,6 +471,17 @@ def make_index(reference, *, method="auto", backend="auto", nlist=None, nprobe=N
             )
         return FaissIndex(reference, method=method, nlist=nlist, nprobe=nprobe)
     raise ValueError(f"unknown kNN method {method!r}; choose one of {METHODS}")
+
+
+def estimator_index(X, *, backend, knn, knn_params=None):
+    """``(backend name, kNN method, index)`` for an estimator's reference set X: the names
+    resolved ("auto" chosen) and the index built. The backend runs exact kNN itself; the
+    tree and faiss bring their own kernels."""
+    backend_name = get_backend(backend).name
+    method = resolve_method(knn, X.shape[1], X.shape[0], backend)
+    index = make_index(X, method=method, backend=backend_name if method == "exact" else "auto",
+                       **(knn_params or {}))
+    return backend_name, method, index
 
 
 def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="auto",

@@ -127,3 +127,21 @@ def test_faiss_ivf_defaults_find_k_neighbours_and_visit_a_fraction(n):
     assert (I >= 0).all()
     probabilities = fastzsl.LoOP(n_neighbors=20, knn="ivf").fit(X).probabilities_
     assert np.isfinite(probabilities).all()
+
+
+@pytest.mark.parametrize("method", ["exact", "kdtree"])
+def test_the_index_owns_its_rows(rng, method):
+    """Changing the caller's array after indexing changes nothing: the index searches (and
+    caches norms or a tree of) its own read-only copy."""
+    R = rng.normal(size=(500, 3)).astype(np.float32)
+    original = R.copy()
+    index = fastzsl.ExactIndex(R, method=method)
+    Q = rng.normal(size=(20, 3)).astype(np.float32)
+    before = index.search(Q, 5)
+    R[:] = 100.0
+    after = index.search(Q, 5)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(index.reference, original)
+    with pytest.raises(ValueError):
+        index.reference[0, 0] = 1.0

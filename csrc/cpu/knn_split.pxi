@@ -59,7 +59,7 @@ cdef int _knn_split(const cython.floating* qbase, Py_ssize_t n_q,
     cdef Py_ssize_t L = k + LIST_EXTRA
     cdef Py_ssize_t stride = n_q * L  # one thread's lists
     cdef Py_ssize_t tile, n_tiles, t, r0, r1, nr, row, skip, c, qi
-    cdef int tid
+    cdef int tid = 0  # private in the parallel block; set so gcc sees it initialised
     cdef double eps, tiny, limit
     cdef cython.floating* lv_all
     cdef int64_t* li_all
