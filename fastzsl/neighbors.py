@@ -73,7 +73,7 @@ class ExactIndex:
         self.kernels = get_backend(backend)
         # What a kernel reuses across searches of this reference (knn.prepare, if it has
         # one: the Cython kernels' reference norms), made on the first search.
-        self._prepared = _UNPREPARED
+        self._prepared = None  # (what knn.prepare made,) once made: a tuple survives pickling
         self.method = resolve_method(method, self.d, self.ntotal, backend)
         if self.method == "kdtree":
             self._tree = KDTreeSearch(self.reference)
@@ -132,9 +132,9 @@ class ExactIndex:
         prepare = getattr(knn_kernel, "prepare", None)
         if prepare is None:
             return knn_kernel
-        if self._prepared is _UNPREPARED:
-            self._prepared = prepare(self.reference)
-        prepared = self._prepared
+        if self._prepared is None:
+            self._prepared = (prepare(self.reference),)
+        prepared = self._prepared[0]
         return lambda Q, R, k, self_offset: knn_kernel(Q, R, k, self_offset, prepared)
 
 
@@ -360,8 +360,6 @@ class FaissIndex:
 
         return _search_in_chunks(search_chunk, Q, k, self.dtype, progress)
 
-
-_UNPREPARED = object()
 
 
 def _read_only(X):
