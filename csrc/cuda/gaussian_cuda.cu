@@ -15,7 +15,7 @@
 namespace fastzsl {
 namespace gaussian {
 
-extern __shared__ __align__(16) unsigned char smem_raw[];
+FASTZSL_DYNAMIC_SHARED(smem_raw);
 
 template <typename T>
 __device__ __forceinline__ void gaussian_block(

@@ -62,7 +62,7 @@ __device__ __forceinline__ void consider(T* bd, int* bi, int stride, int k, int&
     if (n_filled == k) worst = bd[(k - 1) * stride];
 }
 
-extern __shared__ __align__(16) unsigned char smem_raw[];
+FASTZSL_DYNAMIC_SHARED(smem_raw);
 
 template <typename T>
 __device__ __forceinline__ void knn_block(
