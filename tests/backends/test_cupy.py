@@ -295,3 +295,69 @@ def test_gaussian_cupy_in_cupy_out(cp, dtype):
                             cp.asarray(log_weights), cp.asarray(thresholds), True)
     assert all(isinstance(a, cp.ndarray) for a in got)
     _assert_gaussian_equal([a.get() for a in got], ref, dtype, True)
+
+
+# --- findings of the desk check (/work/shared/reviews/cuda-kernels.md), run on the kernels ---
+# A strict xfail names a finding the kernels still have; it turns into a failure (XPASS)
+# once fixed, and the marker must go.
+
+
+@gpu
+@pytest.mark.xfail(strict=True, reason=(
+    "review finding 2: float32 distances are summed in float (knn_cuda.cu via common.cuh "
+    "accumulate_sqdist) and overflow to inf beyond |difference| ~1.8e19; all candidates "
+    "then tie at inf and the lowest index wins (0), the reference (double) picks 2"))
+def test_knn_float32_beyond_float_range_keeps_the_order(cp):
+    Q = np.zeros((1, 1), dtype=np.float32)
+    R = np.array([[4e19], [3e19], [2e19]], dtype=np.float32)
+    D, I = K.knn(Q, R, 1, -1)
+    assert I[0, 0] == numpy_.knn(Q, R, 1, -1)[1][0, 0] == 2
+
+
+@gpu
+@pytest.mark.xfail(strict=True, reason=(
+    "review finding 2: float32 squared distances overflow to inf in float (gaussian_cuda.cu "
+    "via accumulate_sqdist), so every L is -inf and the argmax is class 0; the reference "
+    "(double) picks class 1"))
+def test_gaussian_float32_beyond_float_range_keeps_the_argmax(cp):
+    F = np.zeros((1, 1), dtype=np.float32)
+    means = np.array([[4e19], [3e19]], dtype=np.float32)  # both squared beyond 3.4e38
+    args = (F, means, np.ones(2), np.log(np.full(2, 0.5)), np.full(2, -np.inf), False)
+    assert numpy_.gaussian_loglik(*args)[2][0] == 1
+    assert K.gaussian_loglik(*args)[2][0] == 1
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_knn_nan_distances_sort_last(cp, dtype):
+    # Direct backend calls (the public API rejects NaN): NumPy's stable sort puts NaN last.
+    R = np.array([[np.nan], [5.0], [1.0], [3.0], [2.0]], dtype=dtype)
+    Q = np.zeros((1, 1), dtype=dtype)
+    D_ref, I_ref = numpy_.knn(Q, R, 3, -1)
+    assert I_ref.tolist() == [[2, 4, 3]]
+    assert K.knn(Q, R, 3, -1)[1].tolist() == I_ref.tolist()
+
+
+@gpu
+@pytest.mark.parametrize("k", [0, -1])
+def test_knn_rejects_k_below_one(cp, k):
+    X = np.zeros((10, 2))
+    with pytest.raises(ValueError, match="k"):
+        K.knn(X, X, k, -1)
+
+
+@gpu
+def test_gaussian_rejects_zero_dimensions(cp):
+    with pytest.raises(ValueError, match="dimension"):
+        K.gaussian_loglik(np.zeros((3, 0)), np.zeros((2, 0)), np.ones(2), np.zeros(2),
+                          np.zeros(2), False)
+
+
+@gpu
+def test_loop_rejects_missing_neighbours(cp):
+    # The kNN kernel writes index -1 where fewer than k candidates exist; LoOP must not read
+    # ref_pdist[-1] for it.
+    D = np.ones((3, 2))
+    I = np.array([[1, 2], [0, 2], [0, -1]])
+    with pytest.raises(ValueError, match="-1"):
+        K.loop_fit(D, I, 3.0)

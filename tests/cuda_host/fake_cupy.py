@@ -108,10 +108,18 @@ class ndarray:
             raise TypeError("assigning a NumPy array to a cupy array needs cupy.asarray first")
         self._data[_unwrap(index)] = _unwrap(value)
 
-    def __int__(self):
+    def min(self, axis=None):
+        return ndarray(np.asarray(self._data.min(axis=axis)), self._device_id)
+
+    def max(self, axis=None):
+        return ndarray(np.asarray(self._data.max(axis=axis)), self._device_id)
+
+    def __int__(self):  # a synchronising device-to-host copy, as in CuPy
+        transfers["to_host"] += 1
         return int(self._data)
 
     def __float__(self):
+        transfers["to_host"] += 1
         return float(self._data)
 
 

@@ -70,6 +70,8 @@ def _ref_chunk_rows(d: int, itemsize: int) -> int:
 
 def _knn_device(Q, reference, k: int, self_offset: int):
     """Exact kNN of CuPy queries Q against ``reference`` (CuPy or host), on the device."""
+    if k < 1:  # the kernel's list insertion would write before the list (review finding 4)
+        raise ValueError(f"k={k}: the number of neighbours must be at least 1")
     cp = _cupy()
     dtype = np.dtype(Q.dtype)
     n_q, d = Q.shape
