@@ -329,13 +329,18 @@ def test_gaussian_float32_beyond_float_range_keeps_the_argmax(cp):
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_knn_nan_distances_sort_last(cp, dtype):
-    # Direct backend calls (the public API rejects NaN): NumPy's stable sort puts NaN last.
-    R = np.array([[np.nan], [5.0], [1.0], [3.0], [2.0]], dtype=dtype)
+@pytest.mark.parametrize("chunk", [None, 2], ids=["one_launch", "merged_chunks"])
+def test_knn_nan_distances_sort_last(cp, monkeypatch, dtype, chunk):
+    # Review finding 3. Direct backend calls (the public API rejects NaN): NumPy's stable
+    # sort puts NaN last, after +inf, lower index first among NaNs.
+    monkeypatch.setattr(knn, "REF_CHUNK_ROWS", chunk)
+    R = np.array([[np.nan], [5.0], [1.0], [np.nan], [3.0], [2.0]], dtype=dtype)
     Q = np.zeros((1, 1), dtype=dtype)
-    D_ref, I_ref = numpy_.knn(Q, R, 3, -1)
-    assert I_ref.tolist() == [[2, 4, 3]]
-    assert K.knn(Q, R, 3, -1)[1].tolist() == I_ref.tolist()
+    for k in (3, 6):
+        D_ref, I_ref = numpy_.knn(Q, R, k, -1)
+        D, I = K.knn(Q, R, k, -1)
+        assert I.tolist() == I_ref.tolist()
+        np.testing.assert_array_equal(D, D_ref)
 
 
 @gpu
