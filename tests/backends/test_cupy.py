@@ -366,3 +366,39 @@ def test_loop_rejects_missing_neighbours(cp):
     I = np.array([[1, 2], [0, 2], [0, -1]])
     with pytest.raises(ValueError, match="-1"):
         K.loop_fit(D, I, 3.0)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_gaussian_nan_policy_is_numpys(cp, dtype):
+    # Review finding 3: a NaN log-likelihood (here a NaN mean) is the row's max, and the
+    # first NaN class its argmax, as NumPy's max/argmax; logsumexp NaN; all_below False.
+    rng = np.random.default_rng(4)
+    F, means, variances, log_weights, _ = _gaussian_problem(rng, 40, 37, 5, dtype)
+    means[[2, 34]] = np.nan
+    thresholds = np.full(37, np.inf)
+    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
+    got = K.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
+    assert np.isnan(ref[1]).all() and (ref[2] == 2).all()
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[2], ref[2])
+    np.testing.assert_array_equal(got[3], ref[3])
+    np.testing.assert_array_equal(got[4], ref[4])
+
+
+@gpu
+@pytest.mark.parametrize("self_offset", [-1, 0])
+def test_knn_global_scratch_is_capped_per_launch(cp, monkeypatch, self_offset):
+    # Review finding 7: the global top-k scratch grows with the queries; over SCRATCH_BYTES
+    # the queries run in several launches, each within the cap, with the same answer.
+    monkeypatch.setattr(knn, "FORCE_GLOBAL_LISTS", True)
+    monkeypatch.setattr(knn, "SCRATCH_BYTES", knn.KNN_MAX_SPLITS * 128 * 6 * 12 * 2)
+    fake = getattr(cp, "launches", None)
+    if fake is not None:
+        fake.clear()
+    rng = np.random.default_rng(8)
+    R = rng.normal(size=(700, 3))
+    Q = R if self_offset == 0 else rng.normal(size=(600, 3))
+    _check_knn(*K.knn(Q, R, 6, self_offset), *numpy_.knn(Q, R, 6, self_offset), np.float64)
+    if fake is not None:  # the CPU harness records launches: 600+ queries, 256 per launch
+        assert sum(name == "knn_f64" for name, *_ in fake) == 3
