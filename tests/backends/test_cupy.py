@@ -300,13 +300,16 @@ def test_gaussian_cupy_in_cupy_out(cp, dtype):
 # --- findings of the desk check (/work/shared/reviews/cuda-kernels.md), run on the kernels ---
 # A strict xfail names a finding the kernels still have; it turns into a failure (XPASS)
 # once fixed, and the marker must go.
+FLOAT32_OVERFLOW = pytest.mark.xfail(strict=True, reason=(
+    "review finding 2: float32 squared distances are summed in float (common.cuh "
+    "accumulate_sqdist, used by knn_cuda.cu and gaussian_cuda.cu) and overflow to inf beyond "
+    "|difference| ~1.8e19, where the double reference stays finite; kNN then ties every "
+    "candidate at inf (lowest index 0 wins, the reference picks 2) and the Gaussian kernel "
+    "gets L = -inf for every class (argmax 0, the reference picks 1)"))
 
 
 @gpu
-@pytest.mark.xfail(strict=True, reason=(
-    "review finding 2: float32 distances are summed in float (knn_cuda.cu via common.cuh "
-    "accumulate_sqdist) and overflow to inf beyond |difference| ~1.8e19; all candidates "
-    "then tie at inf and the lowest index wins (0), the reference (double) picks 2"))
+@FLOAT32_OVERFLOW
 def test_knn_float32_beyond_float_range_keeps_the_order(cp):
     Q = np.zeros((1, 1), dtype=np.float32)
     R = np.array([[4e19], [3e19], [2e19]], dtype=np.float32)
@@ -315,10 +318,7 @@ def test_knn_float32_beyond_float_range_keeps_the_order(cp):
 
 
 @gpu
-@pytest.mark.xfail(strict=True, reason=(
-    "review finding 2: float32 squared distances overflow to inf in float (gaussian_cuda.cu "
-    "via accumulate_sqdist), so every L is -inf and the argmax is class 0; the reference "
-    "(double) picks class 1"))
+@FLOAT32_OVERFLOW
 def test_gaussian_float32_beyond_float_range_keeps_the_argmax(cp):
     F = np.zeros((1, 1), dtype=np.float32)
     means = np.array([[4e19], [3e19]], dtype=np.float32)  # both squared beyond 3.4e38
