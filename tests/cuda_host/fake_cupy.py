@@ -28,6 +28,7 @@ IS_FAKE = True
 float32, float64, int32, int64, bool_ = np.float32, np.float64, np.int32, np.int64, np.bool_
 transfers = {"to_device": 0, "to_host": 0}
 launches: list[tuple[str, tuple, tuple, int]] = []  # (kernel, grid, block, shared_mem)
+sources: list[str] = []  # the code of every RawModule, as the backend handed it over
 
 # An H100 SXM (sm_90) as cudaDeviceProp / cupy Device.attributes report it.
 ATTRIBUTES = {
@@ -51,6 +52,7 @@ _current_device = [0]
 def reset_counters():
     transfers["to_device"] = transfers["to_host"] = 0
     launches.clear()
+    sources.clear()
 
 
 # --- arrays ---------------------------------------------------------------------------------
@@ -307,6 +309,7 @@ class RawModule:
     def __init__(self, code=None, options=(), name_expressions=None, **kwargs):
         self.code = code
         self.options = tuple(options)
+        sources.append(code)
         self._library = None
 
     def compile(self, log_stream=None):

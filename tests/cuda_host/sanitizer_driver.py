@@ -49,7 +49,7 @@ def main(mutant="none"):
         raise SystemExit(f"mutant: one of {MUTANTS}")
     sys.modules["cupy"] = fake_cupy
     from fastzsl.backends import cupy as backend, numpy_
-    from fastzsl.backends.cupy import knn as knn_mod
+    from fastzsl.backends.cupy import _launch, knn as knn_mod
     from fastzsl.testing import TOL, assert_knn_equal
 
     _mutate(mutant)
@@ -60,8 +60,9 @@ def main(mutant="none"):
         R = rng.normal(size=(300, 40)).astype(dtype)
         Q = rng.normal(size=(45, 40)).astype(dtype)
         assert_knn_equal(*K.knn(Q, R, 7, -1), *numpy_.knn(Q, R, 7, -1), **tol)
-        knn_mod.FORCE_GLOBAL_LISTS = True  # lists in global scratch, queries restaged (k, d)
-        knn_mod.MIN_SPLIT_ROWS = 64  # and the reference split over blocks, then merged
+        knn_mod.FORCE_GLOBAL_LISTS = True  # lists in global scratch,
+        knn_mod.MIN_SPLIT_ROWS = 64  # the reference split over blocks, then merged,
+        _launch.RESIDENT_ROWS_BYTES = 0  # queries re-staged per tile
         assert_knn_equal(*K.knn(Q, R, 5, -1), *numpy_.knn(Q, R, 5, -1), **tol)
         knn_mod.FORCE_GLOBAL_LISTS, knn_mod.MIN_SPLIT_ROWS = False, 2048
         D, I = numpy_.knn(R, R, 6, 0)
@@ -70,10 +71,12 @@ def main(mutant="none"):
         F = rng.normal(size=(70, 20)).astype(dtype)
         M = rng.normal(size=(35, 20)).astype(dtype)
         var, lw, thr = rng.uniform(0.5, 2, 35), np.log(rng.dirichlet(np.ones(35))), np.zeros(35)
-        got = K.gaussian_loglik(F, M, var, lw, thr, True)
         ref = numpy_.gaussian_loglik(F, M, var, lw, thr, True)
-        for a, b in zip(got, ref):
-            np.testing.assert_allclose(a, b, **tol)
+        for resident_bytes in (0, 48 * 1024):  # rows re-staged per tile, then resident
+            _launch.RESIDENT_ROWS_BYTES = resident_bytes
+            got = K.gaussian_loglik(F, M, var, lw, thr, True)
+            for a, b in zip(got, ref):
+                np.testing.assert_allclose(a, b, **tol)
     assert not math.isnan(float(K.loop_fit(D, I, 3.0)[2]))
     print("ok")
 
