@@ -119,3 +119,20 @@ def test_a_barrier_not_reached_by_every_thread_is_reported(fake, monkeypatch):
     expected = r"loop_cuda.cu:\d+: __syncthreads\(\) after \d+ thread\(s\) of the block returned"
     with pytest.raises(RuntimeError, match=expected):
         kernel((1,), (_loader.REDUCE_THREADS,), args)
+
+
+def test_gpu_check_tiny_runs_on_the_cpu(fake, tmp_path):
+    # benchmarks/gpu_check.sh end to end with FASTZSL_CUDA_HOST=1 (its two pytest steps are
+    # this test suite, so they are left out): the script and bench_gpu.py work, gpu.json
+    # and gpu.md are written; the timings mean nothing.
+    import json
+    import os
+
+    env = dict(os.environ, FASTZSL_CUDA_HOST="1", GPU_CHECK_SKIP_TESTS="1", BENCH_ARGS="--tiny",
+               RESULTS_DIR=str(tmp_path), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert "CPU execution" in result["sizes"] and "cuda_host" in result["device"]
+    assert (tmp_path / "gpu.md").is_file()

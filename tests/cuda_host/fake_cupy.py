@@ -110,11 +110,11 @@ class ndarray:
             raise TypeError("assigning a NumPy array to a cupy array needs cupy.asarray first")
         self._data[_unwrap(index)] = _unwrap(value)
 
-    def min(self, axis=None):
-        return ndarray(np.asarray(self._data.min(axis=axis)), self._device_id)
-
-    def max(self, axis=None):
-        return ndarray(np.asarray(self._data.max(axis=axis)), self._device_id)
+    def __getattr__(self, name):  # reductions and other methods: NumPy's, on the device
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self._data, name)
+        return _on_device(value) if callable(value) else value
 
     def __int__(self):  # a synchronising device-to-host copy, as in CuPy
         transfers["to_host"] += 1
@@ -124,9 +124,72 @@ class ndarray:
         transfers["to_host"] += 1
         return float(self._data)
 
+    def __bool__(self):
+        transfers["to_host"] += 1
+        return bool(self._data)
+
+    def __neg__(self):
+        return ndarray(-self._data, self._device_id)
+
+
+def _operator(name):
+    def op(self, other):
+        if isinstance(other, np.ndarray):
+            raise TypeError(f"{name}: a cupy array and a NumPy array")
+        return ndarray(np.asarray(getattr(self._data, name)(_unwrap(other))), self._device_id)
+    return op
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor"):
+    setattr(ndarray, f"__{_name}__", _operator(f"__{_name}__"))
+    setattr(ndarray, f"__r{_name}__", _operator(f"__r{_name}__"))
+for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
+    setattr(ndarray, f"__{_name}__", _operator(f"__{_name}__"))
+ndarray.__hash__ = None
+
 
 def _unwrap(x):
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v) for v in x)
     return x._data if isinstance(x, ndarray) else x
+
+
+def _wrap(x):
+    if isinstance(x, tuple):
+        return tuple(_wrap(v) for v in x)
+    return ndarray(x) if isinstance(x, (np.ndarray, np.generic)) else x
+
+
+def _on_device(fn):
+    """NumPy function ``fn`` on device arrays: arguments unwrapped, array results wrapped."""
+    def call(*args, **kwargs):
+        return _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+    return call
+
+
+def __getattr__(name):
+    """Anything else CuPy mirrors from NumPy (``arange``, ``stack``, ``lexsort``,
+    ``matmul``, ``inf``, ...): NumPy's, over device arrays."""
+    value = getattr(np, name)
+    return _on_device(value) if callable(value) and not isinstance(value, type) else value
+
+
+class _RandomState:
+    def __init__(self, seed=None):
+        self._rng = np.random.default_rng(seed)
+
+    def standard_normal(self, size=None, dtype=float):
+        return ndarray(np.asarray(self._rng.standard_normal(size, dtype=dtype)))
+
+    def randint(self, low, high=None, size=None, dtype=int):
+        low, high = (0, low) if high is None else (low, high)
+        return ndarray(np.asarray(self._rng.integers(low, high, size=size, dtype=dtype)))
+
+    def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
+        return ndarray(np.asarray(self._rng.uniform(low, high, size)).astype(dtype))
+
+
+random = types.SimpleNamespace(RandomState=_RandomState)
 
 
 def _to_device(x, dtype=None, copy=False):
@@ -245,8 +308,28 @@ class _Runtime:
         return 0
 
 
-cuda = types.SimpleNamespace(Device=Device, Stream=Stream, runtime=_Runtime(),
-                             get_current_stream=lambda: Stream.null)
+class Event:
+    """Host time at ``record``: the CPU harness runs every launch synchronously."""
+
+    def __init__(self, *args, **kwargs):
+        self.time = None
+
+    def record(self, stream=None):
+        import time
+
+        self.time = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def _elapsed_ms(start, end):
+    return (end.time - start.time) * 1e3
+
+
+cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Event=Event, runtime=_Runtime(),
+                             get_current_stream=lambda: Stream.null,
+                             get_elapsed_time=_elapsed_ms)
 
 
 # --- kernels --------------------------------------------------------------------------------
