@@ -142,6 +142,11 @@ class BlockBarrier {
     // A thread returned from the kernel: it no longer takes part in barriers.
     void exit_thread() {
         std::lock_guard<std::mutex> lock(m_);
+        if (arrived_ > 0) {
+            report(at(site_file_, site_line_) + ": " + std::to_string(arrived_) +
+                   " thread(s) wait at __syncthreads() while a thread of the block returned "
+                   "(undefined behaviour on a GPU)");
+        }
         ++exited_;
         --expected_;
         if (arrived_ > 0 && arrived_ >= expected_) release();
