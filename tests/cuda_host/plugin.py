@@ -5,8 +5,7 @@ available backends. When ``cupy`` cannot be found and a host C++ compiler is on 
 installs :mod:`tests.cuda_host.fake_cupy` as ``sys.modules["cupy"]`` for the test session,
 so ``get_backend("cupy")`` loads the real backend and its kernels run on the CPU harness
 (``FASTZSL_CUDA_HOST=0`` turns this off; a real CuPy always wins). The library never
-imports this. Outside ``tests/backends/`` the cupy parametrizations are skipped: they are
-the public API over the same kernels, and their place is a GPU run (benchmarks/gpu_check.sh).
+imports this.
 """
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ KNOWN_KERNEL_FAILURES = {
         "(fmaf, gaussian_cuda.cu/common.cuh accumulate_sqdist), the reference in double; "
         "rows 1 and 9 (reference gap 3e-9) take class 5 instead of 1",
 }
-_RUN_UNDER = _HERE.parent / "backends"
 
 
 def _install() -> bool:
@@ -59,11 +57,3 @@ def pytest_collection_modifyitems(config, items):
         reason = KNOWN_KERNEL_FAILURES.get(item.nodeid)
         if reason:
             item.add_marker(pytest.mark.xfail(strict=True, reason=reason))
-    if not ACTIVE:
-        return
-    skip = pytest.mark.skip(reason="backend 'cupy' runs on the CPU harness (tests/cuda_host) "
-                                   "only in tests/backends/; elsewhere it needs a real GPU")
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("backend") == "cupy" and _RUN_UNDER not in Path(item.path).parents:
-            item.add_marker(skip)
