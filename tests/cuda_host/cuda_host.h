@@ -1,5 +1,5 @@
-// CPU execution of fastzsl's CUDA kernels, for tests only (tests/cuda_host/README in
-// harness.py's docstring). Force-included (g++ -include) before the exact kernel text that
+// CPU execution of fastzsl's CUDA kernels, for tests only (see tests/cuda_host/harness.py).
+// Force-included (g++ -include) before the exact kernel text that
 // fastzsl/backends/cupy/_loader.py hands to NVRTC.
 //
 // * __global__/__device__/__forceinline__/__launch_bounds__ become host qualifiers.
