@@ -137,3 +137,14 @@ def test_gpu_check_tiny_runs_on_the_cpu(fake, tmp_path):
     result = json.loads((tmp_path / "gpu.json").read_text())
     assert "CPU execution" in result["sizes"] and "cuda_host" in result["device"]
     assert (tmp_path / "gpu.md").is_file()
+
+
+def test_a_missing_barrier_gives_wrong_results_without_sanitizers(fake):
+    # The default build runs a block's threads as fibers in thread order, so a thread that
+    # reads a tile before the barrier that publishes it reads unwritten (NaN) memory.
+    import os
+
+    env = dict(os.environ, FASTZSL_CUDA_HOST_SANITIZE="")
+    proc = subprocess.run([sys.executable, "-m", "tests.cuda_host.sanitizer_driver", "no-barrier"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "AssertionError" in proc.stderr, proc.stdout + proc.stderr

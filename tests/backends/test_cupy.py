@@ -2,7 +2,7 @@
 
 Every test here needs CuPy and a CUDA device, or the CPU harness that stands in for both
 when CuPy is not installed (tests/cuda_host/: the same kernel text compiled with g++, each
-CUDA thread a host thread, behind a stand-in for CuPy); without either it is skipped with
+CUDA thread a fiber or host thread, behind a stand-in for CuPy); without either it is skipped with
 the reason. The generic equivalence tests in tests/test_knn.py, tests/test_loop.py and
 tests/test_gaussian.py also run over backend ``cupy``; these cover its own paths (tile and
 block edges, reference chunks and splits, lists in global memory, CuPy and torch arrays).

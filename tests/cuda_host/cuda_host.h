@@ -3,15 +3,16 @@
 // fastzsl/backends/cupy/_loader.py hands to NVRTC.
 //
 // * __global__/__device__/__forceinline__/__launch_bounds__ become host qualifiers.
-// * Each CUDA thread of a block is a host thread (a persistent pool); blocks run one at a
-//   time in grid order, so static __shared__ (a function static) is the block's shared
+// * Each CUDA thread of a block is a fiber on the launching thread (default: fast and
+//   deterministic, thread order), or a host thread of a persistent pool in the ASan/TSan
+//   builds (so ThreadSanitizer sees races). Blocks run one at a time in grid order, so static __shared__ (a function static) is the block's shared
 //   memory, and dynamic shared memory (FASTZSL_DYNAMIC_SHARED) is a fresh heap buffer of
 //   exactly the launch's shared_mem bytes per block, filled with 0xff (NaN) so that reads
 //   of unwritten shared memory show, and AddressSanitizer sees overruns.
 // * __syncthreads() is a barrier over the block's threads that also checks that every
 //   thread of a phase waits at the same call site and that no thread of the block has
-//   returned (both undefined behaviour on a GPU); a phase that does not complete within
-//   FASTZSL_HOST_BARRIER_SECONDS is reported as a deadlock.
+//   returned (both undefined behaviour on a GPU); with threads, a phase that does not
+//   complete within FASTZSL_HOST_BARRIER_SECONDS is reported as a deadlock.
 // * Math is <cmath>'s (fmaf/fma are correctly rounded, as on the GPU); no warp intrinsics
 //   are provided because the kernels use none (using one fails to compile here).
 #ifndef FASTZSL_CUDA_HOST_H
@@ -32,6 +33,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include <ucontext.h>
 
 #define __global__
 #define __device__
@@ -99,6 +102,24 @@ inline double barrier_seconds() {
     return env ? std::atof(env) : 60.0;
 }
 
+// The barrier errors both schedulers (Fibers, BlockBarrier) report.
+inline std::string at(const char* file, int line) {
+    return std::string(file ? file : "?") + ":" + std::to_string(line);
+}
+inline void report_barrier_after_exit(const char* file, int line, int exited) {
+    report(at(file, line) + ": __syncthreads() after " + std::to_string(exited) +
+           " thread(s) of the block returned (undefined behaviour on a GPU)");
+}
+inline void report_exit_while_waiting(const char* file, int line, int waiting) {
+    report(at(file, line) + ": " + std::to_string(waiting) +
+           " thread(s) wait at __syncthreads() while a thread of the block returned "
+           "(undefined behaviour on a GPU)");
+}
+inline void report_divergent(const char* file, int line, const char* site_file, int site_line) {
+    report(at(file, line) + ": __syncthreads() reached by some threads of a block while "
+           "others wait at " + at(site_file, site_line) + " (divergent barrier)");
+}
+
 // __syncthreads over the threads of the running block.
 class BlockBarrier {
   public:
@@ -112,16 +133,12 @@ class BlockBarrier {
     }
     void wait(const char* file, int line) {
         std::unique_lock<std::mutex> lock(m_);
-        if (exited_ > 0) {
-            report(at(file, line) + ": __syncthreads() after " + std::to_string(exited_) +
-                   " thread(s) of the block returned (undefined behaviour on a GPU)");
-        }
+        if (exited_ > 0) report_barrier_after_exit(file, line, exited_);
         if (arrived_ == 0) {
             site_file_ = file;
             site_line_ = line;
         } else if (line != site_line_ || std::strcmp(file, site_file_) != 0) {
-            report(at(file, line) + ": __syncthreads() reached by some threads of a block while "
-                   "others wait at " + at(site_file_, site_line_) + " (divergent barrier)");
+            report_divergent(file, line, site_file_, site_line_);
         }
         const unsigned long long gen = generation_;
         if (++arrived_ >= expected_) {
@@ -142,20 +159,13 @@ class BlockBarrier {
     // A thread returned from the kernel: it no longer takes part in barriers.
     void exit_thread() {
         std::lock_guard<std::mutex> lock(m_);
-        if (arrived_ > 0) {
-            report(at(site_file_, site_line_) + ": " + std::to_string(arrived_) +
-                   " thread(s) wait at __syncthreads() while a thread of the block returned "
-                   "(undefined behaviour on a GPU)");
-        }
+        if (arrived_ > 0) report_exit_while_waiting(site_file_, site_line_, arrived_);
         ++exited_;
         --expected_;
         if (arrived_ > 0 && arrived_ >= expected_) release();
     }
 
   private:
-    static std::string at(const char* file, int line) {
-        return std::string(file ? file : "?") + ":" + std::to_string(line);
-    }
     void release() {
         arrived_ = 0;
         ++generation_;
@@ -171,7 +181,100 @@ class BlockBarrier {
 
 inline BlockBarrier g_barrier;
 
-inline void syncthreads(const char* file, int line) { g_barrier.wait(file, line); }
+// --- fibers: the threads of a block as coroutines on the launching thread -----------------
+//
+// The default (fast) mode: each CUDA thread is a ucontext fiber; __syncthreads() switches
+// back to the scheduler, which resumes every fiber in thread order until all wait at the
+// barrier (then releases them) or have returned. A deterministic schedule: thread 0 runs
+// to its barrier before thread 1 starts, so a missing barrier reads unwritten (NaN)
+// shared memory. The sanitizer builds use real threads (Pool below), where ThreadSanitizer
+// sees the races.
+class Fibers {
+  public:
+    void run_block(int threads, const std::function<void()>& body) {
+        while ((int)fibers_.size() < threads) fibers_.push_back(std::make_unique<Fiber>());
+        body_ = &body;
+        const unsigned bx = g_block_dim.x, by = g_block_dim.y;
+        for (int t = 0; t < threads; ++t) {
+            Fiber& f = *fibers_[t];
+            f.state = READY;
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = f.stack.data();
+            f.ctx.uc_stack.ss_size = f.stack.size();
+            f.ctx.uc_link = &scheduler_;
+            makecontext(&f.ctx, &Fibers::trampoline, 0);
+        }
+        int exited = 0;
+        while (exited < threads) {
+            const char* site_file = nullptr;
+            int site_line = 0, waiting = 0;
+            for (int t = 0; t < threads; ++t) {
+                Fiber& f = *fibers_[t];
+                if (f.state == DONE) continue;
+                current_ = t;
+                tl_thread_idx = Dim3{t % bx, (t / bx) % by, t / (bx * by)};
+                f.state = RUNNING;
+                swapcontext(&scheduler_, &f.ctx);
+                if (f.state == RUNNING) {  // returned from the kernel
+                    f.state = DONE;
+                    ++exited;
+                    if (waiting > 0) report_exit_while_waiting(site_file, site_line, waiting);
+                } else {  // WAITING at f.file:f.line
+                    if (exited > 0) report_barrier_after_exit(f.file, f.line, exited);
+                    if (waiting == 0) {
+                        site_file = f.file;
+                        site_line = f.line;
+                    } else if (f.line != site_line || std::strcmp(f.file, site_file) != 0) {
+                        report_divergent(f.file, f.line, site_file, site_line);
+                    }
+                    ++waiting;
+                }
+            }
+        }
+    }
+
+    // Called by a fiber at __syncthreads(): back to the scheduler until released.
+    void wait(const char* file, int line) {
+        Fiber& f = *fibers_[current_];
+        f.state = WAITING;
+        f.file = file;
+        f.line = line;
+        swapcontext(&f.ctx, &scheduler_);
+    }
+
+  private:
+    enum State { READY, RUNNING, WAITING, DONE };
+    struct Fiber {
+        ucontext_t ctx;
+        std::vector<char> stack = std::vector<char>(256 * 1024);
+        State state = READY;
+        const char* file = nullptr;
+        int line = 0;
+    };
+    static void trampoline();
+
+    std::vector<std::unique_ptr<Fiber>> fibers_;
+    ucontext_t scheduler_;
+    const std::function<void()>* body_ = nullptr;
+    int current_ = 0;
+};
+
+inline Fibers g_fibers;
+inline void Fibers::trampoline() { (*g_fibers.body_)(); }
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool USE_THREADS = true;
+#else
+constexpr bool USE_THREADS = false;
+#endif
+
+inline void syncthreads(const char* file, int line) {
+    if (USE_THREADS) {
+        g_barrier.wait(file, line);
+    } else {
+        g_fibers.wait(file, line);
+    }
+}
 
 // A pool of host threads, one per CUDA thread of a block; the launching thread hands them
 // one block at a time and waits until all of them have returned from the kernel.
@@ -291,7 +394,11 @@ inline int run_grid(const LaunchDesc& desc, const std::function<void()>& body) {
                 auto* smem = static_cast<unsigned char*>(std::malloc(desc.shared_mem));
                 if (desc.shared_mem) std::memset(smem, 0xff, desc.shared_mem);
                 g_dynamic_smem = smem;
-                pool().run_block((int)threads, body);
+                if (USE_THREADS) {
+                    pool().run_block((int)threads, body);
+                } else {
+                    g_fibers.run_block((int)threads, body);
+                }
                 g_dynamic_smem = nullptr;
                 std::free(smem);
                 std::lock_guard<std::mutex> lock(g_error_mutex);

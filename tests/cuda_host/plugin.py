@@ -48,7 +48,7 @@ ACTIVE = _install()
 def pytest_report_header(config):
     if ACTIVE:
         return ("cupy: tests.cuda_host.fake_cupy -- the CUDA kernels run on the CPU "
-                "(threads per block, g++), not on a GPU")
+                "(g++, a fiber per CUDA thread), not on a GPU")
     return None
 
 
