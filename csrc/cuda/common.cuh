@@ -24,6 +24,13 @@
 #error "FASTZSL_MAX_BLOCK_THREADS must be defined by the loader"
 #endif
 
+// Declares `name` as the launch's dynamic shared memory (extern __shared__, sized by the
+// launch's shared_mem bytes). A macro so that the CPU test harness (tests/cuda_host/) can
+// give each block its own buffer; on the GPU it is the plain declaration.
+#ifndef FASTZSL_DYNAMIC_SHARED
+#define FASTZSL_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 namespace fastzsl {
 
 __device__ __forceinline__ float inf_f32() { return __int_as_float(0x7f800000); }

@@ -15,7 +15,7 @@
 namespace fastzsl {
 namespace gaussian {
 
-extern __shared__ __align__(16) unsigned char smem_raw[];
+FASTZSL_DYNAMIC_SHARED(smem_raw);
 
 template <typename T>
 __device__ __forceinline__ void gaussian_block(
@@ -74,7 +74,8 @@ __device__ __forceinline__ void gaussian_block(
             if (c < C) {
                 const double value = -(double)acc[r] / p_twovar[r] + p_lnorm[r];
                 if (full) stage[tid * (RS + 1) + r] = (T)value;
-                if (value > best) {
+                // NumPy's max and argmax: the first NaN wins (then nothing beats it).
+                if (value > best || (value != value && best == best)) {
                     best = value;
                     best_c = c;
                 }

@@ -36,6 +36,13 @@ namespace knn {
 
 constexpr int MAX_LISTS = FASTZSL_KNN_MAX_SPLITS + 1;  // merge: the splits + the carried state
 
+// a comes before b in the order of NumPy's sort: NaN after every number (and +inf), so a
+// NaN distance (from NaN input, through direct backend calls) sorts last, not in the middle.
+template <typename T>
+__device__ __forceinline__ bool before(T a, T b) {
+    return a < b || (b != b && a == a);
+}
+
 // Insert (dist, idx) into the sorted list bd/bi (entries stride apart) if it belongs there.
 template <typename T>
 __device__ __forceinline__ void consider(T* bd, int* bi, int stride, int k, int& n_filled,
@@ -44,7 +51,7 @@ __device__ __forceinline__ void consider(T* bd, int* bi, int stride, int k, int&
     if (n_filled < k) {
         pos = n_filled;
         ++n_filled;
-    } else if (dist < worst) {
+    } else if (before(dist, worst)) {
         pos = k - 1;
     } else {
         return;
@@ -52,7 +59,7 @@ __device__ __forceinline__ void consider(T* bd, int* bi, int stride, int k, int&
     // Shift strictly worse entries right: an equal distance keeps its (lower) index first.
     while (pos > 0) {
         const T prev = bd[(pos - 1) * stride];
-        if (!(prev > dist)) break;
+        if (!before(dist, prev)) break;
         bd[pos * stride] = prev;
         bi[pos * stride] = bi[(pos - 1) * stride];
         --pos;
@@ -62,7 +69,7 @@ __device__ __forceinline__ void consider(T* bd, int* bi, int stride, int k, int&
     if (n_filled == k) worst = bd[(k - 1) * stride];
 }
 
-extern __shared__ __align__(16) unsigned char smem_raw[];
+FASTZSL_DYNAMIC_SHARED(smem_raw);
 
 template <typename T>
 __device__ __forceinline__ void knn_block(
@@ -122,7 +129,7 @@ __device__ __forceinline__ void knn_block(
 #pragma unroll
             for (int r = 0; r < RS; ++r) {
                 const long long j = rb + r;
-                if (j < r_end && j != self_j && (n_filled < k || acc[r] < worst)) {
+                if (j < r_end && j != self_j && (n_filled < k || before(acc[r], worst))) {
                     consider(bd, bi, bq, k, n_filled, worst, acc[r], (int)j);
                 }
             }
@@ -166,7 +173,7 @@ __device__ __forceinline__ void merge_row(
             const long long idx = (has_prev && l == 0) ? prev_i[row + h] : part_i[row + h];
             if (idx < 0) continue;  // this list is exhausted
             const T dist = (has_prev && l == 0) ? prev_d[row + h] : part_d[row + h];
-            if (best < 0 || dist < best_d) {
+            if (best < 0 || before(dist, best_d)) {
                 best = l;
                 best_d = dist;
                 best_i = idx;

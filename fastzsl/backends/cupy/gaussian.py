@@ -27,6 +27,9 @@ def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
         lw = _to_cupy(log_weights, np.float64)
         thr = _to_cupy(thresholds, np.float64)
         n, d = Fd.shape
+        if d < 1:  # the kernel reads the class parameters only inside the dimension loop
+            raise ValueError("gaussian_loglik on the cupy backend needs at least one dimension "
+                             "(features have d = 0)")
         n_classes = M.shape[0]
         full = bool(full)
         L = cp.empty((n, n_classes), dtype=dtype) if full else None

@@ -28,6 +28,9 @@ SPLIT_TARGET_BLOCKS_PER_SM = 4
 # shrinks from 128 to 32 queries for large k first); else in a global scratch buffer.
 LIST_SMEM_BYTES = 48 * 1024
 FORCE_GLOBAL_LISTS = False
+# The most bytes of global top-k scratch one launch may use (lists in global memory only);
+# larger query sets run in several launches of fewer queries.
+SCRATCH_BYTES = 1 << 30
 
 _MERGE_THREADS = 128
 _MAX_INDEX = 2**31 - 1 - TILE_ROWS  # the kernel keeps reference rows as int within a launch
@@ -70,6 +73,8 @@ def _ref_chunk_rows(d: int, itemsize: int) -> int:
 
 def _knn_device(Q, reference, k: int, self_offset: int):
     """Exact kNN of CuPy queries Q against ``reference`` (CuPy or host), on the device."""
+    if k < 1:  # the kernel's list insertion would write before the list (review finding 4)
+        raise ValueError(f"k={k}: the number of neighbours must be at least 1")
     cp = _cupy()
     dtype = np.dtype(Q.dtype)
     n_q, d = Q.shape
@@ -90,6 +95,15 @@ def _knn_device(Q, reference, k: int, self_offset: int):
     merge = module.get_function(f"knn_merge_{SUFFIX[dtype]}")
 
     query_blocks = _blocks(n_q, bq)
+    if global_lists:
+        per_block = KNN_MAX_SPLITS * bq * k * (dtype.itemsize + 4)  # scratch, worst case
+        max_rows = max(1, SCRATCH_BYTES // per_block) * bq
+        if n_q > max_rows:  # (review finding 7) fewer queries per launch, same answer
+            for q0 in range(0, n_q, max_rows):
+                q1 = min(q0 + max_rows, n_q)
+                D_out[q0:q1], I_out[q0:q1] = _knn_device(
+                    Q[q0:q1], reference, k, self_offset + q0 if self_offset >= 0 else -1)
+            return D_out, I_out
     chunk = _ref_chunk_rows(d, dtype.itemsize)
     starts = list(range(0, n_r, chunk))
     state = None  # (D, I) of the chunks so far
