@@ -8,20 +8,22 @@
    round = the 200 queries for each candidate in turn; per-query medians too): faiss ``IndexFlatL2.search`` vs
    ``ExactIndex.search`` on a prepared index and ``LoOP.outlier_probability`` of one row
    (a LoOP fitted on the same reference).
-3. ``large batch``: 10k queries x 100k references, d = 50, k = 20: ``fastzsl.knn`` vs faiss.
+3. ``large batch``: 10k queries x 100k references, d = 50, k = 20: ``fastzsl.knn`` vs faiss;
+   ``variants``: the same at d = 512, at k = 100, and with float64 input.
+4. ``loop score``: LoOP of 10k new points against 100k references vs scikit-learn LOF
+   ``score_samples``.
 
 Every candidate's result is checked against the exact answer before it is timed. Ratios
 are baseline time / candidate time (above 1: faster than the baseline), of the minima and
 of the medians over the rounds. The 1-minute load average is recorded before and after
 each group: other engineers' jobs share these 2 cores.
 
-    PYTHONPATH=. python benchmarks/shapes.py [--quick] [--groups fit,single,batch]
+    PYTHONPATH=. python benchmarks/shapes.py [--quick] [--groups fit,single,batch,variants,score]
 
 writes benchmarks/results/shapes-cpu-2core.{md,json} (``--quick``: smaller sizes, to
 /tmp), replacing the groups it ran and keeping the others.
 """
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -78,14 +80,13 @@ def loop_fit_group(n, rounds, warmup):
                   rounds=rounds, warmup=warmup, N=n, d=4, k=k, dtype="float64")
 
 
-def _d50(n_ref, n_q):
-    """Reference and query rows (blobs, d = 50, float32) and a faiss IndexFlatL2 of the
-    reference."""
+def _d50(n_ref, n_q, d=50):
+    """Reference and query rows (blobs, float32) and a faiss IndexFlatL2 of the reference."""
     import faiss
 
-    X, _ = make_blobs(n_ref + n_q, 50, seed=0, dtype=np.float32)
+    X, _ = make_blobs(n_ref + n_q, d, seed=0, dtype=np.float32)
     R, Q = np.ascontiguousarray(X[:n_ref]), np.ascontiguousarray(X[n_ref:])
-    flat = faiss.IndexFlatL2(50)
+    flat = faiss.IndexFlatL2(d)
     flat.add(R)
     return R, Q, flat
 
@@ -138,17 +139,43 @@ def single_query_group(n_ref, n_queries, rounds):
     return row
 
 
-def large_batch_group(n_ref, n_q, rounds):
-    R, Q, flat = _d50(n_ref, n_q)
-    k = 20
+def large_batch_group(n_ref, n_q, rounds, d=50, k=20, dtype=np.float32):
+    """fastzsl.knn against faiss IndexFlatL2 (float32 always: faiss has no float64; with
+    float64 input fastzsl searches the float64 rows, faiss their float32 copy)."""
+    R, Q, flat = _d50(n_ref, n_q, d)
+    R, Q = R.astype(dtype), Q.astype(dtype)
+    Q32 = Q.astype(np.float32)
     D_ref, I_ref = fastzsl.knn(Q[:100], R, k, backend="numpy")
     D, I = fastzsl.knn(Q[:100], R, k)
     np.testing.assert_array_equal(I, I_ref)
     candidates = {
-        "faiss IndexFlatL2.search (index built outside the timer)": lambda: flat.search(Q, k),
+        "faiss IndexFlatL2.search (index built outside the timer)": lambda: flat.search(Q32, k),
         "fastzsl.knn (method=auto: exact)": lambda: fastzsl.knn(Q, R, k),
     }
-    return _group(f"large batch N_ref={n_ref} N_q={n_q} d=50 k={k}", next(iter(candidates)),
+    name = np.dtype(dtype).name
+    return _group(f"large batch N_ref={n_ref} N_q={n_q} d={d} k={k}"
+                  + ("" if dtype == np.float32 else f" {name}"), next(iter(candidates)),
+                  candidates, rounds=rounds, N_ref=n_ref, N_q=n_q, d=d, k=k, dtype=name)
+
+
+def loop_score_group(n_ref, n_q, rounds):
+    """Novelty scores of new points: fastzsl LoOP.outlier_probability against scikit-learn
+    LocalOutlierFactor(novelty=True).score_samples (LOF, not LoOP: the same neighbourhood
+    work); both fitted outside the timer."""
+    from sklearn.neighbors import LocalOutlierFactor
+
+    R, Q, _ = _d50(n_ref, n_q)
+    k = 20
+    loop = fastzsl.LoOP(n_neighbors=k).fit(R)
+    lof = LocalOutlierFactor(n_neighbors=k, novelty=True).fit(R)
+    D_ref, I_ref = fastzsl.knn(Q[:100], R, k, backend="numpy")
+    np.testing.assert_allclose(loop.outlier_probability(Q[:100]),
+                               fastzsl.loop_score(D_ref, I_ref, loop.fit_), atol=1e-6)
+    candidates = {
+        "sklearn LocalOutlierFactor(novelty=True).score_samples": lambda: lof.score_samples(Q),
+        "fastzsl LoOP.outlier_probability": lambda: loop.outlier_probability(Q),
+    }
+    return _group(f"loop score N_ref={n_ref} N_q={n_q} d=50 k={k}", next(iter(candidates)),
                   candidates, rounds=rounds, N_ref=n_ref, N_q=n_q, d=50, k=k,
                   dtype="float32")
 
@@ -192,7 +219,7 @@ def write(rows, out):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--groups", default="fit,single,batch")
+    parser.add_argument("--groups", default="fit,single,batch,variants,score")
     args = parser.parse_args()
     groups = args.groups.split(",")
     rows = []
@@ -204,16 +231,23 @@ def main():
             rows.append(loop_fit_group(1_000_000, rounds=2, warmup=0))
     if "single" in groups:
         rows.append(single_query_group(10_000 if args.quick else 100_000, 200, rounds=5))
+    n_ref, n_q = (10_000, 1_000) if args.quick else (100_000, 10_000)
     if "batch" in groups:
-        rows.append(large_batch_group(10_000 if args.quick else 100_000,
-                                      1_000 if args.quick else 10_000, rounds=3))
+        rows.append(large_batch_group(n_ref, n_q, rounds=3))
+    if "variants" in groups:  # the issue's other large-batch shapes
+        rows.append(large_batch_group(n_ref, n_q, rounds=2, d=512))
+        rows.append(large_batch_group(n_ref, n_q, rounds=3, k=100))
+        rows.append(large_batch_group(n_ref, n_q, rounds=3, dtype=np.float64))
+    if "score" in groups:
+        rows.append(loop_score_group(n_ref, n_q, rounds=3))
     out = (Path("/tmp") if args.quick else Path(__file__).parent / "results")
     out = out / "shapes-cpu-2core"
     if out.with_suffix(".json").exists():  # keep the groups not run this time
         ran = {row["group"] for row in rows}
         earlier = json.loads(out.with_suffix(".json").read_text())["groups"]
         rows = [row for row in earlier if row["group"] not in ran] + rows
-        rows.sort(key=lambda row: ("loop fit" not in row["group"], "batch" in row["group"]))
+        rows.sort(key=lambda row: ("loop fit" not in row["group"], "batch" in row["group"],
+                                   "score" in row["group"]))
     write(rows, out)
 
 
