@@ -302,31 +302,50 @@ def test_gaussian_cupy_in_cupy_out(cp, dtype):
 # --- findings of the desk check (/work/shared/reviews/cuda-kernels.md), run on the kernels ---
 # A strict xfail names a finding the kernels still have; it turns into a failure (XPASS)
 # once fixed, and the marker must go.
-FLOAT32_OVERFLOW = pytest.mark.xfail(strict=True, reason=(
-    "review finding 2: float32 squared distances are summed in float (common.cuh "
-    "accumulate_sqdist, used by knn_cuda.cu and gaussian_cuda.cu) and overflow to inf beyond "
-    "|difference| ~1.8e19, where the double reference stays finite; kNN then ties every "
-    "candidate at inf (lowest index 0 wins, the reference picks 2) and the Gaussian kernel "
-    "gets L = -inf for every class (argmax 0, the reference picks 1)"))
+# Findings 1 and 2 (fixed): float32 input was summed in float, so near-ties were decided on
+# float-rounded sums and sums overflowed to inf beyond |difference| ~1.8e19. The kernels now
+# sum float32 input in double and decide on the doubles, as the reference does; float32
+# outputs are rounded from them (to inf beyond float's range, as the reference's are, hence
+# the errstate: NumPy warns on that cast, CuPy does not).
 
 
 @gpu
-@FLOAT32_OVERFLOW
-def test_knn_float32_beyond_float_range_keeps_the_order(cp):
+@pytest.mark.parametrize("chunk", [None, 1], ids=["one_launch", "merged_chunks"])
+def test_knn_float32_ties_are_decided_on_the_double_sums(cp, monkeypatch, chunk):
+    # Finding 1: 1 + 2**-24 (row 0) rounds to 1.0 in float, a tie with row 1 that the lower
+    # index would win; in double row 1 is nearer. With one-row chunks the merges decide.
+    monkeypatch.setattr(knn, "REF_CHUNK_ROWS", chunk)
+    Q = np.zeros((1, 2), dtype=np.float32)
+    R = np.array([[1.0, 2.0**-12], [1.0, 0.0]], dtype=np.float32)
+    D_ref, I_ref = numpy_.knn(Q, R, 2, -1)
+    D, I = K.knn(Q, R, 2, -1)
+    assert I_ref.tolist() == I.tolist() == [[1, 0]]
+    assert D.dtype == np.float32 and D.tolist() == D_ref.tolist() == [[1.0, 1.0]]
+
+
+@gpu
+@pytest.mark.parametrize("chunk", [None, 1], ids=["one_launch", "merged_chunks"])
+def test_knn_float32_beyond_float_range_keeps_the_order(cp, monkeypatch, chunk):
+    monkeypatch.setattr(knn, "REF_CHUNK_ROWS", chunk)
     Q = np.zeros((1, 1), dtype=np.float32)
     R = np.array([[4e19], [3e19], [2e19]], dtype=np.float32)
-    D, I = K.knn(Q, R, 1, -1)
-    assert I[0, 0] == numpy_.knn(Q, R, 1, -1)[1][0, 0] == 2
+    with np.errstate(over="ignore"):
+        D_ref, I_ref = numpy_.knn(Q, R, 3, -1)
+        D, I = K.knn(Q, R, 3, -1)
+    assert I.tolist() == I_ref.tolist() == [[2, 1, 0]]
+    assert D.tolist() == D_ref.tolist() == [[np.inf] * 3]
 
 
 @gpu
-@FLOAT32_OVERFLOW
 def test_gaussian_float32_beyond_float_range_keeps_the_argmax(cp):
     F = np.zeros((1, 1), dtype=np.float32)
     means = np.array([[4e19], [3e19]], dtype=np.float32)  # both squared beyond 3.4e38
     args = (F, means, np.ones(2), np.log(np.full(2, 0.5)), np.full(2, -np.inf), False)
-    assert numpy_.gaussian_loglik(*args)[2][0] == 1
-    assert K.gaussian_loglik(*args)[2][0] == 1
+    with np.errstate(over="ignore"):
+        ref = numpy_.gaussian_loglik(*args)
+        got = K.gaussian_loglik(*args)
+    assert ref[2][0] == got[2][0] == 1
+    assert ref[1][0] == got[1][0] == -np.inf  # the max, rounded to float32
 
 
 @gpu
