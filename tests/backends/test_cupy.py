@@ -423,3 +423,45 @@ def test_knn_global_scratch_is_capped_per_launch(cp, monkeypatch, self_offset):
     _check_knn(*K.knn(Q, R, 6, self_offset), *numpy_.knn(Q, R, 6, self_offset), np.float64)
     if fake is not None:  # the CPU harness records launches: 600+ queries, 256 per launch
         assert sum(name == "knn_f64" for name, *_ in fake) == 3
+
+
+# --- benchmarks/gpu_check.sh (not marked gpu: its GPU-test step runs this file -m gpu) ---
+
+
+def test_gpu_check_records_a_failing_step_and_still_runs_the_benchmark(tmp_path):
+    # The script on the CPU harness (FASTZSL_CUDA_HOST=1, bench_gpu.py --tiny) with its
+    # GPU-test step pointed at a failing test and its public-API step at a passing one: the
+    # failure is recorded, the later steps still run and record theirs, the exit status is 1.
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not getattr(sys.modules.get("cupy"), "IS_FAKE", False):
+        pytest.skip("the CPU harness is not in use (CuPy is installed, or no C++ compiler)")
+    root = Path(__file__).resolve().parents[2]
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: stand-in\n")
+    (tests / "test_failing.py").write_text(
+        "import pytest\n\n@pytest.mark.gpu\ndef test_deliberately_fails():\n    assert False\n")
+    (tests / "test_passing.py").write_text("def test_cupy_passes():\n    pass\n")
+    results = tmp_path / "results"
+    env = dict(os.environ, FASTZSL_CUDA_HOST="1", BENCH_ARGS="--tiny", RESULTS_DIR=str(results),
+               PYTHON=sys.executable, GPU_CHECK_TESTS=str(tests / "test_failing.py"),
+               GPU_CHECK_API_TESTS=str(tests / "test_passing.py"))
+    env.pop("GPU_CHECK_SKIP_TESTS", None)
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    output = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 1, output
+    steps = json.loads((results / "gpu_check_steps.json").read_text())
+    assert [(s["step"], s["status"]) for s in steps] == [
+        ("nvidia-smi", "skipped"), ("versions", "passed"), ("gpu-tests", "failed"),
+        ("api-tests", "passed"), ("benchmark", "passed")], output
+    assert steps[2]["exit"] == 1 and all(s["exit"] == 0 for s in steps if s is not steps[2])
+    md = (results / "gpu_check_steps.md").read_text()
+    assert "| gpu-tests | failed | 1 |" in md and "| benchmark | passed | 0 |" in md
+    assert json.loads((results / "gpu.json").read_text())["device"]  # the benchmark ran
+    assert "gpu_check: step 'gpu-tests' FAILED" in proc.stderr
