@@ -10,8 +10,8 @@
 //   (coalesced loads), then each thread accumulates the RS distances of its query in
 //   registers: sums of squared differences in double for float32 and float64 input alike
 //   (common.cuh says why), so a duplicate is exactly 0 apart. When q_resident is set (the
-//   host checks that it fits),
-//   all d dimensions of the block's queries are loaded into shared memory once instead.
+//   host checks that it fits), all d dimensions of the block's queries are loaded into
+//   shared memory once instead.
 //   The staging and accumulation are common.cuh's stage_tile, BlockRows and
 //   accumulate_sqdist, shared with gaussian_cuda.cu (one summation order for both).
 // * Each thread keeps its k best (distance, index) pairs sorted in a list in shared memory
@@ -22,7 +22,6 @@
 //   NumPy reference's stable sort.
 // * self_on: local reference row (self_base + query row) is skipped (query i is reference
 //   row self_offset + i; the host rebases the offset to each launch's reference chunk).
-//
 // * The lists, the blocks' output and the merge inputs hold double distances for either
 //   input type, so ties and order are decided on the double sums; only knn_merge_f32
 //   rounds to float32, when it writes the final answer (the host rounds a single list).
