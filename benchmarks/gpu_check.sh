@@ -12,35 +12,65 @@
 #                                               # (tests/cuda_host; timings mean nothing)
 #   GPU_CHECK_SKIP_TESTS=1 ...                  # leave out the two pytest steps
 #
-# Steps: nvidia-smi; the GPU tests (tests/backends/test_cupy.py -m gpu); the public-API tests
-# that run on backend 'cupy' (only when it is in the registry); benchmarks/bench_gpu.py,
-# which writes benchmarks/results/gpu.json and gpu.md (copied to $OUT when it is set).
-# Any failure stops the script with a non-zero status and a line saying which step.
-set -euo pipefail
+#   GPU_CHECK_TESTS="FILES" GPU_CHECK_API_TESTS="FILES"  # what the two pytest steps run
+#                                               # (defaults below; the script's own test
+#                                               # points them at a failing and a passing file)
+#
+# Steps: nvidia-smi; versions; the GPU tests (tests/backends/test_cupy.py -m gpu); the
+# public-API tests that run on backend 'cupy' (only when it is in the registry);
+# benchmarks/bench_gpu.py, which writes $RESULTS/gpu.json and gpu.md. A failing step does
+# not stop the script: every step runs, and each records its outcome as soon as it ends, a
+# line in $RESULTS/gpu_check_steps.md and an entry of the JSON list
+# $RESULTS/gpu_check_steps.json ({"step", "status": "passed"|"failed"|"skipped", "exit",
+# "seconds"}), so a run cut short still says how far it got. The results and step records
+# are copied to $OUT when it is set. The exit status is 1 when any step failed, else 0.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${RESULTS_DIR:-benchmarks/results}
 TOTAL=${GPU_CHECK_SECONDS:-470}  # the whole script, in seconds (under 8 minutes)
+GPU_TESTS=${GPU_CHECK_TESTS:-tests/backends/test_cupy.py}
+API_TESTS=${GPU_CHECK_API_TESTS:-tests/test_knn.py tests/test_loop.py tests/test_gaussian.py}
 START=$SECONDS
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 export PYTHONDONTWRITEBYTECODE=1
 
-fail() { echo "gpu_check FAILED: $*" >&2; exit 1; }
+mkdir -p "$RESULTS"
+STEPS_MD="$RESULTS/gpu_check_steps.md"
+STEPS_JSON="$RESULTS/gpu_check_steps.json"
+printf '| step | status | exit | seconds |\n|---|---|---|---|\n' >"$STEPS_MD"
+echo "[]" >"$STEPS_JSON"
+STEP_ENTRIES=()
+FAILED=0
+
 left() { echo $(( TOTAL - (SECONDS - START) )); }
 step() { echo; echo "== [$(( SECONDS - START ))s] $*"; }
 
-if [ "${FASTZSL_CUDA_HOST:-0}" = 1 ]; then
-    # `import cupy` gives the CPU harness's stand-in; results check the script, not a GPU.
-    export PYTHONPATH="$PWD/tests/cuda_host/shim:$PYTHONPATH"
-    step "no nvidia-smi: CPU execution of the kernels (tests/cuda_host)"
-else
-    step "nvidia-smi"
-    nvidia-smi || fail "nvidia-smi (no GPU or driver?)"
-fi
+# record NAME STATUS EXIT SECONDS: append the step's outcome to both records now.
+record() {
+    printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" >>"$STEPS_MD"
+    STEP_ENTRIES+=("{\"step\": \"$1\", \"status\": \"$2\", \"exit\": $3, \"seconds\": $4}")
+    local IFS=,
+    printf '[%s]\n' "${STEP_ENTRIES[*]}" >"$STEPS_JSON"
+    if [ "$2" = failed ]; then
+        FAILED=1
+        echo "gpu_check: step '$1' FAILED (exit $3); continuing" >&2
+    fi
+}
 
-step "versions"
-"$PY" - <<'PYEOF' || fail "python environment (cupy missing or no CUDA device)"
+# run_step NAME COMMAND...: run it, record passed (exit 0) or failed (any other exit).
+run_step() {
+    local name=$1 t0=$SECONDS rc
+    shift
+    step "$name"
+    "$@"
+    rc=$?
+    record "$name" "$([ "$rc" -eq 0 ] && echo passed || echo failed)" "$rc" "$(( SECONDS - t0 ))"
+}
+
+versions() {
+    "$PY" - <<'PYEOF'
 import sys, numpy, cupy
 print("python", sys.version.split()[0], "| numpy", numpy.__version__, "| cupy", cupy.__version__,
       "| CUDA runtime", cupy.cuda.runtime.runtimeGetVersion(),
@@ -55,36 +85,61 @@ ok, why = m.is_available()
 print("fastzsl cupy backend available:", ok, why)
 sys.exit(0 if ok else 1)
 PYEOF
+}
+
+api_tests() {
+    # shellcheck disable=SC2086
+    timeout 90 "$PY" -m pytest $API_TESTS -q -ra -p no:cacheprovider -k cupy
+    local status=$?
+    if [ "$status" -eq 5 ]; then
+        echo "(no test selected: backend 'cupy' is not in fastzsl.backends._REGISTRY)"
+        return 0
+    fi
+    return "$status"
+}
+
+if [ "${FASTZSL_CUDA_HOST:-0}" = 1 ]; then
+    # `import cupy` gives the CPU harness's stand-in; results check the script, not a GPU.
+    export PYTHONPATH="$PWD/tests/cuda_host/shim:$PYTHONPATH"
+    step "no nvidia-smi: CPU execution of the kernels (tests/cuda_host)"
+    record nvidia-smi skipped 0 0
+else
+    run_step nvidia-smi nvidia-smi
+fi
+
+run_step versions versions
 
 if [ "${GPU_CHECK_SKIP_TESTS:-0}" != 1 ]; then
-step "GPU tests: tests/backends/test_cupy.py -m gpu"
-timeout 200 "$PY" -m pytest tests/backends/test_cupy.py -m gpu -q -ra -p no:cacheprovider \
-    || fail "GPU tests (exit $?)"
-
-step "public-API tests on backend 'cupy' (skipped unless it is registered)"
-set +e
-timeout 90 "$PY" -m pytest tests/test_knn.py tests/test_loop.py tests/test_gaussian.py \
-    -q -ra -p no:cacheprovider -k cupy
-status=$?
-set -e
-if [ "$status" -eq 5 ]; then
-    echo "(no test selected: backend 'cupy' is not in fastzsl.backends._REGISTRY)"
-elif [ "$status" -ne 0 ]; then
-    fail "public-API tests on backend cupy (exit $status)"
+    # shellcheck disable=SC2086
+    run_step gpu-tests timeout 200 "$PY" -m pytest $GPU_TESTS -m gpu -q -ra -p no:cacheprovider
+    run_step api-tests api_tests
+else
+    record gpu-tests skipped 0 0
+    record api-tests skipped 0 0
 fi
-fi  # GPU_CHECK_SKIP_TESTS
 
 budget=$(( $(left) - 20 ))
-[ "$budget" -ge 120 ] || fail "only ${budget}s left for the benchmark"
-step "benchmark: benchmarks/bench_gpu.py (budget ${budget}s)"
-args=(--budget "$(( budget - 60 ))" --out "$RESULTS")
-[ "${QUICK:-0}" = 1 ] && args+=(--quick)
-# shellcheck disable=SC2206
-args+=(${BENCH_ARGS:-})
-timeout "$budget" "$PY" benchmarks/bench_gpu.py "${args[@]}" || fail "benchmark (exit $?)"
+if [ "$budget" -ge 120 ]; then
+    args=(--budget "$(( budget - 60 ))" --out "$RESULTS")
+    [ "${QUICK:-0}" = 1 ] && args+=(--quick)
+    # shellcheck disable=SC2206
+    args+=(${BENCH_ARGS:-})
+    run_step benchmark timeout "$budget" "$PY" benchmarks/bench_gpu.py "${args[@]}"
+else
+    step "benchmark: only ${budget}s left, not run"
+    record benchmark failed 124 0
+fi
 
 if [ -n "${OUT:-}" ] && [ -d "${OUT}" ]; then
-    cp "$RESULTS"/gpu.json "$RESULTS"/gpu.md "$OUT"/
+    for f in gpu.json gpu.md gpu_check_steps.md gpu_check_steps.json; do
+        [ -f "$RESULTS/$f" ] && cp "$RESULTS/$f" "$OUT"/
+    done
 fi
 step "done in $(( SECONDS - START ))s"
-cat "$RESULTS"/gpu.md
+[ -f "$RESULTS/gpu.md" ] && cat "$RESULTS/gpu.md"
+echo
+cat "$STEPS_MD"
+if [ "$FAILED" -ne 0 ]; then
+    echo "gpu_check FAILED: see $STEPS_MD" >&2
+    exit 1
+fi

@@ -14,11 +14,8 @@
 #ifndef FASTZSL_TILE_ROWS
 #error "FASTZSL_TILE_ROWS must be defined by the loader"
 #endif
-#ifndef FASTZSL_TILE_DIMS_F32
-#error "FASTZSL_TILE_DIMS_F32 must be defined by the loader"
-#endif
-#ifndef FASTZSL_TILE_DIMS_F64
-#error "FASTZSL_TILE_DIMS_F64 must be defined by the loader"
+#ifndef FASTZSL_TILE_DIMS
+#error "FASTZSL_TILE_DIMS must be defined by the loader"
 #endif
 #ifndef FASTZSL_MAX_BLOCK_THREADS
 #error "FASTZSL_MAX_BLOCK_THREADS must be defined by the loader"
@@ -33,23 +30,7 @@
 
 namespace fastzsl {
 
-__device__ __forceinline__ float inf_f32() { return __int_as_float(0x7f800000); }
 __device__ __forceinline__ double inf_f64() { return __longlong_as_double(0x7ff0000000000000LL); }
-
-// +inf of T, and the fused multiply-add of T (exactly rounded once).
-template <typename T> struct Num;
-template <> struct Num<float> {
-    __device__ __forceinline__ static float inf() { return inf_f32(); }
-    __device__ __forceinline__ static float fma_(float a, float b, float c) {
-        return fmaf(a, b, c);
-    }
-};
-template <> struct Num<double> {
-    __device__ __forceinline__ static double inf() { return inf_f64(); }
-    __device__ __forceinline__ static double fma_(double a, double b, double c) {
-        return fma(a, b, c);
-    }
-};
 
 // Finite (not +-inf, not NaN) without the host isfinite macro.
 __device__ __forceinline__ bool is_finite(double x) { return fabs(x) < inf_f64(); }
@@ -62,89 +43,98 @@ constexpr double TWO_PI = 6.283185307179586;       // == 2.0 * numpy.pi
 // A block owns bq = blockDim.x rows of its own (queries, features; one per thread). The
 // other side (reference rows, class means) streams through shared memory in sub-tiles of
 // RS rows x DC dimensions; each thread accumulates its row's RS squared distances in
-// registers, in T, one fused multiply-add per dimension in ascending order.
+// registers, one fused multiply-add per dimension in ascending order.
+//
+// Both sides are staged in shared memory as double and the sums are double, for float32
+// input too: e = sum_t (double(q_t) - double(r_t))^2, the NumPy reference's and the CPU
+// kernels' definition. Distances and log-likelihoods stay double through every decision
+// (top-k order and ties, argmax, logsumexp, thresholds) and are rounded to float32 only on
+// output, so the float32 decisions equal the reference's: a float sum differs from it by
+// about d ulps (near-ties flip, review finding 1) and overflows to inf once a difference
+// exceeds ~1.8e19 (finding 2). The cost: FP64 runs at half the FP32 rate on H100/H200
+// (non-tensor math) and the tiles take twice the shared memory, so float32 input is about
+// as fast as float64 here, only its global loads are half the size.
+using Acc = double;
 
-// The sub-tile shape for element type T.
-template <typename T> struct Tile;
-template <> struct Tile<float> {
+// The sub-tile shape (rows x dims of Acc).
+struct Tile {
     static constexpr int RS = FASTZSL_TILE_ROWS;
-    static constexpr int DC = FASTZSL_TILE_DIMS_F32;
-};
-template <> struct Tile<double> {
-    static constexpr int RS = FASTZSL_TILE_ROWS;
-    static constexpr int DC = FASTZSL_TILE_DIMS_F64;
+    static constexpr int DC = FASTZSL_TILE_DIMS;
 };
 
-// Rows [row0, row0 + RS), dims [c0, c0 + DC) of src (row-major, d columns) into
-// tile[RS][DC]; zero past row_end or d. Every thread of the block takes part.
-template <typename T, int RS, int DC>
-__device__ __forceinline__ void stage_tile(T* tile, const T* __restrict__ src, long long row0,
+// Rows [row0, row0 + RS), dims [c0, c0 + DC) of src (row-major, d columns, element type S)
+// into tile[RS][DC] as Acc; zero past row_end or d. Every thread of the block takes part.
+template <int RS, int DC, typename S>
+__device__ __forceinline__ void stage_tile(Acc* tile, const S* __restrict__ src, long long row0,
                                            long long row_end, int c0, int d) {
     for (int e = threadIdx.x; e < RS * DC; e += blockDim.x) {
         const int r = e / DC, t = e % DC;
         const long long j = row0 + r;
         const int c = c0 + t;
-        tile[e] = (j < row_end && c < d) ? src[j * d + c] : T(0);
+        tile[e] = (j < row_end && c < d) ? static_cast<Acc>(src[j * d + c]) : Acc(0);
     }
 }
 
-// The block's own rows in shared memory, element (row, dim) at data[row * rs + dim * ds];
-// either layout puts the threads' reads of one dim in distinct banks:
+// The block's own rows in shared memory (as Acc), element (row, dim) at
+// data[row * rs + dim * ds]; either layout puts the threads' reads of one dim in distinct
+// banks:
 //   resident: all d_pad dims, dim-major [d_pad][bq] (loaded once by load_all);
 //   otherwise: one DC-chunk, row-major [bq][DC + 1] (padded; load_chunk per chunk).
 // Padding dimensions are 0, as in the tile, and add exactly 0.
-template <typename T>
 struct BlockRows {
-    static constexpr int DC = Tile<T>::DC;
-    T* data;
+    static constexpr int DC = Tile::DC;
+    Acc* data;
     int d, d_pad, rs, ds, size;
     bool resident;
 
-    __device__ __forceinline__ BlockRows(T* data_, int d_, int bq, bool resident_)
+    __device__ __forceinline__ BlockRows(Acc* data_, int d_, int bq, bool resident_)
         : data(data_), d(d_), d_pad((d_ + DC - 1) / DC * DC), rs(resident_ ? 1 : DC + 1),
           ds(resident_ ? bq : 1), size(resident_ ? bq * d_pad : bq * (DC + 1)),
           resident(resident_) {}
 
     // Rows [i0, i0 + blockDim.x) of src (n rows, d columns), dims [c0, c0 + width).
-    __device__ __forceinline__ void load(const T* __restrict__ src, long long i0, long long n,
+    template <typename S>
+    __device__ __forceinline__ void load(const S* __restrict__ src, long long i0, long long n,
                                          int c0, int width) {
         const int bq = blockDim.x;
         for (int e = threadIdx.x; e < bq * width; e += bq) {
             const int row = e / width, t = e % width;
             const long long i = i0 + row;
             const int c = c0 + t;
-            data[row * rs + t * ds] = (i < n && c < d) ? src[i * d + c] : T(0);
+            data[row * rs + t * ds] = (i < n && c < d) ? static_cast<Acc>(src[i * d + c]) : Acc(0);
         }
     }
-    __device__ __forceinline__ void load_all(const T* __restrict__ src, long long i0,
+    template <typename S>
+    __device__ __forceinline__ void load_all(const S* __restrict__ src, long long i0,
                                              long long n) {
         load(src, i0, n, 0, d_pad);
     }
-    __device__ __forceinline__ void load_chunk(const T* __restrict__ src, long long i0,
+    template <typename S>
+    __device__ __forceinline__ void load_chunk(const S* __restrict__ src, long long i0,
                                                long long n, int c0) {
         load(src, i0, n, c0, DC);
     }
     // Thread row's dims from c0 on (the staged chunk when not resident).
-    __device__ __forceinline__ const T* row(int thread_row, int c0) const {
+    __device__ __forceinline__ const Acc* row(int thread_row, int c0) const {
         return data + thread_row * rs + (resident ? c0 : 0) * ds;
     }
 };
 
 // acc[r] += sum over t < DC of (row[t * ds] - tile[r * DC + t])^2: one DC-chunk of the RS
 // distances of a thread's row, one fused multiply-add per term in ascending t.
-template <typename T, int RS, int DC>
-__device__ __forceinline__ void accumulate_sqdist(T (&acc)[RS], const T* row, int ds,
-                                                  const T* tile) {
-    T v[DC];
+template <int RS, int DC>
+__device__ __forceinline__ void accumulate_sqdist(Acc (&acc)[RS], const Acc* row, int ds,
+                                                  const Acc* tile) {
+    Acc v[DC];
 #pragma unroll
     for (int t = 0; t < DC; ++t) v[t] = row[t * ds];
 #pragma unroll
     for (int r = 0; r < RS; ++r) {
-        T s = acc[r];
+        Acc s = acc[r];
 #pragma unroll
         for (int t = 0; t < DC; ++t) {
-            const T diff = v[t] - tile[r * DC + t];
-            s = Num<T>::fma_(diff, diff, s);
+            const Acc diff = v[t] - tile[r * DC + t];
+            s = fma(diff, diff, s);
         }
         acc[r] = s;
     }

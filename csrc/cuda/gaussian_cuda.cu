@@ -5,9 +5,10 @@
 //
 // Layout as in knn_cuda.cu: a block owns BQ = blockDim.x rows (one per thread); classes
 // stream through shared memory in sub-tiles of RS classes x DC dimensions, with the rows'
-// matching dimensions staged beside them. Squared distances accumulate in T (float or
-// double); L and every reduction are computed in double, classes in ascending order, as
-// the NumPy reference and the CPU backends do. With `full`, each RS-class slab of L is
+// matching dimensions staged beside them. Squared distances accumulate in double for
+// float32 and float64 input alike (common.cuh says why); L and every reduction (max,
+// argmax, logsumexp, all_below) are computed and decided in double, classes in ascending
+// order, as the NumPy reference and the CPU backends do, and rounded to T only on output. With `full`, each RS-class slab of L is
 // staged in shared memory and written with coalesced stores. With f_resident (the host
 // checks that it fits) all d dimensions of the block's rows are loaded once.
 #include "common.cuh"
@@ -24,7 +25,7 @@ __device__ __forceinline__ void gaussian_block(
     long long n, int C, int d, int full, int f_resident, T* __restrict__ L,
     T* __restrict__ row_max, long long* __restrict__ row_argmax, T* __restrict__ row_lse,
     bool* __restrict__ all_below) {
-    constexpr int RS = Tile<T>::RS, DC = Tile<T>::DC;  // classes x dims per sub-tile
+    constexpr int RS = Tile::RS, DC = Tile::DC;  // classes x dims per sub-tile
     const double NEG_INF = -inf_f64();
     const int bq = blockDim.x;
     const int tid = threadIdx.x;
@@ -37,9 +38,9 @@ __device__ __forceinline__ void gaussian_block(
     double* p_lnorm = p_twovar + RS;
     double* p_lw = p_lnorm + RS;
     double* p_thr = p_lw + RS;
-    T* m_tile = reinterpret_cast<T*>(p_thr + RS);             // RS x DC
-    BlockRows<T> f_tile(m_tile + RS * DC, d, bq, f_resident != 0);  // the block's rows
-    T* stage = f_tile.data + f_tile.size;                     // bq x (RS + 1), only if full
+    Acc* m_tile = p_thr + RS;                                  // RS x DC
+    BlockRows f_tile(m_tile + RS * DC, d, bq, f_resident != 0);  // the block's rows
+    T* stage = reinterpret_cast<T*>(f_tile.data + f_tile.size);  // bq x (RS + 1), if full
 
     double best = NEG_INF;
     long long best_c = 0;
@@ -50,9 +51,9 @@ __device__ __forceinline__ void gaussian_block(
     if (f_resident) f_tile.load_all(F, i0, n);  // the main loop's first barrier publishes it
 
     for (int cb = 0; cb < C; cb += RS) {  // uniform across the block
-        T acc[RS];
+        Acc acc[RS];
 #pragma unroll
-        for (int r = 0; r < RS; ++r) acc[r] = T(0);
+        for (int r = 0; r < RS; ++r) acc[r] = Acc(0);
         for (int c0 = 0; c0 < d; c0 += DC) {
             __syncthreads();  // readers of the tiles (and of the class parameters) are done
             if (c0 == 0 && tid < RS && cb + tid < C) {
@@ -63,16 +64,16 @@ __device__ __forceinline__ void gaussian_block(
                 p_lw[tid] = log_weights[c];
                 p_thr[tid] = thresholds[c];
             }
-            stage_tile<T, RS, DC>(m_tile, M, cb, C, c0, d);
+            stage_tile<RS, DC>(m_tile, M, cb, C, c0, d);
             if (!f_resident) f_tile.load_chunk(F, i0, n, c0);
             __syncthreads();
-            accumulate_sqdist<T, RS, DC>(acc, f_tile.row(tid, c0), f_tile.ds, m_tile);
+            accumulate_sqdist<RS, DC>(acc, f_tile.row(tid, c0), f_tile.ds, m_tile);
         }
 #pragma unroll
         for (int r = 0; r < RS; ++r) {
             const int c = cb + r;
             if (c < C) {
-                const double value = -(double)acc[r] / p_twovar[r] + p_lnorm[r];
+                const double value = -acc[r] / p_twovar[r] + p_lnorm[r];
                 if (full) stage[tid * (RS + 1) + r] = (T)value;
                 // NumPy's max and argmax: the first NaN wins (then nothing beats it).
                 if (value > best || (value != value && best == best)) {
@@ -125,5 +126,6 @@ __device__ __forceinline__ void gaussian_block(
                                              row_lse, all_below);                            \
     }
 
-FASTZSL_GAUSSIAN_ENTRY(gaussian_f32, float, 4)
+// Both accumulate in double: the same registers and occupancy bound.
+FASTZSL_GAUSSIAN_ENTRY(gaussian_f32, float, 2)
 FASTZSL_GAUSSIAN_ENTRY(gaussian_f64, double, 2)

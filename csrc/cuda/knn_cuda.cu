@@ -8,9 +8,10 @@
 // * Reference rows stream through shared memory in sub-tiles of RS rows x DC dimensions;
 //   the matching DC dimensions of the block's queries are staged in shared memory too
 //   (coalesced loads), then each thread accumulates the RS distances of its query in
-//   registers: sums of squared differences, float for float32 and double for float64, so
-//   a duplicate is exactly 0 apart. When q_resident is set (the host checks that it fits),
-//   all d dimensions of the block's queries are loaded into shared memory once instead.
+//   registers: sums of squared differences in double for float32 and float64 input alike
+//   (common.cuh says why), so a duplicate is exactly 0 apart. When q_resident is set (the
+//   host checks that it fits), all d dimensions of the block's queries are loaded into
+//   shared memory once instead.
 //   The staging and accumulation are common.cuh's stage_tile, BlockRows and
 //   accumulate_sqdist, shared with gaussian_cuda.cu (one summation order for both).
 // * Each thread keeps its k best (distance, index) pairs sorted in a list in shared memory
@@ -21,6 +22,9 @@
 //   NumPy reference's stable sort.
 // * self_on: local reference row (self_base + query row) is skipped (query i is reference
 //   row self_offset + i; the host rebases the offset to each launch's reference chunk).
+// * The lists, the blocks' output and the merge inputs hold double distances for either
+//   input type, so ties and order are decided on the double sums; only knn_merge_f32
+//   rounds to float32, when it writes the final answer (the host rounds a single list).
 //
 // Each block writes its sorted list to out[split][query][0..k) (+inf / -1 where fewer
 // than k candidates were seen); knn_merge_* merges the lists of several splits (and the
@@ -44,9 +48,8 @@ __device__ __forceinline__ bool before(T a, T b) {
 }
 
 // Insert (dist, idx) into the sorted list bd/bi (entries stride apart) if it belongs there.
-template <typename T>
-__device__ __forceinline__ void consider(T* bd, int* bi, int stride, int k, int& n_filled,
-                                         T& worst, T dist, int idx) {
+__device__ __forceinline__ void consider(Acc* bd, int* bi, int stride, int k, int& n_filled,
+                                         Acc& worst, Acc dist, int idx) {
     int pos;
     if (n_filled < k) {
         pos = n_filled;
@@ -58,7 +61,7 @@ __device__ __forceinline__ void consider(T* bd, int* bi, int stride, int k, int&
     }
     // Shift strictly worse entries right: an equal distance keeps its (lower) index first.
     while (pos > 0) {
-        const T prev = bd[(pos - 1) * stride];
+        const Acc prev = bd[(pos - 1) * stride];
         if (!before(dist, prev)) break;
         bd[pos * stride] = prev;
         bi[pos * stride] = bi[(pos - 1) * stride];
@@ -71,14 +74,15 @@ __device__ __forceinline__ void consider(T* bd, int* bi, int stride, int k, int&
 
 FASTZSL_DYNAMIC_SHARED(smem_raw);
 
+// T: the input's element type (float or double); distances are Acc (double) throughout.
 template <typename T>
 __device__ __forceinline__ void knn_block(
     const T* __restrict__ Q, const T* __restrict__ R, long long n_q, long long n_r, int d,
     int k, long long self_base, int self_on, long long span, long long idx_base,
-    int q_resident, T* __restrict__ out_d, long long* __restrict__ out_i, T* scratch_d,
+    int q_resident, Acc* __restrict__ out_d, long long* __restrict__ out_i, Acc* scratch_d,
     int* scratch_i) {
-    constexpr int RS = Tile<T>::RS, DC = Tile<T>::DC;  // reference rows x dims per sub-tile
-    const T INF = Num<T>::inf();
+    constexpr int RS = Tile::RS, DC = Tile::DC;  // reference rows x dims per sub-tile
+    const Acc INF = inf_f64();
     const int bq = blockDim.x;
     const int tid = threadIdx.x;
     const long long q0 = (long long)blockIdx.x * bq;
@@ -87,12 +91,12 @@ __device__ __forceinline__ void knn_block(
     const bool active = qi < n_q;
     const long long split = blockIdx.y;
 
-    T* ref_tile = reinterpret_cast<T*>(smem_raw);   // RS x DC
-    BlockRows<T> q_tile(ref_tile + RS * DC, d, bq, q_resident != 0);  // the block's queries
-    T* bd;
+    Acc* ref_tile = reinterpret_cast<Acc*>(smem_raw);  // RS x DC
+    BlockRows q_tile(ref_tile + RS * DC, d, bq, q_resident != 0);  // the block's queries
+    Acc* bd;
     int* bi;
     if (scratch_d == nullptr) {                      // lists in shared memory
-        T* lists_d = q_tile.data + q_tile.size;
+        Acc* lists_d = q_tile.data + q_tile.size;
         int* lists_i = reinterpret_cast<int*>(lists_d + bq * k);
         bd = lists_d + tid;
         bi = lists_i + tid;
@@ -106,7 +110,7 @@ __device__ __forceinline__ void knn_block(
         bi[s * bq] = -1;
     }
     int n_filled = 0;
-    T worst = INF;
+    Acc worst = INF;
 
     const long long r_begin = split * span;
     const long long r_end = (r_begin + span < n_r) ? r_begin + span : n_r;
@@ -115,15 +119,15 @@ __device__ __forceinline__ void knn_block(
     if (q_resident) q_tile.load_all(Q, q0, n_q);  // the main loop's first barrier publishes it
 
     for (long long rb = r_begin; rb < r_end; rb += RS) {  // uniform across the block
-        T acc[RS];
+        Acc acc[RS];
 #pragma unroll
-        for (int r = 0; r < RS; ++r) acc[r] = T(0);
+        for (int r = 0; r < RS; ++r) acc[r] = Acc(0);
         for (int c0 = 0; c0 < d; c0 += DC) {
             __syncthreads();  // the previous chunk's readers are done with both tiles
-            stage_tile<T, RS, DC>(ref_tile, R, rb, r_end, c0, d);
+            stage_tile<RS, DC>(ref_tile, R, rb, r_end, c0, d);
             if (!q_resident) q_tile.load_chunk(Q, q0, n_q, c0);
             __syncthreads();
-            accumulate_sqdist<T, RS, DC>(acc, q_tile.row(tid, c0), q_tile.ds, ref_tile);
+            accumulate_sqdist<RS, DC>(acc, q_tile.row(tid, c0), q_tile.ds, ref_tile);
         }
         if (active) {
 #pragma unroll
@@ -137,7 +141,7 @@ __device__ __forceinline__ void knn_block(
     }
 
     if (active) {
-        T* od = out_d + (split * n_q + qi) * k;
+        Acc* od = out_d + (split * n_q + qi) * k;
         long long* oi = out_i + (split * n_q + qi) * k;
         for (int s = 0; s < k; ++s) {
             const int j = bi[s * bq];
@@ -149,12 +153,13 @@ __device__ __forceinline__ void knn_block(
 
 // Merge sorted lists of one query: the carried state (lower reference indices) first, then
 // the splits in ascending reference order; among equal distances the earlier list wins,
-// which is the lower index. Entries with index -1 are "no candidate" and sort last.
-template <typename T>
+// which is the lower index. Entries with index -1 are "no candidate" and sort last. The
+// lists are double; O is the output type (float rounds each chosen double distance once).
+template <typename O>
 __device__ __forceinline__ void merge_row(
-    const T* __restrict__ prev_d, const long long* __restrict__ prev_i, int has_prev,
-    const T* __restrict__ part_d, const long long* __restrict__ part_i, int n_parts,
-    long long n_q, int k, T* __restrict__ out_d, long long* __restrict__ out_i) {
+    const Acc* __restrict__ prev_d, const long long* __restrict__ prev_i, int has_prev,
+    const Acc* __restrict__ part_d, const long long* __restrict__ part_i, int n_parts,
+    long long n_q, int k, O* __restrict__ out_d, long long* __restrict__ out_i) {
     const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (q >= n_q) return;
     const int n_lists = n_parts + (has_prev ? 1 : 0);
@@ -162,7 +167,7 @@ __device__ __forceinline__ void merge_row(
     for (int l = 0; l < n_lists; ++l) head[l] = 0;
     for (int p = 0; p < k; ++p) {
         int best = -1;
-        T best_d = Num<T>::inf();
+        Acc best_d = inf_f64();
         long long best_i = -1;
         for (int l = 0; l < n_lists; ++l) {
             const int h = head[l];
@@ -172,14 +177,14 @@ __device__ __forceinline__ void merge_row(
                 : ((long long)(l - (has_prev ? 1 : 0)) * n_q + q) * k;
             const long long idx = (has_prev && l == 0) ? prev_i[row + h] : part_i[row + h];
             if (idx < 0) continue;  // this list is exhausted
-            const T dist = (has_prev && l == 0) ? prev_d[row + h] : part_d[row + h];
+            const Acc dist = (has_prev && l == 0) ? prev_d[row + h] : part_d[row + h];
             if (best < 0 || before(dist, best_d)) {
                 best = l;
                 best_d = dist;
                 best_i = idx;
             }
         }
-        out_d[q * k + p] = best_d;
+        out_d[q * k + p] = static_cast<O>(best_d);
         out_i[q * k + p] = best_i;
         if (best >= 0) ++head[best];
     }
@@ -192,20 +197,24 @@ __device__ __forceinline__ void merge_row(
     extern "C" __global__ void __launch_bounds__(FASTZSL_MAX_BLOCK_THREADS, MIN_BLOCKS) NAME( \
         const T* Q, const T* R, long long n_q, long long n_r, int d, int k,                 \
         long long self_base, int self_on, long long span, long long idx_base,               \
-        int q_resident, T* out_d, long long* out_i, T* scratch_d, int* scratch_i) {         \
+        int q_resident, double* out_d, long long* out_i, double* scratch_d,                 \
+        int* scratch_i) {                                                                   \
         fastzsl::knn::knn_block<T>(Q, R, n_q, n_r, d, k, self_base, self_on, span,          \
                                    idx_base, q_resident, out_d, out_i, scratch_d,           \
                                    scratch_i);                                               \
     }
 
-FASTZSL_KNN_ENTRY(knn_f32, float, 4)
+// Both accumulate in double: the same registers and occupancy bound.
+FASTZSL_KNN_ENTRY(knn_f32, float, 2)
 FASTZSL_KNN_ENTRY(knn_f64, double, 2)
 
-#define FASTZSL_MERGE_ENTRY(NAME, T)                                                        \
-    extern "C" __global__ void NAME(const T* prev_d, const long long* prev_i, int has_prev, \
-                                    const T* part_d, const long long* part_i, int n_parts,  \
-                                    long long n_q, int k, T* out_d, long long* out_i) {     \
-        fastzsl::knn::merge_row<T>(prev_d, prev_i, has_prev, part_d, part_i, n_parts, n_q,  \
+// Double lists in; out_d of type O (knn_merge_f32: the float32 answer).
+#define FASTZSL_MERGE_ENTRY(NAME, O)                                                        \
+    extern "C" __global__ void NAME(const double* prev_d, const long long* prev_i,          \
+                                    int has_prev, const double* part_d,                     \
+                                    const long long* part_i, int n_parts, long long n_q,    \
+                                    int k, O* out_d, long long* out_i) {                    \
+        fastzsl::knn::merge_row<O>(prev_d, prev_i, has_prev, part_d, part_i, n_parts, n_q,  \
                                    k, out_d, out_i);                                         \
     }
 

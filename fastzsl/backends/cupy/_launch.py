@@ -12,7 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..._array import array_kind
-from ._loader import TILE_DIMS
+from ._loader import ACC_DTYPE, TILE_DIMS
 
 # A block's queries (kNN) or rows (Gaussian), all d dimensions, stay in shared memory for
 # the whole launch when they fit in this many bytes; else they are re-staged per tile.
@@ -102,11 +102,12 @@ def _device_info(device_id: int) -> tuple[int, int]:
             int(attributes.get("MaxSharedMemoryPerBlockOptin", DEFAULT_SMEM)))
 
 
-def _rows_smem(bq: int, d: int, dtype: np.dtype, smem_left: int):
-    """(bytes, resident?) of a block's ``bq`` query/feature rows in shared memory."""
-    dc = TILE_DIMS[dtype]
+def _rows_smem(bq: int, d: int, smem_left: int):
+    """(bytes, resident?) of a block's ``bq`` query/feature rows in shared memory (staged
+    as double, ``ACC_DTYPE``, whatever the input's dtype)."""
+    dc, size = TILE_DIMS, ACC_DTYPE.itemsize
     d_pad = -(-d // dc) * dc
-    resident = bq * d_pad * dtype.itemsize
+    resident = bq * d_pad * size
     if resident <= min(RESIDENT_ROWS_BYTES, smem_left):
         return resident, True
-    return bq * (dc + 1) * dtype.itemsize, False
+    return bq * (dc + 1) * size, False

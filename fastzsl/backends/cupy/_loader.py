@@ -27,8 +27,11 @@ import numpy as np
 # Rows of the shared-memory sub-tile whose distances a thread accumulates at once
 # (reference rows in kNN, classes in the Gaussian kernel).
 TILE_ROWS = 32
-# Dimensions per sub-tile chunk, by dtype.
-TILE_DIMS = {np.dtype(np.float32): 32, np.dtype(np.float64): 16}
+# Dimensions per sub-tile chunk. The tiles hold double for float32 and float64 input alike
+# (the kernels accumulate in double; csrc/cuda/common.cuh says why).
+TILE_DIMS = 16
+# The element type of the tiles, the staged rows, the distance sums and the kNN lists.
+ACC_DTYPE = np.dtype(np.float64)
 # The most threads per block of the kNN and Gaussian kernels (their __launch_bounds__).
 MAX_BLOCK_THREADS = 128
 # The most splits of one reference chunk over blocks; the merge kernel takes these lists
@@ -78,8 +81,7 @@ def defines() -> dict[str, int]:
     """The preprocessor constants every kernel is compiled with: name -> value."""
     return {
         "FASTZSL_TILE_ROWS": TILE_ROWS,
-        "FASTZSL_TILE_DIMS_F32": TILE_DIMS[np.dtype(np.float32)],
-        "FASTZSL_TILE_DIMS_F64": TILE_DIMS[np.dtype(np.float64)],
+        "FASTZSL_TILE_DIMS": TILE_DIMS,
         "FASTZSL_MAX_BLOCK_THREADS": MAX_BLOCK_THREADS,
         "FASTZSL_KNN_MAX_SPLITS": KNN_MAX_SPLITS,
         "FASTZSL_REDUCE_THREADS": REDUCE_THREADS,

@@ -8,7 +8,7 @@ import numpy as np
 from . import _loader
 from ._launch import (NULL, SUFFIX, _blocks, _cupy, _device_id, _device_info, _float_dtype,
                       _launch, _on_device, _result, _rows_smem, _to_cupy)
-from ._loader import MAX_BLOCK_THREADS, TILE_DIMS, TILE_ROWS
+from ._loader import ACC_DTYPE, MAX_BLOCK_THREADS, TILE_DIMS, TILE_ROWS
 
 # Rows (threads) per block.
 _ROWS_PER_BLOCK = {np.dtype(np.float32): MAX_BLOCK_THREADS,
@@ -39,11 +39,13 @@ def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
         all_below = cp.empty(n, dtype=np.bool_)
         if n:
             bq = _ROWS_PER_BLOCK[dtype]
-            stage = bq * (TILE_ROWS + 1) if full else 0  # elements
-            fixed = (_CLASS_PARAMS * TILE_ROWS * 8
-                     + (TILE_ROWS * TILE_DIMS[dtype] + stage) * dtype.itemsize)
+            stage = bq * (TILE_ROWS + 1) if full else 0  # elements of L, in dtype
+            # The class parameters and the class tile (and the rows, _rows_smem) are double
+            # for either dtype; only the staged slab of L has the output's dtype.
+            fixed = (_CLASS_PARAMS * TILE_ROWS * 8 + TILE_ROWS * TILE_DIMS * ACC_DTYPE.itemsize
+                     + stage * dtype.itemsize)
             _, smem_optin = _device_info(cp.cuda.Device().id)
-            rows, resident = _rows_smem(bq, d, dtype, smem_optin - fixed)
+            rows, resident = _rows_smem(bq, d, smem_optin - fixed)
             smem = fixed + rows
             kernel = _loader.load_module("gaussian_cuda").get_function(
                 f"gaussian_{SUFFIX[dtype]}")

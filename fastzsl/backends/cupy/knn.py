@@ -5,6 +5,11 @@ best in shared memory while reference tiles stream by. The reference is processe
 chunks of ``REF_CHUNK_ROWS`` rows (by default as many as fit in ``REF_CHUNK_BYTES``; a
 NumPy reference is uploaded chunk by chunk), and small query sets also split each chunk
 across thread blocks; the per-split and per-chunk top-k lists are merged on the device.
+
+Distances are double sums for float32 input too, and the kernel's lists, the per-split and
+per-chunk lists and the merges hold them as double; a float32 answer is rounded from them
+once, at the end (as the NumPy reference rounds its double sums), so the order and ties
+are those of the double distances.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from ..._array import array_kind
 from . import _loader
 from ._launch import (NULL, SUFFIX, _blocks, _cupy, _device_id, _device_info, _float_dtype,
                       _launch, _on_device, _result, _rows_smem, _to_cupy)
-from ._loader import KNN_MAX_SPLITS, MAX_BLOCK_THREADS, TILE_DIMS, TILE_ROWS
+from ._loader import ACC_DTYPE, KNN_MAX_SPLITS, MAX_BLOCK_THREADS, TILE_DIMS, TILE_ROWS
 
 # --- tunables (module constants, so tests can force the rare paths) -----------------------
 # Reference rows per kNN launch; None: as many as fit in REF_CHUNK_BYTES.
@@ -36,9 +41,12 @@ _MERGE_THREADS = 128
 _MAX_INDEX = 2**31 - 1 - TILE_ROWS  # the kernel keeps reference rows as int within a launch
 
 
-def _knn_layout(k: int, d: int, dtype: np.dtype, smem_optin: int):
-    """(threads per block, dynamic shared memory bytes, queries resident?, lists global?)."""
-    size, dc = dtype.itemsize, TILE_DIMS[dtype]
+def _knn_layout(k: int, d: int, smem_optin: int):
+    """(threads per block, dynamic shared memory bytes, queries resident?, lists global?).
+
+    The tiles, the staged queries and the lists' distances are double (``ACC_DTYPE``) for
+    either input dtype, so the layout does not depend on it."""
+    size, dc = ACC_DTYPE.itemsize, TILE_DIMS
     ref_tile = TILE_ROWS * dc * size
 
     def lists(bq):
@@ -53,7 +61,7 @@ def _knn_layout(k: int, d: int, dtype: np.dtype, smem_optin: int):
         else:
             if ref_tile + 32 * (dc + 1) * size + lists(32) <= smem_optin:
                 bq, list_bytes, global_lists = 32, lists(32), False
-    rows, resident = _rows_smem(bq, d, dtype, smem_optin - ref_tile - list_bytes)
+    rows, resident = _rows_smem(bq, d, smem_optin - ref_tile - list_bytes)
     return bq, ref_tile + rows + list_bytes, resident, global_lists
 
 
@@ -87,16 +95,20 @@ def _knn_device(Q, reference, k: int, self_offset: int):
         raise ValueError(f"k={k} is larger than the reference ({n_r} rows)")
 
     n_sm, smem_optin = _device_info(cp.cuda.Device().id)
-    bq, smem, resident, global_lists = _knn_layout(k, d, dtype, smem_optin)
+    bq, smem, resident, global_lists = _knn_layout(k, d, smem_optin)
     if global_lists and bq * k > 2**31 - 1:
         raise ValueError(f"k={k} is too large for the cupy backend's kNN kernel")
     module = _loader.load_module("knn_cuda")
     kernel = module.get_function(f"knn_{SUFFIX[dtype]}")
-    merge = module.get_function(f"knn_merge_{SUFFIX[dtype]}")
+    # Merges read double lists; the last one writes the answer in the input's dtype, the
+    # others keep the carried state in double.
+    merge_out = module.get_function(f"knn_merge_{SUFFIX[dtype]}")
+    merge_acc = module.get_function(f"knn_merge_{SUFFIX[ACC_DTYPE]}")
+    direct = dtype == ACC_DTYPE  # the kernel's double lists are the answer's dtype
 
     query_blocks = _blocks(n_q, bq)
     if global_lists:
-        per_block = KNN_MAX_SPLITS * bq * k * (dtype.itemsize + 4)  # scratch, worst case
+        per_block = KNN_MAX_SPLITS * bq * k * (ACC_DTYPE.itemsize + 4)  # scratch, worst case
         max_rows = max(1, SCRATCH_BYTES // per_block) * bq
         if n_q > max_rows:  # (review finding 7) fewer queries per launch, same answer
             for q0 in range(0, n_q, max_rows):
@@ -114,13 +126,13 @@ def _knn_device(Q, reference, k: int, self_offset: int):
         splits = _n_splits(n_q, n_rows, bq, n_sm)
         span = -(-n_rows // splits)
         only = state is None and splits == 1
-        if only and c1 == n_r:  # one launch covers everything: write the answer directly
+        if only and c1 == n_r and direct:  # one launch covers everything: the answer
             part_d, part_i = D_out, I_out
         else:
-            part_d = cp.empty((splits, n_q, k), dtype=dtype)
+            part_d = cp.empty((splits, n_q, k), dtype=ACC_DTYPE)
             part_i = cp.empty((splits, n_q, k), dtype=np.int64)
         if global_lists:
-            scratch_d = cp.empty(splits * query_blocks * bq * k, dtype=dtype)
+            scratch_d = cp.empty(splits * query_blocks * bq * k, dtype=ACC_DTYPE)
             scratch_i = cp.empty(splits * query_blocks * bq * k, dtype=np.int32)
         else:
             scratch_d = scratch_i = NULL
@@ -135,16 +147,16 @@ def _knn_device(Q, reference, k: int, self_offset: int):
             state = (D_out, I_out) if part_d is D_out else (part_d[0], part_i[0])
             continue
         last = c1 == n_r
-        new_d = D_out if last else cp.empty((n_q, k), dtype=dtype)
+        new_d = D_out if last else cp.empty((n_q, k), dtype=ACC_DTYPE)
         new_i = I_out if last else cp.empty((n_q, k), dtype=np.int64)
         prev_d, prev_i = state if state is not None else (NULL, NULL)
-        _launch(merge, (_blocks(n_q, _MERGE_THREADS),), (_MERGE_THREADS,), (
+        _launch(merge_out if last else merge_acc, (_blocks(n_q, _MERGE_THREADS),), (_MERGE_THREADS,), (
             prev_d, prev_i, np.int32(state is not None), part_d, part_i, np.int32(splits),
             np.int64(n_q), np.int32(k), new_d, new_i,
         ))
         state = (new_d, new_i)
     if state[0] is not D_out:  # the last chunk was an "only" launch into part buffers
-        D_out[...] = state[0]
+        D_out[...] = state[0].astype(dtype)  # float32: rounded once from the double sums
         I_out[...] = state[1]
     return D_out, I_out
 
