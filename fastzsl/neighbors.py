@@ -261,7 +261,6 @@ def _rerank(Q, reference, cand, k, self_rows):
     return np.take_along_axis(e, order, axis=1), np.take_along_axis(cand, order, axis=1)
 
 
-
 class FaissIndex:
     """faiss ``IndexFlatL2`` or ``IndexIVFFlat`` behind the :class:`ExactIndex` interface.
 
@@ -359,7 +358,6 @@ class FaissIndex:
             return D, I
 
         return _search_in_chunks(search_chunk, Q, k, self.dtype, progress)
-
 
 
 def _read_only(X):

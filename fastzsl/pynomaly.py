@@ -28,10 +28,10 @@ import numbers
 import warnings
 
 import numpy as np
-from scipy.special import erf
 
 from ._validation import as_float_matrix, check_positive_number
 from .backends import thread_limits
+from .backends.numpy_ import probability_from
 from .loop import LoOPFit, loop_fit, loop_score
 from .neighbors import ExactIndex
 
@@ -277,7 +277,7 @@ class LocalOutlierProbability:
                 pdist / np.where(ev == 0, ZERO_EV, ev) - 1.0
         if zero_ev or np.unique(labels).size > 1:
             nplof_each = _nplof_per_cluster(plof, labels, extent)
-            probabilities = _probability(plof, nplof_each)
+            probabilities = probability_from(plof, nplof_each)
             nplof = float(nplof_each.max())
         self.prob_distances = pdist
         self.prob_distances_ev = ev.reshape(-1, 1)
@@ -334,10 +334,3 @@ def _nplof_per_cluster(plof, labels, extent):
     sum_sq = np.bincount(inverse, weights=plof * plof)
     counts = np.bincount(inverse)
     return (extent * np.sqrt(sum_sq / counts))[inverse]
-
-
-def _probability(plof, nplof):
-    """max(0, erf(PLOF / (nPLOF sqrt 2))); nPLOF 0 gives 1 for PLOF > 0, else 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scores = np.maximum(0.0, erf(plof / (nplof * np.sqrt(2.0))))
-    return np.where(nplof > 0, scores, (plof > 0).astype(np.float64))

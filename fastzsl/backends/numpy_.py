@@ -61,11 +61,12 @@ def nplof_from(plof, extent):
 
 
 def probability_from(plof, nplof):
-    """LoOP = max(0, erf(PLOF / (nPLOF sqrt 2))); with nPLOF = 0 every PLOF > 0 gives 1."""
-    if nplof > 0:
+    """LoOP = max(0, erf(PLOF / (nPLOF sqrt 2))); where nPLOF = 0 every PLOF > 0 gives 1.
+    ``nplof`` is one number, or one per point (PyNomaly's per-cluster nPLOF)."""
+    nplof = np.asarray(nplof, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
         ratio = plof / (nplof * np.sqrt(2.0))
-    else:
-        ratio = np.where(plof > 0, np.inf, 0.0)
+    ratio = np.where(nplof > 0, ratio, np.where(plof > 0, np.inf, 0.0))
     return np.maximum(0.0, erf(ratio))
 
 
