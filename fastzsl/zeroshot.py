@@ -1,7 +1,7 @@
 r"""The zero-shot classifier of Socher, Ganjoo, Manning and Ng (NIPS 2013).
 
 Image features x are mapped into the word-vector space, f = f(x). A softmax on x labels
-the seen classes; a novelty detector in the semantic space gives P(unseen | x); unseen
+the seen classes; a novelty detector gives P(unseen | x); unseen
 images are labelled by isotropic Gaussians around the unseen classes' word vectors.
 The combined probability is the paper's Eq. 2:
 
@@ -14,11 +14,16 @@ The combined probability is the paper's Eq. 2:
 elsewhere (route each image to one branch), so both variants agree when P(unseen | x) is
 already 0 or 1.
 
-LoOP gives a probability that is near 0 for typical points, which is what Eq. 2 needs.
-The Gaussian detector's ``outlier_probability`` is the fraction of training points more
-typical than the image: uniform over the training points by construction, so it is a
-score to threshold (as the paper did), not a calibrated P(unseen | x). The default
-``combine`` is therefore soft for LoOP and hard for the Gaussian detector.
+By default P(unseen | x) is *calibrated* on the seen classes alone
+(:mod:`fastzsl.calibration`, ``docs/method.md`` section 4c): seen classes are held out in
+turn as pseudo-unseen, the detector's scores of held-out images are mapped monotonically
+to the probability of being unseen at a stated prior, and the hard-routing threshold is
+chosen on the same pseudo-unseen data. LoOP detects in a 50-d PCA of the image features
+and the Gaussian detector in the semantic space: where each separated unseen images best
+in the measurements (README, "Novelty detection"). The settings in :data:`PAPER`
+restore the paper's pipeline: both detectors in the semantic space, fitted on the mapped
+training points, uncalibrated (LoOP's probability, near 0 for typical points, used as is
+in the soft Eq. 2; the Gaussian detector's training-set rank thresholded, hard routing).
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ from sklearn.utils.validation import check_is_fitted
 from ._model_files import SaveMixin, pack_parts, unpack_part
 from ._validation import as_float_matrix, check_same_width
 from .backends import uses_n_jobs
+from .calibration import (PCAProjection, ScoreCalibrator, check_false_alarm, check_prior,
+                          prior_weights, pseudo_unseen_rounds, routing_threshold,
+                          validation_split)
 from .embeddings import class_vectors as lookup_class_vectors
 from .gaussian import GaussianNovelty, gaussian_loglik
 from .loop import LoOP
@@ -38,8 +46,17 @@ from .softmax import SoftmaxClassifier
 
 NOVELTY = ("loop", "gaussian")
 COMBINE = ("soft", "hard")
-DEFAULT_COMBINE = {"loop": "soft", "gaussian": "hard"}
-DEFAULT_THRESHOLD = {"loop": 0.5, "gaussian": GaussianNovelty.default_threshold}
+SPACES = ("semantic", "pca", "features")
+NOVELTY_FITS = ("training", "crossfit")
+# Where each detector separated unseen images best (README, "Novelty detection").
+DEFAULT_SPACE = {"loop": "pca", "gaussian": "semantic"}
+# The paper's pipeline (and every model file written before calibration existed).
+PAPER = {"novelty_space": "semantic", "novelty_fit": "training", "calibration": None}
+# Uncalibrated scores: LoOP's is near 0 for typical points (soft Eq. 2 works), the
+# Gaussian detector's is a rank to threshold (hard routing, about 5% called unseen).
+PAPER_COMBINE = {"loop": "soft", "gaussian": "hard"}
+PAPER_THRESHOLD = {"loop": 0.5, "gaussian": GaussianNovelty.default_threshold}
+CALIBRATED_COMBINE = "hard"
 
 
 class UnknownClassError(KeyError, ValueError):
@@ -60,13 +77,41 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     unseen_classes : list of str
         Classes with no training images.
     novelty : {"loop", "gaussian"}, default="loop"
-        The detector of P(unseen | x) in the semantic space.
+        The detector of P(unseen | x).
+    novelty_space : {"pca", "semantic", "features"}, optional
+        Where the detector works: a ``pca_components``-d PCA of the image features, the
+        semantic space, or the image features themselves. Default: "pca" for LoOP,
+        "semantic" for the Gaussian detector (where each separates unseen images best).
+    pca_components : int, default=50
+    novelty_fit : {"training", "crossfit"}, default="training"
+        In the semantic space, fit the detector on the mapped training points (the paper),
+        or on points mapped by ``cv`` mappings each trained without them (``cv`` more
+        mapping fits; it did not separate better in the measurements).
+    cv : int, default=5
+    calibration : {"isotonic", "platt"} or None, default="isotonic"
+        Map the detector's score to P(unseen | x) with a monotone fit on pseudo-unseen
+        rounds of the seen classes (no unseen image is used); None: the raw score.
+    unseen_prior : float, optional
+        The unseen fraction the calibrated P(unseen | x) assumes; default
+        n_unseen / (n_seen + n_unseen), i.e. every class equally frequent.
+    calibration_rounds : int, optional
+        How many groups of ``len(unseen_classes)`` seen classes to hold out in turn
+        (default: all, each seen class once). In the semantic space each round trains a
+        mapping.
+    max_false_alarm : float or None, default=0.1
+        The default threshold of a calibrated model sends at most this share of the
+        pseudo-unseen rounds' pseudo-seen images to the unseen branch (protecting seen
+        accuracy) and, among such thresholds, maximises the harmonic mean of both routing
+        accuracies; None: no limit.
     combine : {"soft", "hard"}, optional
         Eq. 2 of the paper, or route each image by ``outlier_probability > threshold``.
-        Default: soft with LoOP, hard with the Gaussian detector (see the module doc).
+        Default: hard when calibrated (it gave the higher GZSL H); uncalibrated, soft with
+        LoOP and hard with the Gaussian detector (see the module doc).
     threshold : float, optional
-        For ``combine="hard"`` and ``predict_unseen``; default 0.5 (LoOP) or 0.95 (Gaussian:
-        about 5% of the training images called unseen).
+        For ``combine="hard"``. Default: calibrated, the threshold chosen on the
+        pseudo-unseen rounds (``routing_threshold_``, see ``max_false_alarm``);
+        uncalibrated, 0.5 (LoOP) or 0.95 (Gaussian: about 5% of the training images
+        called unseen).
     n_neighbors, extent : int, float, default=20, 3.0
         LoOP settings.
     loop_per_class : bool, default=False
@@ -100,10 +145,17 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     mapper_ : SemanticMapper
     seen_classifier_ : SoftmaxClassifier
     detector_ : LoOP, GaussianNovelty, or dict {class: LoOP} (``loop_per_class``)
+    projection_ : PCAProjection or None
+        The detection space's projection (``novelty_space="pca"``).
+    calibrator_ : ScoreCalibrator or None
+    routing_threshold_ : float or None
+        The threshold chosen on the pseudo-unseen rounds (calibrated models).
     unseen_variance_ : float
     """
 
-    def __init__(self, class_vectors, unseen_classes, *, novelty="loop", combine=None,
+    def __init__(self, class_vectors, unseen_classes, *, novelty="loop", novelty_space=None,
+                 pca_components=50, novelty_fit="training", cv=5, calibration="isotonic",
+                 unseen_prior=None, calibration_rounds=None, max_false_alarm=0.1, combine=None,
                  threshold=None, n_neighbors=20, extent=3.0, loop_per_class=False,
                  gaussian_rule="paper", gaussian_variance="class", unseen_variance=None,
                  mapper_params=None, softmax_params=None, multiword="average",
@@ -111,6 +163,14 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         self.class_vectors = class_vectors
         self.unseen_classes = unseen_classes
         self.novelty = novelty
+        self.novelty_space = novelty_space
+        self.pca_components = pca_components
+        self.novelty_fit = novelty_fit
+        self.cv = cv
+        self.calibration = calibration
+        self.unseen_prior = unseen_prior
+        self.calibration_rounds = calibration_rounds
+        self.max_false_alarm = max_false_alarm
         self.combine = combine
         self.threshold = threshold
         self.n_neighbors = n_neighbors
@@ -134,6 +194,21 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"novelty must be one of {NOVELTY}, got {self.novelty!r}")
         if self.combine is not None and self.combine not in COMBINE:
             raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
+        if self.novelty_space is not None and self.novelty_space not in SPACES:
+            raise ValueError(f"novelty_space must be one of {SPACES} or None, "
+                             f"got {self.novelty_space!r}")
+        if self.novelty_fit not in NOVELTY_FITS:
+            raise ValueError(f"novelty_fit must be one of {NOVELTY_FITS}, "
+                             f"got {self.novelty_fit!r}")
+        if self.novelty_fit == "crossfit" and (isinstance(self.cv, bool) or not isinstance(
+                self.cv, (int, np.integer)) or self.cv < 2):
+            raise ValueError(f"cv must be an int >= 2 for novelty_fit='crossfit', got {self.cv!r}")
+        if self.calibration is not None:
+            ScoreCalibrator(self.calibration)  # names the valid choices
+        if self.unseen_prior is not None:
+            check_prior(self.unseen_prior)
+        if self.max_false_alarm is not None:
+            check_false_alarm(self.max_false_alarm)
         unseen = [self.unseen_classes] if isinstance(self.unseen_classes, str) \
             else list(self.unseen_classes)
         if not unseen:
@@ -176,13 +251,12 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         W_seen = self.class_vectors_[: len(seen)]
         codes = np.searchsorted(self.seen_classes_, y)
 
-        self.mapper_ = SemanticMapper(random_state=self.random_state, progress=self.progress,
-                                      **(self.mapper_params or {})).fit(X, codes, W_seen)
+        self.mapper_ = self._new_mapper().fit(X, codes, W_seen)
         self.seen_classifier_ = SoftmaxClassifier(
             random_state=self.random_state, progress=self.progress,
             **(self.softmax_params or {})).fit(X, y)
         self.n_features_in_ = X.shape[1]
-        return self._fit_semantic_part(self.mapper_.transform(X), y)
+        return self._fit_novelty(X, y)
 
     @uses_n_jobs
     def refit_novelty(self, X, y, **params):
@@ -204,15 +278,29 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         y = self._check_labels(y, X.shape[0])
         if np.isin(y, self.unseen_classes_).any():
             raise ValueError("y contains unseen classes: pass the training data given to fit")
-        return self._fit_semantic_part(self.mapper_.transform(X), y)
+        return self._fit_novelty(X, y)
 
-    def _fit_semantic_part(self, F, y):
-        """Everything fitted in the semantic space: the detector and the unseen variance."""
-        seen = self.seen_classes_.tolist()
-        W_seen = self.class_vectors_[: len(seen)]
+    def _new_mapper(self, seed_offset=0):
+        return SemanticMapper(random_state=self.random_state + seed_offset,
+                              progress=self.progress, **(self.mapper_params or {}))
+
+    def _fit_novelty(self, X, y):
+        """Everything that decides P(unseen | x): the detection space, the detector, the
+        calibration and the routing threshold; and the unseen classes' shared variance."""
         codes = np.searchsorted(self.seen_classes_, y)
-        self.detector_ = self._fit_detector(F, y, dict(zip(seen, W_seen)), codes)
+        F = self.mapper_.transform(X)
+        space_map, self.detector_ = self._fit_detection(X, codes, mapper=self.mapper_, F=F)
+        self.projection_ = space_map if isinstance(space_map, PCAProjection) else None
+        self.calibrator_, self.routing_threshold_ = None, None
+        if self.calibration is not None:
+            scores, is_pseudo_unseen = self._pseudo_unseen_scores(X, codes)
+            prior = self.unseen_prior_
+            self.calibrator_ = ScoreCalibrator(self.calibration).fit(
+                scores, is_pseudo_unseen, sample_weight=prior_weights(is_pseudo_unseen, prior))
+            self.routing_threshold_ = routing_threshold(
+                self.calibrator_.transform(scores), is_pseudo_unseen, self.max_false_alarm)
         if self.unseen_variance is None:
+            W_seen = self.class_vectors_[: len(self.seen_classes_)]
             sq = ((F - W_seen[codes]).astype(np.float64) ** 2).sum(axis=1)
             per_class = np.bincount(codes, weights=sq) / (np.bincount(codes) * F.shape[1])
             self.unseen_variance_ = float(per_class.mean())
@@ -220,24 +308,97 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             self.unseen_variance_ = float(self.unseen_variance)
         return self
 
-    def _fit_detector(self, F, y, means, codes):
+    @property
+    def novelty_space_(self):
+        return DEFAULT_SPACE[self.novelty] if self.novelty_space is None else self.novelty_space
+
+    @property
+    def unseen_prior_(self):
+        if self.unseen_prior is not None:
+            return check_prior(self.unseen_prior)
+        return len(self.unseen_classes_) / len(self.classes_)
+
+    def _fit_detection(self, X, codes, *, mapper=None, F=None):
+        """(space map, detector) fitted on images X of the seen classes ``codes`` (indices
+        into ``seen_classes_``; a subset of them in a pseudo-unseen round).
+
+        The space map takes images to the detection space (``transform``): the mapping in
+        the semantic space (``mapper``, trained on X, or a new one trained here for the
+        classes present; ``F`` is ``mapper.transform(X)`` if known), a PCAProjection, or
+        None for the image features themselves.
+        """
+        space, space_map, means = self.novelty_space_, None, None
+        if space == "semantic":
+            present = np.unique(codes)
+            W = self.class_vectors_[present]
+            local = np.searchsorted(present, codes)
+            if mapper is None:
+                mapper, F = self._new_mapper().fit(X, local, W), None
+            if self.novelty_fit == "crossfit":
+                Z = self._cross_fitted(X, local, W)
+            else:
+                Z = mapper.transform(X) if F is None else F
+            means, space_map = dict(zip(self.seen_classes_[present].tolist(), W)), mapper
+        elif space == "pca":
+            space_map = PCAProjection(self.pca_components, random_state=self.random_state)
+            Z = space_map.fit_transform(X)
+        else:
+            Z = X
+        return space_map, self._fit_detector(Z, self.seen_classes_[codes], means, codes)
+
+    def _fit_detector(self, Z, y, means, codes):
         if self.novelty == "gaussian":
             return GaussianNovelty(rule=self.gaussian_rule, variance=self.gaussian_variance,
-                                   backend=self.backend).fit(F, y, means=means)
+                                   backend=self.backend).fit(Z, y, means=means)
         make = lambda: LoOP(n_neighbors=self.n_neighbors, extent=self.extent,  # noqa: E731
                             backend=self.backend, knn=self.knn, progress=self.progress)
         if self.loop_per_class:
-            return {c: make().fit(F[codes == i]) for i, c in enumerate(self.seen_classes_)}
-        return make().fit(F)
+            return {self.seen_classes_[c]: make().fit(Z[codes == c]) for c in np.unique(codes)}
+        return make().fit(Z)
+
+    def _cross_fitted(self, X, codes, W):
+        """X mapped out of fold: each of ``cv`` folds by a mapping trained on the others."""
+        fold = np.random.default_rng(self.random_state).permutation(X.shape[0]) % self.cv
+        Z = np.empty((X.shape[0], W.shape[1]), dtype=np.float32)
+        for j in range(self.cv):
+            rows = fold == j
+            mapper = self._new_mapper(seed_offset=j + 1).fit(X[~rows], codes[~rows], W)
+            Z[rows] = mapper.transform(X[rows])
+        return Z
+
+    def _pseudo_unseen_scores(self, X, codes):
+        """Raw detector scores of pseudo-seen and pseudo-unseen images, pooled over the
+        rounds, and which of them are pseudo-unseen (see :mod:`fastzsl.calibration`)."""
+        groups = pseudo_unseen_rounds(len(self.seen_classes_), len(self.unseen_classes_),
+                                      n_rounds=self.calibration_rounds,
+                                      random_state=self.random_state)
+        scores, labels = [], []
+        for r, held_out in enumerate(groups):
+            is_held = np.isin(codes, held_out)
+            rest = np.flatnonzero(~is_held)
+            is_val = validation_split(codes[rest], random_state=self.random_state + r)
+            fit_rows, val_rows = rest[~is_val], rest[is_val]
+            space_map, detector = self._fit_detection(X[fit_rows], codes[fit_rows])
+            for rows, unseen in ((val_rows, False), (np.flatnonzero(is_held), True)):
+                Z = X[rows] if space_map is None else space_map.transform(X[rows])
+                scores.append(_raw_score(detector, Z))
+                labels.append(np.full(rows.size, unseen))
+        return np.concatenate(scores), np.concatenate(labels)
 
     # ------------------------------------------------------------------ scoring
     @property
     def threshold_(self):
-        return DEFAULT_THRESHOLD[self.novelty] if self.threshold is None else self.threshold
+        if self.threshold is not None:
+            return self.threshold
+        if self.calibrator_ is not None:
+            return self.routing_threshold_
+        return PAPER_THRESHOLD[self.novelty]
 
     @property
     def combine_(self):
-        return DEFAULT_COMBINE[self.novelty] if self.combine is None else self.combine
+        if self.combine is not None:
+            return self.combine
+        return CALIBRATED_COMBINE if self.calibrator_ is not None else PAPER_COMBINE[self.novelty]
 
     def _check_X(self, X):
         check_is_fitted(self)
@@ -245,10 +406,12 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         check_same_width(X, self.n_features_in_, "X", "ZeroShotClassifier")
         return X
 
-    def _unseen_probability(self, F):
-        if isinstance(self.detector_, dict):
-            return np.min([d.outlier_probability(F) for d in self.detector_.values()], axis=0)
-        return np.asarray(self.detector_.outlier_probability(F))
+    def _unseen_probability(self, X, F):
+        """P(unseen | x) of validated images X (mapped: F)."""
+        space = self.novelty_space_
+        Z = F if space == "semantic" else self.projection_.transform(X) if space == "pca" else X
+        score = _raw_score(self.detector_, Z)
+        return score if self.calibrator_ is None else self.calibrator_.transform(score)
 
     def _unseen_class_probability(self, F):
         """P(y | unseen, f): softmax over the unseen classes' Gaussian log-likelihoods."""
@@ -265,7 +428,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         """(P(y|seen,x), P(y|unseen,f), P(unseen|x)) for validated X."""
         F = self.mapper_.transform(X)
         return (self.seen_classifier_.predict_proba(X), self._unseen_class_probability(F),
-                self._unseen_probability(F))
+                self._unseen_probability(X, F))
 
     def _combine(self, p_seen, p_unseen_class, p_unseen, combine, threshold):
         if combine == "hard":
@@ -294,7 +457,8 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     @uses_n_jobs
     def outlier_probability(self, X):
         """P(unseen | x) from the novelty detector, in [0, 1]."""
-        return self._unseen_probability(self.mapper_.transform(self._check_X(X)))
+        X = self._check_X(X)
+        return self._unseen_probability(X, self.mapper_.transform(X))
 
     @uses_n_jobs
     def transform(self, X):
@@ -365,9 +529,13 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
                 parts[f"detector{i}"] = detector._export()
         else:
             parts["detector"] = self.detector_._export()
+        for name, part in (("projection", self.projection_), ("calibrator", self.calibrator_)):
+            if part is not None:
+                parts[name] = part._export()
         meta, arrays = pack_parts(parts)
         meta.update(params=params, classes=self.classes_.tolist(), n_seen=len(self.seen_classes_),
-                    unseen_variance=self.unseen_variance_, n_features_in=self.n_features_in_)
+                    unseen_variance=self.unseen_variance_, n_features_in=self.n_features_in_,
+                    routing_threshold=self.routing_threshold_)
         arrays["class_vectors"] = self.class_vectors_
         return meta, arrays
 
@@ -379,7 +547,8 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         classes = meta["classes"]
         n_seen = meta["n_seen"]
         vectors = arrays["class_vectors"]
-        params = dict(meta["params"])
+        # Files written before calibration existed hold the paper's pipeline.
+        params = {**PAPER, **meta["params"]}
         params["class_vectors"] = {c: vectors[i] for i, c in enumerate(classes)}
         model = cls(**params)
         model.classes_ = np.array(classes)
@@ -396,5 +565,17 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
                                for i, c in enumerate(model.seen_classes_)}
         else:
             model.detector_ = LoOP._restore(*part("detector"))
+        model.projection_ = PCAProjection._restore(*part("projection")) \
+            if "projection" in meta else None
+        model.calibrator_ = ScoreCalibrator._restore(*part("calibrator")) \
+            if "calibrator" in meta else None
+        model.routing_threshold_ = meta.get("routing_threshold")
         return model
 
+
+def _raw_score(detector, Z):
+    """The uncalibrated novelty score: the detector's outlier probability (the minimum
+    over the per-class LoOPs with ``loop_per_class``, as in the authors' code)."""
+    if isinstance(detector, dict):
+        return np.min([d.outlier_probability(Z) for d in detector.values()], axis=0)
+    return np.asarray(detector.outlier_probability(Z), dtype=np.float64)

@@ -366,3 +366,94 @@ def test_evaluate_with_another_detectors_probability(world, fitted):
         assert oracle[row]["seen_accuracy"] >= own[row]["seen_accuracy"]
     with pytest.raises(ValueError, match=r"unseen_probability must have shape \(\d+,\)"):
         fitted.evaluate(X_test, y_test, unseen_probability=np.zeros(3))
+
+
+# ---------------------------------------------------------------- calibrated P(unseen | x)
+def test_default_novelty_is_calibrated_loop_in_a_pca_space(world, fitted):
+    """The defaults: LoOP in a PCA of the features, P(unseen) calibrated on pseudo-unseen
+    rounds of the seen classes, hard routing at the threshold chosen on those rounds."""
+    _, _, _, X_test, y_test = world
+    assert fitted.novelty_space_ == "pca" and fitted.projection_ is not None
+    assert fitted.detector_.n_features_in_ == fitted.projection_.components_.shape[0]
+    assert fitted.calibrator_ is not None and fitted.combine_ == "hard"
+    assert fitted.threshold_ == fitted.routing_threshold_
+    assert 0.0 < fitted.routing_threshold_ < 1.0
+    assert fitted.unseen_prior_ == pytest.approx(2 / 12)
+    p = fitted.outlier_probability(X_test)
+    is_unseen = np.isin(y_test, UNSEEN)
+    assert p.dtype == np.float64 and ((p >= 0) & (p <= 1)).all()
+    assert p[is_unseen].min() > p[~is_unseen].mean()
+
+
+def test_raising_the_unseen_prior_raises_every_probability():
+    """On overlapping classes (noisy images), where P(unseen | x) is not just 0 or 1."""
+    import copy
+
+    vectors, X, y, X_test, _ = _world(seed=1, noise=1.5)
+    low = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, calibration="platt",
+                             unseen_prior=0.1, **FAST).fit(X, y)
+    high = copy.deepcopy(low).refit_novelty(X, y, unseen_prior=0.6)
+    p_low, p_high = low.outlier_probability(X_test), high.outlier_probability(X_test)
+    assert 0.0 < p_low.min() and p_low.max() < 1.0
+    assert (p_high > p_low).all()
+    assert high.routing_threshold_ != low.routing_threshold_
+
+
+@pytest.mark.parametrize("options", [
+    dict(novelty="gaussian", novelty_space="semantic"),      # rounds train their own mappings
+    dict(novelty="loop", novelty_space="features", calibration="platt"),
+    dict(novelty="gaussian", novelty_fit="crossfit", cv=3, calibration=None),
+    dict(novelty="loop", loop_per_class=True, novelty_space="pca"),
+])
+def test_detection_spaces_fits_and_calibrations_work_and_survive_save_load(world, options,
+                                                                           tmp_path):
+    vectors, X, y, X_test, y_test = world
+    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST, **options).fit(X, y)
+    assert (model.calibrator_ is None) == (options.get("calibration", "isotonic") is None)
+    report = model.evaluate(X_test, y_test)
+    assert report["hard"]["seen_accuracy"] > 0.7 and report["hard"]["unseen_accuracy"] > 0.7
+    model.save(tmp_path / "m.fzsl")
+    again = fastzsl.load(tmp_path / "m.fzsl")
+    np.testing.assert_array_equal(again.predict_proba(X_test), model.predict_proba(X_test))
+    assert again.threshold_ == model.threshold_
+
+
+def test_cross_fitting_maps_each_training_point_without_it(world):
+    vectors, X, y, _, _ = world
+    model = ZeroShotClassifier(vectors, UNSEEN, novelty="gaussian", novelty_fit="crossfit", cv=2,
+                               calibration=None, **FAST).fit(X, y)
+    in_sample = model.transform(X)
+    codes = np.searchsorted(model.seen_classes_, y)
+    out_of_fold = model._cross_fitted(X, codes, model.class_vectors_[:len(SEEN)])
+    W = model.class_vectors_[codes]
+    # points a mapping did not train on lie farther from their word vectors
+    assert np.linalg.norm(out_of_fold - W, axis=1).mean() > np.linalg.norm(in_sample - W, axis=1).mean()
+    variance_oof = ((out_of_fold - W) ** 2).sum(1).mean() / W.shape[1]
+    assert model.detector_.variances_.mean() == pytest.approx(variance_oof, rel=0.3)
+
+
+def test_paper_settings_give_the_uncalibrated_pipeline(world):
+    from fastzsl.zeroshot import PAPER
+
+    vectors, X, y, X_test, _ = world
+    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST, **PAPER).fit(X, y)
+    assert model.calibrator_ is None and model.projection_ is None
+    assert model.combine_ == "soft" and model.threshold_ == 0.5
+    np.testing.assert_array_equal(model.outlier_probability(X_test),
+                                  model.detector_.outlier_probability(model.transform(X_test)))
+
+
+def test_bad_novelty_settings_are_named(world):
+    vectors, X, y, _, _ = world
+    for options, message in [(dict(novelty_space="pixels"), "novelty_space must be one of"),
+                             (dict(novelty_fit="bootstrap"), "novelty_fit must be one of"),
+                             (dict(novelty_fit="crossfit", cv=1), "cv must be an int >= 2"),
+                             (dict(calibration="beta"), "calibration must be one of"),
+                             (dict(unseen_prior=1.5), "unseen_prior must be a number in"),
+                             (dict(calibration_rounds=0), "calibration_rounds must be")]:
+        with pytest.raises(ValueError, match=message):
+            ZeroShotClassifier(vectors, UNSEEN, **FAST, **options).fit(X, y)
+    one_class = y == SEEN[0]
+    with pytest.raises(ValueError, match="at least 2 seen classes"):
+        ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST).fit(X[one_class],
+                                                                       y[one_class])
