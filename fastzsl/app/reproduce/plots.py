@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..experiment import DETECTOR_LABELS
 from .measures import pm
-from .settings import CALIBRATION_BINS, DETECTOR_LABELS
+from .settings import CALIBRATION_BINS
 
 
 def _pyplot():
@@ -88,6 +89,35 @@ def plot_calibration(agg, path, title):
         low.bar(centers, count, width=0.9 / CALIBRATION_BINS, color="#8C8C8C")
         low.set_ylabel("test images\n(mean per seed)", fontsize=8)
         low.set_xlabel("predicted P(unseen | x), 10 equal-width bins")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_pair_novelty(pairs, path, title):
+    """Per held-out pair: ROC-AUC of P(unseen | x) and GZSL H of each detector variant
+    (grouped bars, mean ± std over seeds)."""
+    plt = _pyplot()
+    variants = list(pairs[0]["detectors"])
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 * len(pairs) + 3.0, 4.4), sharex=True)
+    x = np.arange(len(pairs))
+    width = 0.8 / len(variants)
+    for ax, metric, label in ((axes[0], "auc", "ROC-AUC of P(unseen | x)"),
+                              (axes[1], "harmonic_mean", "GZSL H (default combination)")):
+        for i, name in enumerate(variants):
+            stats = [p["detectors"][name][metric] for p in pairs]
+            ax.bar(x + (i - (len(variants) - 1) / 2) * width, [s["mean"] for s in stats],
+                   width, yerr=[s["std"] for s in stats], capsize=2,
+                   label=DETECTOR_LABELS.get(name, name))
+        if metric == "auc":
+            ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8, label="chance")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{a} /\n{b}" for p in pairs for a, b in [p["pair"]]], fontsize=8)
+    axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -11,7 +11,6 @@ PAIRS = {
     "cifar10": (("cat", "truck"), ("cat", "dog"), ("airplane", "automobile"),
                 ("automobile", "deer"), ("deer", "ship")),
 }
-DETECTOR_LABELS = {"loop": "LoOP", "gaussian": "Gaussian (paper rule)"}
 # Random distractors come from this band of GloVe's frequency-ordered vocabulary: common
 # enough to be real words, past the function words at the top.
 RANDOM_WORD_BAND = (1000, 50_000)
