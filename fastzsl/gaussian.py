@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._array import like
+from ._array import array_module, for_kernels, like, on_device, to_host
 from ._model_files import SaveMixin
 from ._validation import as_float_matrix, as_float_vector, check_same_width
 from .backends import get_backend, thread_limits, uses_n_jobs
@@ -61,6 +61,7 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
         Also return the (n, C) matrix; with False only the reductions are computed and
         the matrix is never held.
     backend : str, default="auto"
+        ``"auto"`` picks ``"cupy"`` for CuPy F.
     n_jobs : int, optional
         Threads for this call (OpenMP, BLAS, Numba, faiss), restored afterwards: None
         leaves the current settings (all cores, or an outer ``threadpoolctl`` limit), -1
@@ -69,6 +70,7 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
     Returns
     -------
     GaussianLogLik
+        Its arrays in the kind of F (CuPy F: on the GPU, where the whole call runs).
 
     Notes
     -----
@@ -90,26 +92,31 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
     The reductions never depend on ``full``; a row gets bit-identical values in every
     call (the estimator reads its thresholds off earlier calls).
     """
-    F = as_float_matrix(F, "F")
-    means = as_float_matrix(means, "means", dtype=F.dtype)
+    F_in = F
+    F = as_float_matrix(F, "F", keep_device=True)
+    xp = array_module(F)  # the defaults are made where F is
+    means = as_float_matrix(means, "means", dtype=F.dtype, keep_device=True)
     check_same_width(F, means.shape[1], "F", "means")
     n_classes = means.shape[0]
-    variances = as_float_vector(variances, "variances", n_classes)
-    if not (np.isfinite(variances).all() and (variances > 0).all()):
-        raise ValueError(f"variances must be positive and finite, got {variances}")
-    log_weights = np.zeros(n_classes) if log_weights is None else \
-        as_float_vector(log_weights, "log_weights", n_classes)
-    if np.isnan(log_weights).any() or np.isposinf(log_weights).any():
-        raise ValueError(f"log_weights must be finite or -inf, got {log_weights}")
-    thresholds = np.full(n_classes, np.inf) if thresholds is None else \
-        as_float_vector(thresholds, "thresholds", n_classes)
-    if np.isnan(thresholds).any():
-        raise ValueError(f"thresholds must not be NaN, got {thresholds}")
-    kernels = get_backend(backend)
+    variances = as_float_vector(variances, "variances", n_classes, keep_device=True)
+    vx = array_module(variances)
+    if not bool((vx.isfinite(variances) & (variances > 0)).all()):
+        raise ValueError(f"variances must be positive and finite, got {to_host(variances)}")
+    log_weights = xp.zeros(n_classes) if log_weights is None else \
+        as_float_vector(log_weights, "log_weights", n_classes, keep_device=True)
+    wx = array_module(log_weights)
+    if bool((wx.isnan(log_weights) | wx.isposinf(log_weights)).any()):
+        raise ValueError(f"log_weights must be finite or -inf, got {to_host(log_weights)}")
+    thresholds = xp.full(n_classes, np.inf) if thresholds is None else \
+        as_float_vector(thresholds, "thresholds", n_classes, keep_device=True)
+    if bool(array_module(thresholds).isnan(thresholds).any()):
+        raise ValueError(f"thresholds must not be NaN, got {to_host(thresholds)}")
+    kernels = get_backend(backend, device_input=on_device(F))
+    args = [for_kernels(a, kernels.device) for a in (F, means, variances, log_weights,
+                                                     thresholds)]
     with thread_limits(n_jobs, backend=backend):
-        result = kernels.gaussian_loglik(F, means, variances, log_weights, thresholds,
-                                         bool(full))
-    return GaussianLogLik(*result)
+        result = kernels.gaussian_loglik(*args, bool(full))
+    return GaussianLogLik(*(None if r is None else like(r, F_in) for r in result))
 
 
 RULES = ("paper", "mixture")
