@@ -247,3 +247,40 @@ def test_device_validation_keeps_the_dtype_policy_and_checks_k(fake):
     with pytest.raises(ValueError) as device:
         fastzsl.knn(fake.asarray(X), fake.asarray(X), 5)
     assert str(device.value) == str(host.value)
+
+
+@pytest.mark.parametrize("rule", ["paper", "mixture"])
+def test_gaussian_novelty_fitted_on_the_device_stays_there(fake, rule):
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 5, size=240)  # host labels, as datasets give them
+    F = rng.normal(size=(240, 6)) + y[:, None]
+    new = np.concatenate([rng.normal(size=(70, 6)) + 2, [[30.0] * 6]])
+    Fd, newd = fake.asarray(F), fake.asarray(new)
+    with _Counted(fake) as counted:
+        model = fastzsl.GaussianNovelty(rule=rule).fit(Fd, y)
+    # Only what the host labels give goes up: the class grouping and the priors.
+    assert counted.arrays == {"to_device": 2, "to_host": 0}, counted.arrays
+    for fitted in (model.means_, model.variances_, model.priors_):
+        assert isinstance(fitted, fake.ndarray)
+    host = fastzsl.GaussianNovelty(rule=rule, backend="numpy").fit(F, y)
+    tol = TOL[np.dtype(np.float64)]
+    np.testing.assert_allclose(model.means_.get(), host.means_, **tol)
+    np.testing.assert_allclose(model.variances_.get(), host.variances_, **tol)
+    for method, moved in ((model.outlier_probability, 0), (model.score_samples, 0),
+                          (model.log_likelihood, 0),
+                          # the paper rule's C thresholds, read as scalars, go up as one array
+                          (model.predict, 1 if rule == "paper" else 0)):
+        with _Counted(fake) as counted:
+            got = method(newd)
+        assert counted.arrays == {"to_device": moved, "to_host": 0}, (method, counted.arrays)
+        assert isinstance(got, fake.ndarray), method
+        expected = getattr(host, method.__name__)(new)
+        if method.__name__ == "predict":
+            np.testing.assert_array_equal(got.get(), expected)
+        else:
+            np.testing.assert_allclose(got.get(), expected, **tol)
+    # saved and loaded, the model is a host model with the same answers
+    meta, arrays = model._export()
+    restored = fastzsl.GaussianNovelty._restore(meta, arrays)
+    np.testing.assert_allclose(restored.outlier_probability(new), host.outlier_probability(new),
+                               **tol)
