@@ -65,6 +65,26 @@ def _points(n=300, d=4, seed=0, dtype=np.float64):
     return X.astype(dtype)
 
 
+def test_the_stand_in_sees_every_way_to_the_host(fake):
+    # What the counts below rest on: a device array reaches NumPy only through a counted
+    # door, never implicitly.
+    x = fake.asarray(np.arange(6.0).reshape(2, 3))
+    for implicit in (np.asarray, np.isfinite, lambda a: np.zeros(3) + a,
+                     lambda a: np.concatenate([a]), lambda a: a.data, lambda a: a.base):
+        with pytest.raises((TypeError, AttributeError)):
+            implicit(x)
+    with _Counted(fake) as counted:
+        x.get(), fake.asnumpy(x), x.tolist(), repr(x)
+    assert counted.arrays == {"to_device": 0, "to_host": 4} and counted.scalars == 0
+    with _Counted(fake) as counted:
+        for read in (float, int, bool, lambda a: a.item(), lambda a: range(9)[a]):
+            read(x.astype(np.int64)[1, 2])
+    assert counted.arrays == {"to_device": 0, "to_host": 0} and counted.scalars == 5
+    with _Counted(fake) as counted:
+        y = fake.asarray(np.ones(3)) + x.sum(axis=0) * 2.0  # one upload; the rest stays
+    assert counted.arrays == {"to_device": 1, "to_host": 0} and isinstance(y, fake.ndarray)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("exclude_self", [False, True], ids=["queries", "self"])
 def test_knn_of_device_input_moves_no_array(fake, dtype, exclude_self):
