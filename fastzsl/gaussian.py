@@ -111,7 +111,8 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
         as_float_vector(thresholds, "thresholds", n_classes, keep_device=True)
     if bool(array_module(thresholds).isnan(thresholds).any()):
         raise ValueError(f"thresholds must not be NaN, got {to_host(thresholds)}")
-    kernels = get_backend(backend, device_input=on_device(F))
+    kernels = get_backend(backend, device_input=True) if on_device(F) else \
+        get_backend(backend)
     args = [for_kernels(a, kernels.device) for a in (F, means, variances, log_weights,
                                                      thresholds)]
     with thread_limits(n_jobs, backend=backend):

@@ -120,7 +120,8 @@ def loop_fit(D, I, *, extent=3.0, backend="auto", n_jobs=None) -> LoOPFit:
     extent = check_positive_number(extent, "extent")
     D_in = D
     D, I = _check_graph(D, I, None, "loop_fit")
-    kernels = get_backend(backend, device_input=on_device(D))
+    kernels = get_backend(backend, device_input=True) if on_device(D) else \
+        get_backend(backend)
     D, I = for_kernels(D, kernels.device), for_kernels(I, kernels.device)
     with thread_limits(n_jobs, backend=backend):
         pdist, plof, nplof, probabilities = kernels.loop_fit(D, I, extent)
@@ -161,7 +162,8 @@ def loop_score(D, I, fit: LoOPFit, *, scoring="neighbors", backend="auto", n_job
     D_in = D
     D, I = _check_graph(D, I, fit.pdist.shape[0], "loop_score")
     ev_override = np.nan if scoring == "neighbors" else fit.mean_expected_pdist
-    kernels = get_backend(backend, device_input=on_device(D))
+    kernels = get_backend(backend, device_input=True) if on_device(D) else \
+        get_backend(backend)
     D, I, ref_pdist = (for_kernels(a, kernels.device) for a in (D, I, fit.pdist))
     with thread_limits(n_jobs, backend=backend):
         probabilities = kernels.loop_score(D, I, ref_pdist, fit.nplof, fit.extent, ev_override)

@@ -75,7 +75,8 @@ class ExactIndex:
 
     def __init__(self, reference, *, backend="auto", method="auto"):
         X = as_float_matrix(reference, "reference", keep_device=True)
-        self.kernels = get_backend(backend, device_input=on_device(X))
+        self.kernels = get_backend(backend, device_input=True) if on_device(X) else \
+            get_backend(backend)
         # What a kernel reuses across searches of this reference (knn.prepare, if it has
         # one: the Cython kernels' reference norms, the cupy backend's uploaded reference),
         # made on the first search.
@@ -491,7 +492,8 @@ def estimator_index(X, *, backend, knn, knn_params=None):
     """``(backend name, kNN method, index)`` for an estimator's reference set X: the names
     resolved ("auto" chosen) and the index built. The backend runs exact kNN itself; the
     tree and faiss bring their own kernels."""
-    backend_name = get_backend(backend, device_input=on_device(X)).name
+    kernels = get_backend(backend, device_input=True) if on_device(X) else get_backend(backend)
+    backend_name = kernels.name
     method = resolve_method(knn, X.shape[1], X.shape[0], backend, device_input=on_device(X))
     index = make_index(X, method=method, backend=backend_name if method == "exact" else "auto",
                        **(knn_params or {}))

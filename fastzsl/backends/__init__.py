@@ -60,7 +60,9 @@ def _load(name: str) -> tuple[KernelSet | None, str]:
 
 def get_backend(name: str, *, device_input: bool = False) -> KernelSet:
     """The kernel set called ``name``; ``"auto"`` picks the fastest that loads (the cupy
-    backend first when ``device_input``: the caller's arrays are on a GPU)."""
+    backend first when ``device_input``: the caller's arrays are on a GPU). The kernel API
+    passes ``device_input`` only for device input, so a host call is ``get_backend(name)``
+    as it always was."""
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string, got {type(name).__name__}")
     if name == "auto":
