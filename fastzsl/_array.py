@@ -1,4 +1,8 @@
-"""Array kinds at the API boundary: NumPy in and out, torch and CuPy converted.
+"""Array kinds at the API boundary: NumPy, torch and CuPy in; the input's kind out.
+
+CuPy arrays stay on their device through the kernel API (validated there, computed there
+by the cupy backend); torch tensors, CUDA ones included, are read through NumPy (a CUDA
+tensor is copied to the host: the DLPack route to CuPy is not yet taken, see the README).
 
 Heavy libraries are never imported here: an input is recognised by the module its type
 comes from, and the matching library is already imported by whoever made the array.
@@ -18,6 +22,27 @@ def array_kind(x) -> str:
     return "numpy"
 
 
+def on_device(x) -> bool:
+    """Whether the kernel API keeps ``x`` where it is, on a GPU: CuPy arrays."""
+    return array_kind(x) == "cupy"
+
+
+def array_module(x):
+    """The module whose functions work on ``x`` where it lies: cupy or numpy."""
+    if on_device(x):
+        import cupy
+
+        return cupy
+    return np
+
+
+def for_kernels(x, device: str):
+    """``x`` where a kernel set running on ``device`` (its ``KernelSet.device``) reads it:
+    a CuPy array stays on its GPU for "cuda" kernels and comes to the host for "cpu" ones
+    (a backend named explicitly for device data)."""
+    return x if device == "cuda" else to_host(x)
+
+
 def to_host(x) -> np.ndarray:
     """A NumPy view of ``x`` where possible (torch CPU tensors share memory)."""
     kind = array_kind(x)
@@ -28,16 +53,19 @@ def to_host(x) -> np.ndarray:
     return x
 
 
-def like(result: np.ndarray, template):
-    """Return ``result`` in the kind and on the device of ``template``."""
+def like(result, template):
+    """Return ``result`` (NumPy, or CuPy from the cupy backend) in the kind and on the
+    device of ``template``; a result already where it belongs is returned as it is."""
     kind = array_kind(template)
     if kind == "torch":
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(result)).to(template.device)
+        return torch.from_numpy(np.ascontiguousarray(to_host(result))).to(template.device)
     if kind == "cupy":
+        if array_kind(result) == "cupy":
+            return result
         import cupy
 
         with cupy.cuda.Device(template.device.id):
             return cupy.asarray(result)
-    return result
+    return to_host(result)

@@ -5,6 +5,10 @@ become float64; float16 becomes float32; strings and other objects are refused w
 TypeError, complex numbers and sparse matrices too (sklearn's wording).
 Non-contiguous arrays and read-only memory maps are accepted (copied only when not
 C-contiguous; never written to).
+
+Device input: with ``keep_device=True`` (the kernel API) a CuPy array is checked and
+converted on its device, with the same rules and messages; only scalars (is everything
+finite?) come to the host. Elsewhere every input is read into NumPy.
 """
 from __future__ import annotations
 
@@ -12,14 +16,14 @@ import numbers
 
 import numpy as np
 
-from ._array import to_host
+from ._array import array_module, on_device, to_host
 
 FLOAT_DTYPES = (np.float32, np.float64)
 # Rows checked for NaN/inf at a time, so the check needs no full-size temporary.
 _FINITE_CHECK_ROWS = 1 << 16
 
 
-def as_float_matrix(X, name: str = "X", *, dtype=None) -> np.ndarray:
+def as_float_matrix(X, name: str = "X", *, dtype=None, keep_device=False):
     """Validate a 2-D float matrix and return it C-contiguous.
 
     Parameters
@@ -29,14 +33,18 @@ def as_float_matrix(X, name: str = "X", *, dtype=None) -> np.ndarray:
         Used in error messages.
     dtype : {np.float32, np.float64}, optional
         Cast to this dtype instead of applying the dtype policy.
+    keep_device : bool, default=False
+        Check and return a CuPy array on its device (else it comes back as NumPy).
     """
-    if _is_sparse(X):
-        raise TypeError(
-            f"{name} is a sparse matrix; sparse input is not supported: pass a dense array"
-        )
-    X = to_host(X)
-    if not isinstance(X, np.ndarray):
-        X = np.asarray(X)
+    device = keep_device and on_device(X)
+    if not device:
+        if _is_sparse(X):
+            raise TypeError(
+                f"{name} is a sparse matrix; sparse input is not supported: pass a dense array"
+            )
+        X = to_host(X)
+        if not isinstance(X, np.ndarray):
+            X = np.asarray(X)
     if X.dtype.kind == "c":
         raise ValueError(f"Complex data not supported: {name} has dtype {X.dtype}")
     if X.dtype.kind == "O":
@@ -74,8 +82,12 @@ def as_float_matrix(X, name: str = "X", *, dtype=None) -> np.ndarray:
             dtype = np.float32
         else:
             dtype = X.dtype
-    X = np.ascontiguousarray(X, dtype=dtype)
-    check_finite(X, name)
+    if device:
+        X = array_module(X).ascontiguousarray(X, dtype=dtype)
+        _check_finite_on_device(X, name)
+    else:
+        X = np.ascontiguousarray(X, dtype=dtype)
+        check_finite(X, name)
     return X
 
 
@@ -85,24 +97,41 @@ def _is_sparse(X) -> bool:
     return sparse.issparse(X)
 
 
-def check_finite(X: np.ndarray, name: str) -> None:
+def check_finite(X, name: str) -> None:
     """Raise a ValueError naming the first NaN or infinity in the 2-D array ``X``."""
     for start in range(0, X.shape[0], _FINITE_CHECK_ROWS):
         bad = ~np.isfinite(X[start:start + _FINITE_CHECK_ROWS])
         if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
-            row += start
-            raise ValueError(
-                f"{name} contains NaN or infinity: {float(X[row, col])} at row {row}, column {col}"
-            )
+            _raise_not_finite(X, name, start, bad)
 
 
-def as_float_vector(v, name: str, n: int, dtype=np.float64) -> np.ndarray:
-    """Validate a finite 1-D array of length ``n``."""
-    v = np.asarray(to_host(v))
+def _check_finite_on_device(X, name: str) -> None:
+    """:func:`check_finite` of a CuPy array, on its device: one scalar comes to the host
+    (the n x d boolean temporary is an eighth of a float64 X)."""
+    xp = array_module(X)
+    bad = ~xp.isfinite(X)
+    if bool(bad.any()):
+        _raise_not_finite(X, name, 0, bad)
+
+
+def _raise_not_finite(X, name, start, bad):
+    """The error for the first True of ``bad`` (rows ``start``... of X), in row order."""
+    row, col = divmod(int(bad.ravel().argmax()), X.shape[1])
+    row += start
+    raise ValueError(
+        f"{name} contains NaN or infinity: {float(X[row, col])} at row {row}, column {col}"
+    )
+
+
+def as_float_vector(v, name: str, n: int, dtype=np.float64, *, keep_device=False):
+    """Validate a 1-D array of length ``n`` (a CuPy one stays on its device with
+    ``keep_device``)."""
+    device = keep_device and on_device(v)
+    if not device:
+        v = np.asarray(to_host(v))
     if v.dtype.kind not in "biuf":
         raise TypeError(f"{name} has dtype {v.dtype}; expected real numbers")
-    v = np.ascontiguousarray(v, dtype=dtype)
+    v = (array_module(v) if device else np).ascontiguousarray(v, dtype=dtype)
     if v.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {v.shape}")
     return v

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._array import like
+from ._array import array_module, for_kernels, like, on_device, to_host
 from ._model_files import SaveMixin
 from ._validation import as_float_matrix, as_float_vector, check_same_width
 from .backends import get_backend, thread_limits, uses_n_jobs
@@ -61,6 +61,7 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
         Also return the (n, C) matrix; with False only the reductions are computed and
         the matrix is never held.
     backend : str, default="auto"
+        ``"auto"`` picks ``"cupy"`` for CuPy F.
     n_jobs : int, optional
         Threads for this call (OpenMP, BLAS, Numba, faiss), restored afterwards: None
         leaves the current settings (all cores, or an outer ``threadpoolctl`` limit), -1
@@ -69,6 +70,7 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
     Returns
     -------
     GaussianLogLik
+        Its arrays in the kind of F (CuPy F: on the GPU, where the whole call runs).
 
     Notes
     -----
@@ -90,26 +92,32 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
     The reductions never depend on ``full``; a row gets bit-identical values in every
     call (the estimator reads its thresholds off earlier calls).
     """
-    F = as_float_matrix(F, "F")
-    means = as_float_matrix(means, "means", dtype=F.dtype)
+    F_in = F
+    F = as_float_matrix(F, "F", keep_device=True)
+    xp = array_module(F)  # the defaults are made where F is
+    means = as_float_matrix(means, "means", dtype=F.dtype, keep_device=True)
     check_same_width(F, means.shape[1], "F", "means")
     n_classes = means.shape[0]
-    variances = as_float_vector(variances, "variances", n_classes)
-    if not (np.isfinite(variances).all() and (variances > 0).all()):
-        raise ValueError(f"variances must be positive and finite, got {variances}")
-    log_weights = np.zeros(n_classes) if log_weights is None else \
-        as_float_vector(log_weights, "log_weights", n_classes)
-    if np.isnan(log_weights).any() or np.isposinf(log_weights).any():
-        raise ValueError(f"log_weights must be finite or -inf, got {log_weights}")
-    thresholds = np.full(n_classes, np.inf) if thresholds is None else \
-        as_float_vector(thresholds, "thresholds", n_classes)
-    if np.isnan(thresholds).any():
-        raise ValueError(f"thresholds must not be NaN, got {thresholds}")
-    kernels = get_backend(backend)
+    variances = as_float_vector(variances, "variances", n_classes, keep_device=True)
+    vx = array_module(variances)
+    if not bool((vx.isfinite(variances) & (variances > 0)).all()):
+        raise ValueError(f"variances must be positive and finite, got {to_host(variances)}")
+    log_weights = xp.zeros(n_classes) if log_weights is None else \
+        as_float_vector(log_weights, "log_weights", n_classes, keep_device=True)
+    wx = array_module(log_weights)
+    if bool((wx.isnan(log_weights) | (log_weights == np.inf)).any()):
+        raise ValueError(f"log_weights must be finite or -inf, got {to_host(log_weights)}")
+    thresholds = xp.full(n_classes, np.inf) if thresholds is None else \
+        as_float_vector(thresholds, "thresholds", n_classes, keep_device=True)
+    if bool(array_module(thresholds).isnan(thresholds).any()):
+        raise ValueError(f"thresholds must not be NaN, got {to_host(thresholds)}")
+    kernels = get_backend(backend, device_input=True) if on_device(F) else \
+        get_backend(backend)
+    args = [for_kernels(a, kernels.device) for a in (F, means, variances, log_weights,
+                                                     thresholds)]
     with thread_limits(n_jobs, backend=backend):
-        result = kernels.gaussian_loglik(F, means, variances, log_weights, thresholds,
-                                         bool(full))
-    return GaussianLogLik(*result)
+        result = kernels.gaussian_loglik(*args, bool(full))
+    return GaussianLogLik(*(None if r is None else like(r, F_in) for r in result))
 
 
 RULES = ("paper", "mixture")
@@ -140,6 +148,9 @@ class GaussianNovelty(SaveMixin, OutlierMixin, BaseEstimator):
     variance : {"class", "reference_code"}, default="class"
         ``"reference_code"`` divides by the total N instead of N_c (the authors' code).
     backend : str, default="auto"
+        ``"auto"`` picks ``"cupy"`` for CuPy input: fitted on CuPy F, the class parameters
+        and training scores stay on the GPU (the labels y are read on the host; the class
+        grouping and priors derived from them go up once), and CuPy input is scored there.
     n_jobs : int, optional
         Threads for each call (OpenMP, BLAS, Numba), restored afterwards: None leaves the
         current settings (all cores, or an outer ``threadpoolctl`` limit), -1 uses all
@@ -190,54 +201,67 @@ class GaussianNovelty(SaveMixin, OutlierMixin, BaseEstimator):
         if self.variance not in VARIANCES:
             raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
         # float64 throughout, so thresholds read off training scores compare exactly.
-        F = as_float_matrix(F, "X", dtype=np.float64)
+        F = as_float_matrix(F, "X", dtype=np.float64, keep_device=True)
         if y is None:
             raise ValueError(
                 "GaussianNovelty requires y to be passed, but the target y is None: "
                 "give the seen-class label of every row")
-        y = np.asarray(y)
+        y = np.asarray(to_host(y))
         if y.shape != (F.shape[0],):
             raise ValueError(f"y must have shape ({F.shape[0]},), got {y.shape}")
         self.classes_, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
         n_classes, d = len(self.classes_), F.shape[1]
+        groups = None if not on_device(F) else _ClassGroups(F, codes, counts)
         if means is None:
-            sums = np.zeros((n_classes, d))
-            np.add.at(sums, codes, F)
-            means = sums / counts[:, None]
+            if groups is not None:
+                means = groups.sums(F)
+            else:
+                sums = np.zeros((n_classes, d))
+                np.add.at(sums, codes, F)
+                means = sums / counts[:, None]
         elif isinstance(means, dict):
             missing = [c for c in self.classes_.tolist() if c not in means]
             if missing:
                 raise ValueError(f"means has no vector for classes {missing}")
             means = np.stack([np.asarray(means[c], dtype=np.float64) for c in self.classes_])
-        self.means_ = as_float_matrix(means, "means", dtype=np.float64)
+        self.means_ = like(as_float_matrix(means, "means", dtype=np.float64, keep_device=True),
+                           F)
         if self.means_.shape != (n_classes, d):
             raise ValueError(
                 f"means must have shape ({n_classes}, {d}) for {n_classes} classes, "
                 f"got {self.means_.shape}")
-        sq = ((F - self.means_[codes]).astype(np.float64) ** 2).sum(axis=1)
         denominator = counts if self.variance == "class" else np.full(n_classes, F.shape[0])
-        self.variances_ = np.bincount(codes, weights=sq, minlength=n_classes) / (denominator * d)
-        if (self.variances_ == 0).any():
+        if groups is not None:
+            self.variances_ = groups.squared_deviations(F, self.means_, denominator * d)
+        else:
+            sq = ((F - self.means_[codes]).astype(np.float64) ** 2).sum(axis=1)
+            self.variances_ = np.bincount(codes, weights=sq, minlength=n_classes) / (
+                denominator * d)
+        if bool((self.variances_ == 0).any()):
             zero = ", ".join(f"{self.classes_.tolist()[c]!r} (n_samples = {counts[c]})"
-                             for c in np.flatnonzero(self.variances_ == 0))
+                             for c in np.flatnonzero(to_host(self.variances_) == 0))
             raise ValueError(
                 f"classes {zero} have zero variance: all their points equal their mean")
-        self.priors_ = counts / F.shape[0]
+        self.priors_ = like(counts / F.shape[0], F)
         self.n_features_in_ = d
         self.offset_ = 1.0 - self.default_threshold
-        self._sort_training_scores(F, codes)
+        self._sort_training_scores(F, codes, groups)
         return self
 
-    def _sort_training_scores(self, F, codes):
-        if self.rule == "paper":
+    def _sort_training_scores(self, F, codes, groups=None):
+        if self.rule == "mixture":
+            self._train_scores = array_module(F).sort(self._mixture(F))
+        elif groups is not None:
+            L = self.log_likelihood(groups.rows(F))  # a row's values never depend on the others
+            xp = array_module(L)
+            self._train_scores = [xp.sort(L[a:b, c]) for c, (a, b) in enumerate(groups.spans)]
+        else:
             L = self.log_likelihood(F)
             own = L[np.arange(F.shape[0]), codes]
             self._train_scores = [np.sort(own[codes == c]) for c in range(len(self.classes_))]
-        else:
-            self._train_scores = np.sort(self._mixture(F))
 
     def _mixture(self, F):
-        return self._reduce(F, log_weights=np.log(self.priors_)).logsumexp
+        return self._reduce(F, log_weights=array_module(self.priors_).log(self.priors_)).logsumexp
 
     def _reduce(self, F, **kw):
         return gaussian_loglik(F, self.means_, self.variances_, full=False,
@@ -245,7 +269,7 @@ class GaussianNovelty(SaveMixin, OutlierMixin, BaseEstimator):
 
     def _check_input(self, F):
         check_is_fitted(self)
-        F = as_float_matrix(F, "X", dtype=self.means_.dtype)
+        F = as_float_matrix(F, "X", dtype=self.means_.dtype, keep_device=True)
         check_same_width(F, self.n_features_in_, "X", "GaussianNovelty")
         return F
 
@@ -262,11 +286,12 @@ class GaussianNovelty(SaveMixin, OutlierMixin, BaseEstimator):
         F_checked = self._check_input(F)
         if self.rule == "mixture":
             return like(_fraction_above(self._train_scores, self._mixture(F_checked)), F)
-        out = np.empty(F_checked.shape[0])
+        xp = array_module(F_checked)
+        out = xp.empty(F_checked.shape[0])
         for start in range(0, F_checked.shape[0], CHUNK_ROWS):
             L = self.log_likelihood(F_checked[start:start + CHUNK_ROWS])
             fractions = [_fraction_above(s, L[:, c]) for c, s in enumerate(self._train_scores)]
-            out[start:start + CHUNK_ROWS] = np.min(fractions, axis=0)
+            out[start:start + CHUNK_ROWS] = xp.stack(fractions).min(axis=0)
         return like(out, F)
 
     def thresholds(self, threshold):
@@ -298,19 +323,20 @@ class GaussianNovelty(SaveMixin, OutlierMixin, BaseEstimator):
         T = self.thresholds(threshold)
         if self.rule == "mixture":
             unseen = self._mixture(F) < T
-        else:
-            unseen = self._reduce(F, thresholds=T).all_below
-        return np.where(unseen, -1, 1)
+        else:  # C thresholds, read as scalars, go to F's device as one small array
+            unseen = self._reduce(F, thresholds=like(T, F)).all_below
+        return array_module(unseen).where(unseen, -1, 1)
 
     # ------------------------------------------------------------------ model files
     def _export(self):
         meta = {"params": self.get_params(), "classes": self.classes_.tolist()}
-        arrays = {"means": self.means_, "variances": self.variances_, "priors": self.priors_}
+        arrays = {"means": to_host(self.means_), "variances": to_host(self.variances_),
+                  "priors": to_host(self.priors_)}
         if self.rule == "paper":
-            arrays["train_scores"] = np.concatenate(self._train_scores)
+            arrays["train_scores"] = np.concatenate([to_host(s) for s in self._train_scores])
             arrays["train_counts"] = np.array([len(s) for s in self._train_scores])
         else:
-            arrays["train_scores"] = self._train_scores
+            arrays["train_scores"] = to_host(self._train_scores)
         return meta, arrays
 
     @classmethod
@@ -329,10 +355,43 @@ class GaussianNovelty(SaveMixin, OutlierMixin, BaseEstimator):
         return model
 
 
+class _ClassGroups:
+    """The rows of each class as one contiguous span, for class statistics of CuPy F on its
+    device: each class's rows in row order, summed as one slice (no atomic adds, so the
+    sums are deterministic). The grouping comes from the host labels and goes up once."""
+
+    def __init__(self, F, codes, counts):
+        xp = array_module(F)
+        self.order = xp.asarray(np.argsort(codes, kind="stable"))
+        ends = np.cumsum(counts)
+        self.spans = [(int(b - n), int(b)) for b, n in zip(ends, counts)]
+        self.counts = counts
+
+    def rows(self, F):
+        """F's rows grouped by class."""
+        return F[self.order]
+
+    def sums(self, F):
+        """Class means of F, (C, d)."""
+        grouped = self.rows(F)
+        xp = array_module(F)
+        return xp.stack([grouped[a:b].sum(axis=0) / int(n)
+                         for (a, b), n in zip(self.spans, self.counts)])
+
+    def squared_deviations(self, F, means, denominators):
+        """Per class: the sum of ||f - mean||^2 over its rows, over its denominator, (C,)."""
+        grouped = self.rows(F)
+        xp = array_module(F)
+        return xp.stack([((grouped[a:b] - means[c]) ** 2).sum() / float(denominators[c])
+                         for c, (a, b) in enumerate(self.spans)])
+
+
 def _fraction_above(sorted_scores, values):
-    """Fraction of ``sorted_scores`` strictly greater than each value."""
+    """Fraction of ``sorted_scores`` strictly greater than each value (where the values are:
+    NumPy or on their GPU)."""
     n = sorted_scores.shape[0]
-    return (n - np.searchsorted(sorted_scores, values, side="right")) / n
+    sorted_scores = like(sorted_scores, values)
+    return (n - array_module(values).searchsorted(sorted_scores, values, side="right")) / n
 
 
 def _score_threshold(sorted_scores, threshold):

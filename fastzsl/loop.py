@@ -36,7 +36,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._array import like
+from ._array import array_module, for_kernels, like, on_device, to_host
 from ._model_files import SaveMixin
 from ._validation import as_float_matrix, check_k, check_positive_number, check_same_width
 from .backends import get_backend, thread_limits, uses_n_jobs
@@ -47,7 +47,8 @@ SCORING = ("neighbors", "stream")
 
 @dataclass(frozen=True)
 class LoOPFit:
-    """What scoring new points needs from a fitted reference set (all float64).
+    """What scoring new points needs from a fitted reference set (all float64; the arrays
+    are CuPy arrays on the GPU when the graph was, and the cupy backend computed them).
 
     Attributes
     ----------
@@ -71,19 +72,24 @@ class LoOPFit:
 
 
 def _check_graph(D, I, n_reference, name):
-    D = as_float_matrix(D, f"{name} distances D")
-    I = np.asarray(I)
+    """(D, I) validated; a CuPy D keeps both on its device (checked there, scalars to the
+    host). ``n_reference`` None: the graph's own rows (a fit)."""
+    D = as_float_matrix(D, f"{name} distances D", keep_device=True)
+    xp = array_module(D)
+    I = xp.asarray(I) if xp is not np else np.asarray(to_host(I))
+    if n_reference is None:
+        n_reference = D.shape[0]
     if I.dtype.kind not in "iu":
         raise TypeError(f"{name} indices I must be integers, got dtype {I.dtype}")
     if I.shape != D.shape:
         raise ValueError(f"{name} D and I must have the same shape, got {D.shape} and {I.shape}")
     if (D < 0).any():
-        raise ValueError(f"{name} distances D must be squared distances >= 0; found {D.min()!r}")
-    I = np.ascontiguousarray(I, dtype=np.int64)
-    if I.min() < 0 or I.max() >= n_reference:
-        raise ValueError(
-            f"{name} indices I must lie in [0, {n_reference}), found [{I.min()}, {I.max()}]"
-        )
+        lowest = D.dtype.type(D.min().item())  # NumPy's scalar, so the message reads the same
+        raise ValueError(f"{name} distances D must be squared distances >= 0; found {lowest!r}")
+    I = xp.ascontiguousarray(I, dtype=np.int64)
+    lo, hi = int(I.min()), int(I.max())
+    if lo < 0 or hi >= n_reference:
+        raise ValueError(f"{name} indices I must lie in [0, {n_reference}), found [{lo}, {hi}]")
     return D, I
 
 
@@ -108,15 +114,21 @@ def loop_fit(D, I, *, extent=3.0, backend="auto", n_jobs=None) -> LoOPFit:
     Returns
     -------
     LoOPFit
+        Its arrays in the kind of D (CuPy D: on the GPU; ``"auto"`` then runs the cupy
+        backend).
     """
     extent = check_positive_number(extent, "extent")
-    D, I = _check_graph(D, I, np.asarray(D).shape[0], "loop_fit")
-    kernels = get_backend(backend)
+    D_in = D
+    D, I = _check_graph(D, I, None, "loop_fit")
+    kernels = get_backend(backend, device_input=True) if on_device(D) else \
+        get_backend(backend)
+    D, I = for_kernels(D, kernels.device), for_kernels(I, kernels.device)
     with thread_limits(n_jobs, backend=backend):
         pdist, plof, nplof, probabilities = kernels.loop_fit(D, I, extent)
     # Mean of pdist[I] over all entries, without the (n, k) temporary.
-    in_degree = np.bincount(I.ravel(), minlength=pdist.shape[0])
+    in_degree = array_module(I).bincount(I.ravel(), minlength=pdist.shape[0])
     mean_ev = float(in_degree @ pdist / I.size)
+    pdist, plof, probabilities = (like(a, D_in) for a in (pdist, plof, probabilities))
     return LoOPFit(pdist, plof, float(nplof), probabilities, mean_ev, extent)
 
 
@@ -143,14 +155,19 @@ def loop_score(D, I, fit: LoOPFit, *, scoring="neighbors", backend="auto", n_job
     Returns
     -------
     ndarray of shape (n_queries,), float64 in [0, 1]
+        In the kind of D (CuPy D: on the GPU; ``"auto"`` then runs the cupy backend).
     """
     if scoring not in SCORING:
         raise ValueError(f"scoring must be one of {SCORING}, got {scoring!r}")
+    D_in = D
     D, I = _check_graph(D, I, fit.pdist.shape[0], "loop_score")
     ev_override = np.nan if scoring == "neighbors" else fit.mean_expected_pdist
-    kernels = get_backend(backend)
+    kernels = get_backend(backend, device_input=True) if on_device(D) else \
+        get_backend(backend)
+    D, I, ref_pdist = (for_kernels(a, kernels.device) for a in (D, I, fit.pdist))
     with thread_limits(n_jobs, backend=backend):
-        return kernels.loop_score(D, I, fit.pdist, fit.nplof, fit.extent, ev_override)
+        probabilities = kernels.loop_score(D, I, ref_pdist, fit.nplof, fit.extent, ev_override)
+    return like(probabilities, D_in)
 
 
 class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
@@ -163,7 +180,9 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
     extent : float, default=3.0
         LoOP's lambda.
     backend : str, default="auto"
-        Kernel set for the LoOP arithmetic and exact kNN (``fastzsl.available_backends()``).
+        Kernel set for the LoOP arithmetic and exact kNN (``fastzsl.available_backends()``);
+        ``"auto"`` picks ``"cupy"`` for CuPy input, and the reference set, the fit and the
+        scores of CuPy input then stay on the GPU.
     knn : {"auto", "exact", "kdtree", "faiss", "ivf"}, default="auto"
         kNN method (see :func:`fastzsl.knn`); ``"auto"`` is ``"kdtree"`` on low-dimensional
         data when ``backend="auto"``, else ``"exact"``: both exact, with identical results.
@@ -223,7 +242,7 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
     @uses_n_jobs
     def fit(self, X, y=None):
         """Index the reference set X and compute its in-sample LoOP."""
-        X = as_float_matrix(X, "X")
+        X = as_float_matrix(X, "X", keep_device=True)
         if self.scoring not in SCORING:
             raise ValueError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
         k = check_k(self.n_neighbors, X.shape[0], exclude_self=True, name="n_neighbors")
@@ -244,7 +263,7 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
     def outlier_probability(self, X):
         """LoOP of each row of X against the reference set, in [0, 1]; higher = more novel."""
         check_is_fitted(self)
-        Q = as_float_matrix(X, "X")
+        Q = as_float_matrix(X, "X", keep_device=True)
         check_same_width(Q, self.n_features_in_, "X", "LoOP")
         D, I = self.index_.search(Q, self.n_neighbors, progress=self.progress)
         return like(loop_score(D, I, self.fit_, scoring=self.scoring, backend=self.backend_), X)
@@ -259,8 +278,9 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
 
     def predict(self, X, threshold=0.5):
         """-1 where LoOP > threshold (outlier), +1 elsewhere (inlier)."""
-        probabilities = np.asarray(self.outlier_probability(X))
-        return np.where(probabilities > threshold, -1, 1)
+        probabilities = self.outlier_probability(X)
+        xp = array_module(probabilities)  # CuPy input: labels on its device
+        return xp.where(xp.asarray(probabilities) > threshold, -1, 1)
 
     # ------------------------------------------------------------------ model files
     def _export(self):
@@ -268,8 +288,9 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
         fit = self.fit_
         meta = {"params": self.get_params(), "nplof": fit.nplof, "extent": fit.extent,
                 "mean_expected_pdist": fit.mean_expected_pdist}
-        arrays = {"reference": self.index_.reference, "pdist": fit.pdist, "plof": fit.plof,
-                  "probabilities": fit.probabilities}
+        arrays = {name: to_host(a) for name, a in (
+            ("reference", self.index_.reference), ("pdist", fit.pdist), ("plof", fit.plof),
+            ("probabilities", fit.probabilities))}
         return meta, arrays
 
     @classmethod

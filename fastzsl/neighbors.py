@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from ._array import like
+from ._array import array_module, like, on_device, to_host
 from ._optional import import_faiss
 from ._validation import as_float_matrix, check_k, check_same_width
 from .backends import get_backend, thread_limits
@@ -39,14 +39,16 @@ KDTREE_MAX_DIM = 6
 KDTREE_MIN_N = 4000
 
 
-def resolve_method(method, d, n_reference, backend="auto"):
+def resolve_method(method, d, n_reference, backend="auto", *, device_input=False):
     """The kNN method that ``method`` runs for a (n_reference, d) reference: ``"auto"`` is
     ``"kdtree"`` for low-dimensional data (d <= KDTREE_MAX_DIM, n_reference >=
-    KDTREE_MIN_N) unless a backend is named (its brute-force kernels then run), else
-    ``"exact"``; any other method is itself."""
+    KDTREE_MIN_N) unless a backend is named or the reference is on a GPU
+    (``device_input``; the brute-force kernels then run), else ``"exact"``; any other
+    method is itself."""
     if method != "auto":
         return method
-    if backend in ("auto", None) and d <= KDTREE_MAX_DIM and n_reference >= KDTREE_MIN_N:
+    if backend in ("auto", None) and not device_input and d <= KDTREE_MAX_DIM \
+            and n_reference >= KDTREE_MIN_N:
         return "kdtree"
     return "exact"
 
@@ -60,8 +62,11 @@ class ExactIndex:
         float32 or float64 (other numeric dtypes are converted, see ``fastzsl`` docs).
         The index keeps its own read-only copy (as faiss indexes do), so the norms and the
         tree it derives from the rows stay true whatever the caller does to its array.
+        A CuPy reference searched by the cupy backend stays on its device (a copy there;
+        CuPy has no read-only flag), and so do the results for CuPy queries.
     backend : str, default="auto"
-        A name from :func:`fastzsl.available_backends`.
+        A name from :func:`fastzsl.available_backends`; ``"auto"`` picks ``"cupy"`` for
+        a CuPy reference.
     method : {"auto", "exact", "kdtree"}, default="auto"
         ``"exact"``: the backend's brute-force kernel; ``"kdtree"``: :class:`KDTreeSearch`
         (identical results); ``"auto"``: see :func:`resolve_method`. The choice is in
@@ -69,12 +74,16 @@ class ExactIndex:
     """
 
     def __init__(self, reference, *, backend="auto", method="auto"):
-        self.reference = _read_only(as_float_matrix(reference, "reference"))
-        self.kernels = get_backend(backend)
+        X = as_float_matrix(reference, "reference", keep_device=True)
+        self.kernels = get_backend(backend, device_input=True) if on_device(X) else \
+            get_backend(backend)
         # What a kernel reuses across searches of this reference (knn.prepare, if it has
-        # one: the Cython kernels' reference norms), made on the first search.
+        # one: the Cython kernels' reference norms, the cupy backend's uploaded reference),
+        # made on the first search.
         self._prepared = None  # (what knn.prepare made,) once made: a tuple survives pickling
-        self.method = resolve_method(method, self.d, self.ntotal, backend)
+        self.method = resolve_method(method, X.shape[1], X.shape[0], backend,
+                                     device_input=on_device(X))
+        self.reference = _own_copy(X if self._on_gpu else to_host(X))
         if self.method == "kdtree":
             self._tree = KDTreeSearch(self.reference)
         elif self.method != "exact":
@@ -88,6 +97,11 @@ class ExactIndex:
     @property
     def d(self) -> int:
         return self.reference.shape[1]
+
+    @property
+    def _on_gpu(self) -> bool:
+        """Whether searches run on a GPU, where a CuPy reference and queries stay."""
+        return self.method == "exact" and self.kernels.device == "cuda"
 
     def search(self, queries, k, *, exclude_self=False, progress=False):
         """The k nearest reference rows of each query.
@@ -106,11 +120,12 @@ class ExactIndex:
         Returns
         -------
         D : ndarray of shape (n_queries, k)
-            Squared Euclidean distances, ascending, in the reference's dtype.
+            Squared Euclidean distances, ascending, in the reference's dtype (CuPy for
+            CuPy queries on the cupy backend).
         I : ndarray of shape (n_queries, k), int64
             Reference row indices; equal distances list the lower index first.
         """
-        Q = _check_queries(queries, self, exclude_self)
+        Q = _check_queries(queries, self, exclude_self, keep_device=self._on_gpu)
         k = check_k(k, self.ntotal, exclude_self=exclude_self)
         if self.method == "kdtree":
             return self._tree.search_all(Q, k, exclude_self, progress)
@@ -360,9 +375,12 @@ class FaissIndex:
         return _search_in_chunks(search_chunk, Q, k, self.dtype, progress)
 
 
-def _read_only(X):
-    """A read-only copy of X that the index owns: what it caches about the rows (norms, a
-    tree) cannot go stale through a change the caller makes to its own array."""
+def _own_copy(X):
+    """A copy of X that the index owns (read-only, where X is NumPy): what it caches about
+    the rows (norms, a tree, an upload) cannot go stale through a change the caller makes
+    to its own array."""
+    if on_device(X):
+        return X.copy()
     X = np.array(X, order="C", copy=True)
     X.flags.writeable = False
     return X
@@ -406,8 +424,9 @@ def _search_in_chunks(search_chunk, Q, k, dtype, progress, chunk=None):
         return D.astype(dtype, copy=False), I.astype(np.int64, copy=False)
     from tqdm.auto import tqdm
 
-    D = np.empty((n, k), dtype=dtype)
-    I = np.empty((n, k), dtype=np.int64)
+    xp = array_module(Q)  # the results of CuPy queries are gathered on their device
+    D = xp.empty((n, k), dtype=dtype)
+    I = xp.empty((n, k), dtype=np.int64)
     with tqdm(total=n, desc=f"kNN k={k}", unit="query", disable=not progress) as bar:
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
@@ -442,8 +461,8 @@ def _drop_self(D, I, k, offset=0):
     return D, I
 
 
-def _check_queries(queries, index, exclude_self):
-    Q = as_float_matrix(queries, "queries")
+def _check_queries(queries, index, exclude_self, keep_device=False):
+    Q = as_float_matrix(queries, "queries", keep_device=keep_device)
     check_same_width(Q, index.d, "queries", "the reference")
     if exclude_self and Q.shape[0] != index.ntotal:
         raise ValueError(
@@ -473,8 +492,9 @@ def estimator_index(X, *, backend, knn, knn_params=None):
     """``(backend name, kNN method, index)`` for an estimator's reference set X: the names
     resolved ("auto" chosen) and the index built. The backend runs exact kNN itself; the
     tree and faiss bring their own kernels."""
-    backend_name = get_backend(backend).name
-    method = resolve_method(knn, X.shape[1], X.shape[0], backend)
+    kernels = get_backend(backend, device_input=True) if on_device(X) else get_backend(backend)
+    backend_name = kernels.name
+    method = resolve_method(knn, X.shape[1], X.shape[0], backend, device_input=on_device(X))
     index = make_index(X, method=method, backend=backend_name if method == "exact" else "auto",
                        **(knn_params or {}))
     return backend_name, method, index
@@ -487,7 +507,9 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="au
     Parameters
     ----------
     queries : array-like of shape (n_queries, d)
-        NumPy, torch or CuPy array; the results come back in the same kind.
+        NumPy, torch or CuPy array; the results come back in the same kind. CuPy queries
+        and reference stay on their device with the cupy backend (which ``"auto"`` picks
+        for a CuPy reference).
     reference : array-like of shape (n_reference, d)
     k : int
         Neighbours per query, 1 <= k <= n_reference (n_reference - 1 with ``exclude_self``).

@@ -32,6 +32,8 @@ _REGISTRY = {
 
 # Fastest first; "auto" takes the first one that loads.
 AUTO_ORDER = ("cython", "numba", "numpy")
+# For input on a GPU (CuPy arrays) "auto" tries these first: the data stays there.
+DEVICE_AUTO_ORDER = ("cupy",)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -56,12 +58,15 @@ def _load(name: str) -> tuple[KernelSet | None, str]:
     return module.KERNELS, ""
 
 
-def get_backend(name: str) -> KernelSet:
-    """The kernel set called ``name``; ``"auto"`` picks the fastest that loads."""
+def get_backend(name: str, *, device_input: bool = False) -> KernelSet:
+    """The kernel set called ``name``; ``"auto"`` picks the fastest that loads (the cupy
+    backend first when ``device_input``: the caller's arrays are on a GPU). The kernel API
+    passes ``device_input`` only for device input, so a host call is ``get_backend(name)``
+    as it always was."""
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string, got {type(name).__name__}")
     if name == "auto":
-        for candidate in AUTO_ORDER:
+        for candidate in (DEVICE_AUTO_ORDER + AUTO_ORDER) if device_input else AUTO_ORDER:
             kernels, reason = _load(candidate)
             if kernels is not None:
                 logger.debug("backend='auto' chose %r", candidate)

@@ -10,12 +10,17 @@ assignment, ``device``), ``asarray``/``ascontiguousarray``/``empty``/``zeros``/`
 It is stricter than CuPy where that finds bugs: every kernel argument is checked against
 the compiled kernel's parameter types (arrays must be C-contiguous, of the pointee dtype),
 a launch over 48 KB of dynamic shared memory needs ``max_dynamic_shared_size_bytes``, and
-NumPy cannot read an ``ndarray`` implicitly (as with CuPy, ``np.asarray`` raises).
-Transfers are counted in ``transfers`` ("to_device", "to_host").
+NumPy cannot read an ``ndarray`` implicitly (as with CuPy, ``np.asarray`` and NumPy ufuncs
+raise), nor can a hidden door reach its host memory (``.data``, ``.ctypes``, ``.base``).
+Whole-array transfers are counted in ``transfers`` ("to_device": ``asarray`` and friends
+of host data; "to_host": ``get``, ``asnumpy``, ``tolist``, ``tobytes``, ``repr``), and
+synchronising scalar reads (``int``, ``float``, ``bool``, ``item``, ``operator.index``)
+in ``scalar_transfers["to_host"]``, so a test can tell one from the other.
 """
 from __future__ import annotations
 
 import ctypes
+import operator
 import types
 
 import numpy as np
@@ -27,6 +32,7 @@ IS_FAKE = True
 
 float32, float64, int32, int64, bool_ = np.float32, np.float64, np.int32, np.int64, np.bool_
 transfers = {"to_device": 0, "to_host": 0}
+scalar_transfers = {"to_host": 0}
 launches: list[tuple[str, tuple, tuple, int]] = []  # (kernel, grid, block, shared_mem)
 sources: list[str] = []  # the code of every RawModule, as the backend handed it over
 
@@ -51,6 +57,7 @@ _current_device = [0]
 
 def reset_counters():
     transfers["to_device"] = transfers["to_host"] = 0
+    scalar_transfers["to_host"] = 0
     launches.clear()
     sources.clear()
 
@@ -80,12 +87,19 @@ class ndarray:
     def __len__(self):
         return len(self._data)
 
-    def __repr__(self):
+    def __repr__(self):  # CuPy copies the data to the host to print it
+        transfers["to_host"] += 1
         return f"fake_cupy.ndarray({self._data!r})"
+
+    __str__ = __repr__
 
     def __array__(self, *args, **kwargs):
         raise TypeError("Implicit conversion to a NumPy array is not allowed. "
                         "Please use `.get()` to construct a NumPy array explicitly.")
+
+    # NumPy ufuncs (np.isfinite(x), numpy_array + x) refuse device arrays instead of
+    # reading them; Python operators then fall to ndarray's own reflected methods.
+    __array_ufunc__ = None
 
     def get(self, stream=None):
         transfers["to_host"] += 1
@@ -111,22 +125,45 @@ class ndarray:
         self._data[_unwrap(index)] = _unwrap(value)
 
     def __getattr__(self, name):  # reductions and other methods: NumPy's, on the device
-        if name.startswith("_"):
-            raise AttributeError(name)
+        if name.startswith("_") or name in _HOST_MEMORY:
+            raise AttributeError(f"fake cupy: ndarray.{name} would expose host memory")
         value = getattr(self._data, name)
-        return _on_device(value) if callable(value) else value
+        if callable(value):
+            return _on_device(value)
+        return _wrap(value)
 
-    def __int__(self):  # a synchronising device-to-host copy, as in CuPy
+    def tolist(self):
         transfers["to_host"] += 1
-        return int(self._data)
+        return self._data.tolist()
+
+    def tobytes(self, order="C"):
+        transfers["to_host"] += 1
+        return self._data.tobytes(order)
+
+    def _scalar(self, convert):  # a synchronising device-to-host copy, as in CuPy
+        scalar_transfers["to_host"] += 1
+        return convert(self._data)
+
+    def __int__(self):
+        return self._scalar(int)
+
+    def __index__(self):
+        return self._scalar(operator.index)
 
     def __float__(self):
-        transfers["to_host"] += 1
-        return float(self._data)
+        return self._scalar(float)
 
     def __bool__(self):
-        transfers["to_host"] += 1
-        return bool(self._data)
+        return self._scalar(bool)
+
+    def item(self, *args):
+        return self._scalar(lambda data: data.item(*args))
+
+    def __invert__(self):
+        return ndarray(~self._data, self._device_id)
+
+    def __abs__(self):
+        return ndarray(abs(self._data), self._device_id)
 
     def __neg__(self):
         return ndarray(-self._data, self._device_id)
@@ -140,7 +177,11 @@ def _operator(name):
     return op
 
 
-for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor"):
+# What ndarray never hands out: NumPy's host buffer, pointer, base array and iterator.
+_HOST_MEMORY = frozenset({"data", "ctypes", "base", "flat", "tofile", "dump", "dumps"})
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor",
+              "matmul"):
     setattr(ndarray, f"__{_name}__", _operator(f"__{_name}__"))
     setattr(ndarray, f"__r{_name}__", _operator(f"__r{_name}__"))
 for _name in ("lt", "le", "gt", "ge", "eq", "ne"):

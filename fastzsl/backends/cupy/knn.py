@@ -3,8 +3,9 @@
 The n_queries x n_reference matrix is never held: one fused kernel keeps each query's k
 best in shared memory while reference tiles stream by. The reference is processed in
 chunks of ``REF_CHUNK_ROWS`` rows (by default as many as fit in ``REF_CHUNK_BYTES``; a
-NumPy reference is uploaded chunk by chunk), and small query sets also split each chunk
-across thread blocks; the per-split and per-chunk top-k lists are merged on the device.
+NumPy reference is uploaded chunk by chunk, unless ``knn.prepare`` uploaded it once for an
+index), and small query sets also split each chunk across thread blocks; the per-split
+and per-chunk top-k lists are merged on the device.
 
 Distances are double sums for float32 input too, and the kernel's lists, the per-split and
 per-chunk lists and the merges hold them as double; a float32 answer is rounded from them
@@ -36,6 +37,9 @@ FORCE_GLOBAL_LISTS = False
 # The most bytes of global top-k scratch one launch may use (lists in global memory only);
 # larger query sets run in several launches of fewer queries.
 SCRATCH_BYTES = 1 << 30
+# The largest host reference an index uploads whole (knn.prepare); larger ones stream by
+# in chunks of REF_CHUNK_BYTES at every search.
+PREPARE_MAX_BYTES = 8 << 30
 
 _MERGE_THREADS = 128
 _MAX_INDEX = 2**31 - 1 - TILE_ROWS  # the kernel keeps reference rows as int within a launch
@@ -161,12 +165,25 @@ def _knn_device(Q, reference, k: int, self_offset: int):
     return D_out, I_out
 
 
-def knn(queries, reference, k, self_offset):
-    with _on_device(_device_id(queries, reference)):
+def knn(queries, reference, k, self_offset, prepared=None):
+    """``prepared``: the reference on the device, from :func:`prepare` (None: as given)."""
+    ref = reference if prepared is None else prepared
+    with _on_device(_device_id(queries, ref)):
         Q = _to_cupy(queries)
         Q = Q.astype(_float_dtype(Q), copy=False)
-        ref = reference
         if array_kind(ref) == "torch":
             ref = _to_cupy(ref)
         D, I = _knn_device(Q, ref, int(k), int(self_offset))
         return _result(D, queries), _result(I, queries)
+
+
+def prepare(reference):
+    """The reference on the device, uploaded once for every search of an index (an index
+    searches in chunks of queries; each call would upload a host reference again). A
+    reference already there, or too large to hold, is searched as it is (None)."""
+    if array_kind(reference) != "numpy" or reference.nbytes > PREPARE_MAX_BYTES:
+        return None
+    return _to_cupy(reference)
+
+
+knn.prepare = prepare

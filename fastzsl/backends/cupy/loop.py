@@ -62,7 +62,7 @@ def _nplof(module, plof, extent) -> float:
     count = cp.empty(1, dtype=np.int64)
     _launch(module.get_function("loop_nplof_final"), (1,), (REDUCE_THREADS,),
             (part_sum, part_count, np.int32(parts), total, count))
-    total, count = float(total.get()[0]), int(count.get()[0])
+    total, count = float(total[0]), int(count[0])  # two scalars, not arrays, to the host
     return float(extent * math.sqrt(total / count)) if count > 0 else 0.0
 
 
