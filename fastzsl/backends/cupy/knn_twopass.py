@@ -1,0 +1,158 @@
+"""Two-pass exact kNN on the GPU (``csrc/cuda/knn_twopass.cu``), the CPU scheme of
+``csrc/cpu/knn_gemm.pxi`` on cuBLAS: a float32 GEMM screen with a proven error bound, then
+an exact double re-rank of every candidate the bound leaves open. The answer is the direct
+kernel's (``knn_cuda.cu``) bit for bit: same neighbours, same double distances, ties to the
+lower index, self excluded; queries whose candidate lists overflow (many near-ties) are
+recomputed by the direct kernel, which stays the oracle.
+
+Pass 1: for query tiles x reference tiles (``TILE_Q`` x ``TILE_R`` float32 dot products,
+32 MiB by default, small enough to stay in an H100/H200's 50 MB L2 between the GEMM that
+writes it and the filter that reads it), ``cupy.matmul`` computes G = R32 . Q32^T and
+``twopass_filter`` keeps each query's L = ``LIST_FACTOR`` k + ``LIST_EXTRA`` smallest
+screened distances s = |q|^2 + |r|^2 - 2 g per segment of the tile's rows (norms in
+double). Pass 2: ``twopass_rerank_*`` takes T = the k-th smallest s, re-ranks exactly every
+candidate with s <= T + 2 SAFETY B, and flags a query whose list may have dropped one.
+
+The error bound B (proven for TF32 tensor-core GEMMs, so it holds as well when cuBLAS runs
+plain FP32 SGEMM; CuPy uses TF32 only with CUPY_TF32=1). Let e(q, r) be the direct
+kernel's double distance, Qn, Rn the double squared norms, Rmax = max Rn, d the
+dimension, u = 2^-24, u64 = 2^-53, t = 2^-10 (TF32 keeps 10 mantissa bits; 2^-10 covers
+truncation as well as rounding), eta = (1 + u)(1 + t) - 1 (float64 input rounded to
+float32, then to TF32), gamma = (d + 1) u / (1 - (d + 1) u) (FP32 products and their sum
+in any order, split-K included), and alpha = 2 FLT_MIN (subnormals flushed to zero). Then
+|s - e| <= B(q) for every reference row r, with
+
+    B(q) = (c1 + 8 (d + 4) u64) (Qn + Rmax) + 5 alpha sqrt(2 d (Qn + Rmax)) + 8 d alpha,
+    c1   = (1 + eta)^2 (1 + gamma) - 1,
+
+because |g - q.r| <= c1 |q||r| + (abs. terms) and 2 |q||r| <= Qn + Rn; the 8 (d + 4) u64
+term covers the double norms, the two additions of s and e's own rounding against the
+exact distance (both <= (d + 2) u64 2 (Qn + Rn)). For d = 64 with TF32, c1 ~ 2.0e-3:
+the margin is about 0.8% of Qn + Rmax (FP32 alone: ~1.6e-5 %).
+Why it is exact: the k candidates with the smallest s all have e <= T + B, so the true
+k-th distance is <= T + B, and every row of the answer has s <= e + B <= T + 2B. A
+segment list that is not full holds every row of its segment; a full one whose largest s
+exceeds the limit dropped only rows above it; a full one whose largest s is within the
+limit may have dropped an answer row: the query overflows to the direct kernel.
+
+Inputs whose squared norms exceed ``NORM_LIMIT`` (float32 products could overflow), or
+are not finite, go to the direct kernel whole.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _loader
+from ._launch import SUFFIX, _blocks, _cupy, _launch, _to_cupy
+from ._loader import TWOPASS_MAX_SEGMENTS, TWOPASS_THREADS
+
+# --- switch and tunables (module constants, so tests can force each path) -----------------
+# "auto": twopass when n_q * n_ref * d >= TWOPASS_MIN_WORK and k <= TWOPASS_MAX_K, else the
+# direct kernel; "direct" / "twopass" force one.
+KNN_METHOD = "auto"
+TWOPASS_MIN_WORK = 2**33  # ~8.6e9 (pair, dimension) terms: below, launches and GEMM tiles cost more
+TWOPASS_MAX_K = 256  # the re-rank's insertion is O(k) per candidate, O(k^2) per query
+TILE_Q = 4096
+TILE_R = 2048
+SEGMENTS = 8  # lists per query per tile (parallelism of the filter: TILE_Q * SEGMENTS threads)
+LIST_FACTOR = 2
+LIST_EXTRA = 32
+SAFETY = 2.0
+NORM_LIMIT = 1e30  # |q||r| stays far below FLT_MAX, and every float64 element fits float32
+TF32_INPUT_EPS = 2.0**-10
+
+_U32 = 2.0**-24
+_U64 = 2.0**-53
+_FLT_MIN = float(np.finfo(np.float32).tiny)
+
+
+def chosen(Q, reference, k: int) -> bool:
+    """Whether the backend's kNN entry runs the two-pass scheme for this problem."""
+    if KNN_METHOD == "direct":
+        return False
+    n_q, d = Q.shape
+    n_r = reference.shape[0]
+    if n_q == 0 or d < 1 or k < 1 or k > n_r or n_r >= 2**31:  # int32 list indices
+        return False
+    if KNN_METHOD == "twopass":
+        return True
+    if KNN_METHOD != "auto":
+        raise ValueError(f"KNN_METHOD={KNN_METHOD!r}: expected 'auto', 'direct' or 'twopass'")
+    return k <= TWOPASS_MAX_K and n_q * n_r * d >= TWOPASS_MIN_WORK
+
+
+def error_bound(qn, rmax: float, d: int):
+    """B per query (module docstring): |screened - exact distance| <= B for every row."""
+    cp = _cupy()
+    eta = (1 + _U32) * (1 + TF32_INPUT_EPS) - 1
+    gamma = (d + 1) * _U32 / (1 - (d + 1) * _U32)
+    c1 = (1 + eta) ** 2 * (1 + gamma) - 1
+    alpha = 2 * _FLT_MIN
+    s = qn + rmax
+    return (c1 + 8 * (d + 4) * _U64) * s + 5 * alpha * cp.sqrt(2.0 * d * s) + 8 * d * alpha
+
+
+def knn(Q, reference, k: int, self_offset: int, direct):
+    """(D, I) of CuPy queries Q against ``reference``; ``direct(Q, ref, k, self_offset)``
+    is the direct kernel's entry, used for overflowed queries and out-of-range input."""
+    cp = _cupy()
+    dtype = np.dtype(Q.dtype)
+    n_q, d = Q.shape
+    R = _to_cupy(reference, dtype)
+    n_r = R.shape[0]
+    f64 = np.float64
+    Q64, R64 = Q.astype(f64), R.astype(f64)
+    qn = (Q64 * Q64).sum(axis=1)
+    rn = (R64 * R64).sum(axis=1)
+    del Q64, R64
+    rmax = float(rn.max())
+    if not (max(rmax, float(qn.max())) <= NORM_LIMIT):  # also NaN / inf
+        return direct(Q, reference, k, self_offset)
+    bound = cp.ascontiguousarray(error_bound(qn, rmax, d), dtype=f64)
+    Q32 = Q.astype(np.float32)
+    R32 = R.astype(np.float32)
+
+    n_seg = max(1, min(SEGMENTS, TWOPASS_MAX_SEGMENTS))
+    L = min(LIST_FACTOR * k + LIST_EXTRA, n_r)
+    list_s = cp.full((n_seg, L, n_q), math.inf, dtype=f64)
+    list_i = cp.full((n_seg, L, n_q), -1, dtype=np.int32)
+    module = _loader.load_module("knn_twopass")
+    filt = module.get_function("twopass_filter")
+    self_on = self_offset >= 0
+    for q0 in range(0, n_q, TILE_Q):
+        q1 = min(q0 + TILE_Q, n_q)
+        Qt = Q32[q0:q1].T
+        for r0 in range(0, n_r, TILE_R):
+            r1 = min(r0 + TILE_R, n_r)
+            G = cp.ascontiguousarray(cp.matmul(R32[r0:r1], Qt))  # (rows, queries), float32
+            segs = max(1, min(n_seg, r1 - r0))
+            _launch(filt, (_blocks(q1 - q0, TWOPASS_THREADS), segs), (TWOPASS_THREADS,), (
+                G, np.int64(q1 - q0), np.int64(r1 - r0), np.int64(q0), np.int64(r0), qn, rn,
+                np.int64(self_offset if self_on else 0), np.int32(self_on), np.int32(L),
+                np.int64(n_q), list_s, list_i))
+
+    out_d = cp.empty((n_q, k), dtype=f64)
+    out_i = cp.empty((n_q, k), dtype=np.int64)
+    overflow = cp.empty(n_q, dtype=np.int32)
+    _launch(module.get_function(f"twopass_rerank_{SUFFIX[dtype]}"),
+            (_blocks(n_q, TWOPASS_THREADS),), (TWOPASS_THREADS,), (
+                Q, R, np.int32(d), np.int64(n_q), np.int32(k), np.int32(L), np.int32(n_seg),
+                list_s, list_i, bound, np.float64(SAFETY), out_d, out_i, overflow))
+    D = out_d if dtype == f64 else out_d.astype(dtype)  # float32: rounded once, as direct
+    rows = cp.flatnonzero(overflow).get()
+    for a, b in _runs(rows):
+        D[a:b], out_i[a:b] = direct(Q[a:b], reference, k, self_offset + a if self_on else -1)
+    return D, out_i
+
+
+def _runs(rows):
+    """Contiguous runs [a, b) of the sorted row numbers ``rows``."""
+    runs = []
+    for r in (int(v) for v in rows):
+        if runs and runs[-1][1] == r:
+            runs[-1][1] = r + 1
+        else:
+            runs.append([r, r + 1])
+    return [tuple(run) for run in runs]
