@@ -6,14 +6,16 @@
 // products with cuBLAS (cupy.matmul, TF32 allowed), reference rows x queries, so that the
 // threads of a warp (consecutive queries) read consecutive addresses. Each thread owns one
 // query and one segment of the tile's rows (blockIdx.y) and keeps, in global memory, that
-// (query, segment)'s L = k + margin smallest screened distances s = |q|^2 + |r|^2 - 2 q.r
-// (norms in double), sorted ascending; its L-th entry is the running cut-off. Reference
-// tiles come in ascending order; the lists persist across them.
+// (query, segment)'s L = k + margin smallest lower bounds lo = s - W(q, r), sorted
+// ascending, where s = |q|^2 + |r|^2 - 2 q.r is the screened distance (norms in double)
+// and W = SAFETY B(q, r) = w (|q|^2 + |r|^2) + a_q its widened error bound (the host
+// proves B); the L-th entry is the running cut-off. Reference tiles come in ascending
+// order; the lists persist across them.
 //
-// Pass 2 (twopass_rerank_*): per query, kth = the k-th smallest screened distance over all
-// segment lists and limit = kth + margin (bound[q], proven on the host). Every candidate
-// with s <= limit is recomputed exactly -- the direct kernel's sum, fma(diff, diff, s) in
-// ascending dimension, in double -- and the k lexicographically smallest (distance, index)
+// Pass 2 (twopass_rerank_*): per query, limit = the largest upper bound s + W among the k
+// candidates of smallest lo (k rows at most that far, so the true k-th distance is too).
+// Every candidate with lo <= limit is recomputed exactly -- the direct kernel's sum,
+// fma(diff, diff, s) in ascending dimension, in double -- and the k lexicographically smallest (distance, index)
 // are written. If a list is full and its largest entry is itself <= limit, it may have
 // dropped a candidate that belongs to the answer: overflow[q] = 1 and the host recomputes
 // that query with the direct kernel (knn_cuda.cu), which stays the oracle.
@@ -36,8 +38,9 @@ __device__ __forceinline__ long long at(int seg, int slot, int L, long long n_q,
 
 __device__ void filter(const float* __restrict__ G, long long tq, long long tr, long long q0,
                        long long r0, const double* __restrict__ qn,
-                       const double* __restrict__ rn, long long self_offset, int self_on,
-                       int L, long long n_q, double* __restrict__ list_s,
+                       const double* __restrict__ rn, double w, const double* __restrict__ a,
+                       long long self_offset, int self_on, int L, long long n_q,
+                       double* __restrict__ list_s,
                        int* __restrict__ list_i) {
     const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // query in tile
     if (c >= tq) return;  // no shared memory, no barriers: early return is safe
@@ -46,7 +49,7 @@ __device__ void filter(const float* __restrict__ G, long long tq, long long tr, 
     const long long j0 = seg * per;
     const long long j1 = (j0 + per < tr) ? j0 + per : tr;
     const long long q = q0 + c;
-    const double qq = qn[q];
+    const double qq = qn[q], aq = a[q];
     const long long self_j = self_on ? self_offset + q : -1;
     const long long base = at(seg, 0, L, n_q, q);
     // The cut-off: +inf (slot empty, index -1) until the list is full.
@@ -54,17 +57,18 @@ __device__ void filter(const float* __restrict__ G, long long tq, long long tr, 
     for (long long j = j0; j < j1; ++j) {
         const long long r = r0 + j;
         const double s = (qq + rn[r]) - 2.0 * (double)G[j * tq + c];
-        if (!(s < worst) || r == self_j) continue;
+        const double lo = s - (w * (qq + rn[r]) + aq);
+        if (!(lo < worst) || r == self_j) continue;
         // Shift strictly larger entries up; the last one drops out.
         int pos = L - 1;
         while (pos > 0) {
             const long long prev = base + (long long)(pos - 1) * n_q;
-            if (!(s < list_s[prev])) break;
+            if (!(lo < list_s[prev])) break;
             list_s[prev + n_q] = list_s[prev];
             list_i[prev + n_q] = list_i[prev];
             --pos;
         }
-        list_s[base + (long long)pos * n_q] = s;
+        list_s[base + (long long)pos * n_q] = lo;
         list_i[base + (long long)pos * n_q] = (int)r;
         worst = list_s[base + (long long)(L - 1) * n_q];
     }
@@ -73,16 +77,19 @@ __device__ void filter(const float* __restrict__ G, long long tq, long long tr, 
 template <typename T>
 __device__ void rerank(const T* __restrict__ Q, const T* __restrict__ R, int d, long long n_q,
                        int k, int L, int n_seg, const double* __restrict__ list_s,
-                       const int* __restrict__ list_i, const double* __restrict__ bound,
-                       double safety, double* __restrict__ out_d,
+                       const int* __restrict__ list_i, const double* __restrict__ qn,
+                       const double* __restrict__ rn, double w, const double* __restrict__ a,
+                       double* __restrict__ out_d,
                        long long* __restrict__ out_i, int* __restrict__ overflow) {
     const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (q >= n_q) return;
     const double INF = inf_f64();
-    // kth: the k-th smallest over the sorted segment lists (a k-step merge of their heads).
+    // kth: the largest upper bound lo + 2 W over the k smallest lo of the sorted segment
+    // lists (a k-step merge of their heads).
     int head[FASTZSL_TWOPASS_MAX_SEGMENTS];
     for (int g = 0; g < n_seg; ++g) head[g] = 0;
-    double kth = INF;
+    const double qq = qn[q], aq = a[q];
+    double kth = -INF;
     for (int p = 0; p < k; ++p) {
         int best = -1;
         double best_s = INF;
@@ -95,12 +102,17 @@ __device__ void rerank(const T* __restrict__ Q, const T* __restrict__ R, int d, 
                 best_s = list_s[e];
             }
         }
-        if (best < 0) break;  // fewer than k candidates: kth stays +inf, all are re-ranked
+        if (best < 0) {  // fewer than k candidates: every one is re-ranked
+            kth = INF;
+            break;
+        }
+        const double rj = rn[list_i[at(best, head[best], L, n_q, q)]];
+        const double hi = best_s + 2.0 * (w * (qq + rj) + aq);
+        kth = hi > kth ? hi : kth;
         ++head[best];
-        if (p == k - 1) kth = best_s;
     }
-    // 2 u |kth|: the rounding of kth + margin itself (bound[q] holds everything else).
-    const double limit = kth + (2.0 * safety * bound[q] + 2.2204460492503131e-16 * fabs(kth));
+    // 2 u |kth|: slack for the rounding of lo and hi themselves (SAFETY covers the rest).
+    const double limit = kth + 2.2204460492503131e-16 * fabs(kth);
     for (int g = 0; g < n_seg; ++g) {
         const long long e = at(g, L - 1, L, n_q, q);
         if (list_i[e] >= 0 && list_s[e] <= limit) {
@@ -149,19 +161,19 @@ __device__ void rerank(const T* __restrict__ Q, const T* __restrict__ R, int d, 
 
 extern "C" __global__ void __launch_bounds__(FASTZSL_TWOPASS_THREADS) twopass_filter(
     const float* G, long long tq, long long tr, long long q0, long long r0, const double* qn,
-    const double* rn, long long self_offset, int self_on, int L, long long n_q, double* list_s,
-    int* list_i) {
-    fastzsl::twopass::filter(G, tq, tr, q0, r0, qn, rn, self_offset, self_on, L, n_q, list_s,
-                             list_i);
+    const double* rn, double w, const double* a, long long self_offset, int self_on, int L,
+    long long n_q, double* list_s, int* list_i) {
+    fastzsl::twopass::filter(G, tq, tr, q0, r0, qn, rn, w, a, self_offset, self_on, L, n_q,
+                             list_s, list_i);
 }
 
 #define FASTZSL_RERANK_ENTRY(NAME, T)                                                       \
     extern "C" __global__ void __launch_bounds__(FASTZSL_TWOPASS_THREADS) NAME(             \
         const T* Q, const T* R, int d, long long n_q, int k, int L, int n_seg,              \
-        const double* list_s, const int* list_i, const double* bound, double safety,        \
-        double* out_d, long long* out_i, int* overflow) {                                   \
-        fastzsl::twopass::rerank<T>(Q, R, d, n_q, k, L, n_seg, list_s, list_i, bound,       \
-                                    safety, out_d, out_i, overflow);                        \
+        const double* list_s, const int* list_i, const double* qn, const double* rn,        \
+        double w, const double* a, double* out_d, long long* out_i, int* overflow) {        \
+        fastzsl::twopass::rerank<T>(Q, R, d, n_q, k, L, n_seg, list_s, list_i, qn, rn, w,   \
+                                    a, out_d, out_i, overflow);                             \
     }
 
 FASTZSL_RERANK_ENTRY(twopass_rerank_f32, float)

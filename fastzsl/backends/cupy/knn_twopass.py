@@ -9,9 +9,11 @@ Pass 1: for query tiles x reference tiles (``TILE_Q`` x ``TILE_R`` float32 dot p
 32 MiB by default, small enough to stay in an H100/H200's 50 MB L2 between the GEMM that
 writes it and the filter that reads it), ``cupy.matmul`` computes G = R32 . Q32^T and
 ``twopass_filter`` keeps each query's L = ``LIST_FACTOR`` k + ``LIST_EXTRA`` smallest
-screened distances s = |q|^2 + |r|^2 - 2 g per segment of the tile's rows (norms in
-double). Pass 2: ``twopass_rerank_*`` takes T = the k-th smallest s, re-ranks exactly every
-candidate with s <= T + 2 SAFETY B, and flags a query whose list may have dropped one.
+lower bounds s - SAFETY B per segment of the tile's rows, s = |q|^2 + |r|^2 - 2 g the
+screened distance (norms in double). Pass 2: ``twopass_rerank_*`` takes T = the largest
+upper bound s + SAFETY B of the k candidates with the smallest lower bounds, re-ranks
+exactly every candidate whose lower bound is <= T, and flags a query whose list may have
+dropped one.
 
 The error bound B (proven for TF32 tensor-core GEMMs, so it holds as well when cuBLAS runs
 plain FP32 SGEMM; CuPy uses TF32 only with CUPY_TF32=1). Let e(q, r) be the direct
@@ -20,20 +22,23 @@ dimension, u = 2^-24, u64 = 2^-53, t = 2^-10 (TF32 keeps 10 mantissa bits; 2^-10
 truncation as well as rounding), eta = (1 + u)(1 + t) - 1 (float64 input rounded to
 float32, then to TF32), gamma = (d + 1) u / (1 - (d + 1) u) (FP32 products and their sum
 in any order, split-K included), and alpha = 2 FLT_MIN (subnormals flushed to zero). Then
-|s - e| <= B(q) for every reference row r, with
+|s - e| <= B(q, r) for every pair, with
 
-    B(q) = (c1 + 8 (d + 4) u64) (Qn + Rmax) + 5 alpha sqrt(2 d (Qn + Rmax)) + 8 d alpha,
-    c1   = (1 + eta)^2 (1 + gamma) - 1,
+    B(q, r) = c (Qn + Rn) + a(q),   c = c1 + 8 (d + 6) u64,   c1 = (1 + eta)^2 (1 + gamma) - 1,
+    a(q)    = 5 alpha sqrt(2 d (Qn + Rmax)) + 8 d alpha,
 
-because |g - q.r| <= c1 |q||r| + (abs. terms) and 2 |q||r| <= Qn + Rn; the 8 (d + 4) u64
-term covers the double norms, the two additions of s and e's own rounding against the
-exact distance (both <= (d + 2) u64 2 (Qn + Rn)). For d = 64 with TF32, c1 ~ 2.0e-3:
-the margin is about 0.8% of Qn + Rmax (FP32 alone: ~1.6e-5 %).
-Why it is exact: the k candidates with the smallest s all have e <= T + B, so the true
-k-th distance is <= T + B, and every row of the answer has s <= e + B <= T + 2B. A
-segment list that is not full holds every row of its segment; a full one whose largest s
-exceeds the limit dropped only rows above it; a full one whose largest s is within the
-limit may have dropped an answer row: the query overflows to the direct kernel.
+because |g - q.r| <= c1 |q||r| + (abs. terms) and 2 |q||r| <= Qn + Rn; the 8 (d + 6) u64
+term covers the double norms, the two additions of s, e's own rounding against the exact
+distance (both <= (d + 2) u64 2 (Qn + Rn)) and the centring (below: the double
+differences q - mu are rounded once, which moves e by at most 4 u64 (Qn + Rn)). Here q,
+r, Qn, Rn are of the centred vectors q - mu, r - mu (mu: the reference mean, in double). For d = 64 with TF32, c ~ 2.0e-3: the
+window s +- SAFETY B is about +-0.4% of Qn + Rn wide (FP32 alone would allow ~1e-5 %).
+Why it is exact: k rows have e <= s + B <= T, so the true k-th distance is <= T, and
+every row of the answer has s - B <= e <= T. A segment list that is not full holds every
+row of its segment; a full one whose largest lower bound exceeds T dropped only rows
+above it; a full one whose largest is <= T may have dropped an answer row: the query
+overflows to the direct kernel. The bound is per pair, so one far reference row (large
+Rn) widens only its own window.
 
 Inputs whose squared norms exceed ``NORM_LIMIT`` (float32 products could overflow), or
 are not finite, go to the direct kernel whole.
@@ -84,14 +89,14 @@ def chosen(Q, reference, k: int) -> bool:
 
 
 def error_bound(qn, rmax: float, d: int):
-    """B per query (module docstring): |screened - exact distance| <= B for every row."""
+    """(c, a): |screened - exact distance| <= c (Qn + Rn) + a[q] for every pair (module
+    docstring); ``qn`` the queries' double squared norms, ``rmax`` the largest Rn."""
     cp = _cupy()
     eta = (1 + _U32) * (1 + TF32_INPUT_EPS) - 1
     gamma = (d + 1) * _U32 / (1 - (d + 1) * _U32)
     c1 = (1 + eta) ** 2 * (1 + gamma) - 1
     alpha = 2 * _FLT_MIN
-    s = qn + rmax
-    return (c1 + 8 * (d + 4) * _U64) * s + 5 * alpha * cp.sqrt(2.0 * d * s) + 8 * d * alpha
+    return c1 + 8 * (d + 6) * _U64, 5 * alpha * cp.sqrt(2.0 * d * (qn + rmax)) + 8 * d * alpha
 
 
 def knn(Q, reference, k: int, self_offset: int, direct):
@@ -103,16 +108,21 @@ def knn(Q, reference, k: int, self_offset: int, direct):
     R = _to_cupy(reference, dtype)
     n_r = R.shape[0]
     f64 = np.float64
-    Q64, R64 = Q.astype(f64), R.astype(f64)
-    qn = (Q64 * Q64).sum(axis=1)
-    rn = (R64 * R64).sum(axis=1)
-    del Q64, R64
+    # The screen sees centred copies: distances do not change, norms (and so the margins,
+    # which scale with them) shrink to the spread of the data, not its offset.
+    mu = R.astype(f64).mean(axis=0)
+    Qc, Rc = Q.astype(f64) - mu, R.astype(f64) - mu
+    qn = (Qc * Qc).sum(axis=1)
+    rn = (Rc * Rc).sum(axis=1)
     rmax = float(rn.max())
     if not (max(rmax, float(qn.max())) <= NORM_LIMIT):  # also NaN / inf
         return direct(Q, reference, k, self_offset)
-    bound = cp.ascontiguousarray(error_bound(qn, rmax, d), dtype=f64)
-    Q32 = Q.astype(np.float32)
-    R32 = R.astype(np.float32)
+    c, a = error_bound(qn, rmax, d)
+    w = np.float64(SAFETY * c)
+    a = cp.ascontiguousarray(SAFETY * a, dtype=f64)
+    Q32 = Qc.astype(np.float32)
+    R32 = Rc.astype(np.float32)
+    del Qc, Rc
 
     n_seg = max(1, min(SEGMENTS, TWOPASS_MAX_SEGMENTS))
     L = min(LIST_FACTOR * k + LIST_EXTRA, n_r)
@@ -130,7 +140,7 @@ def knn(Q, reference, k: int, self_offset: int, direct):
             segs = max(1, min(n_seg, r1 - r0))
             _launch(filt, (_blocks(q1 - q0, TWOPASS_THREADS), segs), (TWOPASS_THREADS,), (
                 G, np.int64(q1 - q0), np.int64(r1 - r0), np.int64(q0), np.int64(r0), qn, rn,
-                np.int64(self_offset if self_on else 0), np.int32(self_on), np.int32(L),
+                w, a, np.int64(self_offset if self_on else 0), np.int32(self_on), np.int32(L),
                 np.int64(n_q), list_s, list_i))
 
     out_d = cp.empty((n_q, k), dtype=f64)
@@ -139,7 +149,7 @@ def knn(Q, reference, k: int, self_offset: int, direct):
     _launch(module.get_function(f"twopass_rerank_{SUFFIX[dtype]}"),
             (_blocks(n_q, TWOPASS_THREADS),), (TWOPASS_THREADS,), (
                 Q, R, np.int32(d), np.int64(n_q), np.int32(k), np.int32(L), np.int32(n_seg),
-                list_s, list_i, bound, np.float64(SAFETY), out_d, out_i, overflow))
+                list_s, list_i, qn, rn, w, a, out_d, out_i, overflow))
     D = out_d if dtype == f64 else out_d.astype(dtype)  # float32: rounded once, as direct
     rows = cp.flatnonzero(overflow).get()
     for a, b in _runs(rows):
