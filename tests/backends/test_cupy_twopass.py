@@ -8,6 +8,10 @@ the CPU stand-in's float32 matmul would otherwise never exercise.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -51,8 +55,9 @@ def gemm(request, cp, monkeypatch):
         if not getattr(cp, "IS_FAKE", False):
             pytest.skip("TF32 emulation replaces the CPU stand-in's matmul only")
 
-        def matmul(a, b):
-            return cp.asarray(np.matmul(_tf32(a._data), _tf32(b._data)))
+        def matmul(a, b, out=None):
+            np.matmul(_tf32(a._data), _tf32(b._data), out=out._data)
+            return out
 
         monkeypatch.setattr(cp, "matmul", matmul, raising=False)
     return request.param
@@ -215,3 +220,56 @@ def test_method_switch_and_size_rule(monkeypatch):
     monkeypatch.setattr(tp, "KNN_METHOD", "fast")
     with pytest.raises(ValueError, match="KNN_METHOD"):
         tp.chosen(Q, small, 10)
+
+
+_SANITIZED_RUN = """
+import sys
+import numpy as np
+from tests.cuda_host import fake_cupy
+sys.modules["cupy"] = fake_cupy
+from fastzsl.backends import cupy as backend, numpy_
+from fastzsl.backends.cupy import knn_twopass as tp
+from fastzsl.testing import TOL, assert_knn_equal
+tp.KNN_METHOD, tp.TILE_Q, tp.TILE_R, tp.SEGMENTS, tp.LIST_EXTRA = "twopass", 40, 90, 3, 0
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    R = rng.normal(size=(250, 9)).astype(dtype)
+    R[200:] = R[0]
+    tol = TOL[np.dtype(dtype)]
+    assert_knn_equal(*backend.KERNELS.knn(R[:70], R, 5, -1), *numpy_.knn(R[:70], R, 5, -1), **tol)
+    assert_knn_equal(*backend.KERNELS.knn(R, R, 8, 0), *numpy_.knn(R, R, 8, 0), **tol)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("kind", ["address", "thread"])
+def test_twopass_kernels_run_clean_under_sanitizers(cp, kind):
+    # Out-of-bounds list, tile or row access (ASan), or two threads touching one query's
+    # lists (TSan), stops the run; the lists overflow for the copied rows too.
+    if not getattr(cp, "IS_FAKE", False):
+        pytest.skip("the sanitizers instrument the CPU harness only")
+    from tests.cuda_host import harness
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", _SANITIZED_RUN], cwd=root,
+                          env=harness.sanitizer_env(kind), capture_output=True, text=True,
+                          timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and output.strip().endswith("ok"), output[-4000:]
+
+
+@gpu
+def test_benchmark_case_compares_the_two_methods(cp):
+    # benchmarks/bench_gpu.py's knn_methods_case at tiny sizes (gpu_check.sh --tiny runs it
+    # too); it asserts the two-pass answer equals the direct kernel's before timing anything.
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    out = bench_gpu.knn_methods_case(cp, K, numpy_, assert_knn_equal, TOL, 300, 50, 8, 4,
+                                     lambda msg: None)
+    assert out["correctness"]["twopass_equals_direct"]
+    assert set(out["times_s"]) == {"fastzsl_knn_direct", "fastzsl_knn_twopass"}
+    assert tp.KNN_METHOD == "auto"  # restored
