@@ -126,7 +126,7 @@ def test_twopass_k_equals_n_ref(cp, small_tiles, monkeypatch, dtype):
 
 def _recording_direct(calls):
     def direct(Q, reference, k, self_offset):
-        calls.append((Q.shape[0], self_offset))
+        calls.append((Q.shape[0], k, self_offset))
         return knn_direct._knn_device(Q, reference, k, self_offset)
     return direct
 
@@ -143,16 +143,19 @@ def test_overflowed_queries_fall_back_to_the_direct_kernel(cp, small_tiles, monk
     calls = []
     D, I = tp.knn(cp.asarray(Q), cp.asarray(R), k, -1, _recording_direct(calls))
     D1, I1 = knn_direct._knn_device(cp.asarray(Q), cp.asarray(R), k, -1)
-    assert calls == [(5, -1)], calls  # exactly the tied queries, one run, nothing else
+    assert calls == [(5, k, -1)], calls  # exactly the tied queries, one launch
     np.testing.assert_array_equal(I.get(), I1.get())
     np.testing.assert_array_equal(D.get(), D1.get())
     assert (I.get()[20:25] == np.arange(100, 106)).all()
-    # Self excluded: query rows are reference rows 5..; the run's offset is rebased.
+    # Self excluded, overflowed queries scattered (two groups of copies): one launch of
+    # k + 1 with self included, self then dropped -- or, where self is not among the k + 1
+    # (lower-index copies tie with it), the first k kept.
     calls.clear()
-    Qs = R[5:110]  # query rows 95..104 are reference rows 100..109, copies
+    R[20:25] = R[100]
+    Qs = R[5:115]  # query rows 15..19 and 95..109 are copies; reference row = query row + 5
     D, I = tp.knn(cp.asarray(Qs), cp.asarray(R), k, 5, _recording_direct(calls))
     D1, I1 = knn_direct._knn_device(cp.asarray(Qs), cp.asarray(R), k, 5)
-    assert calls == [(10, 100)], calls
+    assert calls == [(20, k + 1, -1)], calls
     np.testing.assert_array_equal(I.get(), I1.get())
     np.testing.assert_array_equal(D.get(), D1.get())
 
@@ -166,7 +169,7 @@ def test_lists_of_exactly_k_overflow_every_query(cp, small_tiles, monkeypatch):
     R = rng.normal(size=(200, 4)).astype(np.float32)
     calls = []
     D, I = tp.knn(cp.asarray(R[:50]), cp.asarray(R), 3, 0, _recording_direct(calls))
-    assert calls == [(50, 0)]
+    assert calls == [(50, 4, -1)]  # self excluded: k + 1 with self, then self dropped
     assert_knn_equal(D.get(), I.get(), *numpy_.knn(R[:50], R, 3, 0), **TOL[np.dtype(np.float32)])
 
 
@@ -176,7 +179,7 @@ def test_norms_beyond_float32_go_to_the_direct_kernel(cp):
     R = rng.normal(size=(60, 3)) * 1e20  # squared norms ~1e40: float32 products would overflow
     calls = []
     D, I = tp.knn(cp.asarray(R[:10]), cp.asarray(R), 4, 0, _recording_direct(calls))
-    assert calls == [(10, 0)]
+    assert calls == [(10, 4, 0)]
     assert_knn_equal(D.get(), I.get(), *numpy_.knn(R[:10], R, 4, 0), **TOL[np.dtype(np.float64)])
 
 

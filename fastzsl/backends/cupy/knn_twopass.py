@@ -128,7 +128,7 @@ def knn(Q, reference, k: int, self_offset: int, direct):
     del Qc, Rc
 
     n_seg = max(1, min(SEGMENTS, TWOPASS_MAX_SEGMENTS))
-    L = min(LIST_FACTOR * k + LIST_EXTRA, n_r)
+    L = min(max(LIST_FACTOR * k + LIST_EXTRA, k), n_r)
     list_s = cp.full((n_seg, L, n_q), math.inf, dtype=f64)
     list_i = cp.full((n_seg, L, n_q), -1, dtype=np.int32)
     module = _loader.load_module("knn_twopass")
@@ -158,20 +158,25 @@ def knn(Q, reference, k: int, self_offset: int, direct):
                 Q, R, np.int32(d), np.int64(n_q), np.int32(k), np.int32(L), np.int32(n_seg),
                 list_s, list_i, qn, rn, w, a, out_d, out_i, overflow))
     D = out_d if dtype == f64 else out_d.astype(dtype)  # float32: rounded once, as direct
-    rows = cp.flatnonzero(overflow).get()
+    rows = cp.flatnonzero(overflow)
     global LAST_OVERFLOW_ROWS
-    LAST_OVERFLOW_ROWS = len(rows)
-    for a, b in _runs(rows):
-        D[a:b], out_i[a:b] = direct(Q[a:b], reference, k, self_offset + a if self_on else -1)
+    LAST_OVERFLOW_ROWS = n_over = int(rows.shape[0])
+    if n_over == 0:
+        return D, out_i
+    Qo = cp.ascontiguousarray(Q[rows])
+    if not self_on:  # the overflowed queries in one direct launch, against the device copy
+        D[rows], out_i[rows] = direct(Qo, R, k, -1)
+    else:
+        # Self excluded, queries scattered: their k + 1 nearest with self included, then
+        # self dropped (k < n_r here: a list overflows only when full, L >= k entries out
+        # of the n_r - 1 rows other than self). The direct kernel orders by (distance,
+        # index), so the k left are exactly the k it gives with self excluded.
+        Dd, Id = direct(Qo, R, k + 1, -1)
+        is_self = Id == (rows + self_offset)[:, None]
+        at = cp.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
+        cols = cp.arange(k)[None, :]
+        cols = cols + (cols >= at[:, None])
+        D[rows] = cp.take_along_axis(Dd, cols, axis=1)
+        out_i[rows] = cp.take_along_axis(Id, cols, axis=1)
     return D, out_i
 
-
-def _runs(rows):
-    """Contiguous runs [a, b) of the sorted row numbers ``rows``."""
-    runs = []
-    for r in (int(v) for v in rows):
-        if runs and runs[-1][1] == r:
-            runs[-1][1] = r + 1
-        else:
-            runs.append([r, r + 1])
-    return [tuple(run) for run in runs]
