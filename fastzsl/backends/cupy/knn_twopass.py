@@ -16,7 +16,7 @@ exactly every candidate whose lower bound is <= T, and flags a query whose list 
 dropped one.
 
 The error bound B (proven for TF32 tensor-core GEMMs, so it holds as well when cuBLAS runs
-plain FP32 SGEMM; CuPy uses TF32 only with CUPY_TF32=1). Let e(q, r) be the direct
+plain FP32 SGEMM; CuPy uses TF32 only when asked to, e.g. CUPY_TF32=1). Let e(q, r) be the direct
 kernel's double distance, Qn, Rn the double squared norms, Rmax = max Rn, d the
 dimension, u = 2^-24, u64 = 2^-53, t = 2^-10 (TF32 keeps 10 mantissa bits; 2^-10 covers
 truncation as well as rounding), eta = (1 + u)(1 + t) - 1 (float64 input rounded to
@@ -31,10 +31,11 @@ because |g - q.r| <= c1 |q||r| + (abs. terms) and 2 |q||r| <= Qn + Rn; the 8 (d 
 term covers the double norms, the two additions of s, e's own rounding against the exact
 distance (both <= (d + 2) u64 2 (Qn + Rn)) and the centring (below: the double
 differences q - mu are rounded once, which moves e by at most 4 u64 (Qn + Rn)). Here q,
-r, Qn, Rn are of the centred vectors q - mu, r - mu (mu: the reference mean, in double). For d = 64 with TF32, c ~ 2.0e-3: the
-window s +- SAFETY B is about +-0.4% of Qn + Rn wide (FP32 alone would allow ~1e-5 %).
+r, Qn, Rn are of the centred vectors q - mu, r - mu (mu: the reference mean, in double).
+For d = 64, c ~ 2.0e-3: the window s +- SAFETY B is about +-0.4% of Qn + Rn wide (a bound
+for FP32 SGEMM alone would be ~500x narrower; the TF32 one is kept so that either runs).
 Why it is exact: k rows have e <= s + B <= T, so the true k-th distance is <= T, and
-every row of the answer has s - B <= e <= T. A segment list that is not full holds every
+every row of the answer has s - SAFETY B <= s - B <= e <= T. A segment list that is not full holds every
 row of its segment; a full one whose largest lower bound exceeds T dropped only rows
 above it; a full one whose largest is <= T may have dropped an answer row: the query
 overflows to the direct kernel. The bound is per pair, so one far reference row (large
