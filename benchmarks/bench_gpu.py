@@ -299,6 +299,39 @@ def big_reference_case(cp, K, numpy_, assert_knn_equal, TOL, n_ref, n_q, d, k, l
     return out
 
 
+def knn_methods_case(cp, K, numpy_, assert_knn_equal, TOL, n_ref, n_q, d, k, log):
+    """The direct kernel against the two-pass GEMM scheme (knn_twopass.py) on one problem:
+    equal answers (bit for bit), then the time of each and how many queries overflowed."""
+    from fastzsl.backends.cupy import knn_twopass
+
+    out = {"n_ref": n_ref, "n_q": n_q, "d": d, "k": k, "dtype": "float32"}
+    centers = cp.random.RandomState(9).standard_normal((10, d), dtype=cp.float32) * 10
+    R = blobs(cp, n_ref, d, centers, 10)
+    Q = blobs(cp, n_q, d, centers, 11)
+    times, answers = {}, {}
+    saved = knn_twopass.KNN_METHOD
+    try:
+        for method in ("direct", "twopass"):
+            knn_twopass.KNN_METHOD = method
+            times[f"fastzsl_knn_{method}"], answers[method] = timed(
+                lambda: K.knn(Q, R, k, -1), 2, cp)
+    finally:
+        knn_twopass.KNN_METHOD = saved
+    (D1, I1), (D2, I2) = answers["direct"], answers["twopass"]
+    same = bool((I1 == I2).all()) and bool((D1 == D2).all())
+    assert same, "two-pass kNN differs from the direct kernel"
+    n_np = 2
+    assert_knn_equal(D2[:n_np].get(), I2[:n_np].get(), *numpy_.knn(Q[:n_np].get(), R.get(), k, -1),
+                     **TOL[np.dtype(np.float32)])
+    out["overflow_rows"] = int(knn_twopass.LAST_OVERFLOW_ROWS)
+    out["correctness"] = {"twopass_equals_direct": same, "rows_vs_numpy": n_np}
+    log(f"  two-pass == direct on {n_q:,} x {n_ref:,}; {out['overflow_rows']} queries fell back")
+    out["times_s"] = times
+    R = Q = None
+    cp.get_default_memory_pool().free_all_blocks()
+    return out
+
+
 # ------------------------------------------------------------------ report
 def median(xs):
     return float(np.median(xs)) if xs else float("nan")
@@ -330,6 +363,12 @@ def summarize(result):
         tb = median(b["times_s"]["fastzsl_knn_device_reference"])
         s["big_reference_knn_s"] = tb
         s["big_reference_distances_per_s"] = b["n_ref"] * b["n_q"] / tb
+    m = result.get("knn_methods")
+    if m:
+        tm = {name: median(v) for name, v in m["times_s"].items()}
+        s["knn_direct_s"] = tm["fastzsl_knn_direct"]
+        s["knn_twopass_s"] = tm["fastzsl_knn_twopass"]
+        s["knn_direct_over_twopass"] = tm["fastzsl_knn_direct"] / tm["fastzsl_knn_twopass"]
     return s
 
 
@@ -366,6 +405,15 @@ def write_markdown(result, path):
             lines.append(f"- {name}: median {median(v):.4f} s over {len(v)} run(s)")
         lines.append(f"- distances per second: {s['big_reference_distances_per_s']:.4g}")
         lines.append(f"- correctness: {json.dumps(b['correctness'])}")
+    if "knn_methods" in result:
+        m = result["knn_methods"]
+        lines += ["", f"## kNN, direct kernel vs two-pass GEMM screen: N_ref={m['n_ref']:,}, "
+                  f"N_q={m['n_q']:,}, d={m['d']}, k={m['k']}, float32", ""]
+        for name, v in m["times_s"].items():
+            lines.append(f"- {name}: median {median(v):.4f} s over {len(v)} run(s)")
+        lines.append(f"- direct / two-pass: {s['knn_direct_over_twopass']:.3g}; queries that "
+                     f"fell back to the direct kernel: {m['overflow_rows']:,}")
+        lines.append(f"- correctness: {json.dumps(m['correctness'])}")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -412,16 +460,18 @@ def main(argv=None):
     }
     log(f"device {name}")
     if args.tiny and getattr(cp, "IS_FAKE", False):  # the CPU test harness: script check
-        sizes = dict(knn=(600, 300, 8, 5), gauss=(400, 12, 8), big=(3000, 40, 8, 5))
+        sizes = dict(knn=(600, 300, 8, 5), gauss=(400, 12, 8), big=(3000, 40, 8, 5),
+                     methods=(500, 100, 8, 5))
         result["sizes"] = "tiny, CPU execution (tests/cuda_host): timings mean nothing"
     elif args.tiny:
-        sizes = dict(knn=(3000, 2000, 20, 7), gauss=(3000, 40, 20), big=(20_000, 40, 20, 7))
+        sizes = dict(knn=(3000, 2000, 20, 7), gauss=(3000, 40, 20), big=(20_000, 40, 20, 7),
+                     methods=(20_000, 2000, 20, 7))
     elif args.quick:
         sizes = dict(knn=(100_000, 100_000, 64, 20), gauss=(400_000, 1000, 64),
-                     big=(1_000_000, 500, 64, 20))
+                     big=(1_000_000, 500, 64, 20), methods=(200_000, 20_000, 64, 20))
     else:
         sizes = dict(knn=(1_000_000, 1_000_000, 64, 20), gauss=(4_000_000, 1000, 64),
-                     big=(10_000_000, 2000, 64, 20))
+                     big=(10_000_000, 2000, 64, 20), methods=(1_000_000, 100_000, 64, 20))
 
     log("exact kNN + LoOP")
     result["knn_loop"] = knn_loop_case(cp, torch, K, numpy_, assert_knn_equal, TOL,
@@ -431,6 +481,9 @@ def main(argv=None):
     log("large reference")
     result["big_reference"] = big_reference_case(cp, K, numpy_, assert_knn_equal, TOL,
                                                  *sizes["big"], log)
+    log("kNN: direct kernel vs two-pass")
+    result["knn_methods"] = knn_methods_case(cp, K, numpy_, assert_knn_equal, TOL,
+                                             *sizes["methods"], log)
     result["summary"] = summarize(result)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -16,8 +16,9 @@
 #                                               # (defaults below; the script's own test
 #                                               # points them at a failing and a passing file)
 #
-# Steps: nvidia-smi; versions; the GPU tests (tests/backends/test_cupy.py -m gpu); the
-# public-API tests that run on backend 'cupy' (only when it is in the registry);
+# Steps: nvidia-smi; versions; the GPU tests (tests/backends/test_cupy.py and
+# test_cupy_twopass.py, -m gpu); the public-API tests that run on backend 'cupy' (only
+# when it is in the registry);
 # benchmarks/bench_gpu.py, which writes $RESULTS/gpu.json and gpu.md. A failing step does
 # not stop the script: every step runs, and each records its outcome as soon as it ends, a
 # line in $RESULTS/gpu_check_steps.md and an entry of the JSON list
@@ -29,7 +30,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${RESULTS_DIR:-benchmarks/results}
 TOTAL=${GPU_CHECK_SECONDS:-470}  # the whole script, in seconds (under 8 minutes)
-GPU_TESTS=${GPU_CHECK_TESTS:-tests/backends/test_cupy.py}
+GPU_TESTS=${GPU_CHECK_TESTS:-tests/backends/test_cupy.py tests/backends/test_cupy_twopass.py}
 API_TESTS=${GPU_CHECK_API_TESTS:-tests/test_knn.py tests/test_loop.py tests/test_gaussian.py}
 START=$SECONDS
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -39,6 +39,11 @@ MAX_BLOCK_THREADS = 128
 KNN_MAX_SPLITS = 64
 # Threads per block of the LoOP reduction kernels.
 REDUCE_THREADS = 256
+# Two-pass kNN (csrc/cuda/knn_twopass.cu): threads per block of its filter and re-rank
+# kernels, and the most segments a reference tile is split into in the filter (one list
+# per segment and query; the re-rank merges them with this many heads in registers).
+TWOPASS_THREADS = 128
+TWOPASS_MAX_SEGMENTS = 16
 
 # The options every module is compiled with (CuPy adds the target architecture).
 OPTIONS = ("-std=c++17",)
@@ -85,6 +90,8 @@ def defines() -> dict[str, int]:
         "FASTZSL_MAX_BLOCK_THREADS": MAX_BLOCK_THREADS,
         "FASTZSL_KNN_MAX_SPLITS": KNN_MAX_SPLITS,
         "FASTZSL_REDUCE_THREADS": REDUCE_THREADS,
+        "FASTZSL_TWOPASS_THREADS": TWOPASS_THREADS,
+        "FASTZSL_TWOPASS_MAX_SEGMENTS": TWOPASS_MAX_SEGMENTS,
     }
 
 

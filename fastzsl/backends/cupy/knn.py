@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..._array import array_kind
-from . import _loader
+from . import _loader, knn_twopass
 from ._launch import (NULL, SUFFIX, _blocks, _cupy, _device_id, _device_info, _float_dtype,
                       _launch, _on_device, _result, _rows_smem, _to_cupy)
 from ._loader import ACC_DTYPE, KNN_MAX_SPLITS, MAX_BLOCK_THREADS, TILE_DIMS, TILE_ROWS
@@ -173,7 +173,10 @@ def knn(queries, reference, k, self_offset, prepared=None):
         Q = Q.astype(_float_dtype(Q), copy=False)
         if array_kind(ref) == "torch":
             ref = _to_cupy(ref)
-        D, I = _knn_device(Q, ref, int(k), int(self_offset))
+        if knn_twopass.chosen(Q, ref, int(k)):  # GEMM screen + exact re-rank; falls back here
+            D, I = knn_twopass.knn(Q, ref, int(k), int(self_offset), _knn_device)
+        else:
+            D, I = _knn_device(Q, ref, int(k), int(self_offset))
         return _result(D, queries), _result(I, queries)
 
 

@@ -1,0 +1,180 @@
+// Two-pass exact kNN: a float GEMM screen, then an exact double re-rank (the GPU mirror of
+// csrc/cpu/knn_gemm.pxi; fastzsl/backends/cupy/knn_twopass.py drives it and states the
+// error bound).
+//
+// Pass 1 (twopass_filter): the host computes a tile G = R_tile . Q_tile^T of float32 dot
+// products with cuBLAS (cupy.matmul, TF32 allowed), reference rows x queries, so that the
+// threads of a warp (consecutive queries) read consecutive addresses. Each thread owns one
+// query and one segment of the tile's rows (blockIdx.y) and keeps, in global memory, that
+// (query, segment)'s L = k + margin smallest lower bounds lo = s - W(q, r), sorted
+// ascending, where s = |q|^2 + |r|^2 - 2 q.r is the screened distance (norms in double)
+// and W = SAFETY B(q, r) = w (|q|^2 + |r|^2) + a_q its widened error bound (the host
+// proves B); the L-th entry is the running cut-off. Reference tiles come in ascending
+// order; the lists persist across them.
+//
+// Pass 2 (twopass_rerank_*): per query, limit = the largest upper bound s + W among the k
+// candidates of smallest lo (k rows at most that far, so the true k-th distance is too).
+// Every candidate with lo <= limit is recomputed exactly -- the direct kernel's sum,
+// fma(diff, diff, s) in ascending dimension, in double -- and the k lexicographically smallest (distance, index)
+// are written. If a list is full and its largest entry is itself <= limit, it may have
+// dropped a candidate that belongs to the answer: overflow[q] = 1 and the host recomputes
+// that query with the direct kernel (knn_cuda.cu), which stays the oracle.
+#include "common.cuh"
+
+#ifndef FASTZSL_TWOPASS_THREADS
+#error "FASTZSL_TWOPASS_THREADS must be defined by the loader"
+#endif
+#ifndef FASTZSL_TWOPASS_MAX_SEGMENTS
+#error "FASTZSL_TWOPASS_MAX_SEGMENTS must be defined by the loader"
+#endif
+
+namespace fastzsl {
+namespace twopass {
+
+// Element (seg, slot) of query q's lists: layout [seg][slot][query], coalesced over queries.
+__device__ __forceinline__ long long at(int seg, int slot, int L, long long n_q, long long q) {
+    return ((long long)seg * L + slot) * n_q + q;
+}
+
+__device__ void filter(const float* __restrict__ G, long long tq, long long tr, long long q0,
+                       long long r0, const double* __restrict__ qn,
+                       const double* __restrict__ rn, double w, const double* __restrict__ a,
+                       long long self_offset, int self_on, int L, long long n_q,
+                       double* __restrict__ list_s,
+                       int* __restrict__ list_i) {
+    const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // query in tile
+    if (c >= tq) return;  // no shared memory, no barriers: early return is safe
+    const int seg = blockIdx.y, n_seg = gridDim.y;
+    const long long per = (tr + n_seg - 1) / n_seg;
+    const long long j0 = seg * per;
+    const long long j1 = (j0 + per < tr) ? j0 + per : tr;
+    const long long q = q0 + c;
+    const double qq = qn[q], aq = a[q];
+    const long long self_j = self_on ? self_offset + q : -1;
+    const long long base = at(seg, 0, L, n_q, q);
+    // The cut-off: +inf (slot empty, index -1) until the list is full.
+    double worst = list_s[base + (long long)(L - 1) * n_q];
+    for (long long j = j0; j < j1; ++j) {
+        const long long r = r0 + j;
+        const double s = (qq + rn[r]) - 2.0 * (double)G[j * tq + c];
+        const double lo = s - (w * (qq + rn[r]) + aq);
+        if (!(lo < worst) || r == self_j) continue;
+        // Shift strictly larger entries up; the last one drops out.
+        int pos = L - 1;
+        while (pos > 0) {
+            const long long prev = base + (long long)(pos - 1) * n_q;
+            if (!(lo < list_s[prev])) break;
+            list_s[prev + n_q] = list_s[prev];
+            list_i[prev + n_q] = list_i[prev];
+            --pos;
+        }
+        list_s[base + (long long)pos * n_q] = lo;
+        list_i[base + (long long)pos * n_q] = (int)r;
+        worst = list_s[base + (long long)(L - 1) * n_q];
+    }
+}
+
+template <typename T>
+__device__ void rerank(const T* __restrict__ Q, const T* __restrict__ R, int d, long long n_q,
+                       int k, int L, int n_seg, const double* __restrict__ list_s,
+                       const int* __restrict__ list_i, const double* __restrict__ qn,
+                       const double* __restrict__ rn, double w, const double* __restrict__ a,
+                       double* __restrict__ out_d,
+                       long long* __restrict__ out_i, int* __restrict__ overflow) {
+    const long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (q >= n_q) return;
+    const double INF = inf_f64();
+    // kth: the largest upper bound lo + 2 W over the k smallest lo of the sorted segment
+    // lists (a k-step merge of their heads).
+    int head[FASTZSL_TWOPASS_MAX_SEGMENTS];
+    for (int g = 0; g < n_seg; ++g) head[g] = 0;
+    const double qq = qn[q], aq = a[q];
+    double kth = -INF;
+    for (int p = 0; p < k; ++p) {
+        int best = -1;
+        double best_s = INF;
+        for (int g = 0; g < n_seg; ++g) {
+            if (head[g] >= L) continue;
+            const long long e = at(g, head[g], L, n_q, q);
+            if (list_i[e] < 0) continue;
+            if (best < 0 || list_s[e] < best_s) {
+                best = g;
+                best_s = list_s[e];
+            }
+        }
+        if (best < 0) {  // fewer than k candidates: every one is re-ranked
+            kth = INF;
+            break;
+        }
+        const double rj = rn[list_i[at(best, head[best], L, n_q, q)]];
+        const double hi = best_s + 2.0 * (w * (qq + rj) + aq);
+        kth = hi > kth ? hi : kth;
+        ++head[best];
+    }
+    // 2 u |kth|: slack for the rounding of lo and hi themselves (SAFETY covers the rest).
+    const double limit = kth + 2.2204460492503131e-16 * fabs(kth);
+    for (int g = 0; g < n_seg; ++g) {
+        const long long e = at(g, L - 1, L, n_q, q);
+        if (list_i[e] >= 0 && list_s[e] <= limit) {
+            overflow[q] = 1;
+            return;
+        }
+    }
+    double* od = out_d + q * k;
+    long long* oi = out_i + q * k;
+    for (int s = 0; s < k; ++s) {
+        od[s] = INF;
+        oi[s] = -1;
+    }
+    const T* qrow = Q + q * d;
+    for (int g = 0; g < n_seg; ++g) {
+        for (int slot = 0; slot < L; ++slot) {
+            const long long e = at(g, slot, L, n_q, q);
+            const long long j = list_i[e];
+            if (j < 0 || !(list_s[e] <= limit)) break;  // sorted: the rest are above too
+            // The direct kernel's sum (common.cuh accumulate_sqdist): same value, bit for bit.
+            const T* rrow = R + j * d;
+            double dist = 0.0;
+            for (int t = 0; t < d; ++t) {
+                const double diff = static_cast<double>(qrow[t]) - static_cast<double>(rrow[t]);
+                dist = fma(diff, diff, dist);
+            }
+            // Keep the k smallest (distance, index): ties go to the lower index whatever
+            // order the segments visit them in.
+            int pos = k - 1;
+            if (!(dist < od[pos] || (dist == od[pos] && (oi[pos] < 0 || j < oi[pos])))) continue;
+            while (pos > 0 && (od[pos - 1] > dist ||
+                               (od[pos - 1] == dist && (oi[pos - 1] < 0 || oi[pos - 1] > j)))) {
+                od[pos] = od[pos - 1];
+                oi[pos] = oi[pos - 1];
+                --pos;
+            }
+            od[pos] = dist;
+            oi[pos] = j;
+        }
+    }
+    overflow[q] = 0;
+}
+
+}  // namespace twopass
+}  // namespace fastzsl
+
+extern "C" __global__ void __launch_bounds__(FASTZSL_TWOPASS_THREADS) twopass_filter(
+    const float* G, long long tq, long long tr, long long q0, long long r0, const double* qn,
+    const double* rn, double w, const double* a, long long self_offset, int self_on, int L,
+    long long n_q, double* list_s, int* list_i) {
+    fastzsl::twopass::filter(G, tq, tr, q0, r0, qn, rn, w, a, self_offset, self_on, L, n_q,
+                             list_s, list_i);
+}
+
+#define FASTZSL_RERANK_ENTRY(NAME, T)                                                       \
+    extern "C" __global__ void __launch_bounds__(FASTZSL_TWOPASS_THREADS) NAME(             \
+        const T* Q, const T* R, int d, long long n_q, int k, int L, int n_seg,              \
+        const double* list_s, const int* list_i, const double* qn, const double* rn,        \
+        double w, const double* a, double* out_d, long long* out_i, int* overflow) {        \
+        fastzsl::twopass::rerank<T>(Q, R, d, n_q, k, L, n_seg, list_s, list_i, qn, rn, w,   \
+                                    a, out_d, out_i, overflow);                             \
+    }
+
+FASTZSL_RERANK_ENTRY(twopass_rerank_f32, float)
+FASTZSL_RERANK_ENTRY(twopass_rerank_f64, double)

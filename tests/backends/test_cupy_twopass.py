@@ -1,0 +1,278 @@
+"""The cupy backend's two-pass kNN (fastzsl/backends/cupy/knn_twopass.py,
+csrc/cuda/knn_twopass.cu) against the direct kernel (its oracle: equal bit for bit) and the
+NumPy reference, under the CPU harness when there is no GPU (tests/cuda_host/).
+
+Tiles, segments and lists are shrunk so tiny inputs cross tile and segment edges; the
+screen's GEMM is also run with TF32-truncated inputs (cuBLAS's tensor-core mode), which
+the CPU stand-in's float32 matmul would otherwise never exercise.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastzsl.backends import cupy as cupy_backend
+from fastzsl.backends import numpy_
+from fastzsl.backends.cupy import knn as knn_direct
+from fastzsl.backends.cupy import knn_twopass as tp
+from fastzsl.testing import TOL, assert_knn_equal
+
+gpu = pytest.mark.gpu
+DTYPES = (np.float32, np.float64)
+K = cupy_backend.KERNELS
+
+
+@pytest.fixture
+def cp():
+    ok, reason = cupy_backend.is_available()
+    if not ok:
+        pytest.skip(f"backend 'cupy' unavailable: {reason}")
+    import cupy
+
+    return cupy
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    monkeypatch.setattr(tp, "TILE_Q", 48)
+    monkeypatch.setattr(tp, "TILE_R", 70)
+    monkeypatch.setattr(tp, "SEGMENTS", 3)
+
+
+def _tf32(x):
+    """float32 ``x`` with its mantissa truncated to TF32's 10 bits."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return (x.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+@pytest.fixture(params=["fp32", "tf32"])
+def gemm(request, cp, monkeypatch):
+    if request.param == "tf32":
+        if not getattr(cp, "IS_FAKE", False):
+            pytest.skip("TF32 emulation replaces the CPU stand-in's matmul only")
+
+        def matmul(a, b, out=None):
+            np.matmul(_tf32(a._data), _tf32(b._data), out=out._data)
+            return out
+
+        monkeypatch.setattr(cp, "matmul", matmul, raising=False)
+    return request.param
+
+
+def _both(Q, R, k, self_offset, monkeypatch):
+    """(twopass D, I), (direct D, I) through the backend's public entry."""
+    monkeypatch.setattr(tp, "KNN_METHOD", "twopass")
+    two = K.knn(Q, R, k, self_offset)
+    monkeypatch.setattr(tp, "KNN_METHOD", "direct")
+    one = K.knn(Q, R, k, self_offset)
+    return two, one
+
+
+def _check(Q, R, k, self_offset, monkeypatch, dtype):
+    (D, I), (D1, I1) = _both(Q, R, k, self_offset, monkeypatch)
+    assert D.dtype == np.dtype(dtype) and I.dtype == np.int64
+    np.testing.assert_array_equal(I, I1)  # the direct kernel's answer, bit for bit
+    np.testing.assert_array_equal(D, D1)
+    if self_offset < 0 or k < R.shape[0]:  # (k = n_ref with self excluded: -1 vs self index)
+        assert_knn_equal(D, I, *numpy_.knn(Q, R, k, self_offset), **TOL[np.dtype(dtype)])
+    return D, I
+
+
+def _case(name, rng, dtype):
+    if name == "random":
+        R = rng.normal(size=(300, 6))
+        Q = rng.normal(size=(100, 6))
+    elif name == "duplicates":
+        R = rng.normal(size=(100, 5))
+        R = np.concatenate([R, R[:60], R[:30], R[:30]])  # exact ties across tiles and segments
+        Q = R[::3].copy()
+    elif name == "near_ties":  # exact ties on a grid, split by 1e-6: far inside the margin
+        R = rng.integers(0, 3, size=(260, 8)) + rng.integers(0, 2, size=(260, 8)) * 1e-6
+        Q = rng.integers(0, 3, size=(90, 8)) + rng.integers(0, 2, size=(90, 8)) * 1e-6
+    elif name == "offset":  # large norms, small distances: wide margins, many candidates
+        R = 500.0 + rng.normal(size=(250, 4))
+        Q = 500.0 + rng.normal(size=(80, 4))
+    else:
+        raise ValueError(name)
+    return Q.astype(dtype), R.astype(dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", ["random", "duplicates", "near_ties", "offset"])
+@pytest.mark.parametrize("k", [1, 7])
+def test_twopass_equals_direct_and_reference(cp, gemm, small_tiles, monkeypatch, dtype, case, k):
+    Q, R = _case(case, np.random.default_rng(len(case) * 10 + k), dtype)
+    _check(Q, R, k, -1, monkeypatch, dtype)
+    # exclude_self: the queries are reference rows 40.. (offset into the reference).
+    _check(R[40:40 + len(Q)], R, k, 40, monkeypatch, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_twopass_k_equals_n_ref(cp, small_tiles, monkeypatch, dtype):
+    rng = np.random.default_rng(5)
+    R = rng.normal(size=(90, 3)).astype(dtype)
+    R[50:60] = R[:10]
+    _check(R[:33], R, 90, -1, monkeypatch, dtype)  # every row, sorted
+    _check(R, R, 89, 0, monkeypatch, dtype)  # every other row
+    D, I = _check(R, R, 90, 0, monkeypatch, dtype)  # one short: +inf / -1, as the direct kernel
+    assert (I[:, -1] == -1).all() and np.isinf(D[:, -1]).all()
+
+
+def _recording_direct(calls):
+    def direct(Q, reference, k, self_offset):
+        calls.append((Q.shape[0], k, self_offset))
+        return knn_direct._knn_device(Q, reference, k, self_offset)
+    return direct
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_overflowed_queries_fall_back_to_the_direct_kernel(cp, small_tiles, monkeypatch, dtype):
+    rng = np.random.default_rng(11)
+    R = rng.normal(size=(400, 5))
+    R[100:300] = 3.0  # 200 exact copies of a far point: their lists fill with ties
+    R = R.astype(dtype)
+    Q = np.concatenate([R[:20], R[[100] * 5], R[300:320]])  # rows 20..24 overflow
+    k = 6
+    calls = []
+    D, I = tp.knn(cp.asarray(Q), cp.asarray(R), k, -1, _recording_direct(calls))
+    D1, I1 = knn_direct._knn_device(cp.asarray(Q), cp.asarray(R), k, -1)
+    assert calls == [(5, k, -1)], calls  # exactly the tied queries, one launch
+    np.testing.assert_array_equal(I.get(), I1.get())
+    np.testing.assert_array_equal(D.get(), D1.get())
+    assert (I.get()[20:25] == np.arange(100, 106)).all()
+    # Self excluded, overflowed queries scattered (two groups of copies): one launch of
+    # k + 1 with self included, self then dropped -- or, where self is not among the k + 1
+    # (lower-index copies tie with it), the first k kept.
+    calls.clear()
+    R[20:25] = R[100]
+    Qs = R[5:115]  # query rows 15..19 and 95..109 are copies; reference row = query row + 5
+    D, I = tp.knn(cp.asarray(Qs), cp.asarray(R), k, 5, _recording_direct(calls))
+    D1, I1 = knn_direct._knn_device(cp.asarray(Qs), cp.asarray(R), k, 5)
+    assert calls == [(20, k + 1, -1)], calls
+    np.testing.assert_array_equal(I.get(), I1.get())
+    np.testing.assert_array_equal(D.get(), D1.get())
+
+
+@gpu
+def test_lists_of_exactly_k_overflow_every_query(cp, small_tiles, monkeypatch):
+    monkeypatch.setattr(tp, "LIST_FACTOR", 1)
+    monkeypatch.setattr(tp, "LIST_EXTRA", 0)
+    monkeypatch.setattr(tp, "SEGMENTS", 1)  # one list of k: its last entry is within T
+    rng = np.random.default_rng(2)
+    R = rng.normal(size=(200, 4)).astype(np.float32)
+    calls = []
+    D, I = tp.knn(cp.asarray(R[:50]), cp.asarray(R), 3, 0, _recording_direct(calls))
+    assert calls == [(50, 4, -1)]  # self excluded: k + 1 with self, then self dropped
+    assert_knn_equal(D.get(), I.get(), *numpy_.knn(R[:50], R, 3, 0), **TOL[np.dtype(np.float32)])
+
+
+@gpu
+def test_norms_beyond_float32_go_to_the_direct_kernel(cp):
+    rng = np.random.default_rng(4)
+    R = rng.normal(size=(60, 3)) * 1e20  # squared norms ~1e40: float32 products would overflow
+    calls = []
+    D, I = tp.knn(cp.asarray(R[:10]), cp.asarray(R), 4, 0, _recording_direct(calls))
+    assert calls == [(10, 4, 0)]
+    assert_knn_equal(D.get(), I.get(), *numpy_.knn(R[:10], R, 4, 0), **TOL[np.dtype(np.float64)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (1.0, 300.0), (1e-3, 1e4), (1e-20, 0.0)])
+def test_error_bound_holds_for_a_tf32_screen(monkeypatch, dtype, scale, offset):
+    # |screened - exact| <= B for every pair, where the screen is the worst the proof allows
+    # for: inputs rounded to float32, truncated to TF32, products summed in float32.
+    monkeypatch.setattr(tp, "_cupy", lambda: np)  # error_bound is plain array arithmetic
+    rng = np.random.default_rng(9)
+    d = 64
+    X = (offset + scale * rng.normal(size=(200, d))).astype(dtype)
+    Q, R = X[:50], X[50:]
+    qn = (Q.astype(np.float64) ** 2).sum(1)
+    rn = (R.astype(np.float64) ** 2).sum(1)
+    g = np.matmul(_tf32(Q.astype(np.float32)), _tf32(R.astype(np.float32)).T)
+    screened = (qn[:, None] + rn[None, :]) - 2.0 * g.astype(np.float64)
+    diff = Q.astype(np.float64)[:, None, :] - R.astype(np.float64)[None, :, :]
+    exact = (diff * diff).sum(-1)
+    c, a = tp.error_bound(qn, float(rn.max()), d)
+    B = c * (qn[:, None] + rn[None, :]) + a[:, None]
+    err = np.abs(screened - exact)
+    assert (err <= B).all(), float((err / B).max())
+    if scale >= 1e-3:  # the bound is not vacuous: TF32 errors reach a sizeable part of it
+        assert (err / B).max() > 1e-3
+
+
+def test_method_switch_and_size_rule(monkeypatch):
+    Q = np.zeros((1000, 64), np.float32)
+    small = np.zeros((100, 64), np.float32)
+    monkeypatch.setattr(tp, "KNN_METHOD", "auto")
+    assert not tp.chosen(Q, small, 10)  # 6.4e6 terms: the direct kernel
+    big = np.broadcast_to(np.float32(0), (2**20, 64))  # shape only; no memory
+    assert tp.chosen(Q[:200], big, 10)  # 1.3e10 terms: two-pass
+    assert not tp.chosen(Q[:200], big, tp.TWOPASS_MAX_K + 1)
+    monkeypatch.setattr(tp, "KNN_METHOD", "twopass")
+    assert tp.chosen(Q, small, 10)
+    assert not tp.chosen(Q, small, 101)  # k > n_ref: the direct path raises
+    monkeypatch.setattr(tp, "KNN_METHOD", "direct")
+    assert not tp.chosen(Q, big, 10)
+    monkeypatch.setattr(tp, "KNN_METHOD", "fast")
+    with pytest.raises(ValueError, match="KNN_METHOD"):
+        tp.chosen(Q, small, 10)
+
+
+_SANITIZED_RUN = """
+import sys
+import numpy as np
+from tests.cuda_host import fake_cupy
+sys.modules["cupy"] = fake_cupy
+from fastzsl.backends import cupy as backend, numpy_
+from fastzsl.backends.cupy import knn_twopass as tp
+from fastzsl.testing import TOL, assert_knn_equal
+tp.KNN_METHOD, tp.TILE_Q, tp.TILE_R, tp.SEGMENTS, tp.LIST_EXTRA = "twopass", 40, 90, 3, 0
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    R = rng.normal(size=(250, 9)).astype(dtype)
+    R[200:] = R[0]
+    tol = TOL[np.dtype(dtype)]
+    assert_knn_equal(*backend.KERNELS.knn(R[:70], R, 5, -1), *numpy_.knn(R[:70], R, 5, -1), **tol)
+    assert_knn_equal(*backend.KERNELS.knn(R, R, 8, 0), *numpy_.knn(R, R, 8, 0), **tol)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("kind", ["address", "thread"])
+def test_twopass_kernels_run_clean_under_sanitizers(cp, kind):
+    # Out-of-bounds list, tile or row access (ASan), or two threads touching one query's
+    # lists (TSan), stops the run; the lists overflow for the copied rows too.
+    if not getattr(cp, "IS_FAKE", False):
+        pytest.skip("the sanitizers instrument the CPU harness only")
+    from tests.cuda_host import harness
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", _SANITIZED_RUN], cwd=root,
+                          env=harness.sanitizer_env(kind), capture_output=True, text=True,
+                          timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and output.strip().endswith("ok"), output[-4000:]
+
+
+@gpu
+def test_benchmark_case_compares_the_two_methods(cp):
+    # benchmarks/bench_gpu.py's knn_methods_case at tiny sizes (gpu_check.sh --tiny runs it
+    # too); it asserts the two-pass answer equals the direct kernel's before timing anything.
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    out = bench_gpu.knn_methods_case(cp, K, numpy_, assert_knn_equal, TOL, 300, 50, 8, 4,
+                                     lambda msg: None)
+    assert out["correctness"]["twopass_equals_direct"]
+    assert set(out["times_s"]) == {"fastzsl_knn_direct", "fastzsl_knn_twopass"}
+    assert tp.KNN_METHOD == "auto"  # restored
