@@ -8,7 +8,8 @@ C-contiguous; never written to).
 
 Device input: with ``keep_device=True`` (the kernel API) a CuPy array is checked and
 converted on its device, with the same rules and messages; only scalars (is everything
-finite?) come to the host. Elsewhere every input is read into NumPy.
+finite?) come to the host. A torch CUDA tensor is first made a CuPy array over the same
+memory (DLPack, no copy) and then checked as one. Elsewhere every input is read into NumPy.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numbers
 
 import numpy as np
 
-from ._array import array_module, on_device, to_host
+from ._array import array_module, as_device_array, on_device, to_host
 
 FLOAT_DTYPES = (np.float32, np.float64)
 # Rows checked for NaN/inf at a time, so the check needs no full-size temporary.
@@ -34,10 +35,13 @@ def as_float_matrix(X, name: str = "X", *, dtype=None, keep_device=False):
     dtype : {np.float32, np.float64}, optional
         Cast to this dtype instead of applying the dtype policy.
     keep_device : bool, default=False
-        Check and return a CuPy array on its device (else it comes back as NumPy).
+        Check and return a CuPy array on its device (a torch CUDA tensor comes back as a
+        CuPy array over its memory; else the result is NumPy).
     """
     device = keep_device and on_device(X)
-    if not device:
+    if device:
+        X = as_device_array(X)
+    else:
         if _is_sparse(X):
             raise TypeError(
                 f"{name} is a sparse matrix; sparse input is not supported: pass a dense array"
@@ -127,7 +131,9 @@ def as_float_vector(v, name: str, n: int, dtype=np.float64, *, keep_device=False
     """Validate a 1-D array of length ``n`` (a CuPy one stays on its device with
     ``keep_device``)."""
     device = keep_device and on_device(v)
-    if not device:
+    if device:
+        v = as_device_array(v)
+    else:
         v = np.asarray(to_host(v))
     if v.dtype.kind not in "biuf":
         raise TypeError(f"{name} has dtype {v.dtype}; expected real numbers")

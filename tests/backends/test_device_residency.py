@@ -7,6 +7,11 @@ a device array, and counts synchronising scalar reads apart. CuPy input through
 ``gaussian_loglik`` must copy no array either way, come back as CuPy, equal the NumPy
 reference, and be checked with the same messages as NumPy input. With a real CuPy these
 tests skip: it has no transfer counter.
+
+Torch CUDA tensors (``knn``, ``LoOP.fit``/``outlier_probability``, ``gaussian_loglik``) are
+tested with a stand-in tensor over a fake CuPy array and a patched ``torch.from_dlpack``:
+that proves the plumbing (DLPack in at the boundary, cupy backend, DLPack out, no copy),
+not the real torch/CuPy DLPack interop, which needs a GPU.
 """
 from __future__ import annotations
 
@@ -304,3 +309,124 @@ def test_gaussian_novelty_fitted_on_the_device_stays_there(fake, rule):
     restored = fastzsl.GaussianNovelty._restore(meta, arrays)
     np.testing.assert_allclose(restored.outlier_probability(new), host.outlier_probability(new),
                                **tol)
+
+
+# --- torch CUDA tensors: the DLPack plumbing ------------------------------------------------
+# These prove the plumbing only: a torch CUDA tensor is recognised, handed to
+# ``cupy.from_dlpack`` at the boundary, runs the cupy backend where it lies and comes back
+# through ``torch.from_dlpack``, with no array copied either way. The tensor below is a
+# stand-in over a fake CuPy array and ``torch.from_dlpack`` is patched to take the fake's
+# stand-in capsule: real torch <-> CuPy DLPack interop (capsules, streams, devices) is not
+# exercised here and needs a GPU.
+
+
+class FakeCudaTensor:
+    """The few parts of a torch CUDA tensor the boundary reads, over a fake CuPy array."""
+
+    __module__ = "torch"  # fastzsl._array.array_kind recognises tensors by their module
+    is_cuda = True
+
+    def __init__(self, array):
+        import torch
+
+        self._array = array
+        self.device = torch.device("cuda", array.device.id)
+        self.dtype = torch.from_numpy(np.empty(0, array.dtype)).dtype
+        self.shape = torch.Size(array.shape)
+
+    def __dlpack__(self, stream=None, **kwargs):
+        return self._array.__dlpack__()
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+    def detach(self):
+        return self
+
+    def cpu(self):  # the host route the boundary must not take: counted as a copy
+        import torch
+
+        return torch.from_numpy(self._array.get())
+
+
+@pytest.fixture
+def torch_cuda(fake, monkeypatch):
+    """A maker of fake torch CUDA tensors, with ``torch.from_dlpack`` taking fake arrays."""
+    torch = pytest.importorskip("torch")
+
+    def from_dlpack(x):
+        assert x.__dlpack_device__()[0] == 2, "not a CUDA DLPack producer"  # kDLCUDA
+        capsule = x.__dlpack__()
+        assert isinstance(capsule, fake.ndarray), type(capsule)
+        return FakeCudaTensor(capsule)
+
+    monkeypatch.setattr(torch, "from_dlpack", from_dlpack)
+    return lambda a: FakeCudaTensor(fake.asarray(a))
+
+
+def _assert_cuda_tensor(x):
+    assert isinstance(x, FakeCudaTensor), type(x)
+    assert x.device.type == "cuda"
+
+
+@pytest.mark.parametrize("exclude_self", [False, True], ids=["queries", "self"])
+def test_knn_of_torch_cuda_input_moves_no_array(torch_cuda, fake, exclude_self):
+    R = _points(dtype=np.float32)
+    Q = R if exclude_self else _points(150, seed=1, dtype=np.float32)
+    Rt = torch_cuda(R)
+    Qt = Rt if exclude_self else torch_cuda(Q)
+    with _Counted(fake) as counted:
+        D, I = fastzsl.knn(Qt, Rt, 7, exclude_self=exclude_self)
+    _assert_no_array_moved(counted)
+    assert "knn_f32" in counted.kernels  # the cupy backend ran, on the tensors' memory
+    _assert_cuda_tensor(D), _assert_cuda_tensor(I)
+    assert_knn_equal(D._array.get(), I._array.get(),
+                     *numpy_.knn(Q, R, 7, 0 if exclude_self else -1), **TOL[np.dtype(np.float32)])
+
+
+def test_loop_of_torch_cuda_input_moves_no_array(torch_cuda, fake):
+    X, new = _points(), _points(130, seed=5)
+    new[-1] = 9.0
+    Xt, newt = torch_cuda(X), torch_cuda(new)
+    with _Counted(fake) as counted:
+        model = fastzsl.LoOP(n_neighbors=8).fit(Xt)
+    _assert_no_array_moved(counted)
+    assert model.backend_ == "cupy" and isinstance(model.index_.reference, fake.ndarray)
+    with _Counted(fake) as counted:
+        prob = model.outlier_probability(newt)
+    _assert_no_array_moved(counted)
+    _assert_cuda_tensor(prob)
+    host = fastzsl.LoOP(n_neighbors=8, backend="numpy").fit(X)
+    np.testing.assert_allclose(prob._array.get(), host.outlier_probability(new),
+                               **TOL[np.dtype(np.float64)])
+
+
+def test_gaussian_loglik_of_torch_cuda_input_moves_no_array(torch_cuda, fake):
+    rng = np.random.default_rng(7)
+    F, means = rng.normal(size=(260, 5)), rng.normal(size=(9, 5))
+    variances, log_weights = rng.uniform(0.5, 2, 9), np.log(rng.dirichlet(np.ones(9)))
+    thresholds = np.full(9, -6.0)
+    tensors = [torch_cuda(a) for a in (F, means, variances, log_weights, thresholds)]
+    with _Counted(fake) as counted:
+        got = fastzsl.gaussian_loglik(tensors[0], tensors[1], tensors[2],
+                                      log_weights=tensors[3], thresholds=tensors[4], full=True)
+    _assert_no_array_moved(counted)
+    assert counted.kernels == ["gaussian_f64"]
+    ref = fastzsl.gaussian_loglik(F, means, variances, log_weights=log_weights,
+                                  thresholds=thresholds, backend="numpy")
+    for name in ("loglik", "max", "argmax", "logsumexp", "all_below"):
+        value = getattr(got, name)
+        _assert_cuda_tensor(value)
+        np.testing.assert_allclose(value._array.get(), getattr(ref, name),
+                                   **TOL[np.dtype(np.float64)])
+
+
+def test_torch_cuda_validation_says_what_cupy_validation_says(torch_cuda, fake):
+    bad = _bad_inputs()["nan"]
+    with pytest.raises(ValueError) as cupy_error:
+        as_float_matrix(fake.asarray(bad), "queries", keep_device=True)
+    with _Counted(fake) as counted:
+        with pytest.raises(ValueError) as torch_error:
+            fastzsl.knn(torch_cuda(bad), torch_cuda(_points(20, 3)), 3)
+    assert str(torch_error.value) == str(cupy_error.value)
+    assert counted.arrays["to_host"] == 0

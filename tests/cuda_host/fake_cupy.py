@@ -4,7 +4,8 @@ Installed as ``sys.modules["cupy"]`` by the test plugin (tests/cuda_host/plugin.
 when CuPy itself is missing; never used by the library. It provides exactly what
 ``fastzsl/backends/cupy`` and its tests touch: ``ndarray`` (``get``, ``astype``, slicing,
 assignment, ``device``), ``asarray``/``ascontiguousarray``/``empty``/``zeros``/``asnumpy``,
-``cuda.Device`` (one device with an H100 SXM profile), ``cuda.runtime``,
+``from_dlpack`` (of the tests' fake torch CUDA tensors only; a real DLPack capsule is
+refused), ``cuda.Device`` (one device with an H100 SXM profile), ``cuda.runtime``,
 ``cuda.Stream``/``get_current_stream`` and ``RawModule``/``get_function``/launch.
 
 It is stricter than CuPy where that finds bugs: every kernel argument is checked against
@@ -107,6 +108,14 @@ class ndarray:
 
     def copy(self):
         return ndarray(self._data.copy(), self._device_id)
+
+    # DLPack, as far as this stand-in goes: the "capsule" is the array itself (same memory,
+    # no transfer); ``from_dlpack`` here and the tests' patched ``torch.from_dlpack`` take it.
+    def __dlpack__(self, stream=None, **kwargs):
+        return self
+
+    def __dlpack_device__(self):
+        return (_DLPACK_CUDA, self._device_id)
 
     def astype(self, dtype, copy=True):
         if not copy and self._data.dtype == np.dtype(dtype):
@@ -271,7 +280,26 @@ def zeros(shape, dtype=float, order="C"):
 
 
 def from_dlpack(x):
-    raise NotImplementedError("fake cupy: DLPack (CUDA torch tensors) needs a real GPU")
+    """A device array over the memory of ``x``, with no copy (so no transfer is counted).
+
+    Only a producer this stand-in can represent is taken: one whose ``__dlpack__`` hands
+    over a fake ``ndarray`` in place of a DLPack capsule, on a CUDA device (the tests'
+    fake torch CUDA tensor, or an ``ndarray`` itself). Real DLPack capsules, and so real
+    torch tensors, need CuPy on a GPU."""
+    if isinstance(x, ndarray):
+        return x
+    device_type, device_id = x.__dlpack_device__()
+    if device_type != _DLPACK_CUDA:
+        raise BufferError(f"fake cupy: from_dlpack of a tensor on DLPack device type "
+                          f"{device_type}, not CUDA ({_DLPACK_CUDA})")
+    capsule = x.__dlpack__()
+    if not isinstance(capsule, ndarray):
+        raise NotImplementedError(
+            "fake cupy: DLPack capsules of real tensors (CUDA torch) need CuPy and a GPU")
+    return ndarray(capsule._data, int(device_id))
+
+
+_DLPACK_CUDA = 2  # DLDeviceType kDLCUDA
 
 
 # --- devices, streams, runtime --------------------------------------------------------------
