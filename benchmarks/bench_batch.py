@@ -26,6 +26,10 @@ Groups
     ``fastzsl score`` in a subprocess over a ``.npy`` of N rows (default 10M, 2 GB),
     N_ref=100k; peak RSS of that process (its VmHWM). Sizes from
     ``FASTZSL_BENCH_SCALE_ROWS`` and ``FASTZSL_BENCH_SCALE_KNN`` (exact | ivf).
+
+Rounds are interleaved within each group (conftest ``bench``: A B C, A B C, ...; the group's
+first test builds and times all its rows; the Dask clusters and the growth models are set up
+before, outside the timer).
 """
 import os
 import shutil
@@ -37,7 +41,7 @@ import pytest
 import fastzsl
 from fastzsl.batch import read_scores, score_file
 
-from conftest import RUN_MODEL, trained_run_features
+from conftest import RUN_MODEL, Candidate, trained_run_features
 
 K = 20
 
@@ -114,69 +118,98 @@ def _fresh(path):
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_in_memory_baseline(bench, batch_job):
-    job = batch_job
-    result = bench(lambda: job["model"].outlier_probability(job["Q"]),
-                   group=f"batch N_ref={job['n_ref']} N_q={job['n_q']}",
-                   label="baseline: LoOP.outlier_probability(Q), Q in memory", baseline=True,
-                   rounds=2, data=job["description"], rows=job["n_q"])
-    job["expected"] = result
-
-
 def _score_and_check(job, out, **kwargs):
     _fresh(out)
     score_file(job["folder"] / "loop.fzsl", job["folder"] / "queries.npy", out,
                progress=False, **kwargs)
 
 
-@pytest.mark.parametrize("workers", [None, 1, 2], ids=["one-process", "dask-1", "dask-2"])
-def test_score_file(bench, batch_job, workers):
+BATCH_CASES = ["in-memory", "one-process", "dask-1", "dask-2"]
+
+
+def _batch_candidates(job, stack):
+    extra = dict(data=job["description"], rows=job["n_q"])
+    out = {"in-memory": Candidate("baseline: LoOP.outlier_probability(Q), Q in memory",
+                                  lambda: job["model"].outlier_probability(job["Q"]), True,
+                                  extra),
+           "one-process": Candidate("score_file from .npy on disk, one process",
+                                    lambda: _score_and_check(job, job["folder"] / "out-None"),
+                                    extra=extra)}
+    try:
+        import distributed
+    except ImportError:
+        return dict(out, **{f"dask-{w}": "distributed not installed" for w in (1, 2)})
+    for workers in (1, 2):
+        cluster = stack.enter_context(distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
+        out[f"dask-{workers}"] = Candidate(
+            f"score_file on a Dask LocalCluster, {workers} worker(s) x 1 thread",
+            lambda cluster=cluster, workers=workers: _score_and_check(
+                job, job["folder"] / f"out-{workers}", scheduler=cluster.scheduler_address),
+            extra=extra)
+    return out
+
+
+@pytest.mark.parametrize("case", BATCH_CASES)
+def test_score_file(bench, cfg, batch_job, case):
     job = batch_job
-    out = job["folder"] / f"out-{workers}"
-    group = f"batch N_ref={job['n_ref']} N_q={job['n_q']}"
-    if workers is None:
-        bench(lambda: _score_and_check(job, out), group=group, rounds=2,
-              label="score_file from .npy on disk, one process", data=job["description"],
-              rows=job["n_q"])
-    else:
-        distributed = pytest.importorskip("distributed")
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=None) as cluster:
-            bench(lambda: _score_and_check(job, out, scheduler=cluster.scheduler_address),
-                  group=group, rounds=1, data=job["description"], rows=job["n_q"],
-                  label=f"score_file on a Dask LocalCluster, {workers} worker(s) x 1 thread")
-    # correct before fast: the streamed scores equal the in-memory ones
-    expected = job.get("expected")
-    if expected is None:
-        expected = job["model"].outlier_probability(job["Q"])
+    bench(f"batch N_ref={job['n_ref']} N_q={job['n_q']}", case,
+          lambda stack: _batch_candidates(job, stack),
+          rounds=3 if cfg.quick else 2, warmup=1 if cfg.quick else 0)
+    if case == "in-memory":
+        return
+    # correct before fast: the streamed scores (of the last round) equal the in-memory ones
+    expected = job["model"].outlier_probability(job["Q"])
+    out = job["folder"] / f"out-{case.split('-')[1] if case != 'one-process' else None}"
     np.testing.assert_array_equal(read_scores(out)["p_unseen"], expected)
 
 
-@pytest.mark.parametrize("knn", ["exact", "ivf"])
-@pytest.mark.parametrize("step", [0, 1, 2])
-def test_growth_in_reference_size(bench, cfg, semantic_points, knn, step):
+def _growth_candidates(sizes, models, Qs, description, size_key):
+    """exact / ivf at each size, one round each; baseline: exact at the smallest size."""
+    out = {}
+    for knn in ("exact", "ivf"):
+        for step, size in enumerate(sizes):
+            model, Q = models(knn, step), Qs(step)
+            out[f"{knn}-{step}"] = Candidate(
+                f"{knn} {size_key}={size}",
+                lambda model=model, Q=Q: model.outlier_probability(Q),
+                knn == "exact" and step == 0,
+                dict(data=description, rows=len(Q), series=knn, growth_size=size))
+    return out
+
+
+GROWTH_CASES = [f"{knn}-{step}" for knn in ("exact", "ivf") for step in range(3)]
+
+
+@pytest.mark.parametrize("case", GROWTH_CASES)
+def test_growth_in_reference_size(bench, cfg, semantic_points, case):
     draw, description = semantic_points
     sizes = _sizes(cfg)
-    n_ref, n_q = sizes["growth_ref"][step], sizes["growth_ref_nq"]
-    model = _fit_loop(draw(n_ref, 10 + step), knn=knn)
-    Q = draw(n_q, 20)
-    bench(lambda: model.outlier_probability(Q), group=f"batch growth N_ref (N_q={n_q})",
-          label=f"{knn} N_ref={n_ref}", rounds=1, baseline=(knn == "exact" and step == 0),
-          data=description, rows=n_q, series=knn, growth_size=n_ref)
+    n_q = sizes["growth_ref_nq"]
+
+    def build(stack):
+        Q = draw(n_q, 20)
+        return _growth_candidates(
+            sizes["growth_ref"],
+            lambda knn, step: _fit_loop(draw(sizes["growth_ref"][step], 10 + step), knn=knn),
+            lambda step: Q, description, "N_ref")
+
+    bench(f"batch growth N_ref (N_q={n_q})", case, build, rounds=1)
 
 
-@pytest.mark.parametrize("knn", ["exact", "ivf"])
-@pytest.mark.parametrize("step", [0, 1, 2])
-def test_growth_in_query_count(bench, cfg, batch_job, semantic_points, knn, step):
+@pytest.mark.parametrize("case", GROWTH_CASES)
+def test_growth_in_query_count(bench, cfg, batch_job, semantic_points, case):
     draw, description = semantic_points
-    n_q = _sizes(cfg)["growth_q"][step]
-    model = batch_job["model"] if knn == "exact" else batch_job.setdefault(
-        "ivf_model", _fit_loop(batch_job["model"].index_.reference, knn="ivf"))
-    Q = draw(n_q, 30 + step)
-    bench(lambda: model.outlier_probability(Q),
-          group=f"batch growth N_q (N_ref={batch_job['n_ref']})", label=f"{knn} N_q={n_q}",
-          rounds=1, baseline=(knn == "exact" and step == 0), data=description, rows=n_q,
-          series=knn, growth_size=n_q)
+    sizes = _sizes(cfg)["growth_q"]
+
+    def build(stack):
+        ivf = _fit_loop(batch_job["model"].index_.reference, knn="ivf")
+        Qs = [draw(n_q, 30 + step) for step, n_q in enumerate(sizes)]
+        return _growth_candidates(
+            sizes, lambda knn, step: batch_job["model"] if knn == "exact" else ivf,
+            lambda step: Qs[step], description, "N_q")
+
+    bench(f"batch growth N_q (N_ref={batch_job['n_ref']})", case, build, rounds=1)
 
 
 @pytest.mark.skipif(os.environ.get("FASTZSL_BENCH_SCALE", "") in ("", "0"),
@@ -204,9 +237,12 @@ def test_scale_subprocess(bench, benchmark, batch_job, semantic_points, tmp_path
         info["peak_rss_mb"] = run_with_peak_rss(
             "fastzsl", ["score", model_path, tmp_path / "q.npy", tmp_path / "out", "--quiet"])
 
-    bench(run, group=f"batch scale N_ref={batch_job['n_ref']} N_q={n_rows}",
-          label=f"fastzsl score subprocess, {knn} kNN", rounds=1, baseline=True,
-          data=description, rows=n_rows, input_gb=round(n_rows * model.n_features_in_ * 4 / 1e9, 2))
+    bench(f"batch scale N_ref={batch_job['n_ref']} N_q={n_rows}", "scale",
+          lambda stack: {"scale": Candidate(
+              f"fastzsl score subprocess, {knn} kNN", run, True,
+              dict(data=description, rows=n_rows,
+                   input_gb=round(n_rows * model.n_features_in_ * 4 / 1e9, 2)))},
+          rounds=1)
     benchmark.extra_info.update(info)  # the scoring process's peak RSS, in the same JSON row
     scores = read_scores(tmp_path / "out")
     assert len(scores["row"]) == n_rows and np.isfinite(scores["p_unseen"]).all()

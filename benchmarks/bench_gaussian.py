@@ -10,13 +10,16 @@ variances estimated from them:
 - ``gaussian n=1000000 C=1000 d=50`` (the issue's target; n=50_000 with --quick):
   ``full=False`` only (the float32 matrix alone would be 4 GB), cython and numba (the
   NumPy backend would take minutes per round); the SciPy loop on the first
-  ``SCIPY_SUBSET`` rows, its times scaled by n / SCIPY_SUBSET (``time_scale`` in
+  ``SCIPY_SUBSET`` rows (a tenth with --quick), its times scaled by n / SCIPY_SUBSET (``time_scale`` in
   extra_info, applied and labelled by report.py).
 
 Baseline of both: NumPy float32 ``F @ means.T``, the bare GEMM any log-likelihood needs (a
 lower bound, not a log-likelihood; at the target size it writes a 4 GB matrix). The row
 "sgemm in blocks" runs the same product through a reused (8192, C) buffer, the same
 arithmetic without that memory traffic.
+
+Rounds are interleaved within each group (conftest ``bench``: A B C, A B C, ...; the group's
+first test checks and times all its rows).
 
 Correctness before time: every fastzsl result is compared with the NumPy backend's on the
 first N_CHECK rows (fastzsl.testing.TOL for float32; argmax/all_below exact), SciPy's
@@ -28,6 +31,8 @@ import pytest
 
 import fastzsl
 from fastzsl.testing import TOL, backend_is_available, make_blobs
+
+from conftest import Candidate
 
 N_CHECK = 2000  # rows compared before timing
 SCIPY_SUBSET = 20_000  # rows the SciPy loop runs on in the target group
@@ -67,14 +72,12 @@ def _group(F, means):
     return f"gaussian n={F.shape[0]} C={means.shape[0]} d={F.shape[1]}"
 
 
-@pytest.mark.parametrize("full", [False, True], ids=["reductions", "full"])
-@pytest.mark.parametrize("backend", ["cython", "numba", "numpy"])
-def test_gaussian_loglik(backend, full, bench, cfg, gauss_data, gauss_expected):
+def _loglik_candidate(backend, full, cfg, gauss_data, gauss_expected):
     which, F, means, variances, log_weights, thresholds = gauss_data
     if not backend_is_available(backend):
-        pytest.skip(f"backend {backend!r} unavailable")
+        return f"backend {backend!r} unavailable"
     if which == "target" and (full or backend == "numpy"):
-        pytest.skip("target size: reductions only (4 GB matrix), compiled backends only")
+        return "target size: reductions only (4 GB matrix), compiled backends only"
 
     def run(X):
         return fastzsl.gaussian_loglik(X, means, variances, log_weights=log_weights,
@@ -91,22 +94,21 @@ def test_gaussian_loglik(backend, full, bench, cfg, gauss_data, gauss_expected):
     np.testing.assert_array_equal(got.argmax, ref.argmax)
     np.testing.assert_array_equal(got.all_below, ref.all_below)
     what = "full=True (matrix + reductions)" if full else "full=False (reductions only)"
-    bench(lambda: run(F), group=_group(F, means),
-          label=f"fastzsl gaussian_loglik {what} ({backend})", peer="fastzsl",
-          backend=backend, full=full, n=F.shape[0], C=means.shape[0], d=cfg.d)
+    return Candidate(f"fastzsl gaussian_loglik {what} ({backend})", lambda: run(F),
+                     extra=dict(peer="fastzsl", backend=backend, full=full, n=F.shape[0],
+                                C=means.shape[0], d=cfg.d))
 
 
-def test_gemm_baseline(bench, cfg, gauss_data):
+def _gemm_baseline(cfg, gauss_data):
     _, F, means = gauss_data[:3]
     np.testing.assert_allclose(F[:N_CHECK] @ means.T,
                                F[:N_CHECK].astype(np.float64) @ means.T.astype(np.float64),
                                rtol=1e-4, atol=1e-2)
-    bench(lambda: F @ means.T, group=_group(F, means),
-          label="baseline: NumPy float32 F @ means.T (bare GEMM)", baseline=True,
-          peer="numpy", n=F.shape[0], C=means.shape[0], d=cfg.d)
+    return Candidate("baseline: NumPy float32 F @ means.T (bare GEMM)", lambda: F @ means.T,
+                     True, dict(peer="numpy", n=F.shape[0], C=means.shape[0], d=cfg.d))
 
 
-def test_gemm_in_blocks(bench, cfg, gauss_data):
+def _gemm_in_blocks(cfg, gauss_data):
     _, F, means = gauss_data[:3]
     out = np.empty((BLOCK, means.shape[0]), dtype=F.dtype)
 
@@ -119,12 +121,11 @@ def test_gemm_in_blocks(bench, cfg, gauss_data):
     run()
     last = (F.shape[0] - 1) // BLOCK * BLOCK
     np.testing.assert_allclose(out[:F.shape[0] - last], F[last:] @ means.T, rtol=1e-5)
-    bench(run, group=_group(F, means),
-          label=f"sgemm in blocks of {BLOCK} rows into one reused buffer (same product)",
-          peer="numpy", n=F.shape[0], C=means.shape[0], d=cfg.d)
+    return Candidate(f"sgemm in blocks of {BLOCK} rows into one reused buffer (same product)",
+                     run, extra=dict(peer="numpy", n=F.shape[0], C=means.shape[0], d=cfg.d))
 
 
-def test_scipy_loop(bench, cfg, gauss_data, gauss_expected):
+def _scipy_loop(cfg, gauss_data, gauss_expected):
     from scipy.stats import multivariate_normal
     which, F, means, variances = gauss_data[:4]
     eye = np.eye(cfg.d)
@@ -137,9 +138,35 @@ def test_scipy_loop(bench, cfg, gauss_data, gauss_expected):
     np.testing.assert_allclose(run(F[:N_CHECK]), gauss_expected.loglik, rtol=1e-4)
     label = "scipy.stats.multivariate_normal(mean, var*I).logpdf, loop over classes"
     rows, scale = F.shape[0], 1.0
-    if which == "target" and F.shape[0] > SCIPY_SUBSET:
-        rows, scale = SCIPY_SUBSET, F.shape[0] / SCIPY_SUBSET
+    subset = SCIPY_SUBSET // 10 if cfg.quick else SCIPY_SUBSET
+    if which == "target" and F.shape[0] > subset:
+        rows, scale = subset, F.shape[0] / subset
         label += f" (first {rows} rows, times x{scale:g})"
     X = F[:rows]
-    bench(lambda: run(X), group=_group(F, means), label=label, peer="scipy",
-          time_scale=scale, rows_timed=rows, n=F.shape[0], C=means.shape[0], d=cfg.d)
+    return Candidate(label, lambda: run(X),
+                     extra=dict(peer="scipy", time_scale=scale, rows_timed=rows, n=F.shape[0],
+                                C=means.shape[0], d=cfg.d))
+
+
+CASES = ["gemm", "gemm-blocks", "scipy"] + [f"{b}-{'full' if full else 'reductions'}"
+                                            for b in ("cython", "numba", "numpy")
+                                            for full in (False, True)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gaussian(case, bench, cfg, gauss_data, gauss_expected):
+    """Every row of the group: the bare GEMM (baseline), the blocked GEMM, the SciPy loop,
+    and fastzsl gaussian_loglik per backend, full=False ("reductions") and full=True."""
+    _, F, means = gauss_data[:3]
+
+    def build(stack):
+        out = {"gemm": _gemm_baseline(cfg, gauss_data),
+               "gemm-blocks": _gemm_in_blocks(cfg, gauss_data),
+               "scipy": _scipy_loop(cfg, gauss_data, gauss_expected)}
+        for c in CASES[3:]:
+            backend, what = c.split("-")
+            out[c] = _loglik_candidate(backend, what == "full", cfg, gauss_data,
+                                       gauss_expected)
+        return out
+
+    bench(_group(F, means), case, build)

@@ -16,6 +16,9 @@ Groups
     ``LoOP(knn="ivf").fit`` (the baseline) and ``LoOP(knn="exact").fit`` (the self-join,
     ~5e13 FLOP) on 1M points in a subprocess; peak RSS (VmHWM) beyond the input (loaded into
     memory), and recall@20 of 1,000 sampled rows of the graph (1 for exact).
+
+Rounds are interleaved within each group (conftest ``bench``: A B C, A B C, ...; the group's
+first test fits every IVF LoOP, outside the timer, and times all rows).
 """
 import json
 import os
@@ -27,7 +30,7 @@ import pytest
 import fastzsl
 from fastzsl.testing import make_blobs
 
-from conftest import RUN_MODEL, trained_run_features
+from conftest import RUN_MODEL, Candidate, trained_run_features
 
 K = 20
 NPROBES = [1, 2, 4, 8, 16, 32, 64, 128, "default"]
@@ -74,33 +77,43 @@ def _group(study):
     return f"ivf {study['name']} N_ref={len(study['reference'])} N_q={len(study['queries'])}"
 
 
-def test_exact_baseline(bench, study):
-    p = bench(lambda: study["exact"].outlier_probability(study["queries"]), group=_group(study),
-              label="exact LoOP (fastzsl exact kNN)", baseline=True, data=study["description"],
-              recall=1.0, loop_mean_err=0.0, loop_max_err=0.0)
-    np.testing.assert_array_equal(p, study["exact_p"])
-
-
-@pytest.mark.parametrize("nprobe", NPROBES)
-def test_ivf(bench, benchmark, study, nprobe):
-    if nprobe == "default":
+def _ivf_candidate(study, nprobe):
+    default = nprobe == "default"
+    if default:
         nprobe = fastzsl.FaissIndex.default_nprobe(study["nlist"])
     if nprobe > study["nlist"]:
-        pytest.skip(f"nprobe {nprobe} > nlist {study['nlist']}")
+        return f"nprobe {nprobe} > nlist {study['nlist']}"
     loop = fastzsl.LoOP(n_neighbors=K, knn="ivf",
                         knn_params={"nlist": study["nlist"], "nprobe": nprobe})
     try:
         loop.fit(study["reference"])
     except ValueError as exc:  # too few lists visited to find k neighbours for every point
-        pytest.skip(f"nprobe={nprobe}: {exc}")
+        return f"nprobe={nprobe}: {exc}"
     recall = _recall(loop.index_.search(study["queries"], K)[1], study["exact_I"])
-    p = bench(lambda: loop.outlier_probability(study["queries"]), group=_group(study),
-              label=f"IVF nlist={study['nlist']} nprobe={nprobe}", data=study["description"],
-              nlist=study["nlist"], nprobe=nprobe, recall=recall)
+    assert recall > 0  # a broken index would find nothing
+    return Candidate(f"IVF nlist={study['nlist']} nprobe={nprobe}"
+                     + (" (the default)" if default else ""),
+                     lambda: loop.outlier_probability(study["queries"]),
+                     extra=dict(data=study["description"], nlist=study["nlist"],
+                                nprobe=nprobe, recall=recall))
+
+
+@pytest.mark.parametrize("nprobe", ["exact"] + NPROBES)
+def test_ivf(bench, benchmark, study, nprobe):
+    def build(stack):
+        out = {"exact": Candidate(
+            "exact LoOP (fastzsl exact kNN)",
+            lambda: study["exact"].outlier_probability(study["queries"]), True,
+            dict(data=study["description"], recall=1.0))}
+        out.update({n: _ivf_candidate(study, n) for n in NPROBES})
+        return out
+
+    p = bench(_group(study), nprobe, build)
     error = np.abs(np.asarray(p) - study["exact_p"])
+    if nprobe == "exact":
+        np.testing.assert_array_equal(p, study["exact_p"])
     benchmark.extra_info.update(loop_mean_err=float(error.mean()),
                                 loop_max_err=float(error.max()))
-    assert recall > 0  # a broken index would find nothing
 
 
 _FIT_SCRIPT = """
@@ -129,20 +142,26 @@ json.dump(info, open(sys.argv[2], "w"))
 @pytest.mark.parametrize("method", ["ivf", "exact"])
 def test_loop_fit_one_million_memory(bench, benchmark, tmp_path, run_with_peak_rss, method):
     n = 1_000_000
-    X, _ = make_blobs(n, 50, seed=11)
-    np.save(tmp_path / "X.npy", X)
-    input_mb = X.nbytes / 2**20
-    del X
-    info = {}
 
-    def run():
-        (tmp_path / "fit.py").write_text(_FIT_SCRIPT)
-        info["peak_rss_mb"] = run_with_peak_rss(
-            tmp_path / "fit.py", [tmp_path / "X.npy", tmp_path / "fit.json", method])
-        info.update(json.loads((tmp_path / "fit.json").read_text()))
-        info["peak_rss_beyond_input_mb"] = info["peak_rss_mb"] - input_mb
+    def build(stack):
+        X, _ = make_blobs(n, 50, seed=11)
+        np.save(tmp_path / "X.npy", X)
+        input_mb = X.nbytes / 2**20
+        del X
+        out = {}
+        for m in ("ivf", "exact"):
+            extra = dict(data="seeded Gaussian blobs (10 centres), d=50")
 
-    bench(run, group=f"loop fit N_ref={n}", label=f"LoOP(knn={method!r}).fit in a subprocess",
-          baseline=method == "ivf", rounds=1, data="seeded Gaussian blobs (10 centres), d=50")
-    benchmark.extra_info.update(info)
+            def run(m=m, info=extra):  # the child's peak RSS etc. go to its extra_info
+                (tmp_path / "fit.py").write_text(_FIT_SCRIPT)
+                info["peak_rss_mb"] = run_with_peak_rss(
+                    tmp_path / "fit.py", [tmp_path / "X.npy", tmp_path / "fit.json", m])
+                info.update(json.loads((tmp_path / "fit.json").read_text()))
+                info["peak_rss_beyond_input_mb"] = info["peak_rss_mb"] - input_mb
+
+            out[m] = Candidate(f"LoOP(knn={m!r}).fit in a subprocess", run, m == "ivf", extra)
+        return out
+
+    bench(f"loop fit N_ref={n}", method, build, rounds=1)
+    info = benchmark.extra_info
     assert info["peak_rss_beyond_input_mb"] < 1536, info

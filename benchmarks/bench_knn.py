@@ -8,6 +8,10 @@ Each case first checks its result on the first n_check queries against fastzsl's
 reference (distances within fastzsl.testing.TOL for float32, rtol 1e-3 for faiss, which
 expands the squared distance in float32; neighbour sets equal up to ties).
 
+Rounds are interleaved within each group (conftest ``bench``: A B C, A B C, ...; the group's
+first test times all its rows), so a fast or slow phase of the shared machine falls on every
+row alike; ratios are of the same rounds.
+
 Every row records the FLOP of the distance GEMM (2 N_q N_ref d), so the report shows its
 rate in GFLOP/s (a lower bound for the distance part: the time includes the selection), and
 the full-size group has a reference row: this machine's square float32 GEMM rate (NumPy's
@@ -19,12 +23,14 @@ import pytest
 import fastzsl
 from fastzsl.testing import TOL, assert_knn_equal, backend_is_available
 
+from conftest import Candidate
+
 FAISS_RTOL = 1e-3
 CASES = ["cython", "numba", "numpy", "fastzsl-faiss", "faiss-IndexFlatL2"]
 
 
 def _make(case, reference, k, faiss_flat):
-    """(label, fn(Q) -> (D, I), extra_info, is_baseline)."""
+    """(label, fn(Q) -> (D, I), extra_info, is_baseline), or a str: why it is skipped."""
     if case == "faiss-IndexFlatL2":
         return ("faiss IndexFlatL2.search (index built outside the timer)",
                 lambda Q: faiss_flat.search(Q, k), dict(peer="faiss-cpu"), True)
@@ -33,7 +39,7 @@ def _make(case, reference, k, faiss_flat):
                 lambda Q: fastzsl.knn(Q, reference, k, method="faiss"),
                 dict(peer="fastzsl", method="faiss"), False)
     if not backend_is_available(case):
-        pytest.skip(f"backend {case!r} unavailable")
+        return f"backend {case!r} unavailable"
     return (f"fastzsl.knn exact ({case})",
             lambda Q: fastzsl.knn(Q, reference, k, backend=case),
             dict(peer="fastzsl", backend=case, method="exact"), False)
@@ -49,24 +55,25 @@ def _check(case, fn, cfg, queries, knn_expected):
     assert_knn_equal(np.maximum(D, 0), I, D_ref, I_ref, **tol)
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_knn(case, bench, cfg, reference, queries, faiss_flat, knn_expected):
-    if case == "numpy" and not cfg.quick:
-        pytest.skip("numpy backend: too slow for 10k x 100k; timed in the 'knn subset' group")
-    label, fn, extra, baseline = _make(case, reference, cfg.k, faiss_flat)
-    _check(case, fn, cfg, queries, knn_expected)  # correctness before time
-    bench(lambda: fn(queries), group=_group(cfg), label=label, baseline=baseline,
-          flop=2 * cfg.n_q * cfg.n_ref * cfg.d, **extra, **cfg.sizes())
-
-
-def _group(cfg):
-    return f"knn N_ref={cfg.n_ref} N_q={cfg.n_q} d={cfg.d} k={cfg.k}"
+def _candidates(cfg, reference, queries, faiss_flat, knn_expected, Q, cases, flop, sizes):
+    """case -> Candidate searching Q (or the reason it is skipped), each checked first."""
+    out = {}
+    for case in cases:
+        made = _make(case, reference, cfg.k, faiss_flat)
+        if isinstance(made, str):
+            out[case] = made
+            continue
+        label, fn, extra, baseline = made
+        _check(case, fn, cfg, queries, knn_expected)  # correctness before time
+        out[case] = Candidate(label, lambda fn=fn: fn(Q), baseline,
+                              dict(flop=flop, **extra, **sizes))
+    return out
 
 
 SQUARE = 4096
 
 
-def test_square_sgemm_rate(bench, cfg):
+def _square_sgemm(cfg):
     """The machine's square float32 GEMM rate, the reference for the kNN kernels' GFLOP/s."""
     n = SQUARE // 4 if cfg.quick else SQUARE
     rng = np.random.default_rng(0)
@@ -76,22 +83,41 @@ def test_square_sgemm_rate(bench, cfg):
     np.matmul(A[:8], B, out=out[:8])
     np.testing.assert_allclose(out[:8, :4], A[:8].astype(np.float64) @ B[:, :4], rtol=1e-3,
                                atol=1e-3 * np.sqrt(n))
-    bench(lambda: np.matmul(A, B, out=out), group=_group(cfg),
-          label=f"machine peak reference: square sgemm {n}^3 (NumPy BLAS, all threads)",
-          peak_reference=True, flop=2 * n ** 3, peer="numpy")
+    return Candidate(f"machine peak reference: square sgemm {n}^3 (NumPy BLAS, all threads)",
+                     lambda: np.matmul(A, B, out=out),
+                     extra=dict(peak_reference=True, flop=2 * n ** 3, peer="numpy"))
+
+
+def _group(cfg):
+    return f"knn N_ref={cfg.n_ref} N_q={cfg.n_q} d={cfg.d} k={cfg.k}"
+
+
+@pytest.mark.parametrize("case", CASES + ["square-sgemm"])
+def test_knn(case, bench, cfg, reference, queries, faiss_flat, knn_expected):
+    def build(stack):
+        cases = [c for c in CASES if c != "numpy" or cfg.quick]
+        out = _candidates(cfg, reference, queries, faiss_flat, knn_expected, queries, cases,
+                          2 * cfg.n_q * cfg.n_ref * cfg.d, cfg.sizes())
+        if not cfg.quick:
+            out["numpy"] = ("numpy backend: too slow for 10k x 100k; timed in the "
+                            "'knn subset' group")
+        out["square-sgemm"] = _square_sgemm(cfg)
+        return out
+
+    bench(_group(cfg), case, build)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_knn_subset(case, bench, cfg, reference, queries, faiss_flat, knn_expected):
-    label, fn, extra, baseline = _make(case, reference, cfg.k, faiss_flat)
     n = cfg.n_subset
-    _check(case, fn, cfg, queries, knn_expected)
     Q = np.ascontiguousarray(queries[:n])
-    bench(lambda: fn(Q),
-          group=f"knn subset N_ref={cfg.n_ref} N_q={n} d={cfg.d} k={cfg.k} "
-                f"(first {n} queries, NumPy backend included)",
-          label=label, baseline=baseline, flop=2 * n * cfg.n_ref * cfg.d, **extra,
-          **cfg.sizes(N_q=n))
+
+    def build(stack):
+        return _candidates(cfg, reference, queries, faiss_flat, knn_expected, Q, CASES,
+                           2 * n * cfg.n_ref * cfg.d, cfg.sizes(N_q=n))
+
+    bench(f"knn subset N_ref={cfg.n_ref} N_q={n} d={cfg.d} k={cfg.k} "
+          f"(first {n} queries, NumPy backend included)", case, build)
 
 
 def test_single_query_latency(cfg):

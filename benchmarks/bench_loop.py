@@ -21,6 +21,10 @@ Groups
     (use_numba=True, n_jobs=-1: parallel Numba kernel, JIT compiled in the warm-up);
     the baseline is the faster of the two, the Numba one. Also scikit-learn LOF fit.
 
+Rounds are interleaved within each group (conftest ``bench``: A B C, A B C, ...; the group's
+first test checks and times all its rows), so a fast or slow phase of the shared machine
+falls on every row alike.
+
 Correctness before time: every case is checked against fastzsl's NumPy reference on the
 same kind of inputs before it is timed (see each test). faiss computes squared distances
 as ||q||^2 - 2 q.r + ||r||^2 in float32 (relative error ~1e-4 at this data scale), so a few
@@ -34,14 +38,18 @@ import pytest
 import fastzsl
 from fastzsl.testing import backend_is_available
 
+from conftest import Candidate
+
 EXACT_ATOL = 1e-6       # fastzsl backends vs NumPy reference, LoOP probabilities
 FAISS_MEAN_ATOL = 1e-3  # faiss-graph LoOP vs exact-graph LoOP: mean |diff|
 PYNOMALY_ATOL = 1e-6    # PyNomaly vs fastzsl (float32 input)
 
 
-def _require(backend):
-    if not backend_is_available(backend):
-        pytest.skip(f"backend {backend!r} unavailable")
+def _unavailable(case):
+    """Why a fastzsl backend case cannot run here, or None."""
+    if case in ("cython", "numba", "numpy") and not backend_is_available(case):
+        return f"backend {case!r} unavailable"
+    return None
 
 
 def _faiss_fit(X, k, extent=3.0):
@@ -101,7 +109,6 @@ def _fit_case(case, cfg):
     if case == "sklearn-LOF":
         return ("peer B: sklearn LocalOutlierFactor(novelty=True).fit",
                 lambda X: _lof(cfg.k).fit(X), None, dict(peer="scikit-learn"), False)
-    _require(case)
     return (f"fastzsl LoOP.fit ({case})",
             lambda X: fastzsl.LoOP(n_neighbors=cfg.k, backend=case).fit(X),
             lambda m: m.probabilities_, dict(peer="fastzsl", backend=case), False)
@@ -114,31 +121,46 @@ def _get_fitted(case, cfg, reference, fitted):
 
 
 # ------------------------------------------------------------------ fit of the reference
-@pytest.mark.parametrize("case", ["faiss+numpy", "cython", "numba", "sklearn-LOF"])
-def test_loop_fit_reference(case, bench, cfg, reference, queries, knn_expected,
-                            small_expected, fitted):
-    label, fit_fn, probs_of, extra, baseline = _fit_case(case, cfg)
-    # correctness before time, on the first 2000 reference rows
+FIT_CASES = ["faiss+numpy", "cython", "numba", "sklearn-LOF"]
+
+
+def _check_small_fit(case, fit_fn, probs_of, cfg, queries, small_expected):
+    """Correctness before time, on the first 2000 reference rows."""
     X_small, p_small = small_expected
     small = fit_fn(X_small)
     if case == "sklearn-LOF":
         Qc = queries[:cfg.n_check]
         _check_lof_neighbours(small, Qc, fastzsl.knn(Qc, X_small, cfg.k, backend="numpy"),
                               cfg.k)
+        return
+    diff = np.abs(probs_of(small) - p_small)
+    if case == "faiss+numpy":
+        assert diff.mean() <= FAISS_MEAN_ATOL, diff.mean()
     else:
-        diff = np.abs(probs_of(small) - p_small)
-        if case == "faiss+numpy":
-            assert diff.mean() <= FAISS_MEAN_ATOL, diff.mean()
-        else:
-            assert diff.max() <= EXACT_ATOL, diff.max()
-    rounds = None if cfg.quick else 1
-    model = bench(lambda: fit_fn(reference),
-                  group=f"loop fit N_ref={cfg.n_ref} d={cfg.d} k={cfg.k}"
-                        + ("" if cfg.quick else " (1 round each: minutes per fit)"),
-                  label=label, baseline=baseline, rounds=rounds, **extra,
-                  **cfg.sizes(N_q=0))
+        assert diff.max() <= EXACT_ATOL, diff.max()
+
+
+@pytest.mark.parametrize("case", FIT_CASES)
+def test_loop_fit_reference(case, bench, cfg, reference, queries, knn_expected,
+                            small_expected, fitted):
+    def build(stack):
+        out = {}
+        for c in FIT_CASES:
+            if _unavailable(c):
+                out[c] = _unavailable(c)
+                continue
+            label, fit_fn, probs_of, extra, baseline = _fit_case(c, cfg)
+            _check_small_fit(c, fit_fn, probs_of, cfg, queries, small_expected)
+            out[c] = Candidate(label, lambda fit_fn=fit_fn: fit_fn(reference), baseline,
+                               dict(**extra, **cfg.sizes(N_q=0)))
+        return out
+
+    model = bench(f"loop fit N_ref={cfg.n_ref} d={cfg.d} k={cfg.k}"
+                  + ("" if cfg.quick else " (1 round each: minutes per fit)"), case, build,
+                  rounds=None if cfg.quick else 1)
     fitted[case] = model
-    # the single timed full-size fit is checked after the fact, against the other fits
+    # the timed fits (the last round's) are checked after the fact, against each other
+    probs_of = _fit_case(case, cfg)[2]
     if probs_of is not None:
         p = probs_of(model)
         for other in ("cython", "numba"):
@@ -150,38 +172,47 @@ def test_loop_fit_reference(case, bench, cfg, reference, queries, knn_expected,
 
 
 # ------------------------------------------------------------------ scoring new points
-@pytest.mark.parametrize("case", ["cython", "numba", "faiss+numpy", "sklearn-LOF"])
-def test_loop_score(case, bench, cfg, reference, queries, faiss_flat, knn_expected, fitted):
-    group = f"loop score N_ref={cfg.n_ref} N_q={cfg.n_q} d={cfg.d} k={cfg.k}"
+SCORE_CASES = ["faiss+numpy", "cython", "numba", "sklearn-LOF"]
+
+
+def _score_candidate(case, cfg, reference, queries, faiss_flat, knn_expected, fitted):
+    """Candidate scoring all queries with the model fitted on the reference, checked first."""
     Qc = queries[:cfg.n_check]
     D_ref, I_ref = knn_expected
     if case == "sklearn-LOF":
         lof = _get_fitted(case, cfg, reference, fitted)
         _check_lof_neighbours(lof, Qc, knn_expected, cfg.k)
         assert np.isfinite(lof.score_samples(Qc)).all()
-        bench(lambda: lof.score_samples(queries), group=group,
-              label="peer B: sklearn LocalOutlierFactor.score_samples (fit outside)",
-              peer="scikit-learn", **cfg.sizes())
-        return
+        return Candidate("peer B: sklearn LocalOutlierFactor.score_samples (fit outside)",
+                         lambda: lof.score_samples(queries),
+                         extra=dict(peer="scikit-learn", **cfg.sizes()))
     if case == "faiss+numpy":
         fit = _get_fitted(case, cfg, reference, fitted)
         # same fit, exact query neighbours: differs only by faiss's float32 rounding
         expected = fastzsl.loop_score(D_ref, I_ref, fit, backend="numpy")
         diff = np.abs(_faiss_score(faiss_flat, Qc, cfg.k, fit) - expected)
         assert diff.mean() <= FAISS_MEAN_ATOL, diff.mean()
-        bench(lambda: _faiss_score(faiss_flat, queries, cfg.k, fit), group=group,
-              label="peer A: faiss IndexFlatL2.search + fastzsl loop_score(numpy)",
-              baseline=True, peer="faiss-cpu + fastzsl numpy LoOP",
-              check_max_abs_diff=float(diff.max()), **cfg.sizes())
-        return
-    _require(case)
+        return Candidate("peer A: faiss IndexFlatL2.search + fastzsl loop_score(numpy)",
+                         lambda: _faiss_score(faiss_flat, queries, cfg.k, fit), True,
+                         dict(peer="faiss-cpu + fastzsl numpy LoOP",
+                              check_max_abs_diff=float(diff.max()), **cfg.sizes()))
     model = _get_fitted(case, cfg, reference, fitted)
     expected = fastzsl.loop_score(D_ref, I_ref, model.fit_, backend="numpy")
     diff = np.abs(np.asarray(model.outlier_probability(Qc)) - expected)
     assert diff.max() <= EXACT_ATOL, diff.max()
-    bench(lambda: model.outlier_probability(queries), group=group,
-          label=f"fastzsl LoOP.outlier_probability ({case})",
-          peer="fastzsl", backend=case, **cfg.sizes())
+    return Candidate(f"fastzsl LoOP.outlier_probability ({case})",
+                     lambda: model.outlier_probability(queries),
+                     extra=dict(peer="fastzsl", backend=case, **cfg.sizes()))
+
+
+@pytest.mark.parametrize("case", SCORE_CASES)
+def test_loop_score(case, bench, cfg, reference, queries, faiss_flat, knn_expected, fitted):
+    def build(stack):
+        return {c: _unavailable(c) or _score_candidate(c, cfg, reference, queries, faiss_flat,
+                                                       knn_expected, fitted)
+                for c in SCORE_CASES}
+
+    bench(f"loop score N_ref={cfg.n_ref} N_q={cfg.n_q} d={cfg.d} k={cfg.k}", case, build)
 
 
 # ------------------------------------------------------------------ in-sample fit, 10k
@@ -204,33 +235,42 @@ def fit_data(cfg, reference):
     return X, expected
 
 
-@pytest.mark.parametrize("case", ["cython", "numba", "numpy", "PyNomaly-default",
-                                  "PyNomaly-numba", "sklearn-LOF"])
-def test_loop_fit_insample(case, bench, cfg, fit_data):
-    X, expected = fit_data
-    group = f"loop fit N={cfg.n_fit} d={cfg.d} k={cfg.k} (in-sample)"
+INSAMPLE_CASES = ["PyNomaly-numba", "PyNomaly-default", "cython", "numba", "numpy",
+                  "sklearn-LOF"]
+
+
+def _insample_candidate(case, cfg, X, expected):
     sizes = dict(N=cfg.n_fit, d=cfg.d, k=cfg.k)
     if case in PYNOMALY_CONFIGS:
         kw = PYNOMALY_CONFIGS[case]
         diff = np.abs(_pynomaly(X, cfg.k, **kw) - expected)  # also compiles the JIT
         assert diff.max() <= PYNOMALY_ATOL, diff.max()
-        bench(lambda: _pynomaly(X, cfg.k, **kw), group=group,
-              label=f"PyNomaly 0.4.0 LocalOutlierProbability.fit ({kw or 'default: use_numba=False'})",
-              baseline=case == "PyNomaly-numba", peer="PyNomaly",
-              pynomaly_kwargs=repr(kw), check_max_abs_diff=float(diff.max()), **sizes)
-        return
+        return Candidate(
+            f"PyNomaly 0.4.0 LocalOutlierProbability.fit ({kw or 'default: use_numba=False'})",
+            lambda: _pynomaly(X, cfg.k, **kw), case == "PyNomaly-numba",
+            dict(peer="PyNomaly", pynomaly_kwargs=repr(kw),
+                 check_max_abs_diff=float(diff.max()), **sizes))
     if case == "sklearn-LOF":
         lof = _lof(cfg.k).fit(X)
         assert np.isfinite(lof.negative_outlier_factor_).all()
-        bench(lambda: _lof(cfg.k).fit(X), group=group,
-              label="sklearn LocalOutlierFactor(novelty=True).fit (LOF, not LoOP)",
-              peer="scikit-learn", **sizes)
-        return
-    _require(case)
+        return Candidate("sklearn LocalOutlierFactor(novelty=True).fit (LOF, not LoOP)",
+                         lambda: _lof(cfg.k).fit(X), extra=dict(peer="scikit-learn", **sizes))
     diff = np.abs(fastzsl.LoOP(n_neighbors=cfg.k, backend=case).fit(X).probabilities_ - expected)
     assert diff.max() <= EXACT_ATOL, diff.max()
-    bench(lambda: fastzsl.LoOP(n_neighbors=cfg.k, backend=case).fit(X), group=group,
-          label=f"fastzsl LoOP.fit ({case})", peer="fastzsl", backend=case, **sizes)
+    return Candidate(f"fastzsl LoOP.fit ({case})",
+                     lambda: fastzsl.LoOP(n_neighbors=cfg.k, backend=case).fit(X),
+                     extra=dict(peer="fastzsl", backend=case, **sizes))
+
+
+@pytest.mark.parametrize("case", INSAMPLE_CASES)
+def test_loop_fit_insample(case, bench, cfg, fit_data):
+    X, expected = fit_data
+
+    def build(stack):
+        return {c: _unavailable(c) or _insample_candidate(c, cfg, X, expected)
+                for c in INSAMPLE_CASES}
+
+    bench(f"loop fit N={cfg.n_fit} d={cfg.d} k={cfg.k} (in-sample)", case, build)
 
 
 def test_loop_fit_low_dimensional(cfg):

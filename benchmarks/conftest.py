@@ -13,7 +13,8 @@ these). Sizes: N_ref=100_000 reference points, N_q=10_000 queries, d=50, k=20;
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -149,27 +150,97 @@ def machine() -> dict:
     return dict(cpu=cpu_name(), cores=cpu_count(), **_threads())
 
 
-@pytest.fixture
-def bench(benchmark, cfg, machine):
-    """``bench(fn, group=..., label=..., baseline=False, rounds=None, **extra)``.
+@dataclass
+class Candidate:
+    """One row of an interleaved group: ``fn()`` is timed; ``extra`` goes to extra_info (a
+    candidate may add to it while it runs, e.g. a subprocess's peak RSS)."""
+    label: str
+    fn: Callable
+    baseline: bool = False
+    extra: dict = field(default_factory=dict)
 
-    Sets the group and extra_info, then times ``fn`` with
-    ``benchmark.pedantic(fn, rounds=R, warmup_rounds=1, iterations=1)`` and returns its
-    result. ``rounds=1`` (used for multi-minute fits) skips the warm-up round.
+
+@pytest.fixture(scope="session")
+def _groups() -> dict:
+    """group name -> its interleaved timing (or the exception its build raised)."""
+    return {}
+
+
+def _record_rounds(benchmark, seconds):
+    """Gives pytest-benchmark the per-round seconds measured by :func:`interleaved`, as if
+    its own ``pedantic(rounds=len(seconds), iterations=1)`` had timed them (it has no public
+    call for times taken elsewhere; this is what pedantic does with each round's time)."""
+    if benchmark.disabled:
+        return
+    stats = benchmark._make_stats(1)
+    for t in seconds:
+        stats.update(t)
+    benchmark._mode = "interleaved rounds (benchmarks/conftest.py)"
+
+
+@pytest.fixture
+def bench(benchmark, cfg, machine, _groups):
+    """``bench(group, case, build, rounds=None, warmup=None)``: records candidate ``case``
+    of ``group`` and returns what its last timed call returned.
+
+    The first test of a group calls ``build(stack)`` -> {case: Candidate, or a str: the
+    reason that case is skipped}; build checks every candidate's result before anything is
+    timed and may enter context managers on ``stack`` (an ExitStack closed after timing).
+    Then all candidates run in interleaved rounds (:func:`interleaved`: A B C, A B C, ...;
+    ``warmup`` rounds first, 1 unless ``rounds`` is 1), once per session. Every test of the
+    group then gets its candidate's rounds: pytest-benchmark's stats (so the JSON's min,
+    median and report.py's ratios are of the interleaved rounds) and, in extra_info, the
+    ratio of minima and of medians against the baseline (baseline time / this time: above 1
+    is faster), the 1-min load average before each round and the other candidates' labels.
+    Selecting one case with -k still times its whole group: a ratio needs the baseline.
     """
-    def run(fn, *, group, label, baseline=False, rounds=None, **extra):
+    def run(group, case, build, *, rounds=None, warmup=None):
         rounds = cfg.rounds if rounds is None else rounds
+        warmup = (1 if rounds > 1 else 0) if warmup is None else warmup
+        if group not in _groups:
+            try:
+                _groups[group] = _time_group(build, rounds, warmup)
+            except Exception as exc:  # every case of the group reports it
+                _groups[group] = exc
+        entry = _groups[group]
+        if isinstance(entry, Exception):
+            raise entry
+        cand = entry["candidates"][case]
+        if isinstance(cand, str):
+            pytest.skip(cand)
         benchmark.group = group
-        info = dict(label=label, baseline=bool(baseline), data=DATA_DESCRIPTION,
+        ratios = entry["ratios"][case]
+        info = dict(label=cand.label, baseline=bool(cand.baseline), data=DATA_DESCRIPTION,
                     dtype=np.dtype(cfg.dtype).name, quick=cfg.quick,
                     machine=f"{machine['cpu']}, {machine['cores']} cores", **machine)
-        info.update(extra)  # a group may describe its own data
+        info.update(cand.extra)  # a group may describe its own data
+        info.update(interleaved=True, warmup_rounds=warmup,
+                    interleaved_with=[c.label for name, c in entry["timed"].items()
+                                      if name != case],
+                    baseline_label=entry["timed"][entry["baseline"]].label,
+                    ratio_of_minima=ratios["ratio_of_minima"],
+                    ratio_of_medians=ratios["ratio_of_medians"],
+                    load_1m_rounds=entry["loads"][case],
+                    loadavg_1m_before=entry["loads"][case][0])
         benchmark.extra_info.update(info)
-        if hasattr(os, "getloadavg"):  # other work on the machine shows up here
-            benchmark.extra_info["loadavg_1m_before"] = round(os.getloadavg()[0], 2)
-        warmup = 1 if rounds > 1 else 0
-        return benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
+        _record_rounds(benchmark, entry["times"][case])
+        return entry["results"][case]
     return run
+
+
+def _time_group(build, rounds, warmup):
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        candidates = build(stack)
+        timed = {case: c for case, c in candidates.items() if isinstance(c, Candidate)}
+        baseline = [case for case, c in timed.items() if c.baseline]
+        assert len(baseline) == 1, f"one baseline per group, not {baseline}"
+        loads, results = {}, {}
+        times = interleaved({case: c.fn for case, c in timed.items()}, rounds=rounds,
+                            warmup=warmup, loads=loads, results=results)
+    return dict(candidates=candidates, timed=timed, times=times, loads=loads, results=results,
+                baseline=baseline[0], ratios=interleaved_ratios(times, baseline[0]))
 
 
 # ---------------------------------------------------------------- peak memory of a subprocess
@@ -205,10 +276,13 @@ def run_with_peak_rss(tmp_path):
 
 
 # ---------------------------------------------------------------- interleaved rounds
-def interleaved(candidates: dict, *, rounds: int = 5, warmup: int = 1) -> dict:
+def interleaved(candidates: dict, *, rounds: int = 5, warmup: int = 1, loads: dict = None,
+                results: dict = None) -> dict:
     """Time every callable in ``candidates`` (name -> fn) in interleaved rounds: one call of
     each per round (A B C, A B C, ...), so a fast or slow phase of the machine falls on all
     of them alike. Returns name -> list of seconds per round (warm-up rounds dropped).
+    ``loads``: filled with name -> the 1-minute load average before each timed call;
+    ``results``: name -> what its last call returned.
 
     Report ``ratio_of_minima`` and ``ratio_of_medians`` against the baseline (see
     :func:`interleaved_ratios`): these, not absolute times, carry across machines.
@@ -216,12 +290,19 @@ def interleaved(candidates: dict, *, rounds: int = 5, warmup: int = 1) -> dict:
     import time
 
     times = {name: [] for name in candidates}
+    if loads is not None:
+        loads.update({name: [] for name in candidates})
     for round_ in range(warmup + rounds):
         for name, fn in candidates.items():
+            if loads is not None and round_ >= warmup and hasattr(os, "getloadavg"):
+                loads[name].append(round(os.getloadavg()[0], 2))
             start = time.perf_counter()
-            fn()
+            out = fn()
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
+            if results is not None:
+                results[name] = out
+            del out  # a large result should not stay alive while the next candidate runs
     return times
 
 

@@ -7,6 +7,8 @@ One table per benchmark group: name, median seconds, rounds, and the ratio
 median / baseline median, where the baseline is the row marked ``baseline`` in
 extra_info (faiss IndexFlatL2 for knn, faiss + NumPy LoOP for loop fit/score, PyNomaly
 for the in-sample LoOP fit, the bare GEMM for gaussian), measured in the same process.
+Rows recorded by conftest's ``bench`` (``interleaved`` in extra_info) come from rounds
+interleaved with the rest of their group, so both ratios are of the same rounds.
 A row whose extra_info has ``time_scale`` (a peer timed on a subset) is shown with its
 times multiplied by it; its label says so.
 """
@@ -139,10 +141,13 @@ def render(data, note=None) -> str:
         + ("; QUICK sizes" if info0.get("quick") else ""),
         "",
         f"Data: {info0.get('data', 'synthetic Gaussian blobs, seeded')}. "
-        "Times are medians of the timed rounds (1 warm-up round first, except "
-        "single-round rows); ratio = median / the group's baseline median, same process; "
-        "max/min = spread between rounds; ratio of mins = min / baseline min (more robust "
-        "when other work shares the machine).",
+        + ("Rounds interleaved within each group (A B C, A B C, ...: benchmarks/conftest.py), "
+           "so a fast or slow phase of the machine falls on every row alike. "
+           if any(b.get("extra_info", {}).get("interleaved") for b in benches) else "")
+        + "Times are medians of the timed rounds (1 warm-up round first, except "
+        "single-round rows); ratio = median / the group's baseline median, same process "
+        "(ratio of medians); max/min = spread between rounds; ratio of mins = min / baseline "
+        "min (more robust when other work shares the machine).",
         "",
     ]
     loads = [b["extra_info"]["loadavg_1m_before"] for b in benches

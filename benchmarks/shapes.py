@@ -180,9 +180,11 @@ def loop_score_group(n_ref, n_q, rounds):
                   dtype="float32")
 
 
-def write(rows, out):
+def write(rows, out, notes=()):
+    """The groups' tables, then ``notes`` (markdown lines, kept in the JSON's meta)."""
     meta = dict(cpu=cpu_model(), cores=cpu_count(), date=time.strftime("%Y-%m-%d %H:%M UTC"),
-                note="other engineers' jobs shared these 2 cores: see the load averages")
+                note="other engineers' jobs shared these 2 cores: see the load averages",
+                notes=list(notes))
     out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, groups=rows), indent=1))
     lines = [f"# Issue 15 shapes ({meta['cpu']}, {meta['cores']} cores, {meta['date']})", "",
              "Interleaved rounds (A B C, A B C: benchmarks/conftest.py `interleaved`). Ratio = "
@@ -213,7 +215,8 @@ def write(rows, out):
                 lines.append(f"| {name} | {r['min'] * 1e3:.3g} ms | {r['median'] * 1e3:.3g} ms"
                              f" | {r['ratio_of_minima']:.2f} | {r['ratio_of_medians']:.2f} |")
             lines.append("")
-    out.with_suffix(".md").write_text("\n".join(lines))
+    lines += list(notes)
+    out.with_suffix(".md").write_text("\n".join(lines) + ("\n" if notes else ""))
 
 
 def main():
@@ -242,13 +245,15 @@ def main():
         rows.append(loop_score_group(n_ref, n_q, rounds=3))
     out = (Path("/tmp") if args.quick else Path(__file__).parent / "results")
     out = out / "shapes-cpu-2core"
-    if out.with_suffix(".json").exists():  # keep the groups not run this time
+    notes = []
+    if out.with_suffix(".json").exists():  # keep the groups not run this time, and the notes
         ran = {row["group"] for row in rows}
-        earlier = json.loads(out.with_suffix(".json").read_text())["groups"]
+        doc = json.loads(out.with_suffix(".json").read_text())
+        earlier, notes = doc["groups"], doc["meta"].get("notes", [])
         rows = [row for row in earlier if row["group"] not in ran] + rows
         rows.sort(key=lambda row: ("loop fit" not in row["group"], "batch" in row["group"],
                                    "score" in row["group"]))
-    write(rows, out)
+    write(rows, out, notes)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ is the same set and order: equal distances keep the lower index first).
 How the GEMM kernels get there. With norms Q = ||q||^2 and R_j = ||r_j||^2 (double, computed
 once) and dot products P_j = q . r_j from a BLAS gemm on cache-sized tiles (input precision,
 single-threaded inside OpenMP), v_j = R_j - 2 P_j (input precision) approximates e_j - Q.
-Pass 1 keeps, per query, the L = k + LIST_EXTRA smallest v_j seen with their indices (one
+Pass 1 keeps, per query, the L >= k + LIST_EXTRA smallest v_j seen with their indices (one
 SIMD compare per entry against the list's largest rejects almost every candidate). Pass 2
 takes T = the k-th smallest kept v and the margin M = 2 SAFETY b + 4 u' (|T| + Q + Rmax)
 (b below with R = Rmax, the largest R_j; SAFETY = 2): every kept candidate with v_j <= T + M

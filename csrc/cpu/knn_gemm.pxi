@@ -1,5 +1,7 @@
+from libc.math cimport sqrt  # _list_len
+
 # The two-pass GEMM kernel of knn (part of knn_cpu.pyx, included there after
-# knn_direct.pxi; the module docstring proves it exact). Pass 1 keeps k + LIST_EXTRA
+# knn_direct.pxi; the module docstring proves it exact). Pass 1 keeps _list_len(k, d)
 # candidates per query from gemm tiles of dot products; pass 2 (_pass2, with its per-thread
 # Pass2Scratch) re-ranks them by exact distances, or rescans the queries whose list
 # overflowed. The pass-1 scans, pass 2 and the norms also serve the self-join (knn_self.pxi).
@@ -20,6 +22,25 @@ cdef enum:
     LIST_BYTES = 16777216
     # _norms of fewer rows than this run on the calling thread.
     NORMS_PARALLEL_MIN = 256
+
+# Pass-1 lists of knn (query blocks and the split path) keep _list_len(k, d) candidates:
+# k + max(LIST_EXTRA, d sqrt(k) / LIST_EXTRA_PER_DIM). The margin M grows with d u (Q + R),
+# so at high d it spans more near-ties than LIST_EXTRA: on the benchmark's blobs (d = 512,
+# ||x||^2 / (k-th distance) ~ 60) every query of a k + 8 list overflowed and was rescanned
+# (one more gemm), while 99% needed at most k + 41 (k = 20) and k + 123 (k = 100) entries;
+# measured need at d = 50 / 128 / 256: <= 4 / 9 / 16 (k = 20), 10 / 21 / 47 (k = 100). A
+# longer list is always exact (the argument only needs "a list drops only candidates above
+# its largest entry"); it costs pass-1 insertions and a larger pass-2 sort, both O(L) per
+# accepted candidate, against a full extra gemm per overflowed query.
+cdef double LIST_EXTRA_PER_DIM = 48.0
+
+
+cdef inline Py_ssize_t _list_len(Py_ssize_t k, Py_ssize_t d) noexcept nogil:
+    cdef Py_ssize_t extra = <Py_ssize_t>(d * sqrt(<double>k) / LIST_EXTRA_PER_DIM)
+    if extra < LIST_EXTRA:
+        extra = LIST_EXTRA
+    return k + extra
+
 
 # Pass-2 margin: SAFETY times twice the proven error bound of one candidate (docstring).
 cdef double SAFETY = 2.0
@@ -190,7 +211,9 @@ cdef Py_ssize_t _pass2_candidates(const cython.floating* lv, const int64_t* li, 
     cdef Py_ssize_t c, nc, pos, l
     cdef double T, x
     nc = 0
-    for c in range(n_lists * L):
+    # Backwards: each list is sorted largest first, so its entries arrive smallest first
+    # and the insertion sort moves nothing within a list (O(L), not O(L^2)).
+    for c in range(n_lists * L - 1, -1, -1):
         l = c // L
         if li[l * stride + c % L] < 0:
             continue
@@ -470,7 +493,7 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
                       Pass2Scratch* sc, cython.floating* Dout, int64_t* Iout) noexcept nogil:
     """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout."""
     cdef Py_ssize_t nq = q1 - q0
-    cdef Py_ssize_t L = k + LIST_EXTRA
+    cdef Py_ssize_t L = _list_len(k, d)
     cdef Py_ssize_t r0, r1, nr, row, qi, c, skip
     cdef double eps, tiny, limit
     _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
@@ -509,7 +532,7 @@ cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
     cdef Py_ssize_t n_q = queries.shape[0]
     cdef Py_ssize_t d = queries.shape[1]
     cdef Py_ssize_t n_r = reference.shape[0]
-    cdef Py_ssize_t L = k + LIST_EXTRA
+    cdef Py_ssize_t L = _list_len(k, d)
     cdef Py_ssize_t tile
     cdef Py_ssize_t qb, per_block, n_blocks, b, q0, q1
     cdef double qmax, rmax, eps, tiny, limit

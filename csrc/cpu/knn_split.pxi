@@ -3,7 +3,7 @@
 # threads, the query-block path would leave threads idle (one query: one thread for the
 # whole reference); here the reference is split instead.
 #
-# Every thread keeps its own pass-1 lists (L = k + LIST_EXTRA per query) over the reference
+# Every thread keeps its own pass-1 lists (L = _list_len(k, d) per query) over the reference
 # tiles it takes (gemm of all queries against the tile; gemv for one query: another
 # summation order of the same dot products, within the bound b of the module docstring,
 # which holds for any order). Pass 2 (_pass2 with one list per
@@ -56,7 +56,7 @@ cdef int _knn_split(const cython.floating* qbase, Py_ssize_t n_q,
                     int64_t* Iout) noexcept nogil:
     """The k best of all n_q queries, the reference tiles split across n_threads threads.
     Returns 0, or -1 when a buffer could not be allocated."""
-    cdef Py_ssize_t L = k + LIST_EXTRA
+    cdef Py_ssize_t L = _list_len(k, d)
     cdef Py_ssize_t stride = n_q * L  # one thread's lists
     cdef Py_ssize_t tile, n_tiles, t, r0, r1, nr, row, skip, c, qi
     cdef int tid = 0  # private in the parallel block; set so gcc sees it initialised

@@ -198,3 +198,38 @@ def test_other_dtypes_are_refused(name):
     args = (X, 2) if name == "knn_self" else (X, X, 2, -1)
     with pytest.raises(TypeError, match="supports float32 and float64, not int64"):
         getattr(knn_cpu, name)(*args)
+
+
+# ---------------------------------------------------------------- longer lists at high d
+# knn's pass-1 lists hold k + max(8, d sqrt(k) / 48) candidates (knn_gemm.pxi _list_len):
+# 67 for k = 20 at d = 512, against 28 before. The margin M grows with d u (Q + R): at
+# d = 512 with a large common offset it spans dozens of near-tied rows.
+@pytest.mark.parametrize("k", [20, 100])
+def test_high_dim_blobs(dtype, k):
+    # The benchmark's data at a small size: blobs far from the origin (||x||^2 / the k-th
+    # distance ~ 60), many rows within the margin of each query's k-th neighbour.
+    from fastzsl.testing import make_blobs
+    X, _ = make_blobs(4300, 512, seed=1, dtype=dtype)
+    _check(X[4000:], X[:4000], k)
+    _check(X[4000:4001], X[:4000], k)  # one query: the split path (2+ threads)
+
+
+@pytest.mark.parametrize("n_near", [30, 60, 66, 67, 68, 200, 2100])
+def test_high_dim_near_ties_around_the_list_length(dtype, rng, n_near):
+    # n_near rows all within the float32 margin of each other (squared distance 0.46 +- 0.03
+    # at ||x||^2 = 5e6, M ~ 1.2) at LOW indices, so they fill the pass-1 lists first; the
+    # true neighbours (squared distance <= 0.05), a duplicate pair among them, come after.
+    # Fewer near-ties than the list (67 for k = 20): answered from the lists alone; more:
+    # rescanned; more than 2048: the direct scan.
+    d, k = 512, 20
+    base = np.full(d, 100.0)
+    near = base + rng.normal(size=(n_near, d)) * 0.03
+    true = base + rng.normal(size=(k - 1, d)) * 0.01
+    far = base + rng.normal(size=(500, d))
+    R = np.concatenate([near, true, true[:1], far]).astype(dtype)
+    Q = np.concatenate([base[None], base[None] + rng.normal(size=(7, d)) * 1e-3]).astype(dtype)
+    D, I = _check(Q, R, k)
+    if dtype == np.float32:  # the neighbours are the k true rows (ties: lower index first)
+        assert ((I >= n_near) & (I < n_near + k)).all()
+    _check(Q[:1], R, k)  # the split path
+    _check(R[:300], R, k, 0)
