@@ -26,16 +26,6 @@ DTYPES = (np.float32, np.float64)
 gpu = pytest.mark.gpu
 
 
-@pytest.fixture
-def cp():
-    ok, reason = cupy_backend.is_available()
-    if not ok:
-        pytest.skip(f"backend 'cupy' unavailable: {reason}")
-    import cupy
-
-    return cupy
-
-
 K = cupy_backend.KERNELS
 
 

@@ -27,16 +27,6 @@ K = cupy_backend.KERNELS
 
 
 @pytest.fixture
-def cp():
-    ok, reason = cupy_backend.is_available()
-    if not ok:
-        pytest.skip(f"backend 'cupy' unavailable: {reason}")
-    import cupy
-
-    return cupy
-
-
-@pytest.fixture
 def small_tiles(monkeypatch):
     monkeypatch.setattr(tp, "TILE_Q", 48)
     monkeypatch.setattr(tp, "TILE_R", 70)
