@@ -406,10 +406,14 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         check_same_width(X, self.n_features_in_, "X", "ZeroShotClassifier")
         return X
 
-    def _unseen_probability(self, X, F):
-        """P(unseen | x) of validated images X (mapped: F)."""
+    def _unseen_probability(self, X, F=None):
+        """P(unseen | x) of validated images X (mapped: F, if the caller has it; only the
+        semantic space needs it)."""
         space = self.novelty_space_
-        Z = F if space == "semantic" else self.projection_.transform(X) if space == "pca" else X
+        if space == "semantic":
+            Z = self.mapper_.transform(X) if F is None else F
+        else:
+            Z = self.projection_.transform(X) if space == "pca" else X
         score = _raw_score(self.detector_, Z)
         return score if self.calibrator_ is None else self.calibrator_.transform(score)
 
@@ -457,8 +461,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     @uses_n_jobs
     def outlier_probability(self, X):
         """P(unseen | x) from the novelty detector, in [0, 1]."""
-        X = self._check_X(X)
-        return self._unseen_probability(X, self.mapper_.transform(X))
+        return self._unseen_probability(self._check_X(X))
 
     @uses_n_jobs
     def transform(self, X):
