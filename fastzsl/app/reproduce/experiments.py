@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..datasets import per_class_subset, zero_shot_split
-from ..experiment import CURVE_THRESHOLDS, fit_detectors
+from ..experiment import CURVE_THRESHOLDS, DETECTOR_LABELS, fit_detectors
 from .measures import nearest_word_accuracy, reliability, roc_auc
 from .settings import Settings
 
@@ -83,16 +83,17 @@ def prepare_seed(data, unseen, seed, st: Settings, *, backend="auto", progress=F
                     progress=progress)
 
 
-def fit_models(run: SeedData, kv, *, hidden=None, times=None, variants=None):
+def fit_models(run: SeedData, kv, *, hidden=None, times=None,
+               variants=tuple(DETECTOR_LABELS)):
     """{variant: zero-shot model} sharing one mapping: the default novelty detection and
     the paper's LoOP and Gaussian detector (:func:`fastzsl.app.experiment.fit_detectors`);
     ``hidden=0``: a one-layer linear mapping instead of the settings' network."""
     mapper_params = run.st.mapper_params if hidden is None else \
         {**run.st.mapper_params, "hidden": hidden}
-    extra = {} if variants is None else {"variants": variants}
-    return fit_detectors(run.X_tr, run.y_tr, kv, run.unseen, backend=run.backend,
-                         n_neighbors=run.st.n_neighbors, mapper_params=mapper_params,
-                         seed=run.seed, progress=run.progress, timings=times, **extra)
+    return fit_detectors(run.X_tr, run.y_tr, kv, run.unseen, variants=variants,
+                         backend=run.backend, n_neighbors=run.st.n_neighbors,
+                         mapper_params=mapper_params, seed=run.seed, progress=run.progress,
+                         timings=times)
 
 
 def soft_hard_gzsl(run: SeedData, models) -> dict:
@@ -294,14 +295,16 @@ def pair_sweep(data, pair, seed, st: Settings, kv, *, backend="auto", progress=F
     run = prepare_seed(data, list(pair), seed, replace(st, max_per_class=st.sweep_per_class),
                        backend=backend, progress=progress)
     models = fit_models(run, kv)
-    detectors = {}
+    detectors, reports = {}, {}
     for name, model in models.items():
         p = model.outlier_probability(run.X_te)
-        report = model.evaluate(run.X_te, run.y_te, [0.5])
+        reports[name] = report = model.evaluate(run.X_te, run.y_te, [0.5])
         chosen = report[model.combine_]
         detectors[name] = {"auc": roc_auc(p, run.is_unseen),
                            "ece": reliability(p, run.is_unseen)["ece"],
                            "threshold": float(model.threshold_),
                            **{k: chosen[k] for k in ("seen_accuracy", "unseen_accuracy",
                                                      "harmonic_mean")}}
-    return {"zero_shot_accuracy": report["zero_shot_accuracy"], "detectors": detectors}
+    # One mapping for all variants: the unseen classifier, so this number, is shared.
+    return {"zero_shot_accuracy": reports["loop"]["zero_shot_accuracy"],
+            "detectors": detectors}
