@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 
 import fastzsl
-from fastzsl.testing import backend_is_available
+from fastzsl.testing import backend_is_available, gamma, unit_roundoff
 
 from conftest import Candidate
 
@@ -82,7 +82,14 @@ def _check_lof_neighbours(lof, Q, knn_expected, k):
     """LOF is not LoOP: check its neighbour search agrees with the exact kNN."""
     D_ref, I_ref = knn_expected
     dist, ind = lof.kneighbors(Q, k)
-    np.testing.assert_allclose(dist ** 2, D_ref, rtol=1e-4, atol=1e-6)
+    # scikit-learn expands ||q||^2 - 2 q.r + ||r||^2 in float64 (float32 input upcast):
+    # squares within gamma_(d+2) 2 (||q||^2 + ||r||^2), then sqrt and square again (two
+    # roundings), against the reference's exact double sum rounded to its dtype
+    R = lof._fit_X.astype(np.float64)
+    norms = max((A.astype(np.float64) ** 2).sum(axis=1).max() for A in (Q, R))
+    atol = 2 * gamma(Q.shape[1] + 2, np.float64) * 2 * norms
+    np.testing.assert_allclose(dist ** 2, D_ref, atol=atol,
+                               rtol=4 * unit_roundoff(D_ref.dtype) + 4 * unit_roundoff(np.float64))
     same = (np.sort(ind, axis=1) == np.sort(I_ref, axis=1)).all(axis=1).mean()
     assert same >= 0.99, f"LOF neighbour sets agree on only {same:.1%} of rows"
 

@@ -32,6 +32,26 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def torch_threads():
+    """A context manager factory: ``with torch_threads(n):`` runs torch on n threads, so a
+    test can check a result whatever the intra-op thread count splits the work into."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def run_on(n):
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return run_on
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Problems this small run on one thread; more threads only wait on each other."""

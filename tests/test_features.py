@@ -3,10 +3,16 @@ import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
 
+from threadpoolctl import threadpool_limits
+
 from fastzsl.app.datasets import FASHION_MNIST_DIR
 from fastzsl.features import (
     CoatesNgFeatures, extract_patches, normalize_patches, sample_patches, spherical_kmeans,
     zca_whitening,
+)
+from fastzsl.testing import (
+    Bounded, assert_coates_ng_features_exact, assert_within_bound, coates_ng_features_with_bound,
+    gamma, unit_roundoff,
 )
 
 K = 16
@@ -86,10 +92,12 @@ def test_patch_positions(size, stride, expected):
 def test_contrast_normalisation_matches_direct():
     X = _images(n=3, size=12)
     P = normalize_patches(extract_patches(X, 6))
+    u = unit_roundoff(P.dtype)
     for n, i, j in [(0, 0, 0), (1, 3, 5), (2, 6, 6), (2, 6, 1)]:
-        x = X[n, i:i + 6, j:j + 6].astype(np.float64).ravel()
-        direct = (x - x.mean()) / np.sqrt(np.var(x) + 10)
-        np.testing.assert_allclose(P[n, i, j], direct, rtol=1e-5, atol=1e-5)
+        x = Bounded.exact(X[n, i:i + 6, j:j + 6].astype(np.float64).ravel(), u=u)
+        c = x - x.sum(axis=0) / 36
+        direct = c / ((c * c).sum(axis=0) / 36 + 10.0).sqrt()  # the float32 steps' bound
+        assert_within_bound(P[n, i, j], direct.value, direct.err, "normalised patch")
     # constant patch -> zeros (no division by zero)
     assert not normalize_patches(np.full((1, 36), 200.0)).any()
 
@@ -101,8 +109,13 @@ def test_zca_matches_formula_and_whitens(gray):
                           ).astype(np.float64)
     S, U = np.linalg.eigh(np.cov(x, rowvar=False))
     W = U @ np.diag(1 / np.sqrt(S + 0.1)) @ U.T
-    np.testing.assert_allclose(est.mean_patch_, x.mean(0), atol=1e-5)
-    np.testing.assert_allclose(est.whiten_, W, rtol=1e-4, atol=1e-4)
+    # The same float64 mean and eigendecomposition, then one rounding into float32; the
+    # whitening matrix's two float64 products (in either order, symmetrised) differ by at
+    # most 2 gamma_(2d) |U| diag |U|^T.
+    u32 = unit_roundoff(np.float32)
+    np.testing.assert_array_equal(est.mean_patch_, x.mean(0).astype(np.float32))
+    products = 2 * gamma(2 * 36, np.float64) * (np.abs(U) / np.sqrt(S + 0.1)) @ np.abs(U).T
+    assert_within_bound(est.whiten_, W, products + u32 * (np.abs(W) + products), "whitening")
     cov_w = np.cov((x - x.mean(0)) @ W, rowvar=False)
     np.testing.assert_allclose(cov_w, U @ np.diag(S / (S + 0.1)) @ U.T, atol=1e-8)
     # ~ identity up to the eps effect on the small eigenvalues
@@ -153,29 +166,84 @@ def test_encoder_matches_naive_loops(channels, stride):
     X = _images(n=30, size=15, channels=channels)
     est = _est(stride=stride, n_patches=3000).fit(X)
     got = est.encode(X[:2])
+    # encode in float32 against the exact features (running error bound); the naive
+    # float64 loops against them within the float64 bound of the same steps (its products
+    # are associated differently: (x - m) W, then D, so allow both orders' bound)
+    assert_coates_ng_features_exact(got, est, X[:2], standardize=False, what="encode")
+    exact = coates_ng_features_with_bound(est, X[:2], np.float64, standardize=False)
     for i in range(2):
-        want = _naive_features(est, X[i])
-        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-3 * np.abs(want).max())
-    np.testing.assert_allclose(est.transform(X[:2]),
-                               (got - est.feature_mean_) / est.feature_scale_, rtol=1e-5,
-                               atol=1e-5)
+        assert_within_bound(_naive_features(est, X[i]), exact.value[i],
+                            2 * exact.err[i] + _naive_rounding(est, X[i]), "naive loops")
+    assert_coates_ng_features_exact(est.transform(X[:2]), est, X[:2], what="transform")
+
+
+def _naive_rounding(est, image):
+    """Float64 rounding of the naive loops' two products per position beyond the encoder's
+    one: gamma_(2d) |x - m| |W| |D|^T summed over the positions a quadrant pools."""
+    P = extract_patches(image[None], est.patch_size, est.stride, dtype=np.float64)[0]
+    rows, cols, d = P.shape
+    norm = np.abs(normalize_patches(P)) + np.abs(est.mean_patch_)
+    per_position = gamma(2 * d, np.float64) * (norm.reshape(-1, d) @ np.abs(est.whiten_)
+                                                @ np.abs(est.centroids_).T)
+    per_position = 2 * per_position.reshape(rows, cols, -1)  # rectifying: both signs
+    hr, hc = (rows + 1) // 2, (cols + 1) // 2
+    quads = [per_position[:hr, :hc], per_position[:hr, hc:], per_position[hr:, :hc],
+             per_position[hr:, hc:]]
+    return np.concatenate([np.tile(q.sum(axis=(0, 1)), 2) for q in quads])
 
 
 def test_transform_deterministic_and_batch_independent(gray):
+    """What transform promises: the same call gives the same bits; across batch sizes,
+    worker threads, BLAS threads and input dtypes each row is within the rounding bound of
+    the exact features (the BLAS may sum in another order for another shape, so bits may
+    differ there)."""
     X, est = gray
     ref = est.transform(X)
     np.testing.assert_array_equal(est.transform(X), ref)
+    assert_coates_ng_features_exact(ref, est, X, what="transform, default batches")
     # n_jobs follows fastzsl's one rule (negative counts back from the cores, as in sklearn)
-    for bs, jobs in [(1, 1), (7, 2), (1000, 1), (3, -1), (5, -2)]:
+    for bs, jobs, blas in [(1, 1, 1), (7, 2, 1), (1000, 1, 2), (3, -1, 2), (5, -2, 1),
+                           (60, 1, 1), (60, 1, 2)]:
         est.set_params(batch_size=bs, n_jobs=jobs)
-        np.testing.assert_allclose(est.transform(X), ref, rtol=1e-6, atol=1e-6)
+        with threadpool_limits(limits=blas, user_api="blas"):
+            got = est.transform(X)
+        assert_coates_ng_features_exact(got, est, X,
+                               what=f"transform, batch_size={bs} n_jobs={jobs} blas={blas}")
     est.set_params(batch_size=None, n_jobs=None)
-    np.testing.assert_allclose(est.transform(X[13:14]), ref[13:14], rtol=1e-6, atol=1e-6)
-    # float input on the same scale gives the same features
-    np.testing.assert_allclose(est.transform(X.astype(np.float64)), ref, rtol=1e-6, atol=1e-6)
-    # refitting with the same seed reproduces the model, whatever the threads
+    assert_coates_ng_features_exact(est.transform(X[13:14]), est, X[13:14], what="one image")
+    # float input on the same scale: the same exact features (integers are exact floats)
+    assert_coates_ng_features_exact(est.transform(X.astype(np.float64)), est, X, what="float64 input")
+    # Refitting with the same seed, other worker threads and batches: the dictionary comes
+    # from the seeded patch sample on one BLAS thread, bit for bit; the feature statistics
+    # average features encoded in other batches, so they are equal within the bound.
     again = _est(n_jobs=1, batch_size=5).fit(X)
-    np.testing.assert_allclose(again.centroids_, est.centroids_, atol=1e-5)
+    for name in ("mean_patch_", "whiten_", "centroids_"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(est, name), err_msg=name)
+    for fitted in (est, again):
+        _assert_statistics_exact(fitted, X)
+
+
+def _assert_statistics_exact(est, X):
+    """feature_mean_ and feature_scale_ within their bound: the training features' float32
+    error (and the float64 reference's), propagated through the float64 mean, variance and
+    square root, then one rounding into the stored dtype. The statistics' own float64
+    rounding is bounded by the two-pass formula at u = 2^-53; the merged update the fit
+    uses (Chan, Golub & LeVeque 1983) is of the same order, 1e-16 relative, nine orders
+    below the float32 terms."""
+    f32 = coates_ng_features_with_bound(est, X, np.float32, standardize=False)
+    f64 = coates_ng_features_with_bound(est, X, np.float64, standardize=False)
+    u64, u_out = unit_roundoff(np.float64), unit_roundoff(est.feature_mean_.dtype)
+    f = Bounded(f32.value, f32.err + f64.err, u=u64)
+    n = len(X)
+    mean = f.sum(axis=0) / n
+    centred = f - Bounded(np.broadcast_to(mean.value, f.value.shape),
+                          np.broadcast_to(mean.err, f.value.shape), u=u64)
+    scale = ((centred * centred).sum(axis=0) / n + 0.01).sqrt()
+    bounds = {}
+    for name, b in (("feature_mean_", mean), ("feature_scale_", scale)):
+        bounds[name] = b.err + u_out * (np.abs(b.value) + b.err)
+        assert_within_bound(getattr(est, name), b.value, bounds[name], name)
+    return bounds
 
 
 def test_n_jobs_errors_follow_the_thread_rule(gray):
@@ -190,12 +258,25 @@ def test_standardised_training_features(gray):
     X, _ = gray
     est = _est()
     F = est.fit_transform(X)
-    raw = est.encode(X).astype(np.float64)
+    # fit_transform and transform encode in other batches: both within the bound
+    assert_coates_ng_features_exact(F, est, X, what="fit_transform")
+    assert_coates_ng_features_exact(est.transform(X), est, X, what="transform")
+    # The stored statistics are within their bound of the exact mean and scale, so the
+    # exactly standardised features V = (f - mean_) / scale_ have mean (mu - mean_) / scale_
+    # and variance v / scale_^2, within those bounds of 0 and v / (v + 0.01).
+    bounds = _assert_statistics_exact(est, X)
+    V = coates_ng_features_with_bound(est, X, np.float64).value
+    mu_hat, sigma_hat = (getattr(est, name).astype(np.float64)
+                         for name in ("feature_mean_", "feature_scale_"))
+    raw = coates_ng_features_with_bound(est, X, np.float64, standardize=False).value
     v = raw.var(axis=0)
-    np.testing.assert_allclose(F.mean(axis=0), 0, atol=2e-4)
-    np.testing.assert_allclose(F.var(axis=0, dtype=np.float64), v / (v + 0.01), rtol=1e-3,
-                               atol=1e-5)
-    np.testing.assert_allclose(F, est.transform(X), rtol=1e-6, atol=1e-6)
+    rounding = gamma(2 * len(X), np.float64)  # float64 means of n terms, twice
+    assert_within_bound(V.mean(axis=0), 0, bounds["feature_mean_"] / sigma_hat
+                        + rounding * np.abs(V).mean(axis=0), "standardised mean")
+    b = bounds["feature_scale_"]
+    var_slack = v * (2 * sigma_hat * b + b ** 2) / ((sigma_hat - b) ** 2 * (v + 0.01))
+    assert_within_bound(V.var(axis=0), v / (v + 0.01),
+                        var_slack + 2 * rounding * (V ** 2).mean(axis=0), "standardised var")
 
 
 @pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists(),

@@ -8,7 +8,7 @@ from sklearn.pipeline import make_pipeline
 
 import fastzsl
 from fastzsl import KNNTransformer
-from fastzsl.testing import make_blobs
+from fastzsl.testing import assert_within_bound, gamma, make_blobs, unit_roundoff
 
 
 def _blobs(n=600, d=8, seed=0, dtype=np.float64):
@@ -121,13 +121,26 @@ def test_float32_input():
     ours = KNNTransformer(n_neighbors=5).fit_transform(X)
     theirs = KNeighborsTransformer(n_neighbors=5).fit_transform(X)
     assert ours.dtype == np.float64
-    np.testing.assert_allclose(ours.data, theirs.data, rtol=1e-5, atol=1e-5)
+    # Ours: exact double distances of the float32 rows. scikit-learn's: the float64
+    # expansion ||x||^2 - 2 x.y + ||y||^2 (float32 input is upcast by chunks), off by at
+    # most e = gamma_(d+2) 2 (||x||^2 + ||y||^2) in the square, so by sqrt(e) at worst in
+    # the distance (at 0), then rounded to float32.
+    X64 = X.astype(np.float64)
+    e = 2 * gamma(X.shape[1] + 2, np.float64) * 2 * (X64 ** 2).sum(axis=1).max()
+    distance_slack = np.sqrt(e) + 2 * unit_roundoff(np.float32) * np.abs(ours.data)
+    assert_within_bound(ours.data, theirs.data, distance_slack, "distances")
     pipe = make_pipeline(KNNTransformer(n_neighbors=5),
                          LocalOutlierFactor(n_neighbors=5, metric="precomputed"))
     pipe.fit(X)
     alone = LocalOutlierFactor(n_neighbors=5).fit(X)
-    np.testing.assert_allclose(pipe[-1].negative_outlier_factor_,
-                               alone.negative_outlier_factor_, rtol=1e-4)
+    # LOF is a ratio of mean reachability distances (each a max of two distances, so at
+    # least the smallest k-distance s): a distance error of at most t moves each mean by a
+    # factor within 1 +- t / s, and the ratio by at most 2 (t / s) / (1 - t / s) relative.
+    smallest = np.sort(ours.data.reshape(len(X), -1), axis=1)[:, -1].min()
+    rel = distance_slack.max() / smallest
+    lof = -alone.negative_outlier_factor_
+    assert_within_bound(-pipe[-1].negative_outlier_factor_, lof, 2 * rel / (1 - rel) * lof,
+                        "local outlier factors")
 
 
 @pytest.mark.parametrize("backend", fastzsl.available_backends())
@@ -147,7 +160,14 @@ def test_faiss_method():
     got = t.transform(X[:20] + 0.01)
     ref = KNeighborsTransformer(n_neighbors=5).fit(X).transform(X[:20] + 0.01)
     np.testing.assert_array_equal(got.indices, ref.indices)
-    np.testing.assert_allclose(got.data, ref.data, rtol=1e-4)
+    # faiss's float32 expansion: squares within gamma_(d+2) 2 (||q||^2 + ||r||^2); the
+    # distances (away from 0 here) by at most that over d (|sqrt x - sqrt y| <= |x - y| /
+    # sqrt y), plus the float32 roundings of both
+    sq = (np.r_[X, X[:20] + 0.01].astype(np.float64) ** 2).sum(axis=1).max()
+    e = 2 * gamma(X.shape[1] + 2, np.float32) * 2 * (2 * sq)
+    assert ref.data.min() > 0
+    assert_within_bound(got.data, ref.data, e / ref.data
+                        + 4 * unit_roundoff(np.float32) * ref.data, "faiss distances")
 
 
 def test_sparray_when_sklearn_is_configured_for_it():

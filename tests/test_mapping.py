@@ -7,6 +7,9 @@ torch = pytest.importorskip("torch")
 
 import fastzsl  # noqa: E402
 from fastzsl.mapping import SemanticMapper  # noqa: E402
+from fastzsl.testing import (  # noqa: E402
+    Bounded, affine_with_bound, assert_within_bound, unit_roundoff,
+)
 
 N_CLASSES, DIM, N_FEATURES = 4, 3, 8
 FAST = dict(hidden=16, max_iter=150)
@@ -66,15 +69,19 @@ def test_transform_shape_and_dtype(problem, mapper):
     assert (mapper.n_features_in_, mapper.n_outputs_) == (N_FEATURES, DIM)
 
 
-def test_hidden_zero_is_the_affine_map():
+def test_hidden_zero_is_the_affine_map(torch_threads):
     X, y, W = _problem(linear=True)
     linear = SemanticMapper(hidden=0, max_iter=100).fit(X, y, W)
     assert linear.module_.hidden is None
     weight = linear.module_.output.weight.detach().numpy().astype(np.float64)
     bias = linear.module_.output.bias.detach().numpy().astype(np.float64)
     assert weight.shape == (DIM, N_FEATURES)
-    np.testing.assert_allclose(linear.transform(X), X.astype(np.float64) @ weight.T + bias,
-                               rtol=1e-5, atol=1e-5)
+    # float32 product of K + 1 terms (the bias is one): gamma_(K+1) |x| |W| (testing.py)
+    exact = affine_with_bound(Bounded.exact(X, u=unit_roundoff(np.float32)), weight, bias)
+    for threads in (1, 2):
+        with torch_threads(threads):
+            assert_within_bound(linear.transform(X), exact.value, exact.err,
+                                f"affine map on {threads} torch threads")
     # the features are linear in the class vectors, so the linear map fits them well
     assert np.linalg.norm(linear.transform(X) - W[y], axis=1).mean() < 0.1
 

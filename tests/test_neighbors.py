@@ -5,7 +5,7 @@ import pytest
 
 import fastzsl
 from fastzsl.backends import numpy_
-from fastzsl.testing import assert_knn_equal
+from fastzsl.testing import assert_knn_equal, gamma, unit_roundoff
 
 
 def test_torch_in_torch_out(rng):
@@ -24,8 +24,12 @@ def test_faiss_flat_equals_exact(rng, exclude_self):
     Q = R if exclude_self else rng.normal(size=(200, 16)).astype(np.float32)
     D, I = fastzsl.knn(Q, R, 10, exclude_self=exclude_self, method="faiss")
     D_ref, I_ref = numpy_.knn(Q, R, 10, 0 if exclude_self else -1)
-    # faiss expands ||q||^2 - 2 q.r + ||r||^2 in float32: absolute error ~ eps * ||x||^2.
-    assert_knn_equal(D, I, D_ref, I_ref, rtol=1e-4, atol=1e-4)
+    # faiss expands ||q||^2 - 2 q.r + ||r||^2 in float32: a sum of d + 2 terms whose
+    # magnitudes add to at most 2 (||q||^2 + ||r||^2), so |error| <= gamma_(d+2) times that
+    # (testing.gamma), plus the reference's one rounding to float32.
+    sq = max((A.astype(np.float64) ** 2).sum(axis=1).max() for A in (Q, R))
+    atol = 2 * gamma(16 + 2, np.float32) * 2 * sq
+    assert_knn_equal(D, I, D_ref, I_ref, rtol=2 * unit_roundoff(np.float32), atol=atol)
 
 
 def test_faiss_ivf_recall(rng):

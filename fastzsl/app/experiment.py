@@ -11,6 +11,7 @@ feature extractor, results) is evaluated again or used to classify new images wi
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -97,8 +98,12 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
         models["default"].save(out_dir / "model.fzsl")
         extractor.save(out_dir / "features.fzsl")
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-        plot_threshold_curves(reports, out_dir / "threshold_curves.png",
-                              title=f"Fashion-MNIST, unseen: {', '.join(unseen)}")
+        if importlib.util.find_spec("matplotlib") is None:
+            log("threshold_curves.png skipped: matplotlib is not installed "
+                "(pip install 'fastzsl[plot]')")
+        else:
+            plot_threshold_curves(reports, out_dir / "threshold_curves.png",
+                                  title=f"Fashion-MNIST, unseen: {', '.join(unseen)}")
     return results, models["default"], extractor
 
 
