@@ -304,6 +304,16 @@ class CoatesNgFeatures(SaveMixin, TransformerMixin, BaseEstimator):
         -------
         ndarray of shape (n, n_features_out_)
             ``(encode(images) - feature_mean_) / feature_scale_``.
+
+        Notes
+        -----
+        Each row depends on its own image only. The same call on the same machine gives
+        the same bits. Another ``batch_size``, ``n_jobs`` or BLAS thread count hands the
+        BLAS products of other shapes, which it may sum in another order: the results are
+        then equal within the rounding-error bound of the computation in ``dtype`` (each
+        float32 dot product of K terms within K 2^-24 sum |a_i b_i| of the exact value,
+        propagated through pooling and standardisation; ``fastzsl.testing`` computes the
+        bound, and the tests hold every batch size to it), not bit for bit.
         """
         return self._encode(images, standardize=True)
 
