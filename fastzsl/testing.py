@@ -287,11 +287,14 @@ def coates_ng_features_with_bound(est, images, dtype, standardize=True):
     from .features import extract_patches
 
     u = unit_roundoff(dtype)
-    P = extract_patches(np.asarray(images), est.patch_size, est.stride, dtype=np.float64)
+    images = np.asarray(images)
+    P = extract_patches(images, est.patch_size, est.stride, dtype=np.float64)
     n, rows, cols, d = P.shape
-    if not np.array_equal(P, np.round(P)) or np.abs(P).max() > 2 ** 24 / P.shape[-1]:
-        raise ValueError("the bound assumes integer pixels whose patch sums are exact")
-    x = Bounded.exact(P, u=u)  # integer pixels: exact in float32 and float64
+    # the encoder casts the pixels into dtype: exact for integers (below 2^24) and floats
+    # no wider than dtype, one rounding otherwise
+    exact_input = (images.dtype.kind in "ui" and np.abs(P).max() < 2 ** 24) or (
+        images.dtype.kind == "f" and images.dtype.itemsize <= np.dtype(dtype).itemsize)
+    x = (Bounded.exact if exact_input else Bounded.rounded)(P, u=u)
     c = x - x.sum(axis=-1).reshape(n, rows, cols, 1) / d
     var = (c * c).sum(axis=-1) / d
     scale = (var + 10.0).sqrt()
