@@ -233,3 +233,4 @@ def test_thread_limits_reuse_one_controller_and_set_only_what_differs(monkeypatc
     assert built == []
     monkeypatch.undo()
     assert _state() == before
+
