@@ -64,11 +64,12 @@ import numbers
 
 import numpy as np
 
-from ._validation import as_float_matrix, check_same_width
+from ._validation import as_float_matrix, check_option, check_same_width
 from .neighbors import ExactIndex
 
 METRIC_INNER_PRODUCT = 0  # faiss's values
 METRIC_L2 = 1
+METRICS = (METRIC_L2, METRIC_INNER_PRODUCT)
 # faiss's distance for a missing neighbour (I = -1): the largest float32, negated for IP
 PAD_L2 = np.float32(np.finfo(np.float32).max)
 PAD_IP = -PAD_L2
@@ -98,9 +99,7 @@ class IndexFlat:
     def __init__(self, d, metric=METRIC_L2):
         if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 1:
             raise ValueError(f"d must be a positive integer, got {d!r}")
-        if metric not in (METRIC_L2, METRIC_INNER_PRODUCT):
-            raise ValueError(f"metric must be METRIC_L2 ({METRIC_L2}) or METRIC_INNER_PRODUCT "
-                             f"({METRIC_INNER_PRODUCT}), got {metric!r}")
+        check_option(metric, METRICS, "metric (METRIC_L2 or METRIC_INNER_PRODUCT)")
         self.d = int(d)
         self.metric_type = metric
         self.reset()

@@ -159,7 +159,7 @@ def test_bad_input_names_the_problem():
         index.search(np.array([[0.0, np.nan, 0.0, 0.0]]), 1)
     with pytest.raises(ValueError, match="d must be a positive integer"):
         fz.IndexFlatL2(0)
-    with pytest.raises(ValueError, match="metric must be"):
+    with pytest.raises(ValueError, match="metric .METRIC_L2 or METRIC_INNER_PRODUCT. must be one of"):
         fz.knn(np.ones((1, 4)), np.ones((2, 4)), 1, metric=2)
     with pytest.raises(ValueError, match="params"):
         index.search(np.ones((1, 4)), 1, params=object())

@@ -34,8 +34,10 @@ def add_data_dir_option(parser, help="folder with the Fashion-MNIST IDX files"):
 
 
 def add_unseen_option(parser, what="zero-shot classes"):
-    """``--unseen``: comma-separated Fashion-MNIST class names, sandal and pullover by default."""
-    parser.add_argument("--unseen", type=comma_list, default="sandal,pullover",
+    """``--unseen``: comma-separated Fashion-MNIST class names (default: the main job's)."""
+    from fastzsl.app.experiment import DEFAULT_UNSEEN
+
+    parser.add_argument("--unseen", type=comma_list, default=",".join(DEFAULT_UNSEEN),
                         help=f"comma-separated {what} (default: %(default)s)")
 
 
