@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def comma_list(text) -> list:
     """'a, b,,c' -> ['a', 'b', 'c']: a comma-separated list, blanks dropped."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def shown_folder(path) -> str:
+    """An output folder as printed: with one trailing separator ('out/', never 'out//')."""
+    text = os.fspath(path)
+    stripped = text.rstrip("/" + os.sep)
+    return stripped + os.sep if stripped else text[:1]
 
 
 def positive_int(text) -> int:
