@@ -365,10 +365,11 @@ class LocalOutlierProbability:
         self._check_cluster_size()
         labels = self._cluster_labels()
         extent = check_positive_number(self.extent, "extent")
+        if self.data is not None:
+            self.points_vector = self._points()  # missing values before the n_jobs warning
         threads = self._threads(warn=self.data is not None)
         with thread_limits(threads, backend=self.backend):
             if self.data is not None:
-                self.points_vector = self._points()
                 self._index = ExactIndex(self.points_vector, backend=self.backend)  # stream()
                 D, I = self._search_clusters(self.points_vector, labels)
                 self.distance_matrix, self.neighbor_matrix = np.sqrt(D), I

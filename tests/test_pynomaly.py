@@ -263,6 +263,8 @@ SAME_AS_PYNOMALY = {
     "n_jobs 2 with matrices (no warning there)": lambda: dict(
         distance_matrix=_D, neighbor_matrix=_I, n_jobs=2),
     "n_jobs 0": lambda: dict(data=_X, n_jobs=0),
+    "missing values come before the n_jobs warning": lambda: dict(
+        data=np.where(np.arange(120).reshape(40, 3) == 5, np.nan, _X), n_jobs=2),
 }
 
 
