@@ -20,8 +20,8 @@ fastzsl's exact one (:class:`fastzsl.ExactIndex`).
 
 L2. :class:`IndexFlatL2` keeps float32 rows, as faiss does, and searches them with the
 exact kernels: each distance is the float64 sum of squared float32 differences, rounded
-once to float32 (faiss computes ``|x|^2 + |y|^2 - 2 x.y`` in float32, whose cancellation
-error can reach about ``d * 2^-24 * (|x|^2 + |y|^2)``).
+once to float32 (faiss, for 20 or more queries at a time, computes ``|x|^2 + |y|^2 - 2 x.y``
+with float32 GEMM, whose cancellation error can reach about ``d * 2^-24 * (|x|^2 + |y|^2)``).
 
 Inner product. :class:`IndexFlatIP` maps maximum inner product to nearest neighbour (the
 standard augmentation): each row y_j gains the coordinate a_j = sqrt(M - |y_j|^2), with
@@ -35,9 +35,11 @@ M = max_j |y_j|^2, and each query x the coordinate 0, so that
 For a fixed query ``|x|^2 + M`` is a constant, so the squared distances ascend exactly as
 the inner products descend, and ``x.y_j = (|x|^2 + M - e_j) / 2``. The augmented rows are
 float64 (float32 values are exact in float64) and the kernels sum in float64, so each
-computed e_j is within about ``(d + 3) * 2^-53 * (|x|^2 + M)`` of its exact value: the
-ranking is the exact one except between inner products closer than twice that, far below
-float32 resolution, and equal rows tie exactly (the same arithmetic on the same numbers).
+computed e_j is within a few times ``d * 2^-53 * (|x|^2 + M)`` of its exact value (the
+rounding of the d + 1 squares and their sum, and of |y_j|^2 inside a_j): the ranking is
+the exact one except between inner products closer than twice that, some 2^29 times finer
+than float32's resolution, and equal rows tie exactly (the same arithmetic on the same
+numbers), the lower index first.
 
 Ties go to the lower row index for both metrics (fastzsl's kernels); faiss's heap gives no
 promise (for IP it often lists the higher index first).
