@@ -1,4 +1,5 @@
-"""kNN search: fastzsl.knn (exact, per backend; method="faiss") vs raw faiss IndexFlatL2.
+"""kNN search: fastzsl.knn (exact, per backend; method="faiss") and fastzsl.faiss.IndexFlatL2
+vs raw faiss IndexFlatL2.
 
 Group ``knn N_ref=.. N_q=.. d=50 k=20``: every query. The NumPy backend is far too slow
 at full size, so it runs there only with --quick; group ``knn subset ...`` times every
@@ -28,7 +29,8 @@ from fastzsl.testing import (
 from conftest import Candidate
 
 FAISS_RTOL = 1e-3
-CASES = ["cython", "numba", "numpy", "fastzsl-faiss", "faiss-IndexFlatL2"]
+CASES = ["cython", "numba", "numpy", "fastzsl-faiss", "fastzsl.faiss-IndexFlatL2",
+         "faiss-IndexFlatL2"]
 
 
 def _make(case, reference, k, faiss_flat):
@@ -36,6 +38,14 @@ def _make(case, reference, k, faiss_flat):
     if case == "faiss-IndexFlatL2":
         return ("faiss IndexFlatL2.search (index built outside the timer)",
                 lambda Q: faiss_flat.search(Q, k), dict(peer="faiss-cpu"), True)
+    if case == "fastzsl.faiss-IndexFlatL2":
+        from fastzsl import faiss as fastzsl_faiss
+
+        index = fastzsl_faiss.IndexFlatL2(reference.shape[1])
+        index.add(reference)  # built (norms cached) by the check's first search, untimed
+        return ("fastzsl.faiss IndexFlatL2.search (faiss's calls on the exact kernels)",
+                lambda Q: index.search(Q, k), dict(peer="fastzsl", method="fastzsl.faiss"),
+                False)
     if case == "fastzsl-faiss":
         return ('fastzsl.knn(method="faiss") (builds IndexFlatL2 per call)',
                 lambda Q: fastzsl.knn(Q, reference, k, method="faiss"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._optional import import_torch
+from ._validation import check_option
 
 OPTIMIZERS = ("auto", "lbfgs", "adam")
 # "auto" uses full-batch L-BFGS up to this many input values (n_samples x n_features);
@@ -16,8 +17,7 @@ LBFGS_MAX_VALUES = 2 * 10**7
 
 
 def resolve_optimizer(optimizer: str, n_samples: int, n_features: int) -> str:
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    check_option(optimizer, OPTIMIZERS, "optimizer")
     if optimizer == "auto":
         return "lbfgs" if n_samples * n_features <= LBFGS_MAX_VALUES else "adam"
     return optimizer

@@ -19,7 +19,6 @@ import numpy as np
 
 from ._array import array_module, as_device_array, on_device, to_host
 
-FLOAT_DTYPES = (np.float32, np.float64)
 # Rows checked for NaN/inf at a time, so the check needs no full-size temporary.
 _FINITE_CHECK_ROWS = 1 << 16
 
@@ -176,6 +175,29 @@ def check_positive_number(value, name: str) -> float:
     return float(value)
 
 
-def common_float_dtype(*arrays: np.ndarray):
-    """float64 if any input is float64, else float32."""
-    return np.result_type(*[a.dtype for a in arrays])
+def check_option(value, options, name: str, *, allow_none: bool = False):
+    """``value`` when it is one of ``options`` (or None, with ``allow_none``), else a
+    ValueError that lists them."""
+    if value is None and allow_none:
+        return value
+    try:
+        if value in options:
+            return value
+    except TypeError:  # unhashable (a list, an array): not an option
+        pass
+    raise ValueError(f"{name} must be one of {tuple(options)}"
+                     f"{' or None' if allow_none else ''}, got {value!r}")
+
+
+def check_class_names(names, known, where: str) -> list:
+    """``names`` as a list of str, each one of ``known`` and none repeated; else a
+    ValueError naming the unknown (or repeated) names and what ``where`` has."""
+    names = [str(name) for name in names]
+    known = list(known)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown class names {unknown}; {where} has {known}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"class names repeat: {repeated} in {names}")
+    return names

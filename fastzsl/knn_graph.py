@@ -21,7 +21,7 @@ from scipy import sparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._validation import as_float_matrix, check_k, check_same_width
+from ._validation import as_float_matrix, check_k, check_option, check_same_width
 from .backends import uses_n_jobs
 from .neighbors import estimator_index
 
@@ -124,8 +124,7 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     # ------------------------------------------------------------------ helpers
     def _check_params(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        check_option(self.mode, MODES, "mode")
         check_k(self.n_neighbors, np.iinfo(np.int64).max, name="n_neighbors")
 
     def _graph_k(self, n_queries):

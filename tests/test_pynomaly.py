@@ -188,24 +188,14 @@ def test_validation_errors_and_warnings():
         model = pynomaly.LocalOutlierProbability()
     with pytest.raises(pynomaly.ValidationError, match="must be provided"):
         model.fit()
-    with pytest.warns(UserWarning, match="not both"):
-        pynomaly.LocalOutlierProbability(X, distance_matrix=np.ones((60, 10)))
     with pytest.warns(UserWarning, match="must both be provided"):
         pynomaly.LocalOutlierProbability(distance_matrix=np.ones((60, 10)))
-    with pytest.warns(UserWarning, match="must match"):
-        pynomaly.LocalOutlierProbability(distance_matrix=np.ones((60, 10)),
-                                         neighbor_matrix=np.ones((60, 9), dtype=int))
-    with pytest.warns(UserWarning, match="does not match the number of neighbors"):
-        model = pynomaly.LocalOutlierProbability(distance_matrix=np.ones((60, 9)),
-                                                 neighbor_matrix=np.ones((60, 9), dtype=int))
-    with pytest.raises(pynomaly.ValidationError):
-        model.fit()
     with pytest.warns(UserWarning, match="extent parameter"):
         pynomaly.LocalOutlierProbability(X, extent=4)
     with pytest.warns(UserWarning, match="ndarray or DataFrame"):
         pynomaly.LocalOutlierProbability(X.tolist())
     with pytest.raises(ValueError, match="one label per observation"):
-        pynomaly.LocalOutlierProbability(X, cluster_labels=[0, 1]).fit()
+        pynomaly.LocalOutlierProbability(X, cluster_labels=[0, 1] * 29).fit()
     with pytest.raises(ValueError, match="extent must be a positive"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -218,3 +208,177 @@ def test_an_outlier_is_found():
     model = pynomaly.LocalOutlierProbability(X, n_neighbors=10).fit()
     assert model.local_outlier_probabilities.argmax() == 300
     assert model.local_outlier_probabilities[-1] > 0.9
+
+
+# ---------------------------------------------------------------- PyNomaly's edge cases
+_X = np.random.default_rng(11).normal(size=(40, 3))
+
+
+def _graph(n_neighbors=10):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PyNomaly.LocalOutlierProbability(_X, n_neighbors=n_neighbors).fit()
+    return model.distance_matrix.astype(float), model.neighbor_matrix.astype(int)
+
+
+_D, _I = _graph()
+_LABELS = [0] * 30 + [1] * 10
+# name -> constructor arguments; both libraries must warn the same and end the same
+SAME_AS_PYNOMALY = {
+    "data and a distance matrix (fits from the data)":
+        lambda: dict(data=_X, distance_matrix=_D, neighbor_matrix=_I),
+    "matrices narrower than n_neighbors": lambda: dict(
+        distance_matrix=_D[:, :9], neighbor_matrix=_I[:, :9], n_neighbors=10),
+    "matrices wider than n_neighbors": lambda: dict(
+        distance_matrix=_D, neighbor_matrix=_I, n_neighbors=8),
+    "matrices of different widths": lambda: dict(
+        distance_matrix=_D, neighbor_matrix=_I[:, :7], n_neighbors=10),
+    "n_neighbors above the observations, with matrices": lambda: dict(
+        distance_matrix=_D, neighbor_matrix=_I, n_neighbors=50),
+    "a cluster too small": lambda: dict(data=_X, n_neighbors=10, cluster_labels=_LABELS),
+    "a cluster too small after n_neighbors is lowered": lambda: dict(
+        data=_X, n_neighbors=45, cluster_labels=_LABELS),
+    "a cluster too small, with matrices": lambda: dict(
+        distance_matrix=_D, neighbor_matrix=_I, n_neighbors=10,
+        cluster_labels=[0] * 35 + [1] * 5),
+    "a cluster too small comes before missing values": lambda: dict(
+        data=np.where(np.arange(120).reshape(40, 3) == 5, np.nan, _X), n_neighbors=10,
+        cluster_labels=[0] * 35 + [1] * 5),
+    "too few labels (a cluster-size error in PyNomaly)": lambda: dict(
+        data=_X, n_neighbors=5, cluster_labels=[0, 1]),
+    "n_neighbors a float": lambda: dict(data=_X, n_neighbors=10.0),
+    "n_neighbors a string": lambda: dict(data=_X, n_neighbors="5"),
+    "n_neighbors a float too large (PyNomaly lowers it)": lambda: dict(
+        data=_X, n_neighbors=45.0),
+    "n_neighbors negative": lambda: dict(data=_X, n_neighbors=-1),
+    "extent a float": lambda: dict(data=_X, extent=2.0),
+    "extent a float outside 1-3": lambda: dict(data=_X, extent=0.5),
+    "cluster labels as an array": lambda: dict(
+        data=_X, n_neighbors=5, cluster_labels=np.arange(40) % 2),
+    "cluster labels as a tuple": lambda: dict(
+        data=_X, n_neighbors=5, cluster_labels=tuple(np.arange(40) % 2)),
+    "use_numba not a bool": lambda: dict(data=_X, use_numba=0),
+    "n_jobs 2 without numba": lambda: dict(data=_X, n_jobs=2),
+    "n_jobs -1 without numba": lambda: dict(data=_X, n_jobs=-1),
+    "n_jobs 2 with matrices (no warning there)": lambda: dict(
+        distance_matrix=_D, neighbor_matrix=_I, n_jobs=2),
+    "n_jobs 0": lambda: dict(data=_X, n_jobs=0),
+    "missing values come before the n_jobs warning": lambda: dict(
+        data=np.where(np.arange(120).reshape(40, 3) == 5, np.nan, _X), n_jobs=2),
+}
+
+
+def _outcome(library, kwargs, positional=()):
+    """(warning messages in order, scores or the exception's class name)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = library.LocalOutlierProbability(*positional, **kwargs).fit()
+            result = np.asarray(model.local_outlier_probabilities, dtype=float)
+        except Exception as exc:  # the class is compared below
+            result = type(exc)
+    return [str(w.message) for w in caught if w.category is UserWarning], result
+
+
+def _pynomaly_kwargs(kwargs):
+    """PyNomaly's type check cannot look up data=, so pass it by position there."""
+    kwargs = dict(kwargs)
+    data = kwargs.pop("data", None)
+    return kwargs, (() if data is None else (data,))
+
+
+@pytest.mark.parametrize("case", list(SAME_AS_PYNOMALY))
+def test_warnings_errors_and_scores_as_pynomaly(case):
+    kwargs = SAME_AS_PYNOMALY[case]()
+    their_kwargs, positional = _pynomaly_kwargs(kwargs)
+    their_warnings, theirs = _outcome(PyNomaly, their_kwargs, positional)
+    our_warnings, ours = _outcome(pynomaly, their_kwargs, positional)
+    assert our_warnings == their_warnings
+    if isinstance(theirs, type):
+        assert isinstance(ours, type), f"PyNomaly raises {theirs.__name__}, fastzsl fits"
+        assert ours.__name__ == theirs.__name__ or issubclass(ours, theirs), (ours, theirs)
+    else:
+        assert not isinstance(ours, type), f"fastzsl raises {ours.__name__}"
+        np.testing.assert_allclose(ours, theirs, **ATOL)
+    # by keyword too (fastzsl accepts data=; PyNomaly's type check raises KeyError on it)
+    _, by_keyword = _outcome(pynomaly, kwargs)
+    if isinstance(ours, type):
+        assert by_keyword is ours
+    else:
+        np.testing.assert_array_equal(by_keyword, ours)
+
+
+def test_positional_arguments_of_the_wrong_type_warn_by_value_as_pynomaly():
+    positional = (_X.tolist(), None, None, 3, 10)
+    their_warnings, theirs = _outcome(PyNomaly, {}, positional)
+    our_warnings, ours = _outcome(pynomaly, {}, positional)
+    assert our_warnings == their_warnings
+    assert "Argument None is not of type <class 'numpy.ndarray'>" in our_warnings
+    np.testing.assert_allclose(ours, theirs, **ATOL)
+
+
+def test_n_jobs_without_numba_runs_one_thread(monkeypatch):
+    """PyNomaly falls back to sequential without use_numba; so does fastzsl, which warns
+    the same. With use_numba=True the threads are n_jobs; fastzsl's default None keeps
+    fastzsl's rule (all cores)."""
+    seen = []
+    real = pynomaly.thread_limits
+
+    def recording(n_jobs, **kwargs):
+        seen.append(n_jobs)
+        return real(n_jobs, **kwargs)
+
+    monkeypatch.setattr(pynomaly, "thread_limits", recording)
+    with pytest.warns(UserWarning, match="n_jobs > 1 requires use_numba=True"):
+        model = pynomaly.LocalOutlierProbability(_X, n_jobs=2).fit()
+    model.stream(_X[0] + 1)
+    assert seen == [1, 1]
+    seen.clear()
+    monkeypatch.setattr(pynomaly, "_numba_installed", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pynomaly.LocalOutlierProbability(_X, n_jobs=2, use_numba=True).fit()
+        pynomaly.LocalOutlierProbability(_X).fit()
+    assert seen == [2, None]
+
+
+def test_use_numba_without_numba_warns_as_pynomaly(monkeypatch):
+    """PyNomaly checks sys.modules for numba; fastzsl whether numba can be imported."""
+    monkeypatch.delitem(__import__("sys").modules, "numba", raising=False)
+    monkeypatch.setattr(pynomaly, "_numba_installed", lambda: False)
+    kwargs = dict(use_numba=True, n_jobs=2)
+    their_warnings, theirs = _outcome(PyNomaly, kwargs, (_X,))
+    our_warnings, ours = _outcome(pynomaly, kwargs, (_X,))
+    assert their_warnings[0] == "Numba is not available, falling back to pure python mode."
+    assert our_warnings == their_warnings
+    np.testing.assert_allclose(ours, theirs, **ATOL)
+
+
+# The documented differences, each pinned against PyNomaly.
+def test_where_pynomaly_fails_inside_numpy_fastzsl_names_the_problem():
+    for kwargs in (dict(), dict(distance_matrix=_D)):
+        their_warnings, theirs = _outcome(PyNomaly, kwargs)
+        our_warnings, ours = _outcome(pynomaly, kwargs)
+        assert our_warnings == their_warnings
+        assert theirs is TypeError and ours is pynomaly.ValidationError
+    with pytest.raises(pynomaly.ValidationError, match="one row per observation"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pynomaly.LocalOutlierProbability(distance_matrix=_D, neighbor_matrix=_I[:30]).fit()
+
+
+def test_extent_zero_is_refused_where_pynomaly_returns_zeros():
+    _, theirs = _outcome(PyNomaly, dict(extent=0), (_X,))
+    assert not isinstance(theirs, type) and (theirs == 0).all()
+    _, ours = _outcome(pynomaly, dict(extent=0), (_X,))
+    assert ours is ValueError
+
+
+def test_n_jobs_none_is_fastzsls_default():
+    _, theirs = _outcome(PyNomaly, dict(n_jobs=None), (_X,))
+    assert theirs is TypeError
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = pynomaly.LocalOutlierProbability(_X, n_jobs=None).fit()
+    np.testing.assert_allclose(ours.local_outlier_probabilities,
+                               _outcome(PyNomaly, {}, (_X,))[1], **ATOL)

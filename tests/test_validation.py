@@ -156,3 +156,27 @@ def test_missing_faiss_is_named(X, monkeypatch):
     with pytest.raises(ImportError, match=r"faiss is needed for kNN methods 'faiss' and 'ivf' "
                                           r".*pip install 'fastzsl\[faiss\]'"):
         fastzsl.knn(X, X, 3, method="faiss")
+
+
+def test_check_option_lists_the_options():
+    from fastzsl._validation import check_option
+
+    assert check_option("b", ("a", "b"), "mode") == "b"
+    assert check_option(None, ("a",), "mode", allow_none=True) is None
+    with pytest.raises(ValueError, match=r"mode must be one of \('a', 'b'\), got 'c'"):
+        check_option("c", ("a", "b"), "mode")
+    with pytest.raises(ValueError, match=r"one of \('a',\) or None, got \['a'\]"):
+        check_option(["a"], ("a",), "mode", allow_none=True)  # unhashable: not an option
+    with pytest.raises(ValueError, match="got None"):
+        check_option(None, ("a",), "mode")
+
+
+def test_check_class_names_names_the_unknown_and_repeated():
+    from fastzsl._validation import check_class_names
+
+    known = ["cat", "dog", "bird"]
+    assert check_class_names(np.array(["dog", "cat"]), known, "pets") == ["dog", "cat"]
+    with pytest.raises(ValueError, match=r"unknown class names \['cow'\]; pets has"):
+        check_class_names(["dog", "cow"], known, "pets")
+    with pytest.raises(ValueError, match=r"repeat: \['dog'\]"):
+        check_class_names(["dog", "dog"], known, "pets")

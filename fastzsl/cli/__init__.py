@@ -66,5 +66,20 @@ def main(argv=None) -> int:
     except Exception as exc:
         if not isinstance(exc, user_errors()):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {explain(exc)}", file=sys.stderr)
         return 2
+
+
+def explain(exc: Exception) -> str:
+    """The message of a user error; a missing optional library gets the extra that brings it
+    (``No module named 'matplotlib'`` alone does not say what to install)."""
+    from fastzsl._optional import install_hint
+
+    message = str(exc)
+    name = getattr(exc, "name", None)
+    if isinstance(exc, ImportError) and name and "pip install" not in message:
+        hint = install_hint(name)
+        if hint:
+            message += f"; install it with: {hint}"
+    return message
+

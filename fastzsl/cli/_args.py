@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def comma_list(text) -> list:
     """'a, b,,c' -> ['a', 'b', 'c']: a comma-separated list, blanks dropped."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def shown_folder(path) -> str:
+    """An output folder as printed: with one trailing separator ('out/', never 'out//')."""
+    text = os.fspath(path)
+    stripped = text.rstrip("/" + os.sep)
+    return stripped + os.sep if stripped else text[:1]
 
 
 def positive_int(text) -> int:
@@ -34,8 +42,10 @@ def add_data_dir_option(parser, help="folder with the Fashion-MNIST IDX files"):
 
 
 def add_unseen_option(parser, what="zero-shot classes"):
-    """``--unseen``: comma-separated Fashion-MNIST class names, sandal and pullover by default."""
-    parser.add_argument("--unseen", type=comma_list, default="sandal,pullover",
+    """``--unseen``: comma-separated Fashion-MNIST class names (default: the main job's)."""
+    from fastzsl.app.experiment import DEFAULT_UNSEEN
+
+    parser.add_argument("--unseen", type=comma_list, default=",".join(DEFAULT_UNSEEN),
                         help=f"comma-separated {what} (default: %(default)s)")
 
 

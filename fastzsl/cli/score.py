@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from ._args import add_backend_option, positive_int
+from ._args import add_backend_option, positive_int, shown_folder
 
 DESCRIPTION = """Score every row of INPUT with MODEL, chunk by chunk, into the folder OUTPUT.
 
@@ -68,5 +68,6 @@ def run(args) -> int:
                           log=log)
     seconds = time.perf_counter() - start
     print(f"{manifest['n_rows']} rows in {manifest['n_chunks']} chunks written to "
-          f"{args.output}/ ({manifest['chunks_scored_now']} chunks scored now, {seconds:.1f} s)")
+          f"{shown_folder(args.output)} ({manifest['chunks_scored_now']} chunks scored now, "
+          f"{seconds:.1f} s)")
     return 0

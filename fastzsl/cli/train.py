@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastzsl._platform import machine_description
 
 from ._args import (add_backend_option, add_data_dir_option, add_neighbours_option,
-                    add_unseen_option, positive_int)
+                    add_unseen_option, positive_int, shown_folder)
 
 DESCRIPTION = ("Train the zero-shot model on Fashion-MNIST and report its accuracies. Coates & "
                "Ng k-means features, GloVe 50-d class vectors, LoOP and Gaussian novelty "
@@ -51,5 +51,6 @@ def run(args) -> int:
     print("\n" + results_table(results))
     print(f"\nwall time {results['wall_seconds']} s ({results['timings_s']}) on "
           f"{machine_description()}")
-    print(f"model, features, results.json and threshold_curves.png written to {args.out}/")
+    print("model, features, results.json and threshold_curves.png written to "
+          f"{shown_folder(args.out)}")
     return 0
