@@ -138,8 +138,9 @@ def fit_file(estimator, input, model_path, *, labels=None, chunk_size=None, sche
         raise BatchError(f"the folder {model_path.parent} of the model file does not exist")
     summary = fit(estimator, source, model_path, labels=labels, scheduler=scheduler,
                   n_workers=n_workers, progress=progress, wait=wait, log=log)
+    summary.setdefault("n_chunks", len(source.chunks))
     summary.update(model=str(model_path), n_rows=source.n_rows,
-                   n_chunks=len(source.chunks), seconds=time.perf_counter() - start)
+                   seconds=time.perf_counter() - start)
     return summary
 
 
@@ -269,6 +270,29 @@ def _claim(model_path: Path, identity: dict, wait, log):
 
 # ---------------------------------------------------------------------------- LoOP
 @dataclasses.dataclass(frozen=True)
+class Rows:
+    """Chunk ``index`` of a fit's searches: reference rows ``row .. row + n_rows - 1``."""
+
+    index: int
+    row: int
+    n_rows: int
+
+
+def search_plan(n_rows: int, chunk_size: int, method: str) -> list:
+    """The chunks a LoOP fit searches: runs of ``chunk_size`` rows over the whole reference
+    (shard boundaries do not matter: the rows are searched in the reference file). faiss
+    computes a query's coarse distances with BLAS, whose rounding depends on which queries
+    share a call, so its searches go in the in-memory fit's batches of SEARCH_CHUNK rows,
+    from row 0: the chunk size is rounded up to a multiple of it."""
+    from .neighbors import SEARCH_CHUNK
+
+    if method in ("faiss", "ivf"):
+        chunk_size = -(-chunk_size // SEARCH_CHUNK) * SEARCH_CHUNK
+    return [Rows(i, row, min(chunk_size, n_rows - row))
+            for i, row in enumerate(range(0, n_rows, chunk_size))]
+
+
+@dataclasses.dataclass(frozen=True)
 class LoopJob:
     """What a process needs to search chunks of a fit (small: sent with every task)."""
 
@@ -355,10 +379,11 @@ def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, pr
             backend=knn["backend"], nprobe=knn.get("nprobe"), n_jobs=estimator.n_jobs)
         if knn["method"] == "ivf":
             _train_ivf(job, knn["nlist"], estimator.n_jobs)
-        todo = [c for c in source.chunks if not job.lists_path(c.index).exists()]
+        plan = search_plan(source.n_rows, source.chunk_size, knn["method"])
+        todo = [c for c in plan if not job.lists_path(c.index).exists()]
         rows_done = source.n_rows - sum(c.n_rows for c in todo)
         if work.resumed:
-            log(f"resuming: {len(source.chunks) - len(todo)} of {len(source.chunks)} chunks "
+            log(f"resuming: {len(plan) - len(todo)} of {len(plan)} chunks "
                 f"({rows_done} rows) already searched")
         log(describe_knn(knn, k))
         from tqdm.auto import tqdm
@@ -374,10 +399,10 @@ def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, pr
                     forget_job(job.job_id)
             else:
                 _search_on_dask(job, todo, scheduler, n_workers, bar, log)
-        fit = reduce_lists(job, source.chunks, extent)
+        fit = reduce_lists(job, plan, extent)
         save_estimator(model_path, "LoOP", *export_loop(params, _open_reference(job), fit))
     return {"estimator": "LoOP", "knn": dict(knn, k=k, description=describe_knn(knn, k)),
-            "chunks_searched_now": len(todo)}
+            "chunks_searched_now": len(todo), "n_chunks": len(plan)}
 
 
 def _write_reference(source, folder: Path) -> Path:
@@ -487,10 +512,14 @@ class _ChunkSearcher:
         if job.method == "kdtree":
             return self.tree.search(np.asarray(self.reference[start:stop]), k,
                                     np.arange(start, stop))
-        from .neighbors import _drop_self
+        from .neighbors import SEARCH_CHUNK, _drop_self
 
-        Q = np.ascontiguousarray(self.reference[start:stop], dtype=np.float32)
-        D, I = _drop_self(*self.index.search(Q, k + 1), k, start)
+        parts = []
+        for first in range(start, stop, SEARCH_CHUNK):  # the in-memory fit's batches
+            last = min(first + SEARCH_CHUNK, stop)
+            Q = np.ascontiguousarray(self.reference[first:last], dtype=np.float32)
+            parts.append(_drop_self(*self.index.search(Q, k + 1), k, first))
+        D, I = (np.concatenate(a) for a in zip(*parts))
         missing = (I < 0).any(axis=1)
         if missing.any():  # IVF visits only nprobe lists; faiss pads a short result with -1
             raise BatchError(

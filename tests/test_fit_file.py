@@ -314,20 +314,25 @@ def test_cli_fit_writes_the_model_and_reports_errors(data, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ approximate kNN
-def test_ivf_chunked_fit_equals_the_in_memory_ivf_fit_and_says_so(data, tmp_path):
+def test_ivf_chunked_fit_equals_the_in_memory_ivf_fit_and_says_so(tmp_path):
     pytest.importorskip("faiss")
-    folder, X, _, Q = data
+    from fastzsl.neighbors import SEARCH_CHUNK
+
+    X, _ = make_blobs(2 * SEARCH_CHUNK + 700, 8, seed=4)
+    np.save(tmp_path / "X.npy", X)
     messages = []
     estimator = LoOP(n_neighbors=10, knn="ivf", knn_params={"nprobe": 12})
-    summary = fit_file(estimator, folder / "X.npy", tmp_path / "ivf.fzsl", chunk_size=800,
+    # searched in the in-memory fit's batches: 100 rows round up to one batch of 8192
+    summary = fit_file(estimator, tmp_path / "X.npy", tmp_path / "ivf.fzsl", chunk_size=100,
                        progress=False, log=messages.append)
     nlist = fastzsl.FaissIndex.default_nlist(len(X))
+    assert summary["n_chunks"] == 3
     assert summary["knn"]["method"] == "ivf" and summary["knn"]["nprobe"] == 12
     assert summary["knn"]["nlist"] == nlist
     assert any(m.startswith(f"kNN: approximate, faiss IVF (nlist={nlist}, nprobe=12)")
                for m in messages), messages
     expected = LoOP(n_neighbors=10, knn="ivf", knn_params={"nprobe": 12}).fit(X)
-    assert_same_loop(fastzsl.load(tmp_path / "ivf.fzsl"), expected, Q)
+    assert_same_loop(fastzsl.load(tmp_path / "ivf.fzsl"), expected, X[:300] + 0.5)
 
 
 # ------------------------------------------------------------------ Dask
