@@ -58,6 +58,15 @@ PARTS_SUFFIX = ".parts"
 MANIFEST = "_manifest.json"
 REFERENCE = "reference.npy"
 IVF_INDEX = "ivf.index"
+# What approximate neighbours cost at the default nprobe (nlist / 16, at least 8), d = 50,
+# k = 20: the IVF study (benchmarks/results/ivf-cpu-2core.md: new points scored by an
+# IVF-fitted model; real mapped Fashion-MNIST features, 40k rows, and Gaussian blobs, 100k)
+# and the fit benchmark (benchmarks/results/fit-cpu-2core-loaded.md: blobs, 200k rows, the
+# fitted probabilities and new points' scores against the exact model's).
+IVF_PRICE = ("LoOP against exact neighbours at the default nprobe, measured: mean |dP| 4e-4 "
+             "(real features) to 6e-3 (blobs), max |dP| 0.06 to 0.13, Spearman rank "
+             "correlation 0.998 (blobs, 200k rows); other nprobe: "
+             "benchmarks/results/ivf-cpu-2core.md")
 # Rows a faiss index is filled with per call (a float32 copy of one block, not of all).
 _FILL_ROWS = 1 << 16
 
@@ -72,7 +81,8 @@ def fit_file(estimator, input, model_path, *, labels=None, chunk_size=None, sche
     estimator : LoOP or GaussianNovelty
         An unfitted estimator: its parameters say what to fit (it is not modified).
         ``fastzsl.load(model_path)`` afterwards equals ``estimator.fit(X)`` on all rows
-        (LoOP: within 1e-10; the kNN graph bit for bit with ``knn`` exact, kdtree or ivf).
+        within 1e-10 (LoOP: the kNN graph bit for bit with exact kNN, and with ``knn="ivf"``
+        where faiss runs the same BLAS; see ``search_plan``).
     input : path
         A ``.npy`` file, a ``.parquet`` file or a folder of them (name order), float32 or
         float64 rows, as ``fastzsl score`` reads; mixed dtypes fit in float64.
@@ -236,7 +246,8 @@ def _claim(model_path: Path, identity: dict, wait, log):
                 except (OSError, json.JSONDecodeError) as exc:
                     raise BatchError(f"{manifest_path} is unreadable ({exc}); delete "
                                      f"{folder} to fit anew") from None
-                diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+                diff = sorted(k for k in set(old) | set(identity)
+                              if old.get(k) != identity.get(k))
                 if diff:
                     raise BatchError(
                         f"{folder} holds an unfinished fit of a different job (it differs in: "
@@ -256,10 +267,12 @@ def _claim(model_path: Path, identity: dict, wait, log):
             for stale in folder.glob(f"{TMP_PREFIX}*"):
                 stale.unlink()
             yield _Workspace(folder, resumed)
-            # The model file is written: the folder's work is done.
+            # The model file is written: the folder's work is done. The manifest goes last,
+            # so a job killed in between still finds its (finished) job here.
             for path in folder.iterdir():
-                if path.name != LOCK:
+                if path.name not in (LOCK, MANIFEST):
                     path.unlink()
+            (folder / MANIFEST).unlink()
         try:
             folder.rmdir()
         except OSError:  # another job is waiting on its lock, or it is already gone
@@ -343,8 +356,7 @@ def describe_knn(knn: dict, k: int) -> str:
     """One line saying which neighbours a fit used (logged, and in the summary)."""
     if knn["method"] == "ivf":
         return (f"kNN: approximate, faiss IVF (nlist={knn['nlist']}, nprobe={knn['nprobe']}), "
-                f"k={k}: the LoOP error against exact neighbours is in "
-                "benchmarks/results/fit-ivf-cpu-2core.md")
+                f"k={k}. {IVF_PRICE}")
     if knn["method"] == "faiss":
         return f"kNN: faiss IndexFlatL2 (exact up to float32 rounding), k={k}"
     how = "k-d tree and exact re-rank" if knn["method"] == "kdtree" else "brute force"
@@ -374,7 +386,9 @@ def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, pr
         job = LoopJob(
             job_id=hashlib.sha256(json.dumps([str(work.folder.resolve()), identity],
                                              sort_keys=True).encode()).hexdigest()[:16],
-            folder=str(work.folder), reference=str(reference), n_rows=source.n_rows,
+            # absolute paths: workers may run elsewhere (with the same mounts)
+            folder=str(work.folder.resolve()), reference=str(Path(reference).resolve()),
+            n_rows=source.n_rows,
             width=source.width, dtype=source.dtype.str, k=k, method=knn["method"],
             backend=knn["backend"], nprobe=knn.get("nprobe"), n_jobs=estimator.n_jobs)
         if knn["method"] == "ivf":
@@ -710,7 +724,10 @@ def _fit_gaussian(estimator, source, model_path, *, labels, scheduler, n_workers
     # before the job claims the model path.
     _class_parameters(model, source, classes, codes, counts)
     identity = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "estimator": "GaussianNovelty", **source.identity()}
+                "estimator": "GaussianNovelty",
+                "params": {name: value for name, value in estimator.get_params().items()
+                           if name != "n_jobs"},
+                "labels": str(Path(labels).resolve()), **source.identity()}
     with _claim(model_path, identity, wait, log):
         _training_scores(model, source, codes)
         model.save(model_path)
