@@ -89,9 +89,10 @@ def fit_file(estimator, input, model_path, *, labels=None, chunk_size=None, sche
     model_path : path
         The model file to write. Its work folder ``model_path + ".parts"`` holds a killed
         job's kNN lists; rerunning the same call resumes from them.
-    labels : path, optional
+    labels : path or str, optional
         GaussianNovelty only: the class label of every row, parallel to ``input``: a 1-D
-        ``.npy`` file, a one-column ``.parquet`` file, or a folder of such shards.
+        ``.npy`` file, a one-column ``.parquet`` file, or a folder of such shards; or the
+        name of a column of Parquet input (its other columns are then the features).
     chunk_size : int, optional
         Rows per chunk (default: about 32 MB of input rows).
     scheduler : None, "local" or str
@@ -140,7 +141,9 @@ def fit_file(estimator, input, model_path, *, labels=None, chunk_size=None, sche
     else:
         raise TypeError(f"fit_file fits a LoOP or a GaussianNovelty, got "
                         f"{type(estimator).__name__}")
-    source = _Source(input, chunk_size)
+    # GaussianNovelty's labels: a file, or else a column of the Parquet input
+    label_column = None if labels is None or Path(labels).exists() else str(labels)
+    source = _Source(input, chunk_size, exclude=label_column)
     model_path = Path(model_path)
     if model_path.is_dir():
         raise BatchError(f"model path {model_path} is a folder; name the model file")
@@ -156,11 +159,14 @@ def fit_file(estimator, input, model_path, *, labels=None, chunk_size=None, sche
 
 # ---------------------------------------------------------------------------- the input
 class _Source:
-    """The input's shards and chunks, and the dtype the rows are fitted in."""
+    """The input's shards and chunks, and the dtype the rows are fitted in; ``exclude``: a
+    column of Parquet input that is not a feature (the labels)."""
 
-    def __init__(self, path, chunk_size):
+    def __init__(self, path, chunk_size, exclude=None):
         self.path = str(path)
-        self.shards = open_input(path)
+        self.exclude = exclude
+        self.columns = None  # all of them
+        self.shards = open_input(path) if exclude is None else self._without(exclude)
         self.n_rows = sum(s.n_rows for s in self.shards)
         self.width = self.shards[0].width
         if self.n_rows == 0:
@@ -173,9 +179,52 @@ class _Source:
         self.chunk_size = int(chunk_size)
         self.chunks = plan_chunks(self.shards, self.chunk_size)
 
+    def _without(self, column):
+        """The Parquet shards of the input with ``column`` left out of the features."""
+        from ._optional import import_pyarrow
+        from .batch import Shard, _parquet_width_and_dtype
+
+        _, pq = import_pyarrow()
+        path = Path(self.path)
+        files = sorted(p for p in path.iterdir() if p.suffix == ".parquet"
+                       and not p.name.startswith(".")) if path.is_dir() else [path]
+        if not files or any(p.suffix != ".parquet" or not p.is_file() for p in files):
+            raise BatchError(f"labels {column!r} is no file, and the input {path} is no Parquet "
+                             "file or folder of them whose column it could be")
+        shards = []
+        for p in files:
+            try:
+                pf = pq.ParquetFile(p)
+                schema, n_rows = pf.schema_arrow, pf.metadata.num_rows
+            except (OSError, ValueError) as exc:
+                raise BatchError(f"cannot read input shard {p}: {exc}") from None
+            if column not in schema.names:
+                raise BatchError(f"labels {column!r} is no file, and input shard {p} has no "
+                                 f"such column (it has {schema.names})")
+            features = schema.remove(schema.get_field_index(column))
+            width, dtype = _parquet_width_and_dtype(features, p)
+            shards.append(Shard(str(p), "parquet", int(n_rows), int(width), dtype, 0,
+                                p.stat().st_size))
+            columns = features.names
+            if self.columns not in (None, columns):
+                raise BatchError(f"input shard {p} has feature columns {columns} but "
+                                 f"{shards[0].path} has {self.columns}")
+            self.columns = columns
+        return shards
+
+    def labels(self) -> np.ndarray:
+        """The ``exclude`` column of every shard, in row order."""
+        from ._optional import import_pyarrow
+
+        _, pq = import_pyarrow()
+        parts = [pq.read_table(s.path, columns=[self.exclude]).column(0)
+                 .to_numpy(zero_copy_only=False) for s in self.shards]
+        y = np.concatenate(parts)
+        return y.astype(str) if y.dtype.kind == "O" else y
+
     def rows(self, chunk, dtype=None) -> np.ndarray:
         """The chunk's rows, checked finite (the error names the shard and its rows)."""
-        X = read_rows(self.shards[chunk.shard], chunk.start, chunk.stop)
+        X = read_rows(self.shards[chunk.shard], chunk.start, chunk.stop, self.columns)
         if _bad_rows(X).size:
             self._refuse(chunk)
         return X.astype(dtype or self.dtype, copy=False)
@@ -188,7 +237,7 @@ class _Source:
     def _refuse(self, first_bad):
         """Raise, naming the bad rows of ``first_bad``'s shard from that chunk on."""
         rows = [chunk.start + _bad_rows(read_rows(self.shards[chunk.shard], chunk.start,
-                                                  chunk.stop))
+                                                  chunk.stop, self.columns))
                 for chunk in self.chunks[first_bad.index:] if chunk.shard == first_bad.shard]
         rows = np.concatenate(rows)
         shown = ", ".join(map(str, rows[:10])) + (", ..." if rows.size > 10 else "")
@@ -714,7 +763,7 @@ def _fit_gaussian(estimator, source, model_path, *, labels, scheduler, n_workers
         raise ValueError(f"rule must be one of {RULES}, got {estimator.rule!r}")
     if estimator.variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {estimator.variance!r}")
-    y = _read_labels(labels, source)
+    y = _read_labels(labels, source) if source.exclude is None else source.labels()
     if scheduler is not None:
         log("GaussianNovelty: one streaming pass, run in this process (scheduler unused)")
     classes, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
@@ -727,7 +776,8 @@ def _fit_gaussian(estimator, source, model_path, *, labels, scheduler, n_workers
                 "estimator": "GaussianNovelty",
                 "params": {name: value for name, value in estimator.get_params().items()
                            if name != "n_jobs"},
-                "labels": str(Path(labels).resolve()), **source.identity()}
+                "labels": source.exclude or str(Path(labels).resolve()),
+                **source.identity()}
     with _claim(model_path, identity, wait, log):
         _training_scores(model, source, codes)
         model.save(model_path)

@@ -144,6 +144,25 @@ def test_gaussian_equals_the_in_memory_fit_with_labels_from_parquet_shards(data,
         np.testing.assert_array_equal(model.predict(Q + 1000.0), expected.predict(Q + 1000.0))
 
 
+def test_gaussian_labels_from_a_column_of_the_parquet_input(data, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    _, X, y, Q = data
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i, (a, b) in enumerate([(0, 1000), (1000, 3000)]):
+        columns = {f"f{j}": X[a:b, j] for j in range(8)}
+        pq.write_table(pa.table({**columns, "species": y[a:b]}), shards / f"{i}.parquet")
+    fit_file(GaussianNovelty(), shards, tmp_path / "g.fzsl", labels="species", chunk_size=700,
+             progress=False)
+    model, expected = fastzsl.load(tmp_path / "g.fzsl"), GaussianNovelty().fit(X, y)
+    np.testing.assert_allclose(model.means_, expected.means_, **TOL)
+    np.testing.assert_allclose(model.variances_, expected.variances_, **TOL)
+    np.testing.assert_array_equal(model.predict(Q), expected.predict(Q))
+    with pytest.raises(BatchError, match="has no such column"):
+        fit_file(GaussianNovelty(), shards, tmp_path / "h.fzsl", labels="genus", progress=False)
+
+
 # ------------------------------------------------------------------ killed and resumed
 def _fit_command(inputs, model, *extra):
     return [sys.executable, "-m", "fastzsl", "fit", str(inputs), str(model), "--quiet",

@@ -15,8 +15,8 @@ shards, float32 or float64 rows. LoOP searches the rows' kNN lists chunk by chun
 chunk against all rows, and keeps them in MODEL.parts/ until MODEL is written: a killed
 job loses nothing, rerun the same command and it continues (and ends with the same model
 file, byte for byte). The model equals LoOP(...).fit(X) on all rows in memory.
-GaussianNovelty needs --labels: a 1-D .npy, a one-column .parquet file, or a folder of
-shards parallel to INPUT's.
+GaussianNovelty needs --labels: a 1-D .npy, a one-column .parquet file, a folder of
+shards parallel to INPUT's, or the name of a column of Parquet INPUT.
 
 examples:
   fastzsl fit features.npy loop.fzsl --detector loop --n-neighbors 20
@@ -49,8 +49,8 @@ def add_parser(subparsers):
     add_backend_option(p, help="LoOP's exact-kNN kernels, e.g. cupy on GPU workers "
                                "(default: %(default)s)")
     p.add_argument("--labels", default=None,
-                   help="GaussianNovelty: the label of every row (a file or folder of shards "
-                        "parallel to INPUT)")
+                   help="GaussianNovelty: the label of every row: a file or folder of shards "
+                        "parallel to INPUT, or the name of a column of Parquet INPUT")
     p.add_argument("--rule", choices=["paper", "mixture"], default="paper",
                    help="GaussianNovelty's rule (default: %(default)s)")
     p.add_argument("--chunk-size", type=positive_int, default=None,
