@@ -11,7 +11,7 @@ are) to ``MODEL.parts/lists-NNNNNN.npy``. A killed job, rerun with the same comm
 the lists it finds and searches the rest. The exact kernels give a row the same list
 however the rows are chunked (bit for bit the graph of ``LoOP.fit``), and the reduction
 reads the lists in one fixed order, so the model file is the same, byte for byte, whatever
-the kills and the machines. The reduction: pdist of each row from its own list; PLOF from
+the kills and the number of workers (running the same kernels). The reduction: pdist of each row from its own list; PLOF from
 its neighbours' pdists; nPLOF; the probabilities (two streaming passes over the lists,
 O(n) float64 memory; the NumPy reference formulas of ``fastzsl.backends.numpy_``).
 
@@ -28,7 +28,8 @@ the processes of a machine), one chunk's rows and lists, and a few float64 array
 
 GaussianNovelty: one streaming pass of per-class sums in float64 (shifted by each class's
 first row, so the variance loses nothing to cancellation), then one pass for the training
-scores its outlier probability is read off. The labels come from a parallel file.
+scores its outlier probability is read off. The labels come from a parallel file, or a
+column of Parquet input.
 
 On Dask (``scheduler="local"`` starts a ``LocalCluster``; else the address of a running
 scheduler), each task searches one chunk and writes its lists itself, with the code of
