@@ -7,7 +7,8 @@ Public API: estimators (:class:`ZeroShotClassifier`, :class:`SemanticMapper`,
 ``fastzsl.pynomaly`` is PyNomaly's API), model files
 (``ZeroShotClassifier.save``, :func:`load`) and FAISS-like functions
 (:func:`knn`, :func:`loop_fit`, :func:`loop_score`, :func:`gaussian_loglik`), and batch
-scoring of feature files of any size (:func:`score_file`, :func:`read_scores`). Importing
+scoring of feature files of any size (:func:`score_file`, :func:`read_scores`) and
+chunked, resumable fitting of novelty detectors on them (:func:`fit_file`). Importing
 fastzsl loads none of torch, numba, cupy, faiss or dask; each loads when first used.
 """
 from importlib import import_module
@@ -37,6 +38,7 @@ _EXPORTS = {
     "BackendUnavailableError": "fastzsl.backends",
     "score_file": "fastzsl.batch",
     "read_scores": "fastzsl.batch",
+    "fit_file": "fastzsl.fitting",
 }
 
 __all__ = sorted(_EXPORTS)

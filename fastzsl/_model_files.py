@@ -31,7 +31,18 @@ _METADATA = "metadata.json"
 
 
 def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()  # no copy
+
+
+# Every entry's timestamp: a model file's bytes depend on its contents only.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def _entry(name: str, size: int) -> tuple:
+    """(ZipInfo, force_zip64) of an archive entry of about ``size`` bytes."""
+    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info, size + 4096 > zipfile.ZIP64_LIMIT
 
 
 def save_archive(path, metadata: dict, arrays: dict) -> None:
@@ -49,11 +60,13 @@ def save_archive(path, metadata: dict, arrays: dict) -> None:
 
     def write(raw):
         with zipfile.ZipFile(raw, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(_METADATA, json.dumps(header, indent=1, sort_keys=True))
+            zf.writestr(_entry(_METADATA, 0)[0], json.dumps(header, indent=1, sort_keys=True))
             for name, array in arrays.items():
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
-                zf.writestr(f"arrays/{name}.npy", buffer.getvalue())
+                array = np.asarray(array)
+                info, zip64 = _entry(f"arrays/{name}.npy", array.nbytes)
+                # Streamed into the entry: no in-memory copy of a large array.
+                with zf.open(info, "w", force_zip64=zip64) as f:
+                    np.lib.format.write_array(f, array, allow_pickle=False)
 
     write_atomically(path, write)
 
@@ -117,6 +130,13 @@ def load_archive(path):
     return header["metadata"], arrays
 
 
+def save_estimator(path, estimator: str, metadata: dict, arrays: dict) -> None:
+    """Write an estimator's ``_export()`` (or the same parts made without the estimator
+    object) as the model file ``fastzsl.load`` reads back into class ``estimator``."""
+    save_archive(path, {"estimator": estimator, "fastzsl_version": __version__, **metadata},
+                 arrays)
+
+
 class SaveMixin:
     """``save(path)`` for an estimator with ``_export()`` and a classmethod ``_restore``."""
 
@@ -125,9 +145,7 @@ class SaveMixin:
         from sklearn.utils.validation import check_is_fitted
 
         check_is_fitted(self)
-        metadata, arrays = self._export()
-        save_archive(path, {"estimator": type(self).__name__, "fastzsl_version": __version__,
-                            **metadata}, arrays)
+        save_estimator(path, type(self).__name__, *self._export())
 
     def _export(self):  # pragma: no cover - every subclass provides it
         raise NotImplementedError

@@ -193,8 +193,9 @@ def plan_chunks(shards, chunk_size) -> list[Chunk]:
     return chunks
 
 
-def read_rows(shard: Shard, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of a shard as a new C-contiguous array (no memory map kept)."""
+def read_rows(shard: Shard, start: int, stop: int, columns=None) -> np.ndarray:
+    """Rows ``start:stop`` of a shard as a new C-contiguous array (no memory map kept);
+    ``columns``: of a Parquet shard, only these (default: all)."""
     dtype = np.dtype(shard.dtype)
     where = f"input shard {shard.path} rows {start}..{stop - 1}"
     try:
@@ -206,12 +207,12 @@ def read_rows(shard: Shard, start: int, stop: int) -> np.ndarray:
             if got != out.nbytes:
                 raise BatchError(f"{where}: the file is truncated ({got} of {out.nbytes} bytes)")
             return out
-        return _read_parquet_rows(shard, start, stop)
+        return _read_parquet_rows(shard, start, stop, columns)
     except OSError as exc:
         raise BatchError(f"cannot read {where}: {exc}") from None
 
 
-def _read_parquet_rows(shard, start, stop):
+def _read_parquet_rows(shard, start, stop, columns=None):
     pa, _ = import_pyarrow()
 
     pf = _parquet_file(shard.path)
@@ -224,7 +225,7 @@ def _read_parquet_rows(shard, start, stop):
                 skip = start - first_row
             groups.append(g)
         first_row += n
-    table = pf.read_row_groups(groups).slice(skip, stop - start)
+    table = pf.read_row_groups(groups, columns=columns).slice(skip, stop - start)
     if table.num_columns == 1 and pa.types.is_fixed_size_list(table.schema[0].type):
         values = table.column(0).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         return np.ascontiguousarray(values.reshape(stop - start, shard.width))

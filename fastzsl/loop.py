@@ -285,13 +285,7 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------------ model files
     def _export(self):
         """(metadata, arrays) of the fitted detector, the reference set included."""
-        fit = self.fit_
-        meta = {"params": self.get_params(), "nplof": fit.nplof, "extent": fit.extent,
-                "mean_expected_pdist": fit.mean_expected_pdist}
-        arrays = {name: to_host(a) for name, a in (
-            ("reference", self.index_.reference), ("pdist", fit.pdist), ("plof", fit.plof),
-            ("probabilities", fit.probabilities))}
-        return meta, arrays
+        return export_loop(self.get_params(), self.index_.reference, self.fit_)
 
     @classmethod
     def _restore(cls, meta, arrays):
@@ -304,3 +298,15 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
         model.n_features_in_ = reference.shape[1]
         model.offset_ = 0.5
         return model
+
+
+def export_loop(params: dict, reference, fit: LoOPFit):
+    """The (metadata, arrays) of a LoOP model file: the estimator's parameters, its
+    reference set and its fit. What ``LoOP.save`` writes, and what a chunked fit
+    (:func:`fastzsl.fit_file`) writes without building the estimator."""
+    meta = {"params": params, "nplof": fit.nplof, "extent": fit.extent,
+            "mean_expected_pdist": fit.mean_expected_pdist}
+    arrays = {name: to_host(a) for name, a in (
+        ("reference", reference), ("pdist", fit.pdist), ("plof", fit.plof),
+        ("probabilities", fit.probabilities))}
+    return meta, arrays

@@ -22,7 +22,7 @@ LAYERS = [
     ("models", ("fastzsl.features", "fastzsl.embeddings", "fastzsl.mapping", "fastzsl.softmax",
                 "fastzsl.calibration",
                 "fastzsl._training", "fastzsl.metrics", "fastzsl.zeroshot",
-                "fastzsl.persistence", "fastzsl.batch", "fastzsl.testing")),
+                "fastzsl.persistence", "fastzsl.batch", "fastzsl.fitting", "fastzsl.testing")),
     ("application", ("fastzsl.app",)),
     ("command line", ("fastzsl.cli", "fastzsl.__main__")),
 ]

@@ -4,6 +4,7 @@
     fastzsl evaluate  a trained model's accuracies on the Fashion-MNIST test images
     fastzsl predict   class and P(unseen) of images or feature rows in a .npy file
     fastzsl score     batch-score feature files of any size: chunked, resumable, on Dask
+    fastzsl fit       fit LoOP / GaussianNovelty on feature files of any size, the same way
     fastzsl novelty   novelty detection on Fashion-MNIST pixels: held-out classes vs the rest
     fastzsl reproduce the paper's experiments (Fashion-MNIST or CIFAR-10): tables and figures
     fastzsl backends  which kernel backends load here
@@ -20,7 +21,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("train", "evaluate", "predict", "score", "novelty", "reproduce", "backends",
+COMMANDS = ("train", "evaluate", "predict", "score", "fit", "novelty", "reproduce", "backends",
             "bench")
 
 
