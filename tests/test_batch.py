@@ -106,13 +106,13 @@ def test_folder_of_mixed_shards_keeps_global_row_order(loop_job, tmp_path):
 @pytest.fixture(scope="module")
 def zeroshot_job(tmp_path_factory):
     pytest.importorskip("torch")
-    from test_zeroshot import FAST, UNSEEN, _world
+    from test_zeroshot import FAST, UNSEEN, _world, default_gate
 
     from fastzsl import ZeroShotClassifier
 
     folder = tmp_path_factory.mktemp("zsl_job")
     vectors, X, y, X_test, _ = _world()
-    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST).fit(X, y)
+    model = ZeroShotClassifier(vectors, UNSEEN, novelty=default_gate(rounds=2), **FAST).fit(X, y)
     model.save(folder / "model.fzsl")
     np.save(folder / "features.npy", X_test)
     return folder, model, X_test
@@ -131,7 +131,9 @@ def test_zeroshot_scores_with_probability_rows(zeroshot_job, tmp_path, output_fo
     close = dict(rtol=0, atol=1e-6)
     np.testing.assert_array_equal(scores["predicted_class"].astype(str), model.predict(X))
     np.testing.assert_allclose(scores["p_unseen"], p_unseen, **close)
-    np.testing.assert_allclose(scores["top_probability"], proba.max(axis=1), **close)
+    column = [model.classes_.tolist().index(c) for c in model.predict(X)]
+    np.testing.assert_allclose(scores["top_probability"], proba[np.arange(len(X)), column],
+                               **close)
     if output_format == "npy":
         np.testing.assert_allclose(scores["proba"], proba, **close)
     else:

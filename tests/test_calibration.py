@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from fastzsl.calibration import (PCAProjection, ScoreCalibrator, check_prior, prior_weights,
+from fastzsl.calibration import (ScoreCalibrator, check_prior, prior_weights,
                                  pseudo_unseen_rounds, routing_threshold, validation_split)
+from fastzsl.novelty_gate import PCAProjection
 
 
 @pytest.mark.parametrize("n_classes, size", [(8, 2), (9, 2), (5, 1), (3, 5)])
