@@ -25,37 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .measures import roc_auc
-from .settings import CALIBRATION_BINS, Settings
-
-SHARES = (0.05, 0.2, 0.5)
-
-
-def weighted_calibration(p, is_unseen, share, n_bins=CALIBRATION_BINS) -> dict:
-    """ECE, Brier score and Brier skill of P(unseen | x) ``p`` on test images reweighted so
-    that the unseen ones weigh ``share`` in all (equal-width bins, 1.0 in the last)."""
-    p = np.asarray(p, dtype=np.float64)
-    is_unseen = np.asarray(is_unseen, dtype=bool)
-    w = np.where(is_unseen, share / is_unseen.sum(), (1 - share) / (~is_unseen).sum())
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    gap = np.bincount(bins, weights=w * (is_unseen - p), minlength=n_bins)
-    brier = float(np.sum(w * (p - is_unseen) ** 2))
-    constant = share * (1 - share)  # the Brier score of P = share everywhere
-    return {"ece": float(np.abs(gap).sum()), "brier": brier,
-            "brier_skill": 1.0 - brier / constant}
+from .measures import SHARES, at_shares, roc_auc
+from .settings import Settings
 
 
 def pair_measures(model, X_te, y_te) -> dict:
     """The measures of one fitted model on labelled test images (see the module doc)."""
     is_unseen = np.isin(y_te, model.unseen_classes_)
-    prior = model.unseen_prior
-    shares = {}
-    try:
-        for share in SHARES:
-            p = model.set_params(unseen_prior=share).outlier_probability(X_te)
-            shares[str(share)] = weighted_calibration(p, is_unseen, share)
-    finally:
-        model.set_params(unseen_prior=prior)
+    shares = at_shares(model, X_te, is_unseen)
     p = model.outlier_probability(X_te)
     report = model.evaluate(X_te, y_te, [0.5])
     routed = report[model.combine_]
