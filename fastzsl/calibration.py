@@ -36,7 +36,7 @@ def pseudo_unseen_rounds(n_classes: int, group_size: int, *, n_rounds=None, rand
     if n_rounds is not None:
         if isinstance(n_rounds, bool) or not isinstance(n_rounds, (int, np.integer)) \
                 or n_rounds < 1:
-            raise ValueError(f"calibration_rounds must be an int >= 1 or None, got {n_rounds!r}")
+            raise ValueError(f"rounds must be an int >= 1 or None, got {n_rounds!r}")
         groups = groups[:n_rounds]
     return groups
 

@@ -460,15 +460,13 @@ class NoveltyGate(SaveMixin, BaseEstimator):
             if needs_models:
                 train = _per_class_cap(local, ROUND_MAX_PER_CLASS, self.random_state + r)
                 W_rest, W_held = scene.seen_vectors[present], scene.seen_vectors[held_out]
-                mapper = clone(scene.mapper).set_params(
-                    random_state=scene.mapper.random_state + 101 + r)
+                mapper = _round_copy(scene.mapper, r)
                 mapper.fit(X[fit_rows][train], local[train], W_rest)
                 round_scene = _Scene(W_rest, W_held, mapper)
                 F_fit = mapper.transform(X[fit_rows])
                 F_score = mapper.transform(X[score_rows])
                 if scene.seen_classifier is not None:
-                    softmax = clone(scene.seen_classifier).set_params(
-                        random_state=scene.seen_classifier.random_state + 101 + r)
+                    softmax = _round_copy(scene.seen_classifier, r)
                     round_scene.seen_classifier = softmax.fit(X[fit_rows][train],
                                                               local[train])
             channels = self._fit_channels(specs, X[fit_rows], local, classes[present],
@@ -688,6 +686,16 @@ def class_agnostic_features(F, p_seen, seen_vectors, unseen_vectors):
         return np.maximum(d2.min(axis=1), 1e-12)
 
     return [logit(1.0 - top, 1e-9), np.log(nearest(seen_vectors)) - np.log(nearest(unseen_vectors))]
+
+
+def _round_copy(estimator, r):
+    """An unfitted copy of the zero-shot model's fitted mapping or softmax for round r: its
+    own seed, and the optimizer the full fit resolved "auto" to (a round's smaller data
+    would otherwise switch to full-batch L-BFGS: another training, and a slow one)."""
+    params = {"random_state": estimator.random_state + 101 + r}
+    if getattr(estimator, "optimizer_", None) is not None:
+        params["optimizer"] = estimator.optimizer_
+    return clone(estimator).set_params(**params)
 
 
 def _per_class_cap(codes, cap, seed):

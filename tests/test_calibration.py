@@ -22,7 +22,7 @@ def test_rounds_partition_the_seen_classes_and_leave_some_in(n_classes, size):
 def test_rounds_need_two_classes_and_a_valid_count():
     with pytest.raises(ValueError, match="at least 2 seen classes"):
         pseudo_unseen_rounds(1, 1)
-    with pytest.raises(ValueError, match="calibration_rounds"):
+    with pytest.raises(ValueError, match="rounds must be an int"):
         pseudo_unseen_rounds(4, 1, n_rounds=0)
 
 
