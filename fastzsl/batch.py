@@ -235,16 +235,14 @@ def _read_parquet_rows(shard, start, stop, columns=None):
 
 # ---------------------------------------------------------------------------- scoring
 def _model_kind(model) -> str:
-    from .gaussian import GaussianNovelty
-    from .loop import LoOP
-    from .zeroshot import ZeroShotClassifier
-
-    for kind, cls in (("zeroshot", ZeroShotClassifier), ("loop", LoOP),
-                      ("gaussian", GaussianNovelty)):
-        if isinstance(model, cls):
-            return kind
+    """"zeroshot" for a classifier with a novelty gate, "detector" for a detector of the
+    novelty-detector protocol (``outlier_probability``)."""
+    if hasattr(model, "predict_proba_with_novelty"):
+        return "zeroshot"
+    if hasattr(model, "outlier_probability"):
+        return "detector"
     raise BatchError(f"cannot batch-score a {type(model).__name__}; expected a fitted "
-                     "ZeroShotClassifier, LoOP or GaussianNovelty")
+                     "ZeroShotClassifier or a novelty detector (LoOP, GaussianNovelty)")
 
 
 def novelty_threshold(model) -> float:
@@ -269,9 +267,11 @@ def output_columns(model, with_proba: bool) -> list[tuple[str, str, tuple]]:
 def score_rows(model, X, with_proba=False) -> dict:
     """The result columns (without ``row``) of one chunk of feature rows."""
     if _model_kind(model) == "zeroshot":
-        proba, p_unseen = model.predict_proba_with_novelty(X)
-        top = np.argmax(proba, axis=1)
-        out = {"predicted_class": model.classes_[top],
+        predicted, proba, p_unseen = model.predict_with_proba(X)
+        # the predicted class's probability (predict may route hard, predict_proba is soft)
+        column = {c: j for j, c in enumerate(model.classes_.tolist())}
+        top = np.array([column[c] for c in predicted.tolist()], dtype=np.int64)
+        out = {"predicted_class": predicted,
                "top_probability": proba[np.arange(len(top)), top], "p_unseen": p_unseen}
         if with_proba:
             out["proba"] = proba
@@ -282,9 +282,8 @@ def score_rows(model, X, with_proba=False) -> dict:
 
 def _parts(model) -> list:
     """The model and its novelty detector(s): what carries backend and progress settings."""
-    detector = getattr(model, "detector_", None)
-    detectors = list(detector.values()) if isinstance(detector, dict) else [detector]
-    return [model] + [d for d in detectors if d is not None]
+    gate = getattr(model, "gate_", None)
+    return [model] + (gate.detectors_() if gate is not None else [])
 
 
 def _quiet(model):
@@ -302,6 +301,8 @@ def _with_backend(model, backend):
     if backend is None:
         return model
     for part in _parts(model):
+        if "backend" not in part.get_params():
+            continue
         part.set_params(backend=backend)
         if isinstance(part, LoOP):
             part._build_index(part.index_.reference)

@@ -1,5 +1,6 @@
-"""P(unseen | x) calibrated without unseen images: pseudo-unseen rounds, a monotone map,
-a routing threshold, and the PCA space LoOP detects in.
+"""P(unseen | x) calibrated without unseen images: pseudo-unseen rounds, a monotone map or
+a logistic stack of several scores, the log loss that chooses between them, and a routing
+threshold.
 
 A novelty detector's score is not a probability (LoOP's is near 0 for typical points by
 design, the Gaussian detector's is a training-set rank). The zero-shot model turns it into
@@ -9,14 +10,13 @@ scores the other 20% (pseudo-seen: classes the pipeline knows, images it never s
 test image of a seen class) and the held-out classes' images (as a test image of an unseen
 class). A monotone calibrator (:class:`ScoreCalibrator`) fitted to these scores, weighted
 to a stated prior of the unseen fraction, gives P(unseen | x); the threshold for hard
-routing is read off the same pooled scores (:func:`routing_threshold`). See
+routing is read off the same pooled scores (:func:`routing_threshold`). The novelty gate
+(:mod:`fastzsl.novelty_gate`) runs the rounds and makes the choices. See
 ``docs/method.md`` section 4c.
 """
 from __future__ import annotations
 
 import numpy as np
-
-from ._validation import as_float_matrix
 
 CALIBRATIONS = ("isotonic", "platt")
 VALIDATION_FRACTION = 0.2  # of each remaining class's images, scored as pseudo-seen
@@ -36,7 +36,7 @@ def pseudo_unseen_rounds(n_classes: int, group_size: int, *, n_rounds=None, rand
     if n_rounds is not None:
         if isinstance(n_rounds, bool) or not isinstance(n_rounds, (int, np.integer)) \
                 or n_rounds < 1:
-            raise ValueError(f"calibration_rounds must be an int >= 1 or None, got {n_rounds!r}")
+            raise ValueError(f"rounds must be an int >= 1 or None, got {n_rounds!r}")
         groups = groups[:n_rounds]
     return groups
 
@@ -92,7 +92,10 @@ class ScoreCalibrator:
         if self.method == "isotonic":
             from sklearn.isotonic import IsotonicRegression
 
-            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+            # Kept off 0 and 1 by half a row of the rarer side, so that moving the
+            # probability to another prior by Bayes' rule can still move it.
+            eps = 0.5 / max(min(is_unseen.sum(), (~is_unseen).sum()), 1)
+            iso = IsotonicRegression(y_min=eps, y_max=1.0 - eps, out_of_bounds="clip")
             iso.fit(scores, is_unseen.astype(np.float64), sample_weight=sample_weight)
             self.points_ = np.vstack([iso.X_thresholds_, iso.y_thresholds_])
         else:
@@ -155,48 +158,55 @@ def check_false_alarm(rate) -> float:
     return float(rate)
 
 
-class PCAProjection:
-    """Projection on the top principal components of (a seeded sample of) the training
-    features: the reduced raw space in which LoOP separates unseen images best
-    (``docs/method.md`` section 4c)."""
+class StackCalibrator:
+    """A logistic model on several scores: P(unseen | x) = 1 / (1 + exp(-(b + sum_j a_j
+    z_j))), z_j each score standardised (scores in [0, 1], ``columns``, first as logits),
+    fitted with a little L2 (C=1) so correlated scores stay stable."""
 
-    def __init__(self, n_components=50, *, max_rows=10_000, random_state=0):
-        self.n_components = n_components
-        self.max_rows = max_rows
-        self.random_state = random_state
+    def __init__(self, columns=()):
+        self.columns = list(columns)
 
-    def fit(self, X):
-        from sklearn.decomposition import PCA
+    def _z(self, X, fit=False):
+        X = np.array(X, dtype=np.float64, ndmin=2)
+        for j in self._probability_columns(X):
+            p = np.clip(X[:, j], 1e-4, 1 - 1e-4)
+            X[:, j] = np.log(p) - np.log1p(-p)
+        if fit:
+            self.mean_, self.scale_ = X.mean(0), np.maximum(X.std(0), 1e-12)
+        return (X - self.mean_) / self.scale_
 
-        X = as_float_matrix(X, "X", dtype=np.float32)
-        n = self.n_components
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"pca_components must be an int >= 1, got {n!r}")
-        rows = X
-        if X.shape[0] > self.max_rows:
-            rng = np.random.default_rng(self.random_state)
-            rows = X[np.sort(rng.choice(X.shape[0], self.max_rows, replace=False))]
-        n = min(n, rows.shape[0], X.shape[1])
-        pca = PCA(n_components=n, random_state=self.random_state).fit(rows)
-        self.mean_ = pca.mean_.astype(np.float32)
-        self.components_ = pca.components_.astype(np.float32)
+    def _probability_columns(self, X):
+        return [j for j in self.columns if j < X.shape[1]]
+
+    def fit(self, X, is_unseen, sample_weight=None):
+        from sklearn.linear_model import LogisticRegression
+
+        Z = self._z(X, fit=True)
+        lr = LogisticRegression(C=1.0).fit(Z, np.asarray(is_unseen, dtype=bool),
+                                           sample_weight=sample_weight)
+        self.coef_, self.intercept_ = lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
         return self
 
     def transform(self, X) -> np.ndarray:
-        return np.ascontiguousarray((X - self.mean_) @ self.components_.T, dtype=np.float32)
-
-    def fit_transform(self, X):
-        return self.fit(X).transform(X)
+        """P(unseen | x), float64 in (0, 1)."""
+        return 1.0 / (1.0 + np.exp(-(self._z(X) @ self.coef_ + self.intercept_)))
 
     def _export(self):
-        return ({"n_components": int(self.components_.shape[0]), "max_rows": self.max_rows,
-                 "random_state": self.random_state},
-                {"mean": self.mean_, "components": self.components_})
+        return {"columns": self.columns, "intercept": self.intercept_}, \
+            {"coef": self.coef_, "mean": self.mean_, "scale": self.scale_}
 
     @classmethod
     def _restore(cls, meta, arrays):
-        projection = cls(meta["n_components"], max_rows=meta["max_rows"],
-                         random_state=meta["random_state"])
-        projection.mean_ = np.asarray(arrays["mean"], dtype=np.float32)
-        projection.components_ = np.asarray(arrays["components"], dtype=np.float32)
-        return projection
+        stack = cls(meta["columns"])
+        stack.intercept_ = float(meta["intercept"])
+        for name in ("coef", "mean", "scale"):
+            setattr(stack, name + "_", np.asarray(arrays[name], dtype=np.float64))
+        return stack
+
+
+def log_loss(p, is_unseen, sample_weight=None) -> float:
+    """Weighted mean binary log loss of P(unseen | x) ``p`` (clipped to [1e-15, 1 - 1e-15])."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1 - 1e-15)
+    y = np.asarray(is_unseen, dtype=bool)
+    w = np.ones(p.size) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    return float(-(w * np.where(y, np.log(p), np.log1p(-p))).sum() / w.sum())

@@ -183,7 +183,7 @@ class GaussianNovelty(SaveMixin, OutlierMixin, BaseEstimator):
         return tags
 
     @uses_n_jobs
-    def fit(self, F, y=None, means=None):
+    def fit(self, F, y=None, means=None, class_means=None):
         """Fit the class Gaussians.
 
         Parameters
@@ -195,7 +195,10 @@ class GaussianNovelty(SaveMixin, OutlierMixin, BaseEstimator):
         means : array-like of shape (C, d) or dict, optional
             Class means (the word vectors, in the paper) in ``np.unique(y)`` order, or a
             mapping {label: vector}. Default: each class's mean of F.
+        class_means : dict, optional
+            The novelty-detector protocol's name for ``means``.
         """
+        means = class_means if means is None else means
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
         if self.variance not in VARIANCES:

@@ -240,8 +240,9 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
         self.n_jobs = n_jobs
 
     @uses_n_jobs
-    def fit(self, X, y=None):
-        """Index the reference set X and compute its in-sample LoOP."""
+    def fit(self, X, y=None, class_means=None):
+        """Index the reference set X and compute its in-sample LoOP (y and class_means,
+        of the novelty-detector protocol, are ignored)."""
         X = as_float_matrix(X, "X", keep_device=True)
         if self.scoring not in SCORING:
             raise ValueError(f"scoring must be one of {SCORING}, got {self.scoring!r}")

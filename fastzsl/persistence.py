@@ -20,6 +20,8 @@ RESTORERS = {
     "GaussianNovelty": "fastzsl.gaussian:GaussianNovelty",
     "SemanticMapper": "fastzsl.mapping:SemanticMapper",
     "SoftmaxClassifier": "fastzsl.softmax:SoftmaxClassifier",
+    "NoveltyGate": "fastzsl.novelty_gate:NoveltyGate",
+    "PerClass": "fastzsl.novelty_gate:PerClass",
 }
 
 

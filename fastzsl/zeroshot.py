@@ -14,16 +14,16 @@ The combined probability is the paper's Eq. 2:
 elsewhere (route each image to one branch), so both variants agree when P(unseen | x) is
 already 0 or 1.
 
-By default P(unseen | x) is *calibrated* on the seen classes alone
-(:mod:`fastzsl.calibration`, ``docs/method.md`` section 4c): seen classes are held out in
-turn as pseudo-unseen, the detector's scores of held-out images are mapped monotonically
-to the probability of being unseen at a stated prior, and the hard-routing threshold is
-chosen on the same pseudo-unseen data. LoOP detects in a 50-d PCA of the image features
-and the Gaussian detector in the semantic space: where each separated unseen images best
-in the measurements (README, "Novelty detection"). The settings in :data:`PAPER`
-restore the paper's pipeline: both detectors in the semantic space, fitted on the mapped
-training points, uncalibrated (LoOP's probability, near 0 for typical points, used as is
-in the soft Eq. 2; the Gaussian detector's training-set rank thresholded, hard routing).
+P(unseen | x) comes from a :class:`fastzsl.novelty_gate.NoveltyGate`, an estimator object
+of its own: by default LoOP in a PCA of the image features and the Gaussian detector in the
+semantic space, calibrated on pseudo-unseen rounds of the seen classes, which also choose
+between one detector and a logistic stack with class-agnostic features, the hard-routing
+threshold and soft or hard routing for ``predict`` (``docs/method.md`` section 4c). No
+unseen image takes part in any of these choices. ``predict_proba`` is the calibrated Eq. 2
+mixture; ``unseen_prior`` states the unseen share and takes effect without refitting.
+:func:`fastzsl.novelty_gate.paper_gate` gives the paper's pipeline (both detectors in the
+semantic space, fitted on the mapped training points, uncalibrated: LoOP's probability
+in the soft Eq. 2, the Gaussian detector's training-set rank thresholded).
 """
 from __future__ import annotations
 
@@ -31,32 +31,22 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from sklearn.base import clone
+
 from ._model_files import SaveMixin, pack_parts, unpack_part
 from ._validation import as_float_matrix, check_same_width
 from .backends import uses_n_jobs
-from .calibration import (PCAProjection, ScoreCalibrator, check_false_alarm, check_prior,
-                          prior_weights, pseudo_unseen_rounds, routing_threshold,
-                          validation_split)
+from .calibration import ScoreCalibrator, check_prior
 from .embeddings import class_vectors as lookup_class_vectors
-from .gaussian import GaussianNovelty, gaussian_loglik
-from .loop import LoOP
+from .gaussian import gaussian_loglik
 from .mapping import SemanticMapper
 from .metrics import gzsl_scores, zero_shot_accuracies
+from .novelty_gate import (SHORTHANDS, NoveltyGate, PCAProjection, PerClass, _restore_part,
+                           paper_gate, shorthand_detector)
 from .softmax import SoftmaxClassifier
 
-NOVELTY = ("loop", "gaussian")
 COMBINE = ("soft", "hard")
-SPACES = ("semantic", "pca", "features")
-NOVELTY_FITS = ("training", "crossfit")
-# Where each detector separated unseen images best (README, "Novelty detection").
-DEFAULT_SPACE = {"loop": "pca", "gaussian": "semantic"}
-# The paper's pipeline (and every model file written before calibration existed).
-PAPER = {"novelty_space": "semantic", "novelty_fit": "training", "calibration": None}
-# Uncalibrated scores: LoOP's is near 0 for typical points (soft Eq. 2 works), the
-# Gaussian detector's is a rank to threshold (hard routing, about 5% called unseen).
-PAPER_COMBINE = {"loop": "soft", "gaussian": "hard"}
-PAPER_THRESHOLD = {"loop": 0.5, "gaussian": GaussianNovelty.default_threshold}
-CALIBRATED_COMBINE = "hard"
+NOVELTY = ("auto",) + SHORTHANDS
 
 
 class UnknownClassError(KeyError, ValueError):
@@ -76,57 +66,37 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         (multi-word names as in :mod:`fastzsl.embeddings`).
     unseen_classes : list of str
         Classes with no training images.
-    novelty : {"loop", "gaussian"}, default="loop"
-        The detector of P(unseen | x).
-    novelty_space : {"pca", "semantic", "features"}, optional
-        Where the detector works: a ``pca_components``-d PCA of the image features, the
-        semantic space, or the image features themselves. Default: "pca" for LoOP,
-        "semantic" for the Gaussian detector (where each separates unseen images best).
-    pca_components : int, default=50
-    novelty_fit : {"training", "crossfit"}, default="training"
-        In the semantic space, fit the detector on the mapped training points (the paper),
-        or on points mapped by ``cv`` mappings each trained without them (``cv`` more
-        mapping fits; it did not separate better in the measurements).
-    cv : int, default=5
-    calibration : {"isotonic", "platt"} or None, default="isotonic"
-        Map the detector's score to P(unseen | x) with a monotone fit on pseudo-unseen
-        rounds of the seen classes (no unseen image is used); None: the raw score.
-    unseen_prior : float, optional
-        The unseen fraction the calibrated P(unseen | x) assumes; default
-        n_unseen / (n_seen + n_unseen), i.e. every class equally frequent.
-    calibration_rounds : int, optional
-        How many groups of ``len(unseen_classes)`` seen classes to hold out in turn
-        (default: all, each seen class once). In the semantic space each round trains a
-        mapping.
-    max_false_alarm : float or None, default=0.1
-        The default threshold of a calibrated model sends at most this share of the
-        pseudo-unseen rounds' pseudo-seen images to the unseen branch (protecting seen
-        accuracy) and, among such thresholds, maximises the harmonic mean of both routing
-        accuracies; None: no limit.
+    novelty : "auto", "loop", "gaussian" or NoveltyGate, default="auto"
+        What gives P(unseen | x). ``"auto"``: a gate with LoOP in a PCA of the features
+        and the Gaussian detector in the semantic space; ``"loop"``/``"gaussian"``: a gate
+        with that detector alone; :func:`fastzsl.novelty_gate.paper_gate` for the paper's
+        pipeline. A gate object is cloned at fit.
+    mapper : SemanticMapper, optional
+        The (unfitted) mapping into the word-vector space; default
+        ``SemanticMapper(random_state=random_state)``. Cloned at fit.
+    seen_classifier : SoftmaxClassifier, optional
+        The (unfitted) classifier of the seen classes; default
+        ``SoftmaxClassifier(random_state=random_state)``. Cloned at fit.
     combine : {"soft", "hard"}, optional
-        Eq. 2 of the paper, or route each image by ``outlier_probability > threshold``.
-        Default: hard when calibrated (it gave the higher GZSL H); uncalibrated, soft with
-        LoOP and hard with the Gaussian detector (see the module doc).
+        Force one combination for ``predict_proba`` and ``predict``: Eq. 2 of the paper, or
+        route each image by ``outlier_probability > threshold``. Default: ``predict_proba``
+        is the soft Eq. 2 mixture (calibrated gates; the paper's routing for uncalibrated
+        ones) and ``predict`` routes as the gate's rounds preferred (``combine_``).
     threshold : float, optional
-        For ``combine="hard"``. Default: calibrated, the threshold chosen on the
-        pseudo-unseen rounds (``routing_threshold_``, see ``max_false_alarm``);
-        uncalibrated, 0.5 (LoOP) or 0.95 (Gaussian: about 5% of the training images
-        called unseen).
-    n_neighbors, extent : int, float, default=20, 3.0
-        LoOP settings.
-    loop_per_class : bool, default=False
-        The authors' code: one LoOP per seen class, P(unseen | x) = min over classes.
-    gaussian_rule, gaussian_variance : str, default="paper", "class"
-        See :class:`fastzsl.GaussianNovelty`.
+        For hard routing; default the gate's (chosen on the pseudo-unseen rounds).
+    unseen_prior : float, optional
+        The unseen share of the images to classify; P(unseen | x) follows by Bayes' rule,
+        without refitting (``set_params(unseen_prior=...)`` on a fitted model). Default:
+        the gate's ``unseen_prior``, else n_unseen / (n_seen + n_unseen).
     unseen_variance : float, optional
         The shared variance of the unseen-class Gaussians (a softmax temperature); default
         the mean variance of the mapped seen training points around their word vectors.
-    mapper_params, softmax_params : dict, optional
-        Passed to :class:`SemanticMapper` and :class:`SoftmaxClassifier`.
     multiword : {"average", "error"}, default="average"
-    backend, knn : str, default="auto"
-        Kernel backend and kNN method of the novelty detector.
+    backend : str, default="auto"
+        Kernel backend of the shorthand detectors (and of the detectors of a gate object,
+        when not "auto").
     random_state : int, default=0
+        Seeds the default mapping and softmax and the gate.
     progress : bool, default=False
         Progress bars for training and kNN search.
     n_jobs : int, optional
@@ -144,71 +114,41 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         Word vectors in ``classes_`` order.
     mapper_ : SemanticMapper
     seen_classifier_ : SoftmaxClassifier
-    detector_ : LoOP, GaussianNovelty, or dict {class: LoOP} (``loop_per_class``)
-    projection_ : PCAProjection or None
-        The detection space's projection (``novelty_space="pca"``).
-    calibrator_ : ScoreCalibrator or None
-    routing_threshold_ : float or None
-        The threshold chosen on the pseudo-unseen rounds (calibrated models).
+    gate_ : NoveltyGate
     unseen_variance_ : float
     """
 
-    def __init__(self, class_vectors, unseen_classes, *, novelty="loop", novelty_space=None,
-                 pca_components=50, novelty_fit="training", cv=5, calibration="isotonic",
-                 unseen_prior=None, calibration_rounds=None, max_false_alarm=0.1, combine=None,
-                 threshold=None, n_neighbors=20, extent=3.0, loop_per_class=False,
-                 gaussian_rule="paper", gaussian_variance="class", unseen_variance=None,
-                 mapper_params=None, softmax_params=None, multiword="average",
-                 backend="auto", knn="auto", random_state=0, progress=False, n_jobs=None):
+    def __init__(self, class_vectors, unseen_classes, *, novelty="auto", mapper=None,
+                 seen_classifier=None, combine=None, threshold=None, unseen_prior=None,
+                 unseen_variance=None, multiword="average", backend="auto", random_state=0,
+                 progress=False, n_jobs=None):
         self.class_vectors = class_vectors
         self.unseen_classes = unseen_classes
         self.novelty = novelty
-        self.novelty_space = novelty_space
-        self.pca_components = pca_components
-        self.novelty_fit = novelty_fit
-        self.cv = cv
-        self.calibration = calibration
-        self.unseen_prior = unseen_prior
-        self.calibration_rounds = calibration_rounds
-        self.max_false_alarm = max_false_alarm
+        self.mapper = mapper
+        self.seen_classifier = seen_classifier
         self.combine = combine
         self.threshold = threshold
-        self.n_neighbors = n_neighbors
-        self.extent = extent
-        self.loop_per_class = loop_per_class
-        self.gaussian_rule = gaussian_rule
-        self.gaussian_variance = gaussian_variance
+        self.unseen_prior = unseen_prior
         self.unseen_variance = unseen_variance
-        self.mapper_params = mapper_params
-        self.softmax_params = softmax_params
         self.multiword = multiword
         self.backend = backend
-        self.knn = knn
         self.random_state = random_state
         self.progress = progress
         self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------ fitting
     def _check_params(self):
-        if self.novelty not in NOVELTY:
-            raise ValueError(f"novelty must be one of {NOVELTY}, got {self.novelty!r}")
+        if isinstance(self.novelty, str) and self.novelty not in NOVELTY:
+            raise ValueError(f"novelty must be one of {NOVELTY} or a NoveltyGate, "
+                             f"got {self.novelty!r}")
+        if not isinstance(self.novelty, (str, NoveltyGate)):
+            raise TypeError(f"novelty must be one of {NOVELTY} or a NoveltyGate, got a "
+                            f"{type(self.novelty).__name__}")
         if self.combine is not None and self.combine not in COMBINE:
             raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
-        if self.novelty_space is not None and self.novelty_space not in SPACES:
-            raise ValueError(f"novelty_space must be one of {SPACES} or None, "
-                             f"got {self.novelty_space!r}")
-        if self.novelty_fit not in NOVELTY_FITS:
-            raise ValueError(f"novelty_fit must be one of {NOVELTY_FITS}, "
-                             f"got {self.novelty_fit!r}")
-        if self.novelty_fit == "crossfit" and (isinstance(self.cv, bool) or not isinstance(
-                self.cv, (int, np.integer)) or self.cv < 2):
-            raise ValueError(f"cv must be an int >= 2 for novelty_fit='crossfit', got {self.cv!r}")
-        if self.calibration is not None:
-            ScoreCalibrator(self.calibration)  # names the valid choices
         if self.unseen_prior is not None:
             check_prior(self.unseen_prior)
-        if self.max_false_alarm is not None:
-            check_false_alarm(self.max_false_alarm)
         unseen = [self.unseen_classes] if isinstance(self.unseen_classes, str) \
             else list(self.unseen_classes)
         if not unseen:
@@ -222,6 +162,30 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             return lookup_class_vectors(names, self.class_vectors, multiword=self.multiword)
         except KeyError as exc:
             raise UnknownClassError(exc.args[0]) from None
+
+    def _new_gate(self) -> NoveltyGate:
+        """The gate to fit: the shorthand's, or a clone of the given one."""
+        if isinstance(self.novelty, str):
+            kinds = SHORTHANDS if self.novelty == "auto" else (self.novelty,)
+            gate = NoveltyGate([shorthand_detector(k, backend=self.backend,
+                                                   progress=self.progress) for k in kinds])
+        else:
+            gate = clone(self.novelty)
+            if self.backend != "auto":
+                for _, detector, _ in gate._detector_specs():
+                    if "backend" in detector.get_params():
+                        detector.set_params(backend=self.backend)
+        return gate.set_params(random_state=self.random_state)
+
+    def _new_mapper(self):
+        if self.mapper is None:
+            return SemanticMapper(random_state=self.random_state, progress=self.progress)
+        return clone(self.mapper)
+
+    def _new_seen_classifier(self):
+        if self.seen_classifier is None:
+            return SoftmaxClassifier(random_state=self.random_state, progress=self.progress)
+        return clone(self.seen_classifier)
 
     @uses_n_jobs
     def fit(self, X, y):
@@ -252,22 +216,20 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         codes = np.searchsorted(self.seen_classes_, y)
 
         self.mapper_ = self._new_mapper().fit(X, codes, W_seen)
-        self.seen_classifier_ = SoftmaxClassifier(
-            random_state=self.random_state, progress=self.progress,
-            **(self.softmax_params or {})).fit(X, y)
+        self.seen_classifier_ = self._new_seen_classifier().fit(X, y)
         self.n_features_in_ = X.shape[1]
         return self._fit_novelty(X, y)
 
     @uses_n_jobs
     def refit_novelty(self, X, y, **params):
-        """Set detector parameters and refit only the novelty detector (and the unseen
-        variance), keeping the trained mapping and softmax: a cheap way to compare
-        detectors on one model. ``X, y`` are the training data given to ``fit``.
+        """Set parameters and refit only the novelty gate (and the unseen variance),
+        keeping the trained mapping and softmax: a cheap way to compare gates on one
+        model. ``X, y`` are the training data given to ``fit``.
 
-        >>> gaussian = copy.deepcopy(model).refit_novelty(X, y, novelty="gaussian")  # doctest: +SKIP
+        >>> paper = copy.deepcopy(model).refit_novelty(X, y, novelty=paper_gate())  # doctest: +SKIP
         """
         check_is_fitted(self)
-        trained = {"class_vectors", "unseen_classes", "mapper_params", "softmax_params",
+        trained = {"class_vectors", "unseen_classes", "mapper", "seen_classifier",
                    "multiword", "random_state"}
         if trained & set(params):
             raise ValueError(f"refit_novelty cannot change {sorted(trained & set(params))}: "
@@ -280,27 +242,16 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             raise ValueError("y contains unseen classes: pass the training data given to fit")
         return self._fit_novelty(X, y)
 
-    def _new_mapper(self, seed_offset=0):
-        return SemanticMapper(random_state=self.random_state + seed_offset,
-                              progress=self.progress, **(self.mapper_params or {}))
-
     def _fit_novelty(self, X, y):
-        """Everything that decides P(unseen | x): the detection space, the detector, the
-        calibration and the routing threshold; and the unseen classes' shared variance."""
+        """The novelty gate, fitted on the seen classes alone, and the unseen classes'
+        shared variance."""
         codes = np.searchsorted(self.seen_classes_, y)
         F = self.mapper_.transform(X)
-        space_map, self.detector_ = self._fit_detection(X, codes, mapper=self.mapper_, F=F)
-        self.projection_ = space_map if isinstance(space_map, PCAProjection) else None
-        self.calibrator_, self.routing_threshold_ = None, None
-        if self.calibration is not None:
-            scores, is_pseudo_unseen = self._pseudo_unseen_scores(X, codes)
-            prior = self.unseen_prior_
-            self.calibrator_ = ScoreCalibrator(self.calibration).fit(
-                scores, is_pseudo_unseen, sample_weight=prior_weights(is_pseudo_unseen, prior))
-            self.routing_threshold_ = routing_threshold(
-                self.calibrator_.transform(scores), is_pseudo_unseen, self.max_false_alarm)
+        W_seen = self.class_vectors_[: len(self.seen_classes_)]
+        self.gate_ = self._new_gate().fit(
+            X, y, seen_vectors=W_seen, unseen_vectors=self.class_vectors_[len(W_seen):],
+            mapper=self.mapper_, seen_classifier=self.seen_classifier_, F=F)
         if self.unseen_variance is None:
-            W_seen = self.class_vectors_[: len(self.seen_classes_)]
             sq = ((F - W_seen[codes]).astype(np.float64) ** 2).sum(axis=1)
             per_class = np.bincount(codes, weights=sq) / (np.bincount(codes) * F.shape[1])
             self.unseen_variance_ = float(per_class.mean())
@@ -308,97 +259,33 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             self.unseen_variance_ = float(self.unseen_variance)
         return self
 
-    @property
-    def novelty_space_(self):
-        return DEFAULT_SPACE[self.novelty] if self.novelty_space is None else self.novelty_space
-
-    @property
-    def unseen_prior_(self):
-        if self.unseen_prior is not None:
-            return check_prior(self.unseen_prior)
-        return len(self.unseen_classes_) / len(self.classes_)
-
-    def _fit_detection(self, X, codes, *, mapper=None, F=None):
-        """(space map, detector) fitted on images X of the seen classes ``codes`` (indices
-        into ``seen_classes_``; a subset of them in a pseudo-unseen round).
-
-        The space map takes images to the detection space (``transform``): the mapping in
-        the semantic space (``mapper``, trained on X, or a new one trained here for the
-        classes present; ``F`` is ``mapper.transform(X)`` if known), a PCAProjection, or
-        None for the image features themselves.
-        """
-        space, space_map, means = self.novelty_space_, None, None
-        if space == "semantic":
-            present = np.unique(codes)
-            W = self.class_vectors_[present]
-            local = np.searchsorted(present, codes)
-            if mapper is None:
-                mapper, F = self._new_mapper().fit(X, local, W), None
-            if self.novelty_fit == "crossfit":
-                Z = self._cross_fitted(X, local, W)
-            else:
-                Z = mapper.transform(X) if F is None else F
-            means, space_map = dict(zip(self.seen_classes_[present].tolist(), W)), mapper
-        elif space == "pca":
-            space_map = PCAProjection(self.pca_components, random_state=self.random_state)
-            Z = space_map.fit_transform(X)
-        else:
-            Z = X
-        return space_map, self._fit_detector(Z, self.seen_classes_[codes], means, codes)
-
-    def _fit_detector(self, Z, y, means, codes):
-        if self.novelty == "gaussian":
-            return GaussianNovelty(rule=self.gaussian_rule, variance=self.gaussian_variance,
-                                   backend=self.backend).fit(Z, y, means=means)
-        make = lambda: LoOP(n_neighbors=self.n_neighbors, extent=self.extent,  # noqa: E731
-                            backend=self.backend, knn=self.knn, progress=self.progress)
-        if self.loop_per_class:
-            return {self.seen_classes_[c]: make().fit(Z[codes == c]) for c in np.unique(codes)}
-        return make().fit(Z)
-
-    def _cross_fitted(self, X, codes, W):
-        """X mapped out of fold: each of ``cv`` folds by a mapping trained on the others."""
-        fold = np.random.default_rng(self.random_state).permutation(X.shape[0]) % self.cv
-        Z = np.empty((X.shape[0], W.shape[1]), dtype=np.float32)
-        for j in range(self.cv):
-            rows = fold == j
-            mapper = self._new_mapper(seed_offset=j + 1).fit(X[~rows], codes[~rows], W)
-            Z[rows] = mapper.transform(X[rows])
-        return Z
-
-    def _pseudo_unseen_scores(self, X, codes):
-        """Raw detector scores of pseudo-seen and pseudo-unseen images, pooled over the
-        rounds, and which of them are pseudo-unseen (see :mod:`fastzsl.calibration`)."""
-        groups = pseudo_unseen_rounds(len(self.seen_classes_), len(self.unseen_classes_),
-                                      n_rounds=self.calibration_rounds,
-                                      random_state=self.random_state)
-        scores, labels = [], []
-        for r, held_out in enumerate(groups):
-            is_held = np.isin(codes, held_out)
-            rest = np.flatnonzero(~is_held)
-            is_val = validation_split(codes[rest], random_state=self.random_state + r)
-            fit_rows, val_rows = rest[~is_val], rest[is_val]
-            space_map, detector = self._fit_detection(X[fit_rows], codes[fit_rows])
-            for rows, unseen in ((val_rows, False), (np.flatnonzero(is_held), True)):
-                Z = X[rows] if space_map is None else space_map.transform(X[rows])
-                scores.append(_raw_score(detector, Z))
-                labels.append(np.full(rows.size, unseen))
-        return np.concatenate(scores), np.concatenate(labels)
-
     # ------------------------------------------------------------------ scoring
     @property
-    def threshold_(self):
-        if self.threshold is not None:
-            return self.threshold
-        if self.calibrator_ is not None:
-            return self.routing_threshold_
-        return PAPER_THRESHOLD[self.novelty]
+    def unseen_prior_(self) -> float:
+        """The unseen share P(unseen | x) assumes now."""
+        if self.unseen_prior is not None:
+            return check_prior(self.unseen_prior)
+        return self.gate_.prior()
 
     @property
-    def combine_(self):
+    def threshold_(self) -> float:
+        """The hard-routing threshold on P(unseen | x) (at ``unseen_prior_``)."""
+        if self.threshold is not None:
+            return self.threshold
+        return self.gate_.threshold(self.unseen_prior_)
+
+    @property
+    def combine_(self) -> str:
+        """How ``predict`` combines the branches: ``combine``, else the gate's routing."""
+        return self.combine if self.combine is not None else self.gate_.routing_
+
+    @property
+    def proba_combine_(self) -> str:
+        """How ``predict_proba`` combines them: ``combine``, else the soft Eq. 2 mixture
+        (calibrated gates) or the paper's routing (uncalibrated ones)."""
         if self.combine is not None:
             return self.combine
-        return CALIBRATED_COMBINE if self.calibrator_ is not None else PAPER_COMBINE[self.novelty]
+        return "soft" if self.gate_.calibrator_ is not None else self.gate_.routing_
 
     def _check_X(self, X):
         check_is_fitted(self)
@@ -406,16 +293,14 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         check_same_width(X, self.n_features_in_, "X", "ZeroShotClassifier")
         return X
 
-    def _unseen_probability(self, X, F=None):
-        """P(unseen | x) of validated images X (mapped: F, if the caller has it; only the
-        semantic space needs it)."""
-        space = self.novelty_space_
-        if space == "semantic":
-            Z = self.mapper_.transform(X) if F is None else F
-        else:
-            Z = self.projection_.transform(X) if space == "pca" else X
-        score = _raw_score(self.detector_, Z)
-        return score if self.calibrator_ is None else self.calibrator_.transform(score)
+    def _unseen_probability(self, X, F=None, p_seen=None):
+        """P(unseen | x) of validated images X (mapped: F, and the seen softmax's
+        probabilities, if the caller has them; computed only when the gate needs them)."""
+        if self.gate_.uses_semantic_space and F is None:
+            F = self.mapper_.transform(X)
+        if self.gate_.agnostic_ and p_seen is None:
+            p_seen = self.seen_classifier_.predict_proba(X)
+        return self.gate_.outlier_probability(X, F=F, p_seen=p_seen, prior=self.unseen_prior_)
 
     def _unseen_class_probability(self, F):
         """P(y | unseen, f): softmax over the unseen classes' Gaussian log-likelihoods."""
@@ -431,8 +316,8 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     def _branches(self, X):
         """(P(y|seen,x), P(y|unseen,f), P(unseen|x)) for validated X."""
         F = self.mapper_.transform(X)
-        return (self.seen_classifier_.predict_proba(X), self._unseen_class_probability(F),
-                self._unseen_probability(X, F))
+        p_seen = self.seen_classifier_.predict_proba(X)
+        return p_seen, self._unseen_class_probability(F), self._unseen_probability(X, F, p_seen)
 
     def _combine(self, p_seen, p_unseen_class, p_unseen, combine, threshold):
         if combine == "hard":
@@ -442,25 +327,35 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
 
     @uses_n_jobs
     def predict_proba(self, X):
-        """P(y | x) over ``classes_`` (seen then unseen): float64, rows sum to 1 within 1e-12."""
+        """P(y | x) over ``classes_`` (seen then unseen): float64, rows sum to 1 within
+        1e-12. The calibrated Eq. 2 mixture unless ``combine`` says otherwise."""
         return self.predict_proba_with_novelty(X)[0]
 
     def predict_proba_with_novelty(self, X):
-        """``(predict_proba(X), outlier_probability(X))`` from one pass over X.
-
-        What batch scoring needs: the mapping and the novelty detector run once per row.
-        """
-        p_seen, p_unseen_class, p_unseen = self._branches(self._check_X(X))
-        proba = self._combine(p_seen, p_unseen_class, p_unseen, self.combine_, self.threshold_)
+        """``(predict_proba(X), outlier_probability(X))`` from one pass over X."""
+        _, proba, p_unseen = self.predict_with_proba(X)
         return proba, p_unseen
 
+    @uses_n_jobs
+    def predict_with_proba(self, X):
+        """``(predict(X), predict_proba(X), outlier_probability(X))`` from one pass over X.
+
+        What batch scoring needs: the mapping and the novelty gate run once per row.
+        """
+        p_seen, p_unseen_class, p_unseen = self._branches(self._check_X(X))
+        proba = self._combine(p_seen, p_unseen_class, p_unseen, self.proba_combine_,
+                              self.threshold_)
+        routed = proba if self.combine_ == self.proba_combine_ else self._combine(
+            p_seen, p_unseen_class, p_unseen, self.combine_, self.threshold_)
+        return self.classes_[np.argmax(routed, axis=1)], proba, p_unseen
+
     def predict(self, X):
-        """The most probable class name of each row."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        """The most probable class name of each row, routed as ``combine_`` says."""
+        return self.predict_with_proba(X)[0]
 
     @uses_n_jobs
     def outlier_probability(self, X):
-        """P(unseen | x) from the novelty detector, in [0, 1]."""
+        """P(unseen | x) from the novelty gate, in [0, 1], at ``unseen_prior_``."""
         return self._unseen_probability(self._check_X(X))
 
     @uses_n_jobs
@@ -485,9 +380,10 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         """Accuracies of the fitted model on labelled test images (seen and unseen classes).
 
         Returns a dict with the soft and hard variants' seen / unseen / overall accuracy
-        and GZSL scores, the zero-shot accuracy among the unseen classes alone (unseen
-        images, unseen classifier only: the paper's 2-way number for two unseen classes),
-        and the hard-threshold curve over ``thresholds``.
+        and GZSL scores (``routing``: which of them ``predict`` uses), the zero-shot
+        accuracy among the unseen classes alone (unseen images, unseen classifier only: the
+        paper's 2-way number for two unseen classes), and the hard-threshold curve over
+        ``thresholds``.
 
         ``unseen_probability`` (shape (n,)), when given, replaces the fitted detector's
         P(unseen | x): it scores another novelty detector (e.g. one fitted in the raw
@@ -515,7 +411,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             "soft": scores(self._combine(p_seen, p_unseen_class, p_unseen, "soft", None)),
             "hard": scores(self._combine(p_seen, p_unseen_class, p_unseen, "hard",
                                          self.threshold_)),
-            "threshold": self.threshold_,
+            "threshold": self.threshold_, "routing": self.combine_,
             "zero_shot_accuracy": float(np.mean(zsl_pred == y[is_unseen])) if is_unseen.any()
             else float("nan"),
             "curve": {"thresholds": list(map(float, thresholds)),
@@ -524,21 +420,15 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ model files
     def _export(self):
-        params = self.get_params()
-        params["class_vectors"] = None  # stored as the class_vectors array instead
-        parts = {"mapper": self.mapper_._export(), "softmax": self.seen_classifier_._export()}
-        if isinstance(self.detector_, dict):
-            for i, detector in enumerate(self.detector_.values()):
-                parts[f"detector{i}"] = detector._export()
-        else:
-            parts["detector"] = self.detector_._export()
-        for name, part in (("projection", self.projection_), ("calibrator", self.calibrator_)):
-            if part is not None:
-                parts[name] = part._export()
-        meta, arrays = pack_parts(parts)
+        params = self.get_params(deep=False)
+        params.update(class_vectors=None,  # stored as the class_vectors array instead
+                      novelty=self.novelty if isinstance(self.novelty, str) else None,
+                      mapper=None, seen_classifier=None)  # the fitted parts hold theirs
+        meta, arrays = pack_parts({"mapper": self.mapper_._export(),
+                                   "softmax": self.seen_classifier_._export(),
+                                   "gate": self.gate_._export()})
         meta.update(params=params, classes=self.classes_.tolist(), n_seen=len(self.seen_classes_),
-                    unseen_variance=self.unseen_variance_, n_features_in=self.n_features_in_,
-                    routing_threshold=self.routing_threshold_)
+                    unseen_variance=self.unseen_variance_, n_features_in=self.n_features_in_)
         arrays["class_vectors"] = self.class_vectors_
         return meta, arrays
 
@@ -550,8 +440,11 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         classes = meta["classes"]
         n_seen = meta["n_seen"]
         vectors = arrays["class_vectors"]
-        # Files written before calibration existed hold the paper's pipeline.
-        params = {**PAPER, **meta["params"]}
+        if "gate" in meta:
+            params, gate = dict(meta["params"]), NoveltyGate._restore(*part("gate"))
+            params["novelty"] = params["novelty"] or clone(gate)
+        else:  # written before the gate existed (0.1.0 and later)
+            params, gate = _legacy_params_and_gate(meta, arrays, np.array(classes[:n_seen]))
         params["class_vectors"] = {c: vectors[i] for i, c in enumerate(classes)}
         model = cls(**params)
         model.classes_ = np.array(classes)
@@ -561,24 +454,64 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         model.n_features_in_ = meta["n_features_in"]
         model.mapper_ = SemanticMapper._restore(*part("mapper"))
         model.seen_classifier_ = SoftmaxClassifier._restore(*part("softmax"))
-        if model.novelty == "gaussian":
-            model.detector_ = GaussianNovelty._restore(*part("detector"))
-        elif model.loop_per_class:
-            model.detector_ = {c: LoOP._restore(*part(f"detector{i}"))
-                               for i, c in enumerate(model.seen_classes_)}
-        else:
-            model.detector_ = LoOP._restore(*part("detector"))
-        model.projection_ = PCAProjection._restore(*part("projection")) \
-            if "projection" in meta else None
-        model.calibrator_ = ScoreCalibrator._restore(*part("calibrator")) \
-            if "calibrator" in meta else None
-        model.routing_threshold_ = meta.get("routing_threshold")
+        model.gate_ = gate
+        model.mapper, model.seen_classifier = clone(model.mapper_), clone(model.seen_classifier_)
         return model
 
 
-def _raw_score(detector, Z):
-    """The uncalibrated novelty score: the detector's outlier probability (the minimum
-    over the per-class LoOPs with ``loop_per_class``, as in the authors' code)."""
-    if isinstance(detector, dict):
-        return np.min([d.outlier_probability(Z) for d in detector.values()], axis=0)
-    return np.asarray(detector.outlier_probability(Z), dtype=np.float64)
+# Files written before calibration existed hold the paper's pipeline.
+_LEGACY_PAPER = {"novelty_space": "semantic", "novelty_fit": "training", "calibration": None}
+_LEGACY_SPACE = {"loop": "pca", "gaussian": "semantic"}
+
+
+def _legacy_params_and_gate(meta, arrays, seen_classes):
+    """(ZeroShotClassifier params, fitted NoveltyGate) of a model file written before the
+    gate existed: the same detector, projection, calibrator and threshold, so the loaded
+    model gives the outputs it gave then."""
+    old = {**_LEGACY_PAPER, **meta["params"]}
+    kind = old["novelty"]
+    space = old["novelty_space"] or _LEGACY_SPACE[kind]
+    if old.get("loop_per_class"):
+        detectors = [_restore_part("LoOP", *unpack_part(meta, arrays, f"detector{i}"))
+                     for i in range(len(seen_classes))]
+        detector = PerClass(detectors[0])
+        detector.classes_, detector.detectors_ = seen_classes, detectors
+    else:
+        name = "GaussianNovelty" if kind == "gaussian" else "LoOP"
+        detector = _restore_part(name, *unpack_part(meta, arrays, "detector"))
+    projection = PCAProjection._restore(*unpack_part(meta, arrays, "projection")) \
+        if "projection" in meta else None
+    calibrated = "calibrator" in meta
+    n_unseen = len(meta["classes"]) - len(seen_classes)
+    default_prior = n_unseen / len(meta["classes"])
+    gate = NoveltyGate([(kind, detector, space)], calibration=old["calibration"],
+                       class_agnostic=False, unseen_prior=old.get("unseen_prior"),
+                       rounds=old.get("calibration_rounds"),
+                       max_false_alarm=old.get("max_false_alarm", 0.1),
+                       routing="hard" if calibrated else
+                       {"loop": "soft", "gaussian": "hard"}[kind],
+                       fit_mode=old["novelty_fit"], cv=old.get("cv", 5),
+                       pca_components=old.get("pca_components", 50),
+                       random_state=old.get("random_state", 0))
+    gate.channels_ = [(kind, space, projection, detector)]
+    gate.classes_ = seen_classes
+    gate.agnostic_, gate.seen_vectors_, gate.unseen_vectors_ = False, None, None
+    gate.default_prior_, gate.choice_ = default_prior, {}
+    gate.routing_ = gate.routing
+    if calibrated:
+        gate.calibrator_ = ScoreCalibrator._restore(*unpack_part(meta, arrays, "calibrator"))
+        gate.calibration_ = f"{gate.calibrator_.method} {kind}"
+        # the calibrator and threshold were fitted at the prior of the time
+        gate.reference_prior_ = old.get("unseen_prior") or default_prior
+        gate.routing_threshold_ = meta.get("routing_threshold")
+    else:
+        gate.calibrator_, gate.calibration_, gate.routing_threshold_ = None, "none", None
+        gate.reference_prior_ = 0.5
+    params = {key: old[key] for key in ("unseen_classes", "combine", "threshold",
+                                         "unseen_variance", "multiword", "backend",
+                                         "random_state", "progress") if key in old}
+    params.update(n_jobs=old.get("n_jobs"), novelty=clone(gate),
+                  unseen_prior=old.get("unseen_prior"))
+    if calibrated and params.get("combine") is None:
+        params["combine"] = "hard"  # what a calibrated model combined with then
+    return params, gate

@@ -106,13 +106,13 @@ def test_folder_of_mixed_shards_keeps_global_row_order(loop_job, tmp_path):
 @pytest.fixture(scope="module")
 def zeroshot_job(tmp_path_factory):
     pytest.importorskip("torch")
-    from test_zeroshot import FAST, UNSEEN, _world
+    from test_zeroshot import FAST, UNSEEN, _world, default_gate
 
     from fastzsl import ZeroShotClassifier
 
     folder = tmp_path_factory.mktemp("zsl_job")
     vectors, X, y, X_test, _ = _world()
-    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST).fit(X, y)
+    model = ZeroShotClassifier(vectors, UNSEEN, novelty=default_gate(rounds=2), **FAST).fit(X, y)
     model.save(folder / "model.fzsl")
     np.save(folder / "features.npy", X_test)
     return folder, model, X_test
@@ -127,15 +127,15 @@ def test_zeroshot_scores_with_probability_rows(zeroshot_job, tmp_path, output_fo
     # The model on the same 97-row chunks: the same shapes through the same code, so the
     # same bits. (Other chunk sizes may round the float32 GEMMs of the mapping and the
     # softmax differently, as the BLAS blocks another shape otherwise.)
-    parts = [model.predict_proba_with_novelty(X[start:start + 97])
-             for start in range(0, len(X), 97)]
+    chunks = [X[start:start + 97] for start in range(0, len(X), 97)]
+    parts = [model.predict_proba_with_novelty(chunk) for chunk in chunks]
     proba = np.concatenate([part[0] for part in parts])
     p_unseen = np.concatenate([part[1] for part in parts])
-    predicted = np.concatenate([model.predict(X[start:start + 97])
-                                for start in range(0, len(X), 97)])
+    predicted = np.concatenate([model.predict(chunk) for chunk in chunks])
     np.testing.assert_array_equal(scores["predicted_class"].astype(str), predicted)
     np.testing.assert_array_equal(scores["p_unseen"], p_unseen)
-    np.testing.assert_array_equal(scores["top_probability"], proba.max(axis=1))
+    column = [model.classes_.tolist().index(c) for c in predicted]
+    np.testing.assert_array_equal(scores["top_probability"], proba[np.arange(len(X)), column])
     if output_format == "npy":
         np.testing.assert_array_equal(scores["proba"], proba)
     else:

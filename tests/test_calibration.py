@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from fastzsl.calibration import (PCAProjection, ScoreCalibrator, check_prior, prior_weights,
+from fastzsl.calibration import (ScoreCalibrator, check_prior, prior_weights,
                                  pseudo_unseen_rounds, routing_threshold, validation_split)
+from fastzsl.novelty_gate import PCAProjection
 from fastzsl.testing import Bounded, assert_within_bound, unit_roundoff
 
 
@@ -22,7 +23,7 @@ def test_rounds_partition_the_seen_classes_and_leave_some_in(n_classes, size):
 def test_rounds_need_two_classes_and_a_valid_count():
     with pytest.raises(ValueError, match="at least 2 seen classes"):
         pseudo_unseen_rounds(1, 1)
-    with pytest.raises(ValueError, match="calibration_rounds"):
+    with pytest.raises(ValueError, match="rounds must be an int"):
         pseudo_unseen_rounds(4, 1, n_rounds=0)
 
 

@@ -1,4 +1,6 @@
 """The zero-shot model end to end, on synthetic data where the right answer is known."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -6,6 +8,9 @@ torch = pytest.importorskip("torch")
 
 import fastzsl  # noqa: E402
 from fastzsl import SemanticMapper, SoftmaxClassifier, ZeroShotClassifier  # noqa: E402
+from fastzsl.gaussian import GaussianNovelty  # noqa: E402
+from fastzsl.loop import LoOP  # noqa: E402
+from fastzsl.novelty_gate import NoveltyGate, PerClass, paper_gate, shorthand_detector  # noqa: E402
 from fastzsl.testing import (  # noqa: E402
     Bounded, affine_with_bound, assert_within_bound, matmul_error_bound, unit_roundoff,
 )
@@ -46,13 +51,21 @@ def world():
     return _world()
 
 
-FAST = dict(mapper_params=dict(hidden=32, max_iter=300), softmax_params=dict(max_iter=200))
+FAST = dict(mapper=SemanticMapper(hidden=32, max_iter=300),
+            seen_classifier=SoftmaxClassifier(max_iter=200))
+
+
+def default_gate(rounds=2, **params):
+    """The default gate (LoOP in a PCA, Gaussian in the semantic space) with k = 10 and,
+    to keep the tests short, 2 pseudo-unseen rounds (each trains a mapping and a softmax)."""
+    return NoveltyGate([shorthand_detector("loop", n_neighbors=10),
+                        shorthand_detector("gaussian")], rounds=rounds, **params)
 
 
 @pytest.fixture(scope="module")
 def fitted(world):
     vectors, X, y, _, _ = world
-    return ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST).fit(X, y)
+    return ZeroShotClassifier(vectors, UNSEEN, novelty=default_gate(), **FAST).fit(X, y)
 
 
 def test_mapped_training_points_land_near_their_word_vectors(world, fitted):
@@ -101,13 +114,20 @@ def test_rows_sum_to_one_when_unseen_classes_compete(world, fitted, unseen_varia
     np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=0, atol=1e-12)
 
 
-def test_hard_and_soft_agree_when_unseen_probability_is_zero_or_one(world, fitted):
+def test_predict_proba_is_the_calibrated_eq_2_mixture(world, fitted):
+    """Eq. 2 computed here from the public parts: the seen softmax, Gaussians around the
+    unseen word vectors, and the calibrated P(unseen | x)."""
     X_test = world[3]
-    p_seen, p_unseen_class, _ = fitted._branches(X_test)
-    for certain in (np.zeros(len(X_test)), np.ones(len(X_test))):
-        soft = fitted._combine(p_seen, p_unseen_class, certain, "soft", 0.5)
-        hard = fitted._combine(p_seen, p_unseen_class, certain, "hard", 0.5)
-        np.testing.assert_array_equal(soft, hard)
+    p_u = fitted.outlier_probability(X_test)
+    assert 0.0 < p_u.min() and p_u.max() < 1.0  # a probability, not a routing
+    p_seen = fitted.seen_classifier_.predict_proba(X_test)
+    F = fitted.transform(X_test).astype(np.float64)
+    W = fitted.class_vectors_[len(SEEN):].astype(np.float64)
+    L = -((F[:, None] - W[None]) ** 2).sum(2) / (2 * fitted.unseen_variance_)
+    p_unseen_class = np.exp(L - L.max(1, keepdims=True))
+    p_unseen_class /= p_unseen_class.sum(1, keepdims=True)
+    expected = np.hstack([p_seen * (1 - p_u)[:, None], p_unseen_class * p_u[:, None]])
+    np.testing.assert_allclose(fitted.predict_proba(X_test), expected, rtol=0, atol=1e-6)
 
 
 def test_threshold_curve_runs_from_all_unseen_to_all_seen(world, fitted):
@@ -119,13 +139,14 @@ def test_threshold_curve_runs_from_all_unseen_to_all_seen(world, fitted):
 
 
 @pytest.mark.parametrize("options", [
-    dict(novelty="gaussian"),
-    dict(novelty="gaussian", gaussian_rule="mixture"),
-    dict(novelty="loop", loop_per_class=True, combine="hard"),
+    dict(novelty=paper_gate("gaussian")),
+    dict(novelty=paper_gate("gaussian", rule="mixture")),
+    dict(novelty=NoveltyGate([("loop", PerClass(LoOP(n_neighbors=10)), "semantic")],
+                             calibration=None), combine="hard"),
 ])
 def test_other_detectors_work_and_survive_save_load(world, options, tmp_path):
     vectors, X, y, X_test, y_test = world
-    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST, **options).fit(X, y)
+    model = ZeroShotClassifier(vectors, UNSEEN, **FAST, **options).fit(X, y)
     assert model.combine_ == "hard"
     report = model.evaluate(X_test, y_test)
     assert report["hard"]["seen_accuracy"] > 0.8 and report["hard"]["unseen_accuracy"] > 0.8
@@ -210,8 +231,8 @@ def test_gensim_keyed_vectors_work_as_class_vectors(world):
     vectors, X, y, X_test, _ = world
     kv = KeyedVectors(4)
     kv.add_vectors(list(vectors), np.stack(list(vectors.values())))
-    a = ZeroShotClassifier(kv, UNSEEN, n_neighbors=10, **FAST).fit(X, y)
-    b = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST).fit(X, y)
+    a = ZeroShotClassifier(kv, UNSEEN, novelty=paper_gate(n_neighbors=10), **FAST).fit(X, y)
+    b = ZeroShotClassifier(vectors, UNSEEN, novelty=paper_gate(n_neighbors=10), **FAST).fit(X, y)
     np.testing.assert_array_equal(a.predict_proba(X_test), b.predict_proba(X_test))
 
 
@@ -297,13 +318,13 @@ def test_softmax_matches_scikit_learn():
 def test_refit_novelty_keeps_the_mapping(world, fitted):
     import copy
     _, X, y, X_test, _ = world
-    gaussian = copy.deepcopy(fitted).refit_novelty(X, y, novelty="gaussian")
+    gaussian = copy.deepcopy(fitted).refit_novelty(X, y, novelty=paper_gate("gaussian"))
     np.testing.assert_array_equal(gaussian.transform(X_test), fitted.transform(X_test))
-    fresh = ZeroShotClassifier(world[0], UNSEEN, n_neighbors=10, novelty="gaussian", **FAST).fit(X, y)
+    fresh = ZeroShotClassifier(world[0], UNSEEN, novelty=paper_gate("gaussian"), **FAST).fit(X, y)
     np.testing.assert_array_equal(gaussian.predict_proba(X_test), fresh.predict_proba(X_test))
-    assert fitted.novelty == "loop"
-    with pytest.raises(ValueError, match=r"cannot change \['mapper_params'\]"):
-        gaussian.refit_novelty(X, y, mapper_params={})
+    assert len(fitted.gate_.channels_) == 2
+    with pytest.raises(ValueError, match=r"cannot change \['mapper'\]"):
+        gaussian.refit_novelty(X, y, mapper=SemanticMapper())
 
 
 def _drop_n_jobs(path, out):
@@ -330,12 +351,12 @@ def _drop_n_jobs(path, out):
 @pytest.mark.parametrize("novelty", ["loop", "gaussian"])
 def test_n_jobs_is_a_parameter_that_survives_save_load(world, tmp_path, novelty):
     vectors, X, y, X_test, _ = world
-    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, novelty=novelty, n_jobs=1,
+    model = ZeroShotClassifier(vectors, UNSEEN, novelty=paper_gate(novelty), n_jobs=1,
                                **FAST).fit(X, y)
     two = fastzsl.load(_save(model, tmp_path / "m.fzsl")).set_params(n_jobs=2)
     np.testing.assert_array_equal(two.predict_proba(X_test), model.predict_proba(X_test))
     again = fastzsl.load(tmp_path / "m.fzsl")
-    assert again.n_jobs == 1 and again.detector_.get_params()["n_jobs"] is None
+    assert again.n_jobs == 1 and again.gate_.detectors_()[0].get_params()["n_jobs"] is None
     # files written before n_jobs existed load with the default
     old = fastzsl.load(_drop_n_jobs(tmp_path / "m.fzsl", tmp_path / "old.fzsl"))
     assert old.n_jobs is None
@@ -371,9 +392,9 @@ def test_linear_mapping_is_affine_learns_and_survives_save_load(world, tmp_path)
     combined = 0.3 * linear.transform(X[:5]) + 0.7 * linear.transform(X[5:10])
     assert_within_bound(mid, combined, bound_mid + 0.3 * bound_a + 0.7 * bound_b
                         + 4 * unit_roundoff(np.float64) * np.abs(combined), "affine mapping")
-    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10,
-                               mapper_params=dict(hidden=0, max_iter=100),
-                               softmax_params=FAST["softmax_params"]).fit(X, y)
+    model = ZeroShotClassifier(vectors, UNSEEN, novelty=paper_gate(n_neighbors=10),
+                               mapper=SemanticMapper(hidden=0, max_iter=100),
+                               seen_classifier=FAST["seen_classifier"]).fit(X, y)
     model.save(tmp_path / "linear.fzsl")
     again = fastzsl.load(tmp_path / "linear.fzsl")
     np.testing.assert_array_equal(again.predict_proba(X_test), model.predict_proba(X_test))
@@ -407,91 +428,129 @@ def test_evaluate_with_another_detectors_probability(world, fitted):
 
 
 # ---------------------------------------------------------------- calibrated P(unseen | x)
-def test_default_novelty_is_calibrated_loop_in_a_pca_space(world, fitted):
-    """The defaults: LoOP in a PCA of the features, P(unseen) calibrated on pseudo-unseen
-    rounds of the seen classes, hard routing at the threshold chosen on those rounds."""
+def test_default_gate_makes_its_choices_on_the_rounds(world, fitted):
+    """Calibration, routing and threshold are what the rounds' measurements say."""
     _, _, _, X_test, y_test = world
-    assert fitted.novelty_space_ == "pca" and fitted.projection_ is not None
-    assert fitted.detector_.n_features_in_ == fitted.projection_.components_.shape[0]
-    assert fitted.calibrator_ is not None and fitted.combine_ == "hard"
-    assert fitted.threshold_ == fitted.routing_threshold_
-    assert 0.0 < fitted.routing_threshold_ < 1.0
+    gate = fitted.gate_
+    losses = gate.choice_["log_loss"]
+    assert set(losses) == {"isotonic loop", "isotonic gaussian", "stack"}
+    assert gate.calibration_ == min(losses, key=losses.get)
+    h = gate.choice_["harmonic_mean"]
+    assert fitted.combine_ == gate.routing_ == max(h, key=h.get)
+    assert fitted.proba_combine_ == "soft"
     assert fitted.unseen_prior_ == pytest.approx(2 / 12)
+    assert 0.0 < fitted.threshold_ < 1.0
     p = fitted.outlier_probability(X_test)
     is_unseen = np.isin(y_test, UNSEEN)
     assert p.dtype == np.float64 and ((p >= 0) & (p <= 1)).all()
     assert p[is_unseen].min() > p[~is_unseen].mean()
 
 
-def test_raising_the_unseen_prior_raises_every_probability():
-    """On overlapping classes (noisy images), where P(unseen | x) is not just 0 or 1."""
+def test_the_unseen_prior_takes_effect_without_refit_by_bayes_rule(world, fitted):
     import copy
 
-    vectors, X, y, X_test, _ = _world(seed=1, noise=1.5)
-    low = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, calibration="platt",
-                             unseen_prior=0.1, **FAST).fit(X, y)
-    high = copy.deepcopy(low).refit_novelty(X, y, unseen_prior=0.6)
-    p_low, p_high = low.outlier_probability(X_test), high.outlier_probability(X_test)
-    assert 0.0 < p_low.min() and p_low.max() < 1.0
-    assert (p_high > p_low).all()
-    assert high.routing_threshold_ != low.routing_threshold_
+    X_test = world[3]
+    model = copy.deepcopy(fitted)
+    p_default = model.outlier_probability(X_test)
+    routed = model.predict(X_test)
+    p_half = model.set_params(unseen_prior=0.5).outlier_probability(X_test)
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    shift = logit(0.5) - logit(2 / 12)
+    np.testing.assert_allclose(logit(p_half) - logit(p_default), shift, rtol=0, atol=1e-9)
+    # the routing threshold moves with the probabilities: hard routing is unchanged
+    if model.combine_ == "hard":
+        np.testing.assert_array_equal(model.predict(X_test), routed)
+    np.testing.assert_allclose(logit(model.threshold_) - logit(fitted.threshold_), shift,
+                               atol=1e-9)
 
 
 @pytest.mark.parametrize("options", [
-    dict(novelty="gaussian", novelty_space="semantic"),      # rounds train their own mappings
-    dict(novelty="loop", novelty_space="features", calibration="platt"),
-    dict(novelty="gaussian", novelty_fit="crossfit", cv=3, calibration=None),
-    dict(novelty="loop", loop_per_class=True, novelty_space="pca"),
+    dict(novelty=NoveltyGate("gaussian", class_agnostic=False, rounds=2)),
+    dict(novelty=NoveltyGate([("loop", LoOP(n_neighbors=10), "features")],
+                             calibration="platt", rounds=2, routing="hard")),
+    dict(novelty=NoveltyGate([("gaussian", GaussianNovelty(), "semantic")], calibration=None,
+                             fit_mode="crossfit", cv=3)),
+    dict(novelty=NoveltyGate([("loop", PerClass(LoOP(n_neighbors=10)), "pca")], rounds=2,
+                             routing="soft")),
+    dict(novelty=default_gate(calibration="stack", rounds=2)),
 ])
 def test_detection_spaces_fits_and_calibrations_work_and_survive_save_load(world, options,
                                                                            tmp_path):
     vectors, X, y, X_test, y_test = world
-    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST, **options).fit(X, y)
-    assert (model.calibrator_ is None) == (options.get("calibration", "isotonic") is None)
+    model = ZeroShotClassifier(vectors, UNSEEN, **FAST, **options).fit(X, y)
+    gate = model.gate_
+    assert (gate.calibrator_ is None) == (options["novelty"].calibration is None)
     report = model.evaluate(X_test, y_test)
     assert report["hard"]["seen_accuracy"] > 0.7 and report["hard"]["unseen_accuracy"] > 0.7
     model.save(tmp_path / "m.fzsl")
     again = fastzsl.load(tmp_path / "m.fzsl")
     np.testing.assert_array_equal(again.predict_proba(X_test), model.predict_proba(X_test))
-    assert again.threshold_ == model.threshold_
+    np.testing.assert_array_equal(again.predict(X_test), model.predict(X_test))
+    assert again.threshold_ == model.threshold_ and again.combine_ == model.combine_
 
 
 def test_cross_fitting_maps_each_training_point_without_it(world):
     vectors, X, y, _, _ = world
-    model = ZeroShotClassifier(vectors, UNSEEN, novelty="gaussian", novelty_fit="crossfit", cv=2,
-                               calibration=None, **FAST).fit(X, y)
-    in_sample = model.transform(X)
-    codes = np.searchsorted(model.seen_classes_, y)
-    out_of_fold = model._cross_fitted(X, codes, model.class_vectors_[:len(SEEN)])
-    W = model.class_vectors_[codes]
-    # points a mapping did not train on lie farther from their word vectors
-    assert np.linalg.norm(out_of_fold - W, axis=1).mean() > np.linalg.norm(in_sample - W, axis=1).mean()
-    variance_oof = ((out_of_fold - W) ** 2).sum(1).mean() / W.shape[1]
-    assert model.detector_.variances_.mean() == pytest.approx(variance_oof, rel=0.3)
+    gate = NoveltyGate([("gaussian", GaussianNovelty(), "semantic")], calibration=None,
+                       fit_mode="crossfit", cv=2)
+    model = ZeroShotClassifier(vectors, UNSEEN, novelty=gate, **FAST).fit(X, y)
+    W = model.class_vectors_[np.searchsorted(model.seen_classes_, y)]
+    in_sample = ((model.transform(X) - W) ** 2).sum(1).mean() / W.shape[1]
+    # points a mapping did not train on lie farther from their word vectors (1.14 times
+    # here; the in-sample points would give the ratio 1 to rounding)
+    assert model.gate_.channels_[0][3].variances_.mean() > 1.05 * in_sample
 
 
-def test_paper_settings_give_the_uncalibrated_pipeline(world):
-    from fastzsl.zeroshot import PAPER
-
+def test_paper_gate_gives_the_uncalibrated_pipeline(world):
     vectors, X, y, X_test, _ = world
-    model = ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST, **PAPER).fit(X, y)
-    assert model.calibrator_ is None and model.projection_ is None
-    assert model.combine_ == "soft" and model.threshold_ == 0.5
+    model = ZeroShotClassifier(vectors, UNSEEN, novelty=paper_gate(n_neighbors=10),
+                               **FAST).fit(X, y)
+    name, space, projection, detector = model.gate_.channels_[0]
+    assert model.gate_.calibrator_ is None and projection is None and space == "semantic"
+    assert model.combine_ == model.proba_combine_ == "soft" and model.threshold_ == 0.5
     np.testing.assert_array_equal(model.outlier_probability(X_test),
-                                  model.detector_.outlier_probability(model.transform(X_test)))
+                                  detector.outlier_probability(model.transform(X_test)))
 
 
 def test_bad_novelty_settings_are_named(world):
     vectors, X, y, _, _ = world
-    for options, message in [(dict(novelty_space="pixels"), "novelty_space must be one of"),
-                             (dict(novelty_fit="bootstrap"), "novelty_fit must be one of"),
-                             (dict(novelty_fit="crossfit", cv=1), "cv must be an int >= 2"),
-                             (dict(calibration="beta"), "calibration must be one of"),
-                             (dict(unseen_prior=1.5), "unseen_prior must be a number in"),
-                             (dict(calibration_rounds=0), "calibration_rounds must be")]:
+    for novelty, message in [
+            ("pixels", "novelty must be one of"),
+            (NoveltyGate([("a", LoOP(), "pixels")]), "space must be one of"),
+            (NoveltyGate(fit_mode="bootstrap"), "fit_mode must be one of"),
+            (NoveltyGate(fit_mode="crossfit", cv=1), "cv must be an int >= 2"),
+            (NoveltyGate(calibration="beta"), "calibration must be one of"),
+            (NoveltyGate(unseen_prior=1.5), "unseen_prior must be a number in"),
+            (NoveltyGate(rounds=0), "rounds must be an int >= 1"),
+            (NoveltyGate([]), "detectors is empty")]:
         with pytest.raises(ValueError, match=message):
-            ZeroShotClassifier(vectors, UNSEEN, **FAST, **options).fit(X, y)
+            ZeroShotClassifier(vectors, UNSEEN, novelty=novelty, **FAST).fit(X, y)
+    with pytest.raises(TypeError, match="does not follow the protocol"):
+        ZeroShotClassifier(vectors, UNSEEN, novelty=NoveltyGate([("a", object(), "pca")]),
+                           **FAST).fit(X, y)
+    with pytest.raises(ValueError, match="unseen_prior must be a number in"):
+        ZeroShotClassifier(vectors, UNSEEN, unseen_prior=0.0, **FAST).fit(X, y)
     one_class = y == SEEN[0]
     with pytest.raises(ValueError, match="at least 2 seen classes"):
-        ZeroShotClassifier(vectors, UNSEEN, n_neighbors=10, **FAST).fit(X[one_class],
-                                                                       y[one_class])
+        ZeroShotClassifier(vectors, UNSEEN, novelty=default_gate(), **FAST).fit(
+            X[one_class], y[one_class])
+
+
+CALIBRATED_FIXTURES = Path(__file__).parent / "fixtures" / "models" / "main-0c8b155"
+
+
+@pytest.mark.parametrize("name", ["zeroshot-loop", "zeroshot-loop-per-class",
+                                  "zeroshot-gaussian"])
+def test_calibrated_model_files_written_before_the_gate_give_the_same_outputs(name, tmp_path):
+    """Written by make_fixtures.py at commit 0c8b155 (calibrated, hard-routed defaults);
+    the files of release 0.1.0 (uncalibrated) are checked in test_persistence.py."""
+    model = fastzsl.load(CALIBRATED_FIXTURES / f"{name}.fzsl")
+    expected = np.load(CALIBRATED_FIXTURES / f"{name}.expected.npz")
+    np.testing.assert_array_equal(model.classes_.astype(str), expected["classes_"])
+    np.testing.assert_allclose(model.predict_proba(expected["probe"]), expected["predict_proba"],
+                               rtol=1e-6, atol=1e-7)
+    # and a loaded file saves again in the gate's format, with the same outputs
+    model.save(tmp_path / "again.fzsl")
+    again = fastzsl.load(tmp_path / "again.fzsl")
+    np.testing.assert_array_equal(again.predict_proba(expected["probe"]),
+                                  model.predict_proba(expected["probe"]))

@@ -24,7 +24,7 @@ DEFAULT_UNSEEN = ("sandal", "pullover")
 CURVE_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 21), 3)
 # The models every run compares (one mapping and softmax): fastzsl's default novelty
 # detection and the paper's two detectors.
-DETECTOR_LABELS = {"default": "LoOP, PCA-50, calibrated (default)", "loop": "LoOP (paper)",
+DETECTOR_LABELS = {"default": "novelty gate, calibrated (default)", "loop": "LoOP (paper)",
                    "gaussian": "Gaussian (paper rule)"}
 
 
@@ -122,7 +122,8 @@ def evaluate_run(folder, data_dir=None) -> str:
     _, _, X_test, y_test, names = load_fashion_mnist(data_dir)
     F = extractor.transform(X_test)
     report = model.evaluate(F, np.array(names)[y_test], CURVE_THRESHOLDS)
-    name = "default" if getattr(model, "calibrator_", None) is not None else model.novelty
+    gate = model.gate_
+    name = "default" if gate.calibrator_ is not None else gate.channels_[0][0]
     return results_table({"reports": {name: report},
                           "unseen": model.unseen_classes_.tolist()})
 
@@ -130,16 +131,17 @@ def evaluate_run(folder, data_dir=None) -> str:
 def predict_file(folder, input_path, output_path) -> int:
     """Classify the images (n, H, W[, C]) or feature rows (n, n_features) of a .npy file
     with a trained run folder; writes a CSV (row, predicted_class, probability,
-    p_unseen) and returns the number of rows."""
+    p_unseen) and returns the number of rows. ``probability`` is the class's under
+    ``predict_proba`` (the calibrated Eq. 2 mixture)."""
     model, extractor = load_run(folder)
     data = np.load(input_path, mmap_mode="r", allow_pickle=False)
     features = extractor.transform(data) if data.ndim >= 3 else data
-    proba = model.predict_proba(features)
-    p_unseen = model.outlier_probability(features)
-    labels = model.classes_[proba.argmax(axis=1)]
+    labels, proba, p_unseen = model.predict_with_proba(features)
+    column = {c: j for j, c in enumerate(model.classes_.tolist())}
+    probability = proba[np.arange(len(labels)), [column[c] for c in labels]]
     with open(output_path, "w") as f:
         f.write("row,predicted_class,probability,p_unseen\n")
-        for i, (label, p, u) in enumerate(zip(labels, proba.max(axis=1), p_unseen)):
+        for i, (label, p, u) in enumerate(zip(labels, probability, p_unseen)):
             f.write(f"{i},{label},{p:.6f},{u:.6f}\n")
     return len(labels)
 
@@ -154,18 +156,28 @@ def fit_detectors(F_train, y_seen, class_vectors, unseen, *, variants=tuple(DETE
     All share one trained mapping and softmax (``refit_novelty``), so their numbers differ
     only by the novelty detection. ``timings``, a dict, receives the seconds of each step.
     """
-    from ..zeroshot import PAPER, ZeroShotClassifier
+    from ..mapping import SemanticMapper
+    from ..novelty_gate import NoveltyGate, paper_gate, shorthand_detector
+    from ..softmax import SoftmaxClassifier
+    from ..zeroshot import ZeroShotClassifier
 
-    settings = {"default": {}, "loop": dict(PAPER), "gaussian": dict(PAPER, novelty="gaussian")}
+    detector = dict(n_neighbors=n_neighbors, backend=backend, progress=progress)
+    settings = {"default": {"novelty": NoveltyGate([shorthand_detector("loop", **detector),
+                                                    shorthand_detector("gaussian", **detector)])},
+                "loop": {"novelty": paper_gate("loop", **detector)},
+                "gaussian": {"novelty": paper_gate("gaussian", **detector)}}
     unknown = sorted(set(variants) - set(settings))
     if unknown:
         raise ValueError(f"unknown detector variants {unknown}; choose from {sorted(settings)}")
     timings = {} if timings is None else timings
     t = time.perf_counter()
     first, *others = variants
-    base = ZeroShotClassifier(class_vectors, unseen, backend=backend, n_neighbors=n_neighbors,
-                              mapper_params=mapper_params, softmax_params=softmax_params,
-                              random_state=seed, progress=progress, **settings[first])
+    base = ZeroShotClassifier(
+        class_vectors, unseen, backend=backend,
+        mapper=SemanticMapper(random_state=seed, progress=progress, **(mapper_params or {})),
+        seen_classifier=SoftmaxClassifier(random_state=seed, progress=progress,
+                                          **(softmax_params or {})),
+        random_state=seed, progress=progress, **settings[first])
     models = {first: base.fit(F_train, y_seen)}
     timings[f"train (mapping, softmax, {first} detector)"] = round(time.perf_counter() - t, 1)
     for name in others:

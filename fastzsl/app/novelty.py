@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from .._platform import machine_description
-from ..calibration import PCAProjection
+from ..novelty_gate import PCAProjection
 from .datasets import load_fashion_mnist
 from .experiment import DEFAULT_UNSEEN
 

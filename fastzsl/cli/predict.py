@@ -8,7 +8,8 @@ def add_parser(subparsers):
                                           "rows (n, n_features) in a .npy.")
     p.add_argument("run", help="folder written by 'fastzsl train'")
     p.add_argument("input", help=".npy of uint8 images (n, H, W) or features (n, n_features)")
-    p.add_argument("output", help="CSV to write: row, predicted_class, probability, p_unseen")
+    p.add_argument("output", help="CSV to write: row, predicted_class, probability (of that "
+                                  "class under the calibrated Eq. 2 mixture), p_unseen")
     p.set_defaults(handler=run)
 
 

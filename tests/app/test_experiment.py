@@ -68,5 +68,5 @@ def test_small_real_fashion_mnist_run():
     # 800 images and 32 centroids: a smoke test (0.74 / 0.29 here), the real numbers are
     # the reproduce run's; routing at most ~10% of seen images unseen keeps seen accuracy
     assert default["hard"]["seen_accuracy"] > 0.6 and default["hard"]["unseen_accuracy"] > 0.2
-    assert model.calibrator_ is not None and model.threshold_ == default["threshold"]
+    assert model.gate_.calibrator_ is not None and model.threshold_ == default["threshold"]
     assert results["n_train"] == 800 and results["n_test"] == 400

@@ -15,7 +15,7 @@ import pytest
 
 from fastzsl.app.datasets import CIFAR10_CLASSES
 from fastzsl.app.reproduce.measures import (aggregate, nearest_word_accuracy, nearest_words,
-                                            random_words, reliability)
+                                            random_words, reliability, weighted_calibration)
 from fastzsl.app.reproduce.settings import PAIRS
 from fastzsl.cli import main
 
@@ -217,6 +217,42 @@ def test_reliability_and_ece_on_known_values():
     # Two bins: (0.1, positive 0 of 2) and (0.9, positive 1 of 2): |0-0.1|/2 + |0.5-0.9|/2.
     r = reliability([0.1, 0.1, 0.9, 0.9], [0, 0, 1, 0])
     assert r["ece"] == pytest.approx(0.5 * 0.1 + 0.5 * 0.4)
+
+
+def test_calibration_at_a_share_on_known_values():
+    is_unseen = np.array([True, False, False, False])
+    # the constant share: ECE 0, Brier share (1 - share), skill 0, at any share
+    for share in (0.05, 0.5):
+        r = weighted_calibration(np.full(4, share), is_unseen, share)
+        assert r["ece"] == pytest.approx(0) and r["brier_skill"] == pytest.approx(0)
+    # a perfect detector: Brier 0, skill 1; at share 0.2 the unseen row weighs 0.2
+    r = weighted_calibration(is_unseen.astype(float), is_unseen, 0.2)
+    assert r["brier"] == 0 and r["brier_skill"] == 1 and r["ece"] == 0
+    # P = 0.5 everywhere at share 0.2: one bin, |0.2 - 0.5| = 0.3; Brier 0.25
+    r = weighted_calibration(np.full(4, 0.5), is_unseen, 0.2)
+    assert r["ece"] == pytest.approx(0.3) and r["brier"] == pytest.approx(0.25)
+    assert r["brier_skill"] == pytest.approx(1 - 0.25 / 0.16)
+
+
+@needs_glove_and_plots
+def test_all_pairs_on_synthetic_pickles(tmp_path):
+    """Two pairs (the run takes every pair; the command line has no pair list): each pair
+    fits and measures the whole default model, and the report and grid are written."""
+    from fastzsl.app.reproduce.all_pairs import run_all_pairs
+    from fastzsl.app.reproduce.settings import settings_for
+
+    folder = _write_synthetic_cifar(tmp_path / "cifar-10-batches-py")
+    results = run_all_pairs("cifar10", data_dir=folder, st=settings_for("cifar10", True),
+                            out=tmp_path / "out", pairs=[("cat", "truck"), ("cat", "dog")],
+                            log=lambda *a: None)
+    assert [r["pair"] for r in results["pairs"]] == [["cat", "truck"], ["cat", "dog"]]
+    for row in results["pairs"]:
+        assert 0.0 <= row["auc"] <= 1.0 and set(row["shares"]) == {"0.05", "0.2", "0.5"}
+        assert row["choice"]["calibration"] in row["choice"]["rounds"]["log_loss"]
+        assert row["choice"]["routing"] in ("soft", "hard")
+    report = (tmp_path / "out" / "all_pairs.md").read_text()
+    assert "| cat / dog |" in report and "Mean ROC-AUC" in report
+    assert (tmp_path / "out" / "auc_grid.png").stat().st_size > 0
 
 
 def test_aggregate_means_and_stds_over_seeds():

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..datasets import per_class_subset, zero_shot_split
 from ..experiment import CURVE_THRESHOLDS, DETECTOR_LABELS, fit_detectors
-from .measures import nearest_word_accuracy, reliability, roc_auc
+from .measures import at_shares, nearest_word_accuracy, reliability, roc_auc
 from .settings import Settings
 
 
@@ -286,8 +286,9 @@ def main_setting(data, unseen, seed, st: Settings, kv, distractors, *, backend="
 def pair_sweep(data, pair, seed, st: Settings, kv, *, backend="auto", progress=False) -> dict:
     """One seed of one held-out pair: the 2-way zero-shot accuracy between the two classes,
     and each model variant's novelty detection on the whole test set (ROC-AUC and ECE of
-    P(unseen | x), and seen / unseen accuracy and GZSL H with the variant's default
-    combination).
+    P(unseen | x); ECE, Brier score and Brier skill at the unseen shares of
+    :data:`~.measures.SHARES` with the prior set to each; and seen / unseen accuracy and
+    GZSL H as ``predict`` routes).
 
     Features, mapping, softmax and detectors see at most ``st.sweep_per_class`` training
     images of each other class and nothing of the pair.
@@ -303,6 +304,7 @@ def pair_sweep(data, pair, seed, st: Settings, kv, *, backend="auto", progress=F
         detectors[name] = {"auc": roc_auc(p, run.is_unseen),
                            "ece": reliability(p, run.is_unseen)["ece"],
                            "threshold": float(model.threshold_),
+                           "shares": at_shares(model, run.X_te, run.is_unseen),
                            **{k: chosen[k] for k in ("seen_accuracy", "unseen_accuracy",
                                                      "harmonic_mean")}}
     # One mapping for all variants: the unseen classifier, so this number, is shared.

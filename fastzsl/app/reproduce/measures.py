@@ -58,6 +58,36 @@ def reliability(p, is_positive, n_bins=CALIBRATION_BINS) -> dict:
             "base_rate": float(is_positive.mean())}
 
 
+def weighted_calibration(p, is_unseen, share, n_bins=CALIBRATION_BINS) -> dict:
+    """ECE, Brier score and Brier skill of P(unseen | x) ``p`` on test images reweighted so
+    that the unseen ones weigh ``share`` in all (equal-width bins, 1.0 in the last)."""
+    p = np.asarray(p, dtype=np.float64)
+    is_unseen = np.asarray(is_unseen, dtype=bool)
+    w = np.where(is_unseen, share / is_unseen.sum(), (1 - share) / (~is_unseen).sum())
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    gap = np.bincount(bins, weights=w * (is_unseen - p), minlength=n_bins)
+    brier = float(np.sum(w * (p - is_unseen) ** 2))
+    constant = share * (1 - share)  # the Brier score of P = share everywhere
+    return {"ece": float(np.abs(gap).sum()), "brier": brier,
+            "brier_skill": 1.0 - brier / constant}
+
+
+SHARES = (0.05, 0.2, 0.5)  # unseen shares the calibration of P(unseen | x) is reported at
+
+
+def at_shares(model, X, is_unseen) -> dict:
+    """{share: weighted_calibration} of a zero-shot model's P(unseen | x) with its prior set
+    to each of :data:`SHARES` in turn (then restored)."""
+    prior, out = model.unseen_prior, {}
+    try:
+        for share in SHARES:
+            p = model.set_params(unseen_prior=share).outlier_probability(X)
+            out[str(share)] = weighted_calibration(p, is_unseen, share)
+    finally:
+        model.set_params(unseen_prior=prior)
+    return out
+
+
 def roc_auc(p, is_positive) -> float:
     """ROC-AUC of scores ``p`` for the event ``is_positive``."""
     from sklearn.metrics import roc_auc_score
