@@ -22,7 +22,7 @@ def test_train_evaluate_predict_round_trip(tiny_fashion, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "| LoOP (paper) | soft |" in printed and "| Gaussian (paper rule) | hard |" in printed
-    assert "| LoOP, PCA-50, calibrated (default) | hard |" in printed
+    assert "| novelty gate, calibrated (default) |" in printed
     for name in ("model.fzsl", "features.fzsl", "results.json"):
         assert (run / name).stat().st_size > 0, name
     # the figure needs the plot extra; without it train says so and goes on
@@ -33,7 +33,7 @@ def test_train_evaluate_predict_round_trip(tiny_fashion, tmp_path, capsys):
     assert set(results["reports"]) == {"default", "loop", "gaussian"}
     assert main(["evaluate", str(run), "--data-dir", str(tiny_fashion)]) == 0
     # the run's model file is the default (calibrated) model
-    assert "| LoOP, PCA-50, calibrated (default) | hard |" in capsys.readouterr().out
+    assert "| novelty gate, calibrated (default) |" in capsys.readouterr().out
     images = load_fashion_mnist(tiny_fashion)[2][:7]
     np.save(tmp_path / "imgs.npy", images)
     assert main(["predict", str(run), str(tmp_path / "imgs.npy"), str(tmp_path / "p.csv")]) == 0
