@@ -39,17 +39,10 @@ def _tf32(x):
     return (x.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
 
 
-@pytest.fixture(params=["fp32", "tf32"])
-def gemm(request, cp, monkeypatch):
-    if request.param == "tf32":
-        if not getattr(cp, "IS_FAKE", False):
-            pytest.skip("TF32 emulation replaces the CPU stand-in's matmul only")
-
-        def matmul(a, b, out=None):
-            np.matmul(_tf32(a._data), _tf32(b._data), out=out._data)
-            return out
-
-        monkeypatch.setattr(cp, "matmul", matmul, raising=False)
+@pytest.fixture(params=sorted(tp.COMPUTE_TYPES))
+def compute_type(request, monkeypatch):
+    """Each screen compute type the module can run (the CPU stand-in's cuBLAS emulates it)."""
+    monkeypatch.setattr(tp, "COMPUTE_TYPE", request.param)
     return request.param
 
 
@@ -95,7 +88,7 @@ def _case(name, rng, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", ["random", "duplicates", "near_ties", "offset"])
 @pytest.mark.parametrize("k", [1, 7])
-def test_twopass_equals_direct_and_reference(cp, gemm, small_tiles, monkeypatch, dtype, case, k):
+def test_twopass_equals_direct_and_reference(cp, compute_type, small_tiles, monkeypatch, dtype, case, k):
     Q, R = _case(case, np.random.default_rng(len(case) * 10 + k), dtype)
     _check(Q, R, k, -1, monkeypatch, dtype)
     # exclude_self: the queries are reference rows 40.. (offset into the reference).
@@ -173,11 +166,108 @@ def test_norms_beyond_float32_go_to_the_direct_kernel(cp):
     assert_knn_equal(D.get(), I.get(), *numpy_.knn(R[:10], R, 4, 0), **TOL[np.dtype(np.float64)])
 
 
+def _blobs(rng, n, d, centers):
+    """benchmarks/bench_gpu.py's data: float32 points around 10 centres, spread 1."""
+    labels = rng.integers(0, centers.shape[0], size=n)
+    return (centers[labels] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+@gpu
+def test_clustered_queries_rarely_fall_back(cp, compute_type, monkeypatch):
+    # The benchmark's blobs (10 centres x 10 apart, d = 64, k = 20): far-apart clusters make
+    # Qn + Rn ~ 100x a within-cluster distance, the case where a bound wider than the GEMM
+    # that runs (TF32's, ~500x FP32's) puts a whole cluster in every window and sends
+    # every query to the direct kernel. At most 1% may fall back, and the answer is the
+    # direct kernel's; the last call says how many fell back and with which compute type.
+    rng = np.random.default_rng(21)
+    d, k = 64, 20
+    centers = rng.normal(size=(10, d)) * 10
+    R, Q = _blobs(rng, 1500, d, centers), _blobs(rng, 100, d, centers)
+    # One list of L = 2k + 32 = 72 per query over three reference tiles: fewer than a
+    # cluster's ~150 rows, so a window holding the cluster (TF32's bound) overflows every
+    # query, as a full-size run's 8 lists of 72 per 2048-row tile do at 1M references.
+    monkeypatch.setattr(tp, "TILE_R", 512)
+    monkeypatch.setattr(tp, "SEGMENTS", 1)
+    calls = []
+    D, I = tp.knn(cp.asarray(Q), cp.asarray(R), k, -1, _recording_direct(calls))
+    assert tp.LAST_CALL["compute_type"] == compute_type
+    assert tp.LAST_CALL["overflow_rows"] == tp.LAST_OVERFLOW_ROWS <= 0.01 * len(Q), tp.LAST_CALL
+    assert sum(n for n, *_ in calls) == tp.LAST_OVERFLOW_ROWS
+    D1, I1 = knn_direct._knn_device(cp.asarray(Q), cp.asarray(R), k, -1)
+    np.testing.assert_array_equal(I.get(), I1.get())
+    np.testing.assert_array_equal(D.get(), D1.get())
+    fake = getattr(cp, "IS_FAKE", False)
+    if fake:  # the screen ran on cuBLAS with the compute type its bound is proven for
+        assert {ct for *_, ct in cp.cuda.cublas.calls} == {cp.cuda.cublas.CUBLAS_COMPUTE_32F_PEDANTIC}
+
+
+@gpu
+@pytest.mark.parametrize("where", ["query", "reference"])
+def test_nan_input_goes_to_the_direct_kernel(cp, monkeypatch, where):
+    # max(1.0, nan) is 1.0: a NaN must fail the norm guard itself, whichever side it is on.
+    rng = np.random.default_rng(3)
+    R = rng.normal(size=(80, 4))
+    Q = rng.normal(size=(12, 4))
+    (Q if where == "query" else R)[5, 2] = np.nan
+    calls = []
+    D, I = tp.knn(cp.asarray(Q), cp.asarray(R), 3, -1, _recording_direct(calls))
+    assert calls == [(12, 3, -1)] and tp.LAST_CALL["method"].startswith("direct")
+    D1, I1 = knn_direct._knn_device(cp.asarray(Q), cp.asarray(R), 3, -1)
+    np.testing.assert_array_equal(I.get(), I1.get())
+    np.testing.assert_array_equal(D.get(), D1.get())
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_host_reference_is_prepared_in_chunks(cp, small_tiles, monkeypatch, dtype):
+    # A host reference is uploaded chunk by chunk, and centring and casting make float64
+    # temporaries of one chunk at most: device memory stays near the reference's own size.
+    if not getattr(cp, "IS_FAKE", False):
+        pytest.skip("counts the CPU stand-in's uploads and casts")
+    d, chunk = 6, 40
+    monkeypatch.setattr(tp, "PREP_CHUNK_BYTES", chunk * 8 * d)
+    rng = np.random.default_rng(7)
+    R = rng.normal(size=(230, d)).astype(dtype)
+    Q = R[:30].copy()
+    uploads, casts = [], []
+    to_cupy = tp._to_cupy
+    monkeypatch.setattr(tp, "_to_cupy", lambda x, dt=None: uploads.append(len(x)) or to_cupy(x, dt))
+    astype = cp.ndarray.astype
+
+    def recording_astype(self, dt, copy=True):
+        out = astype(self, dt, copy)
+        if np.dtype(dt) == np.float64 and out is not self:
+            casts.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(cp.ndarray, "astype", recording_astype)
+    D, I = tp.knn(cp.asarray(Q), R, 5, 0, knn_direct._knn_device)
+    assert uploads == [40] * 5 + [30], uploads
+    assert casts and max(casts) <= chunk, casts
+    assert_knn_equal(D.get(), I.get(), *numpy_.knn(Q, R, 5, 0), **TOL[np.dtype(dtype)])
+
+
+@gpu
+def test_last_call_reports_phase_times(cp, small_tiles, monkeypatch):
+    monkeypatch.setattr(tp, "TIME_PHASES", True)
+    rng = np.random.default_rng(1)
+    R = rng.normal(size=(150, 5)).astype(np.float32)
+    tp.knn(cp.asarray(R[:20]), cp.asarray(R), 4, 0, knn_direct._knn_device)
+    phases = tp.LAST_CALL["phase_s"]
+    assert set(phases) >= {"prepare", "gemm", "filter", "rerank"}, phases
+    assert all(t >= 0 for t in phases.values())
+    monkeypatch.setattr(tp, "KNN_METHOD", "direct")
+    K.knn(R[:20], R, 4, 0)
+    assert tp.LAST_CALL["method"] == "direct" and tp.LAST_CALL["phase_s"] is None
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (1.0, 300.0), (1e-3, 1e4), (1e-20, 0.0)])
-def test_error_bound_holds_for_a_tf32_screen(monkeypatch, dtype, scale, offset):
-    # |screened - exact| <= B for every pair, where the screen is the worst the proof allows
-    # for: inputs rounded to float32, truncated to TF32, products summed in float32.
+def test_error_bound_holds_for_an_fp32_screen(monkeypatch, dtype, scale, offset):
+    # |screened - exact| <= B for every pair, where the screen is the GEMM the bound is
+    # proven for: inputs rounded to float32, products summed in float32 (NumPy's float32
+    # matmul, any order). A TF32 screen breaks the same bound: the compute type must be the
+    # one the bound assumes, which is why the module pins it.
     monkeypatch.setattr(tp, "_cupy", lambda: np)  # error_bound is plain array arithmetic
     rng = np.random.default_rng(9)
     d = 64
@@ -185,16 +275,21 @@ def test_error_bound_holds_for_a_tf32_screen(monkeypatch, dtype, scale, offset):
     Q, R = X[:50], X[50:]
     qn = (Q.astype(np.float64) ** 2).sum(1)
     rn = (R.astype(np.float64) ** 2).sum(1)
-    g = np.matmul(_tf32(Q.astype(np.float32)), _tf32(R.astype(np.float32)).T)
-    screened = (qn[:, None] + rn[None, :]) - 2.0 * g.astype(np.float64)
     diff = Q.astype(np.float64)[:, None, :] - R.astype(np.float64)[None, :, :]
     exact = (diff * diff).sum(-1)
-    c, a = tp.error_bound(qn, float(rn.max()), d)
+    c, a = tp.error_bound(qn, float(rn.max()), d, "fp32")
     B = c * (qn[:, None] + rn[None, :]) + a[:, None]
-    err = np.abs(screened - exact)
+
+    def screened(q32, r32):
+        g = np.matmul(q32, r32.T)
+        return (qn[:, None] + rn[None, :]) - 2.0 * g.astype(np.float64)
+
+    Q32, R32 = Q.astype(np.float32), R.astype(np.float32)
+    err = np.abs(screened(Q32, R32) - exact)
     assert (err <= B).all(), float((err / B).max())
-    if scale >= 1e-3:  # the bound is not vacuous: TF32 errors reach a sizeable part of it
+    if scale >= 1e-3:  # not vacuous: FP32 errors reach a part of it, TF32 ones exceed it
         assert (err / B).max() > 1e-3
+        assert (np.abs(screened(_tf32(Q32), _tf32(R32)) - exact) > B).any()
 
 
 def test_method_switch_and_size_rule(monkeypatch):

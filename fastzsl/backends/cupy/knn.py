@@ -176,6 +176,9 @@ def knn(queries, reference, k, self_offset, prepared=None):
         if knn_twopass.chosen(Q, ref, int(k)):  # GEMM screen + exact re-rank; falls back here
             D, I = knn_twopass.knn(Q, ref, int(k), int(self_offset), _knn_device)
         else:
+            knn_twopass.LAST_CALL = {"method": "direct", "compute_type": "float64 (direct kernel)",
+                                     "queries": int(Q.shape[0]), "overflow_rows": 0,
+                                     "phase_s": None}
             D, I = _knn_device(Q, ref, int(k), int(self_offset))
         return _result(D, queries), _result(I, queries)
 

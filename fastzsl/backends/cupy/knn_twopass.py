@@ -7,7 +7,7 @@ recomputed by the direct kernel, which stays the oracle.
 
 Pass 1: for query tiles x reference tiles (``TILE_Q`` x ``TILE_R`` float32 dot products,
 32 MiB by default, small enough to stay in an H100/H200's 50 MB L2 between the GEMM that
-writes it and the filter that reads it), ``cupy.matmul`` computes G = R32 . Q32^T and
+writes it and the filter that reads it), cuBLAS (``gemm_nt``) computes G = R32 . Q32^T and
 ``twopass_filter`` keeps each query's L = ``LIST_FACTOR`` k + ``LIST_EXTRA`` smallest
 lower bounds s - SAFETY B per segment of the tile's rows, s = |q|^2 + |r|^2 - 2 g the
 screened distance (norms in double). Pass 2: ``twopass_rerank_*`` takes T = the largest
@@ -15,14 +15,18 @@ upper bound s + SAFETY B of the k candidates with the smallest lower bounds, re-
 exactly every candidate whose lower bound is <= T, and flags a query whose list may have
 dropped one.
 
-The error bound B (proven for TF32 tensor-core GEMMs, so it holds as well when cuBLAS runs
-plain FP32 SGEMM; CuPy uses TF32 only when asked to, e.g. CUPY_TF32=1). Let e(q, r) be the direct
-kernel's double distance, Qn, Rn the double squared norms, Rmax = max Rn, d the
-dimension, u = 2^-24, u64 = 2^-53, t = 2^-10 (TF32 keeps 10 mantissa bits; 2^-10 covers
-truncation as well as rounding), eta = (1 + u)(1 + t) - 1 (float64 input rounded to
-float32, then to TF32), gamma = (d + 1) u / (1 - (d + 1) u) (FP32 products and their sum
-in any order, split-K included), and alpha = 2 FLT_MIN (subnormals flushed to zero). Then
-|s - e| <= B(q, r) for every pair, with
+The screen's compute type is fixed here, not taken from CuPy's process-wide setting
+(``cupy.matmul`` runs TF32 when ``CUPY_TF32=1``, plain FP32 otherwise): ``gemm_nt`` calls
+cuBLAS ``gemmEx`` with ``CUBLAS_COMPUTE_32F_PEDANTIC`` (FP32 products and sums, no
+reduced-precision path whatever the handle's math mode), and the bound below is proven for
+exactly that GEMM. (A TF32 screen would need eta = (1 + u)(1 + 2^-10) - 1, a window ~500x
+wider: on clustered data it holds a whole cluster and nearly every query falls back.)
+
+The error bound B. Let e(q, r) be the direct kernel's double distance, Qn, Rn the double
+squared norms, Rmax = max Rn, d the dimension, u = 2^-24, u64 = 2^-53, eta = u (each
+float64 input rounded once to float32), gamma = (d + 1) u / (1 - (d + 1) u) (FP32
+products and their sum, rounded to nearest, in any order, split-K included), and alpha = 2 FLT_MIN (subnormals flushed
+to zero). Then |s - e| <= B(q, r) for every pair, with
 
     B(q, r) = c (Qn + Rn) + a(q),   c = c1 + 8 (d + 6) u64,   c1 = (1 + eta)^2 (1 + gamma) - 1,
     a(q)    = 5 alpha sqrt(2 d (Qn + Rmax)) + 8 d alpha,
@@ -32,8 +36,7 @@ term covers the double norms, the two additions of s, e's own rounding against t
 distance (both <= (d + 2) u64 2 (Qn + Rn)) and the centring (below: the double
 differences q - mu are rounded once, which moves e by at most 4 u64 (Qn + Rn)). Here q,
 r, Qn, Rn are of the centred vectors q - mu, r - mu (mu: the reference mean, in double).
-For d = 64, c ~ 2.0e-3: the window s +- SAFETY B is about +-0.4% of Qn + Rn wide (a bound
-for FP32 SGEMM alone would be ~500x narrower; the TF32 one is kept so that either runs).
+For d = 64, c ~ 4.0e-6: the window s +- SAFETY B is about +-8e-6 of Qn + Rn wide.
 Why it is exact: k rows have e <= s + B <= T, so the true k-th distance is <= T, and
 every row of the answer has s - SAFETY B <= s - B <= e <= T. A segment list that is not full holds every
 row of its segment; a full one whose largest lower bound exceeds T dropped only rows
@@ -50,6 +53,7 @@ import math
 
 import numpy as np
 
+from ..._array import array_kind
 from . import _loader
 from ._launch import SUFFIX, _blocks, _cupy, _launch, _to_cupy
 from ._loader import TWOPASS_MAX_SEGMENTS, TWOPASS_THREADS
@@ -67,14 +71,29 @@ LIST_FACTOR = 2
 LIST_EXTRA = 32
 SAFETY = 2.0
 NORM_LIMIT = 1e30  # |q||r| stays far below FLT_MAX, and every float64 element fits float32
-TF32_INPUT_EPS = 2.0**-10
+# Rows are centred and cast (float64 temporaries) this many bytes of float64 at a time, so
+# device memory stays near the reference (its copy, when on the host, plus the float32
+# screen copy), whatever its size.
+PREP_CHUNK_BYTES = 256 * 2**20
+# The screen's compute types this module can run, each with the input rounding its bound
+# assumes (see the module docstring): "fp32" is cuBLAS CUBLAS_COMPUTE_32F_PEDANTIC.
+COMPUTE_TYPES = {"fp32": 0.0}
+COMPUTE_TYPE = "fp32"
+# Per-phase CUDA-event times in LAST_CALL["phase_s"] (events around every tile: for
+# benchmarks, not for production runs).
+TIME_PHASES = False
 
-# Queries of the last two-pass call that fell back to the direct kernel (benchmarks report it).
+# The last two-pass call: its compute type, query count, how many queries fell back to the
+# direct kernel (also LAST_OVERFLOW_ROWS), and per-phase seconds when TIME_PHASES is on.
+# The backend's kNN entry sets method "direct" here when it does not run the two-pass path.
+LAST_CALL: dict = {}
 LAST_OVERFLOW_ROWS = 0
 
 _U32 = 2.0**-24
 _U64 = 2.0**-53
 _FLT_MIN = float(np.finfo(np.float32).tiny)
+_ONE = np.ones(1, np.float32)  # gemmEx's alpha and beta, host pointers
+_ZERO = np.zeros(1, np.float32)
 
 
 def chosen(Q, reference, k: int) -> bool:
@@ -92,41 +111,141 @@ def chosen(Q, reference, k: int) -> bool:
     return k <= TWOPASS_MAX_K and n_q * n_r * d >= TWOPASS_MIN_WORK
 
 
-def error_bound(qn, rmax: float, d: int):
+def error_bound(qn, rmax: float, d: int, compute_type: str = "fp32"):
     """(c, a): |screened - exact distance| <= c (Qn + Rn) + a[q] for every pair (module
-    docstring); ``qn`` the queries' double squared norms, ``rmax`` the largest Rn."""
+    docstring) when the screen runs ``compute_type``; ``qn`` the queries' double squared
+    norms, ``rmax`` the largest Rn."""
     cp = _cupy()
-    eta = (1 + _U32) * (1 + TF32_INPUT_EPS) - 1
+    if compute_type not in COMPUTE_TYPES:
+        raise ValueError(f"compute type {compute_type!r}: expected one of {sorted(COMPUTE_TYPES)}")
+    eta = (1 + _U32) * (1 + COMPUTE_TYPES[compute_type]) - 1
     gamma = (d + 1) * _U32 / (1 - (d + 1) * _U32)
     c1 = (1 + eta) ** 2 * (1 + gamma) - 1
     alpha = 2 * _FLT_MIN
     return c1 + 8 * (d + 6) * _U64, 5 * alpha * cp.sqrt(2.0 * d * (qn + rmax)) + 8 * d * alpha
 
 
+def gemm_nt(A, B, out, pedantic: bool = True):
+    """out = A . B^T in float32 on cuBLAS (``gemmEx``), A (m, d), B (n, d), out (m, n), all
+    C-contiguous float32. ``pedantic``: CUBLAS_COMPUTE_32F_PEDANTIC (plain FP32 whatever
+    the handle's math mode: the screen's bound is proven for it), else CUBLAS_COMPUTE_32F
+    (FP32 SGEMM as ``cupy.matmul`` runs it without CUPY_TF32, for baselines)."""
+    cp = _cupy()
+    cublas, f32 = cp.cuda.cublas, cp.cuda.runtime.CUDA_R_32F
+    m, d = A.shape
+    n = B.shape[0]
+    for x in (A, B, out):
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            raise ValueError("gemm_nt takes C-contiguous float32 arrays")
+    if B.shape[1] != d or out.shape != (m, n):
+        raise ValueError(f"gemm_nt: shapes {A.shape} . {B.shape}^T -> {out.shape}")
+    compute = cublas.CUBLAS_COMPUTE_32F_PEDANTIC if pedantic else cublas.CUBLAS_COMPUTE_32F
+    # Column-major view: out^T (n x m) = B (d x n, transposed) . A^T (d x m).
+    cublas.gemmEx(cp.cuda.get_cublas_handle(), cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N,
+                  int(n), int(m), int(d), _ONE.ctypes.data, B.data.ptr, f32, int(d),
+                  A.data.ptr, f32, int(d), _ZERO.ctypes.data, out.data.ptr, f32, int(n),
+                  compute, cublas.CUBLAS_GEMM_DEFAULT)
+    return out
+
+
+def _chunk_rows(d: int) -> int:
+    return max(1, PREP_CHUNK_BYTES // max(1, 8 * d))
+
+
+def _device_copy(X, dtype):
+    """``X`` on the device as ``dtype``: a device array as it is, a host one uploaded in
+    chunks (no whole-array float64 or staging copy)."""
+    cp = _cupy()
+    if array_kind(X) == "cupy":
+        return cp.ascontiguousarray(X, dtype=dtype)
+    out = cp.empty(X.shape, dtype=dtype)
+    step = _chunk_rows(X.shape[1])
+    for c0 in range(0, X.shape[0], step):
+        out[c0:c0 + step] = _to_cupy(X[c0:c0 + step], dtype)
+    return out
+
+
+def _mean(X):
+    """The column mean of device ``X`` in double, summed chunk by chunk."""
+    cp = _cupy()
+    total = cp.zeros(X.shape[1], dtype=np.float64)
+    step = _chunk_rows(X.shape[1])
+    for c0 in range(0, X.shape[0], step):
+        total += X[c0:c0 + step].astype(np.float64).sum(axis=0)
+    return total / X.shape[0]
+
+
+def _centred(X, mu):
+    """(float32 X - mu, double squared norms of X - mu), chunk by chunk."""
+    cp = _cupy()
+    n = X.shape[0]
+    X32 = cp.empty(X.shape, dtype=np.float32)
+    norms = cp.empty(n, dtype=np.float64)
+    step = _chunk_rows(X.shape[1])
+    for c0 in range(0, n, step):
+        c1 = min(c0 + step, n)
+        Xc = X[c0:c1].astype(np.float64) - mu
+        norms[c0:c1] = (Xc * Xc).sum(axis=1)
+        X32[c0:c1] = Xc.astype(np.float32)
+    return X32, norms
+
+
+class _Phases:
+    """CUDA-event seconds per phase, when TIME_PHASES is on (else every call is free)."""
+
+    def __init__(self, cp):
+        self.cp, self.on, self.pairs = cp, TIME_PHASES, {}
+
+    def mark(self):
+        if not self.on:
+            return None
+        event = self.cp.cuda.Event()
+        event.record()
+        return event
+
+    def add(self, phase, start, end):
+        if self.on:
+            self.pairs.setdefault(phase, []).append((start, end))
+
+    def seconds(self):
+        if not self.on:
+            return None
+        self.cp.cuda.get_current_stream().synchronize()
+        return {phase: sum(self.cp.cuda.get_elapsed_time(a, b) for a, b in pairs) / 1e3
+                for phase, pairs in self.pairs.items()}
+
+
 def knn(Q, reference, k: int, self_offset: int, direct):
-    """(D, I) of CuPy queries Q against ``reference``; ``direct(Q, ref, k, self_offset)``
-    is the direct kernel's entry, used for overflowed queries and out-of-range input."""
+    """(D, I) of CuPy queries Q against ``reference`` (device or host: a host reference is
+    uploaded in chunks); ``direct(Q, ref, k, self_offset)`` is the direct kernel's entry,
+    used for overflowed queries and out-of-range input."""
+    global LAST_CALL, LAST_OVERFLOW_ROWS
     cp = _cupy()
     dtype = np.dtype(Q.dtype)
     n_q, d = Q.shape
-    R = _to_cupy(reference, dtype)
+    compute = COMPUTE_TYPE
+    LAST_CALL = {"method": "twopass", "compute_type": compute, "queries": n_q,
+                 "overflow_rows": None, "phase_s": None}
+    phases = _Phases(cp)
+    t0 = phases.mark()
+    R = _device_copy(reference, dtype)
     n_r = R.shape[0]
     f64 = np.float64
     # The screen sees centred copies: distances do not change, norms (and so the margins,
     # which scale with them) shrink to the spread of the data, not its offset.
-    mu = R.astype(f64).mean(axis=0)
-    Qc, Rc = Q.astype(f64) - mu, R.astype(f64) - mu
-    qn = (Qc * Qc).sum(axis=1)
-    rn = (Rc * Rc).sum(axis=1)
-    rmax = float(rn.max())
-    if not (max(rmax, float(qn.max())) <= NORM_LIMIT):  # also NaN / inf
-        return direct(Q, reference, k, self_offset)
-    c, a = error_bound(qn, rmax, d)
+    mu = _mean(R)
+    Q32, qn = _centred(Q, mu)
+    R32, rn = _centred(R, mu)
+    rmax, qmax = float(rn.max()), float(qn.max())
+    if not (rmax <= NORM_LIMIT and qmax <= NORM_LIMIT):  # also NaN / inf, in either
+        LAST_CALL.update(method="direct (norms out of range)", overflow_rows=n_q)
+        LAST_OVERFLOW_ROWS = n_q
+        return direct(Q, R, k, self_offset)
+    c, a = error_bound(qn, rmax, d, compute)
     w = np.float64(SAFETY * c)
     a = cp.ascontiguousarray(SAFETY * a, dtype=f64)
-    Q32 = Qc.astype(np.float32)
-    R32 = Rc.astype(np.float32)
-    del Qc, Rc
+    t1 = phases.mark()
+    phases.add("prepare", t0, t1)
 
     n_seg = max(1, min(SEGMENTS, TWOPASS_MAX_SEGMENTS))
     L = min(max(LIST_FACTOR * k + LIST_EXTRA, k), n_r)
@@ -140,44 +259,58 @@ def knn(Q, reference, k: int, self_offset: int, direct):
     G_buf = cp.empty(min(TILE_Q, n_q) * min(TILE_R, n_r), dtype=np.float32)
     for q0 in range(0, n_q, TILE_Q):
         q1 = min(q0 + TILE_Q, n_q)
-        Qt = Q32[q0:q1].T
+        Qt = Q32[q0:q1]
         for r0 in range(0, n_r, TILE_R):
             r1 = min(r0 + TILE_R, n_r)
             G = G_buf[:(r1 - r0) * (q1 - q0)].reshape(r1 - r0, q1 - q0)  # (rows, queries)
-            cp.matmul(R32[r0:r1], Qt, out=G)
+            e0 = phases.mark()
+            gemm_nt(R32[r0:r1], Qt, G)
+            e1 = phases.mark()
             segs = max(1, min(n_seg, r1 - r0))
             _launch(filt, (_blocks(q1 - q0, TWOPASS_THREADS), segs), (TWOPASS_THREADS,), (
                 G, np.int64(q1 - q0), np.int64(r1 - r0), np.int64(q0), np.int64(r0), qn, rn,
                 w, a, np.int64(self_offset if self_on else 0), np.int32(self_on), np.int32(L),
                 np.int64(n_q), list_s, list_i))
+            e2 = phases.mark()
+            phases.add("gemm", e0, e1)
+            phases.add("filter", e1, e2)
 
     out_d = cp.empty((n_q, k), dtype=f64)
     out_i = cp.empty((n_q, k), dtype=np.int64)
     overflow = cp.empty(n_q, dtype=np.int32)
+    t2 = phases.mark()
     _launch(module.get_function(f"twopass_rerank_{SUFFIX[dtype]}"),
             (_blocks(n_q, TWOPASS_THREADS),), (TWOPASS_THREADS,), (
                 Q, R, np.int32(d), np.int64(n_q), np.int32(k), np.int32(L), np.int32(n_seg),
                 list_s, list_i, qn, rn, w, a, out_d, out_i, overflow))
+    phases.add("rerank", t2, phases.mark())
     D = out_d if dtype == f64 else out_d.astype(dtype)  # float32: rounded once, as direct
     rows = cp.flatnonzero(overflow)
-    global LAST_OVERFLOW_ROWS
     LAST_OVERFLOW_ROWS = n_over = int(rows.shape[0])
-    if n_over == 0:
-        return D, out_i
-    Qo = cp.ascontiguousarray(Q[rows])
-    if not self_on:  # the overflowed queries in one direct launch, against the device copy
-        D[rows], out_i[rows] = direct(Qo, R, k, -1)
-    else:
-        # Self excluded, queries scattered: their k + 1 nearest with self included, then
-        # self dropped (k < n_r here: a list overflows only when full, L >= k entries out
-        # of the n_r - 1 rows other than self). The direct kernel orders by (distance,
-        # index), so the k left are exactly the k it gives with self excluded.
-        Dd, Id = direct(Qo, R, k + 1, -1)
-        is_self = Id == (rows + self_offset)[:, None]
-        at = cp.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
-        cols = cp.arange(k)[None, :]
-        cols = cols + (cols >= at[:, None])
-        D[rows] = cp.take_along_axis(Dd, cols, axis=1)
-        out_i[rows] = cp.take_along_axis(Id, cols, axis=1)
+    LAST_CALL["overflow_rows"] = n_over
+    if n_over:
+        t3 = phases.mark()
+        _fall_back(Q, R, k, self_offset, direct, rows, D, out_i)
+        phases.add("fallback", t3, phases.mark())
+    LAST_CALL["phase_s"] = phases.seconds()
     return D, out_i
 
+
+def _fall_back(Q, R, k, self_offset, direct, rows, D, out_i):
+    """Rows ``rows`` of (D, out_i) recomputed by the direct kernel, in one launch."""
+    cp = _cupy()
+    Qo = cp.ascontiguousarray(Q[rows])
+    if self_offset < 0:  # against the device copy
+        D[rows], out_i[rows] = direct(Qo, R, k, -1)
+        return
+    # Self excluded, queries scattered: their k + 1 nearest with self included, then
+    # self dropped (k < n_r here: a list overflows only when full, L >= k entries out
+    # of the n_r - 1 rows other than self). The direct kernel orders by (distance,
+    # index), so the k left are exactly the k it gives with self excluded.
+    Dd, Id = direct(Qo, R, k + 1, -1)
+    is_self = Id == (rows + self_offset)[:, None]
+    at = cp.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
+    cols = cp.arange(k)[None, :]
+    cols = cols + (cols >= at[:, None])
+    D[rows] = cp.take_along_axis(Dd, cols, axis=1)
+    out_i[rows] = cp.take_along_axis(Id, cols, axis=1)
