@@ -448,10 +448,12 @@ def test_gpu_check_records_a_failing_step_and_still_runs_the_benchmark(tmp_path)
     assert proc.returncode == 1, output
     steps = json.loads((results / "gpu_check_steps.json").read_text())
     assert [(s["step"], s["status"]) for s in steps] == [
-        ("nvidia-smi", "skipped"), ("versions", "passed"), ("gpu-tests", "failed"),
-        ("api-tests", "passed"), ("benchmark", "passed")], output
-    assert steps[2]["exit"] == 1 and all(s["exit"] == 0 for s in steps if s is not steps[2])
+        ("nvidia-smi", "skipped"), ("versions", "passed"), ("preflight", "passed"),
+        ("bench-methods-gaussian", "passed"), ("gpu-tests", "failed"), ("api-tests", "passed"),
+        ("bench-large", "passed")], output
+    assert steps[4]["exit"] == 1 and all(s["exit"] == 0 for s in steps if s is not steps[4])
     md = (results / "gpu_check_steps.md").read_text()
-    assert "| gpu-tests | failed | 1 |" in md and "| benchmark | passed | 0 |" in md
-    assert json.loads((results / "gpu.json").read_text())["device"]  # the benchmark ran
+    assert "| gpu-tests | failed | 1 |" in md and "| bench-large | passed | 0 |" in md
+    cases = json.loads((results / "gpu.json").read_text())["cases"]  # every part ran, in order
+    assert list(cases) == ["preflight", "methods", "gaussian", "knn_loop", "big_reference"]
     assert "gpu_check: step 'gpu-tests' FAILED" in proc.stderr

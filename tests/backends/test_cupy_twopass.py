@@ -8,6 +8,7 @@ the CPU stand-in's float32 matmul would otherwise never exercise.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -346,18 +347,51 @@ def test_twopass_kernels_run_clean_under_sanitizers(cp, kind):
     assert proc.returncode == 0 and output.strip().endswith("ok"), output[-4000:]
 
 
-@gpu
-def test_benchmark_case_compares_the_two_methods(cp):
-    # benchmarks/bench_gpu.py's knn_methods_case at tiny sizes (gpu_check.sh --tiny runs it
-    # too); it asserts the two-pass answer equals the direct kernel's before timing anything.
+def _bench_gpu():
     root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root / "benchmarks"))
     try:
         import bench_gpu
     finally:
         sys.path.remove(str(root / "benchmarks"))
-    out = bench_gpu.knn_methods_case(cp, K, numpy_, assert_knn_equal, TOL, 300, 50, 8, 4,
-                                     lambda msg: None)
-    assert out["correctness"]["twopass_equals_direct"]
-    assert set(out["times_s"]) == {"fastzsl_knn_direct", "fastzsl_knn_twopass"}
-    assert tp.KNN_METHOD == "auto"  # restored
+    return bench_gpu
+
+
+@gpu
+def test_benchmark_keeps_every_number_as_it_is_taken(cp, tmp_path, monkeypatch):
+    # benchmarks/bench_gpu.py at tiny sizes (gpu_check.sh --tiny runs it too): the preflight
+    # and the methods case compare two-pass and direct answers before timing; every kNN
+    # timing carries its method, compute type and fallbacks; gpu.json on disk already holds
+    # a timing when the next one starts, and a case that fails leaves the others' numbers.
+    bench_gpu = _bench_gpu()
+    methods = bench_gpu.CASE_FUNCTIONS["methods"]
+    seen_on_disk = []
+
+    def methods_then_fail(ctx, *sizes):
+        methods(ctx, *sizes)
+        on_disk = json.loads((tmp_path / "gpu.json").read_text())["cases"]["methods"]
+        seen_on_disk.append(set(on_disk["times_s"]))
+        raise RuntimeError("a failure after the methods case's timings")
+
+    monkeypatch.setitem(bench_gpu.CASE_FUNCTIONS, "methods", methods_then_fail)
+    assert bench_gpu.main(["--tiny", "--cases", "preflight,methods,gaussian",
+                           "--out", str(tmp_path)]) == 1
+    assert seen_on_disk == [{"fastzsl_knn_direct", "fastzsl_knn_twopass"}]
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    cases = result["cases"]
+    assert "a failure after" in cases["methods"]["error"]
+    assert cases["methods"]["correctness"]["twopass_equals_direct"]
+    assert "fastzsl_gaussian_reductions" in cases["gaussian"]["times_s"]  # ran after it
+    pre = cases["preflight"]
+    assert pre["correctness"]["twopass_equals_direct"]
+    assert set(pre["compile_s"]) == {"knn_cuda", "knn_twopass", "loop_cuda", "gaussian_cuda"}
+    assert pre["compute_types"]["twopass_screen"].startswith(tp.COMPUTE_TYPE)
+    phases = pre["knn"]["fastzsl_knn_twopass_with_phase_events"]["phase_s"]
+    assert set(phases) >= {"gemm", "filter", "rerank"}
+    for case in (pre, cases["methods"]):
+        for label in case["times_s"]:
+            info = case["knn"][label]
+            assert info["method"] in label and info["compute_type"]
+            assert isinstance(info["overflow_rows"], int) and info["queries"] > 0
+    assert "| fastzsl_knn_twopass |" in (tmp_path / "gpu.md").read_text()
+    assert tp.KNN_METHOD == "auto" and not tp.TIME_PHASES  # restored
