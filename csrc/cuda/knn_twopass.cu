@@ -132,13 +132,8 @@ __device__ void rerank(const T* __restrict__ Q, const T* __restrict__ R, int d, 
             const long long e = at(g, slot, L, n_q, q);
             const long long j = list_i[e];
             if (j < 0 || !(list_s[e] <= limit)) break;  // sorted: the rest are above too
-            // The direct kernel's sum (common.cuh accumulate_sqdist): same value, bit for bit.
-            const T* rrow = R + j * d;
-            double dist = 0.0;
-            for (int t = 0; t < d; ++t) {
-                const double diff = static_cast<double>(qrow[t]) - static_cast<double>(rrow[t]);
-                dist = fma(diff, diff, dist);
-            }
+            // The direct kernel's exact sum: same value, bit for bit.
+            const double dist = exact_sqdist(qrow, R + j * d, d);
             // Keep the k smallest (distance, index): ties go to the lower index whatever
             // order the segments visit them in.
             int pos = k - 1;
