@@ -3,14 +3,14 @@
 // error bound).
 //
 // Pass 1 (twopass_filter): the host computes a tile G = R_tile . Q_tile^T of float32 dot
-// products with cuBLAS (cupy.matmul, TF32 allowed), reference rows x queries, so that the
-// threads of a warp (consecutive queries) read consecutive addresses. Each thread owns one
-// query and one segment of the tile's rows (blockIdx.y) and keeps, in global memory, that
-// (query, segment)'s L = k + margin smallest lower bounds lo = s - W(q, r), sorted
-// ascending, where s = |q|^2 + |r|^2 - 2 q.r is the screened distance (norms in double)
-// and W = SAFETY B(q, r) = w (|q|^2 + |r|^2) + a_q its widened error bound (the host
-// proves B); the L-th entry is the running cut-off. Reference tiles come in ascending
-// order; the lists persist across them.
+// products with cuBLAS (gemmEx, FP32 pinned), reference rows x queries, so that the threads
+// of a warp (consecutive queries) read consecutive addresses. Each (query, segment of the
+// tile's rows) pair keeps, in global memory between tiles and in shared memory within
+// one, its L = k + margin smallest lower bounds lo = s - W(q, r), sorted ascending, where
+// s = |q|^2 + |r|^2 - 2 q.r is the screened distance (norms in double) and W = SAFETY
+// B(q, r) = w (|q|^2 + |r|^2) + a_q its widened error bound (the host proves B); the L-th
+// entry is the running cut-off. Reference tiles come in ascending order; the lists persist
+// across them.
 //
 // Pass 2 (twopass_rerank_*): per query, limit = the largest upper bound s + W among the k
 // candidates of smallest lo (k rows at most that far, so the true k-th distance is too).
@@ -27,6 +27,12 @@
 #ifndef FASTZSL_TWOPASS_MAX_SEGMENTS
 #error "FASTZSL_TWOPASS_MAX_SEGMENTS must be defined by the loader"
 #endif
+#ifndef FASTZSL_TWOPASS_FILTER_THREADS
+#error "FASTZSL_TWOPASS_FILTER_THREADS must be defined by the loader"
+#endif
+#ifndef FASTZSL_TWOPASS_ROWS_PER_LANE
+#error "FASTZSL_TWOPASS_ROWS_PER_LANE must be defined by the loader"
+#endif
 
 namespace fastzsl {
 namespace twopass {
@@ -36,41 +42,101 @@ __device__ __forceinline__ long long at(int seg, int slot, int L, long long n_q,
     return ((long long)seg * L + slot) * n_q + q;
 }
 
+// One block: qb queries of the tile (blockIdx.x) x the rows of one segment (blockIdx.y),
+// blockDim.x = FASTZSL_TWOPASS_FILTER_THREADS threads, lanes = blockDim.x / qb per query
+// (a warp reads 32 consecutive queries of one G row: coalesced). The (query, segment)
+// lists come into shared memory at the start and go back at the end; in between, rows go
+// by in phases of B = lanes x ROWS_PER_LANE per query: each thread loads its
+// ROWS_PER_LANE G entries at once (that many loads in flight), computes their lower
+// bounds and keeps those below the query's cut-off in its own slots of a shared buffer;
+// after a barrier one thread per query inserts the buffer's entries into its sorted list
+// and updates the cut-off (the L-th entry, +inf until the list is full).
+FASTZSL_DYNAMIC_SHARED(filter_smem);
+
 __device__ void filter(const float* __restrict__ G, long long tq, long long tr, long long q0,
                        long long r0, const double* __restrict__ qn,
                        const double* __restrict__ rn, double w, const double* __restrict__ a,
                        long long self_offset, int self_on, int L, long long n_q,
-                       double* __restrict__ list_s,
-                       int* __restrict__ list_i) {
-    const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // query in tile
-    if (c >= tq) return;  // no shared memory, no barriers: early return is safe
+                       double* __restrict__ list_s, int* __restrict__ list_i, int qb) {
+    constexpr int RPL = FASTZSL_TWOPASS_ROWS_PER_LANE;
+    const double INF = inf_f64();
+    const int tid = threadIdx.x;
+    const int lanes = blockDim.x / qb, B = lanes * RPL;
+    const int ql = tid % qb, lane = tid / qb;
+    const long long c0 = (long long)blockIdx.x * qb;  // the block's first query in the tile
+    const long long c = c0 + ql;
+    const bool active = c < tq;  // no early return: every thread takes part in the barriers
     const int seg = blockIdx.y, n_seg = gridDim.y;
     const long long per = (tr + n_seg - 1) / n_seg;
     const long long j0 = seg * per;
     const long long j1 = (j0 + per < tr) ? j0 + per : tr;
+
+    double* s_ls = reinterpret_cast<double*>(filter_smem);  // [L][qb], sorted ascending
+    double* s_bs = s_ls + (long long)L * qb;                 // [B][qb], this phase's bounds
+    double* s_cut = s_bs + (long long)B * qb;                // [qb], the lists' L-th entries
+    int* s_li = reinterpret_cast<int*>(s_cut + qb);          // [L][qb]
+    int* s_bi = s_li + (long long)L * qb;                    // [B][qb], -1: not kept
+
+    for (int e = tid; e < L * qb; e += blockDim.x) {
+        const int slot = e / qb;
+        const long long cq = c0 + e % qb;
+        const bool in = cq < tq;
+        s_ls[e] = in ? list_s[at(seg, slot, L, n_q, q0 + cq)] : INF;
+        s_li[e] = in ? list_i[at(seg, slot, L, n_q, q0 + cq)] : -1;
+    }
+    __syncthreads();
+    if (lane == 0) s_cut[ql] = s_ls[(L - 1) * qb + ql];
+    __syncthreads();
+
     const long long q = q0 + c;
-    const double qq = qn[q], aq = a[q];
-    const long long self_j = self_on ? self_offset + q : -1;
-    const long long base = at(seg, 0, L, n_q, q);
-    // The cut-off: +inf (slot empty, index -1) until the list is full.
-    double worst = list_s[base + (long long)(L - 1) * n_q];
-    for (long long j = j0; j < j1; ++j) {
-        const long long r = r0 + j;
-        const double s = (qq + rn[r]) - 2.0 * (double)G[j * tq + c];
-        const double lo = s - (w * (qq + rn[r]) + aq);
-        if (!(lo < worst) || r == self_j) continue;
-        // Shift strictly larger entries up; the last one drops out.
-        int pos = L - 1;
-        while (pos > 0) {
-            const long long prev = base + (long long)(pos - 1) * n_q;
-            if (!(lo < list_s[prev])) break;
-            list_s[prev + n_q] = list_s[prev];
-            list_i[prev + n_q] = list_i[prev];
-            --pos;
+    const double qq = active ? qn[q] : 0.0, aq = active ? a[q] : 0.0;
+    const long long self_j = (self_on && active) ? self_offset + q : -1;
+    for (long long base = j0; base < j1; base += B) {  // uniform across the block
+        const double cut = s_cut[ql];
+#pragma unroll
+        for (int i = 0; i < RPL; ++i) {
+            const long long j = base + lane + (long long)lanes * i;
+            double lo = INF;
+            if (active && j < j1) {
+                const long long r = r0 + j;
+                const double norms = qq + rn[r];
+                const double s = norms - 2.0 * (double)G[j * tq + c];
+                lo = (r == self_j) ? INF : s - (w * norms + aq);
+            }
+            const int slot = (lane * RPL + i) * qb + ql;
+            s_bs[slot] = lo;
+            s_bi[slot] = (lo < cut) ? (int)(r0 + j) : -1;
         }
-        list_s[base + (long long)pos * n_q] = lo;
-        list_i[base + (long long)pos * n_q] = (int)r;
-        worst = list_s[base + (long long)(L - 1) * n_q];
+        __syncthreads();
+        if (lane == 0 && active) {
+            double worst = s_ls[(L - 1) * qb + ql];
+            for (int b = 0; b < B; ++b) {
+                const int idx = s_bi[b * qb + ql];
+                const double lo = s_bs[b * qb + ql];
+                if (idx < 0 || !(lo < worst)) continue;
+                // Shift strictly larger entries up; the last one drops out.
+                int pos = L - 1;
+                while (pos > 0 && lo < s_ls[(pos - 1) * qb + ql]) {
+                    s_ls[pos * qb + ql] = s_ls[(pos - 1) * qb + ql];
+                    s_li[pos * qb + ql] = s_li[(pos - 1) * qb + ql];
+                    --pos;
+                }
+                s_ls[pos * qb + ql] = lo;
+                s_li[pos * qb + ql] = idx;
+                worst = s_ls[(L - 1) * qb + ql];
+            }
+            s_cut[ql] = worst;
+        }
+        __syncthreads();
+    }
+
+    for (int e = tid; e < L * qb; e += blockDim.x) {
+        const int slot = e / qb;
+        const long long cq = c0 + e % qb;
+        if (cq < tq) {
+            list_s[at(seg, slot, L, n_q, q0 + cq)] = s_ls[e];
+            list_i[at(seg, slot, L, n_q, q0 + cq)] = s_li[e];
+        }
     }
 }
 
@@ -154,12 +220,12 @@ __device__ void rerank(const T* __restrict__ Q, const T* __restrict__ R, int d, 
 }  // namespace twopass
 }  // namespace fastzsl
 
-extern "C" __global__ void __launch_bounds__(FASTZSL_TWOPASS_THREADS) twopass_filter(
+extern "C" __global__ void __launch_bounds__(FASTZSL_TWOPASS_FILTER_THREADS) twopass_filter(
     const float* G, long long tq, long long tr, long long q0, long long r0, const double* qn,
     const double* rn, double w, const double* a, long long self_offset, int self_on, int L,
-    long long n_q, double* list_s, int* list_i) {
+    long long n_q, double* list_s, int* list_i, int qb) {
     fastzsl::twopass::filter(G, tq, tr, q0, r0, qn, rn, w, a, self_offset, self_on, L, n_q,
-                             list_s, list_i);
+                             list_s, list_i, qb);
 }
 
 #define FASTZSL_RERANK_ENTRY(NAME, T)                                                       \

@@ -145,6 +145,26 @@ def test_overflowed_queries_fall_back_to_the_direct_kernel(cp, small_tiles, monk
 
 
 @gpu
+@pytest.mark.parametrize("qb", [32, 4])
+def test_filter_blocks_of_any_width_and_many_phases(cp, monkeypatch, qb):
+    # Filter blocks of qb queries: 32 (8 threads per query, a phase of 64 rows: 300-row
+    # segments take five, the last one partial), and 4 (the layout of long lists: 64
+    # threads per query, 512-row phases); 70 queries leave partial blocks.
+    k = 6
+    L = tp._list_length(k, 10**6)
+    monkeypatch.setattr(tp, "FILTER_SMEM_BYTES", 12 * (L * qb + 2048) + 8 * qb)
+    assert tp._filter_layout(L)[0] == qb
+    monkeypatch.setattr(tp, "TILE_R", 300)
+    monkeypatch.setattr(tp, "SEGMENTS", 1)
+    rng = np.random.default_rng(qb)
+    R = rng.normal(size=(700, 5))
+    R[650:] = R[:50]  # exact ties across tiles
+    _check(R[:70].copy(), R, k, -1, monkeypatch, np.float64)
+    R32 = R.astype(np.float32)
+    _check(R32[100:170], R32, k, 100, monkeypatch, np.float32)
+
+
+@gpu
 def test_lists_of_exactly_k_overflow_every_query(cp, small_tiles, monkeypatch):
     monkeypatch.setattr(tp, "LIST_FACTOR", 1)
     monkeypatch.setattr(tp, "LIST_EXTRA", 0)
@@ -306,6 +326,7 @@ def test_method_switch_and_size_rule(monkeypatch):
     assert not tp.chosen(Q, small, 101)  # k > n_ref: the direct path raises
     monkeypatch.setattr(tp, "KNN_METHOD", "direct")
     assert not tp.chosen(Q, big, 10)
+    assert not tp.chosen(Q[:10], big, 5000)  # lists too long for the filter's shared memory
     monkeypatch.setattr(tp, "KNN_METHOD", "fast")
     with pytest.raises(ValueError, match="KNN_METHOD"):
         tp.chosen(Q, small, 10)

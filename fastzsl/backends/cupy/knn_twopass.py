@@ -5,15 +5,32 @@ kernel's (``knn_cuda.cu``) bit for bit: same neighbours, same double distances, 
 lower index, self excluded; queries whose candidate lists overflow (many near-ties) are
 recomputed by the direct kernel, which stays the oracle.
 
-Pass 1: for query tiles x reference tiles (``TILE_Q`` x ``TILE_R`` float32 dot products,
-32 MiB by default, small enough to stay in an H100/H200's 50 MB L2 between the GEMM that
-writes it and the filter that reads it), cuBLAS (``gemm_nt``) computes G = R32 . Q32^T and
-``twopass_filter`` keeps each query's L = ``LIST_FACTOR`` k + ``LIST_EXTRA`` smallest
-lower bounds s - SAFETY B per segment of the tile's rows, s = |q|^2 + |r|^2 - 2 g the
-screened distance (norms in double). Pass 2: ``twopass_rerank_*`` takes T = the largest
-upper bound s + SAFETY B of the k candidates with the smallest lower bounds, re-ranks
-exactly every candidate whose lower bound is <= T, and flags a query whose list may have
-dropped one.
+Pass 1: for query tiles x reference tiles (``TILE_Q`` x ``TILE_R`` float32 dot products),
+cuBLAS (``gemm_nt``) computes G = R32 . Q32^T and ``twopass_filter`` keeps each query's
+L = ``LIST_FACTOR`` k + ``LIST_EXTRA`` smallest lower bounds s - SAFETY B per segment of
+the tile's rows, s = |q|^2 + |r|^2 - 2 g the screened distance (norms in double): one
+launch per tile, blocks of 32 queries x one segment, the lists in shared memory while the
+block runs, each thread with ``TWOPASS_ROWS_PER_LANE`` G loads in flight. Pass 2:
+``twopass_rerank_*`` takes T = the largest upper bound s + SAFETY B of the k candidates
+with the smallest lower bounds, re-ranks exactly every candidate whose lower bound is
+<= T, and flags a query whose list may have dropped one.
+
+Per-phase estimates for one 1M x 1M pass, d = 64, k = 20, float32, on one H100/H200 (from
+peak rates -- 67 TFLOP/s FP32, 1.7e13 FP64 instr/s, HBM 3.35 / 4.8 TB/s -- not measured;
+``benchmarks/gpu_check.sh`` measures them per phase):
+
+* prepare (centre, cast, norms; chunked): ~10 ms.
+* GEMM: 1.3e14 FLOP of FP32 SGEMM (pedantic: no tensor cores) at 60-75% of peak: 2.5-3.2 s;
+  it writes G, 4 TB (to HBM: 32-128 MiB tiles do not stay in L2 reliably).
+* filter: reads G once, 4 TB at ~80% of HBM bandwidth: 1.0-1.5 s; ~6 FP64 instructions per
+  pair (0.4 s) overlap with the loads; list insertions, ~L (1 + ln(n / (8 L))) per query
+  and segment, one thread per query: ~0.2 s.
+* host: 245 x 123 tiles (``TILE_R`` = 8192), ~30 us of Python per tile, hidden behind
+  the ~150 us of GPU work per tile.
+* re-rank: ~20-50 candidates per query with the FP32 bound: 0.01-0.05 s.
+* total: ~3.5-4.7 s per pass (GEMM and filter run one after the other on one stream).
+  Reaching ~1.5 s needs the GEMM on tensor cores at FP32 accuracy (3xTF32) with the
+  filter in its epilogue, so that G is never written: a fused kernel, not built yet.
 
 The screen's compute type is fixed here, not taken from CuPy's process-wide setting
 (``cupy.matmul`` runs TF32 when ``CUPY_TF32=1``, plain FP32 otherwise): ``gemm_nt`` calls
@@ -56,7 +73,8 @@ import numpy as np
 from ..._array import array_kind
 from . import _loader
 from ._launch import SUFFIX, _blocks, _cupy, _launch, _to_cupy
-from ._loader import TWOPASS_MAX_SEGMENTS, TWOPASS_THREADS
+from ._loader import (TWOPASS_FILTER_THREADS, TWOPASS_MAX_SEGMENTS, TWOPASS_ROWS_PER_LANE,
+                      TWOPASS_THREADS)
 
 # --- switch and tunables (module constants, so tests can force each path) -----------------
 # "auto": twopass when n_q * n_ref * d >= TWOPASS_MIN_WORK and k <= TWOPASS_MAX_K, else the
@@ -65,8 +83,10 @@ KNN_METHOD = "auto"
 TWOPASS_MIN_WORK = 2**33  # ~8.6e9 (pair, dimension) terms: below, launches and GEMM tiles cost more
 TWOPASS_MAX_K = 256  # the re-rank's insertion is O(k) per candidate, O(k^2) per query
 TILE_Q = 4096
-TILE_R = 2048
-SEGMENTS = 8  # lists per query per tile (parallelism of the filter: TILE_Q * SEGMENTS threads)
+TILE_R = 8192  # G tiles of TILE_Q x TILE_R float32: 128 MiB
+SEGMENTS = 8  # lists per query per tile (the filter's blocks: TILE_Q / 32 x SEGMENTS)
+# Dynamic shared memory of a filter block (opt-in above 48 KB; H100/H200 allow 227 KB).
+FILTER_SMEM_BYTES = 96 * 1024
 LIST_FACTOR = 2
 LIST_EXTRA = 32
 SAFETY = 2.0
@@ -103,6 +123,8 @@ def chosen(Q, reference, k: int) -> bool:
     n_q, d = Q.shape
     n_r = reference.shape[0]
     if n_q == 0 or d < 1 or k < 1 or k > n_r or n_r >= 2**31:  # int32 list indices
+        return False
+    if _filter_layout(_list_length(k, n_r)) is None:
         return False
     if KNN_METHOD == "twopass":
         return True
@@ -190,6 +212,22 @@ def _centred(X, mu):
     return X32, norms
 
 
+def _list_length(k: int, n_r: int) -> int:
+    return min(max(LIST_FACTOR * k + LIST_EXTRA, k), n_r)
+
+
+def _filter_layout(L: int):
+    """(queries per filter block, its dynamic shared memory bytes): the most queries, a
+    power of two up to 32, whose lists (L) and phase buffers fit in FILTER_SMEM_BYTES;
+    None if not even one query's do."""
+    per_query_buffer = TWOPASS_FILTER_THREADS * TWOPASS_ROWS_PER_LANE  # B x qb, any qb
+    for qb in (32, 16, 8, 4, 2, 1):
+        smem = 12 * (L * qb + per_query_buffer) + 8 * qb
+        if smem <= FILTER_SMEM_BYTES:
+            return qb, smem
+    return None  # too long: chosen() sends the problem to the direct kernel
+
+
 class _Phases:
     """CUDA-event seconds per phase, when TIME_PHASES is on (else every call is free)."""
 
@@ -248,14 +286,15 @@ def knn(Q, reference, k: int, self_offset: int, direct):
     phases.add("prepare", t0, t1)
 
     n_seg = max(1, min(SEGMENTS, TWOPASS_MAX_SEGMENTS))
-    L = min(max(LIST_FACTOR * k + LIST_EXTRA, k), n_r)
+    L = _list_length(k, n_r)
     list_s = cp.full((n_seg, L, n_q), math.inf, dtype=f64)
     list_i = cp.full((n_seg, L, n_q), -1, dtype=np.int32)
     module = _loader.load_module("knn_twopass")
     filt = module.get_function("twopass_filter")
+    qb, smem = _filter_layout(L)
     self_on = self_offset >= 0
-    # One tile buffer for every GEMM: the filter reads it while it is still in L2, and the
-    # next GEMM overwrites the same lines (a fresh buffer would be written back to HBM).
+    # One tile buffer for every GEMM (the filter reads what the GEMM just wrote; the cache
+    # lines of a reused buffer may still be in L2, a fresh one's never are).
     G_buf = cp.empty(min(TILE_Q, n_q) * min(TILE_R, n_r), dtype=np.float32)
     for q0 in range(0, n_q, TILE_Q):
         q1 = min(q0 + TILE_Q, n_q)
@@ -267,10 +306,10 @@ def knn(Q, reference, k: int, self_offset: int, direct):
             gemm_nt(R32[r0:r1], Qt, G)
             e1 = phases.mark()
             segs = max(1, min(n_seg, r1 - r0))
-            _launch(filt, (_blocks(q1 - q0, TWOPASS_THREADS), segs), (TWOPASS_THREADS,), (
+            _launch(filt, (_blocks(q1 - q0, qb), segs), (TWOPASS_FILTER_THREADS,), (
                 G, np.int64(q1 - q0), np.int64(r1 - r0), np.int64(q0), np.int64(r0), qn, rn,
                 w, a, np.int64(self_offset if self_on else 0), np.int32(self_on), np.int32(L),
-                np.int64(n_q), list_s, list_i))
+                np.int64(n_q), list_s, list_i, np.int32(qb)), shared_mem=smem)
             e2 = phases.mark()
             phases.add("gemm", e0, e1)
             phases.add("filter", e1, e2)
