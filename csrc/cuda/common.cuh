@@ -28,6 +28,33 @@
 #define FASTZSL_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 
+// Tensor cores (sm_80+): the round-to-nearest TF32 conversion (cvt.rna.tf32.f32: the
+// float with 10 mantissa bits, as a .b32) and one warp-wide mma.sync.m16n8k8 TF32 x TF32 +
+// FP32 (D = A B + C; A 16 x 8 row-major, B 8 x 8 column-major, fragments per the PTX ISA:
+// with g = lane / 4, t = lane % 4, a = {A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]},
+// b = {B[t][g], B[t+4][g]}, c/d = {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]}).
+// Every thread of the block must call it together (the CPU harness, which defines
+// FASTZSL_HOST_MMA and supplies both, emulates it with block barriers).
+#ifndef FASTZSL_HOST_MMA
+__device__ __forceinline__ unsigned to_tf32(float x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4],
+                                                 const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    asm volatile("trap;");  // the host runs this only on sm_80 or newer
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+#endif
+
 namespace fastzsl {
 
 __device__ __forceinline__ double inf_f64() { return __longlong_as_double(0x7ff0000000000000LL); }

@@ -140,6 +140,134 @@ __device__ void filter(const float* __restrict__ G, long long tq, long long tr, 
     }
 }
 
+// The 3xTF32 screen fused with the filter (compute type "3xtf32"): pass 1 in one launch,
+// G never written. A block owns FUSED_QB queries (blockIdx.x) and one segment of all the
+// reference rows (blockIdx.y); the queries' centred float32 rows sit in shared memory
+// split into TF32 hi + lo (x = hi + lo + e, |e| <= 2^-22 |x|), and the segment's rows
+// come by in phases of FUSED_RB, split the same way. Each warp computes a 16-row x 16-query
+// part of the phase's dot products with mma.sync.m16n8k8: lo.hi + hi.lo + hi.hi per 8
+// dimensions (lo.lo, ~2^-22, is left out: the bound covers it), and its epilogue writes
+// the lower bounds of its pairs into the phase buffer, kept when below the query's
+// cut-off; the merge into the lists is the filter's.
+constexpr int FUSED_QB = 32, FUSED_RB = 64;
+
+__device__ __forceinline__ void split_tf32(float x, unsigned& hi, unsigned& lo) {
+    hi = to_tf32(x);
+    lo = to_tf32(x - __uint_as_float(hi));  // x - hi is exact in float
+}
+
+__device__ void fused(const float* __restrict__ Q32, const float* __restrict__ R32,
+                      long long n_q, long long n_r, int d, const double* __restrict__ qn,
+                      const double* __restrict__ rn, double w, const double* __restrict__ a,
+                      long long self_offset, int self_on, int L, double* __restrict__ list_s,
+                      int* __restrict__ list_i) {
+    constexpr int QB = FUSED_QB, RB = FUSED_RB;
+    const double INF = inf_f64();
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const long long c0 = (long long)blockIdx.x * QB;  // the block's first query
+    const int seg = blockIdx.y, n_seg = gridDim.y;
+    const long long per = (n_r + n_seg - 1) / n_seg;
+    const long long j0 = seg * per;
+    const long long j1 = (j0 + per < n_r) ? j0 + per : n_r;
+    const int d_pad = (d + 7) / 8 * 8, ld = d_pad + 4;  // +4: fragment reads hit 32 banks
+
+    double* s_ls = reinterpret_cast<double*>(filter_smem);  // [L][QB], sorted ascending
+    double* s_bs = s_ls + (long long)L * QB;                 // [RB][QB], this phase's bounds
+    double* s_cut = s_bs + RB * QB;                          // [QB]
+    unsigned* s_qh = reinterpret_cast<unsigned*>(s_cut + QB);  // [QB][ld] TF32 hi, lo
+    unsigned* s_ql = s_qh + QB * ld;
+    unsigned* s_rh = s_ql + QB * ld;                         // [RB][ld]
+    unsigned* s_rl = s_rh + RB * ld;
+    int* s_li = reinterpret_cast<int*>(s_rl + RB * ld);      // [L][QB]
+    int* s_bi = s_li + (long long)L * QB;                    // [RB][QB], -1: not kept
+
+    for (int e = tid; e < QB * d_pad; e += blockDim.x) {
+        const int row = e / d_pad, k = e % d_pad;
+        const long long q = c0 + row;
+        const float x = (q < n_q && k < d) ? Q32[q * d + k] : 0.0f;
+        split_tf32(x, s_qh[row * ld + k], s_ql[row * ld + k]);
+    }
+    for (int e = tid; e < L * QB; e += blockDim.x) {
+        const int slot = e / QB;
+        const long long q = c0 + e % QB;
+        s_ls[e] = q < n_q ? list_s[at(seg, slot, L, n_q, q)] : INF;
+        s_li[e] = q < n_q ? list_i[at(seg, slot, L, n_q, q)] : -1;
+    }
+    __syncthreads();
+    if (tid < QB) s_cut[tid] = s_ls[(L - 1) * QB + tid];
+
+    const int mt = warp % (RB / 16);           // the warp's 16 rows of the phase
+    const int nt0 = (warp / (RB / 16)) * 2;    // and its two 8-query column tiles
+    for (long long base = j0; base < j1; base += RB) {  // uniform across the block
+        __syncthreads();  // the last merge is done with the buffer, the cut-offs are set
+        for (int e = tid; e < RB * d_pad; e += blockDim.x) {
+            const int row = e / d_pad, k = e % d_pad;
+            const long long j = base + row;
+            const float x = (j < j1 && k < d) ? R32[j * d + k] : 0.0f;
+            split_tf32(x, s_rh[row * ld + k], s_rl[row * ld + k]);
+        }
+        __syncthreads();
+        float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        const int m0 = mt * 16 + g;
+        for (int k0 = 0; k0 < d_pad; k0 += 8) {
+            const unsigned ah[4] = {s_rh[m0 * ld + k0 + t], s_rh[(m0 + 8) * ld + k0 + t],
+                                    s_rh[m0 * ld + k0 + t + 4], s_rh[(m0 + 8) * ld + k0 + t + 4]};
+            const unsigned al[4] = {s_rl[m0 * ld + k0 + t], s_rl[(m0 + 8) * ld + k0 + t],
+                                    s_rl[m0 * ld + k0 + t + 4], s_rl[(m0 + 8) * ld + k0 + t + 4]};
+            for (int nn = 0; nn < 2; ++nn) {
+                const int n = (nt0 + nn) * 8 + g;
+                const unsigned bh[2] = {s_qh[n * ld + k0 + t], s_qh[n * ld + k0 + t + 4]};
+                const unsigned bl[2] = {s_ql[n * ld + k0 + t], s_ql[n * ld + k0 + t + 4]};
+                mma_tf32_m16n8k8(acc[nn], al, bh);  // the small terms first
+                mma_tf32_m16n8k8(acc[nn], ah, bl);
+                mma_tf32_m16n8k8(acc[nn], ah, bh);
+            }
+        }
+        for (int nn = 0; nn < 2; ++nn) {
+            for (int i = 0; i < 4; ++i) {
+                const int m = m0 + (i >= 2 ? 8 : 0), col = (nt0 + nn) * 8 + 2 * t + (i & 1);
+                const long long j = base + m, q = c0 + col;
+                double lo = INF;
+                if (j < j1 && q < n_q) {
+                    const double norms = qn[q] + rn[j];
+                    const double s = norms - 2.0 * (double)acc[nn][i];
+                    lo = (self_on && j == self_offset + q) ? INF : s - (w * norms + a[q]);
+                }
+                s_bs[m * QB + col] = lo;
+                s_bi[m * QB + col] = (lo < s_cut[col]) ? (int)j : -1;
+            }
+        }
+        __syncthreads();
+        if (tid < QB && c0 + tid < n_q) {
+            double worst = s_ls[(L - 1) * QB + tid];
+            for (int b = 0; b < RB; ++b) {
+                const int idx = s_bi[b * QB + tid];
+                const double lo = s_bs[b * QB + tid];
+                if (idx < 0 || !(lo < worst)) continue;
+                int pos = L - 1;  // shift strictly larger entries up; the last drops out
+                while (pos > 0 && lo < s_ls[(pos - 1) * QB + tid]) {
+                    s_ls[pos * QB + tid] = s_ls[(pos - 1) * QB + tid];
+                    s_li[pos * QB + tid] = s_li[(pos - 1) * QB + tid];
+                    --pos;
+                }
+                s_ls[pos * QB + tid] = lo;
+                s_li[pos * QB + tid] = idx;
+                worst = s_ls[(L - 1) * QB + tid];
+            }
+            s_cut[tid] = worst;
+        }
+    }
+    __syncthreads();
+    for (int e = tid; e < L * QB; e += blockDim.x) {
+        const int slot = e / QB;
+        const long long q = c0 + e % QB;
+        if (q < n_q) {
+            list_s[at(seg, slot, L, n_q, q)] = s_ls[e];
+            list_i[at(seg, slot, L, n_q, q)] = s_li[e];
+        }
+    }
+}
+
 template <typename T>
 __device__ void rerank(const T* __restrict__ Q, const T* __restrict__ R, int d, long long n_q,
                        int k, int L, int n_seg, const double* __restrict__ list_s,
@@ -226,6 +354,15 @@ extern "C" __global__ void __launch_bounds__(FASTZSL_TWOPASS_FILTER_THREADS) two
     long long n_q, double* list_s, int* list_i, int qb) {
     fastzsl::twopass::filter(G, tq, tr, q0, r0, qn, rn, w, a, self_offset, self_on, L, n_q,
                              list_s, list_i, qb);
+}
+
+// FASTZSL_TWOPASS_FILTER_THREADS = 256: 8 warps = (FUSED_RB / 16) x (FUSED_QB / 16).
+extern "C" __global__ void __launch_bounds__(FASTZSL_TWOPASS_FILTER_THREADS) twopass_fused_3xtf32(
+    const float* Q32, const float* R32, long long n_q, long long n_r, int d, const double* qn,
+    const double* rn, double w, const double* a, long long self_offset, int self_on, int L,
+    double* list_s, int* list_i) {
+    fastzsl::twopass::fused(Q32, R32, n_q, n_r, d, qn, rn, w, a, self_offset, self_on, L,
+                            list_s, list_i);
 }
 
 #define FASTZSL_RERANK_ENTRY(NAME, T)                                                       \

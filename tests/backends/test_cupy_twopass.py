@@ -209,6 +209,9 @@ def test_clustered_queries_rarely_fall_back(cp, compute_type, monkeypatch):
     # query, as a full-size run's 8 lists of 72 per 2048-row tile do at 1M references.
     monkeypatch.setattr(tp, "TILE_R", 512)
     monkeypatch.setattr(tp, "SEGMENTS", 1)
+    fake = getattr(cp, "IS_FAKE", False)
+    if fake:
+        cp.reset_counters()
     calls = []
     D, I = tp.knn(cp.asarray(Q), cp.asarray(R), k, -1, _recording_direct(calls))
     assert tp.LAST_CALL["compute_type"] == compute_type
@@ -217,9 +220,15 @@ def test_clustered_queries_rarely_fall_back(cp, compute_type, monkeypatch):
     D1, I1 = knn_direct._knn_device(cp.asarray(Q), cp.asarray(R), k, -1)
     np.testing.assert_array_equal(I.get(), I1.get())
     np.testing.assert_array_equal(D.get(), D1.get())
-    fake = getattr(cp, "IS_FAKE", False)
-    if fake:  # the screen ran on cuBLAS with the compute type its bound is proven for
-        assert {ct for *_, ct in cp.cuda.cublas.calls} == {cp.cuda.cublas.CUBLAS_COMPUTE_32F_PEDANTIC}
+    if fake:  # the screen ran as its bound assumes: pinned FP32 cuBLAS, or the fused kernel
+        kernels = {name for name, *_ in cp.launches}
+        if compute_type == "fp32":
+            assert {ct for *_, ct in cp.cuda.cublas.calls} == {
+                cp.cuda.cublas.CUBLAS_COMPUTE_32F_PEDANTIC}
+            assert "twopass_filter" in kernels and "twopass_fused_3xtf32" not in kernels
+        else:
+            assert not cp.cuda.cublas.calls and "twopass_filter" not in kernels
+            assert [n for n, *_ in cp.launches].count("twopass_fused_3xtf32") == 1
 
 
 @gpu
@@ -313,6 +322,80 @@ def test_error_bound_holds_for_an_fp32_screen(monkeypatch, dtype, scale, offset)
         assert (np.abs(screened(_tf32(Q32), _tf32(R32)) - exact) > B).any()
 
 
+def _tf32_rna(x):
+    """float32 ``x`` rounded to TF32 (10 mantissa bits), ties away from zero (cvt.rna)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+@pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (1.0, 300.0), (1e-3, 1e4), (1e-20, 0.0)])
+def test_error_bound_holds_for_a_3xtf32_screen(monkeypatch, scale, offset):
+    # The fused kernel's GEMM: each float32 input split into TF32 hi + lo, the products
+    # lo.hi + hi.lo + hi.hi (exact in float) summed in float; the bound holds, is ~6x the
+    # FP32 one (not 500x, as TF32's), and the errors reach a part of it.
+    monkeypatch.setattr(tp, "_cupy", lambda: np)
+    rng = np.random.default_rng(19)
+    d = 64
+    X = (offset + scale * rng.normal(size=(200, d))).astype(np.float32)
+    Q, R = X[:50], X[50:]
+    qn = (Q.astype(np.float64) ** 2).sum(1)
+    rn = (R.astype(np.float64) ** 2).sum(1)
+    diff = Q.astype(np.float64)[:, None, :] - R.astype(np.float64)[None, :, :]
+    exact = (diff * diff).sum(-1)
+    c, a = tp.error_bound(qn, float(rn.max()), d, "3xtf32")
+    c32, _ = tp.error_bound(qn, float(rn.max()), d, "fp32")
+    assert 3 < c / c32 < 10
+    B = c * (qn[:, None] + rn[None, :]) + a[:, None]
+    qh, rh = _tf32_rna(Q), _tf32_rna(R)
+    ql, rl = _tf32_rna(Q - qh), _tf32_rna(R - rh)
+    g = (np.matmul(ql, rh.T) + np.matmul(qh, rl.T)) + np.matmul(qh, rh.T)
+    screened = (qn[:, None] + rn[None, :]) - 2.0 * g.astype(np.float64)
+    err = np.abs(screened - exact)
+    assert (err <= B).all(), float((err / B).max())
+    if scale >= 1e-3:
+        assert (err / B).max() > 1e-3
+
+
+_MMA_SOURCE = """
+extern "C" __global__ void mma_product(const float* A, const float* B, const float* C,
+                                       float* D) {
+    // One warp: D = A B + C, A 16 x 8, B 8 x 8, C and D 16 x 8 (row-major in memory), the
+    // fragments loaded as the PTX ISA lays them out for mma.m16n8k8 .tf32.
+    const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+    const unsigned a[4] = {to_tf32(A[g * 8 + t]), to_tf32(A[(g + 8) * 8 + t]),
+                           to_tf32(A[g * 8 + t + 4]), to_tf32(A[(g + 8) * 8 + t + 4])};
+    const unsigned b[2] = {to_tf32(B[t * 8 + g]), to_tf32(B[(t + 4) * 8 + g])};
+    float d[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t],
+                  C[(g + 8) * 8 + 2 * t + 1]};
+    mma_tf32_m16n8k8(d, a, b);
+    D[g * 8 + 2 * t] = d[0];
+    D[g * 8 + 2 * t + 1] = d[1];
+    D[(g + 8) * 8 + 2 * t] = d[2];
+    D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+"""
+
+
+def test_harness_mma_follows_the_ptx_fragment_layout(cp):
+    # The CPU harness's mma.sync.m16n8k8 TF32 on fragments loaded per the PTX ISA layout:
+    # the product of the TF32-rounded matrices (small integers x powers of two: exact).
+    if not getattr(cp, "IS_FAKE", False):
+        pytest.skip("checks the CPU harness's emulation")
+    from fastzsl.backends.cupy import _loader
+
+    prelude = "".join(f"#define {name} {value}\n" for name, value in _loader.defines().items())
+    module = cp.RawModule(code=prelude + _loader._expand("common.cuh", ()) + _MMA_SOURCE)
+    rng = np.random.default_rng(4)
+    A = (rng.integers(-50, 50, size=(16, 8)) * 2.0**-3).astype(np.float32)
+    B = (rng.integers(-50, 50, size=(8, 8)) * 2.0**5).astype(np.float32)
+    C = rng.integers(-9, 9, size=(16, 8)).astype(np.float32)
+    A[3, 5] = 1.0 + 2.0**-12  # not a TF32 value: rounds to 1.0
+    D = cp.empty((16, 8), dtype=np.float32)
+    module.get_function("mma_product")((1,), (32,), tuple(cp.asarray(x) for x in (A, B, C)) + (D,))
+    A[3, 5] = 1.0
+    np.testing.assert_array_equal(D.get(), A.astype(np.float64) @ B + C)
+
+
 def test_method_switch_and_size_rule(monkeypatch):
     Q = np.zeros((1000, 64), np.float32)
     small = np.zeros((100, 64), np.float32)
@@ -342,7 +425,7 @@ from fastzsl.backends.cupy import knn_twopass as tp
 from fastzsl.testing import TOL, assert_knn_equal
 tp.KNN_METHOD, tp.TILE_Q, tp.TILE_R, tp.SEGMENTS, tp.LIST_EXTRA = "twopass", 40, 90, 3, 0
 rng = np.random.default_rng(0)
-for dtype in (np.float32, np.float64):
+for dtype, tp.COMPUTE_TYPE in ((np.float32, "fp32"), (np.float64, "3xtf32")):
     R = rng.normal(size=(250, 9)).astype(dtype)
     R[200:] = R[0]
     tol = TOL[np.dtype(dtype)]
@@ -355,7 +438,8 @@ print("ok")
 @pytest.mark.parametrize("kind", ["address", "thread"])
 def test_twopass_kernels_run_clean_under_sanitizers(cp, kind):
     # Out-of-bounds list, tile or row access (ASan), or two threads touching one query's
-    # lists (TSan), stops the run; the lists overflow for the copied rows too.
+    # lists or one phase buffer unsynchronised (TSan), stops the run, in the tiled filter
+    # (float32) and the fused kernel (float64); the lists overflow for the copied rows too.
     if not getattr(cp, "IS_FAKE", False):
         pytest.skip("the sanitizers instrument the CPU harness only")
     from tests.cuda_host import harness

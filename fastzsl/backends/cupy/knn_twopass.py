@@ -29,15 +29,33 @@ peak rates -- 67 TFLOP/s FP32, 1.7e13 FP64 instr/s, HBM 3.35 / 4.8 TB/s -- not m
   the ~150 us of GPU work per tile.
 * re-rank: ~20-50 candidates per query with the FP32 bound: 0.01-0.05 s.
 * total: ~3.5-4.7 s per pass (GEMM and filter run one after the other on one stream).
-  Reaching ~1.5 s needs the GEMM on tensor cores at FP32 accuracy (3xTF32) with the
-  filter in its epilogue, so that G is never written: a fused kernel, not built yet.
 
-The screen's compute type is fixed here, not taken from CuPy's process-wide setting
-(``cupy.matmul`` runs TF32 when ``CUPY_TF32=1``, plain FP32 otherwise): ``gemm_nt`` calls
-cuBLAS ``gemmEx`` with ``CUBLAS_COMPUTE_32F_PEDANTIC`` (FP32 products and sums, no
-reduced-precision path whatever the handle's math mode), and the bound below is proven for
-exactly that GEMM. (A TF32 screen would need eta = (1 + u)(1 + 2^-10) - 1, a window ~500x
-wider: on clustered data it holds a whole cluster and nearly every query falls back.)
+With ``COMPUTE_TYPE = "3xtf32"`` (the fused kernel) the GEMM and filter phases become one:
+
+* 3 x 1.3e14 FLOP of TF32 mma.sync at 50-65% of the 495 TFLOP/s dense peak: 1.2-1.6 s;
+  the epilogue, ~8 FP64 instructions per pair (1e12 pairs / 1.7e13 per s): ~0.5 s,
+  partly overlapped; list insertions as above, ~0.2 s; no G traffic. Each 32-query block
+  reads its segment of R: 31k query blocks x 256 MB = 8 TB through L2; the blocks resident
+  together (consecutive blockIdx.x, one segment) stream the same rows at about the same
+  time, so most reads should hit L2 -- if they do not, HBM caps the kernel at ~2 s. A wider
+  window (c ~6x) gives ~40-60 candidates per query: re-rank ~0.05 s.
+* total: ~1.5-2.5 s per pass. This first version stages operands with plain loads and
+  synchronises per 64-row phase (no cp.async double buffering): the upper end is likelier.
+
+The screen's compute type is chosen here (``COMPUTE_TYPE``), never taken from CuPy's
+process-wide setting (``cupy.matmul`` runs TF32 when ``CUPY_TF32=1``, plain FP32
+otherwise), and the bound below is proven for each:
+
+* "fp32": ``gemm_nt`` calls cuBLAS ``gemmEx`` with ``CUBLAS_COMPUTE_32F_PEDANTIC`` (FP32
+  products and sums, no reduced-precision path whatever the handle's math mode), then the
+  filter kernel, per tile.
+* "3xtf32": ``twopass_fused_3xtf32`` computes the dot products on tensor cores
+  (``mma.sync.m16n8k8`` TF32) with each float32 input split as x = hi + lo + e (hi, lo
+  TF32, |e| <= 2^-22 |x|) and g = lo.hi' + hi.lo' + hi.hi', and filters them in its
+  epilogue: pass 1 in one launch, G never written.
+
+(Plain TF32 would need a window ~500x the FP32 one: on clustered data it holds a whole
+cluster and nearly every query falls back; it is not offered.)
 
 The error bound B. Let e(q, r) be the direct kernel's double distance, Qn, Rn the double
 squared norms, Rmax = max Rn, d the dimension, u = 2^-24, u64 = 2^-53, eta = u (each
@@ -48,12 +66,25 @@ to zero). Then |s - e| <= B(q, r) for every pair, with
     B(q, r) = c (Qn + Rn) + a(q),   c = c1 + 8 (d + 6) u64,   c1 = (1 + eta)^2 (1 + gamma) - 1,
     a(q)    = 5 alpha sqrt(2 d (Qn + Rmax)) + 8 d alpha,
 
-because |g - q.r| <= c1 |q||r| + (abs. terms) and 2 |q||r| <= Qn + Rn; the 8 (d + 6) u64
+for "fp32", and for "3xtf32"
+
+    c1 = (1 + eta)^2 (1 + 4 * 2^-22 + (1 + 2^-9) gamma3) - 1,  a(q) three times the above,
+    gamma3 = n v / (1 - n v),  n = 3 d + 1,  v = 2^-23,
+
+because per dimension q r - (lo.hi' + hi.lo' + hi.hi') = lo.lo' + (hi + lo) e' + e (hi' +
+lo') + e e', at most (2^-22 + 2^-22 (1 + 2^-11)^2 ... ) |q_t r_t| <= 4 * 2^-22 |q_t r_t|
+(|lo| <= 2^-11 (1 + 2^-11) |x|, rounding to nearest), summed <= 4 * 2^-22 |q||r|; the
+products of TF32 values are exact in float, and the 3 d of them plus C are added with a
+relative error of at most v = 2^-23 per addition (truncation, as tensor cores align and
+add; any order), on a sum of magnitudes <= (1 + 2^-9) |q||r|; subnormal products that a
+tensor core flushes lose at most alpha each (hence 3 a). At d = 64, c ~ 2.4e-5, ~6x the
+FP32 bound. Either way |g - q.r| <= c1 |q||r| + (abs. terms) and 2 |q||r| <= Qn + Rn; the 8 (d + 6) u64
 term covers the double norms, the two additions of s, e's own rounding against the exact
 distance (both <= (d + 2) u64 2 (Qn + Rn)) and the centring (below: the double
 differences q - mu are rounded once, which moves e by at most 4 u64 (Qn + Rn)). Here q,
 r, Qn, Rn are of the centred vectors q - mu, r - mu (mu: the reference mean, in double).
-For d = 64, c ~ 4.0e-6: the window s +- SAFETY B is about +-8e-6 of Qn + Rn wide.
+For "fp32" at d = 64, c ~ 4.0e-6: the window s +- SAFETY B is about +-8e-6 of Qn + Rn
+wide.
 Why it is exact: k rows have e <= s + B <= T, so the true k-th distance is <= T, and
 every row of the answer has s - SAFETY B <= s - B <= e <= T. A segment list that is not full holds every
 row of its segment; a full one whose largest lower bound exceeds T dropped only rows
@@ -95,10 +126,13 @@ NORM_LIMIT = 1e30  # |q||r| stays far below FLT_MAX, and every float64 element f
 # device memory stays near the reference (its copy, when on the host, plus the float32
 # screen copy), whatever its size.
 PREP_CHUNK_BYTES = 256 * 2**20
-# The screen's compute types this module can run, each with the input rounding its bound
-# assumes (see the module docstring): "fp32" is cuBLAS CUBLAS_COMPUTE_32F_PEDANTIC.
-COMPUTE_TYPES = {"fp32": 0.0}
+# The screen's compute types (the module docstring proves a bound for each): "fp32",
+# cuBLAS CUBLAS_COMPUTE_32F_PEDANTIC then the filter kernel, one launch per tile; "3xtf32",
+# the fused tensor-core kernel (sm_80 or newer, rows that fit FUSED_SMEM_BYTES; otherwise
+# "fp32" runs, and LAST_CALL says so).
+COMPUTE_TYPES = ("fp32", "3xtf32")
 COMPUTE_TYPE = "fp32"
+FUSED_SMEM_BYTES = 160 * 1024
 # Per-phase CUDA-event times in LAST_CALL["phase_s"] (events around every tile: for
 # benchmarks, not for production runs).
 TIME_PHASES = False
@@ -110,6 +144,7 @@ LAST_CALL: dict = {}
 LAST_OVERFLOW_ROWS = 0
 
 _U32 = 2.0**-24
+_U_TC = 2.0**-23  # a tensor core's addition: truncated, not rounded to nearest
 _U64 = 2.0**-53
 _FLT_MIN = float(np.finfo(np.float32).tiny)
 _ONE = np.ones(1, np.float32)  # gemmEx's alpha and beta, host pointers
@@ -138,13 +173,19 @@ def error_bound(qn, rmax: float, d: int, compute_type: str = "fp32"):
     docstring) when the screen runs ``compute_type``; ``qn`` the queries' double squared
     norms, ``rmax`` the largest Rn."""
     cp = _cupy()
-    if compute_type not in COMPUTE_TYPES:
-        raise ValueError(f"compute type {compute_type!r}: expected one of {sorted(COMPUTE_TYPES)}")
-    eta = (1 + _U32) * (1 + COMPUTE_TYPES[compute_type]) - 1
-    gamma = (d + 1) * _U32 / (1 - (d + 1) * _U32)
-    c1 = (1 + eta) ** 2 * (1 + gamma) - 1
     alpha = 2 * _FLT_MIN
-    return c1 + 8 * (d + 6) * _U64, 5 * alpha * cp.sqrt(2.0 * d * (qn + rmax)) + 8 * d * alpha
+    a = 5 * alpha * cp.sqrt(2.0 * d * (qn + rmax)) + 8 * d * alpha
+    if compute_type == "fp32":
+        gamma = (d + 1) * _U32 / (1 - (d + 1) * _U32)
+        c1 = (1 + _U32) ** 2 * (1 + gamma) - 1
+    elif compute_type == "3xtf32":
+        n = 3 * d + 1  # additions into one output: 3 products per dimension, and C
+        gamma = n * _U_TC / (1 - n * _U_TC)
+        c1 = (1 + _U32) ** 2 * (1 + 4 * 2.0**-22 + (1 + 2.0**-9) * gamma) - 1
+        a = 3 * a  # three products per term can each lose a subnormal
+    else:
+        raise ValueError(f"compute type {compute_type!r}: expected one of {COMPUTE_TYPES}")
+    return c1 + 8 * (d + 6) * _U64, a
 
 
 def gemm_nt(A, B, out, pedantic: bool = True):
@@ -228,6 +269,25 @@ def _filter_layout(L: int):
     return None  # too long: chosen() sends the problem to the direct kernel
 
 
+FUSED_QUERIES = 32  # queries per block of the fused kernel (its FUSED_QB)
+_FUSED_ROWS = 64  # reference rows per phase (its FUSED_RB)
+
+
+def _fused_smem(L: int, d: int) -> int:
+    """Dynamic shared memory of a fused block: lists, phase buffer, cut-offs (12 B per
+    entry), and the TF32 hi/lo rows of its queries and of a phase (padded rows)."""
+    qb, rb = FUSED_QUERIES, _FUSED_ROWS
+    ld = -(-d // 8) * 8 + 4
+    return 12 * (L * qb + rb * qb) + 8 * qb + 8 * ld * (qb + rb)
+
+
+def _fused_runs(k: int, n_r: int, d: int) -> bool:
+    """Whether the fused 3xTF32 kernel can run here: tensor cores (sm_80+), rows that fit."""
+    cp = _cupy()
+    major = int(cp.cuda.Device().compute_capability) // 10
+    return major >= 8 and _fused_smem(_list_length(k, n_r), d) <= FUSED_SMEM_BYTES
+
+
 class _Phases:
     """CUDA-event seconds per phase, when TIME_PHASES is on (else every call is free)."""
 
@@ -262,6 +322,10 @@ def knn(Q, reference, k: int, self_offset: int, direct):
     dtype = np.dtype(Q.dtype)
     n_q, d = Q.shape
     compute = COMPUTE_TYPE
+    if compute not in COMPUTE_TYPES:
+        raise ValueError(f"COMPUTE_TYPE={compute!r}: expected one of {COMPUTE_TYPES}")
+    if compute == "3xtf32" and not _fused_runs(k, reference.shape[0], d):
+        compute = "fp32"
     LAST_CALL = {"method": "twopass", "compute_type": compute, "queries": n_q,
                  "overflow_rows": None, "phase_s": None}
     phases = _Phases(cp)
@@ -290,6 +354,26 @@ def knn(Q, reference, k: int, self_offset: int, direct):
     list_s = cp.full((n_seg, L, n_q), math.inf, dtype=f64)
     list_i = cp.full((n_seg, L, n_q), -1, dtype=np.int32)
     module = _loader.load_module("knn_twopass")
+    self_on = self_offset >= 0
+    if compute == "3xtf32":  # pass 1 in one launch
+        e0 = phases.mark()
+        _launch(module.get_function("twopass_fused_3xtf32"),
+                (_blocks(n_q, FUSED_QUERIES), n_seg), (TWOPASS_FILTER_THREADS,), (
+                    Q32, R32, np.int64(n_q), np.int64(n_r), np.int32(d), qn, rn, w, a,
+                    np.int64(self_offset if self_on else 0), np.int32(self_on), np.int32(L),
+                    list_s, list_i), shared_mem=_fused_smem(L, d))
+        phases.add("fused_screen_filter", e0, phases.mark())
+    else:
+        _screen_tiles(Q32, R32, qn, rn, w, a, self_offset, L, list_s, list_i, module, phases)
+    return _finish(Q, R, k, self_offset, direct, module, L, n_seg, list_s, list_i, qn, rn, w,
+                   a, phases)
+
+
+def _screen_tiles(Q32, R32, qn, rn, w, a, self_offset, L, list_s, list_i, module, phases):
+    """Pass 1 with the FP32 GEMM: cuBLAS per tile, then the filter kernel."""
+    cp = _cupy()
+    n_q, n_r = Q32.shape[0], R32.shape[0]
+    n_seg = list_s.shape[0]
     filt = module.get_function("twopass_filter")
     qb, smem = _filter_layout(L)
     self_on = self_offset >= 0
@@ -314,6 +398,15 @@ def knn(Q, reference, k: int, self_offset: int, direct):
             phases.add("gemm", e0, e1)
             phases.add("filter", e1, e2)
 
+
+def _finish(Q, R, k, self_offset, direct, module, L, n_seg, list_s, list_i, qn, rn, w, a,
+            phases):
+    """Pass 2: the exact re-rank, then the overflowed queries on the direct kernel."""
+    global LAST_OVERFLOW_ROWS
+    cp = _cupy()
+    f64 = np.float64
+    dtype = np.dtype(Q.dtype)
+    n_q, d = Q.shape
     out_d = cp.empty((n_q, k), dtype=f64)
     out_i = cp.empty((n_q, k), dtype=np.int64)
     overflow = cp.empty(n_q, dtype=np.int32)
