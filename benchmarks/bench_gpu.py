@@ -17,10 +17,11 @@ Gaussian blobs generated on the GPU, d = 64, k = 20):
 
 * ``preflight`` (about a minute): the compile (or cache load) time of every kernel module,
   the compute types in force (the two-pass screen's; ``cupy.matmul``'s for float32, and
-  ``CUPY_TF32``), then one 4,096-query x 1M slice of the two-pass kNN with per-phase
-  CUDA-event times (prepare, GEMM, filter, re-rank, fallback) and its fallback count,
-  against the direct kernel on the same slice (answers equal bit for bit).
-* ``methods``: 100k x 1M, the direct kernel against the two-pass scheme.
+  ``CUPY_TF32``), then one 4,096-query x 1M slice of the two-pass kNN, with each screen
+  compute type (FP32 cuBLAS + filter; fused 3xTF32), with per-phase CUDA-event times
+  (prepare, GEMM, filter or fused, re-rank, fallback) and fallback counts, against the
+  direct kernel on the same slice (answers equal bit for bit).
+* ``methods``: 100k x 1M, the direct kernel against the two-pass scheme (each compute type).
 * ``gaussian``: log-likelihood reductions, n = 4M, C = 1000, against a cuBLAS SGEMM of the
   same shape pinned to FP32 (``CUBLAS_COMPUTE_32F``), and ``cupy.matmul`` (whose compute
   type is recorded: TF32 when ``CUPY_TF32=1``).
@@ -129,8 +130,9 @@ def compute_types():
     """The GEMM compute types in force: the two-pass screen's (pinned), cupy.matmul's."""
     from fastzsl.backends.cupy import knn_twopass
 
-    out = {"twopass_screen": f"{knn_twopass.COMPUTE_TYPE} (cuBLAS gemmEx, "
-                             "CUBLAS_COMPUTE_32F_PEDANTIC)",
+    out = {"twopass_screen_default": knn_twopass.COMPUTE_TYPE,
+           "twopass_screens": "fp32: cuBLAS gemmEx CUBLAS_COMPUTE_32F_PEDANTIC + filter; "
+                              "3xtf32: fused mma.sync TF32 hi/lo kernel",
            "CUPY_TF32": os.environ.get("CUPY_TF32", "(unset)")}
     try:
         from cupy._core import _routines_linalg as linalg
@@ -237,19 +239,29 @@ def torch_loop(torch, D, I, extent, ref_pdist=None, nplof=None):
 
 # ------------------------------------------------------------------ cases
 class _Method:
-    """Pins ``knn_twopass.KNN_METHOD`` (and optionally TIME_PHASES) inside a ``with``."""
+    """Pins ``knn_twopass.KNN_METHOD``, its COMPUTE_TYPE and TIME_PHASES inside a ``with``."""
 
-    def __init__(self, method, phases=False):
+    def __init__(self, method, compute_type=None, phases=False):
         from fastzsl.backends.cupy import knn_twopass
 
         self.tp, self.method, self.phases = knn_twopass, method, phases
+        self.compute_type = compute_type or knn_twopass.COMPUTE_TYPE
 
     def __enter__(self):
-        self.saved = self.tp.KNN_METHOD, self.tp.TIME_PHASES
-        self.tp.KNN_METHOD, self.tp.TIME_PHASES = self.method, self.phases
+        self.saved = self.tp.KNN_METHOD, self.tp.COMPUTE_TYPE, self.tp.TIME_PHASES
+        self.tp.KNN_METHOD, self.tp.COMPUTE_TYPE = self.method, self.compute_type
+        self.tp.TIME_PHASES = self.phases
 
     def __exit__(self, *exc):
-        self.tp.KNN_METHOD, self.tp.TIME_PHASES = self.saved
+        self.tp.KNN_METHOD, self.tp.COMPUTE_TYPE, self.tp.TIME_PHASES = self.saved
+
+
+def _twopass_labels():
+    """(label, compute type) of every two-pass screen: "fastzsl_knn_twopass" is "fp32"."""
+    from fastzsl.backends.cupy import knn_twopass
+
+    return [("fastzsl_knn_twopass" + ("" if ct == "fp32" else f"_{ct}"), ct)
+            for ct in knn_twopass.COMPUTE_TYPES]
 
 
 def _data(cp, n_ref, n_q, d, seed):
@@ -272,19 +284,22 @@ def preflight_case(ctx, n_ref, n_q, d, k):
         rec.save()
         ctx.log(f"  TIME compile {name}: {case['compile_s'][name]:.2f} s")
     R, Q = _data(cp, n_ref, n_q, d, 20)
-    with _Method("twopass", phases=True):  # events around every tile: phases, not speed
-        t, (D2, I2) = timed(lambda: ctx.K.knn(Q, R, k, -1), 1, cp)
-        rec.timing(case, "fastzsl_knn_twopass_with_phase_events", t, knn_info())
-    with _Method("twopass"):
-        t, (D2, I2) = timed(lambda: ctx.K.knn(Q, R, k, -1), 2, cp, warmup=False)
-        rec.timing(case, "fastzsl_knn_twopass", t, knn_info())
+    answers = {}
+    for label, compute in _twopass_labels():
+        with _Method("twopass", compute, phases=True):  # events per tile: phases, not speed
+            t, _ = timed(lambda: ctx.K.knn(Q, R, k, -1), 1, cp)
+            rec.timing(case, f"{label}_with_phase_events", t, knn_info())
+        with _Method("twopass", compute):
+            t, answers[label] = timed(lambda: ctx.K.knn(Q, R, k, -1), 2, cp, warmup=False)
+            rec.timing(case, label, t, knn_info())
     with _Method("direct"):
         t, (D1, I1) = timed(lambda: ctx.K.knn(Q, R, k, -1), 2, cp)
         rec.timing(case, "fastzsl_knn_direct", t, knn_info())
-    same = bool((I1 == I2).all()) and bool((D1 == D2).all())
-    case["correctness"] = {"twopass_equals_direct": same}
+    same = {label: bool((I1 == I2).all()) and bool((D1 == D2).all())
+            for label, (D2, I2) in answers.items()}
+    case["correctness"] = {"twopass_equals_direct": all(same.values()), "each": same}
     rec.save()
-    assert same, "two-pass kNN differs from the direct kernel"
+    assert all(same.values()), f"two-pass kNN differs from the direct kernel: {same}"
 
 
 def methods_case(ctx, n_ref, n_q, d, k):
@@ -294,19 +309,22 @@ def methods_case(ctx, n_ref, n_q, d, k):
     case = rec.case("methods", n_ref=n_ref, n_q=n_q, d=d, k=k, dtype="float32")
     R, Q = _data(cp, n_ref, n_q, d, 9)
     answers = {}
-    for method in ("direct", "twopass"):
-        with _Method(method):
-            t, answers[method] = timed(lambda: ctx.K.knn(Q, R, k, -1), 2, cp)
-            rec.timing(case, f"fastzsl_knn_{method}", t, knn_info())
-    (D1, I1), (D2, I2) = answers["direct"], answers["twopass"]
-    same = bool((I1 == I2).all()) and bool((D1 == D2).all())
+    for label, method, compute in [("fastzsl_knn_direct", "direct", None)] + [
+            (label, "twopass", compute) for label, compute in _twopass_labels()]:
+        with _Method(method, compute):
+            t, answers[label] = timed(lambda: ctx.K.knn(Q, R, k, -1), 2, cp)
+            rec.timing(case, label, t, knn_info())
+    D1, I1 = answers.pop("fastzsl_knn_direct")
+    same = {label: bool((I1 == I2).all()) and bool((D1 == D2).all())
+            for label, (D2, I2) in answers.items()}
     n_np = 2
-    ctx.assert_knn_equal(D2[:n_np].get(), I2[:n_np].get(),
+    ctx.assert_knn_equal(D1[:n_np].get(), I1[:n_np].get(),
                          *ctx.numpy_.knn(Q[:n_np].get(), R.get(), k, -1),
                          **ctx.TOL[np.dtype(np.float32)])
-    case["correctness"] = {"twopass_equals_direct": same, "rows_vs_numpy": n_np}
+    case["correctness"] = {"twopass_equals_direct": all(same.values()), "each": same,
+                           "rows_vs_numpy": n_np}
     rec.save()
-    assert same, "two-pass kNN differs from the direct kernel"
+    assert all(same.values()), f"two-pass kNN differs from the direct kernel: {same}"
     ctx.log(f"  two-pass == direct on {n_q:,} x {n_ref:,}")
 
 
@@ -494,6 +512,8 @@ def summarize(cases):
         s["preflight_twopass_s"] = _t(p, "fastzsl_knn_twopass")
         s["preflight_direct_s"] = _t(p, "fastzsl_knn_direct")
         s["preflight_direct_over_twopass"] = s["preflight_direct_s"] / s["preflight_twopass_s"]
+        if "fastzsl_knn_twopass_3xtf32" in p["times_s"]:
+            s["preflight_twopass_3xtf32_s"] = _t(p, "fastzsl_knn_twopass_3xtf32")
         info = p.get("knn", {}).get("fastzsl_knn_twopass", {})
         s["preflight_fallback_rows"] = info.get("overflow_rows")
         if p.get("n_q"):  # per 1M queries, scaled linearly from the slice (an extrapolation)
@@ -504,6 +524,9 @@ def summarize(cases):
         s["knn_direct_s"] = _t(m, "fastzsl_knn_direct")
         s["knn_twopass_s"] = _t(m, "fastzsl_knn_twopass")
         s["knn_direct_over_twopass"] = s["knn_direct_s"] / s["knn_twopass_s"]
+        if "fastzsl_knn_twopass_3xtf32" in m["times_s"]:
+            s["knn_twopass_3xtf32_s"] = _t(m, "fastzsl_knn_twopass_3xtf32")
+            s["knn_direct_over_twopass_3xtf32"] = s["knn_direct_s"] / s["knn_twopass_3xtf32_s"]
     g = cases.get("gaussian", {})
     if "cupy_matmul_same_shape" in g.get("times_s", {}):
         red = _t(g, "fastzsl_gaussian_reductions")

@@ -481,7 +481,8 @@ def test_benchmark_keeps_every_number_as_it_is_taken(cp, tmp_path, monkeypatch):
     monkeypatch.setitem(bench_gpu.CASE_FUNCTIONS, "methods", methods_then_fail)
     assert bench_gpu.main(["--tiny", "--cases", "preflight,methods,gaussian",
                            "--out", str(tmp_path)]) == 1
-    assert seen_on_disk == [{"fastzsl_knn_direct", "fastzsl_knn_twopass"}]
+    assert seen_on_disk == [{"fastzsl_knn_direct", "fastzsl_knn_twopass",
+                             "fastzsl_knn_twopass_3xtf32"}]
     result = json.loads((tmp_path / "gpu.json").read_text())
     cases = result["cases"]
     assert "a failure after" in cases["methods"]["error"]
@@ -490,13 +491,16 @@ def test_benchmark_keeps_every_number_as_it_is_taken(cp, tmp_path, monkeypatch):
     pre = cases["preflight"]
     assert pre["correctness"]["twopass_equals_direct"]
     assert set(pre["compile_s"]) == {"knn_cuda", "knn_twopass", "loop_cuda", "gaussian_cuda"}
-    assert pre["compute_types"]["twopass_screen"].startswith(tp.COMPUTE_TYPE)
+    assert pre["compute_types"]["twopass_screen_default"] == tp.COMPUTE_TYPE
     phases = pre["knn"]["fastzsl_knn_twopass_with_phase_events"]["phase_s"]
     assert set(phases) >= {"gemm", "filter", "rerank"}
+    phases = pre["knn"]["fastzsl_knn_twopass_3xtf32_with_phase_events"]["phase_s"]
+    assert set(phases) >= {"fused_screen_filter", "rerank"}
     for case in (pre, cases["methods"]):
         for label in case["times_s"]:
             info = case["knn"][label]
             assert info["method"] in label and info["compute_type"]
+            assert ("3xtf32" in label) == (info["compute_type"] == "3xtf32")
             assert isinstance(info["overflow_rows"], int) and info["queries"] > 0
     assert "| fastzsl_knn_twopass |" in (tmp_path / "gpu.md").read_text()
     assert tp.KNN_METHOD == "auto" and not tp.TIME_PHASES  # restored
