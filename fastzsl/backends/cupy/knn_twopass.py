@@ -60,8 +60,8 @@ cluster and nearly every query falls back; it is not offered.)
 The error bound B. Let e(q, r) be the direct kernel's double distance, Qn, Rn the double
 squared norms, Rmax = max Rn, d the dimension, u = 2^-24, u64 = 2^-53, eta = u (each
 float64 input rounded once to float32), gamma = (d + 1) u / (1 - (d + 1) u) (FP32
-products and their sum, rounded to nearest, in any order, split-K included), and alpha = 2 FLT_MIN (subnormals flushed
-to zero). Then |s - e| <= B(q, r) for every pair, with
+products and their sum, rounded to nearest, in any order, split-K included), and
+alpha = 2 FLT_MIN (subnormals flushed to zero). Then |s - e| <= B(q, r) for every pair, with
 
     B(q, r) = c (Qn + Rn) + a(q),   c = c1 + 8 (d + 6) u64,   c1 = (1 + eta)^2 (1 + gamma) - 1,
     a(q)    = 5 alpha sqrt(2 d (Qn + Rmax)) + 8 d alpha,
@@ -72,8 +72,10 @@ for "fp32", and for "3xtf32"
     gamma3 = n v / (1 - n v),  n = 3 d + 1,  v = 2^-23,
 
 because per dimension q r - (lo.hi' + hi.lo' + hi.hi') = lo.lo' + (hi + lo) e' + e (hi' +
-lo') + e e', at most (2^-22 + 2^-22 (1 + 2^-11)^2 ... ) |q_t r_t| <= 4 * 2^-22 |q_t r_t|
-(|lo| <= 2^-11 (1 + 2^-11) |x|, rounding to nearest), summed <= 4 * 2^-22 |q||r|; the
+lo') + e e', where |hi| <= (1 + 2^-11) |x|, |lo| <= 2^-11 (1 + 2^-11) |x| (rounding to
+nearest) and |e| <= 2^-22 |x|: the four terms are at most 2^-22 (1 + 2^-10), twice
+2^-22 (1 + 2^-9) and 2^-44, times |q_t r_t|, together <= 4 * 2^-22 |q_t r_t|, and summed
+over t <= 4 * 2^-22 |q||r|; the
 products of TF32 values are exact in float, and the 3 d of them plus C are added with a
 relative error of at most v = 2^-23 per addition (truncation, as tensor cores align and
 add; any order), on a sum of magnitudes <= (1 + 2^-9) |q||r|; subnormal products that a
