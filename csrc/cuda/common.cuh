@@ -37,9 +37,13 @@
 // FASTZSL_HOST_MMA and supplies both, emulates it with block barriers).
 #ifndef FASTZSL_HOST_MMA
 __device__ __forceinline__ unsigned to_tf32(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    return __float_as_uint(x);  // never used: the host runs the tensor-core kernel on sm_80+
+#else
     unsigned r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return r;
+#endif
 }
 __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4],
                                                  const unsigned (&b)[2]) {
