@@ -28,6 +28,37 @@
 #define FASTZSL_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
 
+// Tensor cores (sm_80+): the round-to-nearest TF32 conversion (cvt.rna.tf32.f32: the
+// float with 10 mantissa bits, as a .b32) and one warp-wide mma.sync.m16n8k8 TF32 x TF32 +
+// FP32 (D = A B + C; A 16 x 8 row-major, B 8 x 8 column-major, fragments per the PTX ISA:
+// with g = lane / 4, t = lane % 4, a = {A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]},
+// b = {B[t][g], B[t+4][g]}, c/d = {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]}).
+// Every thread of the block must call it together (the CPU harness, which defines
+// FASTZSL_HOST_MMA and supplies both, emulates it with block barriers).
+#ifndef FASTZSL_HOST_MMA
+__device__ __forceinline__ unsigned to_tf32(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    return __float_as_uint(x);  // never used: the host runs the tensor-core kernel on sm_80+
+#else
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#endif
+}
+__device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4],
+                                                 const unsigned (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    asm volatile("trap;");  // the host runs this only on sm_80 or newer
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+#endif
+
 namespace fastzsl {
 
 __device__ __forceinline__ double inf_f64() { return __longlong_as_double(0x7ff0000000000000LL); }
@@ -45,16 +76,19 @@ constexpr double TWO_PI = 6.283185307179586;       // == 2.0 * numpy.pi
 // RS rows x DC dimensions; each thread accumulates its row's RS squared distances in
 // registers, one fused multiply-add per dimension in ascending order.
 //
-// Both sides are staged in shared memory as double and the sums are double, for float32
-// input too: e = sum_t (double(q_t) - double(r_t))^2, the NumPy reference's and the CPU
-// kernels' definition. Distances and log-likelihoods stay double through every decision
-// (top-k order and ties, argmax, logsumexp, thresholds) and are rounded to float32 only on
-// output, so the float32 decisions equal the reference's: a float sum differs from it by
-// about d ulps (near-ties flip, review finding 1) and overflows to inf once a difference
-// exceeds ~1.8e19 (finding 2). The cost: FP64 runs at half the FP32 rate on H100/H200
-// (non-tensor math) and the tiles take twice the shared memory, so float32 input is about
-// as fast as float64 here, only its global loads are half the size.
+// Distances are defined as double sums, for float32 input too: e = sum_t (double(q_t) -
+// double(r_t))^2, the NumPy reference's and the CPU kernels' definition. Distances and
+// log-likelihoods stay double through every decision (top-k order and ties, argmax,
+// logsumexp, thresholds) and are rounded to float32 only on output, so the float32
+// decisions equal the reference's: a float sum differs from it by about d ulps (near-ties
+// flip) and overflows to inf once a difference exceeds ~1.8e19.
+// The helpers below take the staging type V: Acc (double, the exact sums; the Gaussian
+// kernel and float64 kNN) or float (the float32 kNN's screen, whose sums are only bounds:
+// knn_cuda.cu recomputes every pair that may matter in double, exact_sqdist).
 using Acc = double;
+
+__device__ __forceinline__ float fma_v(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double fma_v(double a, double b, double c) { return fma(a, b, c); }
 
 // The sub-tile shape (rows x dims of Acc).
 struct Tile {
@@ -63,31 +97,32 @@ struct Tile {
 };
 
 // Rows [row0, row0 + RS), dims [c0, c0 + DC) of src (row-major, d columns, element type S)
-// into tile[RS][DC] as Acc; zero past row_end or d. Every thread of the block takes part.
-template <int RS, int DC, typename S>
-__device__ __forceinline__ void stage_tile(Acc* tile, const S* __restrict__ src, long long row0,
+// into tile[RS][DC] as V; zero past row_end or d. Every thread of the block takes part.
+template <int RS, int DC, typename S, typename V>
+__device__ __forceinline__ void stage_tile(V* tile, const S* __restrict__ src, long long row0,
                                            long long row_end, int c0, int d) {
     for (int e = threadIdx.x; e < RS * DC; e += blockDim.x) {
         const int r = e / DC, t = e % DC;
         const long long j = row0 + r;
         const int c = c0 + t;
-        tile[e] = (j < row_end && c < d) ? static_cast<Acc>(src[j * d + c]) : Acc(0);
+        tile[e] = (j < row_end && c < d) ? static_cast<V>(src[j * d + c]) : V(0);
     }
 }
 
-// The block's own rows in shared memory (as Acc), element (row, dim) at
+// The block's own rows in shared memory (as V), element (row, dim) at
 // data[row * rs + dim * ds]; either layout puts the threads' reads of one dim in distinct
 // banks:
 //   resident: all d_pad dims, dim-major [d_pad][bq] (loaded once by load_all);
 //   otherwise: one DC-chunk, row-major [bq][DC + 1] (padded; load_chunk per chunk).
 // Padding dimensions are 0, as in the tile, and add exactly 0.
-struct BlockRows {
+template <typename V>
+struct BlockRowsOf {
     static constexpr int DC = Tile::DC;
-    Acc* data;
+    V* data;
     int d, d_pad, rs, ds, size;
     bool resident;
 
-    __device__ __forceinline__ BlockRows(Acc* data_, int d_, int bq, bool resident_)
+    __device__ __forceinline__ BlockRowsOf(V* data_, int d_, int bq, bool resident_)
         : data(data_), d(d_), d_pad((d_ + DC - 1) / DC * DC), rs(resident_ ? 1 : DC + 1),
           ds(resident_ ? bq : 1), size(resident_ ? bq * d_pad : bq * (DC + 1)),
           resident(resident_) {}
@@ -101,7 +136,7 @@ struct BlockRows {
             const int row = e / width, t = e % width;
             const long long i = i0 + row;
             const int c = c0 + t;
-            data[row * rs + t * ds] = (i < n && c < d) ? static_cast<Acc>(src[i * d + c]) : Acc(0);
+            data[row * rs + t * ds] = (i < n && c < d) ? static_cast<V>(src[i * d + c]) : V(0);
         }
     }
     template <typename S>
@@ -115,29 +150,44 @@ struct BlockRows {
         load(src, i0, n, c0, DC);
     }
     // Thread row's dims from c0 on (the staged chunk when not resident).
-    __device__ __forceinline__ const Acc* row(int thread_row, int c0) const {
+    __device__ __forceinline__ const V* row(int thread_row, int c0) const {
         return data + thread_row * rs + (resident ? c0 : 0) * ds;
     }
 };
+using BlockRows = BlockRowsOf<Acc>;
 
 // acc[r] += sum over t < DC of (row[t * ds] - tile[r * DC + t])^2: one DC-chunk of the RS
 // distances of a thread's row, one fused multiply-add per term in ascending t.
-template <int RS, int DC>
-__device__ __forceinline__ void accumulate_sqdist(Acc (&acc)[RS], const Acc* row, int ds,
-                                                  const Acc* tile) {
-    Acc v[DC];
+template <int RS, int DC, typename V>
+__device__ __forceinline__ void accumulate_sqdist(V (&acc)[RS], const V* row, int ds,
+                                                  const V* tile) {
+    V v[DC];
 #pragma unroll
     for (int t = 0; t < DC; ++t) v[t] = row[t * ds];
 #pragma unroll
     for (int r = 0; r < RS; ++r) {
-        Acc s = acc[r];
+        V s = acc[r];
 #pragma unroll
         for (int t = 0; t < DC; ++t) {
-            const Acc diff = v[t] - tile[r * DC + t];
-            s = fma(diff, diff, s);
+            const V diff = v[t] - tile[r * DC + t];
+            s = fma_v(diff, diff, s);
         }
         acc[r] = s;
     }
+}
+
+// The exact distance of rows q and r (d elements each, global memory): the double sum of
+// accumulate_sqdist<Acc> in the same order, so the same value bit for bit (its zero
+// padding adds fma(0, 0, s) = s).
+template <typename T>
+__device__ __forceinline__ Acc exact_sqdist(const T* __restrict__ q, const T* __restrict__ r,
+                                            int d) {
+    Acc s = 0.0;
+    for (int t = 0; t < d; ++t) {
+        const Acc diff = static_cast<Acc>(q[t]) - static_cast<Acc>(r[t]);
+        s = fma(diff, diff, s);
+    }
+    return s;
 }
 
 // --- block reductions ---------------------------------------------------------------------

@@ -8,12 +8,23 @@
 // * Reference rows stream through shared memory in sub-tiles of RS rows x DC dimensions;
 //   the matching DC dimensions of the block's queries are staged in shared memory too
 //   (coalesced loads), then each thread accumulates the RS distances of its query in
-//   registers: sums of squared differences in double for float32 and float64 input alike
-//   (common.cuh says why), so a duplicate is exactly 0 apart. When q_resident is set (the
-//   host checks that it fits), all d dimensions of the block's queries are loaded into
-//   shared memory once instead.
-//   The staging and accumulation are common.cuh's stage_tile, BlockRows and
-//   accumulate_sqdist, shared with gaussian_cuda.cu (one summation order for both).
+//   registers, sums of squared differences. When q_resident is set (the host checks that
+//   it fits), all d dimensions of the block's queries are loaded into shared memory once
+//   instead. The staging and accumulation are common.cuh's stage_tile, BlockRowsOf and
+//   accumulate_sqdist, shared with gaussian_cuda.cu (one summation order for all).
+// * float64 input: the sums are double, the exact distances (a duplicate is exactly 0).
+//   float32 input: the tiles and sums are float (FP32 runs at twice the FP64 rate), a
+//   screen: s = the float sum of the float differences, whose every rounding is relative
+//   to e itself (all terms are >= 0, no cancellation): with u = 2^-24 and
+//   gamma_n = n u / (1 - n u), |s - e| <= gamma_{d+2} e + A, A = 2 (d + 2) FLT_MIN (each
+//   difference rounded once, its square and the running sum once per fma; A covers
+//   subnormal results, flushed to zero or not). A pair can enter a full list only if its
+//   double distance is below the k-th, which needs s <= kth (1 + gamma) + A; the kernel
+//   tests s <= kth (1 + 2 gamma) + 2 A (the factor 2 absorbs the double rounding of e and
+//   of the test itself) and recomputes every pair that passes, or whose s is not finite,
+//   with exact_sqdist (the double sum of the float64 path, bit for bit). The lists hold
+//   only those exact doubles, so the answer is the double kernel's; on typical data a
+//   query recomputes about k (1 + ln(n / k)) pairs of n, the insertions themselves.
 // * Each thread keeps its k best (distance, index) pairs sorted in a list in shared memory
 //   (layout [slot][thread], conflict-free) -- or, when k is too large for shared memory,
 //   in a global scratch buffer of the same layout -- and inserts a candidate only when it
@@ -74,7 +85,17 @@ __device__ __forceinline__ void consider(Acc* bd, int* bi, int stride, int k, in
 
 FASTZSL_DYNAMIC_SHARED(smem_raw);
 
-// T: the input's element type (float or double); distances are Acc (double) throughout.
+// The smallest float sum s that can no longer belong to a list whose k-th exact distance
+// is worst: beyond kth (1 + 2 gamma) + 2 A (see the top of the file); +inf while the k-th
+// is +inf or NaN (any pair may still enter).
+__device__ __forceinline__ Acc screen_limit(Acc worst, Acc gamma, Acc abs_err) {
+    return is_finite(worst) ? worst * (1.0 + 2.0 * gamma) + 2.0 * abs_err : inf_f64();
+}
+
+template <typename T> struct Staged { using type = Acc; };    // float64: exact sums
+template <> struct Staged<float> { using type = float; };     // float32: the FP32 screen
+
+// T: the input's element type (float or double); list distances are Acc (double).
 template <typename T>
 __device__ __forceinline__ void knn_block(
     const T* __restrict__ Q, const T* __restrict__ R, long long n_q, long long n_r, int d,
@@ -82,6 +103,8 @@ __device__ __forceinline__ void knn_block(
     int q_resident, Acc* __restrict__ out_d, long long* __restrict__ out_i, Acc* scratch_d,
     int* scratch_i) {
     constexpr int RS = Tile::RS, DC = Tile::DC;  // reference rows x dims per sub-tile
+    using V = typename Staged<T>::type;
+    constexpr bool SCREEN = sizeof(V) < sizeof(Acc);
     const Acc INF = inf_f64();
     const int bq = blockDim.x;
     const int tid = threadIdx.x;
@@ -91,12 +114,15 @@ __device__ __forceinline__ void knn_block(
     const bool active = qi < n_q;
     const long long split = blockIdx.y;
 
-    Acc* ref_tile = reinterpret_cast<Acc*>(smem_raw);  // RS x DC
-    BlockRows q_tile(ref_tile + RS * DC, d, bq, q_resident != 0);  // the block's queries
+    // Tiles and query rows of V (the host sizes them so, knn.py _knn_layout); each region
+    // is a multiple of 8 bytes (RS * DC and the query rows are even counts), so the double
+    // lists after them stay aligned.
+    V* ref_tile = reinterpret_cast<V*>(smem_raw);  // RS x DC
+    BlockRowsOf<V> q_tile(ref_tile + RS * DC, d, bq, q_resident != 0);  // the block's queries
     Acc* bd;
     int* bi;
     if (scratch_d == nullptr) {                      // lists in shared memory
-        Acc* lists_d = q_tile.data + q_tile.size;
+        Acc* lists_d = reinterpret_cast<Acc*>(q_tile.data + q_tile.size);
         int* lists_i = reinterpret_cast<int*>(lists_d + bq * k);
         bd = lists_d + tid;
         bi = lists_i + tid;
@@ -111,6 +137,11 @@ __device__ __forceinline__ void knn_block(
     }
     int n_filled = 0;
     Acc worst = INF;
+    // The float32 screen's error bound (top of the file) and its current limit.
+    const Acc u = 5.9604644775390625e-08;  // 2^-24
+    const Acc gamma = (d + 2) * u / (1.0 - (d + 2) * u);
+    const Acc abs_err = 2.0 * (d + 2) * 1.1754943508222875e-38;  // 2 (d + 2) FLT_MIN
+    Acc limit = INF;
 
     const long long r_begin = split * span;
     const long long r_end = (r_begin + span < n_r) ? r_begin + span : n_r;
@@ -119,9 +150,9 @@ __device__ __forceinline__ void knn_block(
     if (q_resident) q_tile.load_all(Q, q0, n_q);  // the main loop's first barrier publishes it
 
     for (long long rb = r_begin; rb < r_end; rb += RS) {  // uniform across the block
-        Acc acc[RS];
+        V acc[RS];
 #pragma unroll
-        for (int r = 0; r < RS; ++r) acc[r] = Acc(0);
+        for (int r = 0; r < RS; ++r) acc[r] = V(0);
         for (int c0 = 0; c0 < d; c0 += DC) {
             __syncthreads();  // the previous chunk's readers are done with both tiles
             stage_tile<RS, DC>(ref_tile, R, rb, r_end, c0, d);
@@ -133,7 +164,18 @@ __device__ __forceinline__ void knn_block(
 #pragma unroll
             for (int r = 0; r < RS; ++r) {
                 const long long j = rb + r;
-                if (j < r_end && j != self_j && (n_filled < k || before(acc[r], worst))) {
+                if (j >= r_end || j == self_j) continue;
+                if constexpr (SCREEN) {
+                    const Acc s = static_cast<Acc>(acc[r]);
+                    // Skipped only when full and s is finite and beyond the limit (a
+                    // float overflow or NaN says nothing about e: recomputed).
+                    if (n_filled == k && is_finite(s) && s > limit) continue;
+                    const Acc e = exact_sqdist(Q + qi * d, R + j * d, d);
+                    if (n_filled < k || before(e, worst)) {
+                        consider(bd, bi, bq, k, n_filled, worst, e, (int)j);
+                        limit = screen_limit(worst, gamma, abs_err);
+                    }
+                } else if (n_filled < k || before(acc[r], worst)) {
                     consider(bd, bi, bq, k, n_filled, worst, acc[r], (int)j);
                 }
             }
@@ -204,7 +246,6 @@ __device__ __forceinline__ void merge_row(
                                    scratch_i);                                               \
     }
 
-// Both accumulate in double: the same registers and occupancy bound.
 FASTZSL_KNN_ENTRY(knn_f32, float, 2)
 FASTZSL_KNN_ENTRY(knn_f64, double, 2)
 

@@ -124,19 +124,29 @@ def test_a_barrier_not_reached_by_every_thread_is_reported(fake, monkeypatch):
 
 def test_gpu_check_tiny_runs_on_the_cpu(fake, tmp_path):
     # benchmarks/gpu_check.sh end to end with FASTZSL_CUDA_HOST=1 (its two pytest steps are
-    # this test suite, so they are left out): the script and bench_gpu.py work, gpu.json
-    # and gpu.md are written; the timings mean nothing.
+    # this test suite, so they are left out): the script and bench_gpu.py work, every case
+    # runs in the order planned, and the results, the log and the step records are copied to
+    # $OUT. The timings mean nothing.
     import json
     import os
 
+    results, out = tmp_path / "results", tmp_path / "out"
+    out.mkdir()
     env = dict(os.environ, FASTZSL_CUDA_HOST="1", GPU_CHECK_SKIP_TESTS="1", BENCH_ARGS="--tiny",
-               RESULTS_DIR=str(tmp_path), PYTHON=sys.executable)
+               RESULTS_DIR=str(results), OUT=str(out), PYTHON=sys.executable)
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    result = json.loads((tmp_path / "gpu.json").read_text())
-    assert "CPU execution" in result["sizes"] and "cuda_host" in result["device"]
-    assert (tmp_path / "gpu.md").is_file()
+    for folder in (results, out):
+        result = json.loads((folder / "gpu.json").read_text())
+        assert "CPU execution" in result["sizes"] and "cuda_host" in result["device"]
+        assert list(result["cases"]) == ["preflight", "methods", "gaussian", "knn_loop",
+                                         "big_reference"]
+        assert all("error" not in case for case in result["cases"].values())
+        for name in ("gpu.md", "gpu_check.log", "gpu_check_steps.json"):
+            assert (folder / name).is_file(), name
+    log = (out / "gpu_check.log").read_text()
+    assert "TIME fastzsl_knn_twopass" in log and "TIME compile knn_twopass" in log
 
 
 def test_a_missing_barrier_gives_wrong_results_without_sanitizers(fake):

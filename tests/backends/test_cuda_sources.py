@@ -76,6 +76,17 @@ def test_nvcc_compiles_the_loaded_source_without_warnings(nvcc, path, arch, tmp_
     assert code == 0 and not output, f"{' '.join(cmd)}\n{output}"
 
 
+def test_nvcc_compiles_the_tensor_core_module_for_pre_ampere_too(nvcc, tmp_path):
+    # knn_twopass.cu holds the mma.sync / cvt.rna.tf32 kernel (sm_80+), guarded so that
+    # the module (and its FP32 path) still compiles for Turing, the oldest nvcc 13 targets.
+    source = tmp_path / "knn_twopass.cu"
+    source.write_text(_loader.kernel_source("knn_twopass"))
+    cmd = [nvcc, *_loader.OPTIONS, "-arch=sm_75", "--cubin", "-Werror", "all-warnings",
+           "-o", str(tmp_path / "knn_twopass.sm_75.cubin"), str(source)]
+    code, output = _run(cmd)
+    assert code == 0 and not output, f"{' '.join(cmd)}\n{output}"
+
+
 @pytest.mark.parametrize("path", CU_FILES, ids=lambda p: p.name)
 def test_nvcc_compiles_the_file_as_is(nvcc, path, tmp_path):
     cmd = [nvcc, *_loader.OPTIONS, *_loader.define_flags(), "-arch=sm_80", "--ptx",

@@ -314,6 +314,29 @@ def test_knn_float32_ties_are_decided_on_the_double_sums(cp, monkeypatch, chunk)
 
 
 @gpu
+@pytest.mark.parametrize("chunk", [None, 37], ids=["one_launch", "merged_chunks"])
+def test_knn_float32_screen_recomputes_every_near_tie_in_double(cp, monkeypatch, chunk):
+    # float32 input is screened on float sums, exact only after the double recompute: rows
+    # whose float sums tie (1 - 2^-24 + 2^-48 and 1 - 2^-24 both round to 1 - 2^-24; 1 and
+    # 1 + 2^-24 to 1) while their double sums differ, shuffled so that most arrive when the
+    # lists are full and the screen alone decides whether they are recomputed.
+    monkeypatch.setattr(knn, "REF_CHUNK_ROWS", chunk)
+    rng = np.random.default_rng(12)
+    kinds = np.array([[1.0, 2.0**-12], [1.0, 0.0], [1.0 - 2.0**-24, 2.0**-12],
+                      [1.0 - 2.0**-24, 0.0], [1.0, 2.0**-11], [1.0 - 2.0**-23, 2.0**-12]])
+    R = kinds[rng.integers(0, len(kinds), size=150)]
+    R[::7] *= 3.0  # farther rows in between
+    R = R.astype(np.float32)
+    Q = np.zeros((3, 2), dtype=np.float32)
+    Q[1, 0] = 2.0**-13
+    for k in (1, 4, 23):
+        D_ref, I_ref = numpy_.knn(Q, R, k, -1)
+        D, I = K.knn(Q, R, k, -1)
+        assert I.tolist() == I_ref.tolist()
+        np.testing.assert_array_equal(D, D_ref)
+
+
+@gpu
 @pytest.mark.parametrize("chunk", [None, 1], ids=["one_launch", "merged_chunks"])
 def test_knn_float32_beyond_float_range_keeps_the_order(cp, monkeypatch, chunk):
     monkeypatch.setattr(knn, "REF_CHUNK_ROWS", chunk)
@@ -448,10 +471,12 @@ def test_gpu_check_records_a_failing_step_and_still_runs_the_benchmark(tmp_path)
     assert proc.returncode == 1, output
     steps = json.loads((results / "gpu_check_steps.json").read_text())
     assert [(s["step"], s["status"]) for s in steps] == [
-        ("nvidia-smi", "skipped"), ("versions", "passed"), ("gpu-tests", "failed"),
-        ("api-tests", "passed"), ("benchmark", "passed")], output
-    assert steps[2]["exit"] == 1 and all(s["exit"] == 0 for s in steps if s is not steps[2])
+        ("nvidia-smi", "skipped"), ("versions", "passed"), ("preflight", "passed"),
+        ("bench-methods-gaussian", "passed"), ("gpu-tests", "failed"), ("api-tests", "passed"),
+        ("bench-large", "passed")], output
+    assert steps[4]["exit"] == 1 and all(s["exit"] == 0 for s in steps if s is not steps[4])
     md = (results / "gpu_check_steps.md").read_text()
-    assert "| gpu-tests | failed | 1 |" in md and "| benchmark | passed | 0 |" in md
-    assert json.loads((results / "gpu.json").read_text())["device"]  # the benchmark ran
+    assert "| gpu-tests | failed | 1 |" in md and "| bench-large | passed | 0 |" in md
+    cases = json.loads((results / "gpu.json").read_text())["cases"]  # every part ran, in order
+    assert list(cases) == ["preflight", "methods", "gaussian", "knn_loop", "big_reference"]
     assert "gpu_check: step 'gpu-tests' FAILED" in proc.stderr

@@ -8,6 +8,7 @@ the CPU stand-in's float32 matmul would otherwise never exercise.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -39,17 +40,10 @@ def _tf32(x):
     return (x.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
 
 
-@pytest.fixture(params=["fp32", "tf32"])
-def gemm(request, cp, monkeypatch):
-    if request.param == "tf32":
-        if not getattr(cp, "IS_FAKE", False):
-            pytest.skip("TF32 emulation replaces the CPU stand-in's matmul only")
-
-        def matmul(a, b, out=None):
-            np.matmul(_tf32(a._data), _tf32(b._data), out=out._data)
-            return out
-
-        monkeypatch.setattr(cp, "matmul", matmul, raising=False)
+@pytest.fixture(params=sorted(tp.COMPUTE_TYPES))
+def compute_type(request, monkeypatch):
+    """Each screen compute type the module can run (the CPU stand-in's cuBLAS emulates it)."""
+    monkeypatch.setattr(tp, "COMPUTE_TYPE", request.param)
     return request.param
 
 
@@ -95,7 +89,7 @@ def _case(name, rng, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", ["random", "duplicates", "near_ties", "offset"])
 @pytest.mark.parametrize("k", [1, 7])
-def test_twopass_equals_direct_and_reference(cp, gemm, small_tiles, monkeypatch, dtype, case, k):
+def test_twopass_equals_direct_and_reference(cp, compute_type, small_tiles, monkeypatch, dtype, case, k):
     Q, R = _case(case, np.random.default_rng(len(case) * 10 + k), dtype)
     _check(Q, R, k, -1, monkeypatch, dtype)
     # exclude_self: the queries are reference rows 40.. (offset into the reference).
@@ -151,6 +145,26 @@ def test_overflowed_queries_fall_back_to_the_direct_kernel(cp, small_tiles, monk
 
 
 @gpu
+@pytest.mark.parametrize("qb", [32, 4])
+def test_filter_blocks_of_any_width_and_many_phases(cp, monkeypatch, qb):
+    # Filter blocks of qb queries: 32 (8 threads per query, a phase of 64 rows: 300-row
+    # segments take five, the last one partial), and 4 (the layout of long lists: 64
+    # threads per query, 512-row phases); 70 queries leave partial blocks.
+    k = 6
+    L = tp._list_length(k, 10**6)
+    monkeypatch.setattr(tp, "FILTER_SMEM_BYTES", 12 * (L * qb + 2048) + 8 * qb)
+    assert tp._filter_layout(L)[0] == qb
+    monkeypatch.setattr(tp, "TILE_R", 300)
+    monkeypatch.setattr(tp, "SEGMENTS", 1)
+    rng = np.random.default_rng(qb)
+    R = rng.normal(size=(700, 5))
+    R[650:] = R[:50]  # exact ties across tiles
+    _check(R[:70].copy(), R, k, -1, monkeypatch, np.float64)
+    R32 = R.astype(np.float32)
+    _check(R32[100:170], R32, k, 100, monkeypatch, np.float32)
+
+
+@gpu
 def test_lists_of_exactly_k_overflow_every_query(cp, small_tiles, monkeypatch):
     monkeypatch.setattr(tp, "LIST_FACTOR", 1)
     monkeypatch.setattr(tp, "LIST_EXTRA", 0)
@@ -173,11 +187,117 @@ def test_norms_beyond_float32_go_to_the_direct_kernel(cp):
     assert_knn_equal(D.get(), I.get(), *numpy_.knn(R[:10], R, 4, 0), **TOL[np.dtype(np.float64)])
 
 
+def _blobs(rng, n, d, centers):
+    """benchmarks/bench_gpu.py's data: float32 points around 10 centres, spread 1."""
+    labels = rng.integers(0, centers.shape[0], size=n)
+    return (centers[labels] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+@gpu
+def test_clustered_queries_rarely_fall_back(cp, compute_type, monkeypatch):
+    # The benchmark's blobs (10 centres x 10 apart, d = 64, k = 20): far-apart clusters make
+    # Qn + Rn ~ 100x a within-cluster distance, the case where a bound wider than the GEMM
+    # that runs (TF32's, ~500x FP32's) puts a whole cluster in every window and sends
+    # every query to the direct kernel. At most 1% may fall back, and the answer is the
+    # direct kernel's; the last call says how many fell back and with which compute type.
+    rng = np.random.default_rng(21)
+    d, k = 64, 20
+    centers = rng.normal(size=(10, d)) * 10
+    R, Q = _blobs(rng, 1500, d, centers), _blobs(rng, 100, d, centers)
+    # One list of L = 2k + 32 = 72 per query over three reference tiles: fewer than a
+    # cluster's ~150 rows, so a window holding the cluster (TF32's bound) overflows every
+    # query, as a full-size run's 8 lists of 72 per 2048-row tile do at 1M references.
+    monkeypatch.setattr(tp, "TILE_R", 512)
+    monkeypatch.setattr(tp, "SEGMENTS", 1)
+    fake = getattr(cp, "IS_FAKE", False)
+    if fake:
+        cp.reset_counters()
+    calls = []
+    D, I = tp.knn(cp.asarray(Q), cp.asarray(R), k, -1, _recording_direct(calls))
+    assert tp.LAST_CALL["compute_type"] == compute_type
+    assert tp.LAST_CALL["overflow_rows"] == tp.LAST_OVERFLOW_ROWS <= 0.01 * len(Q), tp.LAST_CALL
+    assert sum(n for n, *_ in calls) == tp.LAST_OVERFLOW_ROWS
+    D1, I1 = knn_direct._knn_device(cp.asarray(Q), cp.asarray(R), k, -1)
+    np.testing.assert_array_equal(I.get(), I1.get())
+    np.testing.assert_array_equal(D.get(), D1.get())
+    if fake:  # the screen ran as its bound assumes: pinned FP32 cuBLAS, or the fused kernel
+        kernels = {name for name, *_ in cp.launches}
+        if compute_type == "fp32":
+            assert {ct for *_, ct in cp.cuda.cublas.calls} == {
+                cp.cuda.cublas.CUBLAS_COMPUTE_32F_PEDANTIC}
+            assert "twopass_filter" in kernels and "twopass_fused_3xtf32" not in kernels
+        else:
+            assert not cp.cuda.cublas.calls and "twopass_filter" not in kernels
+            assert [n for n, *_ in cp.launches].count("twopass_fused_3xtf32") == 1
+
+
+@gpu
+@pytest.mark.parametrize("where", ["query", "reference"])
+def test_nan_input_goes_to_the_direct_kernel(cp, monkeypatch, where):
+    # max(1.0, nan) is 1.0: a NaN must fail the norm guard itself, whichever side it is on.
+    rng = np.random.default_rng(3)
+    R = rng.normal(size=(80, 4))
+    Q = rng.normal(size=(12, 4))
+    (Q if where == "query" else R)[5, 2] = np.nan
+    calls = []
+    D, I = tp.knn(cp.asarray(Q), cp.asarray(R), 3, -1, _recording_direct(calls))
+    assert calls == [(12, 3, -1)] and tp.LAST_CALL["method"].startswith("direct")
+    D1, I1 = knn_direct._knn_device(cp.asarray(Q), cp.asarray(R), 3, -1)
+    np.testing.assert_array_equal(I.get(), I1.get())
+    np.testing.assert_array_equal(D.get(), D1.get())
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_host_reference_is_prepared_in_chunks(cp, small_tiles, monkeypatch, dtype):
+    # A host reference is uploaded chunk by chunk, and centring and casting make float64
+    # temporaries of one chunk at most: device memory stays near the reference's own size.
+    if not getattr(cp, "IS_FAKE", False):
+        pytest.skip("counts the CPU stand-in's uploads and casts")
+    d, chunk = 6, 40
+    monkeypatch.setattr(tp, "PREP_CHUNK_BYTES", chunk * 8 * d)
+    rng = np.random.default_rng(7)
+    R = rng.normal(size=(230, d)).astype(dtype)
+    Q = R[:30].copy()
+    uploads, casts = [], []
+    to_cupy = tp._to_cupy
+    monkeypatch.setattr(tp, "_to_cupy", lambda x, dt=None: uploads.append(len(x)) or to_cupy(x, dt))
+    astype = cp.ndarray.astype
+
+    def recording_astype(self, dt, copy=True):
+        out = astype(self, dt, copy)
+        if np.dtype(dt) == np.float64 and out is not self:
+            casts.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(cp.ndarray, "astype", recording_astype)
+    D, I = tp.knn(cp.asarray(Q), R, 5, 0, knn_direct._knn_device)
+    assert uploads == [40] * 5 + [30], uploads
+    assert casts and max(casts) <= chunk, casts
+    assert_knn_equal(D.get(), I.get(), *numpy_.knn(Q, R, 5, 0), **TOL[np.dtype(dtype)])
+
+
+@gpu
+def test_last_call_reports_phase_times(cp, small_tiles, monkeypatch):
+    monkeypatch.setattr(tp, "TIME_PHASES", True)
+    rng = np.random.default_rng(1)
+    R = rng.normal(size=(150, 5)).astype(np.float32)
+    tp.knn(cp.asarray(R[:20]), cp.asarray(R), 4, 0, knn_direct._knn_device)
+    phases = tp.LAST_CALL["phase_s"]
+    assert set(phases) >= {"prepare", "gemm", "filter", "rerank"}, phases
+    assert all(t >= 0 for t in phases.values())
+    monkeypatch.setattr(tp, "KNN_METHOD", "direct")
+    K.knn(R[:20], R, 4, 0)
+    assert tp.LAST_CALL["method"] == "direct" and tp.LAST_CALL["phase_s"] is None
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (1.0, 300.0), (1e-3, 1e4), (1e-20, 0.0)])
-def test_error_bound_holds_for_a_tf32_screen(monkeypatch, dtype, scale, offset):
-    # |screened - exact| <= B for every pair, where the screen is the worst the proof allows
-    # for: inputs rounded to float32, truncated to TF32, products summed in float32.
+def test_error_bound_holds_for_an_fp32_screen(monkeypatch, dtype, scale, offset):
+    # |screened - exact| <= B for every pair, where the screen is the GEMM the bound is
+    # proven for: inputs rounded to float32, products summed in float32 (NumPy's float32
+    # matmul, any order). A TF32 screen breaks the same bound: the compute type must be the
+    # one the bound assumes, which is why the module pins it.
     monkeypatch.setattr(tp, "_cupy", lambda: np)  # error_bound is plain array arithmetic
     rng = np.random.default_rng(9)
     d = 64
@@ -185,16 +305,95 @@ def test_error_bound_holds_for_a_tf32_screen(monkeypatch, dtype, scale, offset):
     Q, R = X[:50], X[50:]
     qn = (Q.astype(np.float64) ** 2).sum(1)
     rn = (R.astype(np.float64) ** 2).sum(1)
-    g = np.matmul(_tf32(Q.astype(np.float32)), _tf32(R.astype(np.float32)).T)
-    screened = (qn[:, None] + rn[None, :]) - 2.0 * g.astype(np.float64)
     diff = Q.astype(np.float64)[:, None, :] - R.astype(np.float64)[None, :, :]
     exact = (diff * diff).sum(-1)
-    c, a = tp.error_bound(qn, float(rn.max()), d)
+    c, a = tp.error_bound(qn, float(rn.max()), d, "fp32")
     B = c * (qn[:, None] + rn[None, :]) + a[:, None]
+
+    def screened(q32, r32):
+        g = np.matmul(q32, r32.T)
+        return (qn[:, None] + rn[None, :]) - 2.0 * g.astype(np.float64)
+
+    Q32, R32 = Q.astype(np.float32), R.astype(np.float32)
+    err = np.abs(screened(Q32, R32) - exact)
+    assert (err <= B).all(), float((err / B).max())
+    if scale >= 1e-3:  # not vacuous: FP32 errors reach a part of it, TF32 ones exceed it
+        assert (err / B).max() > 1e-3
+        assert (np.abs(screened(_tf32(Q32), _tf32(R32)) - exact) > B).any()
+
+
+def _tf32_rna(x):
+    """float32 ``x`` rounded to TF32 (10 mantissa bits), ties away from zero (cvt.rna)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((u + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+@pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (1.0, 300.0), (1e-3, 1e4), (1e-20, 0.0)])
+def test_error_bound_holds_for_a_3xtf32_screen(monkeypatch, scale, offset):
+    # The fused kernel's GEMM: each float32 input split into TF32 hi + lo, the products
+    # lo.hi + hi.lo + hi.hi (exact in float) summed in float; the bound holds, is ~6x the
+    # FP32 one (not 500x, as TF32's), and the errors reach a part of it.
+    monkeypatch.setattr(tp, "_cupy", lambda: np)
+    rng = np.random.default_rng(19)
+    d = 64
+    X = (offset + scale * rng.normal(size=(200, d))).astype(np.float32)
+    Q, R = X[:50], X[50:]
+    qn = (Q.astype(np.float64) ** 2).sum(1)
+    rn = (R.astype(np.float64) ** 2).sum(1)
+    diff = Q.astype(np.float64)[:, None, :] - R.astype(np.float64)[None, :, :]
+    exact = (diff * diff).sum(-1)
+    c, a = tp.error_bound(qn, float(rn.max()), d, "3xtf32")
+    c32, _ = tp.error_bound(qn, float(rn.max()), d, "fp32")
+    assert 3 < c / c32 < 10
+    B = c * (qn[:, None] + rn[None, :]) + a[:, None]
+    qh, rh = _tf32_rna(Q), _tf32_rna(R)
+    ql, rl = _tf32_rna(Q - qh), _tf32_rna(R - rh)
+    g = (np.matmul(ql, rh.T) + np.matmul(qh, rl.T)) + np.matmul(qh, rh.T)
+    screened = (qn[:, None] + rn[None, :]) - 2.0 * g.astype(np.float64)
     err = np.abs(screened - exact)
     assert (err <= B).all(), float((err / B).max())
-    if scale >= 1e-3:  # the bound is not vacuous: TF32 errors reach a sizeable part of it
+    if scale >= 1e-3:
         assert (err / B).max() > 1e-3
+
+
+_MMA_SOURCE = """
+extern "C" __global__ void mma_product(const float* A, const float* B, const float* C,
+                                       float* D) {
+    // One warp: D = A B + C, A 16 x 8, B 8 x 8, C and D 16 x 8 (row-major in memory), the
+    // fragments loaded as the PTX ISA lays them out for mma.m16n8k8 .tf32.
+    const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+    const unsigned a[4] = {to_tf32(A[g * 8 + t]), to_tf32(A[(g + 8) * 8 + t]),
+                           to_tf32(A[g * 8 + t + 4]), to_tf32(A[(g + 8) * 8 + t + 4])};
+    const unsigned b[2] = {to_tf32(B[t * 8 + g]), to_tf32(B[(t + 4) * 8 + g])};
+    float d[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t],
+                  C[(g + 8) * 8 + 2 * t + 1]};
+    mma_tf32_m16n8k8(d, a, b);
+    D[g * 8 + 2 * t] = d[0];
+    D[g * 8 + 2 * t + 1] = d[1];
+    D[(g + 8) * 8 + 2 * t] = d[2];
+    D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+"""
+
+
+def test_harness_mma_follows_the_ptx_fragment_layout(cp):
+    # The CPU harness's mma.sync.m16n8k8 TF32 on fragments loaded per the PTX ISA layout:
+    # the product of the TF32-rounded matrices (small integers x powers of two: exact).
+    if not getattr(cp, "IS_FAKE", False):
+        pytest.skip("checks the CPU harness's emulation")
+    from fastzsl.backends.cupy import _loader
+
+    prelude = "".join(f"#define {name} {value}\n" for name, value in _loader.defines().items())
+    module = cp.RawModule(code=prelude + _loader._expand("common.cuh", ()) + _MMA_SOURCE)
+    rng = np.random.default_rng(4)
+    A = (rng.integers(-50, 50, size=(16, 8)) * 2.0**-3).astype(np.float32)
+    B = (rng.integers(-50, 50, size=(8, 8)) * 2.0**5).astype(np.float32)
+    C = rng.integers(-9, 9, size=(16, 8)).astype(np.float32)
+    A[3, 5] = 1.0 + 2.0**-12  # not a TF32 value: rounds to 1.0
+    D = cp.empty((16, 8), dtype=np.float32)
+    module.get_function("mma_product")((1,), (32,), tuple(cp.asarray(x) for x in (A, B, C)) + (D,))
+    A[3, 5] = 1.0
+    np.testing.assert_array_equal(D.get(), A.astype(np.float64) @ B + C)
 
 
 def test_method_switch_and_size_rule(monkeypatch):
@@ -210,6 +409,7 @@ def test_method_switch_and_size_rule(monkeypatch):
     assert not tp.chosen(Q, small, 101)  # k > n_ref: the direct path raises
     monkeypatch.setattr(tp, "KNN_METHOD", "direct")
     assert not tp.chosen(Q, big, 10)
+    assert not tp.chosen(Q[:10], big, 5000)  # lists too long for the filter's shared memory
     monkeypatch.setattr(tp, "KNN_METHOD", "fast")
     with pytest.raises(ValueError, match="KNN_METHOD"):
         tp.chosen(Q, small, 10)
@@ -225,7 +425,7 @@ from fastzsl.backends.cupy import knn_twopass as tp
 from fastzsl.testing import TOL, assert_knn_equal
 tp.KNN_METHOD, tp.TILE_Q, tp.TILE_R, tp.SEGMENTS, tp.LIST_EXTRA = "twopass", 40, 90, 3, 0
 rng = np.random.default_rng(0)
-for dtype in (np.float32, np.float64):
+for dtype, tp.COMPUTE_TYPE in ((np.float32, "fp32"), (np.float64, "3xtf32")):
     R = rng.normal(size=(250, 9)).astype(dtype)
     R[200:] = R[0]
     tol = TOL[np.dtype(dtype)]
@@ -238,7 +438,8 @@ print("ok")
 @pytest.mark.parametrize("kind", ["address", "thread"])
 def test_twopass_kernels_run_clean_under_sanitizers(cp, kind):
     # Out-of-bounds list, tile or row access (ASan), or two threads touching one query's
-    # lists (TSan), stops the run; the lists overflow for the copied rows too.
+    # lists or one phase buffer unsynchronised (TSan), stops the run, in the tiled filter
+    # (float32) and the fused kernel (float64); the lists overflow for the copied rows too.
     if not getattr(cp, "IS_FAKE", False):
         pytest.skip("the sanitizers instrument the CPU harness only")
     from tests.cuda_host import harness
@@ -251,18 +452,55 @@ def test_twopass_kernels_run_clean_under_sanitizers(cp, kind):
     assert proc.returncode == 0 and output.strip().endswith("ok"), output[-4000:]
 
 
-@gpu
-def test_benchmark_case_compares_the_two_methods(cp):
-    # benchmarks/bench_gpu.py's knn_methods_case at tiny sizes (gpu_check.sh --tiny runs it
-    # too); it asserts the two-pass answer equals the direct kernel's before timing anything.
+def _bench_gpu():
     root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root / "benchmarks"))
     try:
         import bench_gpu
     finally:
         sys.path.remove(str(root / "benchmarks"))
-    out = bench_gpu.knn_methods_case(cp, K, numpy_, assert_knn_equal, TOL, 300, 50, 8, 4,
-                                     lambda msg: None)
-    assert out["correctness"]["twopass_equals_direct"]
-    assert set(out["times_s"]) == {"fastzsl_knn_direct", "fastzsl_knn_twopass"}
-    assert tp.KNN_METHOD == "auto"  # restored
+    return bench_gpu
+
+
+@gpu
+def test_benchmark_keeps_every_number_as_it_is_taken(cp, tmp_path, monkeypatch):
+    # benchmarks/bench_gpu.py at tiny sizes (gpu_check.sh --tiny runs it too): the preflight
+    # and the methods case compare two-pass and direct answers before timing; every kNN
+    # timing carries its method, compute type and fallbacks; gpu.json on disk already holds
+    # a timing when the next one starts, and a case that fails leaves the others' numbers.
+    bench_gpu = _bench_gpu()
+    methods = bench_gpu.CASE_FUNCTIONS["methods"]
+    seen_on_disk = []
+
+    def methods_then_fail(ctx, *sizes):
+        methods(ctx, *sizes)
+        on_disk = json.loads((tmp_path / "gpu.json").read_text())["cases"]["methods"]
+        seen_on_disk.append(set(on_disk["times_s"]))
+        raise RuntimeError("a failure after the methods case's timings")
+
+    monkeypatch.setitem(bench_gpu.CASE_FUNCTIONS, "methods", methods_then_fail)
+    assert bench_gpu.main(["--tiny", "--cases", "preflight,methods,gaussian",
+                           "--out", str(tmp_path)]) == 1
+    assert seen_on_disk == [{"fastzsl_knn_direct", "fastzsl_knn_twopass",
+                             "fastzsl_knn_twopass_3xtf32"}]
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    cases = result["cases"]
+    assert "a failure after" in cases["methods"]["error"]
+    assert cases["methods"]["correctness"]["twopass_equals_direct"]
+    assert "fastzsl_gaussian_reductions" in cases["gaussian"]["times_s"]  # ran after it
+    pre = cases["preflight"]
+    assert pre["correctness"]["twopass_equals_direct"]
+    assert set(pre["compile_s"]) == {"knn_cuda", "knn_twopass", "loop_cuda", "gaussian_cuda"}
+    assert pre["compute_types"]["twopass_screen_default"] == tp.COMPUTE_TYPE
+    phases = pre["knn"]["fastzsl_knn_twopass_with_phase_events"]["phase_s"]
+    assert set(phases) >= {"gemm", "filter", "rerank"}
+    phases = pre["knn"]["fastzsl_knn_twopass_3xtf32_with_phase_events"]["phase_s"]
+    assert set(phases) >= {"fused_screen_filter", "rerank"}
+    for case in (pre, cases["methods"]):
+        for label in case["times_s"]:
+            info = case["knn"][label]
+            assert info["method"] in label and info["compute_type"]
+            assert ("3xtf32" in label) == (info["compute_type"] == "3xtf32")
+            assert isinstance(info["overflow_rows"], int) and info["queries"] > 0
+    assert "| fastzsl_knn_twopass |" in (tmp_path / "gpu.md").read_text()
+    assert tp.KNN_METHOD == "auto" and not tp.TIME_PHASES  # restored

@@ -75,7 +75,7 @@ def test_the_stand_in_sees_every_way_to_the_host(fake):
     # door, never implicitly.
     x = fake.asarray(np.arange(6.0).reshape(2, 3))
     for implicit in (np.asarray, np.isfinite, lambda a: np.zeros(3) + a,
-                     lambda a: np.concatenate([a]), lambda a: a.data, lambda a: a.base):
+                     lambda a: np.concatenate([a]), lambda a: memoryview(a.data), lambda a: a.base):
         with pytest.raises((TypeError, AttributeError)):
             implicit(x)
     with _Counted(fake) as counted:

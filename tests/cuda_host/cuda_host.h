@@ -14,7 +14,11 @@
 //   returned (both undefined behaviour on a GPU); with threads, a phase that does not
 //   complete within FASTZSL_HOST_BARRIER_SECONDS is reported as a deadlock.
 // * Math is <cmath>'s (fmaf/fma are correctly rounded, as on the GPU); no warp intrinsics
-//   are provided because the kernels use none (using one fails to compile here).
+//   are provided because the kernels use none (using one fails to compile here), except
+//   the tensor-core mma.sync.m16n8k8 TF32 of common.cuh (FASTZSL_HOST_MMA below): every
+//   thread of the block deposits its fragments, a barrier, each reads its warp's A, B, C
+//   back through the PTX ISA's fragment layout and computes its D elements (exact TF32
+//   products, summed in float in k order), a barrier.
 #ifndef FASTZSL_CUDA_HOST_H
 #define FASTZSL_CUDA_HOST_H
 
@@ -66,6 +70,16 @@ inline float __int_as_float(int x) {
 }
 inline double __longlong_as_double(long long x) {
     double f;
+    std::memcpy(&f, &x, sizeof f);
+    return f;
+}
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, sizeof u);
+    return u;
+}
+inline float __uint_as_float(unsigned x) {
+    float f;
     std::memcpy(&f, &x, sizeof f);
     return f;
 }
@@ -459,6 +473,55 @@ int launch(void (*fn)(A...), const LaunchDesc& desc, void** args) {
 }
 
 }  // namespace fastzsl_host
+
+// --- tensor cores: cvt.rna.tf32.f32 and mma.sync.m16n8k8 TF32 (see the top) -------------
+#define FASTZSL_HOST_MMA 1
+
+// x rounded to TF32 (10 mantissa bits), ties away from zero, as a .b32 (low 13 bits 0).
+inline unsigned to_tf32(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf, NaN: as they are
+    return (u + 0x1000u) & 0xffffe000u;              // magnitude bits: rounds half away
+}
+
+namespace fastzsl_host {
+struct MmaFragments {
+    unsigned a[4], b[2];
+    float c[4];
+};
+inline MmaFragments g_mma[1024];  // one per thread of the running block
+
+inline float mma_a(int warp, int m, int k) {  // A[m][k] of a warp's fragments
+    const MmaFragments& f = g_mma[warp * 32 + (m % 8) * 4 + k % 4];
+    return __uint_as_float(f.a[(m >= 8 ? 1 : 0) + (k >= 4 ? 2 : 0)]);
+}
+inline float mma_b(int warp, int k, int n) {  // B[k][n]
+    return __uint_as_float(g_mma[warp * 32 + n * 4 + k % 4].b[k >= 4 ? 1 : 0]);
+}
+}  // namespace fastzsl_host
+
+inline void mma_tf32_m16n8k8(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    using namespace fastzsl_host;
+    const int tid = (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+    if ((blockDim.x * blockDim.y * blockDim.z) % 32 != 0) {
+        report("mma.sync in a block that is not whole warps");
+    }
+    MmaFragments& mine = g_mma[tid];
+    for (int i = 0; i < 4; ++i) mine.a[i] = a[i], mine.c[i] = d[i];
+    mine.b[0] = b[0];
+    mine.b[1] = b[1];
+    __syncthreads();  // every lane's fragments are in place
+    const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int m = g + (i >= 2 ? 8 : 0), n = 2 * t + (i & 1);
+        float acc = mine.c[i];
+        for (int k = 0; k < 8; ++k) acc += mma_a(warp, m, k) * mma_b(warp, k, n);
+        out[i] = acc;
+    }
+    __syncthreads();  // every lane has read its warp's fragments before they change
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
 
 // The entry points the harness looks up with ctypes, for each kernel NAME.
 #define FASTZSL_HOST_EXPORT(NAME)                                                            \

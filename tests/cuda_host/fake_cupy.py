@@ -6,13 +6,16 @@ when CuPy itself is missing; never used by the library. It provides exactly what
 assignment, ``device``), ``asarray``/``ascontiguousarray``/``empty``/``zeros``/``asnumpy``,
 ``from_dlpack`` (of the tests' fake torch CUDA tensors only; a real DLPack capsule is
 refused), ``cuda.Device`` (one device with an H100 SXM profile), ``cuda.runtime``,
-``cuda.Stream``/``get_current_stream`` and ``RawModule``/``get_function``/launch.
+``cuda.Stream``/``get_current_stream``, ``RawModule``/``get_function``/launch, and
+``cuda.cublas.gemmEx`` (float32, over ``ndarray.data.ptr``: an opaque device address that
+only this gemmEx resolves; the compute type decides the emulated arithmetic).
 
 It is stricter than CuPy where that finds bugs: every kernel argument is checked against
 the compiled kernel's parameter types (arrays must be C-contiguous, of the pointee dtype),
 a launch over 48 KB of dynamic shared memory needs ``max_dynamic_shared_size_bytes``, and
 NumPy cannot read an ``ndarray`` implicitly (as with CuPy, ``np.asarray`` and NumPy ufuncs
-raise), nor can a hidden door reach its host memory (``.data``, ``.ctypes``, ``.base``).
+raise), nor can a hidden door reach its host memory (``.ctypes``, ``.base``; ``.data`` gives only
+an opaque device address).
 Whole-array transfers are counted in ``transfers`` ("to_device": ``asarray`` and friends
 of host data; "to_host": ``get``, ``asnumpy``, ``tolist``, ``tobytes``, ``repr``), and
 synchronising scalar reads (``int``, ``float``, ``bool``, ``item``, ``operator.index``)
@@ -23,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import operator
 import types
+import weakref
 
 import numpy as np
 
@@ -61,6 +65,7 @@ def reset_counters():
     scalar_transfers["to_host"] = 0
     launches.clear()
     sources.clear()
+    _Cublas.calls.clear()
 
 
 # --- arrays ---------------------------------------------------------------------------------
@@ -84,6 +89,12 @@ class ndarray:
     flags = property(lambda self: self._data.flags)
     device = property(lambda self: cuda.Device(self._device_id))
     T = property(lambda self: ndarray(self._data.T, self._device_id))
+
+    @property
+    def data(self):
+        """A device pointer (``.ptr``), as CuPy's MemoryPointer: only the fake cuBLAS
+        reads through it."""
+        return _DevicePointer(self._data)
 
     def __len__(self):
         return len(self._data)
@@ -187,7 +198,7 @@ def _operator(name):
 
 
 # What ndarray never hands out: NumPy's host buffer, pointer, base array and iterator.
-_HOST_MEMORY = frozenset({"data", "ctypes", "base", "flat", "tofile", "dump", "dumps"})
+_HOST_MEMORY = frozenset({"ctypes", "base", "flat", "tofile", "dump", "dumps"})
 
 for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor",
               "matmul"):
@@ -357,6 +368,8 @@ Stream.null = Stream()
 
 
 class _Runtime:
+    CUDA_R_32F = 0
+
     @staticmethod
     def getDeviceCount():
         return 1
@@ -396,8 +409,95 @@ def _elapsed_ms(start, end):
     return (end.time - start.time) * 1e3
 
 
+# --- cuBLAS (gemmEx, float32 only) ------------------------------------------------------------
+
+_BUFFERS: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+class _DevicePointer:
+    """``ndarray.data``: ``ptr`` is the address of the array's first element; the buffer
+    that holds it is remembered (weakly) so that gemmEx can find it again."""
+
+    def __init__(self, data: np.ndarray):
+        root = _root(data)
+        if not root.flags.c_contiguous:
+            raise TypeError("fake cupy: a device pointer into a non-contiguous buffer")
+        _BUFFERS[root.ctypes.data] = root
+        self.ptr = int(data.ctypes.data) if data.size else int(root.ctypes.data)
+
+
+def _matrix(ptr: int, rows: int, cols: int, ld: int, write=False) -> np.ndarray:
+    """The column-major rows x cols float32 matrix at device address ``ptr`` (leading
+    dimension ``ld``), as a NumPy view; out-of-bounds access raises."""
+    for start, root in list(_BUFFERS.items()):
+        if start <= ptr < start + max(1, root.nbytes):
+            break
+    else:
+        raise RuntimeError(f"fake cublas: {ptr:#x} is in no device array")
+    if ld < max(1, rows):
+        raise RuntimeError(f"fake cublas: CUBLAS_STATUS_INVALID_VALUE (ld {ld} < rows {rows})")
+    offset = ptr - start
+    end = offset + ((cols - 1) * ld + rows) * 4
+    if offset % 4 or end > root.nbytes:
+        raise RuntimeError(f"fake cublas: matrix at {ptr:#x} ({rows} x {cols}, ld {ld}) runs "
+                           f"past its array ({root.nbytes} B)")
+    flat = root.reshape(-1).view(np.uint8)
+    view = np.ndarray((cols, ld), dtype=np.float32, buffer=flat, offset=offset,
+                      strides=(ld * 4, 4))[:, :rows]
+    return view.T  # (rows, cols)
+
+
+def _tf32(x: np.ndarray) -> np.ndarray:
+    """float32 ``x`` with its mantissa truncated to TF32's 10 bits."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return (x.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+class _Cublas:
+    """``cupy.cuda.cublas`` as far as fastzsl uses it: gemmEx on float32 matrices, FP32
+    compute types as NumPy's float32 matmul (float32 products and sums), FAST_TF32 with the
+    inputs truncated to TF32 first."""
+
+    CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+    CUBLAS_GEMM_DEFAULT = -1
+    CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_COMPUTE_32F_FAST_TF32 = 68, 69, 77
+    calls: list = []  # (m, n, k, compute type) of every gemmEx
+
+    def gemmEx(self, handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb,
+               beta, C, Ctype, ldc, computeType, algo):
+        if handle != _CUBLAS_HANDLE:
+            raise RuntimeError("fake cublas: CUBLAS_STATUS_NOT_INITIALIZED (unknown handle)")
+        if {Atype, Btype, Ctype} != {_Runtime.CUDA_R_32F}:
+            raise NotImplementedError("fake cublas: gemmEx of float32 matrices only")
+        fast = {self.CUBLAS_COMPUTE_32F: False, self.CUBLAS_COMPUTE_32F_PEDANTIC: False,
+                self.CUBLAS_COMPUTE_32F_FAST_TF32: True}
+        if computeType not in fast:
+            raise NotImplementedError(f"fake cublas: compute type {computeType}")
+        self.calls.append((m, n, k, computeType))
+        a = _matrix(A, *((k, m) if transa else (m, k)), lda)
+        b = _matrix(B, *((n, k) if transb else (k, n)), ldb)
+        c = _matrix(C, m, n, ldc)
+        a, b = (a.T if transa else a), (b.T if transb else b)
+        if fast[computeType]:
+            a, b = _tf32(a), _tf32(b)
+        al = ctypes.c_float.from_address(alpha).value
+        be = ctypes.c_float.from_address(beta).value
+        product = np.matmul(np.ascontiguousarray(a), np.ascontiguousarray(b))
+        c[...] = al * product if be == 0 else al * product + be * c  # beta 0: C not read
+
+
+_CUBLAS_HANDLE = 0x0C0B1A5
+
+
 cuda = types.SimpleNamespace(Device=Device, Stream=Stream, Event=Event, runtime=_Runtime(),
-                             get_current_stream=lambda: Stream.null,
+                             get_current_stream=lambda: Stream.null, cublas=_Cublas(),
+                             get_cublas_handle=lambda: _CUBLAS_HANDLE,
                              get_elapsed_time=_elapsed_ms)
 
 

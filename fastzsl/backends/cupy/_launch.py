@@ -102,10 +102,10 @@ def _device_info(device_id: int) -> tuple[int, int]:
             int(attributes.get("MaxSharedMemoryPerBlockOptin", DEFAULT_SMEM)))
 
 
-def _rows_smem(bq: int, d: int, smem_left: int):
-    """(bytes, resident?) of a block's ``bq`` query/feature rows in shared memory (staged
-    as double, ``ACC_DTYPE``, whatever the input's dtype)."""
-    dc, size = TILE_DIMS, ACC_DTYPE.itemsize
+def _rows_smem(bq: int, d: int, smem_left: int, size: int = ACC_DTYPE.itemsize):
+    """(bytes, resident?) of a block's ``bq`` query/feature rows in shared memory, staged as
+    elements of ``size`` bytes (double, ``ACC_DTYPE``, unless the kernel stages floats)."""
+    dc = TILE_DIMS
     d_pad = -(-d // dc) * dc
     resident = bq * d_pad * size
     if resident <= min(RESIDENT_ROWS_BYTES, smem_left):

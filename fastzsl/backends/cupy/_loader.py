@@ -44,6 +44,10 @@ REDUCE_THREADS = 256
 # per segment and query; the re-rank merges them with this many heads in registers).
 TWOPASS_THREADS = 128
 TWOPASS_MAX_SEGMENTS = 16
+# Its filter's blocks: threads, and G rows each thread loads at once per phase (the loads a
+# thread has in flight; the phase's shared buffer holds this many bounds per thread).
+TWOPASS_FILTER_THREADS = 256
+TWOPASS_ROWS_PER_LANE = 8
 
 # The options every module is compiled with (CuPy adds the target architecture).
 OPTIONS = ("-std=c++17",)
@@ -92,6 +96,8 @@ def defines() -> dict[str, int]:
         "FASTZSL_REDUCE_THREADS": REDUCE_THREADS,
         "FASTZSL_TWOPASS_THREADS": TWOPASS_THREADS,
         "FASTZSL_TWOPASS_MAX_SEGMENTS": TWOPASS_MAX_SEGMENTS,
+        "FASTZSL_TWOPASS_FILTER_THREADS": TWOPASS_FILTER_THREADS,
+        "FASTZSL_TWOPASS_ROWS_PER_LANE": TWOPASS_ROWS_PER_LANE,
     }
 
 

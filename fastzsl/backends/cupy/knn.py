@@ -10,7 +10,9 @@ and per-chunk top-k lists are merged on the device.
 Distances are double sums for float32 input too, and the kernel's lists, the per-split and
 per-chunk lists and the merges hold them as double; a float32 answer is rounded from them
 once, at the end (as the NumPy reference rounds its double sums), so the order and ties
-are those of the double distances.
+are those of the double distances. For float32 input the kernel screens on FP32 sums (at
+twice the FP64 rate) and recomputes in double every pair its proven bound cannot rule out
+of a query's list (``csrc/cuda/knn_cuda.cu``), so the lists hold the same doubles.
 """
 from __future__ import annotations
 
@@ -45,16 +47,17 @@ _MERGE_THREADS = 128
 _MAX_INDEX = 2**31 - 1 - TILE_ROWS  # the kernel keeps reference rows as int within a launch
 
 
-def _knn_layout(k: int, d: int, smem_optin: int):
+def _knn_layout(k: int, d: int, smem_optin: int, dtype=ACC_DTYPE):
     """(threads per block, dynamic shared memory bytes, queries resident?, lists global?).
 
-    The tiles, the staged queries and the lists' distances are double (``ACC_DTYPE``) for
-    either input dtype, so the layout does not depend on it."""
-    size, dc = ACC_DTYPE.itemsize, TILE_DIMS
+    The tiles and the staged queries have the input's dtype (float32 input is screened on
+    float sums, then recomputed in double where it may matter: knn_cuda.cu); the lists'
+    distances are double (``ACC_DTYPE``) for either."""
+    size, dc = np.dtype(dtype).itemsize, TILE_DIMS
     ref_tile = TILE_ROWS * dc * size
 
     def lists(bq):
-        return bq * k * (size + 4)
+        return bq * k * (ACC_DTYPE.itemsize + 4)
 
     bq, list_bytes, global_lists = MAX_BLOCK_THREADS, 0, True
     if not FORCE_GLOBAL_LISTS:
@@ -65,7 +68,7 @@ def _knn_layout(k: int, d: int, smem_optin: int):
         else:
             if ref_tile + 32 * (dc + 1) * size + lists(32) <= smem_optin:
                 bq, list_bytes, global_lists = 32, lists(32), False
-    rows, resident = _rows_smem(bq, d, smem_optin - ref_tile - list_bytes)
+    rows, resident = _rows_smem(bq, d, smem_optin - ref_tile - list_bytes, size)
     return bq, ref_tile + rows + list_bytes, resident, global_lists
 
 
@@ -99,7 +102,7 @@ def _knn_device(Q, reference, k: int, self_offset: int):
         raise ValueError(f"k={k} is larger than the reference ({n_r} rows)")
 
     n_sm, smem_optin = _device_info(cp.cuda.Device().id)
-    bq, smem, resident, global_lists = _knn_layout(k, d, smem_optin)
+    bq, smem, resident, global_lists = _knn_layout(k, d, smem_optin, dtype)
     if global_lists and bq * k > 2**31 - 1:
         raise ValueError(f"k={k} is too large for the cupy backend's kNN kernel")
     module = _loader.load_module("knn_cuda")
@@ -176,6 +179,9 @@ def knn(queries, reference, k, self_offset, prepared=None):
         if knn_twopass.chosen(Q, ref, int(k)):  # GEMM screen + exact re-rank; falls back here
             D, I = knn_twopass.knn(Q, ref, int(k), int(self_offset), _knn_device)
         else:
+            knn_twopass.LAST_CALL = {"method": "direct", "compute_type": "float64 (direct kernel)",
+                                     "queries": int(Q.shape[0]), "overflow_rows": 0,
+                                     "phase_s": None}
             D, I = _knn_device(Q, ref, int(k), int(self_offset))
         return _result(D, queries), _result(I, queries)
 
