@@ -127,16 +127,24 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
 
     /* Pass A: L~, beta, the maxima of L~ and of L~ + lw, and whether some entry needs its
      * direct value ("need"; only acted on up front when the matrix is asked for) */
-    #pragma omp simd reduction(max:mxv, mxw) reduction(|:need_any)
-    for (c = 0; c < C; c++) {
-        double v = h[c] * (2.0 * (double)p[c] - fn) - k[c];
-        double bc = kh[c] * fn + km[c];
-        L[c] = v;
-        b[c] = bc;
-        mxv = v > mxv ? v : mxv;
-        mxw = v + lw[c] > mxw ? v + lw[c] : mxw;
-        need_any |= bc > acc * fabs(v);
+#define FZ_PASS_A(NEED) \
+    for (c = 0; c < C; c++) { \
+        double v = h[c] * (2.0 * (double)p[c] - fn) - k[c]; \
+        double bc = kh[c] * fn + km[c]; \
+        L[c] = v; \
+        b[c] = bc; \
+        mxv = v > mxv ? v : mxv; \
+        mxw = v + lw[c] > mxw ? v + lw[c] : mxw; \
+        NEED; \
     }
+    if (full) {
+        #pragma omp simd reduction(max:mxv, mxw) reduction(|:need_any)
+        FZ_PASS_A(need_any |= bc > acc * fabs(v))
+    } else {
+        #pragma omp simd reduction(max:mxv, mxw)
+        FZ_PASS_A((void)0)
+    }
+#undef FZ_PASS_A
     const double bmax = q->kh_max * fn + q->km_max;
     /* logsumexp first, while L and b hold the pristine L~ and beta */
     *row_lse = mxw == -INFINITY ? -INFINITY /* every weight is zero */

@@ -75,8 +75,12 @@ LSE_CUT_MAX = 64.0
 EXP_POLY_EPS = {"double": 2.0**-47, "double-low": 2.0**-26, "float": 2.0**-19}
 # Norm sums above these could overflow the product in the input dtype: direct kernel.
 NORM_LIMIT = {np.dtype(np.float32): 1e37, np.dtype(np.float64): 1e300}
-# Rows per tile: the tile's (rows x C) products stay near this many bytes (L2-sized).
+# Rows per tile: the tile's (rows x C) products stay near TILE_BYTES (L2-sized), but at
+# least MIN_TILE_ROWS rows (a BLAS call on fewer rows runs far below its peak: many classes)
+# while the tile stays under MAX_TILE_BYTES.
 TILE_BYTES = 256 * 1024
+MIN_TILE_ROWS = 64
+MAX_TILE_BYTES = 16 * 1024 * 1024
 UNIT_ROUNDOFF_DOUBLE = 2.0**-53
 
 
@@ -88,7 +92,8 @@ def margin_constant(dtype, d: int) -> float:
 
 def tile_rows(n_classes: int, dtype) -> int:
     """Rows per tile, a multiple of 8 in [8, 256], from the classes and the dtype."""
-    rows = TILE_BYTES // max(1, n_classes * np.dtype(dtype).itemsize)
+    row_bytes = max(1, n_classes * np.dtype(dtype).itemsize)
+    rows = max(TILE_BYTES // row_bytes, min(MIN_TILE_ROWS, MAX_TILE_BYTES // row_bytes))
     return int(min(256, max(8, rows - rows % 8)))
 
 
