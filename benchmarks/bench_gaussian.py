@@ -18,6 +18,13 @@ lower bound, not a log-likelihood; at the target size it writes a 4 GB matrix). 
 "sgemm in blocks" runs the same product through a reused (8192, C) buffer, the same
 arithmetic without that memory traffic.
 
+- ``gaussian regime ...`` (the regime table): cython ``full=False`` against the same product
+  (in the input dtype) in 8192-row blocks, for far classes (rows drawn around means 4
+  standard deviations apart per coordinate: one class per row matters) and broad ones (rows
+  and means standard normal, variances 0.5-2: every class lies within a few dozen nats, so
+  every one is a logsumexp term), C in 10, 1000, 10000, d in 16, 50, 512, float32 and
+  float64. Rows n give about 2e9 (--quick: 2e8) multiply-adds per product.
+
 Rounds are interleaved within each group (conftest ``bench``: A B C, A B C, ...; the group's
 first test checks and times all its rows).
 
@@ -179,3 +186,67 @@ def test_gaussian(case, bench, cfg, gauss_data, gauss_expected):
         return out
 
     bench(_group(F, means), case, build)
+
+
+# ------------------------------------------------------------------ regime table
+REGIME_CLASSES = (10, 1000, 10_000)
+REGIME_DIMS = (16, 50, 512)
+REGIMES = [(regime, C, d, dtype) for regime in ("broad", "far") for C in REGIME_CLASSES
+           for d in REGIME_DIMS for dtype in ("float32", "float64")]
+
+
+def _regime_problem(regime, C, d, dtype, quick):
+    """(F, means, variances, log_weights) of one regime, seeded."""
+    rng = np.random.default_rng(C + d)
+    n = int(min(400_000, max(2_000, (2e8 if quick else 2e9) // (C * d))))
+    if regime == "broad":
+        means = rng.standard_normal((C, d))
+        F = rng.standard_normal((n, d))
+    else:
+        means = 4.0 * rng.standard_normal((C, d))
+        F = means[rng.integers(0, C, n)] + rng.standard_normal((n, d))
+    variances = rng.uniform(0.5, 2.0, C)
+    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    return F.astype(dtype), means.astype(dtype), variances, log_weights
+
+
+@pytest.mark.parametrize("regime,C,d,dtype", REGIMES,
+                         ids=[f"{r}-C{C}-d{d}-{t}" for r, C, d, t in REGIMES])
+@pytest.mark.parametrize("case", ["blocks", "cython"])
+def test_gaussian_regime(case, regime, C, d, dtype, bench, cfg):
+    """One row of the regime table: cython full=False against the blocked product."""
+    group = f"gaussian regime {regime} C={C} d={d} {dtype}"
+
+    def build(stack):
+        if not backend_is_available("cython"):
+            return {"blocks": "cython backend unavailable", "cython": "unavailable"}
+        F, means, variances, log_weights = _regime_problem(regime, C, d, dtype, cfg.quick)
+        check = slice(0, 500)
+        ref = fastzsl.gaussian_loglik(F[check], means, variances, log_weights=log_weights,
+                                      backend="numpy")
+        got = fastzsl.gaussian_loglik(F[check], means, variances, log_weights=log_weights,
+                                      full=False, backend="cython")
+        tol = TOL[np.dtype(dtype)]
+        np.testing.assert_allclose(got.logsumexp, ref.logsumexp, **tol)
+        np.testing.assert_allclose(got.max, ref.max, **tol)
+        block = min(BLOCK, F.shape[0])
+        out = np.empty((block, C), dtype=dtype)
+
+        def blocks():
+            for start in range(0, F.shape[0], block):
+                stop = min(start + block, F.shape[0])
+                np.dot(F[start:stop], means.T, out=out[:stop - start])
+            return out
+
+        extra = dict(n=F.shape[0], C=C, d=d, regime=regime, input_dtype=dtype)
+        return {
+            "blocks": Candidate(f"baseline: {dtype} product in blocks of {block} rows",
+                                blocks, True, dict(extra, peer="numpy")),
+            "cython": Candidate("fastzsl gaussian_loglik full=False (cython)",
+                                lambda: fastzsl.gaussian_loglik(
+                                    F, means, variances, log_weights=log_weights,
+                                    full=False, backend="cython"),
+                                extra=dict(extra, peer="fastzsl", backend="cython")),
+        }
+
+    bench(group, case, build)

@@ -16,7 +16,19 @@ row alike; ratios are of the same rounds.
 Every row records the FLOP of the distance GEMM (2 N_q N_ref d), so the report shows its
 rate in GFLOP/s (a lower bound for the distance part: the time includes the selection), and
 the full-size group has a reference row: this machine's square float32 GEMM rate (NumPy's
-BLAS, all threads), the "machine peak" the kernels are measured against.
+BLAS, all threads), the "machine peak" the kernels are measured against. Every row of that
+group records ``fraction_of_sgemm`` (its GFLOP/s over that row's, same rounds) and ``blas``:
+the BLAS libraries loaded and the kernel each runs (threadpoolctl: library, version, core
+type, threads; the cython kernels call SciPy's OpenBLAS, NumPy its own, faiss its own).
+``cython-float64`` searches the same data in float64 (the float32 screen of
+fastzsl/backends/_knn_screen.py): its ratio to the float32 row is the float64 overhead.
+
+Where the environment sets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (some CI machines: AVX2
+kernels on an AVX-512 CPU), run it a second time without them, for this command only, to
+show the machine's peak as well (tests and CI keep them as they are):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python -m pytest \
+        benchmarks/bench_knn.py -p no:cacheprovider -k "test_knn and not subset"
 """
 import numpy as np
 import pytest
@@ -29,8 +41,19 @@ from fastzsl.testing import (
 from conftest import Candidate
 
 FAISS_RTOL = 1e-3
-CASES = ["cython", "numba", "numpy", "fastzsl-faiss", "fastzsl.faiss-IndexFlatL2",
-         "faiss-IndexFlatL2"]
+CASES = ["cython", "cython-float64", "numba", "numpy", "fastzsl-faiss",
+         "fastzsl.faiss-IndexFlatL2", "faiss-IndexFlatL2"]
+
+
+def blas_kernels() -> list:
+    """The BLAS libraries loaded in this process and the kernel each runs (threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover
+        return [{"note": "threadpoolctl not installed"}]
+    return [{key: lib.get(key) for key in ("internal_api", "prefix", "version", "architecture",
+                                           "num_threads", "filepath")}
+            for lib in threadpool_info() if lib.get("user_api") == "blas"]
 
 
 def _make(case, reference, k, faiss_flat):
@@ -50,6 +73,15 @@ def _make(case, reference, k, faiss_flat):
         return ('fastzsl.knn(method="faiss") (builds IndexFlatL2 per call)',
                 lambda Q: fastzsl.knn(Q, reference, k, method="faiss"),
                 dict(peer="fastzsl", method="faiss"), False)
+    if case == "cython-float64":
+        if not backend_is_available("cython"):
+            return "backend 'cython' unavailable"
+        ref64 = np.ascontiguousarray(reference, dtype=np.float64)
+        return ("fastzsl.knn exact (cython), float64 input (float32 screen, float64 re-rank)",
+                lambda Q: fastzsl.knn(np.asarray(Q, dtype=np.float64), ref64, k,
+                                      backend="cython"),
+                dict(peer="fastzsl", backend="cython", method="exact", input_dtype="float64"),
+                False)
     if not backend_is_available(case):
         return f"backend {case!r} unavailable"
     return (f"fastzsl.knn exact ({case})",
@@ -106,7 +138,8 @@ def _group(cfg):
 
 
 @pytest.mark.parametrize("case", CASES + ["square-sgemm"])
-def test_knn(case, bench, cfg, reference, queries, faiss_flat, knn_expected):
+def test_knn(case, bench, benchmark, _groups, cfg, reference, queries, faiss_flat,
+             knn_expected):
     def build(stack):
         cases = [c for c in CASES if c != "numpy" or cfg.quick]
         out = _candidates(cfg, reference, queries, faiss_flat, knn_expected, queries, cases,
@@ -118,6 +151,13 @@ def test_knn(case, bench, cfg, reference, queries, faiss_flat, knn_expected):
         return out
 
     bench(_group(cfg), case, build)
+    # this row's GFLOP/s over the square sgemm's, from the same interleaved rounds
+    entry = _groups[_group(cfg)]
+    cand, peak = entry["timed"][case], entry["timed"]["square-sgemm"]
+    rate = cand.extra["flop"] / float(np.median(entry["times"][case]))
+    peak_rate = peak.extra["flop"] / float(np.median(entry["times"]["square-sgemm"]))
+    benchmark.extra_info.update(fraction_of_sgemm=rate / peak_rate,
+                                sgemm_gflops=peak_rate / 1e9, blas=blas_kernels())
 
 
 @pytest.mark.parametrize("case", CASES)

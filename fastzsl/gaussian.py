@@ -86,8 +86,9 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
     - values are within 2^-40 (float64) or 2^-15 (float32) relative of the float64 sum;
     - argmax and all_below equal the reference's wherever its margin exceeds that bound
       (float64) or the sums' own rounding (float32); exact ties go to the first class;
-    - logsumexp leaves out terms more than 64 below the row's largest (together less than
-      C e^-64 relative).
+    - logsumexp is within the same relative accuracy: it leaves out the terms too far below
+      the row's largest to matter at that accuracy (never more than 64 below), and its
+      certified error bound covers the values, the vectorised exp and the sums.
 
     The reductions never depend on ``full``; a row gets bit-identical values in every
     call (the estimator reads its thresholds off earlier calls).

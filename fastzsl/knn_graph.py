@@ -1,7 +1,7 @@
 """fastzsl's exact kNN as a scikit-learn kNN graph: :class:`KNNTransformer`.
 
-A drop-in for :class:`sklearn.neighbors.KNeighborsTransformer` (Euclidean metric), so that
-any scikit-learn estimator that accepts ``metric="precomputed"`` (``LocalOutlierFactor``,
+A drop-in for :class:`sklearn.neighbors.KNeighborsTransformer` (its constructor, and the
+Euclidean, squared Euclidean and cosine metrics), so that any scikit-learn estimator that accepts ``metric="precomputed"`` (``LocalOutlierFactor``,
 ``KNeighborsClassifier``, ``DBSCAN``, ``Isomap``, ``TSNE``, ...) runs on fastzsl's kernels:
 
 >>> from sklearn.neighbors import LocalOutlierFactor
@@ -23,38 +23,56 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._validation import as_float_matrix, check_k, check_option, check_same_width
 from .backends import uses_n_jobs
-from .neighbors import estimator_index
+from .neighbors import EXACT_METHODS, METHODS, METRICS, estimator_index
 
 MODES = ("distance", "connectivity")
+# scikit-learn's algorithm -> fastzsl's kNN method (all exact; "ball_tree" runs the k-d tree)
+ALGORITHMS = {"auto": "auto", "brute": "exact", "kd_tree": "kdtree", "ball_tree": "kdtree"}
 
 
 class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Transform X into the sparse graph of its k nearest neighbours, on fastzsl's kernels.
 
-    Follows :class:`sklearn.neighbors.KNeighborsTransformer` (Euclidean metric): the
-    output is the CSR matrix ``kneighbors_graph`` returns, of shape (n_queries, n_fit),
-    float64, each row's entries in ascending distance order.
+    Follows :class:`sklearn.neighbors.KNeighborsTransformer` and takes its constructor, so
+    existing code switches with one import line: the output is the CSR matrix
+    ``kneighbors_graph`` returns, of shape (n_queries, n_fit), float64, each row's entries
+    in ascending distance order.
 
     Parameters
     ----------
     mode : {"distance", "connectivity"}, default="distance"
-        ``"distance"``: Euclidean distances; each row holds ``n_neighbors + 1`` entries, as
-        scikit-learn's: a query that is a fitted sample finds itself at distance 0 (an
+        ``"distance"``: the metric's distances; each row holds ``n_neighbors + 1`` entries,
+        as scikit-learn's: a query that is a fitted sample finds itself at distance 0 (an
         explicit zero), and a consumer fitted with ``metric="precomputed"`` drops it.
         ``"connectivity"``: ones; each row holds ``n_neighbors`` entries (itself included).
     n_neighbors : int, default=5
         Neighbours per sample in the graph (see ``mode`` for the extra one).
-    backend : str, default="auto"
-        Kernel set for exact kNN (``fastzsl.available_backends()``).
-    knn : {"auto", "exact", "kdtree", "faiss", "ivf"}, default="auto"
-        kNN method, as in :class:`fastzsl.LoOP` (``"auto"``: the exact k-d tree for
-        low-dimensional data, else the backend's brute-force kernel).
-    knn_params : dict, optional
-        ``nlist``/``nprobe`` for ``knn="ivf"``.
+    algorithm : {"auto", "brute", "kd_tree", "ball_tree"}, default="auto"
+        scikit-learn's name for the search, mapped to fastzsl's exact methods: "brute" is
+        the backend's brute-force kernel, "kd_tree" and "ball_tree" the k-d tree with an
+        exact re-rank, "auto" either (see ``knn``). Every one gives the same graph.
+    leaf_size : int, default=30
+        Accepted for scikit-learn's constructor; fastzsl's searches do not use it.
+    metric : {"minkowski", "euclidean", "sqeuclidean", "cosine"}, default="minkowski"
+        The distance in the graph: "minkowski" with ``p=2`` and "euclidean" are Euclidean,
+        "sqeuclidean" its square, "cosine" 1 - cos (rows of zeros are refused). Other
+        metrics (and p != 2) raise an error naming these.
+    p : float, default=2
+        Minkowski's power: only 2 (Euclidean) is supported.
+    metric_params : dict, optional
+        Only ``{"p": 2}`` (or empty) is supported.
     n_jobs : int, optional
         Threads for fit and transform (OpenMP, BLAS, Numba, faiss), restored after each
         call: None leaves the current settings (all cores, or an outer ``threadpoolctl``
         limit), -1 uses all cores.
+    backend : str, default="auto"
+        Kernel set for exact kNN (``fastzsl.available_backends()``).
+    knn : {"auto", "exact", "kdtree", "faiss", "ivf"}, default="auto"
+        fastzsl's kNN method, as in :class:`fastzsl.LoOP` (``"auto"``: the exact k-d tree
+        for low-dimensional data, else the backend's brute-force kernel); when "auto",
+        ``algorithm`` decides.
+    knn_params : dict, optional
+        ``nlist``/``nprobe`` for ``knn="ivf"``.
 
     Attributes
     ----------
@@ -77,10 +95,16 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     than ``n_neighbors + 1`` duplicates, where ``transform`` lists the lowest indices.
     """
 
-    def __init__(self, *, mode="distance", n_neighbors=5, backend="auto", knn="auto",
-                 knn_params=None, n_jobs=None):
+    def __init__(self, *, mode="distance", n_neighbors=5, algorithm="auto", leaf_size=30,
+                 metric="minkowski", p=2, metric_params=None, n_jobs=None, backend="auto",
+                 knn="auto", knn_params=None):
         self.mode = mode
         self.n_neighbors = n_neighbors
+        self.algorithm = algorithm
+        self.leaf_size = leaf_size
+        self.metric = metric
+        self.p = p
+        self.metric_params = metric_params
         self.backend = backend
         self.knn = knn
         self.knn_params = knn_params
@@ -89,10 +113,10 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     @uses_n_jobs
     def fit(self, X, y=None):
         """Index the samples X (no search yet)."""
-        self._check_params()
+        metric, method = self._check_params()
         X = as_float_matrix(X, "X")
         self.backend_, self.knn_method_, self.index_ = estimator_index(
-            X, backend=self.backend, knn=self.knn, knn_params=self.knn_params)
+            X, backend=self.backend, knn=method, knn_params=self.knn_params, metric=metric)
         self.n_samples_fit_ = X.shape[0]
         self.n_features_in_ = X.shape[1]
         self._n_features_out = self.n_samples_fit_
@@ -124,8 +148,30 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
 
     # ------------------------------------------------------------------ helpers
     def _check_params(self):
+        """(fastzsl metric name, kNN method) from the parameters, or an error naming the
+        one that is not supported."""
         check_option(self.mode, MODES, "mode")
         check_k(self.n_neighbors, np.iinfo(np.int64).max, name="n_neighbors")
+        check_k(self.leaf_size, np.iinfo(np.int64).max, name="leaf_size")
+        check_option(self.algorithm, ALGORITHMS, "algorithm")
+        check_option(self.knn, METHODS, "knn")
+        method = self.knn
+        if method == "auto":
+            method = ALGORITHMS[self.algorithm]
+        elif self.algorithm != "auto" and ALGORITHMS[self.algorithm] != method \
+                and method in EXACT_METHODS:
+            raise ValueError(f"algorithm={self.algorithm!r} and knn={self.knn!r} disagree; "
+                             "set one of them")
+        params = dict(self.metric_params or {})
+        p = params.pop("p", self.p)
+        supported = ("minkowski", *METRICS)
+        if params or self.metric not in supported or (self.metric == "minkowski" and p != 2):
+            extra = f" with metric_params={self.metric_params!r}" if params else ""
+            power = f" with p={p!r}" if self.metric == "minkowski" else ""
+            raise ValueError(
+                f"unsupported metric {self.metric!r}{power}{extra}: KNNTransformer supports "
+                f"{supported} (minkowski only with p=2, no other metric_params)")
+        return ("euclidean" if self.metric == "minkowski" else self.metric), method
 
     def _graph_k(self, n_queries):
         """Entries per row: n_neighbors, plus the sample itself in "distance" mode."""
@@ -137,10 +183,10 @@ class KNNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         return k
 
     def _graph(self, D, I):
-        """CSR (n_queries, n_samples_fit) from squared distances D and indices I."""
+        """CSR (n_queries, n_samples_fit) from the metric's distances D and indices I."""
         n, k = I.shape
         if self.mode == "distance":
-            data = np.sqrt(D.astype(np.float64, copy=False)).ravel()
+            data = D.astype(np.float64).ravel()
         else:
             data = np.ones(n * k)
         indptr = np.arange(0, n * k + 1, k)

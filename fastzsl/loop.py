@@ -188,6 +188,10 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
         data when ``backend="auto"``, else ``"exact"``: both exact, with identical results.
     knn_params : dict, optional
         ``nlist``/``nprobe`` for ``knn="ivf"``.
+    metric : {"sqeuclidean", "euclidean", "cosine"}, default="sqeuclidean"
+        The neighbours' metric (:data:`fastzsl.neighbors.METRICS`). LoOP's probabilistic
+        distance is the Euclidean one under "sqeuclidean" and "euclidean" alike (the same
+        model), and the cosine distance 1 - cos under "cosine" (rows of zeros are refused).
     scoring : {"neighbors", "stream"}, default="neighbors"
         How new points are scored (see :func:`loop_score`).
     progress : bool, default=False
@@ -229,7 +233,9 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
     """
 
     def __init__(self, *, n_neighbors=20, extent=3.0, backend="auto", knn="auto",
-                 knn_params=None, scoring="neighbors", progress=False, n_jobs=None):
+                 knn_params=None, scoring="neighbors", progress=False, n_jobs=None,
+                 metric="sqeuclidean"):
+        self.metric = metric
         self.n_neighbors = n_neighbors
         self.extent = extent
         self.backend = backend
@@ -248,7 +254,8 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
             raise ValueError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
         k = check_k(self.n_neighbors, X.shape[0], exclude_self=True, name="n_neighbors")
         self._build_index(X)
-        D, I = self.index_.search(X, k, exclude_self=True, progress=self.progress)
+        D, I = self.index_.search(X, k, exclude_self=True, progress=self.progress,
+                                  squared=True)
         self.fit_ = loop_fit(D, I, extent=self.extent, backend=self.backend_)
         self.probabilities_ = self.fit_.probabilities
         self.n_features_in_ = X.shape[1]
@@ -258,7 +265,8 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
     def _build_index(self, X):
         """Resolve the backend and kNN method, and index the reference set X."""
         self.backend_, self.knn_method_, self.index_ = estimator_index(
-            X, backend=self.backend, knn=self.knn, knn_params=self.knn_params)
+            X, backend=self.backend, knn=self.knn, knn_params=self.knn_params,
+            metric=self.metric)
 
     @uses_n_jobs
     def outlier_probability(self, X):
@@ -266,7 +274,7 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
         check_is_fitted(self)
         Q = as_float_matrix(X, "X", keep_device=True)
         check_same_width(Q, self.n_features_in_, "X", "LoOP")
-        D, I = self.index_.search(Q, self.n_neighbors, progress=self.progress)
+        D, I = self.index_.search(Q, self.n_neighbors, progress=self.progress, squared=True)
         return like(loop_score(D, I, self.fit_, scoring=self.scoring, backend=self.backend_), X)
 
     def score_samples(self, X):
@@ -305,6 +313,9 @@ def export_loop(params: dict, reference, fit: LoOPFit):
     """The (metadata, arrays) of a LoOP model file: the estimator's parameters, its
     reference set and its fit. What ``LoOP.save`` writes, and what a chunked fit
     (:func:`fastzsl.fit_file`) writes without building the estimator."""
+    params = dict(params)
+    if params.get("metric") == "sqeuclidean":  # the default: files stay as they were
+        del params["metric"]
     meta = {"params": params, "nplof": fit.nplof, "extent": fit.extent,
             "mean_expected_pdist": fit.mean_expected_pdist}
     arrays = {name: to_host(a) for name, a in (

@@ -11,6 +11,14 @@ Two kinds of index share one interface (``ntotal``, ``d``, ``search(queries, k)`
 - :class:`FaissIndex` wraps faiss ``IndexFlatL2`` (``method="faiss"``: exact up to float32
   rounding of the ||q||^2 - 2 q.r + ||r||^2 expansion) or ``IndexIVFFlat``
   (``method="ivf"``: approximate, tuned by ``nlist`` and ``nprobe``).
+
+Metrics (:data:`METRICS`, scikit-learn's names) are transforms at the kNN boundary, as in
+faiss and pynndescent: the kernels and their proofs only know squared Euclidean distances.
+``"sqeuclidean"`` (the default) is the kernels' own; ``"euclidean"`` takes the square root
+after the search; ``"cosine"`` (1 - cos) normalises the rows first (in float64, then the
+input dtype) and halves the squared distances after (||a - b||^2 = 2 - 2 cos for unit
+rows); a zero row has no direction, and is refused with an error naming it. The neighbours
+are the kernels' exact answer for the transformed rows (ties to the lower index).
 """
 from __future__ import annotations
 
@@ -27,6 +35,57 @@ from .backends import get_backend, thread_limits
 logger = logging.getLogger(__name__)
 
 METHODS = ("auto", "exact", "kdtree", "faiss", "ivf")
+
+
+class Metric:
+    """A metric as transforms around the squared-Euclidean kernels: ``rows(X, name)`` before
+    the search, ``distance(D)`` and ``squared(D)`` (the metric's distance and its square)
+    of the kernels' squared distances D after."""
+
+    def __init__(self, name, rows, distance, squared):
+        self.name, self.rows, self.distance, self.squared = name, rows, distance, squared
+
+
+def _unit_rows(X, name):
+    """X's rows scaled to unit length (norms in float64), in X's dtype; a zero row is an
+    error (it has no direction)."""
+    xp = array_module(X)
+    norms = xp.sqrt((X.astype(xp.float64) ** 2).sum(axis=1))
+    zero = norms == 0
+    if bool(zero.any()):
+        rows = [int(i) for i in to_host(xp.nonzero(zero)[0][:5])]
+        raise ValueError(f"metric='cosine' needs nonzero rows: {name} rows {rows} "
+                         f"({int(zero.sum())} in all) are all zeros, and have no direction")
+    return (X.astype(xp.float64) / norms[:, None]).astype(X.dtype)
+
+
+def _identity(X, name=None):
+    return X
+
+
+def _half(D):
+    return D / 2
+
+
+def _half_squared(D):
+    return (D / 2) ** 2
+
+
+# name -> Metric. LoOP's probabilistic distance is the Euclidean one under "sqeuclidean"
+# and "euclidean" alike (it averages squared distances), and 1 - cos under "cosine".
+METRICS = {
+    "sqeuclidean": Metric("sqeuclidean", _identity, _identity, _identity),
+    "euclidean": Metric("euclidean", _identity, lambda D: array_module(D).sqrt(D), _identity),
+    "cosine": Metric("cosine", _unit_rows, _half, _half_squared),
+}
+
+
+def check_metric(metric) -> Metric:
+    """The :class:`Metric` named ``metric``, or an error naming those supported."""
+    if isinstance(metric, str) and metric in METRICS:
+        return METRICS[metric]
+    raise ValueError(f"unsupported metric {metric!r}: fastzsl supports {tuple(METRICS)} "
+                     "(squared Euclidean, Euclidean and cosine distances)")
 EXACT_METHODS = ("auto", "exact", "kdtree")  # the methods of ExactIndex
 
 # method="auto" searches with the k-d tree when d <= KDTREE_MAX_DIM and the reference has at
@@ -71,9 +130,13 @@ class ExactIndex:
         ``"exact"``: the backend's brute-force kernel; ``"kdtree"``: :class:`KDTreeSearch`
         (identical results); ``"auto"``: see :func:`resolve_method`. The choice is in
         ``self.method``.
+    metric : {"sqeuclidean", "euclidean", "cosine"}, default="sqeuclidean"
+        The distance ``search`` returns (see :data:`METRICS`). Under ``"cosine"`` the index
+        also keeps the unit-length rows it searches (``reference`` stays the rows given).
     """
 
-    def __init__(self, reference, *, backend="auto", method="auto"):
+    def __init__(self, reference, *, backend="auto", method="auto", metric="sqeuclidean"):
+        self.metric = check_metric(metric).name
         X = as_float_matrix(reference, "reference", keep_device=True)
         self.kernels = get_backend(backend, device_input=True) if on_device(X) else \
             get_backend(backend)
@@ -84,8 +147,11 @@ class ExactIndex:
         self.method = resolve_method(method, X.shape[1], X.shape[0], backend,
                                      device_input=on_device(X))
         self.reference = _own_copy(X if self._on_gpu else to_host(X))
+        # the rows the kernels search: the reference itself unless the metric transforms it
+        self._rows = _own_copy(METRICS[self.metric].rows(self.reference, "reference")) \
+            if METRICS[self.metric].rows is not _identity else self.reference
         if self.method == "kdtree":
-            self._tree = KDTreeSearch(self.reference)
+            self._tree = KDTreeSearch(self._rows)
         elif self.method != "exact":
             raise ValueError(f"ExactIndex method must be 'auto', 'exact' or 'kdtree', got "
                              f"{method!r}")
@@ -103,7 +169,7 @@ class ExactIndex:
         """Whether searches run on a GPU, where a CuPy reference and queries stay."""
         return self.method == "exact" and self.kernels.device == "cuda"
 
-    def search(self, queries, k, *, exclude_self=False, progress=False):
+    def search(self, queries, k, *, exclude_self=False, progress=False, squared=False):
         """The k nearest reference rows of each query.
 
         Parameters
@@ -116,20 +182,28 @@ class ExactIndex:
             a duplicate of it still counts, at distance 0). Needs n_queries == ntotal.
         progress : bool, default=False
             Show a progress bar (queries are searched in chunks of SEARCH_CHUNK rows).
+        squared : bool, default=False
+            Return the squares of the metric's distances (what LoOP averages).
 
         Returns
         -------
         D : ndarray of shape (n_queries, k)
-            Squared Euclidean distances, ascending, in the reference's dtype (CuPy for
-            CuPy queries on the cupy backend).
+            The metric's distances (squared Euclidean by default), ascending, in the
+            reference's dtype (CuPy for CuPy queries on the cupy backend).
         I : ndarray of shape (n_queries, k), int64
             Reference row indices; equal distances list the lower index first.
         """
         Q = _check_queries(queries, self, exclude_self, keep_device=self._on_gpu)
         k = check_k(k, self.ntotal, exclude_self=exclude_self)
+        metric = METRICS[self.metric]
+        D, I = self._search_rows(metric.rows(Q, "queries"), k, exclude_self, progress)
+        return (metric.squared(D) if squared else metric.distance(D)), I
+
+    def _search_rows(self, Q, k, exclude_self, progress):
+        """Squared Euclidean kNN of the (transformed) queries among self._rows."""
         if self.method == "kdtree":
             return self._tree.search_all(Q, k, exclude_self, progress)
-        if exclude_self and self.kernels.knn_self is not None and _same_rows(Q, self.reference):
+        if exclude_self and self.kernels.knn_self is not None and _same_rows(Q, self._rows):
             result = _self_join(self.kernels.knn_self, Q, k, progress)
             if result is not None:
                 return result
@@ -137,9 +211,15 @@ class ExactIndex:
         knn_kernel = self._knn_kernel()
 
         def search_chunk(chunk, offset):
-            return knn_kernel(chunk, self.reference, k, offset if exclude_self else -1)
+            return knn_kernel(chunk, self._rows, k, offset if exclude_self else -1)
 
         return _search_in_chunks(search_chunk, Q, k, Q.dtype, progress)
+
+    def __setstate__(self, state):
+        # indexes pickled before metrics searched their reference itself
+        state.setdefault("metric", "sqeuclidean")
+        state.setdefault("_rows", state["reference"])
+        self.__dict__.update(state)
 
     def _knn_kernel(self):
         """The backend's knn, with what it prepared for this reference bound in."""
@@ -148,7 +228,7 @@ class ExactIndex:
         if prepare is None:
             return knn_kernel
         if self._prepared is None:
-            self._prepared = (prepare(self.reference),)
+            self._prepared = (prepare(self._rows),)
         prepared = self._prepared[0]
         return lambda Q, R, k, self_offset: knn_kernel(Q, R, k, self_offset, prepared)
 
@@ -297,15 +377,19 @@ class FaissIndex:
         Seed of the IVF k-means.
     gpu : bool, optional
         Use a faiss GPU index: default when one is available; True insists on it.
+    metric : {"sqeuclidean", "euclidean", "cosine"}, default="sqeuclidean"
+        As in :class:`ExactIndex` (faiss searches the transformed rows with IndexFlatL2).
     """
 
     def __init__(self, reference, *, method="faiss", nlist=None, nprobe=None, seed=0,
-                 gpu=None):
+                 gpu=None, metric="sqeuclidean"):
         faiss = import_faiss()
+        self.metric = check_metric(metric).name
         self.gpu_device = _faiss_gpu_device(faiss, reference, gpu)
         self.reference = as_float_matrix(reference, "reference")
         self.dtype = self.reference.dtype
-        data = np.ascontiguousarray(self.reference, dtype=np.float32)
+        data = np.ascontiguousarray(METRICS[self.metric].rows(self.reference, "reference"),
+                                    dtype=np.float32)
         n, d = data.shape
         if method == "faiss":
             self.index = faiss.IndexFlatL2(d)
@@ -350,10 +434,12 @@ class FaissIndex:
     def d(self) -> int:
         return self.index.d
 
-    def search(self, queries, k, *, exclude_self=False, progress=False):
+    def search(self, queries, k, *, exclude_self=False, progress=False, squared=False):
         """Same contract as :meth:`ExactIndex.search` (IVF may miss true neighbours)."""
         Q = _check_queries(queries, self, exclude_self)
         k = check_k(k, self.ntotal, exclude_self=exclude_self)
+        metric = METRICS[getattr(self, "metric", "sqeuclidean")]
+        Q = metric.rows(Q, "queries")
 
         def search_chunk(chunk, offset):
             chunk = np.ascontiguousarray(chunk, dtype=np.float32)
@@ -372,7 +458,8 @@ class FaissIndex:
             np.maximum(D, 0, out=D)  # the norms expansion can round just below zero
             return D, I
 
-        return _search_in_chunks(search_chunk, Q, k, self.dtype, progress)
+        D, I = _search_in_chunks(search_chunk, Q, k, self.dtype, progress)
+        return (metric.squared(D) if squared else metric.distance(D)), I
 
 
 def _own_copy(X):
@@ -474,34 +561,37 @@ def _check_queries(queries, index, exclude_self, keep_device=False):
     return Q
 
 
-def make_index(reference, *, method="auto", backend="auto", nlist=None, nprobe=None):
+def make_index(reference, *, method="auto", backend="auto", nlist=None, nprobe=None,
+               metric="sqeuclidean"):
     """Build the index for ``method`` (see :data:`METHODS`) over ``reference``: an
-    :class:`ExactIndex` for "auto", "exact" and "kdtree", else a :class:`FaissIndex`."""
+    :class:`ExactIndex` for "auto", "exact" and "kdtree", else a :class:`FaissIndex`;
+    ``metric``: see :data:`METRICS`."""
+    check_metric(metric)
     if method in EXACT_METHODS:
-        return ExactIndex(reference, backend=backend, method=method)
+        return ExactIndex(reference, backend=backend, method=method, metric=metric)
     if method in ("faiss", "ivf"):
         if backend not in ("auto", None):
             raise ValueError(
                 f"backend={backend!r} applies to method='exact'; method={method!r} runs on faiss"
             )
-        return FaissIndex(reference, method=method, nlist=nlist, nprobe=nprobe)
+        return FaissIndex(reference, method=method, nlist=nlist, nprobe=nprobe, metric=metric)
     raise ValueError(f"unknown kNN method {method!r}; choose one of {METHODS}")
 
 
-def estimator_index(X, *, backend, knn, knn_params=None):
+def estimator_index(X, *, backend, knn, knn_params=None, metric="sqeuclidean"):
     """``(backend name, kNN method, index)`` for an estimator's reference set X: the names
-    resolved ("auto" chosen) and the index built. The backend runs exact kNN itself; the
-    tree and faiss bring their own kernels."""
+    resolved ("auto" chosen) and the index built (with ``metric``). The backend runs exact
+    kNN itself; the tree and faiss bring their own kernels."""
     kernels = get_backend(backend, device_input=True) if on_device(X) else get_backend(backend)
     backend_name = kernels.name
     method = resolve_method(knn, X.shape[1], X.shape[0], backend, device_input=on_device(X))
     index = make_index(X, method=method, backend=backend_name if method == "exact" else "auto",
-                       **(knn_params or {}))
+                       metric=metric, **(knn_params or {}))
     return backend_name, method, index
 
 
 def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="auto",
-        nlist=None, nprobe=None, progress=False, n_jobs=None):
+        nlist=None, nprobe=None, progress=False, n_jobs=None, metric="sqeuclidean"):
     """k nearest neighbours of each query row among the reference rows.
 
     Parameters
@@ -531,11 +621,14 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="au
         Threads for this call (OpenMP, BLAS, Numba, faiss), restored afterwards: None
         leaves the current settings (all cores, or an outer ``threadpoolctl`` limit), -1
         uses all cores.
+    metric : {"sqeuclidean", "euclidean", "cosine"}, default="sqeuclidean"
+        The distance (scikit-learn's names; see :data:`METRICS`): squared Euclidean,
+        Euclidean, or cosine distance 1 - cos (rows of zeros are refused).
 
     Returns
     -------
     D : array of shape (n_queries, k)
-        Squared Euclidean distances in ascending order, in the input float dtype.
+        The metric's distances in ascending order, in the input float dtype.
     I : array of shape (n_queries, k), int64
         Indices into ``reference``.
 
@@ -550,6 +643,6 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="au
     with thread_limits(n_jobs, backend=backend if method in EXACT_METHODS else "auto",
                        knn=method):
         index = make_index(reference, method=method, backend=backend, nlist=nlist,
-                           nprobe=nprobe)
+                           nprobe=nprobe, metric=metric)
         D, I = index.search(queries, k, exclude_self=exclude_self, progress=progress)
     return like(D, queries), like(I, queries)

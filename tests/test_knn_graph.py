@@ -203,3 +203,48 @@ def test_errors():
         fitted.transform(np.full((2, 8), np.nan))
     with pytest.raises(TypeError, match="sparse"):
         KNNTransformer().fit(sparse.csr_matrix(X))
+
+
+@pytest.mark.parametrize("params", [dict(algorithm="ball_tree", leaf_size=10),
+                                    dict(algorithm="brute", metric="euclidean"),
+                                    dict(algorithm="kd_tree", metric="minkowski", p=2),
+                                    dict(metric="sqeuclidean"), dict(metric="cosine"),
+                                    dict(mode="connectivity", metric="cosine", n_jobs=1)])
+def test_sklearn_constructor_gives_sklearns_graph(params):
+    """KNeighborsTransformer's parameters, passed as they are: the same graph (indices
+    exactly on blobs without ties; distances within float64 rounding)."""
+    X, _ = make_blobs(300, 6, seed=4, dtype=np.float64)
+    ours = KNNTransformer(n_neighbors=8, **params).fit_transform(X)
+    theirs = KNeighborsTransformer(n_neighbors=8, **params).fit_transform(X)
+    np.testing.assert_array_equal(ours.indices, theirs.indices)
+    np.testing.assert_allclose(ours.data, theirs.data, rtol=1e-12, atol=1e-12)
+    if params.get("metric", "minkowski") == "minkowski":  # p in metric_params: the same
+        again = KNNTransformer(n_neighbors=8, metric_params={"p": 2}).fit_transform(X)
+        np.testing.assert_array_equal(again.data, ours.data)
+
+
+def test_isomap_and_tsne_pipelines_with_algorithm_and_metric():
+    from sklearn.manifold import TSNE, Isomap
+    X = np.random.default_rng(5).normal(size=(200, 5))  # one connected graph
+    ours = make_pipeline(KNNTransformer(n_neighbors=10, algorithm="brute", metric="euclidean"),
+                         Isomap(n_neighbors=10, metric="precomputed")).fit_transform(X)
+    theirs = make_pipeline(KNeighborsTransformer(n_neighbors=10, algorithm="brute",
+                                                 metric="euclidean"),
+                           Isomap(n_neighbors=10, metric="precomputed")).fit_transform(X)
+    np.testing.assert_allclose(np.abs(ours), np.abs(theirs), rtol=1e-8, atol=1e-8)
+    emb = make_pipeline(KNNTransformer(n_neighbors=31, metric="cosine", algorithm="auto"),
+                        TSNE(metric="precomputed", init="random", perplexity=10,
+                             random_state=0, max_iter=250)).fit_transform(X)
+    assert emb.shape == (200, 2) and np.isfinite(emb).all()
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(metric="manhattan"), "unsupported metric 'manhattan'.*cosine"),
+    (dict(p=1), "unsupported metric 'minkowski' with p=1"),
+    (dict(metric_params={"w": 1}), "metric_params"),
+    (dict(algorithm="octree"), "algorithm must be one of"),
+    (dict(algorithm="brute", knn="kdtree"), "disagree"),
+    (dict(leaf_size=0), "leaf_size")])
+def test_unsupported_parameters_are_named(params, match):
+    with pytest.raises(ValueError, match=match):
+        KNNTransformer(**params).fit(np.ones((10, 2)) + np.arange(10)[:, None])

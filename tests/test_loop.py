@@ -111,3 +111,23 @@ def test_low_dimensional_data_fit_with_the_tree_equal_the_brute_force_fit(tmp_pa
     loaded = fastzsl.load(tmp_path / "loop.fzsl")
     assert loaded.knn_method_ == "kdtree"
     np.testing.assert_array_equal(loaded.outlier_probability(new), auto.outlier_probability(new))
+
+
+def test_loop_metrics(rng, tmp_path):
+    """'euclidean' is the same model as the default; 'cosine' is LoOP of the cosine
+    distances (the fit from knn(metric="cosine") squared), and survives a save/load."""
+    X = rng.normal(size=(300, 6)) + 2.0
+    Q = rng.normal(size=(20, 6)) + 2.0
+    base = LoOP(n_neighbors=10, backend="numpy").fit(X)
+    euclid = LoOP(n_neighbors=10, backend="numpy", metric="euclidean").fit(X)
+    np.testing.assert_array_equal(base.probabilities_, euclid.probabilities_)
+    np.testing.assert_array_equal(base.outlier_probability(Q), euclid.outlier_probability(Q))
+    cos = LoOP(n_neighbors=10, backend="numpy", metric="cosine").fit(X)
+    D, I = fastzsl.knn(X, X, 10, exclude_self=True, metric="cosine", backend="numpy")
+    np.testing.assert_allclose(cos.probabilities_, loop_fit(D**2, I).probabilities,
+                               rtol=1e-12, atol=1e-12)
+    path = tmp_path / "cos.fzsl"
+    cos.save(path)
+    again = fastzsl.load(path)
+    assert again.metric == "cosine"
+    np.testing.assert_array_equal(again.outlier_probability(Q), cos.outlier_probability(Q))

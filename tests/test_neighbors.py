@@ -149,3 +149,82 @@ def test_the_index_owns_its_rows(rng, method):
     np.testing.assert_array_equal(index.reference, original)
     with pytest.raises(ValueError):
         index.reference[0, 0] = 1.0
+
+
+# ------------------------------------------------------------------------------ metrics
+def _brute_force(Q, R, k, metric):
+    """The metric's k nearest by brute force in float64: the rows transformed as the metric
+    says (cosine: unit rows, norms in float64), double sums of squared differences in
+    dimension order, ties to the lower index (lexsort), then the metric's map."""
+    from fastzsl.neighbors import METRICS
+    m = METRICS[metric]
+    Qt, Rt = m.rows(Q, "queries"), m.rows(R, "reference")
+    e = np.zeros((len(Qt), len(Rt)))
+    for t in range(Qt.shape[1]):
+        e += (Qt[:, t, None] - Rt[None, :, t]) ** 2
+    order = np.lexsort((np.broadcast_to(np.arange(len(Rt)), e.shape), e), axis=1)[:, :k]
+    return m.distance(np.take_along_axis(e, order, axis=1)), order
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "euclidean", "cosine"])
+@pytest.mark.parametrize("method", ["exact", "kdtree"])
+def test_metrics_equal_brute_force_with_ties(metric, method, backend):
+    """Integer grid points (many exact ties, in every metric) and a duplicated row: the
+    same distances and indices as the brute force, bit for bit (float64), for the compiled
+    kernels, which sum in dimension order as the brute force does; the NumPy reference
+    (einsum) and other backends sum in another order, so their near-ties may swap within
+    TOL."""
+    if method == "kdtree" and backend != "numpy":
+        pytest.skip("the tree is one method whatever the backend")
+    rng = np.random.default_rng(7)
+    R = rng.integers(-3, 4, size=(300, 4)).astype(np.float64)
+    R[R.sum(axis=1) == 0] += 1.0  # cosine needs nonzero rows (sum 0 also catches all-zero)
+    R[17] = R[3]
+    Q = np.r_[R[:20], rng.integers(-3, 4, size=(20, 4)) + 0.5]
+    D, I = fastzsl.knn(Q, R, 7, metric=metric, backend=backend, method=method)
+    D_ref, I_ref = _brute_force(Q, R, 7, metric)
+    if backend not in ("cython", "numba") and method == "exact":
+        from fastzsl.testing import TOL
+        assert_knn_equal(D, I, D_ref, I_ref, **TOL[np.dtype(np.float64)])
+        return
+    np.testing.assert_array_equal(I, I_ref)
+    np.testing.assert_array_equal(D, D_ref)
+
+
+def test_metrics_agree_with_scipy(rng):
+    """The distances are scipy's (within float64 rounding: the cosine distance from unit
+    rows differs from scipy's formula by a few ulps of 1)."""
+    from scipy.spatial.distance import cdist
+    R, Q = rng.normal(size=(200, 9)), rng.normal(size=(30, 9))
+    for metric in ("sqeuclidean", "euclidean", "cosine"):
+        D, I = fastzsl.knn(Q, R, 5, metric=metric, backend="numpy")
+        np.testing.assert_allclose(D, np.take_along_axis(cdist(Q, R, metric), I, axis=1),
+                                   rtol=1e-12, atol=1e-14)
+
+
+def test_metric_errors_and_zero_rows(rng):
+    R = rng.normal(size=(50, 3))
+    with pytest.raises(ValueError, match="unsupported metric 'manhattan'.*cosine"):
+        fastzsl.knn(R, R, 3, metric="manhattan")
+    R[[4, 9]] = 0.0
+    with pytest.raises(ValueError, match=r"nonzero rows: reference rows \[4, 9\]"):
+        fastzsl.knn(R[:3] + 1, R, 3, metric="cosine")
+    with pytest.raises(ValueError, match=r"queries rows \[0\]"):
+        fastzsl.ExactIndex(R[10:], metric="cosine").search(np.zeros((1, 3)), 2)
+
+
+def test_metric_index_keeps_the_rows_given_and_old_pickles_load(rng):
+    import pickle
+    from fastzsl.neighbors import ExactIndex
+    R = rng.normal(size=(80, 5))
+    index = ExactIndex(R, metric="cosine", method="exact")
+    np.testing.assert_array_equal(index.reference, R)
+    D, I = index.search(R[:5], 3, exclude_self=False)
+    np.testing.assert_array_equal(I[:, 0], np.arange(5))
+    old = ExactIndex(R, method="exact")
+    state = dict(old.__dict__)
+    del state["metric"], state["_rows"]  # an index pickled before metrics
+    restored = ExactIndex.__new__(ExactIndex)
+    restored.__setstate__(state)
+    np.testing.assert_array_equal(restored.search(R[:5], 3)[1], old.search(R[:5], 3)[1])
+    assert pickle.loads(pickle.dumps(index)).search(R[:5], 3)[1].tolist() == I.tolist()

@@ -24,7 +24,7 @@ from libc.math cimport exp, log, M_PI, INFINITY, isfinite
 from gemm_tiles cimport gemm_abt
 
 from fastzsl._threads import blas_single_threaded
-from fastzsl.backends._gaussian_gemm import LSE_CUT, class_terms
+from fastzsl.backends._gaussian_gemm import class_terms
 
 cdef extern from "gaussian_kernels.h" nogil:
     ctypedef struct fz_gauss_params:
@@ -40,24 +40,22 @@ cdef extern from "gaussian_kernels.h" nogil:
         const double* thr
         double kh_max
         double km_max
-        Py_ssize_t heavy
-        int all_weights_finite
-        double lw_min
-        int uniform_weights
         int finite_thresholds
         double acc
-        double lse_cut
+        double log_c
         int exact_thresholds
+    double fz_exp_poly(double x, int low_degree)
+    float fz_expf_poly(float x)
     Py_ssize_t fz_gauss_tile_f(const float* P, const double* fn, const float* F,
                                const float* means, Py_ssize_t r0, Py_ssize_t r1,
                                const fz_gauss_params* q, double* L, double* b, int* lst,
-                               float* Lout,
+                               double* scratch, float* Lout,
                                float* row_max, int64_t* row_argmax, float* row_lse,
                                uint8_t* all_below)
     Py_ssize_t fz_gauss_tile_d(const double* P, const double* fn, const double* F,
                                const double* means, Py_ssize_t r0, Py_ssize_t r1,
                                const fz_gauss_params* q, double* L, double* b, int* lst,
-                               double* Lout,
+                               double* scratch, double* Lout,
                                double* row_max, int64_t* row_argmax, double* row_lse,
                                uint8_t* all_below)
 
@@ -186,6 +184,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     cdef double* Lbuf
     cdef double* bbuf
     cdef int* lst
+    cdef double* scratch
     cdef int failed = 0
     cdef int* failed_p = &failed  # written through a pointer: a plain name is thread-private
     cdef const cython.floating* Fbase = &F[0, 0]
@@ -197,6 +196,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     Lbuf = NULL
     bbuf = NULL
     lst = NULL
+    scratch = NULL
     with parallel():
         fc = <cython.floating*>malloc(tile * d * sizeof(cython.floating))
         prod = <cython.floating*>malloc(tile * C * sizeof(cython.floating))
@@ -204,9 +204,10 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
         Lbuf = <double*>malloc(C * sizeof(double))
         bbuf = <double*>malloc(C * sizeof(double))
         lst = <int*>malloc(C * sizeof(int))
+        scratch = <double*>malloc(C * sizeof(double))
         for b in prange(n_tiles, schedule="dynamic"):
             if (fc == NULL or prod == NULL or fn == NULL or Lbuf == NULL or bbuf == NULL
-                    or lst == NULL):
+                    or lst == NULL or scratch == NULL):
                 failed_p[0] = -1
                 continue
             r0 = b * tile
@@ -233,16 +234,17 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
             gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
             if cython.floating is float:
                 n_direct += fz_gauss_tile_f(prod, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf, lst,
-                                            Lout, row_max, row_argmax, row_lse, all_below)
+                                            scratch, Lout, row_max, row_argmax, row_lse, all_below)
             else:
                 n_direct += fz_gauss_tile_d(prod, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf, lst,
-                                            Lout, row_max, row_argmax, row_lse, all_below)
+                                            scratch, Lout, row_max, row_argmax, row_lse, all_below)
         free(fc)
         free(prod)
         free(fn)
         free(Lbuf)
         free(bbuf)
         free(lst)
+        free(scratch)
     if failed:
         return failed
     return n_direct
@@ -271,14 +273,9 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     q.thr = &thr[0]
     q.kh_max = terms.kh.max()
     q.km_max = terms.km.max()
-    finite = np.isfinite(log_weights)
-    q.heavy = int(np.argmax(log_weights)) if finite.any() else -1
-    q.all_weights_finite = bool(finite.all())
-    q.lw_min = log_weights.min()
-    q.uniform_weights = bool((log_weights == log_weights[0]).all())
     q.finite_thresholds = bool((thresholds < np.inf).any())
     q.acc = terms.acc
-    q.lse_cut = LSE_CUT
+    q.log_c = np.log(means.shape[0])
     # float32: its accuracy target is coarse, so entries near a threshold are decided on
     # their direct value; float64 decides on the (reproducible) values themselves.
     q.exact_thresholds = cython.floating is float
@@ -326,3 +323,28 @@ def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
     if out is None:
         return gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full)
     return out[0]
+
+
+EXP_KINDS = ("double", "double-low", "float")
+
+
+def exp_poly(x, kind):
+    """The kernels' vectorised exp at every x (float64, each in [-65, 0]), for checking its
+    error bound: ``kind`` "double" (fz_exp_poly, degree 12, float64 inputs), "double-low"
+    (degree 7) or "float" (fz_expf_poly, float32 arithmetic, x rounded to float32 first)."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if kind not in EXP_KINDS:
+        raise ValueError(f"kind must be one of {EXP_KINDS}, not {kind!r}")
+    if x.size and not (x.min() >= -65.0 and x.max() <= 0.0):
+        raise ValueError("exp_poly is defined on [-65, 0]")
+    out = np.empty_like(x)
+    cdef const double[::1] xv = x.ravel()
+    cdef double[::1] ov = out.ravel()
+    cdef Py_ssize_t i
+    cdef int k = EXP_KINDS.index(kind)
+    for i in range(xv.shape[0]):
+        if k == 2:
+            ov[i] = fz_expf_poly(<float>xv[i])
+        else:
+            ov[i] = fz_exp_poly(xv[i], k)
+    return out

@@ -20,21 +20,24 @@
  *     c with the largest F_c, and the row max is that F_c.
  *   all_below: F_c < threshold_c for every c; for float32 inputs (exact_thresholds: their
  *     acc is coarse) an entry within b_c of its threshold is decided, and stored, by L_dir.
- *   logsumexp: over the terms F_c + lw_c within lse_cut of their max (the others add
- *     less than C e^-64 relative), in index order; if its error bound
- *     2 sum e_c b_c / sum e_c exceeds acc |lse|, the terms with b_c > 0 use L_dir.
+ *   logsumexp: from L~ and beta alone (fz_gauss_lse), certified as a whole: its error
+ *     bound 2 sum e_c b_c / sum e_c (plus the cut, exp's and the sums' rounding) must stay
+ *     within acc |lse|, else the terms carrying most of it take L_dir (then all terms).
+ *     Terms further than cut below the largest are left out, cut from the accuracy the
+ *     output needs (fz_lse_cut, at most FZ_LSE_CUT_MAX), and the rest summed with a
+ *     vectorised exp polynomial (fz_exp_poly, or fz_expf_poly in float32 for float32
+ *     inputs where |lse| leaves room).
  *   The (n, C) matrix, when asked for, holds F.
  *
- * Per row: pass A forms L~ and its maximum (with the matrix asked for, also beta, and
- * every "need" entry is fixed). Two lower bounds follow: lo1 = max L~ - beta_max <= lo,
- * and W <= max (F + lw) (from lo1 and the smallest weight when all weights are finite,
- * and from the heaviest class). Pass B screens every entry with beta_max in place of its
- * own beta, t = L~ + beta_max >= min(lo1, threshold_c, W - lse_cut - lw_c), skipping
+ * Per row: pass A forms L~, beta, max L~ and max (L~ + lw) (vectorised); the logsumexp
+ * follows (blocks without a term are skipped after one max-reduction); with the matrix
+ * asked for, every "need" entry is then fixed. Pass B screens every entry with beta_max in
+ * place of its own beta against lo1 = max L~ - beta_max and the thresholds, skipping
  * blocks of FZ_BLOCK and then FZ_GAUSS_CHUNK entries after one vectorised max-reduction
  * each; the entries that pass are tested with their own beta and listed when they may be an
- * argmax candidate, a logsumexp term or not below their threshold. Only the listed
- * entries (a few per row on typical data) get the scalar treatment above, so a row costs
- * two vectorised passes plus O(listed) work. A row's values depend only on the row, the
+ * argmax candidate or not below their threshold. Only the listed entries (a few per row on
+ * typical data) get the scalar treatment above, so a row costs a few vectorised passes plus
+ * O(listed) work. A row's values depend only on the row, the
  * classes and acc (and the thresholds, for float32 entries next to one), so a row gets the
  * same numbers in every call whose GEMM sees it in the same tile position (every tile is
  * padded to the full BLAS call shape).
@@ -47,6 +50,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12 \
     && defined(__ELF__)
@@ -61,7 +65,70 @@
 #define FZ_GAUSS_CHUNK 16
 
 /* why an entry is on a row's list (pass B) */
-enum { FZ_ARGMAX = 1, FZ_LSE = 2, FZ_THRESHOLD = 4 };
+enum { FZ_ARGMAX = 1, FZ_THRESHOLD = 4 };
+
+#define FZ_UNIT_ROUNDOFF_DOUBLE 0x1p-53
+/* logsumexp terms are never cut closer than this far below the largest, nor kept further */
+#define FZ_LSE_CUT_MIN 1.0
+#define FZ_LSE_CUT_MAX 64.0
+/* Relative error bounds of fz_exp_poly on [-FZ_LSE_CUT_MAX - 1, 0] (degree 12 and 7; derived
+ * in fastzsl/backends/_gaussian_gemm.py, EXP_POLY_EPS, and checked there against libm). */
+#define FZ_EXP12_EPS 0x1p-47
+#define FZ_EXP7_EPS 0x1p-26
+
+/* exp(x) for x in [-FZ_LSE_CUT_MAX - 1, 0], branch-free so that it vectorises: x = k ln2 + r
+ * (k = round(x / ln2), Cody-Waite split of ln2, r exact to 0.35 u), e^r by its Taylor
+ * polynomial of degree 12 (or 7 when low_degree) in Horner form, times 2^k built from the
+ * bits of the rounding constant (-96 <= k <= 0: a normal power of two, exact). */
+static inline double fz_exp_poly(double x, int low_degree)
+{
+    const double magic = 0x1.8p52;  /* adding it rounds to an integer in the low bits */
+    double t = x * 0x1.71547652b82fep0 + magic;
+    double kf = t - magic;
+    double r = (x - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
+    double p;
+    if (low_degree) {
+        p = 1.0 / 5040.0;
+        p = p * r + 1.0 / 720.0;
+        p = p * r + 1.0 / 120.0;
+        p = p * r + 1.0 / 24.0;
+        p = p * r + 1.0 / 6.0;
+        p = p * r + 0.5;
+        p = p * r + 1.0;
+        p = p * r + 1.0;
+    } else {
+        p = 1.0 / 479001600.0;
+        p = p * r + 1.0 / 39916800.0;
+        p = p * r + 1.0 / 3628800.0;
+        p = p * r + 1.0 / 362880.0;
+        p = p * r + 1.0 / 40320.0;
+        p = p * r + 1.0 / 5040.0;
+        p = p * r + 1.0 / 720.0;
+        p = p * r + 1.0 / 120.0;
+        p = p * r + 1.0 / 24.0;
+        p = p * r + 1.0 / 6.0;
+        p = p * r + 0.5;
+        p = p * r + 1.0;
+        p = p * r + 1.0;
+    }
+    int64_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    /* bits(t) = bits(magic) + k, and bits(magic) << 52 vanishes mod 2^64 */
+    bits = (int64_t)(((uint64_t)bits + 1023u) << 52);
+    double scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* The logsumexp cut: terms more than cut below the largest add at most C e^-cut to lse,
+ * kept below a quarter of tol (the absolute accuracy the output needs). */
+static inline double fz_lse_cut(double tol, double log_c)
+{
+    if (!(tol > 0.0))
+        return FZ_LSE_CUT_MAX;
+    double cut = log_c + log(4.0 / tol);
+    return cut > FZ_LSE_CUT_MAX ? FZ_LSE_CUT_MAX : (cut < FZ_LSE_CUT_MIN ? FZ_LSE_CUT_MIN : cut);
+}
 
 typedef struct {
     ptrdiff_t n_classes, d;
@@ -74,13 +141,9 @@ typedef struct {
     const double *lw;    /* log weights */
     const double *thr;   /* thresholds */
     double kh_max, km_max;   /* max kh, max km: beta_c <= kh_max fn + km_max */
-    ptrdiff_t heavy;         /* a class with the largest log weight (-1: all are -inf) */
-    int all_weights_finite;
-    double lw_min;           /* the smallest log weight */
-    int uniform_weights;     /* every log weight equals lw[0] */
     int finite_thresholds;   /* some threshold is below +inf */
     double acc;
-    double lse_cut;          /* logsumexp terms below max - lse_cut are left out */
+    double log_c;            /* ln C */
     int exact_thresholds;
 } fz_gauss_params;
 
@@ -110,6 +173,149 @@ typedef struct {
             }                                                                             \
         }                                                                                 \
     }
+
+/* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut (W: NULL for 0), with the
+ * vectorised fz_exp_poly (fast) or libm's exp, and err = sum_c e^(x_c) B_c. Blocks of
+ * FZ_LSE_BLOCK without a term are skipped after one max-reduction (most of a row where the
+ * classes are far apart); the others add into FZ_LSE_BLOCK lane sums (no reduction per
+ * block), each of at most C / FZ_LSE_BLOCK + 1 terms, added up once at the end. */
+#define FZ_LSE_BLOCK 64
+static inline __attribute__((always_inline)) double fz_lse_terms(
+    const double *V, const double *W, const double *B, ptrdiff_t C, double wmax, double cut,
+    int fast, int low_degree, double *err_out, ptrdiff_t *n_terms)
+{
+    const double lo = wmax - cut;
+    double lane_s[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+    double lane_e[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+    double lane_n[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+    ptrdiff_t c, j;
+    for (j = 0; j < FZ_LSE_BLOCK; j++)
+        lane_s[j] = lane_e[j] = lane_n[j] = 0.0;
+#define FZ_X(c) (W ? V[c] + W[c] : V[c])
+    for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
+        const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
+        double hi = -INFINITY;
+        #pragma omp simd reduction(max:hi)
+        for (c = b0; c < b0 + nb; c++)
+            hi = FZ_MAX(FZ_X(c), hi);
+        if (!(hi >= lo))
+            continue;
+        if (fast) {
+            #pragma omp simd
+            for (j = 0; j < nb; j++) {
+                double x = FZ_X(b0 + j) - wmax;
+                double e = x >= -cut ? fz_exp_poly(FZ_MAX(x, -cut), low_degree) : 0.0;
+                lane_s[j] += e;
+                lane_e[j] += e * B[b0 + j];
+                lane_n[j] += x >= -cut ? 1.0 : 0.0;
+            }
+        } else {
+            for (j = 0; j < nb; j++) {
+                double x = FZ_X(b0 + j) - wmax;
+                if (x >= -cut) {
+                    double e = exp(x);
+                    lane_s[j] += e;
+                    lane_e[j] += e * B[b0 + j];
+                    lane_n[j] += 1.0;
+                }
+            }
+        }
+    }
+#undef FZ_X
+    double sum = 0.0, err = 0.0, count = 0.0;
+    for (j = 0; j < FZ_LSE_BLOCK; j++) {
+        sum += lane_s[j];
+        err += lane_e[j];
+        count += lane_n[j];
+    }
+    *err_out = err;
+    *n_terms = (ptrdiff_t)count;
+    return sum;
+}
+
+/* expf(x) for x in [-FZ_LSE_CUT_MAX - 1, 0] in float32 arithmetic (16 lanes per AVX-512
+ * vector): as fz_exp_poly, with a 17-bit ln2 head (k ln2_hi exact for |k| < 128) and the
+ * degree-6 Taylor polynomial; relative error below FZ_EXPF_EPS. */
+#define FZ_EXPF_EPS 0x1p-19
+static inline float fz_expf_poly(float x)
+{
+    const float magic = 0x1.8p23f;
+    float t = x * 0x1.715476p0f + magic;
+    float kf = t - magic;
+    float r = (x - kf * 0x1.62e4p-1f) - kf * 0x1.7f7d1cp-20f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (int32_t)(((uint32_t)bits + 127u) << 23);  /* bits(magic) << 23 vanishes */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* fz_lse_terms in float32 (for float32 inputs, whose accuracy target 2^-15 leaves room):
+ * x_c rounded to float32 (relative error of e^x_c below cut 2^-24), fz_expf_poly, float32
+ * lane sums of at most C / FZ_LSE_BLOCK + 1 terms (gamma of that length), added up in
+ * double. Returns the sum; *err_out is an upper bound of sum_c e_c B_c, *rel_out the
+ * relative error of the sum from all of the above. */
+static inline __attribute__((always_inline)) double fz_lse_terms_f32(
+    const double *V, const double *W, const double *B, ptrdiff_t C, double wmax, double cut,
+    double *err_out, double *rel_out, ptrdiff_t *n_terms)
+{
+    const double lo = wmax - cut;
+    const float fcut = (float)cut;  /* may round either way: the terms kept are exact sums */
+    float lane_s[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+    float lane_e[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+    float lane_n[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+    ptrdiff_t c, j;
+    for (j = 0; j < FZ_LSE_BLOCK; j++)
+        lane_s[j] = lane_e[j] = lane_n[j] = 0.0f;
+    for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
+        const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
+        double hi = -INFINITY;
+        #pragma omp simd reduction(max:hi)
+        for (c = b0; c < b0 + nb; c++)
+            hi = FZ_MAX(V[c] + W[c], hi);
+        if (!(hi >= lo))
+            continue;
+        #pragma omp simd
+        for (j = 0; j < nb; j++) {
+            float x = (float)((V[b0 + j] + W[b0 + j]) - wmax);
+            float e = x >= -fcut ? fz_expf_poly(FZ_MAX(x, -fcut)) : 0.0f;
+            lane_s[j] += e;
+            lane_e[j] += e * (float)B[b0 + j];
+            lane_n[j] += x >= -fcut ? 1.0f : 0.0f;
+        }
+    }
+    double sum = 0.0, err = 0.0, count = 0.0;
+    for (j = 0; j < FZ_LSE_BLOCK; j++) {
+        sum += lane_s[j];
+        err += lane_e[j];
+        count += lane_n[j];
+    }
+    const double g = (double)(C / FZ_LSE_BLOCK + 4) * 0x1p-24;  /* float32 lane sums, B */
+    *err_out = err * (1.0 + 2.0 * g + FZ_EXPF_EPS + cut * 0x1p-23);
+    *rel_out = FZ_EXPF_EPS + (cut + 1.0) * 0x1p-24 + g;
+    *n_terms = (ptrdiff_t)count;
+    return sum;
+}
+
+/* The absolute error of lse = wmax + log(sum) beyond the values' own (2 err / sum: first
+ * order in beta, doubled): the terms left out (at most C e^-cut), exp's relative error, the
+ * summation's (lane sums of at most C / FZ_LSE_BLOCK + 1 terms, then the lanes: relative
+ * gamma of their lengths), log's and the final addition's rounding. */
+static inline double fz_lse_other(double lse, double log_c, ptrdiff_t C, double cut,
+                                  double eps_exp)
+{
+    return exp(log_c - cut) + eps_exp
+        + (double)(C / FZ_LSE_BLOCK + FZ_LSE_BLOCK + 4) * FZ_UNIT_ROUNDOFF_DOUBLE
+        + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (fabs(lse) + log_c);
+}
 
 #define FZ_T float
 #define FZ_N(name) name##_f

@@ -13,13 +13,106 @@ static inline double FZ_N(fz_direct)(const FZ_T *f, const FZ_T *m, ptrdiff_t d, 
     return -s / (2.0 * var) - ln;
 }
 
+/* The logsumexp of one row from the pristine GEMM-form values (see the header): L~ in L,
+ * their bounds beta in b, wmax = max_c (L~_c + lw_c) > -inf. Terms below wmax - cut are
+ * left out, cut taken from the accuracy the output needs (fz_lse_cut); the others are
+ * summed with fz_exp_poly (float64 input: degree 12, float32: degree 7), or libm's exp
+ * where |lse| is too close to 0 for the polynomial's error. Where the certified error
+ * exceeds acc |lse|, the terms that carry most of it (2 e_c b_c above a quarter of the
+ * allowance per term) take their direct values; if that still fails, every term does.
+ * scratch: C doubles. Depends only on (L~, beta, lw): the same in
+ * every call and whatever else is asked. */
+static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
+    const FZ_T *frow, const FZ_T *means, const fz_gauss_params *q, const double *L,
+    const double *b, double wmax, double bmax, double *scratch, ptrdiff_t *n_direct)
+{
+    const ptrdiff_t C = q->n_classes, d = q->d;
+    const double *lw = q->lw;
+    const int low_degree = sizeof(FZ_T) == 4;
+    const double eps_exp = low_degree ? FZ_EXP7_EPS : FZ_EXP12_EPS;
+    /* lse lies in [wmax, wmax + ln C]: the smallest |lse| it can have */
+    const double top = wmax + q->log_c;
+    const double mag = wmax > 0.0 ? wmax : (top < 0.0 ? -top : 0.0);
+    const double cut = fz_lse_cut(q->acc * mag, q->log_c);
+    /* float32 inputs: the float32 sum where its error fits a quarter of the budget */
+    const int single = low_degree
+        && FZ_EXPF_EPS + (cut + 2.0) * 0x1p-24 + (double)(C / FZ_LSE_BLOCK + 4) * 0x1p-24
+           <= 0.25 * q->acc * mag;
+    const int fast = eps_exp <= 0.25 * q->acc * mag;
+    double eps = fast ? eps_exp : FZ_UNIT_ROUNDOFF_DOUBLE;
+    double err, *V = scratch;
+    ptrdiff_t c, n_terms;
+    double sum;
+    if (single)
+        sum = fz_lse_terms_f32(L, lw, b, C, wmax, cut, &err, &eps, &n_terms);
+    else
+        sum = fz_lse_terms(L, lw, b, C, wmax, cut, fast, low_degree, &err, &n_terms);
+    double lse = wmax + log(sum);
+    double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, C, cut, eps);
+    if (2.0 * err <= budget * sum)
+        return lse;
+    if (budget > 0.0) {
+        /* Refine: with wmax kept as the reference, a refined term c swaps e_c for
+         * e^(L_dir + lw_c - wmax) and drops e_c b_c from err (its new value is included
+         * even if it falls below the cut: the sum stays over a superset of the terms). */
+        const double tau = budget * sum / (4.0 * (double)n_terms);
+        const double lo = wmax - cut;
+        double removed = 0.0, added = 0.0, err_removed = 0.0;
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_GAUSS_CHUNK) {
+            const ptrdiff_t c1 = FZ_MIN(c0 + FZ_GAUSS_CHUNK, C);
+            double hi = -INFINITY;
+            #pragma omp simd reduction(max:hi)
+            for (c = c0; c < c1; c++)
+                hi = FZ_MAX(L[c] + lw[c], hi);
+            if (!(hi >= lo))
+                continue;
+            for (c = c0; c < c1; c++) {
+                double x = (L[c] + lw[c]) - wmax;
+                if (!(x >= -cut))
+                    continue;
+                double e = fast ? fz_exp_poly(x, low_degree) : exp(x);
+                if (2.0 * e * b[c] > tau) {
+                    (*n_direct)++;
+                    double v = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]);
+                    removed += e;
+                    err_removed += e * b[c];
+                    added += exp(v + lw[c] - wmax);
+                }
+            }
+        }
+        /* the subtractions lose at most 2 u' (sum + err) more */
+        sum = (sum - removed) + added;
+        err = FZ_MAX(err - err_removed, 0.0) + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (sum + err);
+        lse = wmax + log(sum);
+        budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, C, cut, eps);
+        if (2.0 * err <= budget * sum)
+            return lse;
+    }
+    /* Still not certified: direct values of every term that can be within FZ_LSE_CUT_MAX of
+     * the largest direct one (a direct value is within b_c of L~_c), summed with libm. */
+    double dmax = -INFINITY;
+    for (c = 0; c < C; c++) {
+        V[c] = -INFINITY;
+        if (L[c] + lw[c] + b[c] >= wmax - bmax - FZ_LSE_CUT_MAX && lw[c] > -INFINITY) {
+            (*n_direct)++;
+            V[c] = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]) + lw[c];
+            dmax = FZ_MAX(V[c], dmax);
+        }
+    }
+    sum = 0.0;
+    for (c = 0; c < C; c++)
+        if (V[c] - dmax >= -FZ_LSE_CUT_MAX)
+            sum += exp(V[c] - dmax);
+    return dmax + log(sum);
+}
+
 /* One row (see the header for the definitions). L, b: C doubles of scratch (L is left
- * holding the row's values where the matrix is asked for: full); list: C ints of scratch.
- * Returns the number of direct evaluations. */
+ * holding the row's values where the matrix is asked for: full); list: C ints of scratch,
+ * scratch: C doubles. Returns the number of direct evaluations. */
 static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
     const FZ_T *p, double fn, const FZ_T *frow, const FZ_T *means, const fz_gauss_params *q,
-    int full, double *L, double *b, int *list, double *row_max, int64_t *row_argmax,
-    double *row_lse, uint8_t *all_below)
+    int full, double *L, double *b, int *list, double *scratch, double *row_max,
+    int64_t *row_argmax, double *row_lse, uint8_t *all_below)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     const double acc = q->acc;
@@ -27,98 +120,77 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
     const double *h = q->h, *k = q->k, *kh = q->kh, *km = q->km;
     const double *var = q->var, *ln = q->ln, *lw = q->lw, *thr = q->thr;
     ptrdiff_t n_direct = 0, c, j, n_list = 0;
-    double mxv = -INFINITY;
+    double mxv = -INFINITY, mxw = -INFINITY;
     int need_any = 0;
 
 #define FZ_DIRECT(c) (n_direct++, FZ_N(fz_direct)(frow, means + (c) * d, d, var[c], ln[c]))
 
-    /* Pass A: L~ and its maximum (and, for the matrix, beta and the "need" entries, marked
-     * b = -1: a bound is never negative) */
-    if (full) {
-        #pragma omp simd reduction(max:mxv) reduction(|:need_any)
-        for (c = 0; c < C; c++) {
-            double v = h[c] * (2.0 * (double)p[c] - fn) - k[c];
-            double bc = kh[c] * fn + km[c];
-            int need = bc > acc * fabs(v);
-            L[c] = v;
-            b[c] = need ? -1.0 : bc;
-            mxv = v > mxv ? v : mxv;
-            need_any |= need;
-        }
-    } else {
-        #pragma omp simd reduction(max:mxv)
-        for (c = 0; c < C; c++) {
-            double v = h[c] * (2.0 * (double)p[c] - fn) - k[c];
-            L[c] = v;
-            mxv = v > mxv ? v : mxv;
-        }
+    /* Pass A: L~, beta, the maxima of L~ and of L~ + lw, and whether some entry needs its
+     * direct value ("need"; only acted on up front when the matrix is asked for) */
+#define FZ_PASS_A(NEED) \
+    for (c = 0; c < C; c++) { \
+        double v = h[c] * (2.0 * (double)p[c] - fn) - k[c]; \
+        double bc = kh[c] * fn + km[c]; \
+        L[c] = v; \
+        b[c] = bc; \
+        mxv = v > mxv ? v : mxv; \
+        mxw = v + lw[c] > mxw ? v + lw[c] : mxw; \
+        NEED; \
     }
-    if (need_any) { /* the matrix holds B: fix every "need" entry */
+    if (full) {
+        #pragma omp simd reduction(max:mxv, mxw) reduction(|:need_any)
+        FZ_PASS_A(need_any |= bc > acc * fabs(v))
+    } else {
+        #pragma omp simd reduction(max:mxv, mxw)
+        FZ_PASS_A((void)0)
+    }
+#undef FZ_PASS_A
+    const double bmax = q->kh_max * fn + q->km_max;
+    /* logsumexp first, while L and b hold the pristine L~ and beta */
+    *row_lse = mxw == -INFINITY ? -INFINITY /* every weight is zero */
+        : FZ_N(fz_gauss_lse)(frow, means, q, L, b, mxw, bmax, scratch, &n_direct);
+    if (full && need_any) { /* the matrix holds B: fix every "need" entry */
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_GAUSS_CHUNK) {
             ptrdiff_t c1 = c0 + FZ_GAUSS_CHUNK < C ? c0 + FZ_GAUSS_CHUNK : C;
-            double top = 0.0;
-            #pragma omp simd reduction(max:top)
+            int any = 0;
+            #pragma omp simd reduction(|:any)
             for (c = c0; c < c1; c++)
-                top = -b[c] > top ? -b[c] : top;
-            for (c = c0; top > 0.0 && c < c1; c++) {
-                if (b[c] < 0.0) {
+                any |= b[c] > acc * fabs(L[c]);
+            for (c = c0; any && c < c1; c++) {
+                if (b[c] > acc * fabs(L[c])) {
                     L[c] = FZ_DIRECT(c);
                     b[c] = 0.0;
                 }
             }
         }
     }
-    /* Lower bounds: lo1 <= max_c (B_c - b_c), as the entry with the largest L~ has
-     * B - b >= L~ - beta and beta <= bc_max; W <= max_c (F_c + lw_c), from that entry when
-     * every weight is finite (F >= lo1 there) and from the heaviest class cw. Pass B lists
-     * the entries that may matter, t_c = L_c + b_c >= z_c = min(lo1, threshold_c,
-     * W - lse_cut - lw_c): a possible argmax (t >= lo1), possibly not below its
-     * threshold (t >= threshold_c) or a logsumexp term within lse_cut of the largest.
-     * A chunk is tested with one max-reduction of t - z (>= 0 exactly when t >= z). */
-    const double lo1 = mxv - (q->kh_max * fn + q->km_max);
-    double W = INFINITY; /* no finite weight: no logsumexp terms */
-    if (q->heavy >= 0) {
-        c = q->heavy;
-        W = (L[c] - (full ? (b[c] > 0.0 ? b[c] : 0.0) : kh[c] * fn + km[c])) + lw[c];
-        if (q->all_weights_finite && lo1 + q->lw_min > W)
-            W = lo1 + q->lw_min;
-    }
-    const double wcut = W - q->lse_cut;
+    /* lo1 = max L~ - beta_max <= max_c (B_c - b_c), a lower bound of the maximum. Pass B
+     * lists the entries that may matter for a decision, t_c = L_c + b_c >= min(lo1,
+     * threshold_c): a possible argmax (t >= lo1) or possibly not below its threshold. It
+     * screens with beta_max in place of b_c (a superset); a chunk is tested with one
+     * max-reduction of t - z (>= 0 exactly when t >= z). */
+    const double lo1 = mxv - bmax;
     int above = 0;
-    /* The screen uses beta_max for every entry (a superset of the list), and leaves out
-     * the threshold and weight streams when they are all +inf or all equal. */
-    const double bmax = q->kh_max * fn + q->km_max;
-    const double z0 = q->uniform_weights ? (wcut - lw[0] < lo1 ? wcut - lw[0] : lo1) : lo1;
-#define FZ_SCREEN_U(c) ((L[c] + bmax) - z0)
-#define FZ_SCREEN_UT(c) ((L[c] + bmax) - FZ_MIN(z0, thr[c]))
-#define FZ_SCREEN_W(c) ((L[c] + bmax) - FZ_MIN(z0, wcut - lw[c]))
-#define FZ_SCREEN_WT(c) ((L[c] + bmax) - FZ_MIN(FZ_MIN(z0, thr[c]), wcut - lw[c]))
+#define FZ_SCREEN_U(c) ((L[c] + bmax) - lo1)
+#define FZ_SCREEN_UT(c) ((L[c] + bmax) - FZ_MIN(lo1, thr[c]))
 #define FZ_LIST_ENTRY { \
-        double bc = full ? b[c] : kh[c] * fn + km[c]; \
-        double t = L[c] + bc; \
-        int flags = (t >= lo1 ? FZ_ARGMAX : 0) | (t >= wcut - lw[c] ? FZ_LSE : 0) \
-                  | (t >= thr[c] ? FZ_THRESHOLD : 0); \
+        double t = L[c] + b[c]; \
+        int flags = (t >= lo1 ? FZ_ARGMAX : 0) | (t >= thr[c] ? FZ_THRESHOLD : 0); \
         if (flags) { \
             list[n_list++] = (int)(c * 8 + flags); \
-            if (!full) { \
-                if (bc > acc * fabs(L[c])) { /* B_c */ \
-                    L[c] = FZ_DIRECT(c); \
-                    bc = 0.0; \
-                } \
-                b[c] = bc; \
+            if (b[c] > acc * fabs(L[c])) { /* B_c */ \
+                L[c] = FZ_DIRECT(c); \
+                b[c] = 0.0; \
             } \
         } \
     }
-    switch (q->uniform_weights * 2 + q->finite_thresholds) {
-    case 3: FZ_FOR_NONNEG(FZ_SCREEN_UT, C, c, FZ_LIST_ENTRY); break;
-    case 2: FZ_FOR_NONNEG(FZ_SCREEN_U, C, c, FZ_LIST_ENTRY); break;
-    case 1: FZ_FOR_NONNEG(FZ_SCREEN_WT, C, c, FZ_LIST_ENTRY); break;
-    default: FZ_FOR_NONNEG(FZ_SCREEN_W, C, c, FZ_LIST_ENTRY); break;
+    if (q->finite_thresholds) {
+        FZ_FOR_NONNEG(FZ_SCREEN_UT, C, c, FZ_LIST_ENTRY);
+    } else {
+        FZ_FOR_NONNEG(FZ_SCREEN_U, C, c, FZ_LIST_ENTRY);
     }
 #undef FZ_SCREEN_U
 #undef FZ_SCREEN_UT
-#undef FZ_SCREEN_W
-#undef FZ_SCREEN_WT
 #undef FZ_LIST_ENTRY
     /* argmax over the listed candidates */
     double lo = -INFINITY, mx = -INFINITY;
@@ -160,48 +232,6 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
         above |= !(L[c] < thr[c]);
     }
     *all_below = !above;
-    /* logsumexp over the listed terms */
-    double wmax = -INFINITY;
-    for (j = 0; j < n_list; j++) {
-        c = list[j] >> 3;
-        if ((list[j] & FZ_LSE) && L[c] + lw[c] > wmax)
-            wmax = L[c] + lw[c];
-    }
-    if (wmax == -INFINITY) { /* every weight is zero */
-        *row_lse = -INFINITY;
-        return n_direct;
-    }
-    double sum = 0.0, err = 0.0;
-    for (j = 0; j < n_list; j++) {
-        c = list[j] >> 3;
-        double x = L[c] + lw[c] - wmax;
-        if ((list[j] & FZ_LSE) && x >= -q->lse_cut) {
-            double e = exp(x);
-            sum += e;
-            err += e * b[c];
-        }
-    }
-    double lse = wmax + log(sum);
-    if (2.0 * err > acc * fabs(lse) * sum) {
-        /* direct values for these terms (kept in b: the row's values stay as they are) */
-        wmax = -INFINITY;
-        for (j = 0; j < n_list; j++) {
-            c = list[j] >> 3;
-            if (!(list[j] & FZ_LSE))
-                continue;
-            b[c] = (b[c] > 0.0 ? FZ_DIRECT(c) : L[c]) + lw[c];
-            wmax = b[c] > wmax ? b[c] : wmax;
-        }
-        sum = 0.0;
-        for (j = 0; j < n_list; j++) {
-            c = list[j] >> 3;
-            double x = b[c] - wmax;
-            if ((list[j] & FZ_LSE) && x >= -q->lse_cut)
-                sum += exp(x);
-        }
-        lse = wmax + log(sum);
-    }
-    *row_lse = lse;
     return n_direct;
 #undef FZ_DIRECT
 }
@@ -210,7 +240,8 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
  * the outputs indexed by global row. Lout is NULL, or the (n, C) output matrix. */
 FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
     const FZ_T *P, const double *fn, const FZ_T *F, const FZ_T *means, ptrdiff_t r0,
-    ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b, int *list, FZ_T *Lout,
+    ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b, int *list, double *scratch,
+    FZ_T *Lout,
     FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse, uint8_t *all_below)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
@@ -219,11 +250,11 @@ FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
         double mx, lse;
         if (Lout != NULL)
             n_direct += FZ_N(fz_gauss_row)(P + (i - r0) * C, fn[i - r0], F + i * d, means,
-                                           q, 1, L, b, list, &mx, row_argmax + i, &lse,
+                                           q, 1, L, b, list, scratch, &mx, row_argmax + i, &lse,
                                            all_below + i);
         else
             n_direct += FZ_N(fz_gauss_row)(P + (i - r0) * C, fn[i - r0], F + i * d, means,
-                                           q, 0, L, b, list, &mx, row_argmax + i, &lse,
+                                           q, 0, L, b, list, scratch, &mx, row_argmax + i, &lse,
                                            all_below + i);
         row_max[i] = (FZ_T)mx;
         row_lse[i] = (FZ_T)lse;

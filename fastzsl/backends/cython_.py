@@ -7,6 +7,9 @@ the extension is not built this module still imports, ``KERNELS`` is None and
 """
 from __future__ import annotations
 
+import numpy as np
+
+from . import _knn_screen
 from ._base import KernelSet
 
 _MISSING = ""
@@ -27,16 +30,24 @@ if not _MISSING:
 
 
 def knn(queries, reference, k, self_offset, prepared=None):
-    """``knn_cpu.knn``. ``prepared``: ``knn.prepare(reference)`` (the reference's norms),
-    kept by a caller that searches one reference many times (``ExactIndex``): it saves a
-    pass over the reference per call, most of the work for a single query."""
+    """``knn_cpu.knn``; float64 queries through the float32 screen of ``_knn_screen`` (the
+    same answer, bit for bit, at about float32 speed). ``prepared``: ``knn.prepare(reference)``
+    (the reference's norms, and its float32 copy for float64), kept by a caller that searches
+    one reference many times (``ExactIndex``): it saves passes over the reference per call,
+    most of the work for a single query."""
+    if getattr(queries, "dtype", None) == np.float64:
+        return _knn_screen.knn(_knn_cpu, queries, reference, k, self_offset, prepared)
     return _knn_cpu.knn(queries, reference, k, self_offset, prepared)
+
+
+def _prepare(reference):
+    return _knn_screen.prepare(_knn_cpu, reference)
 
 
 if _MISSING:
     KERNELS = None
 else:
-    knn.prepare = _knn_cpu.reference_norms
+    knn.prepare = _prepare
     KERNELS = KernelSet(
         name="cython",
         device="cpu",

@@ -44,3 +44,48 @@ def test_the_gemm_form_recomputes_few_entries_on_typical_data(dtype):
     for full in (False, True):
         out, n_direct = gemm(F, means, np.ones(200), np.zeros(200), np.full(200, np.inf), full)
         assert 0 < n_direct <= 2 * len(F), (full, n_direct)
+
+
+@pytest.mark.parametrize("kind", ["double", "double-low", "float"])
+def test_the_exp_polynomials_keep_their_error_bounds(kind):
+    """The kernels' vectorised exp against libm on a dense grid of [-65, 0]: within the bound
+    derived in _gaussian_gemm (EXP_POLY_EPS) plus libm's own error (1 ulp of the result)."""
+    from fastzsl.backends._gaussian_gemm import EXP_POLY_EPS
+    _gemm_kernel()
+    from fastzsl.backends import cython_
+    x = np.linspace(-65.0, 0.0, 400_001)
+    # "float" rounds x to float32 before its polynomial (that error is in the kernel's sum)
+    at = x.astype(np.float32).astype(np.float64) if kind == "float" else x
+    got = cython_._gaussian_cpu.exp_poly(x, kind)
+    rel = np.abs(got - np.exp(at)) / np.exp(at)
+    assert rel.max() <= EXP_POLY_EPS[kind] + 2.0**-52
+
+
+@pytest.mark.parametrize("regime", ["broad", "far"])
+@pytest.mark.parametrize("d", [16, 50, 200])
+def test_every_class_within_a_few_nats_takes_the_vectorised_sum(regime, d, dtype):
+    """Broad classes (standard normal rows and means: every class is a logsumexp term) and
+    far ones: the reductions equal the reference's (TOL, from the accuracy targets 2^-15 /
+    2^-40 with room for the reference's own rounding), argmax exactly where the reference's
+    top two are further apart than that, and the certified sum needs few direct values."""
+    gemm = _gemm_kernel()
+    rng = np.random.default_rng(d)
+    n, C = 300, 400
+    scale = 1.0 if regime == "broad" else 4.0
+    means = (scale * rng.standard_normal((C, d))).astype(dtype)
+    y = rng.integers(0, C, n)
+    F = (means[y] * (regime == "far") + rng.standard_normal((n, d))).astype(dtype)
+    variances = rng.uniform(0.5, 2.0, C)
+    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    thresholds = np.full(C, np.inf)
+    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
+    (L, mx, am, lse, below), n_direct = gemm(F, means, variances, log_weights, thresholds,
+                                             False)
+    np.testing.assert_allclose(lse, ref[3], **TOL[dtype])
+    np.testing.assert_allclose(mx, ref[1], **TOL[dtype])
+    top2 = np.sort(ref[0].astype(np.float64), axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-4 * np.abs(top2[:, 1])
+    np.testing.assert_array_equal(am[clear], ref[2][clear])
+    # float32 at d=200: the sgemm bound is coarse and some terms are refined directly
+    limit = 3 * n if dtype == np.float64 or d <= 50 else n * C // 4
+    assert n_direct <= limit, n_direct

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 import fastzsl
-from fastzsl.backends import numpy_
+from fastzsl.backends import _knn_screen, numpy_
 from fastzsl.testing import TOL, assert_knn_equal, backend_is_available
 
 knn_cpu = pytest.importorskip("fastzsl._ext.knn_cpu", reason="cython extension not built")
+from fastzsl.backends import cython_  # noqa: E402 (after the skip: needs the extension)
 
 # Query blocks hold min(1024, ceil(n_q / (4 threads))) queries, at least 8; reference tiles
 # hold 262144 / block rows (half for float64): e.g. 2048 queries on 2 threads make blocks of
@@ -34,6 +35,11 @@ def _check(Q, R, k, self_offset=-1):
     D_dir, I_dir = knn_cpu.knn_direct(Q, R, k, self_offset)
     np.testing.assert_array_equal(D, D_dir)
     np.testing.assert_array_equal(I, I_dir)
+    # the backend's entry point: float64 through the float32 screen, the same bits
+    D_s, I_s = cython_.knn(Q, R, k, self_offset, cython_.knn.prepare(R))
+    assert D_s.dtype == dtype
+    np.testing.assert_array_equal(D_s, D_dir)
+    np.testing.assert_array_equal(I_s, I_dir)
     if backend_is_available("numba"):
         from fastzsl.backends.numba.knn import knn as numba_knn
         D_nb, I_nb = numba_knn(Q, R, k, self_offset)
@@ -233,3 +239,65 @@ def test_high_dim_near_ties_around_the_list_length(dtype, rng, n_near):
         assert ((I >= n_near) & (I < n_near + k)).all()
     _check(Q[:1], R, k)  # the split path
     _check(R[:300], R, k, 0)
+
+
+# ------------------------------------------------------------- float64 through the float32 screen
+def _screen_calls(monkeypatch):
+    """Counts the float64 kernel calls the screen falls back to."""
+    calls = []
+    real = knn_cpu.knn
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(knn_cpu, name)
+
+        def knn(self, Q, R, k, self_offset, prepared=None):
+            if Q.dtype == np.float64:
+                calls.append(len(Q))
+            return real(Q, R, k, self_offset, prepared)
+    return Spy(), calls
+
+
+def test_screen_certifies_typical_queries_without_the_float64_kernel(rng, monkeypatch):
+    spy, calls = _screen_calls(monkeypatch)
+    R = rng.normal(size=(3000, 40))
+    Q = rng.normal(size=(500, 40))
+    for self_offset, queries in ((-1, Q), (0, R)):
+        D, I = _knn_screen.knn(spy, queries, R, 10, self_offset)
+        D_dir, I_dir = knn_cpu.knn_direct(queries, R, 10, self_offset)
+        np.testing.assert_array_equal(D, D_dir)
+        np.testing.assert_array_equal(I, I_dir)
+    assert calls == []
+
+
+@pytest.mark.parametrize("n_merged", [3, 200])
+def test_rows_that_float32_merges_are_answered_by_float64(rng, n_merged, monkeypatch):
+    """Twenty reference rows per point, 1e-13 apart (one row in float32), more than the
+    screen lists: it cannot order them, fails its certificate, and the float64 kernel
+    answers (one by one for a few queries, in one call for many), bit for bit."""
+    spy, calls = _screen_calls(monkeypatch)
+    base = rng.normal(size=(50, 16))
+    R = np.concatenate([base * (1 + 1e-13 * i) for i in range(20)] + [rng.normal(size=(400, 16))])
+    Q = base[np.arange(n_merged) % 50] + 1e-9
+    D, I = _knn_screen.knn(spy, Q, R, 2, -1)
+    D_dir, I_dir = knn_cpu.knn_direct(Q, R, 2, -1)
+    np.testing.assert_array_equal(D, D_dir)
+    np.testing.assert_array_equal(I, I_dir)
+    assert calls == ([1] * n_merged if n_merged <= _knn_screen.FALLBACK_ONE_BY_ONE
+                     else [n_merged]), calls
+
+
+def test_screen_beyond_float32_range_and_old_prepared_form(rng):
+    """Values beyond float32's range run the float64 kernel; a prepared value in the old
+    form (the float64 norms alone, as a pickled index may hold) still works."""
+    R = rng.normal(size=(300, 8)) * 1e39
+    Q = rng.normal(size=(20, 8)) * 1e39
+    D, I = cython_.knn(Q, R, 5, -1, cython_.knn.prepare(R))
+    D_dir, I_dir = knn_cpu.knn_direct(Q, R, 5, -1)
+    np.testing.assert_array_equal(I, I_dir)
+    np.testing.assert_array_equal(D, D_dir)
+    R = rng.normal(size=(300, 8))
+    D, I = cython_.knn(R[:20], R, 5, 0, knn_cpu.reference_norms(R))
+    D_dir, I_dir = knn_cpu.knn_direct(R[:20], R, 5, 0)
+    np.testing.assert_array_equal(I, I_dir)
+    np.testing.assert_array_equal(D, D_dir)

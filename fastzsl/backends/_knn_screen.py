@@ -1,0 +1,117 @@
+r"""Exact float64 kNN at float32 speed (the cython backend): a float32 screen of the
+inputs rounded to float32, certified per query, then the exact float64 re-rank.
+
+1. Screen: the float32 GEMM kernel (``knn_cpu.knn``, itself exact for its inputs) finds,
+   for the rounded rows :math:`q' = \mathrm{fl}_{32}(q)`, :math:`r'_j = \mathrm{fl}_{32}(r_j)`,
+   the :math:`k' = k + \max(\mathrm{EXTRA}, k / 4)` lexicographically smallest
+   :math:`(e'_j, j)`, :math:`e'_j` the double sum of squared differences of the rounded rows,
+   returned rounded to float32 (:math:`D'`).
+2. Certificate. Rounding moves each component by at most :math:`u|x| + t` (u = 2^-24,
+   t = 2^-150 where the value is subnormal), so :math:`\lVert (q' - r') - (q - r)\rVert
+   \le \varepsilon = u(\lVert q\rVert + \lVert r\rVert) + 2\sqrt d\,t` and
+   :math:`|E' - E| \le \delta = \varepsilon (2(\lVert q\rVert + \lVert r\rVert) + \varepsilon)`
+   for the exact squared distances E, E' (as :math:`\lVert a\rVert \le \lVert q\rVert +
+   \lVert r\rVert`); with :math:`\lVert r\rVert` the reference's largest norm, one δ per query
+   serves every row. The kernel's sums are within :math:`(d + 2)u'` relative of E' and
+   :math:`D'` within u of them, so a relative 2u covers both (d < 2^28). A row left off the
+   list has :math:`E \ge D'_{(k')}(1 - 2u) - \delta`, and the k-th smallest exact distance
+   is at most :math:`D'_{(k)}(1 + 2u) + \delta` (the k listed best bound it). Where
+   :math:`D'_{(k')}(1 - 2u) - \delta > D'_{(k)}(1 + 2u) + \delta` (with a pad for forming
+   the comparison in double), every row that can be in the float64 answer is listed,
+   exact ties at the k-th distance included.
+3. Re-rank: the listed rows get the kernels' own float64 distances (``knn_cpu.rerank``:
+   the same sums as the float64 kernels) and the k lexicographically smallest pairs are the
+   answer, bit for bit the float64 kernel's. Queries that fail the certificate (near-ties
+   across the list's end, rows that float32 rounding merges) run the float64 kernel; so do
+   inputs that are not finite in float32 (beyond its range), which keeps the float64
+   kernel's behaviour there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UNIT_ROUNDOFF_32 = 2.0**-24
+UNIT_ROUNDOFF_64 = 2.0**-53
+SUBNORMAL_HALF_32 = 2.0**-150  # half the smallest float32 subnormal: rounding's absolute error
+# Extra screened candidates per query beyond k (at least; k / 4 for larger k).
+EXTRA = 8
+# Queries that fail the certificate in one call: searched one by one (float64 kernel) up to
+# this many, else the whole call runs the float64 kernel.
+FALLBACK_ONE_BY_ONE = 32
+
+
+@dataclass(frozen=True)
+class ScreenPrepared:
+    """What the screen reuses across searches of one float64 reference."""
+
+    reference32: np.ndarray   # fl32(reference), or None when that is not finite
+    prepared32: tuple | None  # knn_cpu.reference_norms(reference32)
+    prepared64: tuple | None  # knn_cpu.reference_norms(reference) (the fallback's)
+    norm_max: float           # the largest ||r_j|| of the float64 rows
+
+
+def prepare(knn_cpu, reference):
+    """``knn.prepare``: the reference norms for float32, a :class:`ScreenPrepared` for
+    float64 (its float32 copy: half the reference's memory again)."""
+    reference = np.ascontiguousarray(reference)
+    prepared64 = knn_cpu.reference_norms(reference)
+    if reference.dtype != np.float64:
+        return prepared64
+    ref32, prepared32 = _rounded(knn_cpu, reference)
+    norm_max = float(np.sqrt(prepared64[1])) if prepared64 is not None else np.inf
+    return ScreenPrepared(ref32, prepared32, prepared64, norm_max)
+
+
+def _rounded(knn_cpu, X):
+    """(fl32(X), its reference norms), or (None, None) when fl32(X) is not finite."""
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+        X32 = X.astype(np.float32)
+    prepared = knn_cpu.reference_norms(X32)
+    if prepared is None:
+        return None, None
+    return X32, prepared
+
+
+def knn(knn_cpu, queries, reference, k, self_offset, prepared=None):
+    """Exact kNN of float64 queries through the float32 screen (module docstring): the
+    float64 kernel's (D, I) bit for bit. ``prepared``: :func:`prepare` of this reference."""
+    queries = np.ascontiguousarray(queries, dtype=np.float64)
+    reference = np.ascontiguousarray(reference, dtype=np.float64)
+    n_q, d = queries.shape
+    n_r = reference.shape[0]
+    if not isinstance(prepared, ScreenPrepared):
+        prepared = prepare(knn_cpu, reference)
+    n_own = 1 if self_offset >= 0 else 0
+    k_list = min(k + max(EXTRA, k // 4), n_r - n_own)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+        q32 = queries.astype(np.float32)
+    if (prepared.reference32 is None or n_q == 0 or d == 0 or k_list <= k
+            or not np.isfinite(q32).all()):
+        return knn_cpu.knn(queries, reference, k, self_offset, prepared.prepared64)
+    D32, I32 = knn_cpu.knn(q32, prepared.reference32, k_list, self_offset,
+                           prepared.prepared32)
+    rows = np.arange(n_q)
+    own = rows + self_offset if self_offset >= 0 else np.full(n_q, -1)
+    has_own = (own >= 0) & (own < n_r)
+    # every row was listed: nothing left to certify
+    all_listed = k_list == n_r - has_own
+    qnorm = np.sqrt(np.einsum("ij,ij->i", queries, queries))
+    scale = qnorm + prepared.norm_max
+    eps = UNIT_ROUNDOFF_32 * scale + 2.0 * np.sqrt(d) * SUBNORMAL_HALF_32
+    delta = eps * (2.0 * scale + eps)
+    last = D32[:, k_list - 1].astype(np.float64)
+    kth = D32[:, k - 1].astype(np.float64)
+    pad = 8 * UNIT_ROUNDOFF_64 * (last + kth + 2 * delta)
+    certified = all_listed | (last * (1 - 2 * UNIT_ROUNDOFF_32) - delta
+                              > kth * (1 + 2 * UNIT_ROUNDOFF_32) + delta + pad)
+    D, I = knn_cpu.rerank(queries, reference, I32, k, np.where(has_own, own, -1))
+    failed = np.flatnonzero(~certified)
+    if failed.size > FALLBACK_ONE_BY_ONE:
+        return knn_cpu.knn(queries, reference, k, self_offset, prepared.prepared64)
+    for i in failed:
+        D[i], I[i] = (a[0] for a in knn_cpu.knn(
+            queries[i:i + 1], reference, k, own[i] if self_offset >= 0 else -1,
+            prepared.prepared64))
+    return D, I
