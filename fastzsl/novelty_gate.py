@@ -409,7 +409,7 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         self._choose(rounds)
         return self
 
-    def _fit_channels(self, specs, X, codes, classes, scene, F, mapper, seed=0):
+    def _fit_channels(self, specs, X, codes, classes, scene, F, mapper):
         """[(name, space, projection, detector)] fitted on images X of classes ``codes``
         (indices into ``classes``; mapped: F, by ``mapper``)."""
         channels = []
