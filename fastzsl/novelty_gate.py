@@ -355,6 +355,9 @@ class NoveltyGate(SaveMixin, BaseEstimator):
             check_prior(self.unseen_prior)
         if self.max_false_alarm is not None:
             check_false_alarm(self.max_false_alarm)
+        if self.rounds is not None and (isinstance(self.rounds, bool) or not isinstance(
+                self.rounds, (int, np.integer)) or self.rounds < 1):
+            raise ValueError(f"rounds must be an int >= 1 or None, got {self.rounds!r}")
         return self._detector_specs()
 
     def prior(self) -> float:
@@ -406,7 +409,7 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         self._choose(rounds)
         return self
 
-    def _fit_channels(self, specs, X, codes, classes, scene, F, mapper, seed=0):
+    def _fit_channels(self, specs, X, codes, classes, scene, F, mapper):
         """[(name, space, projection, detector)] fitted on images X of classes ``codes``
         (indices into ``classes``; mapped: F, by ``mapper``)."""
         channels = []

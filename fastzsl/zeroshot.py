@@ -145,6 +145,8 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         if not isinstance(self.novelty, (str, NoveltyGate)):
             raise TypeError(f"novelty must be one of {NOVELTY} or a NoveltyGate, got a "
                             f"{type(self.novelty).__name__}")
+        if isinstance(self.novelty, NoveltyGate):
+            self.novelty._check_params()  # before any training
         if self.combine is not None and self.combine not in COMBINE:
             raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
         if self.unseen_prior is not None:

@@ -96,7 +96,9 @@ def _check_output(out, results, dataset, n_seeds):
     agg = results["aggregate"]
     checked = 0
     for path, value in _walk_accuracies(agg):
-        if re.search(r"accuracy|auc|harmonic|ece|recall|brier", path):
+        if path.endswith("brier_skill"):  # 1 - Brier / the constant's: at most 1
+            assert value <= 1.0, (path, value)
+        elif re.search(r"accuracy|auc|harmonic|ece|recall|brier", path):
             assert 0.0 <= value <= 1.0, (path, value)
             checked += 1
     assert checked > 50

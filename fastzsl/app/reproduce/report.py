@@ -27,7 +27,7 @@ def _table(header, rows):
     return "\n".join([head, "|" + "---|" * len(header), *rows])
 
 
-# LoOP soft and Gaussian hard numbers (threshold 0.5) of a mapping or a novelty space
+# LoOP soft and Gaussian hard numbers (threshold 0.95) of a mapping or a novelty space
 _DETECTOR_COLUMNS = ("LoOP soft: seen", "unseen", "H", "Gaussian hard: seen", "unseen", "H")
 
 
