@@ -238,6 +238,10 @@ def test_isomap_and_tsne_pipelines_with_algorithm_and_metric():
     theirs = make_pipeline(KNeighborsTransformer(n_neighbors=10, algorithm="brute",
                                                  metric="euclidean"),
                            Isomap(n_neighbors=10, metric="precomputed")).fit_transform(X)
+    # The two graphs differ in each point's distance to itself (0 against up to sqrt(e),
+    # see above), which no shortest path uses, and elsewhere by 4 gamma_(d+2) relative; the
+    # embeddings then agree to the eigensolver's own accuracy (dense eigh: ~d u relative),
+    # far inside 1e-8; signs of eigenvectors are arbitrary, hence the absolute values.
     np.testing.assert_allclose(np.abs(ours), np.abs(theirs), rtol=1e-8, atol=1e-8)
     emb = make_pipeline(KNNTransformer(n_neighbors=31, metric="cosine", algorithm="auto"),
                         TSNE(metric="precomputed", init="random", perplexity=10,
