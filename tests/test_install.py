@@ -150,8 +150,7 @@ facts = {"file": fastzsl.__file__, "backends": fastzsl.available_backends(),
          "installed": {m: importlib.util.find_spec(m) is not None
                        for m in ("torch", "gensim", "numba", "faiss", "dask", "pyarrow")}}
 import fastzsl.zeroshot  # importing the model's modules needs no torch
-from fastzsl import SemanticMapper, SoftmaxClassifier, ZeroShotClassifier
-from fastzsl.novelty_gate import NoveltyGate, shorthand_detector
+from fastzsl import SemanticMapper, ZeroShotClassifier
 errors = {}
 for what, call in {
     "SemanticMapper.fit": lambda: SemanticMapper().fit(X, y, {0: X[0], 1: X[1], 2: X[2]}),
@@ -241,7 +240,8 @@ def test_slim_env_names_the_missing_extra(slim_results, what, extra):
 MODEL_SCRIPT = r'''
 import importlib.util, json, sys
 import numpy as np
-from fastzsl import SemanticMapper, ZeroShotClassifier
+from fastzsl import SemanticMapper, SoftmaxClassifier, ZeroShotClassifier
+from fastzsl.novelty_gate import NoveltyGate, shorthand_detector
 
 rng = np.random.default_rng(0)
 vectors = {c: rng.normal(size=5) for c in "abcd"}
