@@ -11,7 +11,9 @@ numbers of the chosen model on the test images, which took no part in any choice
 
 Run: ``python benchmarks/novelty_choices.py [--pairs sandal,pullover ...] [--quick]``
 (writes ``benchmarks/results/novelty-choices.{json,md}`` and ``novelty-choices-auc.png``;
-about 70 s a pair on 2 idle cores at the default size).
+about 70 s a pair on 2 idle cores at the default size). Each pair's row is kept in
+``--work`` (default ``results-all-pairs/pairs``), which ``fastzsl reproduce --all-pairs``
+shares, so neither run measures a pair twice.
 """
 import argparse
 import json
@@ -28,10 +30,13 @@ def main(argv=None):
                         help="pairs as a,b (default: the reproduce sweep's six)")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--work", default="results-all-pairs",
+                        help="folder of per-pair rows, shared with `fastzsl reproduce "
+                             "--all-pairs --out WORK`: rows measured by either are reused")
     args = parser.parse_args(argv)
     pairs = [tuple(p.split(",")) for p in args.pairs] if args.pairs else \
         list(PAIRS["fashion-mnist"])
-    tmp = Path(args.out) / "novelty-choices.d"
+    tmp = Path(args.work)
     results = run_all_pairs("fashion-mnist", st=settings_for("fashion-mnist", args.quick),
                             out=tmp, pairs=pairs)
     out = Path(args.out)
@@ -53,9 +58,8 @@ def main(argv=None):
                       f"{r['choice']['routing']} |")
     (out / "novelty-choices.md").write_text(report + "\n".join(rounds) + "\n")
     (tmp / "auc_grid.png").replace(out / "novelty-choices-auc.png")
-    for name in ("all_pairs.md", "all_pairs.json"):
+    for name in ("all_pairs.md", "all_pairs.json"):   # of the subset; WORK/pairs stays
         (tmp / name).unlink()
-    tmp.rmdir()
     print(f"wrote {out}/novelty-choices.md")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..._files import write_atomically
 from .measures import SHARES, at_shares, roc_auc
 from .settings import Settings
 
@@ -67,8 +68,18 @@ def run_all_pairs(dataset="fashion-mnist", *, data_dir=None, seed=0, st: Setting
     sweep = replace(st, max_per_class=st.sweep_per_class)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Each pair's row is kept as it is measured, so a stopped run resumes where it was and
+    # a subset run (the sweep's six) counts towards the whole grid.
+    done = out / "pairs"
+    done.mkdir(exist_ok=True)
+    key = {"dataset": dataset, "seed": seed, "settings": asdict(sweep)}
     rows = []
     for pair in pairs:
+        kept = done / f"{pair[0]}--{pair[1]}.json"
+        if kept.exists() and json.loads(kept.read_text())["key"] == key:
+            rows.append(json.loads(kept.read_text())["row"])
+            log(f"  {pair[0]} / {pair[1]}: kept from {kept}")
+            continue
         t = time.perf_counter()
         run = prepare_seed(data, list(pair), seed, sweep, backend=backend, progress=progress)
         model = fit_detectors(run.X_tr, run.y_tr, kv, list(pair), variants=("default",),
@@ -76,7 +87,10 @@ def run_all_pairs(dataset="fashion-mnist", *, data_dir=None, seed=0, st: Setting
                               mapper_params=st.mapper_params, seed=seed,
                               progress=progress)["default"]
         rows.append({"pair": list(pair), **pair_measures(model, run.X_te, run.y_te),
-                     "seconds": round(time.perf_counter() - t, 1)})
+                     "seconds": round(time.perf_counter() - t, 1),
+                     "load_average": [round(x, 2) for x in os.getloadavg()]})
+        text = json.dumps({"key": key, "row": rows[-1]}, indent=1)
+        write_atomically(kept, lambda f: f.write(text.encode()))
         r = rows[-1]
         log(f"  {pair[0]} / {pair[1]}: ROC-AUC {r['auc']:.3f}, ECE@0.2 "
             f"{r['shares']['0.2']['ece']:.3f}, H {r['harmonic_mean']:.3f}, seen "
