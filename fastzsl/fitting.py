@@ -2,13 +2,17 @@
 
 ``fit_file(estimator, input, model_path)`` fits a ``LoOP`` or a ``GaussianNovelty`` on every
 row of a ``.npy`` file, a Parquet file or a folder of such shards (what ``fastzsl score``
-reads) and writes its model file, holding no more than the reference set and a chunk.
+reads) and writes its model file, holding no more than the reference set and a chunk (or,
+with LoOP's self-join schedule, the candidate lists of every row, as ``LoOP.fit`` does).
 
 LoOP. Its in-sample fit needs every reference row's k nearest other rows: a kNN self-join.
 The rows are split into chunks; each chunk is searched against the whole reference with
 its own rows left out, and its kNN lists are written atomically (as score's result chunks
 are) to ``MODEL.parts/lists-NNNNNN.npy``. A killed job, rerun with the same command, keeps
-the lists it finds and searches the rest. The exact kernels give a row the same list
+the lists it finds and searches the rest. In one process with the cython kernels, the
+default schedule runs their self-join instead (each pair of row blocks once: half the gemm
+work), saving its candidate lists about once a minute (``self-join.npz``) for a rerun to go
+on from, and writes the chunks' lists at its end. The exact kernels give a row the same list
 however the rows are chunked (bit for bit the graph of ``LoOP.fit``), and the reduction
 reads the lists in one fixed order, so the model file is the same, byte for byte, whatever
 the kills and the number of workers (running the same kernels). The reduction: pdist of each row from its own list; PLOF from
@@ -50,6 +54,7 @@ import numpy as np
 
 from ._files import TMP_PREFIX, write_atomically
 from ._platform import cpu_count
+from ._validation import check_option
 from .batch import (DEFAULT_CHUNK_BYTES, LOCK, BatchError, open_input, output_lock,
                     plan_chunks, read_rows)
 
@@ -59,6 +64,12 @@ PARTS_SUFFIX = ".parts"
 MANIFEST = "_manifest.json"
 REFERENCE = "reference.npy"
 IVF_INDEX = "ivf.index"
+SELF_JOIN_STATE = "self-join.npz"
+SELF_JOIN_SAVE_SECONDS = 60.0  # how often a self-join saves its candidate lists
+SCHEDULES = ("auto", "self-join", "chunks")
+SELF_JOIN_REFUSED = ("schedule='self-join' needs one process (no scheduler), exact kNN on "
+                     "kernels with a self-join (cython) and candidate lists within its memory "
+                     "limit; use schedule='chunks'")
 # What approximate neighbours cost at the default nprobe (nlist / 16, at least 8), d = 50,
 # k = 20: the IVF study (benchmarks/results/ivf-cpu-2core.md: new points scored by an
 # IVF-fitted model; real mapped Fashion-MNIST features, 40k rows, and Gaussian blobs, 100k)
@@ -74,7 +85,7 @@ _FILL_ROWS = 1 << 16
 
 # ---------------------------------------------------------------------------- the API
 def fit_file(estimator, input, model_path, *, labels=None, chunk_size=None, scheduler=None,
-             n_workers=None, progress=True, wait=False, log=None) -> dict:
+             n_workers=None, schedule="auto", progress=True, wait=False, log=None) -> dict:
     """Fit ``estimator`` on every row of ``input`` and write its model file ``model_path``.
 
     Parameters
@@ -103,6 +114,15 @@ def fit_file(estimator, input, model_path, *, labels=None, chunk_size=None, sche
         model file's folder (and ``input`` when it is one ``.npy`` file).
     n_workers : int, optional
         LocalCluster workers (default: one per core).
+    schedule : {"auto", "self-join", "chunks"}
+        How one process searches LoOP's exact neighbours. ``"self-join"``: every pair of
+        row blocks once (half the gemm work of "chunks"; the in-memory fit's kernel),
+        saving its candidate lists to the work folder about once a minute so a killed job
+        resumes from there; it holds the candidate lists of every row (about n * (k + 8) *
+        12 bytes for float32 rows), as ``LoOP.fit`` does. ``"chunks"``: each chunk against
+        the whole reference, holding one chunk's lists. ``"auto"``: the self-join when
+        there is no scheduler, the kernels have one and the lists fit its memory limit
+        (the rule ``LoOP.fit`` follows), else chunks. Both give the same lists, bit for bit.
     progress : bool
         Show a progress bar over the searched rows.
     wait : bool
@@ -130,6 +150,7 @@ def fit_file(estimator, input, model_path, *, labels=None, chunk_size=None, sche
                                   or not isinstance(n_workers, (int, np.integer))
                                   or n_workers < 1):
         raise ValueError(f"n_workers must be a positive integer, got {n_workers!r}")
+    check_option(schedule, SCHEDULES, "schedule")
     if isinstance(estimator, LoOP):
         if labels is not None:
             raise ValueError("labels apply to GaussianNovelty; LoOP is fitted without labels")
@@ -151,7 +172,8 @@ def fit_file(estimator, input, model_path, *, labels=None, chunk_size=None, sche
     if not model_path.parent.is_dir():
         raise BatchError(f"the folder {model_path.parent} of the model file does not exist")
     summary = fit(estimator, source, model_path, labels=labels, scheduler=scheduler,
-                  n_workers=n_workers, progress=progress, wait=wait, log=log)
+                  n_workers=n_workers, schedule=schedule, progress=progress, wait=wait,
+                  log=log)
     summary.setdefault("n_chunks", len(source.chunks))
     summary.update(model=str(model_path), n_rows=source.n_rows,
                    seconds=time.perf_counter() - start)
@@ -413,8 +435,8 @@ def describe_knn(knn: dict, k: int) -> str:
     return f"kNN: exact ({how}, {knn['backend']} kernels), k={k}"
 
 
-def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, progress, wait,
-              log):
+def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, schedule,
+              progress, wait, log):
     from ._model_files import save_estimator
     from ._validation import check_k, check_positive_number
     from .loop import SCORING, export_loop
@@ -424,6 +446,9 @@ def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, pr
     if estimator.scoring not in SCORING:
         raise ValueError(f"scoring must be one of {SCORING}, got {estimator.scoring!r}")
     knn = _loop_knn(estimator, source, scheduler)
+    if schedule == "self-join" and (scheduler is not None or knn["method"] != "exact"
+                                    or _kernels(knn["backend"]).knn_self is None):
+        raise BatchError(SELF_JOIN_REFUSED)
     params = estimator.get_params()
     source.check_all_rows()  # before any file is made
 
@@ -454,15 +479,17 @@ def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, pr
 
         with tqdm(total=source.n_rows, initial=rows_done, unit="rows", unit_scale=True,
                   smoothing=0.1, desc="kNN lists", disable=not progress) as bar:
-            if scheduler is None:
+            if scheduler is not None:
+                _search_on_dask(job, todo, scheduler, n_workers, bar, log)
+            elif not (todo and schedule != "chunks" and _self_join(job, todo, bar, log)):
+                if schedule == "self-join" and todo:
+                    raise BatchError(SELF_JOIN_REFUSED)
                 try:
                     for chunk in todo:
                         bar.update(search_chunk(job, chunk.index, chunk.row,
                                                 chunk.row + chunk.n_rows))
                 finally:
                     forget_job(job.job_id)
-            else:
-                _search_on_dask(job, todo, scheduler, n_workers, bar, log)
         fit = reduce_lists(job, plan, extent)
         save_estimator(model_path, "LoOP", *export_loop(params, _open_reference(job), fit))
     return {"estimator": "LoOP", "knn": dict(knn, k=k, description=describe_knn(knn, k)),
@@ -635,6 +662,73 @@ def search_chunk(job: LoopJob, index: int, start: int, stop: int) -> int:
     return stop - start
 
 
+def _self_join(job: LoopJob, todo, bar, log) -> bool:
+    """Search every row with the kernels' self-join and write the lists of chunks ``todo``;
+    False (having written nothing) where it does not apply. The join's candidate lists are
+    saved to ``SELF_JOIN_STATE`` at most every SELF_JOIN_SAVE_SECONDS, at a boundary of its
+    rounds, and a rerun goes on from there: the same bits as an uninterrupted join."""
+    from .backends import thread_limits
+
+    knn_self = _kernels(job.backend).knn_self if job.method == "exact" else None
+    if knn_self is None:
+        return False
+    X = _open_reference(job)
+    state_path = Path(job.folder) / SELF_JOIN_STATE
+    resume = _read_self_join_state(state_path, job)
+    if resume is not None:
+        log(f"resuming the self-join at round {resume[0]}")
+    saved = [time.monotonic()]
+
+    def save(next_round, lists_D, lists_I):
+        if time.monotonic() - saved[0] >= SELF_JOIN_SAVE_SECONDS:
+            write_atomically(state_path, lambda f: np.savez(
+                f, next_round=np.int64(next_round), D=lists_D, I=lists_I))
+            saved[0] = time.monotonic()
+
+    start = bar.n
+
+    def advance(fraction):
+        bar.update(start + round(fraction * (job.n_rows - start)) - bar.n)
+
+    with thread_limits(job.n_jobs, backend=job.backend, knn=job.method):
+        result = knn_self(X, job.k, advance, resume=resume, on_rounds=save)
+    if result is None:
+        return False
+    D, I = result
+    for chunk in todo:
+        rows = slice(chunk.row, chunk.row + chunk.n_rows)
+        lists = np.empty(chunk.n_rows, dtype=_lists_dtype(job))
+        lists["D"], lists["I"] = D[rows], I[rows]
+        write_atomically(job.lists_path(chunk.index),
+                         lambda f: np.save(f, lists, allow_pickle=False))
+    state_path.unlink(missing_ok=True)
+    bar.update(job.n_rows - bar.n)
+    return True
+
+
+def _kernels(backend: str):
+    from .backends import get_backend
+
+    return get_backend(backend)
+
+
+def _read_self_join_state(path: Path, job: LoopJob):
+    """(next_round, lists_D, lists_I) a killed self-join saved, or None (none saved, or one
+    that cannot be read: the join then starts over)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            state = int(saved["next_round"]), saved["D"], saved["I"]
+    except (OSError, ValueError, KeyError):
+        return None
+    D, I = state[1], state[2]
+    if D.dtype != np.dtype(job.dtype) or D.ndim != 2 or D.shape[0] != job.n_rows \
+            or I.shape != D.shape or I.dtype != np.int64:
+        return None
+    return state
+
+
 def _lists_dtype(job: LoopJob) -> np.dtype:
     return np.dtype([("D", job.dtype, (job.k,)), ("I", "<i8", (job.k,))])
 
@@ -754,8 +848,8 @@ def _read_label_file(path: Path) -> np.ndarray:
     return y
 
 
-def _fit_gaussian(estimator, source, model_path, *, labels, scheduler, n_workers, progress,
-                  wait, log):
+def _fit_gaussian(estimator, source, model_path, *, labels, scheduler, n_workers, schedule,
+                  progress, wait, log):
     from sklearn.base import clone
 
     from .gaussian import RULES, VARIANCES

@@ -65,12 +65,14 @@ def data(tmp_path_factory):
     return folder, X, y, Q
 
 
-def test_loop_model_equals_the_in_memory_fit_and_scores_new_points_alike(data, tmp_path):
+@pytest.mark.parametrize("schedule", ["auto", "chunks"])
+def test_loop_model_equals_the_in_memory_fit_and_scores_new_points_alike(data, tmp_path,
+                                                                          schedule):
     folder, X, _, Q = data
     messages = []
     summary = fit_file(LoOP(n_neighbors=10, extent=2.0), folder / "X.npy",
-                       tmp_path / "loop.fzsl", chunk_size=700, progress=False,
-                       log=messages.append)
+                       tmp_path / "loop.fzsl", chunk_size=700, schedule=schedule,
+                       progress=False, log=messages.append)
     assert summary["n_chunks"] == 5 and summary["chunks_searched_now"] == 5
     assert summary["knn"]["method"] == "exact"
     assert any(m.startswith("kNN: exact") for m in messages), messages  # it says which
@@ -175,7 +177,8 @@ def slow_fit(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slow_fit")
     X, _ = make_blobs(15000, 32, seed=5)
     np.save(folder / "X.npy", X)
-    command = _fit_command(folder / "X.npy", folder / "clean.fzsl", "--chunk-size", "300")
+    command = _fit_command(folder / "X.npy", folder / "clean.fzsl", "--chunk-size", "300",
+                           "--schedule", "chunks")
     subprocess.run(command, check=True, capture_output=True)
     return folder, X
 
@@ -184,7 +187,8 @@ def test_sigkilled_fit_resumes_to_the_same_model_file_byte_for_byte(slow_fit, tm
     folder, X = slow_fit
     model = tmp_path / "killed.fzsl"
     parts = _parts(model)
-    command = _fit_command(folder / "X.npy", model, "--chunk-size", "300")
+    command = _fit_command(folder / "X.npy", model, "--chunk-size", "300", "--schedule",
+                           "chunks")
     rng = random.Random(2026)
     killed = 0
     for target in sorted(rng.sample(range(3, 45), 2)):
@@ -214,6 +218,58 @@ def test_sigkilled_fit_resumes_to_the_same_model_file_byte_for_byte(slow_fit, tm
     assert result.returncode == 0, result.stderr
     assert not parts.exists()
     assert filecmp.cmp(folder / "clean.fzsl", model, shallow=False)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.skipif("cython" not in fastzsl.available_backends(),
+                    reason="the self-join schedule runs the cython kernels' self-join")
+def test_a_stopped_self_join_goes_on_from_its_saved_lists_to_the_same_model(
+        data, tmp_path, monkeypatch):
+    import fastzsl.fitting as fitting
+
+    folder, X, _, _ = data
+    estimator = LoOP(n_neighbors=10, backend="cython")
+    clean = tmp_path / "clean.fzsl"
+    fit_file(estimator, folder / "X.npy", clean, chunk_size=700, schedule="chunks",
+             progress=False)
+    monkeypatch.setattr(fitting, "SELF_JOIN_SAVE_SECONDS", 0.0)  # save after every step
+    writes, real_write = [], fitting.write_atomically
+
+    def stop_after_three_saves(path, write):
+        real_write(path, write)
+        if Path(path).name == fitting.SELF_JOIN_STATE:
+            writes.append(np.load(path)["next_round"])
+            if len(writes) == 3:
+                raise _Stop
+
+    monkeypatch.setattr(fitting, "write_atomically", stop_after_three_saves)
+    model = tmp_path / "joined.fzsl"
+    with pytest.raises(_Stop):
+        fit_file(estimator, folder / "X.npy", model, chunk_size=700, progress=False)
+    assert (_parts(model) / fitting.SELF_JOIN_STATE).exists() and not model.exists()
+    assert list(writes) == sorted(writes) and writes[0] >= 1
+    monkeypatch.setattr(fitting, "write_atomically", real_write)
+    messages = []
+    fit_file(estimator, folder / "X.npy", model, chunk_size=700, progress=False,
+             log=messages.append)
+    assert any(f"resuming the self-join at round {writes[-1]}" in m for m in messages), \
+        messages
+    assert not _parts(model).exists()
+    # the chunk schedule's lists and the resumed self-join's: the same model file
+    assert filecmp.cmp(clean, model, shallow=False)
+
+
+def test_the_self_join_schedule_is_refused_where_it_cannot_run(data, tmp_path):
+    folder = data[0]
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        fit_file(LoOP(), folder / "X.npy", tmp_path / "m.fzsl", schedule="pairs")
+    with pytest.raises(BatchError, match="schedule=.self-join. needs one process"):
+        fit_file(LoOP(knn="kdtree"), folder / "X.npy", tmp_path / "m.fzsl",
+                 schedule="self-join", progress=False)
+    assert not _parts(tmp_path / "m.fzsl").exists()  # refused before any work
 
 
 # ------------------------------------------------------------------ one job per model

@@ -160,19 +160,26 @@ def knn_direct(queries, reference, k, self_offset):
     return _run(queries, reference, k, self_offset, True)
 
 
-def knn_self(X, k, on_progress=None):
+def knn_self(X, k, on_progress=None, *, resume=None, on_rounds=None):
     """Exact kNN of every row of X among the other rows: equal to ``knn(X, X, k, 0)`` bit for
     bit, with half the gemm work (each pair of row blocks once).
 
     ``on_progress(fraction_done)`` is called about 100 times. Returns None, doing nothing
     else, when the candidate lists would exceed SELF_JOIN_MAX_BYTES, when X is empty or
     k < 1, or when its norms are too large for the gemm: use ``knn`` then.
+
+    A stopped join can go on where it was: ``on_rounds(next_round, lists_D, lists_I)`` is
+    called after each of those steps with the candidate lists so far (the arrays the join
+    keeps updating: copy or save them before returning), and ``resume=(next_round,
+    lists_D, lists_I)`` continues from such a state. The rounds' order is fixed and each
+    point's list is updated by one block pair per round, so a resumed join returns the same
+    bits as an uninterrupted one.
     """
     X = np.ascontiguousarray(X)
     if X.shape[0] == 0 or X.shape[1] < MIN_GEMM_DIM or k < 1:
         return None
     key = _floating_key(X.dtype, "knn_cpu.knn_self supports float32 and float64")
-    return _knn_self_typed[key](X, k, on_progress)
+    return _knn_self_typed[key](X, k, on_progress, resume, on_rounds)
 
 
 def _rerank_typed(const cython.floating[:, ::1] queries,

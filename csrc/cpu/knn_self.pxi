@@ -104,7 +104,8 @@ def _pair_rounds(Py_ssize_t n_blocks):
     return round_start, pair_a, pair_b
 
 
-def _knn_self_typed(const cython.floating[:, ::1] X, Py_ssize_t k, on_progress):
+def _knn_self_typed(const cython.floating[:, ::1] X, Py_ssize_t k, on_progress, resume,
+                    on_rounds):
     cdef Py_ssize_t n = X.shape[0]
     cdef Py_ssize_t d = X.shape[1]
     cdef Py_ssize_t L = k + LIST_EXTRA
@@ -129,23 +130,35 @@ def _knn_self_typed(const cython.floating[:, ::1] X, Py_ssize_t k, on_progress):
     cdef Py_ssize_t[::1] round_start = start_arr
     cdef Py_ssize_t[::1] pair_a = a_arr
     cdef Py_ssize_t[::1] pair_b = b_arr
-    lv_arr = np.full((n, L), np.inf, dtype=dtype)
-    li_arr = np.full((n, L), -1, dtype=np.int64)
+    n_rounds = start_arr.shape[0] - 1
+    r0 = 0
+    if resume is None:
+        lv_arr = np.full((n, L), np.inf, dtype=dtype)
+        li_arr = np.full((n, L), -1, dtype=np.int64)
+    else:  # the state an earlier call passed to on_rounds
+        r0, lv_arr, li_arr = resume
+        if not (0 <= r0 <= n_rounds and lv_arr.shape == (n, L) and lv_arr.dtype == dtype
+                and li_arr.shape == (n, L) and li_arr.dtype == np.int64
+                and lv_arr.flags.c_contiguous and li_arr.flags.c_contiguous
+                and lv_arr.flags.writeable and li_arr.flags.writeable):
+            raise ValueError("knn_cpu.knn_self: the resumed state does not belong to this X "
+                             f"and k (expected {n_rounds} rounds and ({n}, {L}) lists of "
+                             f"{dtype} and int64)")
     cdef cython.floating[:, ::1] lv = lv_arr
     cdef int64_t[:, ::1] li = li_arr
     D = np.empty((n, k), dtype=dtype)
     I = np.empty((n, k), dtype=np.int64)
     cdef cython.floating[:, ::1] Dv = D
     cdef int64_t[:, ::1] Iv = I
-    n_rounds = round_start.shape[0] - 1
     step = max(1, n_rounds // 100)  # about 100 progress updates
     with blas_single_threaded():
-        r0 = 0
         while r0 < n_rounds and rc == 0:
             r1 = min(r0 + step, n_rounds)
             with nogil:
                 rc = _self_rounds(&X[0, 0], n, d, &rn_w[0], &round_start[0], &pair_a[0],
                                   &pair_b[0], r0, r1, L, &lv[0, 0], &li[0, 0])
+            if rc == 0 and on_rounds is not None:
+                on_rounds(r1, lv_arr, li_arr)
             if on_progress is not None:
                 on_progress(float(round_start[r1]) / round_start[n_rounds])
             r0 = r1

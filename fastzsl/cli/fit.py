@@ -60,6 +60,11 @@ def add_parser(subparsers):
                         "scheduler address such as tcp://host:8786 (default: this process)")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="LocalCluster workers with --scheduler local (default: one per core)")
+    p.add_argument("--schedule", choices=["auto", "self-join", "chunks"], default="auto",
+                   help="LoOP's exact search in one process: 'self-join' searches each pair "
+                        "of row blocks once (half the work; holds every row's candidate "
+                        "lists), 'chunks' holds one chunk's (default: %(default)s, the "
+                        "self-join where it applies)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--wait", action="store_true",
                    help="if another job is fitting MODEL, wait for it instead of refusing")
@@ -80,7 +85,8 @@ def run(args) -> int:
     log = (lambda message: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     summary = fit_file(estimator, args.input, args.model, labels=args.labels,
                        chunk_size=args.chunk_size, scheduler=args.scheduler,
-                       n_workers=args.workers, progress=not args.quiet, wait=args.wait,
+                       n_workers=args.workers, schedule=args.schedule,
+                       progress=not args.quiet, wait=args.wait,
                        log=log)
     print(f"{summary['estimator']} fitted on {summary['n_rows']} rows in {summary['n_chunks']} "
           f"chunks, written to {summary['model']} ({summary['seconds']:.1f} s)")
