@@ -16,8 +16,9 @@ loop-fit-1m-exact-cpu-2core.md; the rows are saved as one ``.npy`` file first)
 ------
 ``fit exact N=..``
     baseline: ``LoOP(knn="exact").fit(X).save(model)`` in a subprocess (X loaded into
-    memory with ``np.load``). Row: ``fit_file(LoOP(knn="exact"), "X.npy", model)`` in a
-    subprocess (default chunk: about 32 MB of rows). extra_info: the subprocess's peak RSS
+    memory with ``np.load``). Rows: ``fit_file(LoOP(knn="exact"), "X.npy", model)`` in a
+    subprocess (the default schedule: the self-join), and the same with
+    ``schedule="chunks"`` (default chunk: about 32 MB of rows). extra_info: the subprocess's peak RSS
     (VmHWM) and the target of the chunked fit, reference + 2 chunks + 300 MB. After timing,
     the two model files are checked equal (probabilities within 1e-10).
 ``fit dask N=..`` (``FASTZSL_BENCH_FIT_DASK=1``)
@@ -66,7 +67,8 @@ fastzsl.LoOP(**params).fit(X).save(sys.argv[2])
 _CHUNKED = """
 import sys, fastzsl
 params = dict(n_neighbors=int(sys.argv[3]), knn=sys.argv[4])
-fastzsl.fit_file(fastzsl.LoOP(**params), sys.argv[1], sys.argv[2], progress=False)
+fastzsl.fit_file(fastzsl.LoOP(**params), sys.argv[1], sys.argv[2], schedule=sys.argv[5],
+                 progress=False)
 """
 
 
@@ -95,7 +97,7 @@ def fit_data(cfg, tmp_path_factory):
                 chunk_rows=max(1024, (32 << 20) // (D * 4)))
 
 
-def _subprocess_fit(run_with_peak_rss, script, data, model, knn, info):
+def _subprocess_fit(run_with_peak_rss, script, data, model, knn, schedule, info):
     """Run one fit script in a subprocess (the model file removed first); its peak RSS and
     seconds go to ``info``."""
     if model.exists():
@@ -103,7 +105,8 @@ def _subprocess_fit(run_with_peak_rss, script, data, model, knn, info):
     path = data["folder"] / f"{abs(hash(script))}.py"
     path.write_text(script)
     start = time.perf_counter()
-    info["peak_rss_mb"] = run_with_peak_rss(path, [data["folder"] / "X.npy", model, K, knn])
+    info["peak_rss_mb"] = run_with_peak_rss(path, [data["folder"] / "X.npy", model, K, knn,
+                                                   schedule])
     info["seconds"] = time.perf_counter() - start
     info["rows_per_s"] = data["n"] / info["seconds"]
 
@@ -115,31 +118,37 @@ def _fit_group(data, run_with_peak_rss, knn):
                       chunk_mb=data["chunk_rows"] * D * 4 / 2**20)
         common["rss_target_mb"] = common["reference_mb"] + 2 * common["chunk_mb"] + 300
         out = {}
-        for case, script, label in (
-                ("memory", _IN_MEMORY, f"LoOP(knn={knn!r}).fit(X).save in a subprocess"),
-                ("chunked", _CHUNKED, f"fit_file(LoOP(knn={knn!r}), X.npy) in a subprocess")):
-            info = dict(common)
+        cases = [("memory", _IN_MEMORY, "auto",
+                  f"LoOP(knn={knn!r}).fit(X).save in a subprocess"),
+                 ("chunked", _CHUNKED, "auto",
+                  f"fit_file(LoOP(knn={knn!r}), X.npy) in a subprocess")]
+        if knn == "exact":
+            cases.append(("chunks", _CHUNKED, "chunks",
+                          f"fit_file(LoOP(knn={knn!r}), X.npy, schedule='chunks') in a "
+                          "subprocess"))
+        for case, script, schedule, label in cases:
+            info = dict(common, schedule=schedule)
             model = data["folder"] / f"{knn}-{case}.fzsl"
             out[case] = Candidate(
-                label, lambda s=script, m=model, i=info: _subprocess_fit(
-                    run_with_peak_rss, s, data, m, knn, i), case == "memory", info)
+                label, lambda s=script, m=model, sc=schedule, i=info: _subprocess_fit(
+                    run_with_peak_rss, s, data, m, knn, sc, i), case == "memory", info)
         return out
     return build
 
 
-def _check_equal(data, knn):
+def _check_equal(data, knn, case="chunked"):
     memory = fastzsl.load(data["folder"] / f"{knn}-memory.fzsl")
-    chunked = fastzsl.load(data["folder"] / f"{knn}-chunked.fzsl")
+    chunked = fastzsl.load(data["folder"] / f"{knn}-{case}.fzsl")
     np.testing.assert_allclose(chunked.probabilities_, memory.probabilities_,
                                rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", ["memory", "chunked"])
+@pytest.mark.parametrize("case", ["memory", "chunked", "chunks"])
 def test_fit_exact(bench, benchmark, fit_data, run_with_peak_rss, case):
     bench(f"fit exact N={fit_data['n']}", case, _fit_group(fit_data, run_with_peak_rss, "exact"),
           rounds=ROUNDS, warmup=0)
-    if case == "chunked":
-        _check_equal(fit_data, "exact")
+    if case != "memory":
+        _check_equal(fit_data, "exact", case)
         info = benchmark.extra_info
         info.update(_projection(_median(benchmark), fit_data["n"]))
 
