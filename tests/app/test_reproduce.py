@@ -244,9 +244,10 @@ def test_all_pairs_on_synthetic_pickles(tmp_path):
     from fastzsl.app.reproduce.settings import settings_for
 
     folder = _write_synthetic_cifar(tmp_path / "cifar-10-batches-py")
+    calls = []
     results = run_all_pairs("cifar10", data_dir=folder, st=settings_for("cifar10", True),
                             out=tmp_path / "out", pairs=[("cat", "truck"), ("cat", "dog")],
-                            log=lambda *a: None)
+                            log=calls.append)
     assert [r["pair"] for r in results["pairs"]] == [["cat", "truck"], ["cat", "dog"]]
     for row in results["pairs"]:
         assert 0.0 <= row["auc"] <= 1.0 and set(row["shares"]) == {"0.05", "0.2", "0.5"}
@@ -255,6 +256,27 @@ def test_all_pairs_on_synthetic_pickles(tmp_path):
     report = (tmp_path / "out" / "all_pairs.md").read_text()
     assert "| cat / dog |" in report and "Mean ROC-AUC" in report
     assert (tmp_path / "out" / "auc_grid.png").stat().st_size > 0
+    assert sorted(results["nearest_seen_images"]) == ["cat / dog", "cat / truck"]
+    # A rerun keeps each pair's row (nothing is fitted again) and writes the same rows.
+    again = run_all_pairs("cifar10", data_dir=folder, st=settings_for("cifar10", True),
+                          out=tmp_path / "out", pairs=[("cat", "dog")], log=calls.append)
+    assert json.dumps(again["pairs"]) == json.dumps(results["pairs"][1:])  # (NaN != NaN)
+    assert any("cat / dog: kept from" in call for call in calls)
+
+
+def test_nearest_seen_images_names_the_seen_class_a_held_out_one_copies():
+    from fastzsl.app.reproduce.all_pairs import nearest_seen_images
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 6, 6)) * 10
+    y_tr, y_te = np.repeat(np.arange(4), 30), np.repeat(np.arange(4), 10)
+    centres[3] = centres[1]  # class 3 looks like class 1
+    X_tr = centres[y_tr] + rng.normal(size=(120, 6, 6))
+    X_te = centres[y_te] + rng.normal(size=(40, 6, 6))
+    near = nearest_seen_images((X_tr, y_tr, X_te, y_te, ["a", "b", "c", "d"]),
+                               [("c", "d")], per_class=30)
+    assert near["c / d"][1] == ["d", "b", 1.0]
+    assert near["c / d"][0][1] in ("a", "b") and near["c / d"][0][2] > 0.5
 
 
 def test_aggregate_means_and_stds_over_seeds():

@@ -72,10 +72,11 @@ def run_all_pairs(dataset="fashion-mnist", *, data_dir=None, seed=0, st: Setting
     # a subset run (the sweep's six) counts towards the whole grid.
     done = out / "pairs"
     done.mkdir(exist_ok=True)
-    key = {"dataset": dataset, "seed": seed, "settings": asdict(sweep)}
+    key = json.loads(json.dumps({"dataset": dataset, "seed": seed,  # as a kept file reads
+                                 "settings": asdict(sweep)}))
     rows = []
     for pair in pairs:
-        kept = done / f"{pair[0]}--{pair[1]}.json"
+        kept = done / ("--".join(sorted(pair, key=names.index)) + ".json")  # either order
         if kept.exists() and json.loads(kept.read_text())["key"] == key:
             rows.append(json.loads(kept.read_text())["row"])
             log(f"  {pair[0]} / {pair[1]}: kept from {kept}")
@@ -103,7 +104,8 @@ def run_all_pairs(dataset="fashion-mnist", *, data_dir=None, seed=0, st: Setting
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "wall_seconds": round(time.perf_counter() - start, 1), "classes": names,
-        "pairs": rows,
+        "pairs": rows, "nearest_seen_words": nearest_seen_words(names, kv, pairs),
+        "nearest_seen_images": nearest_seen_images(data, pairs),
     }
     (out / "all_pairs.json").write_text(json.dumps(results, indent=1))
     (out / "all_pairs.md").write_text(all_pairs_report(results))
@@ -111,6 +113,58 @@ def run_all_pairs(dataset="fashion-mnist", *, data_dir=None, seed=0, st: Setting
     log(f"wrote {out}/all_pairs.md, all_pairs.json and auc_grid.png in "
         f"{results['wall_seconds']} s")
     return results
+
+
+def nearest_seen_words(names, kv, pairs) -> dict:
+    """{"a / b": [[unseen, nearest seen class, cosine of their class vectors], ...]}: how
+    close in the word space each held-out class is to a class the model saw (a post-hoc
+    reading of hard pairs, not a choice)."""
+    from ...embeddings import class_vectors
+
+    W = class_vectors(names, kv).astype(np.float64)
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    out = {}
+    for pair in pairs:
+        seen = [i for i, name in enumerate(names) if name not in pair]
+        near = []
+        for name in pair:
+            cos = W[seen] @ W[names.index(name)]
+            near.append([name, names[seen[int(np.argmax(cos))]], round(float(cos.max()), 3)])
+        out[" / ".join(pair)] = near
+    return out
+
+
+def nearest_seen_images(data, pairs, per_class=1000, seed=0) -> dict:
+    """{"a / b": [[unseen, seen class, share], ...]}: of each held-out class's test images,
+    the share whose nearest training image (in pixels, among ``per_class`` seeded images of
+    each seen class) belongs to the one seen class most of them fall to. A model-free
+    reading of how alike the classes look (post hoc, not a choice)."""
+    X_tr, y_tr, X_te, y_te, names = data
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(y_tr == c))[:per_class]
+                           for c in range(len(names))])
+    R = X_tr[keep].reshape(len(keep), -1).astype(np.float32)
+    labels = y_tr[keep]
+    Q = X_te.reshape(len(X_te), -1).astype(np.float32)
+    # each test image's distance to its nearest training image of every class
+    nearest = np.empty((len(Q), len(names)))
+    rn = (R ** 2).sum(1)
+    for start in range(0, len(Q), 2000):
+        q = Q[start:start + 2000]
+        d2 = (q ** 2).sum(1)[:, None] - 2 * q @ R.T + rn[None, :]
+        for c in range(len(names)):
+            nearest[start:start + len(q), c] = d2[:, labels == c].min(1)
+    out = {}
+    for pair in pairs:
+        ids = [names.index(name) for name in pair]
+        seen = np.array([c for c in range(len(names)) if c not in ids])
+        near = []
+        for name, c in zip(pair, ids):
+            fell = seen[np.argmin(nearest[y_te == c][:, seen], axis=1)]
+            mode = np.bincount(fell, minlength=len(names)).argmax()
+            near.append([name, names[mode], round(float(np.mean(fell == mode)), 3)])
+        out[" / ".join(pair)] = near
+    return out
 
 
 def summary(rows) -> dict:
@@ -150,6 +204,7 @@ def all_pairs_report(results) -> str:
         "",
         "Worst pairs (ROC-AUC): " + ", ".join(f"{a} / {b} {v:.3f}" for (a, b), v in s["worst"])
         + ".",
+        *_nearness_lines(results, s),
         "",
         "![ROC-AUC per pair](auc_grid.png)",
         "",
@@ -167,6 +222,36 @@ def all_pairs_report(results) -> str:
             f"{r['unseen_accuracy']:.3f} | {r['choice']['calibration']} | "
             f"{r['choice']['routing']} | {r['seconds']} |")
     return "\n".join(lines) + "\n"
+
+
+_NEARNESS = {
+    "nearest_seen_images": "the seen class most of its test images' nearest training image "
+                           "(pixels) belongs to, and that share",
+    "nearest_seen_words": "the seen class nearest in the word space, and the cosine of the "
+                          "class vectors",
+}
+
+
+def _nearness_lines(results, s) -> list:
+    """For the worst pairs, each held-out class's nearest seen class in pixels and in the
+    word space; over all pairs, how the ROC-AUC goes with each nearness (Spearman)."""
+    lines, rows = [], results["pairs"]
+    for key, what in _NEARNESS.items():
+        near = results.get(key)
+        if not near:
+            continue
+        lines += ["", f"Worst pairs, per held-out class, {what}: "
+                  + "; ".join(", ".join(f"{u} -> {v} ({c:.2f})"
+                                        for u, v, c in near[f"{a} / {b}"])
+                              for (a, b), _ in s["worst"]) + "."]
+        if len(rows) >= 3:
+            from scipy.stats import spearmanr
+
+            closest = [max(c for _, _, c in near[" / ".join(r["pair"])]) for r in rows]
+            rho = spearmanr(closest, [r["auc"] for r in rows]).statistic
+            lines.append(f"Spearman correlation over the {len(rows)} pairs between ROC-AUC "
+                         f"and the larger of the pair's two values: {rho:.2f}.")
+    return lines
 
 
 def plot_auc_grid(results, path):
