@@ -39,6 +39,7 @@ import numpy as np
 
 from ._files import TMP_PREFIX, write_atomically
 from ._optional import import_pyarrow
+from ._validation import check_option
 
 # Leading underscore: Parquet readers (pyarrow, Spark, Dask) skip it in a data-set folder.
 MANIFEST = "_manifest.json"
@@ -565,8 +566,7 @@ def score_file(model_path, input_path, output, *, chunk_size=None, output_format
     """
     from .persistence import load
 
-    if output_format not in OUTPUT_FORMATS:
-        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    check_option(output_format, OUTPUT_FORMATS, "output_format")
     if chunk_size is not None and (isinstance(chunk_size, bool)
                                    or not isinstance(chunk_size, (int, np.integer))
                                    or chunk_size < 1):

@@ -378,10 +378,9 @@ class LoopJob:
 def _loop_knn(estimator, source, scheduler) -> dict:
     """The kNN method and its parameters that the fit runs, resolved."""
     from .backends import get_backend
-    from .neighbors import METHODS, FaissIndex, resolve_method
+    from .neighbors import FaissIndex, check_method, resolve_method
 
-    if estimator.knn not in METHODS:
-        raise ValueError(f"unknown kNN method {estimator.knn!r}; choose one of {METHODS}")
+    check_method(estimator.knn)
     method = resolve_method(estimator.knn, source.width, source.n_rows, estimator.backend)
     knn = {"method": method, "backend": "auto"}
     if method in ("exact", "kdtree"):
@@ -539,7 +538,7 @@ class _ChunkSearcher:
         if job.method == "exact":
             self.kernels = get_backend(job.backend)
             self.device_reference = for_kernels(self.reference, self.kernels.device)
-            prepare = getattr(self.kernels.knn, "prepare", None)
+            prepare = self.kernels.knn_prepare
             self.prepared = () if prepare is None else (prepare(self.device_reference),)
         elif job.method == "kdtree":
             from .neighbors import KDTreeSearch

@@ -29,8 +29,9 @@ import numpy as np
 
 from ._array import array_module, like, on_device, to_host
 from ._optional import import_faiss
-from ._validation import as_float_matrix, check_k, check_same_width
-from .backends import get_backend, thread_limits
+from ._threads import openmp_threads
+from ._validation import as_float_matrix, check_k, check_option, check_same_width
+from .backends import resolve, thread_limits
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def check_metric(metric) -> Metric:
     raise ValueError(f"unsupported metric {metric!r}: fastzsl supports {tuple(METRICS)} "
                      "(squared Euclidean, Euclidean and cosine distances)")
 EXACT_METHODS = ("auto", "exact", "kdtree")  # the methods of ExactIndex
+FAISS_METHODS = ("faiss", "ivf")  # the methods of FaissIndex
 
 # method="auto" searches with the k-d tree when d <= KDTREE_MAX_DIM and the reference has at
 # least KDTREE_MIN_N rows (and no backend is named): the crossover measured on 2 cores by
@@ -96,6 +98,13 @@ EXACT_METHODS = ("auto", "exact", "kdtree")  # the methods of ExactIndex
 # brute force wins (d = 4: 2x faster at N = 2000, the tree 1.35x faster at N = 5000).
 KDTREE_MAX_DIM = 6
 KDTREE_MIN_N = 4000
+
+
+def check_method(method) -> str:
+    """``method`` when it is one of :data:`METHODS`, else an error naming them."""
+    if isinstance(method, str) and method in METHODS:
+        return method
+    raise ValueError(f"unknown kNN method {method!r}; choose one of {METHODS}")
 
 
 def resolve_method(method, d, n_reference, backend="auto", *, device_input=False):
@@ -138,23 +147,20 @@ class ExactIndex:
     def __init__(self, reference, *, backend="auto", method="auto", metric="sqeuclidean"):
         self.metric = check_metric(metric).name
         X = as_float_matrix(reference, "reference", keep_device=True)
-        self.kernels = get_backend(backend, device_input=True) if on_device(X) else \
-            get_backend(backend)
-        # What a kernel reuses across searches of this reference (knn.prepare, if it has
+        self.kernels = resolve(backend, X)
+        # What a kernel reuses across searches of this reference (knn_prepare, if it has
         # one: the Cython kernels' reference norms, the cupy backend's uploaded reference),
         # made on the first search.
-        self._prepared = None  # (what knn.prepare made,) once made: a tuple survives pickling
+        self._prepared = None  # (what knn_prepare made,) once made: a tuple survives pickling
         self.method = resolve_method(method, X.shape[1], X.shape[0], backend,
                                      device_input=on_device(X))
         self.reference = _own_copy(X if self._on_gpu else to_host(X))
         # the rows the kernels search: the reference itself unless the metric transforms it
         self._rows = _own_copy(METRICS[self.metric].rows(self.reference, "reference")) \
             if METRICS[self.metric].rows is not _identity else self.reference
+        check_option(self.method, EXACT_METHODS, "ExactIndex method")
         if self.method == "kdtree":
             self._tree = KDTreeSearch(self._rows)
-        elif self.method != "exact":
-            raise ValueError(f"ExactIndex method must be 'auto', 'exact' or 'kdtree', got "
-                             f"{method!r}")
 
     @property
     def ntotal(self) -> int:
@@ -224,7 +230,7 @@ class ExactIndex:
     def _knn_kernel(self):
         """The backend's knn, with what it prepared for this reference bound in."""
         knn_kernel = self.kernels.knn
-        prepare = getattr(knn_kernel, "prepare", None)
+        prepare = getattr(self.kernels, "knn_prepare", None)
         if prepare is None:
             return knn_kernel
         if self._prepared is None:
@@ -245,7 +251,7 @@ class KDTreeSearch:
     1. ``cKDTree.query(q, m)`` returns m candidates (m = k + 1 + TREE_EXTRA, the 1 for
        ``exclude_self``; at most n_reference), the largest at tree distance t_m.
     2. Every candidate gets its exact e_j, computed exactly as the kernels do (the Cython
-       kernels' own ``_sqdist`` via ``knn_cpu.rerank``, or the same operations in NumPy),
+       kernels' own ``_sqdist`` through the backend's ``KernelSet.rerank``),
        the query's own row is dropped under ``exclude_self``, and the k lexicographically
        smallest (e_j, j) are kept; e_(k) is the k-th of them.
     3. The query is accepted when m = n_reference (every row was a candidate) or
@@ -271,11 +277,12 @@ class KDTreeSearch:
     threadpoolctl limit, or all cores).
     """
 
-    def __init__(self, reference):
+    def __init__(self, reference, rerank=None):
         from scipy.spatial import cKDTree
 
         self.reference = reference
         self.tree = cKDTree(reference)
+        self._rerank = rerank  # None: the fastest backend's (looked up per search)
 
     def search_all(self, Q, k, exclude_self, progress=False):
         """:meth:`ExactIndex.search` of Q (the reference rows themselves with
@@ -303,12 +310,15 @@ class KDTreeSearch:
         I = np.empty((Q.shape[0], k), dtype=np.int64)
         rows = np.arange(Q.shape[0])
         m = min(n, k + (self_rows is not None) + TREE_EXTRA)
-        workers = _openmp_threads()
+        workers = openmp_threads()
+        # every backend's re-rank sums as the kernels do; the NumPy reference always has one
+        rerank = getattr(self, "_rerank", None) or resolve("auto").rerank or \
+            resolve("numpy").rerank
         while rows.size:
             Qr = Q[rows]
             dist, cand = self.tree.query(Qr, k=[*range(1, m + 1)], workers=workers)
             skip = None if self_rows is None else self_rows[rows]
-            bd, bi = _rerank(Qr, self.reference, cand, k, skip)
+            bd, bi = rerank(Qr, self.reference, cand, k, skip)
             if m == n:
                 done = np.ones(rows.size, dtype=bool)
             else:
@@ -325,35 +335,6 @@ class KDTreeSearch:
 TREE_EXTRA = 1
 TREE_SLACK = 2.0 ** -30
 TREE_TINY = 1e-290
-
-
-def _openmp_threads():
-    """The OpenMP thread count in force (the compiled kernels' runtime), else all cores."""
-    try:
-        from fastzsl._ext.threads_cpu import max_threads
-    except ImportError:  # pragma: no cover - the extension is not built
-        from ._platform import cpu_count
-        return cpu_count()
-    return max_threads()
-
-
-def _rerank(Q, reference, cand, k, self_rows):
-    """The k lexicographically smallest (e_j, j) over each query's candidates cand[i]
-    (float64 distances computed as the kernels do; self_rows[i] left out if given)."""
-    try:
-        from fastzsl._ext import knn_cpu
-    except ImportError:  # pragma: no cover - the extension is not built
-        knn_cpu = None
-    if knn_cpu is not None:
-        return knn_cpu.rerank(Q, reference, cand, k, self_rows)
-    e = np.zeros(cand.shape, dtype=np.float64)
-    for t in range(Q.shape[1]):  # in dimension order, as the kernels sum
-        diff = Q[:, t, None].astype(np.float64) - reference[cand, t].astype(np.float64)
-        e += diff * diff
-    if self_rows is not None:
-        e[cand == self_rows[:, None]] = np.inf
-    order = np.lexsort((cand, e), axis=-1)[:, :k]
-    return np.take_along_axis(e, order, axis=1), np.take_along_axis(cand, order, axis=1)
 
 
 class FaissIndex:
@@ -383,6 +364,7 @@ class FaissIndex:
 
     def __init__(self, reference, *, method="faiss", nlist=None, nprobe=None, seed=0,
                  gpu=None, metric="sqeuclidean"):
+        check_option(method, FAISS_METHODS, "FaissIndex method")
         faiss = import_faiss()
         self.metric = check_metric(metric).name
         self.gpu_device = _faiss_gpu_device(faiss, reference, gpu)
@@ -401,8 +383,6 @@ class FaissIndex:
             self.index.train(data)
             self.index.nprobe = int(nprobe) if nprobe is not None else self.default_nprobe(nlist)
             self._quantizer = quantizer  # faiss does not own it; keep it alive
-        else:
-            raise ValueError(f"FaissIndex method must be 'faiss' or 'ivf', got {method!r}")
         self.method = method
         if self.gpu_device is not None:
             self._gpu_resources = faiss.StandardGpuResources()
@@ -567,23 +547,20 @@ def make_index(reference, *, method="auto", backend="auto", nlist=None, nprobe=N
     :class:`ExactIndex` for "auto", "exact" and "kdtree", else a :class:`FaissIndex`;
     ``metric``: see :data:`METRICS`."""
     check_metric(metric)
+    check_method(method)
     if method in EXACT_METHODS:
         return ExactIndex(reference, backend=backend, method=method, metric=metric)
-    if method in ("faiss", "ivf"):
-        if backend not in ("auto", None):
-            raise ValueError(
-                f"backend={backend!r} applies to method='exact'; method={method!r} runs on faiss"
-            )
-        return FaissIndex(reference, method=method, nlist=nlist, nprobe=nprobe, metric=metric)
-    raise ValueError(f"unknown kNN method {method!r}; choose one of {METHODS}")
+    if backend not in ("auto", None):
+        raise ValueError(
+            f"backend={backend!r} applies to method='exact'; method={method!r} runs on faiss")
+    return FaissIndex(reference, method=method, nlist=nlist, nprobe=nprobe, metric=metric)
 
 
 def estimator_index(X, *, backend, knn, knn_params=None, metric="sqeuclidean"):
     """``(backend name, kNN method, index)`` for an estimator's reference set X: the names
     resolved ("auto" chosen) and the index built (with ``metric``). The backend runs exact
     kNN itself; the tree and faiss bring their own kernels."""
-    kernels = get_backend(backend, device_input=True) if on_device(X) else get_backend(backend)
-    backend_name = kernels.name
+    backend_name = resolve(backend, X).name
     method = resolve_method(knn, X.shape[1], X.shape[0], backend, device_input=on_device(X))
     index = make_index(X, method=method, backend=backend_name if method == "exact" else "auto",
                        metric=metric, **(knn_params or {}))
@@ -640,8 +617,8 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="au
     >>> D.ravel().tolist(), I.ravel().tolist()
     ([1.0, 1.0, 4.0], [1, 0, 1])
     """
-    with thread_limits(n_jobs, backend=backend if method in EXACT_METHODS else "auto",
-                       knn=method):
+    kernels = resolve(backend if method in EXACT_METHODS else "auto", reference)
+    with thread_limits(n_jobs, backend=kernels, knn=method):
         index = make_index(reference, method=method, backend=backend, nlist=nlist,
                            nprobe=nprobe, metric=metric)
         D, I = index.search(queries, k, exclude_self=exclude_self, progress=progress)
