@@ -48,10 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import TMP_PREFIX, write_atomically
+from ._files import TMP_PREFIX, BatchError, write_atomically
+from ._locks import LOCK, output_lock
 from ._platform import cpu_count
-from .batch import (DEFAULT_CHUNK_BYTES, LOCK, BatchError, open_input, output_lock,
-                    plan_chunks, read_rows)
+from .batch import DEFAULT_CHUNK_BYTES, dask_client, open_input, plan_chunks, read_rows
 
 FORMAT = "fastzsl-fit"
 FORMAT_VERSION = 1
@@ -183,7 +183,7 @@ class _Source:
     def _without(self, column):
         """The Parquet shards of the input with ``column`` left out of the features."""
         from ._optional import import_pyarrow
-        from .batch import Shard, _parquet_width_and_dtype
+        from .batch._shards import Shard, _parquet_width_and_dtype
 
         _, pq = import_pyarrow()
         path = Path(self.path)
@@ -575,7 +575,8 @@ class _ChunkSearcher:
         if job.method == "kdtree":
             return self.tree.search(np.asarray(self.reference[start:stop]), k,
                                     np.arange(start, stop))
-        from .neighbors import SEARCH_CHUNK, _drop_self
+        from .neighbors import SEARCH_CHUNK
+        from .neighbors._faiss import _drop_self
 
         parts = []
         for first in range(start, stop, SEARCH_CHUNK):  # the in-memory fit's batches
@@ -672,34 +673,17 @@ def reduce_lists(job: LoopJob, chunks, extent: float):
 
 
 def _search_on_dask(job, todo, scheduler, n_workers, bar, log):
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise BatchError("scheduler= needs dask.distributed: pip install 'fastzsl[dist]'") \
-            from None
-    cluster = None
     if scheduler == "local":
         n_workers = n_workers or cpu_count()
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
         # The machine's cores shared among its workers (each task's kernels are threaded).
         job = dataclasses.replace(job, n_jobs=max(1, cpu_count() // n_workers))
-    else:
-        client = Client(scheduler)
-    try:
-        log(f"Dask: {len(client.scheduler_info()['workers'])} workers at "
-            f"{client.scheduler.address}")
+    with dask_client(scheduler, n_workers, log) as (client, as_completed):
         futures = [client.submit(search_chunk, job, c.index, c.row, c.row + c.n_rows,
                                  pure=False, key=f"fastzsl-fit-{job.job_id}-{c.index}")
                    for c in todo]
         for future in as_completed(futures):
             bar.update(future.result())
         client.run(forget_job, job.job_id)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 # ---------------------------------------------------------------------------- Gaussian

@@ -21,6 +21,7 @@ LAYERS = [
     # the OpenMP runtime query is plumbing (thread control); the other compiled kernels
     # belong to the cython backend
     ("plumbing", ("fastzsl._array", "fastzsl._validation", "fastzsl._threads", "fastzsl._files",
+                  "fastzsl._locks", "fastzsl._progress",
                   "fastzsl._optional", "fastzsl._platform", "fastzsl._model_files",
                   "fastzsl._version", "fastzsl._ext.threads_cpu")),
     ("backends", ("fastzsl.backends", "fastzsl._ext")),

@@ -188,8 +188,8 @@ def test_public_self_search_uses_the_self_join(rng, monkeypatch):
     from fastzsl import neighbors
     X = rng.normal(size=(900, 6)).astype(np.float32)
     calls = []
-    real = neighbors._self_join
-    monkeypatch.setattr(neighbors, "_self_join", lambda *a: calls.append(1) or real(*a))
+    real = neighbors._exact._self_join
+    monkeypatch.setattr(neighbors._exact, "_self_join", lambda *a: calls.append(1) or real(*a))
     D, I = fastzsl.ExactIndex(X, backend="cython").search(X, 5, exclude_self=True,
                                                           progress=True)
     assert calls, "ExactIndex.search(exclude_self=True) did not use knn_self"

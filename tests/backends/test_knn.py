@@ -197,7 +197,7 @@ def test_kdtree_chunked_search_in_tree_order_equals_one_call(rng, monkeypatch):
     X[:, 0] += rng.normal(size=500)
     want = [fastzsl.knn(X, X, 7, exclude_self=True, method="kdtree"),
             fastzsl.knn(X[:80] + 0.5, X, 7, method="kdtree")]
-    monkeypatch.setattr(neighbors, "TREE_CHUNK", 64)
+    monkeypatch.setattr(neighbors._kdtree, "TREE_CHUNK", 64)
     got = [fastzsl.knn(X, X, 7, exclude_self=True, method="kdtree", progress=True),
            fastzsl.knn(X[:80] + 0.5, X, 7, method="kdtree")]
     for (D1, I1), (D2, I2) in zip(want, got):
