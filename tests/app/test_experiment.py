@@ -70,3 +70,43 @@ def test_small_real_fashion_mnist_run():
     assert default["hard"]["seen_accuracy"] > 0.6 and default["hard"]["unseen_accuracy"] > 0.2
     assert model.gate_.calibrator_ is not None and model.threshold_ == default["threshold"]
     assert results["n_train"] == 800 and results["n_test"] == 400
+
+
+def _bars(stderr: str) -> set:
+    """The descriptions of the progress bars tqdm drew (each redraw starts with '\\r')."""
+    import re
+
+    return {m.group(1).strip() for line in re.split(r"[\r\n]", stderr)
+            if (m := re.match(r"^(.+?):\s+\d+%\|", line))}
+
+
+@needs_glove
+def test_train_shows_one_progress_bar_a_stage(tiny_fashion, capsys):
+    """A train-like run draws one bar per stage (features, training, each further detector,
+    evaluation), not one per k-means, training or kNN call inside them."""
+    from fastzsl.app.experiment import train_fashion_mnist
+
+    train_fashion_mnist(data_dir=tiny_fashion, n_centroids=16, n_patches=3000, n_neighbors=5,
+                        max_train=150, max_test=60, progress=True, log=lambda message: None)
+    bars = _bars(capsys.readouterr().err)
+    assert bars == {"features", "training (mapping, softmax, default detector)",
+                    "loop detector", "gaussian detector", "evaluation"}, bars
+
+
+def test_calls_outside_a_stage_keep_their_own_bars(capsys):
+    """Outside a stage a call long enough to watch (several search chunks) draws its own
+    bar; a short one (a self-join within one chunk) draws none."""
+    from fastzsl import neighbors
+    from fastzsl.neighbors import ExactIndex
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    ExactIndex(X, method="exact").search(X, 3, exclude_self=True, progress=True)
+    assert _bars(capsys.readouterr().err) == set()
+    chunk = neighbors._search.SEARCH_CHUNK
+    try:
+        neighbors._search.SEARCH_CHUNK = 100
+        ExactIndex(X, method="exact", backend="numpy").search(X, 3, progress=True)
+    finally:
+        neighbors._search.SEARCH_CHUNK = chunk
+    assert _bars(capsys.readouterr().err) == {"kNN k=3"}
