@@ -528,16 +528,15 @@ class _ChunkSearcher:
     """One process's search of the reference (built once per job and process)."""
 
     def __init__(self, job: LoopJob):
-        from ._array import for_kernels
-        from .backends import get_backend
+        from .backends import kernels_for
 
         global _SEARCHER_BUILDS
         _SEARCHER_BUILDS += 1
         self.job = job
         self.reference = _open_reference(job)
         if job.method == "exact":
-            self.kernels = get_backend(job.backend)
-            self.device_reference = for_kernels(self.reference, self.kernels.device)
+            with kernels_for(job.backend, self.reference) as (kernels, (reference,)):
+                self.kernels, self.device_reference = kernels, reference
             prepare = self.kernels.knn_prepare
             self.prepared = () if prepare is None else (prepare(self.device_reference),)
         elif job.method == "kdtree":
