@@ -96,3 +96,9 @@ def like(result, template):
         with cupy.cuda.Device(template.device.id):
             return cupy.asarray(result)
     return to_host(result)
+
+
+def like_each(results, template) -> tuple:
+    """:func:`like` of each of ``results`` (None stays None): a kernel call's outputs in
+    the kind of the caller's input (cuML's ``output_type="input"``)."""
+    return tuple(None if r is None else like(r, template) for r in results)

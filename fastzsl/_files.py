@@ -10,6 +10,11 @@ import os
 import threading
 from pathlib import Path
 
+class BatchError(RuntimeError):
+    """A file job (batch scoring, a fit from files) stopped on bad input or a failed write;
+    finished chunks are kept."""
+
+
 # Temporary files start with this; a job that resumes may delete its own leftovers by it.
 TMP_PREFIX = ".tmp-"
 

@@ -58,6 +58,15 @@ def load_openmp() -> None:
         pass
 
 
+def openmp_threads() -> int:
+    """The OpenMP thread count in force (the compiled kernels' runtime), else all cores."""
+    try:
+        from fastzsl._ext.threads_cpu import max_threads
+    except ImportError:  # pragma: no cover - the extension is not built
+        return cpu_count()
+    return max_threads()
+
+
 @contextlib.contextmanager
 def thread_limits(n_jobs):
     """Run the body with ``n_jobs`` threads in OpenMP, BLAS, Numba and faiss, and restore

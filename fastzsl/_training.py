@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._optional import import_torch
+from ._progress import bar as progress_bar
 from ._validation import check_option
 
 OPTIMIZERS = ("auto", "lbfgs", "adam")
@@ -30,15 +31,13 @@ def minimize(batch_loss, params, n_samples, *, optimizer, max_iter, epochs, batc
     Returns a list of the loss values seen (one per L-BFGS evaluation or Adam epoch).
     """
     torch = import_torch()
-    from tqdm.auto import tqdm
 
     history = []
     if optimizer == "lbfgs":
         opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, max_eval=max_iter * 5 // 4,
                                 history_size=20, line_search_fn="strong_wolfe",
                                 tolerance_grad=1e-9, tolerance_change=1e-12)
-        with tqdm(total=max_iter, desc=f"{desc} (L-BFGS)", disable=not progress,
-                  unit="eval") as bar:
+        with progress_bar(max_iter, f"{desc} (L-BFGS)", enabled=progress, unit="eval") as bar:
             def closure():
                 opt.zero_grad()
                 loss = batch_loss(None)
@@ -53,7 +52,7 @@ def minimize(batch_loss, params, n_samples, *, optimizer, max_iter, epochs, batc
 
     generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(params, lr=lr)
-    with tqdm(total=epochs, desc=f"{desc} (Adam)", disable=not progress, unit="epoch") as bar:
+    with progress_bar(epochs, f"{desc} (Adam)", enabled=progress, unit="epoch") as bar:
         for _ in range(epochs):
             order = torch.randperm(n_samples, generator=generator)
             total, batches = 0.0, 0

@@ -52,11 +52,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import TMP_PREFIX, write_atomically
+from ._files import TMP_PREFIX, BatchError, write_atomically
+from ._locks import LOCK, output_lock
 from ._platform import cpu_count
 from ._validation import check_option
-from .batch import (DEFAULT_CHUNK_BYTES, LOCK, BatchError, open_input, output_lock,
-                    plan_chunks, read_rows)
+from .batch import DEFAULT_CHUNK_BYTES, dask_client, open_input, plan_chunks, read_rows
 
 FORMAT = "fastzsl-fit"
 FORMAT_VERSION = 1
@@ -205,7 +205,7 @@ class _Source:
     def _without(self, column):
         """The Parquet shards of the input with ``column`` left out of the features."""
         from ._optional import import_pyarrow
-        from .batch import Shard, _parquet_width_and_dtype
+        from .batch._shards import Shard, _parquet_width_and_dtype
 
         _, pq = import_pyarrow()
         path = Path(self.path)
@@ -400,10 +400,9 @@ class LoopJob:
 def _loop_knn(estimator, source, scheduler) -> dict:
     """The kNN method and its parameters that the fit runs, resolved."""
     from .backends import get_backend
-    from .neighbors import METHODS, FaissIndex, resolve_method
+    from .neighbors import FaissIndex, check_method, resolve_method
 
-    if estimator.knn not in METHODS:
-        raise ValueError(f"unknown kNN method {estimator.knn!r}; choose one of {METHODS}")
+    check_method(estimator.knn)
     method = resolve_method(estimator.knn, source.width, source.n_rows, estimator.backend)
     knn = {"method": method, "backend": "auto"}
     if method in ("exact", "kdtree"):
@@ -439,6 +438,7 @@ def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, sc
               progress, wait, log):
     from ._model_files import save_estimator
     from ._validation import check_k, check_positive_number
+    from .backends import resolve
     from .loop import SCORING, export_loop
 
     k = check_k(estimator.n_neighbors, source.n_rows, exclude_self=True, name="n_neighbors")
@@ -447,7 +447,7 @@ def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, sc
         raise ValueError(f"scoring must be one of {SCORING}, got {estimator.scoring!r}")
     knn = _loop_knn(estimator, source, scheduler)
     if schedule == "self-join" and (scheduler is not None or knn["method"] != "exact"
-                                    or _kernels(knn["backend"]).knn_self is None):
+                                    or resolve(knn["backend"]).knn_self is None):
         raise BatchError(SELF_JOIN_REFUSED)
     params = estimator.get_params()
     source.check_all_rows()  # before any file is made
@@ -556,17 +556,16 @@ class _ChunkSearcher:
     """One process's search of the reference (built once per job and process)."""
 
     def __init__(self, job: LoopJob):
-        from ._array import for_kernels
-        from .backends import get_backend
+        from .backends import kernels_for
 
         global _SEARCHER_BUILDS
         _SEARCHER_BUILDS += 1
         self.job = job
         self.reference = _open_reference(job)
         if job.method == "exact":
-            self.kernels = get_backend(job.backend)
-            self.device_reference = for_kernels(self.reference, self.kernels.device)
-            prepare = getattr(self.kernels.knn, "prepare", None)
+            with kernels_for(job.backend, self.reference) as (kernels, (reference,)):
+                self.kernels, self.device_reference = kernels, reference
+            prepare = self.kernels.knn_prepare
             self.prepared = () if prepare is None else (prepare(self.device_reference),)
         elif job.method == "kdtree":
             from .neighbors import KDTreeSearch
@@ -603,7 +602,8 @@ class _ChunkSearcher:
         if job.method == "kdtree":
             return self.tree.search(np.asarray(self.reference[start:stop]), k,
                                     np.arange(start, stop))
-        from .neighbors import SEARCH_CHUNK, _drop_self
+        from .neighbors import SEARCH_CHUNK
+        from .neighbors._faiss import _drop_self
 
         parts = []
         for first in range(start, stop, SEARCH_CHUNK):  # the in-memory fit's batches
@@ -667,10 +667,9 @@ def _self_join(job: LoopJob, todo, bar, log) -> bool:
     False (having written nothing) where it does not apply. The join's candidate lists are
     saved to ``SELF_JOIN_STATE`` at most every SELF_JOIN_SAVE_SECONDS, at a boundary of its
     rounds, and a rerun goes on from there: the same bits as an uninterrupted join."""
-    from .backends import thread_limits
+    from .backends import kernels_for, resolve
 
-    knn_self = _kernels(job.backend).knn_self if job.method == "exact" else None
-    if knn_self is None:
+    if job.method != "exact" or resolve(job.backend).knn_self is None:
         return False
     X = _open_reference(job)
     state_path = Path(job.folder) / SELF_JOIN_STATE
@@ -690,8 +689,8 @@ def _self_join(job: LoopJob, todo, bar, log) -> bool:
     def advance(fraction):
         bar.update(start + round(fraction * (job.n_rows - start)) - bar.n)
 
-    with thread_limits(job.n_jobs, backend=job.backend, knn=job.method):
-        result = knn_self(X, job.k, advance, resume=resume, on_rounds=save)
+    with kernels_for(job.backend, X, n_jobs=job.n_jobs) as (kernels, (X,)):
+        result = kernels.knn_self(X, job.k, advance, resume=resume, on_rounds=save)
     if result is None:
         return False
     D, I = result
@@ -704,12 +703,6 @@ def _self_join(job: LoopJob, todo, bar, log) -> bool:
     state_path.unlink(missing_ok=True)
     bar.update(job.n_rows - bar.n)
     return True
-
-
-def _kernels(backend: str):
-    from .backends import get_backend
-
-    return get_backend(backend)
 
 
 def _read_self_join_state(path: Path, job: LoopJob):
@@ -767,34 +760,17 @@ def reduce_lists(job: LoopJob, chunks, extent: float):
 
 
 def _search_on_dask(job, todo, scheduler, n_workers, bar, log):
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise BatchError("scheduler= needs dask.distributed: pip install 'fastzsl[dist]'") \
-            from None
-    cluster = None
     if scheduler == "local":
         n_workers = n_workers or cpu_count()
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
         # The machine's cores shared among its workers (each task's kernels are threaded).
         job = dataclasses.replace(job, n_jobs=max(1, cpu_count() // n_workers))
-    else:
-        client = Client(scheduler)
-    try:
-        log(f"Dask: {len(client.scheduler_info()['workers'])} workers at "
-            f"{client.scheduler.address}")
+    with dask_client(scheduler, n_workers, log) as (client, as_completed):
         futures = [client.submit(search_chunk, job, c.index, c.row, c.row + c.n_rows,
                                  pure=False, key=f"fastzsl-fit-{job.job_id}-{c.index}")
                    for c in todo]
         for future in as_completed(futures):
             bar.update(future.result())
         client.run(forget_job, job.job_id)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 # ---------------------------------------------------------------------------- Gaussian

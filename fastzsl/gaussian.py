@@ -16,10 +16,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._array import array_module, for_kernels, like, on_device, to_host
+from ._array import array_module, like, like_each, on_device, to_host
 from ._model_files import SaveMixin
-from ._validation import as_float_matrix, as_float_vector, check_same_width
-from .backends import get_backend, thread_limits, uses_n_jobs
+from ._validation import as_float_matrix, as_float_vector, check_option, check_same_width
+from .backends import kernels_for, uses_n_jobs
 
 # Rows per call when the full (n, C) matrix is needed, to bound its memory.
 CHUNK_ROWS = 1 << 15
@@ -93,11 +93,10 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
     The reductions never depend on ``full``; a row gets bit-identical values in every
     call (the estimator reads its thresholds off earlier calls).
     """
-    F_in = F
-    F = as_float_matrix(F, "F", keep_device=True)
-    xp = array_module(F)  # the defaults are made where F is
-    means = as_float_matrix(means, "means", dtype=F.dtype, keep_device=True)
-    check_same_width(F, means.shape[1], "F", "means")
+    X = as_float_matrix(F, "F", keep_device=True)
+    xp = array_module(X)  # the defaults are made where X is
+    means = as_float_matrix(means, "means", dtype=X.dtype, keep_device=True)
+    check_same_width(X, means.shape[1], "F", "means")
     n_classes = means.shape[0]
     variances = as_float_vector(variances, "variances", n_classes, keep_device=True)
     vx = array_module(variances)
@@ -112,13 +111,10 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
         as_float_vector(thresholds, "thresholds", n_classes, keep_device=True)
     if bool(array_module(thresholds).isnan(thresholds).any()):
         raise ValueError(f"thresholds must not be NaN, got {to_host(thresholds)}")
-    kernels = get_backend(backend, device_input=True) if on_device(F) else \
-        get_backend(backend)
-    args = [for_kernels(a, kernels.device) for a in (F, means, variances, log_weights,
-                                                     thresholds)]
-    with thread_limits(n_jobs, backend=backend):
-        result = kernels.gaussian_loglik(*args, bool(full))
-    return GaussianLogLik(*(None if r is None else like(r, F_in) for r in result))
+    with kernels_for(backend, X, means, variances, log_weights, thresholds,
+                     n_jobs=n_jobs) as (kernels, arrays):
+        result = kernels.gaussian_loglik(*arrays, bool(full))
+    return GaussianLogLik(*like_each(result, F))
 
 
 RULES = ("paper", "mixture")
@@ -200,10 +196,8 @@ class GaussianNovelty(SaveMixin, OutlierMixin, BaseEstimator):
             The novelty-detector protocol's name for ``means``.
         """
         means = class_means if means is None else means
-        if self.rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
-        if self.variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
+        check_option(self.rule, RULES, "rule")
+        check_option(self.variance, VARIANCES, "variance")
         # float64 throughout, so thresholds read off training scores compare exactly.
         F = as_float_matrix(F, "X", dtype=np.float64, keep_device=True)
         if y is None:

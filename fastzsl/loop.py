@@ -36,10 +36,12 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._array import array_module, for_kernels, like, on_device, to_host
+from ._array import array_module, like, like_each, to_host
 from ._model_files import SaveMixin
-from ._validation import as_float_matrix, check_k, check_positive_number, check_same_width
-from .backends import get_backend, thread_limits, uses_n_jobs
+from ._validation import (as_float_matrix, check_k, check_option, check_positive_number,
+                          check_same_width)
+from .backends import kernels_for, uses_n_jobs
+from .backends.numpy_ import probability_from
 from .neighbors import estimator_index
 
 SCORING = ("neighbors", "stream")
@@ -118,17 +120,13 @@ def loop_fit(D, I, *, extent=3.0, backend="auto", n_jobs=None) -> LoOPFit:
         backend).
     """
     extent = check_positive_number(extent, "extent")
-    D_in = D
-    D, I = _check_graph(D, I, None, "loop_fit")
-    kernels = get_backend(backend, device_input=True) if on_device(D) else \
-        get_backend(backend)
-    D, I = for_kernels(D, kernels.device), for_kernels(I, kernels.device)
-    with thread_limits(n_jobs, backend=backend):
-        pdist, plof, nplof, probabilities = kernels.loop_fit(D, I, extent)
+    checked = _check_graph(D, I, None, "loop_fit")
+    with kernels_for(backend, *checked, n_jobs=n_jobs) as (kernels, (D_k, I_k)):
+        pdist, plof, nplof, probabilities = kernels.loop_fit(D_k, I_k, extent)
     # Mean of pdist[I] over all entries, without the (n, k) temporary.
-    in_degree = array_module(I).bincount(I.ravel(), minlength=pdist.shape[0])
-    mean_ev = float(in_degree @ pdist / I.size)
-    pdist, plof, probabilities = (like(a, D_in) for a in (pdist, plof, probabilities))
+    in_degree = array_module(I_k).bincount(I_k.ravel(), minlength=pdist.shape[0])
+    mean_ev = float(in_degree @ pdist / I_k.size)
+    pdist, plof, probabilities = like_each((pdist, plof, probabilities), D)
     return LoOPFit(pdist, plof, float(nplof), probabilities, mean_ev, extent)
 
 
@@ -157,17 +155,20 @@ def loop_score(D, I, fit: LoOPFit, *, scoring="neighbors", backend="auto", n_job
     ndarray of shape (n_queries,), float64 in [0, 1]
         In the kind of D (CuPy D: on the GPU; ``"auto"`` then runs the cupy backend).
     """
-    if scoring not in SCORING:
-        raise ValueError(f"scoring must be one of {SCORING}, got {scoring!r}")
-    D_in = D
-    D, I = _check_graph(D, I, fit.pdist.shape[0], "loop_score")
+    check_option(scoring, SCORING, "scoring")
+    checked = _check_graph(D, I, fit.pdist.shape[0], "loop_score")
     ev_override = np.nan if scoring == "neighbors" else fit.mean_expected_pdist
-    kernels = get_backend(backend, device_input=True) if on_device(D) else \
-        get_backend(backend)
-    D, I, ref_pdist = (for_kernels(a, kernels.device) for a in (D, I, fit.pdist))
-    with thread_limits(n_jobs, backend=backend):
-        probabilities = kernels.loop_score(D, I, ref_pdist, fit.nplof, fit.extent, ev_override)
-    return like(probabilities, D_in)
+    with kernels_for(backend, *checked, fit.pdist, n_jobs=n_jobs) as (kernels, arrays):
+        probabilities = kernels.loop_score(*arrays, fit.nplof, fit.extent, ev_override)
+    return like(probabilities, D)
+
+
+def loop_probability(plof, nplof):
+    """LoOP = max(0, erf(PLOF / (nPLOF sqrt 2))) of NumPy PLOFs, float64; where nPLOF = 0
+    every PLOF > 0 gives 1. ``nplof`` is one number, or one per point (PyNomaly's
+    per-cluster nPLOF). The kernels' definition, for callers that combine PLOFs their own
+    way."""
+    return probability_from(plof, nplof)
 
 
 class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
@@ -250,8 +251,7 @@ class LoOP(SaveMixin, OutlierMixin, BaseEstimator):
         """Index the reference set X and compute its in-sample LoOP (y and class_means,
         of the novelty-detector protocol, are ignored)."""
         X = as_float_matrix(X, "X", keep_device=True)
-        if self.scoring not in SCORING:
-            raise ValueError(f"scoring must be one of {SCORING}, got {self.scoring!r}")
+        check_option(self.scoring, SCORING, "scoring")
         k = check_k(self.n_neighbors, X.shape[0], exclude_self=True, name="n_neighbors")
         self._build_index(X)
         D, I = self.index_.search(X, k, exclude_self=True, progress=self.progress,

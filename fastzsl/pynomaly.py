@@ -51,8 +51,7 @@ import numpy as np
 
 from ._validation import as_float_matrix, check_positive_number
 from .backends import thread_limits
-from .backends.numpy_ import probability_from
-from .loop import LoOPFit, loop_fit, loop_score
+from .loop import LoOPFit, loop_fit, loop_probability, loop_score
 from .neighbors import ExactIndex
 
 # PyNomaly's stand-in for a zero expected pdist (its _prob_outlier_factor)
@@ -385,7 +384,7 @@ class LocalOutlierProbability:
                 pdist / np.where(ev == 0, ZERO_EV, ev) - 1.0
         if zero_ev or np.unique(labels).size > 1:
             nplof_each = _nplof_per_cluster(plof, labels, extent)
-            probabilities = probability_from(plof, nplof_each)
+            probabilities = loop_probability(plof, nplof_each)
             nplof = float(nplof_each.max())
         self.prob_distances = pdist
         self.prob_distances_ev = ev.reshape(-1, 1)

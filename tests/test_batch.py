@@ -315,7 +315,7 @@ def test_nan_rows_name_the_shard_and_rows_and_keep_finished_chunks(loop_job, tmp
 
 
 def test_full_disk_keeps_finished_chunks_and_resumes(loop_job, tmp_path, monkeypatch):
-    import fastzsl.batch as batch
+    import fastzsl.batch._tasks as batch
 
     folder, _, _ = loop_job
     write = batch._write_npy
@@ -408,7 +408,7 @@ def test_missing_inputs_and_bad_options_are_named(loop_job, tmp_path):
 
 
 def test_unfinished_job_is_not_read_as_results(loop_job, tmp_path, monkeypatch):
-    import fastzsl.batch as batch
+    import fastzsl.batch._job as batch
 
     folder, _, _ = loop_job
 

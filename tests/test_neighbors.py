@@ -82,7 +82,7 @@ def test_chunked_search_equals_one_call(backend, rng, monkeypatch, method):
     X[150:170] = X[0]  # duplicates straddling chunk edges
     args = dict(exclude_self=True, method=method, backend=backend if method == "exact" else "auto")
     D1, I1 = fastzsl.knn(X, X, 7, **args)
-    monkeypatch.setattr(neighbors, "SEARCH_CHUNK", 64)
+    monkeypatch.setattr(neighbors._search, "SEARCH_CHUNK", 64)
     D2, I2 = fastzsl.knn(X, X, 7, progress=True, **args)
     np.testing.assert_array_equal(D1, D2)
     np.testing.assert_array_equal(I1, I2)

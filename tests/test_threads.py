@@ -78,15 +78,17 @@ def test_none_leaves_an_outer_threadpoolctl_limit_in_place():
     assert threads_cpu.team_size() == threads_cpu.max_threads()
 
 
-def _spy(monkeypatch, module, attr, seen):
-    """Wrap the kernel set ``module.get_backend`` returns so each kernel call records the
-    thread counts it ran under."""
+def _spy(monkeypatch, attrs, seen):
+    """Wrap the kernel set ``fastzsl.backends.resolve`` returns (the kernel API's one path
+    to a backend) so each call of the kernels ``attrs`` records the thread counts it ran
+    under."""
     import dataclasses
 
-    real = module.get_backend
+    import fastzsl.backends
+    real = fastzsl.backends.resolve
 
-    def get_backend(name):
-        kernels = real(name)
+    def resolve(name, *arrays):
+        kernels = real(name, *arrays)
 
         def wrap(fn):
             def spy(*args):
@@ -94,21 +96,18 @@ def _spy(monkeypatch, module, attr, seen):
                              _blas_threads()))
                 return fn(*args)
             return spy
-        return dataclasses.replace(kernels, **{attr: wrap(getattr(kernels, attr))})
-    monkeypatch.setattr(module, "get_backend", get_backend)
+        return dataclasses.replace(kernels, **{a: wrap(getattr(kernels, a)) for a in attrs})
+    monkeypatch.setattr(fastzsl.backends, "resolve", resolve)
 
 
 @pytest.mark.parametrize("backend", ["cython", "numba"])
 def test_functions_run_kernels_with_n_jobs_threads(monkeypatch, backend):
     if not backend_is_available(backend):
         pytest.skip(f"{backend} unavailable")
-    import fastzsl.gaussian
-    import fastzsl.loop
     rng = np.random.default_rng(0)
     F, means = rng.normal(size=(50, 4)), rng.normal(size=(3, 4))
     seen = []
-    _spy(monkeypatch, fastzsl.gaussian, "gaussian_loglik", seen)
-    _spy(monkeypatch, fastzsl.loop, "loop_fit", seen)
+    _spy(monkeypatch, ("gaussian_loglik", "loop_fit"), seen)
     before = (threads_cpu.max_threads(), numba.get_num_threads(), _blas_threads())
     gaussian_loglik(F, means, np.ones(3), backend=backend, n_jobs=1)
     D, I = knn(F, F, 5, exclude_self=True, backend=backend, n_jobs=1)
@@ -183,15 +182,15 @@ def test_import_loads_the_kernels_openmp_runtime():
 def test_settings_are_restored_when_a_kernel_raises(monkeypatch):
     import dataclasses
 
-    import fastzsl.gaussian
-    real = fastzsl.gaussian.get_backend
+    import fastzsl.backends
+    real = fastzsl.backends.resolve
 
-    def failing(name):
+    def failing(name, *arrays):
         def boom(*args):
             assert threads_cpu.team_size() == 1 and _blas_threads() == [1]
             raise RuntimeError("kernel failed")
-        return dataclasses.replace(real(name), gaussian_loglik=boom)
-    monkeypatch.setattr(fastzsl.gaussian, "get_backend", failing)
+        return dataclasses.replace(real(name, *arrays), gaussian_loglik=boom)
+    monkeypatch.setattr(fastzsl.backends, "resolve", failing)
     before = (threads_cpu.max_threads(), numba.get_num_threads(), _blas_threads())
     with pytest.raises(RuntimeError, match="kernel failed"):
         gaussian_loglik(np.ones((3, 2)), np.zeros((2, 2)), np.ones(2), n_jobs=1)

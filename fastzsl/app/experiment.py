@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._progress import stage
 from .datasets import load_fashion_mnist
 
 DEFAULT_UNSEEN = ("sandal", "pullover")
@@ -68,8 +69,9 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
     t = time.perf_counter()
     extractor = CoatesNgFeatures(n_centroids=n_centroids, stride=stride, n_patches=n_patches,
                                  random_state=seed, progress=progress)
-    F_train = extractor.fit_transform(X_train[seen_rows])
-    F_test = extractor.transform(X_test)
+    with stage("features", enabled=progress):
+        F_train = extractor.fit_transform(X_train[seen_rows])
+        F_test = extractor.transform(X_test)
     lap("features", t)
     log(f"features: {F_train.shape[1]} dims ({n_centroids} centroids) in {timings['features']} s")
 
@@ -83,8 +85,9 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
         progress=progress, timings=timings)
 
     t = time.perf_counter()
-    reports = {name: model.evaluate(F_test, y_true, CURVE_THRESHOLDS)
-               for name, model in models.items()}
+    with stage("evaluation", enabled=progress):
+        reports = {name: model.evaluate(F_test, y_true, CURVE_THRESHOLDS)
+                   for name, model in models.items()}
     lap("evaluate", t)
     results = {
         "dataset": "fashion-mnist", "unseen": unseen, "n_centroids": n_centroids,
@@ -178,11 +181,15 @@ def fit_detectors(F_train, y_seen, class_vectors, unseen, *, variants=tuple(DETE
         seen_classifier=SoftmaxClassifier(random_state=seed, progress=progress,
                                           **(softmax_params or {})),
         random_state=seed, progress=progress, **settings[first])
-    models = {first: base.fit(F_train, y_seen)}
+    # one progress bar a stage: the mapping, softmax and calibration rounds of the first
+    # model train together, then each further detector
+    with stage(f"training (mapping, softmax, {first} detector)", enabled=progress):
+        models = {first: base.fit(F_train, y_seen)}
     timings[f"train (mapping, softmax, {first} detector)"] = round(time.perf_counter() - t, 1)
     for name in others:
         t = time.perf_counter()
-        models[name] = copy.deepcopy(base).refit_novelty(F_train, y_seen, **settings[name])
+        with stage(f"{name} detector", enabled=progress):
+            models[name] = copy.deepcopy(base).refit_novelty(F_train, y_seen, **settings[name])
         timings[f"{name} detector"] = round(time.perf_counter() - t, 1)
     return models
 

@@ -4,6 +4,11 @@
 ``import fastzsl`` never loads numba, cupy or faiss. A backend named explicitly that
 cannot load raises :class:`BackendUnavailableError` naming what to install; only
 ``"auto"`` may pass over a backend, and it logs what it chose and why.
+
+The kernel API reaches the backends through one path: :func:`resolve` picks the kernel set
+for a call's arrays once, and :func:`kernels_for` also hands the arrays over in the kind
+those kernels read (``fastzsl._array.for_kernels``) and sets the call's threads; results go
+back in the kind of the caller's input through ``fastzsl._array.like``.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import logging
 from functools import lru_cache
 
 from .. import _threads
+from .._array import for_kernels, on_device
 from .._optional import import_faiss
 from ._base import KernelSet
 
@@ -60,9 +66,7 @@ def _load(name: str) -> tuple[KernelSet | None, str]:
 
 def get_backend(name: str, *, device_input: bool = False) -> KernelSet:
     """The kernel set called ``name``; ``"auto"`` picks the fastest that loads (the cupy
-    backend first when ``device_input``: the caller's arrays are on a GPU). The kernel API
-    passes ``device_input`` only for device input, so a host call is ``get_backend(name)``
-    as it always was."""
+    backend first when ``device_input``: the caller's arrays are on a GPU)."""
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string, got {type(name).__name__}")
     if name == "auto":
@@ -94,16 +98,35 @@ def available_backends() -> list[str]:
     return [name for name, reason in backend_status().items() if not reason]
 
 
+def resolve(name, *arrays) -> KernelSet:
+    """The kernel set ``name`` names for a call on ``arrays``: ``"auto"`` prefers a GPU
+    backend when the first of them is on a GPU (a CuPy array or a torch CUDA tensor)."""
+    return get_backend(name, device_input=bool(arrays) and on_device(arrays[0]))
+
+
 @contextlib.contextmanager
 def thread_limits(n_jobs, *, backend="auto", knn=None):
-    """``fastzsl._threads.thread_limits`` for a body that runs ``backend`` (and faiss, for the
-    kNN methods "faiss" and "ivf"): their libraries are loaded first, so they are set too."""
+    """``fastzsl._threads.thread_limits`` for a body that runs ``backend`` (a name, or a
+    kernel set already resolved) and faiss, for the kNN methods "faiss" and "ivf": their
+    libraries are loaded first, so they are set too."""
     if _threads.resolve_n_jobs(n_jobs) is not None:
-        get_backend(backend)
+        if not isinstance(backend, KernelSet):
+            get_backend(backend)
         if knn in ("faiss", "ivf"):
             import_faiss()
     with _threads.thread_limits(n_jobs) as threads:
         yield threads
+
+
+@contextlib.contextmanager
+def kernels_for(backend, *arrays, n_jobs=None):
+    """The one path from the kernel API to a backend: yields ``(kernels, arrays)``, the
+    kernel set :func:`resolve` picks for ``arrays`` and the arrays where it reads them,
+    with ``n_jobs`` threads in force for the body. None entries stay None."""
+    kernels = resolve(backend, *arrays)
+    converted = tuple(None if a is None else for_kernels(a, kernels.device) for a in arrays)
+    with thread_limits(n_jobs, backend=kernels):
+        yield kernels, converted
 
 
 def uses_n_jobs(method):

@@ -21,10 +21,7 @@ class KernelSet:
         sorted by distance, ties broken by the lower reference index. With
         ``self_offset >= 0`` query row i is reference row ``self_offset + i`` and is left
         out of its own list (the offset lets a caller search the reference in chunks);
-        ``self_offset = -1`` excludes nothing. A backend may give ``knn`` a ``prepare``
-        attribute: ``knn.prepare(reference)`` returns what it reuses across searches of
-        one reference (the cython kernels' row norms), and the index then calls
-        ``knn(queries, reference, k, self_offset, prepared)``.
+        ``self_offset = -1`` excludes nothing.
     loop_fit(D, I, extent) -> (pdist, plof, nplof, probabilities)
         LoOP of a reference set from its own kNN graph (self excluded). float64 outputs.
     loop_score(D, I, ref_pdist, nplof, extent, ev_override) -> probabilities
@@ -47,3 +44,5 @@ class KernelSet:
     loop_score: Callable
     gaussian_loglik: Callable
     knn_self: Optional[Callable] = None
+    knn_prepare: Optional[Callable] = None
+    rerank: Optional[Callable] = None

@@ -31,7 +31,7 @@ if not _MISSING:
 
 def knn(queries, reference, k, self_offset, prepared=None):
     """``knn_cpu.knn``; float64 queries through the float32 screen of ``_knn_screen`` (the
-    same answer, bit for bit, at about float32 speed). ``prepared``: ``knn.prepare(reference)``
+    same answer, bit for bit, at about float32 speed). ``prepared``: ``prepare(reference)``
     (the reference's norms, and its float32 copy for float64), kept by a caller that searches
     one reference many times (``ExactIndex``): it saves passes over the reference per call,
     most of the work for a single query."""
@@ -40,14 +40,14 @@ def knn(queries, reference, k, self_offset, prepared=None):
     return _knn_cpu.knn(queries, reference, k, self_offset, prepared)
 
 
-def _prepare(reference):
+def prepare(reference):
+    """What :func:`knn` reuses across searches of ``reference`` (``KernelSet.knn_prepare``)."""
     return _knn_screen.prepare(_knn_cpu, reference)
 
 
 if _MISSING:
     KERNELS = None
 else:
-    knn.prepare = _prepare
     KERNELS = KernelSet(
         name="cython",
         device="cpu",
@@ -56,6 +56,8 @@ else:
         loop_score=_loop_cpu.loop_score,
         gaussian_loglik=_gaussian_cpu.gaussian_loglik,
         knn_self=_knn_cpu.knn_self,
+        knn_prepare=prepare,
+        rerank=_knn_cpu.rerank,
     )
 
 

@@ -38,6 +38,20 @@ def knn(queries, reference, k, self_offset):
     return D, I
 
 
+def rerank(Q, reference, cand, k, self_rows):
+    """The k lexicographically smallest (e_j, j) over each query's candidates ``cand[i]``:
+    e_j summed in float64 in dimension order, as the kernels sum (``self_rows[i]`` left out
+    of query i's list where given)."""
+    e = np.zeros(cand.shape, dtype=np.float64)
+    for t in range(Q.shape[1]):
+        diff = Q[:, t, None].astype(np.float64) - reference[cand, t].astype(np.float64)
+        e += diff * diff
+    if self_rows is not None:
+        e[cand == self_rows[:, None]] = np.inf
+    order = np.lexsort((cand, e), axis=-1)[:, :k]
+    return np.take_along_axis(e, order, axis=1), np.take_along_axis(cand, order, axis=1)
+
+
 def probabilistic_distance(D, extent):
     """pdist = extent * sqrt(mean squared distance to the k neighbours)."""
     return extent * np.sqrt(D.astype(np.float64).mean(axis=1))
@@ -119,6 +133,7 @@ KERNELS = KernelSet(
     loop_fit=loop_fit,
     loop_score=loop_score,
     gaussian_loglik=gaussian_loglik,
+    rerank=rerank,
 )
 
 

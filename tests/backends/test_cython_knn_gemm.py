@@ -36,7 +36,7 @@ def _check(Q, R, k, self_offset=-1):
     np.testing.assert_array_equal(D, D_dir)
     np.testing.assert_array_equal(I, I_dir)
     # the backend's entry point: float64 through the float32 screen, the same bits
-    D_s, I_s = cython_.knn(Q, R, k, self_offset, cython_.knn.prepare(R))
+    D_s, I_s = cython_.knn(Q, R, k, self_offset, cython_.prepare(R))
     assert D_s.dtype == dtype
     np.testing.assert_array_equal(D_s, D_dir)
     np.testing.assert_array_equal(I_s, I_dir)
@@ -188,8 +188,8 @@ def test_public_self_search_uses_the_self_join(rng, monkeypatch):
     from fastzsl import neighbors
     X = rng.normal(size=(900, 6)).astype(np.float32)
     calls = []
-    real = neighbors._self_join
-    monkeypatch.setattr(neighbors, "_self_join", lambda *a: calls.append(1) or real(*a))
+    real = neighbors._exact._self_join
+    monkeypatch.setattr(neighbors._exact, "_self_join", lambda *a: calls.append(1) or real(*a))
     D, I = fastzsl.ExactIndex(X, backend="cython").search(X, 5, exclude_self=True,
                                                           progress=True)
     assert calls, "ExactIndex.search(exclude_self=True) did not use knn_self"
@@ -292,7 +292,7 @@ def test_screen_beyond_float32_range_and_old_prepared_form(rng):
     form (the float64 norms alone, as a pickled index may hold) still works."""
     R = rng.normal(size=(300, 8)) * 1e39
     Q = rng.normal(size=(20, 8)) * 1e39
-    D, I = cython_.knn(Q, R, 5, -1, cython_.knn.prepare(R))
+    D, I = cython_.knn(Q, R, 5, -1, cython_.prepare(R))
     D_dir, I_dir = knn_cpu.knn_direct(Q, R, 5, -1)
     np.testing.assert_array_equal(I, I_dir)
     np.testing.assert_array_equal(D, D_dir)

@@ -38,7 +38,7 @@ def fake(monkeypatch):
     if not getattr(cupy, "IS_FAKE", False):
         pytest.skip("needs the CPU harness's stand-in for CuPy, which counts transfers")
     # Several query chunks, so that a per-chunk upload of the reference would show.
-    monkeypatch.setattr(neighbors, "SEARCH_CHUNK", 64)
+    monkeypatch.setattr(neighbors._search, "SEARCH_CHUNK", 64)
     return cupy
 
 
@@ -107,7 +107,7 @@ def test_knn_of_device_input_moves_no_array(fake, dtype, exclude_self):
 
 def test_exact_index_keeps_a_device_reference_on_the_device(fake, monkeypatch):
     # Low-dimensional and "large": backend="auto" on NumPy input would take the host k-d tree.
-    monkeypatch.setattr(neighbors, "KDTREE_MIN_N", 10)
+    monkeypatch.setattr(neighbors._methods, "KDTREE_MIN_N", 10)
     R, Q = _points(d=2), _points(200, d=2, seed=3)
     with _Counted(fake) as counted:
         index = fastzsl.ExactIndex(fake.asarray(R))

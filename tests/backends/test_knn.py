@@ -143,16 +143,17 @@ def test_auto_picks_the_tree_only_for_low_dimensions_and_no_named_backend(rng):
     assert fastzsl.LoOP(n_neighbors=5, knn="exact").fit(low).knn_method_ == "exact"
 
 
-def test_kdtree_rerank_without_the_compiled_extension(dtype, rng, monkeypatch):
-    """The NumPy re-rank (no extension built) sums in dimension order like the kernels."""
-    import sys
-
-    from fastzsl import neighbors
+def test_kdtree_rerank_of_every_backend(dtype, rng, backend):
+    """Each backend's re-rank (the NumPy one where the extension is not built) sums in
+    dimension order like the kernels: the tree then gives the brute-force answer."""
+    from fastzsl.neighbors import KDTreeSearch
+    kernels = fastzsl.backends.get_backend(backend)
+    if kernels.rerank is None:
+        pytest.skip(f"the {backend} backend has no re-rank")
     X = rng.integers(0, 3, size=(400, 5)).astype(dtype)
     X[:, 0] += rng.normal(size=400).astype(dtype)
     want = fastzsl.knn(X, X, 9, exclude_self=True, method="kdtree")
-    monkeypatch.setitem(sys.modules, "fastzsl._ext.knn_cpu", None)  # import -> ImportError
-    got = neighbors.ExactIndex(X, method="kdtree").search(X, 9, exclude_self=True)
+    got = KDTreeSearch(X, rerank=kernels.rerank).search_all(X, 9, exclude_self=True)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
 
@@ -196,7 +197,7 @@ def test_kdtree_chunked_search_in_tree_order_equals_one_call(rng, monkeypatch):
     X[:, 0] += rng.normal(size=500)
     want = [fastzsl.knn(X, X, 7, exclude_self=True, method="kdtree"),
             fastzsl.knn(X[:80] + 0.5, X, 7, method="kdtree")]
-    monkeypatch.setattr(neighbors, "TREE_CHUNK", 64)
+    monkeypatch.setattr(neighbors._kdtree, "TREE_CHUNK", 64)
     got = [fastzsl.knn(X, X, 7, exclude_self=True, method="kdtree", progress=True),
            fastzsl.knn(X[:80] + 0.5, X, 7, method="kdtree")]
     for (D1, I1), (D2, I2) in zip(want, got):

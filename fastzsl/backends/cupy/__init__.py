@@ -27,6 +27,7 @@ KERNELS = KernelSet(
     loop_fit=loop.loop_fit,
     loop_score=loop.loop_score,
     gaussian_loglik=gaussian.gaussian_loglik,
+    knn_prepare=knn.prepare,
 )
 
 _INSTALL = "pip install 'fastzsl[gpu]' (CuPy for your CUDA version) on a machine with a CUDA GPU"

@@ -2,7 +2,8 @@
 
 Arrays come in as NumPy (copied to the current device), CuPy (used on their device) or
 torch tensors (CUDA tensors shared zero-copy); :func:`_result` hands a device result back
-in the kind of the caller's input.
+in the kind of the caller's input. Both go through ``fastzsl._array``, the one place
+that converts array kinds.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..._array import array_kind
+from ..._array import array_kind, as_device_array, like, on_device, to_host
 from ._loader import ACC_DTYPE, TILE_DIMS
 
 # A block's queries (kNN) or rows (Gaussian), all d dimensions, stay in shared memory for
@@ -49,14 +50,10 @@ def _on_device(device_id):
 
 def _to_cupy(x, dtype=None):
     """``x`` as a C-contiguous CuPy array on the current device (no copy where possible)."""
-    cp = _cupy()
-    kind = array_kind(x)
-    if kind == "torch":
+    if array_kind(x) == "torch":
         x = x.detach()
-        x = cp.from_dlpack(x.contiguous()) if x.is_cuda else x.numpy()
-    elif kind == "numpy":
-        x = np.asarray(x)
-    return cp.ascontiguousarray(x, dtype=dtype)
+    x = as_device_array(x) if on_device(x) else np.asarray(to_host(x))
+    return _cupy().ascontiguousarray(x, dtype=dtype)
 
 
 def _float_dtype(x) -> np.dtype:
@@ -66,18 +63,7 @@ def _float_dtype(x) -> np.dtype:
 
 def _result(x, template):
     """Device result ``x`` returned in the kind of ``template`` (NumPy, CuPy or torch)."""
-    if x is None:
-        return None
-    kind = array_kind(template)
-    if kind == "cupy":
-        return x
-    if kind == "torch":
-        import torch
-
-        if template.is_cuda:
-            return torch.from_dlpack(x)
-        return torch.from_numpy(x.get())
-    return x.get()
+    return None if x is None else like(x, template)
 
 
 # --- launches ----------------------------------------------------------------------------

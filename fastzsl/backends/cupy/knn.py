@@ -3,7 +3,7 @@
 The n_queries x n_reference matrix is never held: one fused kernel keeps each query's k
 best in shared memory while reference tiles stream by. The reference is processed in
 chunks of ``REF_CHUNK_ROWS`` rows (by default as many as fit in ``REF_CHUNK_BYTES``; a
-NumPy reference is uploaded chunk by chunk, unless ``knn.prepare`` uploaded it once for an
+NumPy reference is uploaded chunk by chunk, unless ``prepare`` uploaded it once for an
 index), and small query sets also split each chunk across thread blocks; the per-split
 and per-chunk top-k lists are merged on the device.
 
@@ -39,7 +39,7 @@ FORCE_GLOBAL_LISTS = False
 # The most bytes of global top-k scratch one launch may use (lists in global memory only);
 # larger query sets run in several launches of fewer queries.
 SCRATCH_BYTES = 1 << 30
-# The largest host reference an index uploads whole (knn.prepare); larger ones stream by
+# The largest host reference an index uploads whole (prepare); larger ones stream by
 # in chunks of REF_CHUNK_BYTES at every search.
 PREPARE_MAX_BYTES = 8 << 30
 
@@ -195,4 +195,3 @@ def prepare(reference):
     return _to_cupy(reference)
 
 
-knn.prepare = prepare

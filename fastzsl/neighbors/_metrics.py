@@ -1,0 +1,55 @@
+"""Metrics as transforms around the squared-Euclidean kernels (:data:`METRICS`)."""
+from __future__ import annotations
+
+from .._array import array_module, to_host
+
+
+class Metric:
+    """A metric as transforms around the squared-Euclidean kernels: ``rows(X, name)`` before
+    the search, ``distance(D)`` and ``squared(D)`` (the metric's distance and its square)
+    of the kernels' squared distances D after."""
+
+    def __init__(self, name, rows, distance, squared):
+        self.name, self.rows, self.distance, self.squared = name, rows, distance, squared
+
+
+def _unit_rows(X, name):
+    """X's rows scaled to unit length (norms in float64), in X's dtype; a zero row is an
+    error (it has no direction)."""
+    xp = array_module(X)
+    norms = xp.sqrt((X.astype(xp.float64) ** 2).sum(axis=1))
+    zero = norms == 0
+    if bool(zero.any()):
+        rows = [int(i) for i in to_host(xp.nonzero(zero)[0][:5])]
+        raise ValueError(f"metric='cosine' needs nonzero rows: {name} rows {rows} "
+                         f"({int(zero.sum())} in all) are all zeros, and have no direction")
+    return (X.astype(xp.float64) / norms[:, None]).astype(X.dtype)
+
+
+def _identity(X, name=None):
+    return X
+
+
+def _half(D):
+    return D / 2
+
+
+def _half_squared(D):
+    return (D / 2) ** 2
+
+
+# name -> Metric. LoOP's probabilistic distance is the Euclidean one under "sqeuclidean"
+# and "euclidean" alike (it averages squared distances), and 1 - cos under "cosine".
+METRICS = {
+    "sqeuclidean": Metric("sqeuclidean", _identity, _identity, _identity),
+    "euclidean": Metric("euclidean", _identity, lambda D: array_module(D).sqrt(D), _identity),
+    "cosine": Metric("cosine", _unit_rows, _half, _half_squared),
+}
+
+
+def check_metric(metric) -> Metric:
+    """The :class:`Metric` named ``metric``, or an error naming those supported."""
+    if isinstance(metric, str) and metric in METRICS:
+        return METRICS[metric]
+    raise ValueError(f"unsupported metric {metric!r}: fastzsl supports {tuple(METRICS)} "
+                     "(squared Euclidean, Euclidean and cosine distances)")
