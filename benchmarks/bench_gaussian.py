@@ -42,7 +42,7 @@ from fastzsl.testing import (
     unit_roundoff,
 )
 
-from conftest import Candidate
+from _harness import Candidate
 
 N_CHECK = 2000  # rows compared before timing
 SCIPY_SUBSET = 20_000  # rows the SciPy loop runs on in the target group
