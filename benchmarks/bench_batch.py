@@ -41,7 +41,7 @@ import pytest
 import fastzsl
 from fastzsl.batch import read_scores, score_file
 
-from conftest import RUN_MODEL, Candidate, trained_run_features
+from _harness import RUN_MODEL, Candidate, trained_run_features
 
 K = 20
 

@@ -47,7 +47,7 @@ import pytest
 import fastzsl
 from fastzsl.testing import make_blobs
 
-from conftest import Candidate
+from _harness import Candidate
 
 K = 20
 D = 50

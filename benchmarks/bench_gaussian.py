@@ -7,7 +7,7 @@ variances estimated from them:
   ``gaussian_loglik(F, means, variances, full=False)`` (row reductions only: max, argmax,
   logsumexp, all-below-threshold; no (n, C) matrix) and ``full=True`` (the matrix too),
   per backend (cython, numba, numpy); the per-class SciPy loop on all rows.
-- ``gaussian n=1000000 C=1000 d=50`` (the issue's target; n=50_000 with --quick):
+- ``gaussian n=1000000 C=1000 d=50`` (the target shape; n=50_000 with --quick):
   ``full=False`` only (the float32 matrix alone would be 4 GB), cython and numba (the
   NumPy backend would take minutes per round); the SciPy loop on the first
   ``SCIPY_SUBSET`` rows (a tenth with --quick), its times scaled by n / SCIPY_SUBSET (``time_scale`` in
@@ -42,7 +42,7 @@ from fastzsl.testing import (
     unit_roundoff,
 )
 
-from conftest import Candidate
+from _harness import Candidate
 
 N_CHECK = 2000  # rows compared before timing
 SCIPY_SUBSET = 20_000  # rows the SciPy loop runs on in the target group

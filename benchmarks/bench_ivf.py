@@ -30,7 +30,7 @@ import pytest
 import fastzsl
 from fastzsl.testing import make_blobs
 
-from conftest import RUN_MODEL, Candidate, trained_run_features
+from _harness import RUN_MODEL, Candidate, trained_run_features
 
 K = 20
 NPROBES = [1, 2, 4, 8, 16, 32, 64, 128, "default"]

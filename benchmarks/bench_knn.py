@@ -38,7 +38,7 @@ from fastzsl.testing import (
     TOL, assert_knn_equal, assert_within_bound, backend_is_available, matmul_error_bound,
 )
 
-from conftest import Candidate
+from _harness import Candidate
 
 FAISS_RTOL = 1e-3
 CASES = ["cython", "cython-float64", "numba", "numpy", "fastzsl-faiss",
@@ -172,12 +172,3 @@ def test_knn_subset(case, bench, cfg, reference, queries, faiss_flat, knn_expect
     bench(f"knn subset N_ref={cfg.n_ref} N_q={n} d={cfg.d} k={cfg.k} "
           f"(first {n} queries, NumPy backend included)", case, build)
 
-
-def test_single_query_latency(cfg):
-    """One query at a time (N_ref x d=50, k=20, 200 queries): faiss IndexFlatL2 vs
-    ExactIndex.search and LoOP.outlier_probability, in interleaved rounds
-    (benchmarks/shapes.py, which also writes results/shapes-cpu-2core.md)."""
-    pytest.importorskip("faiss")
-    from shapes import single_query_group
-    row = single_query_group(cfg.n_ref, 200, rounds=3)
-    assert set(row["per_query"]) == set(row["results"])

@@ -38,7 +38,7 @@ import pytest
 import fastzsl
 from fastzsl.testing import backend_is_available, gamma, unit_roundoff
 
-from conftest import Candidate
+from _harness import Candidate
 
 EXACT_ATOL = 1e-6       # fastzsl backends vs NumPy reference, LoOP probabilities
 FAISS_MEAN_ATOL = 1e-3  # faiss-graph LoOP vs exact-graph LoOP: mean |diff|
@@ -279,11 +279,3 @@ def test_loop_fit_insample(case, bench, cfg, fit_data):
 
     bench(f"loop fit N={cfg.n_fit} d={cfg.d} k={cfg.k} (in-sample)", case, build)
 
-
-def test_loop_fit_low_dimensional(cfg):
-    """In-sample LoOP at d=4, k=10 (knn="auto": the k-d tree) vs scikit-learn LOF fit and
-    bare cKDTree, in interleaved rounds (benchmarks/shapes.py; N = 20k with --quick, else
-    100k; the 1M group runs from shapes.py)."""
-    from shapes import loop_fit_group
-    row = loop_fit_group(20_000 if cfg.quick else 100_000, rounds=3, warmup=1)
-    assert len(row["results"]) == 3

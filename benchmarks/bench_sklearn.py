@@ -16,7 +16,7 @@ Groups
     Scores checked to 1e-10 before timing (N=10000). At N=100000 PyNomaly takes minutes:
     ONE round, no warm-up, and fastzsl's scores checked against that round's.
 
-Method: ``interleaved`` (benchmarks/conftest.py): one call of each candidate per round
+Method: ``interleaved`` (benchmarks/_harness.py): one call of each candidate per round
 (A B C, A B C, ...), so a busy phase of the shared machine falls on all alike; the
 1-minute load average is read before every call. Reported: min and median seconds, and the
 ratios of minima and of medians to the baseline (above 1: faster than the baseline).
@@ -41,31 +41,17 @@ from fastzsl import pynomaly
 from fastzsl._platform import cpu_count, cpu_name
 from fastzsl.testing import TOL, make_blobs
 
-from conftest import interleaved, interleaved_ratios
+from _harness import interleaved, interleaved_ratios
 
 RESULTS_NAME = "sklearn-pynomaly-cpu-2core"
 
 
-def _load():
-    return round(os.getloadavg()[0], 2)
-
-
-def _with_load(candidates, loads):
-    """Each candidate wrapped to note the 1-minute load average before its call."""
-    def wrap(name, fn):
-        def run():
-            loads[name].append(_load())
-            return fn()
-        return run
-    return {name: wrap(name, fn) for name, fn in candidates.items()}
-
-
 def _time(candidates, baseline, *, rounds, warmup):
-    loads = {name: [] for name in candidates}
-    times = interleaved(_with_load(candidates, loads), rounds=rounds, warmup=warmup)
+    loads = {}
+    times = interleaved(candidates, rounds=rounds, warmup=warmup, loads=loads)
     ratios = interleaved_ratios(times, baseline)
     for name in candidates:
-        ratios[name].update(times=times[name], load_1m=loads[name][warmup:],
+        ratios[name].update(times=times[name], load_1m=loads[name],
                             rounds=rounds, baseline=name == baseline)
     return ratios
 

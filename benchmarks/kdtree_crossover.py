@@ -8,19 +8,15 @@ same arrays (checked). Writes benchmarks/results/kdtree-crossover-cpu-2core.{md,
     PYTHONPATH=. python benchmarks/kdtree_crossover.py
 """
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import interleaved, interleaved_ratios  # noqa: E402
-
-from fastzsl._platform import cpu_count  # noqa: E402
-from fastzsl.neighbors import ExactIndex  # noqa: E402
-from fastzsl.testing import make_blobs  # noqa: E402
+from _harness import interleaved, interleaved_ratios, load_1m
+from fastzsl._platform import cpu_count, cpu_name
+from fastzsl.neighbors import ExactIndex
+from fastzsl.testing import make_blobs
 
 K = 10
 # The tree's cost grows steeply with d (at N=100k, d=8 it is already slower than brute
@@ -36,23 +32,12 @@ def measure(n, d, rounds):
            for m in ("exact", "kdtree")}
     a, b = fns["exact"](), fns["kdtree"]()
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
-    load = os.getloadavg()[0]
+    load = load_1m()
     ratios = interleaved_ratios(interleaved(fns, rounds=rounds), "exact")
     return dict(n=n, d=d, k=K, loadavg_1m=round(load, 2),
                 brute_s=ratios["exact"]["median"], tree_s=ratios["kdtree"]["median"],
                 tree_speedup_median=ratios["kdtree"]["ratio_of_medians"],
                 tree_speedup_min=ratios["kdtree"]["ratio_of_minima"])
-
-
-def cpu_model():
-    """``grep -m1 'model name' /proc/cpuinfo``, else the platform's processor name."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor() or "unknown CPU"
 
 
 def main():
@@ -62,7 +47,7 @@ def main():
         print(row, flush=True)
         rows.append(row)
     out = Path(__file__).parent / "results" / "kdtree-crossover-cpu-2core"
-    meta = dict(cpu=cpu_model(), cores=cpu_count(), k=K, date=time.strftime("%Y-%m-%d %H:%M"),
+    meta = dict(cpu=cpu_name(), cores=cpu_count(), k=K, date=time.strftime("%Y-%m-%d %H:%M"),
                 note="other engineers' jobs shared these 2 cores (see loadavg_1m)")
     out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     lines = [f"# k-d tree vs brute force, in-sample kNN k={K} ({meta['cpu']}, "

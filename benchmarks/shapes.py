@@ -1,4 +1,4 @@
-"""The shapes of issue 15, fastzsl against its peers, in interleaved rounds (A B C, A B C).
+"""Low-dimensional data, single queries and other batch shapes: fastzsl against its peers, in interleaved rounds (A B C, A B C).
 
 1. ``loop fit d=4``: in-sample LoOP, N = 100k and 1M points, d = 4, k = 10:
    ``fastzsl.LoOP(n_neighbors=10).fit`` (knn="auto": the k-d tree) vs scikit-learn
@@ -25,30 +25,21 @@ writes benchmarks/results/shapes-cpu-2core.{md,json} (``--quick``: smaller sizes
 """
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import interleaved, interleaved_ratios  # noqa: E402
-from kdtree_crossover import cpu_model  # noqa: E402
-
-import fastzsl  # noqa: E402
-from fastzsl._platform import cpu_count  # noqa: E402
-from fastzsl.testing import TOL, make_blobs  # noqa: E402
-
-
-def _load():
-    return round(os.getloadavg()[0], 2)
+import fastzsl
+from _harness import interleaved, interleaved_ratios, load_1m
+from fastzsl._platform import cpu_count, cpu_name
+from fastzsl.testing import TOL, make_blobs
 
 
 def _group(name, baseline, candidates, rounds, warmup=1, **sizes):
-    before = _load()
+    before = load_1m()
     times = interleaved(candidates, rounds=rounds, warmup=warmup)
-    after = _load()
+    after = load_1m()
     ratios = interleaved_ratios(times, baseline)
     row = dict(group=name, measured=time.strftime("%Y-%m-%d %H:%M UTC"), baseline=baseline,
                rounds=rounds, loadavg_1m_before=before,
@@ -185,12 +176,12 @@ def loop_score_group(n_ref, n_q, rounds):
 
 def write(rows, out, notes=()):
     """The groups' tables, then ``notes`` (markdown lines, kept in the JSON's meta)."""
-    meta = dict(cpu=cpu_model(), cores=cpu_count(), date=time.strftime("%Y-%m-%d %H:%M UTC"),
+    meta = dict(cpu=cpu_name(), cores=cpu_count(), date=time.strftime("%Y-%m-%d %H:%M UTC"),
                 note="other engineers' jobs shared these 2 cores: see the load averages",
                 notes=list(notes))
     out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, groups=rows), indent=1))
-    lines = [f"# Issue 15 shapes ({meta['cpu']}, {meta['cores']} cores, {meta['date']})", "",
-             "Interleaved rounds (A B C, A B C: benchmarks/conftest.py `interleaved`). Ratio = "
+    lines = [f"# Shapes ({meta['cpu']}, {meta['cores']} cores, {meta['date']})", "",
+             "Interleaved rounds (A B C, A B C: benchmarks/_harness.py `interleaved`). Ratio = "
              "baseline time / this time (above 1: faster than the baseline), of the minima "
              "and of the medians. Other engineers' jobs shared the 2 cores: the 1-minute "
              "load average before and after each group is given; at a load near 2 and above, "
@@ -240,7 +231,7 @@ def main():
     n_ref, n_q = (10_000, 1_000) if args.quick else (100_000, 10_000)
     if "batch" in groups:
         rows.append(large_batch_group(n_ref, n_q, rounds=3))
-    if "variants" in groups:  # the issue's other large-batch shapes
+    if "variants" in groups:  # the other large-batch shapes: d = 512, k = 100, float64
         rows.append(large_batch_group(n_ref, n_q, rounds=2, d=512))
         rows.append(large_batch_group(n_ref, n_q, rounds=3, k=100))
         rows.append(large_batch_group(n_ref, n_q, rounds=3, dtype=np.float64))

@@ -3,13 +3,16 @@ the scale of millions of images.
 
 Public API: estimators (:class:`ZeroShotClassifier`, :class:`SemanticMapper`,
 :class:`SoftmaxClassifier`, :class:`LoOP`, :class:`GaussianNovelty`, and
-:class:`KNNTransformer`, scikit-learn's kNN graph for ``metric="precomputed"`` estimators;
-``fastzsl.pynomaly`` is PyNomaly's API), model files
-(``ZeroShotClassifier.save``, :func:`load`) and FAISS-like functions
+:class:`KNNTransformer`, scikit-learn's kNN graph for ``metric="precomputed"`` estimators),
+model files (``ZeroShotClassifier.save``, :func:`load`), FAISS-like functions
 (:func:`knn`, :func:`loop_fit`, :func:`loop_score`, :func:`gaussian_loglik`), and batch
 scoring of feature files of any size (:func:`score_file`, :func:`read_scores`) and
-chunked, resumable fitting of novelty detectors on them (:func:`fit_file`). Importing
-fastzsl loads none of torch, numba, cupy, faiss or dask; each loads when first used.
+chunked, resumable fitting of novelty detectors on them (:func:`fit_file`).
+
+Drop-in modules: ``fastzsl.faiss`` is faiss's exact flat indexes (``IndexFlatL2``,
+``IndexFlatIP``, ``knn``) and ``fastzsl.pynomaly`` is PyNomaly's API, both on fastzsl's
+kernels. Importing fastzsl loads none of torch, numba, cupy, faiss or dask; each loads when
+first used.
 """
 from importlib import import_module
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validation import check_option
+
 CALIBRATIONS = ("isotonic", "platt")
 VALIDATION_FRACTION = 0.2  # of each remaining class's images, scored as pseudo-seen
 
@@ -81,10 +83,7 @@ class ScoreCalibrator:
     """
 
     def __init__(self, method="isotonic"):
-        if method not in CALIBRATIONS:
-            raise ValueError(f"calibration must be one of {CALIBRATIONS} or None, "
-                             f"got {method!r}")
-        self.method = method
+        self.method = check_option(method, CALIBRATIONS, "calibration")
 
     def fit(self, scores, is_unseen, sample_weight=None):
         scores = np.asarray(scores, dtype=np.float64)

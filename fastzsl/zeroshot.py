@@ -34,7 +34,7 @@ from sklearn.utils.validation import check_is_fitted
 from sklearn.base import clone
 
 from ._model_files import SaveMixin, pack_parts, unpack_part
-from ._validation import as_float_matrix, check_same_width
+from ._validation import as_float_matrix, check_option, check_same_width
 from .backends import uses_n_jobs
 from .calibration import ScoreCalibrator, check_prior
 from .embeddings import class_vectors as lookup_class_vectors
@@ -147,8 +147,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
                             f"{type(self.novelty).__name__}")
         if isinstance(self.novelty, NoveltyGate):
             self.novelty._check_params()  # before any training
-        if self.combine is not None and self.combine not in COMBINE:
-            raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
+        check_option(self.combine, COMBINE, "combine", allow_none=True)
         if self.unseen_prior is not None:
             check_prior(self.unseen_prior)
         unseen = [self.unseen_classes] if isinstance(self.unseen_classes, str) \

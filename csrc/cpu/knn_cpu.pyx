@@ -8,7 +8,7 @@ gets the k smallest (e, index) pairs in lexicographic order (the direct kernel v
 candidates in ascending index and admits one only when strictly better than its k-th, which
 is the same set and order: equal distances keep the lower index first).
 
-How the GEMM kernels get there. With norms Q = ||q||^2 and R_j = ||r_j||^2 (double, computed
+How the two-pass kernels get there. With norms Q = ||q||^2 and R_j = ||r_j||^2 (double, computed
 once) and dot products P_j = q . r_j from a BLAS gemm on cache-sized tiles (input precision,
 single-threaded inside OpenMP), v_j = R_j - 2 P_j (input precision) approximates e_j - Q.
 Pass 1 keeps, per query, the L >= k + LIST_EXTRA smallest v_j seen with their indices (one
@@ -80,13 +80,13 @@ cdef extern from "knn_kernels.h" nogil:
 cdef enum:
     # Pass-1 lists keep k + LIST_EXTRA candidates per query (knn and knn_self).
     LIST_EXTRA = 8
-    # The GEMM kernels run when d >= MIN_GEMM_DIM (below that, direct differences are cheap).
+    # The two-pass kernels run when d >= MIN_GEMM_DIM (below that, direct differences are cheap).
     MIN_GEMM_DIM = 1
 
 # The kernels by scheme, each file a textual part of this module (they share its cimports,
 # the knn_kernels.h declarations above and each other's helpers, in this order).
 include "knn_direct.pxi"
-include "knn_gemm.pxi"
+include "knn_twopass.pxi"
 include "knn_split.pxi"
 include "knn_self.pxi"
 
@@ -100,7 +100,7 @@ def _run_typed(const cython.floating[:, ::1] queries,
                const cython.floating[:, ::1] reference, Py_ssize_t k,
                Py_ssize_t self_offset, bint direct, cython.floating[:, ::1] D,
                int64_t[:, ::1] I, const cython.floating[::1] rn, double rmax):
-    """Fills D and I: the GEMM kernel unless ``direct`` (or it does not apply), else the
+    """Fills D and I: the two-pass kernel unless ``direct`` (or it does not apply), else the
     direct one. ``rn``: the reference norms from reference_norms, or empty."""
     cdef int rc = 1
     cdef const cython.floating* rn_cached = NULL
@@ -109,7 +109,7 @@ def _run_typed(const cython.floating[:, ::1] queries,
         if rn.shape[0] == reference.shape[0]:
             rn_cached = &rn[0]
         with blas_single_threaded():
-            rc = _knn_gemm_impl(queries, reference, k, self_offset, rn_cached, rmax, D, I)
+            rc = _knn_twopass_impl(queries, reference, k, self_offset, rn_cached, rmax, D, I)
     if rc == 1:
         rc = _knn_direct_impl(queries, reference, k, self_offset, D, I)
     if rc != 0:
@@ -155,7 +155,7 @@ def reference_norms(reference):
 
 
 def knn_direct(queries, reference, k, self_offset):
-    """The direct-difference kernel (no GEMM prefilter): the GEMM kernel's fallback and the
+    """The direct-difference kernel (no GEMM prefilter): the two-pass kernel's fallback and the
     test oracle."""
     return _run(queries, reference, k, self_offset, True)
 

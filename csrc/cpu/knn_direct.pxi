@@ -1,6 +1,6 @@
 # The direct kernel (part of knn_cpu.pyx, included there): per query, the reference rows in
 # ascending index, exact squared distances in double, a sorted k-best list. It answers
-# knn_direct; its _sqdist and _direct_scan also serve the GEMM kernels (knn_gemm.pxi: the
+# knn_direct; its _sqdist and _direct_scan also serve the two-pass kernels (knn_twopass.pxi: the
 # exact re-rank and the rescan's fallback).
 
 cdef enum:

@@ -1,4 +1,4 @@
-# The self-join of knn_self (part of knn_cpu.pyx, included there after knn_gemm.pxi, whose
+# The self-join of knn_self (part of knn_cpu.pyx, included there after knn_twopass.pxi, whose
 # pass-1 scans, pass 2 and norms it runs on pairs of row blocks; the module docstring
 # describes the schedule).
 

@@ -1,5 +1,5 @@
 # The split path of knn for few queries (part of knn_cpu.pyx, included there after
-# knn_gemm.pxi, whose pass-1 scan and pass 2 it runs). With fewer query blocks than
+# knn_twopass.pxi, whose pass-1 scan and pass 2 it runs). With fewer query blocks than
 # threads, the query-block path would leave threads idle (one query: one thread for the
 # whole reference); here the reference is split instead.
 #

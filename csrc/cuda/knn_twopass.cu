@@ -1,5 +1,5 @@
 // Two-pass exact kNN: a float GEMM screen, then an exact double re-rank (the GPU mirror of
-// csrc/cpu/knn_gemm.pxi; fastzsl/backends/cupy/knn_twopass.py drives it and states the
+// csrc/cpu/knn_twopass.pxi; fastzsl/backends/cupy/knn_twopass.py drives it and states the
 // error bound).
 //
 // Pass 1 (twopass_filter): the host computes a tile G = R_tile . Q_tile^T of float32 dot

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._optional import import_pyplot
 from .._progress import stage
+from .._validation import check_class_names
 from .datasets import load_fashion_mnist
 
 DEFAULT_UNSEEN = ("sandal", "pullover")
@@ -49,10 +51,7 @@ def train_fashion_mnist(*, unseen=DEFAULT_UNSEEN, n_centroids=400, stride=1,
         timings[name] = round(time.perf_counter() - t0, 1)
 
     X_train, y_train, X_test, y_test, names = load_fashion_mnist(data_dir)
-    unseen = list(unseen)
-    unknown = [u for u in unseen if u not in names]
-    if unknown:
-        raise ValueError(f"unknown class names {unknown}; Fashion-MNIST has {names}")
+    unseen = check_class_names(unseen, names, "Fashion-MNIST")
     names_arr = np.array(names)
     rng = np.random.default_rng(seed)
     seen_rows = ~np.isin(names_arr[y_train], unseen)
@@ -221,11 +220,7 @@ def plot_threshold_curves(reports, path, title="", spread=None):
     ``spread`` ({detector: {metric: list}}, optional) draws a band of +- that around each
     curve (e.g. the standard deviation over seeds when ``reports`` holds means).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = import_pyplot()
     fig, axes = plt.subplots(1, len(reports), figsize=(5.5 * len(reports), 4.2), sharey=True)
     axes = np.atleast_1d(axes)
     for ax, (detector, report) in zip(axes, reports.items()):

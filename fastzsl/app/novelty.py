@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from .._platform import machine_description
+from .._validation import check_class_names
 from ..novelty_gate import PCAProjection
 from .datasets import load_fashion_mnist
 from .experiment import DEFAULT_UNSEEN
@@ -34,10 +35,7 @@ def novelty_experiment(*, unseen=DEFAULT_UNSEEN, dims=50, k=20, extent=3.0, n_re
 
     start = time.perf_counter()
     X_train, y_train, X_test, y_test, names = load_fashion_mnist(data_dir)
-    unseen = list(unseen)
-    unknown = [u for u in unseen if u not in names]
-    if unknown:
-        raise ValueError(f"unknown class names {unknown}; Fashion-MNIST has {names}")
+    unseen = check_class_names(unseen, names, "Fashion-MNIST")
     unseen_ids = [names.index(u) for u in unseen]
     seen_rows = ~np.isin(y_train, unseen_ids)
     if n_reference:

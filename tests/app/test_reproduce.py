@@ -175,7 +175,7 @@ def test_quick_reproduce_on_real_fashion_mnist(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--unseen", "sandal,cat"], "unknown class names ['cat']"),
-    (["--unseen", "sandal,sandal"], "unseen classes repeat a name"),
+    (["--unseen", "sandal,sandal"], "class names repeat: ['sandal']"),
     (["--dataset", "cifar10"], "CIFAR-10 does not install offline: pass --data-dir"),
     (["--dataset", "cifar10", "--data-dir", "{tmp}"], "CIFAR-10 not found in"),
     (["--data-dir", "{tmp}"], "Fashion-MNIST not found"),

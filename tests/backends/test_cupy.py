@@ -289,20 +289,19 @@ def test_gaussian_cupy_in_cupy_out(cp, dtype):
     _assert_gaussian_equal([a.get() for a in got], ref, dtype, True)
 
 
-# --- findings of the desk check (/work/shared/reviews/cuda-kernels.md), run on the kernels ---
-# A strict xfail names a finding the kernels still have; it turns into a failure (XPASS)
-# once fixed, and the marker must go.
-# Findings 1 and 2 (fixed): float32 input was summed in float, so near-ties were decided on
-# float-rounded sums and sums overflowed to inf beyond |difference| ~1.8e19. The kernels now
-# sum float32 input in double and decide on the doubles, as the reference does; float32
-# outputs are rounded from them (to inf beyond float's range, as the reference's are, hence
-# the errstate: NumPy warns on that cast, CuPy does not).
+# --- edge cases of the kernels' arithmetic ---
+# A known defect of the kernels would be a strict xfail here, so that a fix shows as XPASS.
+# float32 input is summed in double and every decision is taken on the doubles, as the
+# reference does: near-ties that float sums would round together, and sums that would
+# overflow float beyond |difference| ~1.8e19. float32 outputs are rounded from the doubles
+# (to inf beyond float's range, as the reference's are, hence the errstate: NumPy warns on
+# that cast, CuPy does not).
 
 
 @gpu
 @pytest.mark.parametrize("chunk", [None, 1], ids=["one_launch", "merged_chunks"])
 def test_knn_float32_ties_are_decided_on_the_double_sums(cp, monkeypatch, chunk):
-    # Finding 1: 1 + 2**-24 (row 0) rounds to 1.0 in float, a tie with row 1 that the lower
+    # 1 + 2**-24 (row 0) rounds to 1.0 in float, a tie with row 1 that the lower
     # index would win; in double row 1 is nearer. With one-row chunks the merges decide.
     monkeypatch.setattr(knn, "REF_CHUNK_ROWS", chunk)
     Q = np.zeros((1, 2), dtype=np.float32)
@@ -365,7 +364,7 @@ def test_gaussian_float32_beyond_float_range_keeps_the_argmax(cp):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("chunk", [None, 2], ids=["one_launch", "merged_chunks"])
 def test_knn_nan_distances_sort_last(cp, monkeypatch, dtype, chunk):
-    # Review finding 3. Direct backend calls (the public API rejects NaN): NumPy's stable
+    # Direct backend calls (the public API rejects NaN): NumPy's stable
     # sort puts NaN last, after +inf, lower index first among NaNs.
     monkeypatch.setattr(knn, "REF_CHUNK_ROWS", chunk)
     R = np.array([[np.nan], [5.0], [1.0], [np.nan], [3.0], [2.0]], dtype=dtype)
@@ -405,7 +404,7 @@ def test_loop_rejects_missing_neighbours(cp):
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_gaussian_nan_policy_is_numpys(cp, dtype):
-    # Review finding 3: a NaN log-likelihood (here a NaN mean) is the row's max, and the
+    # A NaN log-likelihood (here a NaN mean) is the row's max, and the
     # first NaN class its argmax, as NumPy's max/argmax; logsumexp NaN; all_below False.
     rng = np.random.default_rng(4)
     F, means, variances, log_weights, _ = _gaussian_problem(rng, 40, 37, 5, dtype)
@@ -423,7 +422,7 @@ def test_gaussian_nan_policy_is_numpys(cp, dtype):
 @gpu
 @pytest.mark.parametrize("self_offset", [-1, 0])
 def test_knn_global_scratch_is_capped_per_launch(cp, monkeypatch, self_offset):
-    # Review finding 7: the global top-k scratch grows with the queries; over SCRATCH_BYTES
+    # The global top-k scratch grows with the queries; over SCRATCH_BYTES
     # the queries run in several launches, each within the cap, with the same answer.
     monkeypatch.setattr(knn, "FORCE_GLOBAL_LISTS", True)
     monkeypatch.setattr(knn, "SCRATCH_BYTES", knn.KNN_MAX_SPLITS * 128 * 6 * 12 * 2)

@@ -1,4 +1,4 @@
-"""Device input stays on the device through the public API (issue 13, item 5).
+"""Device input stays on the device through the public API.
 
 Run under the CPU execution of the CUDA kernels (tests/cuda_host/): the stand-in for CuPy
 counts every whole-array copy between host and device, refuses NumPy's implicit reads of

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 _HERE = Path(__file__).resolve().parent
-# Tests of files this plugin does not own that fail on the cupy kernels for a known,
-# reviewed reason (/work/shared/reviews/cuda-kernels.md): strict xfail, so a fix shows.
-# (None at present: review finding 1, float32 near-ties decided on float sums, is fixed.)
+# Tests of files this plugin does not own that fail on the cupy kernels for a known reason,
+# node id -> the reason: strict xfail, so a fix shows (none at present).
 KNOWN_KERNEL_FAILURES: dict[str, str] = {}
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..._validation import check_class_names
 from ..datasets import DATASETS, load_dataset
 from .experiments import main_setting, pair_sweep
 from .measures import aggregate, nearest_words, pm, random_words
@@ -57,12 +58,7 @@ def _check_seeds(seeds):
 
 
 def _check_unseen(unseen, names, dataset):
-    unseen = [str(u) for u in unseen]
-    unknown = [u for u in unseen if u not in names]
-    if unknown:
-        raise ValueError(f"unknown class names {unknown}; {dataset} has {names}")
-    if len(set(unseen)) != len(unseen):
-        raise ValueError(f"unseen classes repeat a name: {unseen}")
+    unseen = check_class_names(unseen, names, dataset)
     if not 1 <= len(unseen) < len(names):
         raise ValueError(f"name between 1 and {len(names) - 1} unseen classes, got {unseen}")
     return unseen

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..._optional import import_pyplot
 from ..experiment import DETECTOR_LABELS
 from .measures import pm
 from .settings import CALIBRATION_BINS
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_pairs(pairs, path, title):
     """Bar chart of the 2-way zero-shot accuracy per pair, mean ± std over seeds."""
-    plt = _pyplot()
+    plt = import_pyplot()
     fig, ax = plt.subplots(figsize=(1.45 * len(pairs) + 2.0, 4.2))
     x = np.arange(len(pairs))
     means = [p["accuracy"]["mean"] for p in pairs]
@@ -45,7 +37,7 @@ def plot_pairs(pairs, path, title):
 
 def plot_distractors(counts, agg, path, title):
     """Accuracy of the unseen images against the number of distractor words."""
-    plt = _pyplot()
+    plt = import_pyplot()
     fig, ax = plt.subplots(figsize=(6.2, 4.2))
     for (condition, stat), marker in zip(agg.items(), "osd^v"):
         ax.errorbar(counts, stat["mean"], yerr=stat["std"], marker=marker, markersize=4,
@@ -63,7 +55,7 @@ def plot_distractors(counts, agg, path, title):
 
 def plot_calibration(agg, path, title):
     """Reliability diagrams of P(unseen | x), pooled over seeds, with the bin counts."""
-    plt = _pyplot()
+    plt = import_pyplot()
     fig, axes = plt.subplots(2, len(agg), figsize=(5.2 * len(agg), 5.6), sharex=True,
                              gridspec_kw={"height_ratios": [3, 1]}, squeeze=False)
     edges = np.linspace(0, 1, CALIBRATION_BINS + 1)
@@ -98,7 +90,7 @@ def plot_calibration(agg, path, title):
 def plot_pair_novelty(pairs, path, title):
     """Per held-out pair: ROC-AUC of P(unseen | x) and GZSL H of each detector variant
     (grouped bars, mean ± std over seeds)."""
-    plt = _pyplot()
+    plt = import_pyplot()
     variants = list(pairs[0]["detectors"])
     fig, axes = plt.subplots(1, 2, figsize=(2.2 * len(pairs) + 3.0, 4.4), sharex=True)
     x = np.arange(len(pairs))

@@ -88,7 +88,7 @@ def _ref_chunk_rows(d: int, itemsize: int) -> int:
 
 def _knn_device(Q, reference, k: int, self_offset: int):
     """Exact kNN of CuPy queries Q against ``reference`` (CuPy or host), on the device."""
-    if k < 1:  # the kernel's list insertion would write before the list (review finding 4)
+    if k < 1:  # the kernel's list insertion would write before the list
         raise ValueError(f"k={k}: the number of neighbours must be at least 1")
     cp = _cupy()
     dtype = np.dtype(Q.dtype)
@@ -117,7 +117,7 @@ def _knn_device(Q, reference, k: int, self_offset: int):
     if global_lists:
         per_block = KNN_MAX_SPLITS * bq * k * (ACC_DTYPE.itemsize + 4)  # scratch, worst case
         max_rows = max(1, SCRATCH_BYTES // per_block) * bq
-        if n_q > max_rows:  # (review finding 7) fewer queries per launch, same answer
+        if n_q > max_rows:  # fewer queries per launch (the scratch stays capped), same answer
             for q0 in range(0, n_q, max_rows):
                 q1 = min(q0 + max_rows, n_q)
                 D_out[q0:q1], I_out[q0:q1] = _knn_device(

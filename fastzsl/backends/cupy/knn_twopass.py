@@ -1,5 +1,5 @@
 """Two-pass exact kNN on the GPU (``csrc/cuda/knn_twopass.cu``), the CPU scheme of
-``csrc/cpu/knn_gemm.pxi`` on cuBLAS: a float32 GEMM screen with a proven error bound, then
+``csrc/cpu/knn_twopass.pxi`` on cuBLAS: a float32 GEMM screen with a proven error bound, then
 an exact double re-rank of every candidate the bound leaves open. The answer is the direct
 kernel's (``knn_cuda.cu``) bit for bit: same neighbours, same double distances, ties to the
 lower index, self excluded; queries whose candidate lists overflow (many near-ties) are

@@ -37,7 +37,7 @@ def _plof(module, pdist, I, ref_pdist, ev_override):
         use_override = not math.isnan(ev_override)
         if not use_override and k and int(I.min()) < 0:
             # The kNN kernels write -1 where a row has fewer than k candidates; the kernel
-            # would read ref_pdist[-1] (review finding 6).
+            # would read ref_pdist[-1].
             raise ValueError("LoOP needs k neighbours in every row; I holds -1 (fewer "
                              "reference rows than k)")
         _launch(module.get_function("loop_plof"), (_blocks(n, _ELEMENTWISE_THREADS),),

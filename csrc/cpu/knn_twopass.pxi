@@ -1,6 +1,6 @@
 from libc.math cimport sqrt  # _list_len
 
-# The two-pass GEMM kernel of knn (part of knn_cpu.pyx, included there after
+# The two-pass kernel of knn (part of knn_cpu.pyx, included there after
 # knn_direct.pxi; the module docstring proves it exact). Pass 1 keeps _list_len(k, d)
 # candidates per query from gemm tiles of dot products; pass 2 (_pass2, with its per-thread
 # Pass2Scratch) re-ranks them by exact distances, or rescans the queries whose list
@@ -519,7 +519,7 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
     _pass2_flush(sc, qbase, self_offset, rbase, rn_w, n_r, d, k, Dout, Iout)
 
 
-cdef int _knn_gemm_impl(const cython.floating[:, ::1] queries,
+cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
                         const cython.floating[:, ::1] reference,
                         Py_ssize_t k, Py_ssize_t self_offset,
                         const cython.floating* rn_cached, double rmax_cached,

@@ -1,4 +1,5 @@
-"""Adversarial cases for the GEMM-prefiltered exact kNN of the cython backend.
+"""Adversarial cases for the two-pass exact kNN of the cython backend (a GEMM screen, then
+exact re-ranking).
 
 The kernels keep candidates on ||r||^2 - 2 q.r computed with BLAS and re-rank the survivors
 by direct differences; a margin too small would silently drop true neighbours. Every case
@@ -207,7 +208,7 @@ def test_other_dtypes_are_refused(name):
 
 
 # ---------------------------------------------------------------- longer lists at high d
-# knn's pass-1 lists hold k + max(8, d sqrt(k) / 48) candidates (knn_gemm.pxi _list_len):
+# knn's pass-1 lists hold k + max(8, d sqrt(k) / 48) candidates (knn_twopass.pxi _list_len):
 # 67 for k = 20 at d = 512, against 28 before. The margin M grows with d u (Q + R): at
 # d = 512 with a large common offset it spans dozens of near-tied rows.
 @pytest.mark.parametrize("k", [20, 100])
