@@ -4,8 +4,8 @@ down (or within a layer), and no two modules import each other, directly or in a
 An import counts wherever it stands (module level or inside a function), so a lazy import
 that points up is caught too. The compiled modules count as well: ``csrc/cpu/<op>_cpu.pyx``
 (with the ``.pxi`` files it includes) is the module ``fastzsl._ext.<op>_cpu``, and its
-Python imports are read from the Cython text. The layers, bottom to top, are the README's
-"Architecture".
+Python imports are read from the Cython text. The layers, bottom to top, are those of
+docs/architecture.md.
 """
 import ast
 import re
@@ -81,7 +81,7 @@ def _layer(module: str) -> int:
     for rank, (_, prefixes) in enumerate(LAYERS):
         if any(module == p or module.startswith(p + ".") for p in prefixes):
             return rank
-    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS (and the README)")
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS (and docs/architecture.md)")
 
 
 def _imports(module: str, path: Path, known: set[str]) -> set[str]:

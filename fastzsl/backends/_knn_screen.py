@@ -1,7 +1,7 @@
 r"""Exact float64 kNN at float32 speed (the cython backend): a float32 screen of the
 inputs rounded to float32, certified per query, then the exact float64 re-rank.
 
-1. Screen: the float32 GEMM kernel (``knn_cpu.knn``, itself exact for its inputs) finds,
+1. Screen: the float32 two-pass kernel (``knn_cpu.knn``, itself exact for its inputs) finds,
    for the rounded rows :math:`q' = \mathrm{fl}_{32}(q)`, :math:`r'_j = \mathrm{fl}_{32}(r_j)`,
    the :math:`k' = k + \max(\mathrm{EXTRA}, k / 4)` lexicographically smallest
    :math:`(e'_j, j)`, :math:`e'_j` the double sum of squared differences of the rounded rows,

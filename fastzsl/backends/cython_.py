@@ -1,6 +1,6 @@
 """Cython + OpenMP CPU backend: the compiled kernels of csrc/cpu (fastzsl._ext.*_cpu).
 
-GEMM-form kNN and Gaussian kernels with proven error bounds (their kNN distances bit-match
+Two-pass kNN and GEMM-form Gaussian kernels with proven error bounds (their kNN distances bit-match
 the direct kernels of csrc/cpu and of the numba backend); built by setup.py. When
 the extension is not built this module still imports, ``KERNELS`` is None and
 ``is_available()`` says how to build it.
