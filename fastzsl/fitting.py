@@ -443,8 +443,7 @@ def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, sc
 
     k = check_k(estimator.n_neighbors, source.n_rows, exclude_self=True, name="n_neighbors")
     extent = check_positive_number(estimator.extent, "extent")
-    if estimator.scoring not in SCORING:
-        raise ValueError(f"scoring must be one of {SCORING}, got {estimator.scoring!r}")
+    check_option(estimator.scoring, SCORING, "scoring")
     knn = _loop_knn(estimator, source, scheduler)
     if schedule == "self-join" and (scheduler is not None or knn["method"] != "exact"
                                     or resolve(knn["backend"]).knn_self is None):
@@ -830,10 +829,8 @@ def _fit_gaussian(estimator, source, model_path, *, labels, scheduler, n_workers
 
     from .gaussian import RULES, VARIANCES
 
-    if estimator.rule not in RULES:
-        raise ValueError(f"rule must be one of {RULES}, got {estimator.rule!r}")
-    if estimator.variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES}, got {estimator.variance!r}")
+    check_option(estimator.rule, RULES, "rule")
+    check_option(estimator.variance, VARIANCES, "variance")
     y = _read_labels(labels, source) if source.exclude is None else source.labels()
     if scheduler is not None:
         log("GaussianNovelty: one streaming pass, run in this process (scheduler unused)")

@@ -44,7 +44,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from ._model_files import SaveMixin, pack_parts, unpack_part
-from ._validation import as_float_matrix
+from ._validation import as_float_matrix, check_option
 from .calibration import (ScoreCalibrator, StackCalibrator, check_false_alarm, check_prior,
                           log_loss, prior_weights, pseudo_unseen_rounds, routing_threshold,
                           validation_split)
@@ -341,13 +341,9 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         return specs
 
     def _check_params(self):
-        if self.calibration is not None and self.calibration not in CALIBRATIONS:
-            raise ValueError(f"calibration must be one of {CALIBRATIONS} or None, got "
-                             f"{self.calibration!r}")
-        if self.routing not in ROUTINGS:
-            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
-        if self.fit_mode not in FIT_MODES:
-            raise ValueError(f"fit_mode must be one of {FIT_MODES}, got {self.fit_mode!r}")
+        check_option(self.calibration, CALIBRATIONS, "calibration", allow_none=True)
+        check_option(self.routing, ROUTINGS, "routing")
+        check_option(self.fit_mode, FIT_MODES, "fit_mode")
         if self.fit_mode == "crossfit" and (isinstance(self.cv, bool) or not isinstance(
                 self.cv, (int, np.integer)) or self.cv < 2):
             raise ValueError(f"cv must be an int >= 2 for fit_mode='crossfit', got {self.cv!r}")

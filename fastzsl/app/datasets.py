@@ -132,6 +132,8 @@ def load_cifar10(data_dir):
 
 
 DATASETS = ("fashion-mnist", "cifar10")
+# The unseen classes of each data set's main setting (fastzsl train, reproduce, novelty).
+DEFAULT_UNSEEN = {"fashion-mnist": ("sandal", "pullover"), "cifar10": ("cat", "truck")}
 
 
 def load_dataset(name, data_dir=None):

@@ -21,9 +21,10 @@ import numpy as np
 from .._optional import import_pyplot
 from .._progress import stage
 from .._validation import check_class_names
+from .datasets import DEFAULT_UNSEEN as UNSEEN_BY_DATASET
 from .datasets import load_fashion_mnist
 
-DEFAULT_UNSEEN = ("sandal", "pullover")
+DEFAULT_UNSEEN = UNSEEN_BY_DATASET["fashion-mnist"]
 CURVE_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 21), 3)
 # The models every run compares (one mapping and softmax): fastzsl's default novelty
 # detection and the paper's two detectors.
