@@ -31,14 +31,15 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--work", default="results-all-pairs",
-                        help="folder of per-pair rows, shared with `fastzsl reproduce "
-                             "--all-pairs --out WORK`: rows measured by either are reused")
+                        help="folder whose pairs/ holds the per-pair rows, shared with "
+                             "`fastzsl reproduce --all-pairs --out WORK`: rows measured by "
+                             "either are reused")
     args = parser.parse_args(argv)
     pairs = [tuple(p.split(",")) for p in args.pairs] if args.pairs else \
         list(PAIRS["fashion-mnist"])
-    tmp = Path(args.work)
+    tmp = Path(args.out) / "novelty-choices.d"
     results = run_all_pairs("fashion-mnist", st=settings_for("fashion-mnist", args.quick),
-                            out=tmp, pairs=pairs)
+                            out=tmp, pairs=pairs, kept=Path(args.work) / "pairs")
     out = Path(args.out)
     (out / "novelty-choices.json").write_text(json.dumps(results, indent=1))
     report = (tmp / "all_pairs.md").read_text().replace("auc_grid.png",
@@ -58,8 +59,9 @@ def main(argv=None):
                       f"{r['choice']['routing']} |")
     (out / "novelty-choices.md").write_text(report + "\n".join(rounds) + "\n")
     (tmp / "auc_grid.png").replace(out / "novelty-choices-auc.png")
-    for name in ("all_pairs.md", "all_pairs.json"):   # of the subset; WORK/pairs stays
+    for name in ("all_pairs.md", "all_pairs.json"):
         (tmp / name).unlink()
+    tmp.rmdir()
     print(f"wrote {out}/novelty-choices.md")
 
 

@@ -50,10 +50,10 @@ def pair_measures(model, X_te, y_te) -> dict:
 
 
 def run_all_pairs(dataset="fashion-mnist", *, data_dir=None, seed=0, st: Settings, out,
-                  backend="auto", progress=False, pairs=None, log=print) -> dict:
+                  backend="auto", progress=False, pairs=None, kept=None, log=print) -> dict:
     """Fit and measure the default model for every pair (or ``pairs``); writes
     ``out/all_pairs.json``, ``out/all_pairs.md`` and ``out/auc_grid.png`` and returns the
-    results."""
+    results. Each pair's row is kept in the folder ``kept`` (default ``out/pairs``)."""
     from ..._platform import machine_description
     from ...embeddings import load_glove_50d
     from ..datasets import load_dataset
@@ -70,15 +70,15 @@ def run_all_pairs(dataset="fashion-mnist", *, data_dir=None, seed=0, st: Setting
     out.mkdir(parents=True, exist_ok=True)
     # Each pair's row is kept as it is measured, so a stopped run resumes where it was and
     # a subset run (the sweep's six) counts towards the whole grid.
-    done = out / "pairs"
-    done.mkdir(exist_ok=True)
+    done = Path(kept) if kept is not None else out / "pairs"
+    done.mkdir(parents=True, exist_ok=True)
     key = json.loads(json.dumps({"dataset": dataset, "seed": seed,  # as a kept file reads
                                  "settings": asdict(sweep)}))
     rows = []
     for pair in pairs:
         kept = done / ("--".join(sorted(pair, key=names.index)) + ".json")  # either order
         if kept.exists() and json.loads(kept.read_text())["key"] == key:
-            rows.append(json.loads(kept.read_text())["row"])
+            rows.append({**json.loads(kept.read_text())["row"], "pair": list(pair)})
             log(f"  {pair[0]} / {pair[1]}: kept from {kept}")
             continue
         t = time.perf_counter()
@@ -189,9 +189,13 @@ def all_pairs_report(results) -> str:
         "",
         f"- Machine: {results['machine']}; load average before {results['load_average_before']},"
         f" after {results['load_average_after']}.",
-        f"- Date {results['date']}; wall time {results['wall_seconds']} s; "
-        f"{results['settings']['sweep_per_class']} training images per seen class, "
-        f"{results['settings']['centroids']} centroids, stride {results['settings']['stride']}.",
+        f"- Date {results['date']}; {sum(r['seconds'] for r in rows):.0f} s of fitting and "
+        f"measuring over the pairs (each pair's seconds below; rows kept from earlier runs "
+        f"keep theirs); {results['settings']['sweep_per_class']} training images per seen "
+        f"class, {results['settings']['centroids']} centroids, stride "
+        f"{results['settings']['stride']}.",
+        f"- This call: {results['wall_seconds']} s; "
+        "the load average of each pair's end is in the JSON.",
         "- Per pair, everything (features, mapping, softmax, and every choice of the novelty "
         "gate, on pseudo-unseen rounds of the seen classes) is fitted without the pair; the "
         "numbers are then measured once on all test images. No number below took part in "
