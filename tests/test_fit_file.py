@@ -228,7 +228,7 @@ class _Stop(Exception):
                     reason="the self-join schedule runs the cython kernels' self-join")
 def test_a_stopped_self_join_goes_on_from_its_saved_lists_to_the_same_model(
         data, tmp_path, monkeypatch):
-    import fastzsl.fitting as fitting
+    import fastzsl.fitting._loop as fitting  # the self-join's module
 
     folder, X, _, _ = data
     estimator = LoOP(n_neighbors=10, backend="cython")
