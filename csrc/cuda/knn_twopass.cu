@@ -53,6 +53,30 @@ __device__ __forceinline__ long long at(int seg, int slot, int L, long long n_q,
 // and updates the cut-off (the L-th entry, +inf until the list is full).
 FASTZSL_DYNAMIC_SHARED(filter_smem);
 
+// Merge a column of n_cand candidates (bounds s_bs, indices s_bi; -1: none) into the sorted
+// list of L (s_ls, s_li) of column col, all in shared memory with a column stride; returns
+// the list's new last bound. Ties keep the earlier entry: only strictly larger ones move up.
+__device__ __forceinline__ double merge_candidates(double* s_ls, int* s_li, const double* s_bs,
+                                                   const int* s_bi, int n_cand, int L,
+                                                   int stride, int col) {
+    double worst = s_ls[(L - 1) * stride + col];
+    for (int b = 0; b < n_cand; ++b) {
+        const int idx = s_bi[b * stride + col];
+        const double lo = s_bs[b * stride + col];
+        if (idx < 0 || !(lo < worst)) continue;
+        int pos = L - 1;  // shift strictly larger entries up; the last one drops out
+        while (pos > 0 && lo < s_ls[(pos - 1) * stride + col]) {
+            s_ls[pos * stride + col] = s_ls[(pos - 1) * stride + col];
+            s_li[pos * stride + col] = s_li[(pos - 1) * stride + col];
+            --pos;
+        }
+        s_ls[pos * stride + col] = lo;
+        s_li[pos * stride + col] = idx;
+        worst = s_ls[(L - 1) * stride + col];
+    }
+    return worst;
+}
+
 __device__ void filter(const float* __restrict__ G, long long tq, long long tr, long long q0,
                        long long r0, const double* __restrict__ qn,
                        const double* __restrict__ rn, double w, const double* __restrict__ a,
@@ -109,23 +133,7 @@ __device__ void filter(const float* __restrict__ G, long long tq, long long tr, 
         }
         __syncthreads();
         if (lane == 0 && active) {
-            double worst = s_ls[(L - 1) * qb + ql];
-            for (int b = 0; b < B; ++b) {
-                const int idx = s_bi[b * qb + ql];
-                const double lo = s_bs[b * qb + ql];
-                if (idx < 0 || !(lo < worst)) continue;
-                // Shift strictly larger entries up; the last one drops out.
-                int pos = L - 1;
-                while (pos > 0 && lo < s_ls[(pos - 1) * qb + ql]) {
-                    s_ls[pos * qb + ql] = s_ls[(pos - 1) * qb + ql];
-                    s_li[pos * qb + ql] = s_li[(pos - 1) * qb + ql];
-                    --pos;
-                }
-                s_ls[pos * qb + ql] = lo;
-                s_li[pos * qb + ql] = idx;
-                worst = s_ls[(L - 1) * qb + ql];
-            }
-            s_cut[ql] = worst;
+            s_cut[ql] = merge_candidates(s_ls, s_li, s_bs, s_bi, B, L, qb, ql);
         }
         __syncthreads();
     }
@@ -239,22 +247,7 @@ __device__ void fused(const float* __restrict__ Q32, const float* __restrict__ R
         }
         __syncthreads();
         if (tid < QB && c0 + tid < n_q) {
-            double worst = s_ls[(L - 1) * QB + tid];
-            for (int b = 0; b < RB; ++b) {
-                const int idx = s_bi[b * QB + tid];
-                const double lo = s_bs[b * QB + tid];
-                if (idx < 0 || !(lo < worst)) continue;
-                int pos = L - 1;  // shift strictly larger entries up; the last drops out
-                while (pos > 0 && lo < s_ls[(pos - 1) * QB + tid]) {
-                    s_ls[pos * QB + tid] = s_ls[(pos - 1) * QB + tid];
-                    s_li[pos * QB + tid] = s_li[(pos - 1) * QB + tid];
-                    --pos;
-                }
-                s_ls[pos * QB + tid] = lo;
-                s_li[pos * QB + tid] = idx;
-                worst = s_ls[(L - 1) * QB + tid];
-            }
-            s_cut[tid] = worst;
+            s_cut[tid] = merge_candidates(s_ls, s_li, s_bs, s_bi, RB, L, QB, tid);
         }
     }
     __syncthreads();
