@@ -341,10 +341,15 @@ def search_chunk(job: LoopJob, index: int, start: int, stop: int) -> int:
     searcher = _searcher(job)
     with thread_limits(job.n_jobs, backend=job.backend, knn=job.method):
         D, I = searcher.search(start, stop)
-    lists = np.empty(stop - start, dtype=_lists_dtype(job))
+    _write_lists(job, index, D, I)
+    return stop - start
+
+
+def _write_lists(job: LoopJob, index: int, D, I) -> None:
+    """Chunk ``index``'s kNN lists, written atomically (read back by ``_read_lists``)."""
+    lists = np.empty(len(D), dtype=_lists_dtype(job))
     lists["D"], lists["I"] = D, I
     write_atomically(job.lists_path(index), lambda f: np.save(f, lists, allow_pickle=False))
-    return stop - start
 
 
 def _self_join(job: LoopJob, todo, bar, log) -> bool:
@@ -381,10 +386,7 @@ def _self_join(job: LoopJob, todo, bar, log) -> bool:
     D, I = result
     for chunk in todo:
         rows = slice(chunk.row, chunk.row + chunk.n_rows)
-        lists = np.empty(chunk.n_rows, dtype=_lists_dtype(job))
-        lists["D"], lists["I"] = D[rows], I[rows]
-        write_atomically(job.lists_path(chunk.index),
-                         lambda f: np.save(f, lists, allow_pickle=False))
+        _write_lists(job, chunk.index, D[rows], I[rows])
     state_path.unlink(missing_ok=True)
     bar.update(job.n_rows - bar.n)
     return True
