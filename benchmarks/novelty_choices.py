@@ -2,10 +2,11 @@
 
 Nothing here chooses a default. The novelty gate makes every choice itself at fit time, on
 pseudo-unseen rounds of the seen classes of the user's own data: the calibration (each
-detector alone, or the logistic stack with class-agnostic features; the rounds' out-of-
-round log loss decides), the hard-routing threshold (``max_false_alarm``, then the best
-harmonic mean of both routings) and soft or hard routing for ``predict`` (the rounds'
-GZSL H). This script fits the default model with each pair of the sweep held out and
+detector alone, or the logistic stack or equal-weight mean of the detectors' scores and
+class-agnostic features; the out-of-round log loss on the worst round decides, by the
+rule ``novelty_rules.py`` chose on development pairs), the hard-routing threshold
+(``max_false_alarm``, then the best harmonic mean of both routings) and soft or hard
+routing for ``predict`` (the rounds' GZSL H). This script fits the default model with each pair of the sweep held out and
 reports, per pair, what the rounds measured, what the gate chose, and then, once, the
 numbers of the chosen model on the test images, which took no part in any choice.
 
@@ -44,16 +45,22 @@ def main(argv=None):
     (out / "novelty-choices.json").write_text(json.dumps(results, indent=1))
     report = (tmp / "all_pairs.md").read_text().replace("auc_grid.png",
                                                         "novelty-choices-auc.png")
-    rounds = ["", "## What the rounds measured (log loss of each candidate, out of round; "
-              "H of soft and hard routing)", "",
-              "| unseen pair | " + " | ".join(["log loss: candidates", "chosen",
-                                                "H soft / hard", "routing"]) + " |",
-              "|---|---|---|---|---|"]
+    rounds = ["", "## What the rounds measured", "",
+              "Log loss of each candidate, each round scored by a fit on the others, over all "
+              "rounds and on its worst round (the worst round decides, among candidates whose "
+              "log loss over all rounds beats the constant share's); H of soft and hard "
+              "routing.", "",
+              "| unseen pair | " + " | ".join(["log loss: all rounds", "worst round",
+                                                "constant", "chosen", "H soft / hard",
+                                                "routing"]) + " |",
+              "|---|---|---|---|---|---|---|"]
     for r in results["pairs"]:
         c = r["choice"]["rounds"]
         losses = ", ".join(f"{k} {v:.3f}" for k, v in c["log_loss"].items())
+        worst = ", ".join(f"{k} {v:.3f}" for k, v in c.get("worst_round_log_loss", {}).items())
         h = c.get("harmonic_mean", {})
-        rounds.append(f"| {r['pair'][0]} / {r['pair'][1]} | {losses} | "
+        rounds.append(f"| {r['pair'][0]} / {r['pair'][1]} | {losses} | {worst or '-'} | "
+                      f"{c.get('constant_log_loss', float('nan')):.3f} | "
                       f"{r['choice']['calibration']} | "
                       f"{h.get('soft', float('nan')):.3f} / {h.get('hard', float('nan')):.3f} | "
                       f"{r['choice']['routing']} |")

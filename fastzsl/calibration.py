@@ -1,6 +1,6 @@
-"""P(unseen | x) calibrated without unseen images: pseudo-unseen rounds, a monotone map or
-a logistic stack of several scores, the log loss that chooses between them, and a routing
-threshold.
+"""P(unseen | x) calibrated without unseen images: pseudo-unseen rounds, a monotone map of
+one score, a logistic stack or an equal-weight mean of several, the log loss that chooses
+between them, and a routing threshold.
 
 A novelty detector's score is not a probability (LoOP's is near 0 for typical points by
 design, the Gaussian detector's is a training-set rank). The zero-shot model turns it into
@@ -157,10 +157,9 @@ def check_false_alarm(rate) -> float:
     return float(rate)
 
 
-class StackCalibrator:
-    """A logistic model on several scores: P(unseen | x) = 1 / (1 + exp(-(b + sum_j a_j
-    z_j))), z_j each score standardised (scores in [0, 1], ``columns``, first as logits),
-    fitted with a little L2 (C=1) so correlated scores stay stable."""
+class _StandardisedScores:
+    """Scores (columns of X) put on one scale: the ``columns`` that are probabilities in
+    [0, 1] as logits, then each standardised by the mean and spread of the fit."""
 
     def __init__(self, columns=()):
         self.columns = list(columns)
@@ -176,6 +175,12 @@ class StackCalibrator:
 
     def _probability_columns(self, X):
         return [j for j in self.columns if j < X.shape[1]]
+
+
+class StackCalibrator(_StandardisedScores):
+    """A logistic model on several scores: P(unseen | x) = 1 / (1 + exp(-(b + sum_j a_j
+    z_j))), z_j each score standardised (scores in [0, 1], ``columns``, first as logits),
+    fitted with a little L2 (C=1) so correlated scores stay stable."""
 
     def fit(self, X, is_unseen, sample_weight=None):
         from sklearn.linear_model import LogisticRegression
@@ -201,6 +206,35 @@ class StackCalibrator:
         for name in ("coef", "mean", "scale"):
             setattr(stack, name + "_", np.asarray(arrays[name], dtype=np.float64))
         return stack
+
+
+class MeanCalibrator(_StandardisedScores):
+    """An isotonic map of the equal-weight mean of several standardised scores (as in
+    :class:`StackCalibrator`). No weight is learnt from the rounds, so a score whose
+    separation the rounds overrate cannot take the combination over (``docs/method.md``
+    section 4c)."""
+
+    def fit(self, X, is_unseen, sample_weight=None):
+        mean = self._z(X, fit=True).mean(axis=1)
+        self.map_ = ScoreCalibrator("isotonic").fit(mean, is_unseen, sample_weight)
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """P(unseen | x), float64 in [0, 1]."""
+        return self.map_.transform(self._z(X).mean(axis=1))
+
+    def _export(self):
+        return {"columns": self.columns}, \
+            {"mean": self.mean_, "scale": self.scale_, "points": self.map_.points_}
+
+    @classmethod
+    def _restore(cls, meta, arrays):
+        calibrator = cls(meta["columns"])
+        calibrator.mean_ = np.asarray(arrays["mean"], dtype=np.float64)
+        calibrator.scale_ = np.asarray(arrays["scale"], dtype=np.float64)
+        calibrator.map_ = ScoreCalibrator._restore({"method": "isotonic"},
+                                                   {"points": arrays["points"]})
+        return calibrator
 
 
 def log_loss(p, is_unseen, sample_weight=None) -> float:

@@ -22,11 +22,16 @@ mapping and a seen softmax) on 80% of the other classes' images and scores the o
 (pseudo-seen) and the held-out classes' images (pseudo-unseen). On these scores, and on
 nothing else, the gate chooses
 
-- the calibration: each detector alone with a monotone (isotonic) map, or a logistic
-  *stack* of all detectors' scores and two class-agnostic features (the seen softmax's
-  top probability, and how much nearer the mapped image lies to the nearest unseen class
-  vector than to the nearest seen one: COSMO, Atzmon & Chechik, CVPR 2019); whichever has
-  the lowest log loss on rounds it was not fitted on (leave one round out);
+- the calibration: each detector alone with a monotone (isotonic) map, or a combination of
+  all detectors' scores and two class-agnostic features (the seen softmax's top
+  probability, and how much nearer the mapped image lies to the nearest unseen class
+  vector than to the nearest seen one: COSMO, Atzmon & Chechik, CVPR 2019), either a
+  logistic *stack* or the isotonic map of their equal-weight *mean*: among those whose
+  log loss over all rounds beats the constant share's, the one with the lowest log loss
+  on its worst round, each round scored by a fit on the other rounds (leave one round
+  out). The worst round, not the mean over rounds, because the rounds flatter some
+  scores: the features were learnt with the pseudo-unseen classes' images, which real
+  unseen classes never are, and that inflates the semantic-space scores most;
 - the hard-routing threshold (at most ``max_false_alarm`` of the pseudo-seen images sent
   to the unseen branch, then the best harmonic mean of both routings);
 - soft (Eq. 2) or hard routing for ``predict``: whichever gives the higher GZSL H on the
@@ -45,13 +50,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._model_files import SaveMixin, pack_parts, unpack_part
 from ._validation import as_float_matrix, check_option
-from .calibration import (ScoreCalibrator, StackCalibrator, check_false_alarm, check_prior,
-                          log_loss, prior_weights, pseudo_unseen_rounds, routing_threshold,
-                          validation_split)
+from .calibration import (MeanCalibrator, ScoreCalibrator, StackCalibrator, check_false_alarm,
+                          check_prior, log_loss, prior_weights, pseudo_unseen_rounds,
+                          routing_threshold, validation_split)
 
 SPACES = ("pca", "semantic", "features")
 FIT_MODES = ("training", "crossfit")
-CALIBRATIONS = ("auto", "isotonic", "platt", "stack")
+CALIBRATIONS = ("auto", "isotonic", "platt", "stack", "mean")
+# Calibrators that read every column of the features, not one detector's score.
+COMBINED = {"stack": StackCalibrator, "mean": MeanCalibrator}
 ROUTINGS = ("auto", "soft", "hard")
 AGNOSTIC = ("seen_confidence", "unseen_proximity")
 # Where each shorthand's detector works: LoOP in a PCA of the image features, the
@@ -60,6 +67,9 @@ SHORTHANDS = ("loop", "gaussian")
 # The paper's detectors are uncalibrated: LoOP's probability, near 0 for typical points,
 # goes into the soft Eq. 2; the Gaussian detector's training-set rank is thresholded.
 PAPER_ROUTING = {"loop": "soft", "gaussian": "hard"}
+# How the rounds choose the calibration; results measured under another rule are stale.
+CHOICE_RULE = "lowest worst-round log loss among candidates beating the constant share; " \
+    "candidates: isotonic per detector, stack, mean"
 REFERENCE_PRIOR = 0.5  # what the calibrators are fitted at
 SCORE_EPS = 1e-4       # scores in [0, 1] are clipped to [eps, 1 - eps] before a logit
 ROUND_MAX_PER_CLASS = 1000  # images per class that train a round's mapping and softmax
@@ -253,15 +263,16 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         images; the detector gets the word vectors as class means) or ``"features"`` (the
         image features). ``"auto"``: LoOP in the PCA space and the Gaussian detector in the
         semantic space (:func:`shorthand_detector`).
-    calibration : {"auto", "isotonic", "platt", "stack"} or None, default="auto"
-        ``"auto"``: the rounds' leave-one-round-out log loss chooses between each detector
-        alone (isotonic) and the stack; ``"isotonic"``/``"platt"``: the first detector
-        alone; ``"stack"``: the logistic stack; None: the first detector's raw score,
-        uncalibrated (the paper).
+    calibration : {"auto", "isotonic", "platt", "stack", "mean"} or None, default="auto"
+        ``"auto"``: the rounds' leave-one-round-out log loss (of the worst round) chooses
+        between each detector alone (isotonic), the stack and the mean;
+        ``"isotonic"``/``"platt"``: the first detector alone; ``"stack"``: the logistic
+        stack; ``"mean"``: the isotonic map of the scores' equal-weight mean; None: the
+        first detector's raw score, uncalibrated (the paper).
     class_agnostic : bool, default=True
-        Offer the stack the seen softmax's top probability and the mapped image's nearness
-        to the unseen class vectors against the seen ones (needs the zero-shot model's
-        mapping and softmax).
+        Offer the stack and the mean the seen softmax's top probability and the mapped
+        image's nearness to the unseen class vectors against the seen ones (needs the
+        zero-shot model's mapping and softmax).
     unseen_prior : float, optional
         The unseen share P(unseen | x) assumes; default: the share of unseen classes among
         all classes. Takes effect without refitting.
@@ -285,9 +296,9 @@ class NoveltyGate(SaveMixin, BaseEstimator):
     ----------
     channels_ : list of (name, space, projection or None, fitted detector)
     calibration_ : str
-        The calibration chosen ("isotonic <detector>", "platt <detector>", "stack" or
-        "none").
-    calibrator_ : ScoreCalibrator, StackCalibrator or None
+        The calibration chosen ("isotonic <detector>", "platt <detector>", "stack",
+        "mean" or "none").
+    calibrator_ : ScoreCalibrator, StackCalibrator, MeanCalibrator or None
     reference_prior_ : float
         The unseen share ``calibrator_`` estimates P(unseen | x) at (1/2; older files:
         their prior).
@@ -386,7 +397,7 @@ class NoveltyGate(SaveMixin, BaseEstimator):
                              "and class vectors")
         self.classes_ = classes
         self.default_prior_ = n_unseen / (len(classes) + n_unseen)
-        self.agnostic_ = bool(self.class_agnostic and self.calibration in ("auto", "stack")
+        self.agnostic_ = bool(self.class_agnostic and self.calibration in ("auto", *COMBINED)
                               and mapper is not None and seen_classifier is not None
                               and scene.unseen_vectors is not None)
         self.seen_vectors_ = scene.seen_vectors if self.agnostic_ else None
@@ -506,15 +517,15 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         if self.calibration == "auto":
             cands = {f"isotonic {name}": (i,) for i, name in enumerate(names)}
             if n > 1 or self.agnostic_:
-                cands["stack"] = None
+                cands.update(dict.fromkeys(COMBINED))
             return cands
-        if self.calibration == "stack":
-            return {"stack": None}
+        if self.calibration in COMBINED:
+            return {self.calibration: None}
         return {f"{self.calibration} {names[0]}": (0,)}
 
     def _new_calibrator(self, name, n_cols):
-        if name == "stack":
-            return StackCalibrator(columns=list(range(len(self.channels_))))
+        if name in COMBINED:
+            return COMBINED[name](columns=list(range(len(self.channels_))))
         method, _ = name.split(" ", 1)
         return ScoreCalibrator(method)
 
@@ -525,14 +536,14 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         return calibrator.fit(x, is_unseen, sample_weight=weights)
 
     def _choose(self, rounds):
-        """The calibration with the lowest out-of-round log loss, then the routing
-        threshold and soft or hard, all on the rounds."""
+        """The calibration with the lowest out-of-round log loss on its worst round, then
+        the routing threshold and soft or hard, all on the rounds."""
         feats = np.vstack([r["features"] for r in rounds])
         is_unseen = np.concatenate([r["is_unseen"] for r in rounds])
         which = np.concatenate([np.full(r["is_unseen"].size, i) for i, r in enumerate(rounds)])
         prior = self.prior()
         weights = prior_weights(is_unseen, prior)
-        losses, held_p = {}, {}
+        losses, worst, held_p = {}, {}, {}
         for name, cols in self._candidates().items():
             p = np.empty(is_unseen.size)
             if len(rounds) > 1:
@@ -550,7 +561,14 @@ class NoveltyGate(SaveMixin, BaseEstimator):
             ok = ~np.isnan(p)
             held_p[name] = at_prior(np.where(ok, p, 0.5), REFERENCE_PRIOR, prior)
             losses[name] = log_loss(held_p[name][ok], is_unseen[ok], weights[ok])
-        best = min(losses, key=losses.get)
+            worst[name] = max(_round_log_losses(held_p[name], is_unseen, which, ok, prior),
+                              default=losses[name])
+        # Only a candidate that beats the constant share over all rounds competes: a
+        # constant-like one (a useless score) would otherwise win every worst round. If
+        # none does, the loss over all rounds decides.
+        constant = log_loss(np.full(is_unseen.size, prior), is_unseen, weights)
+        competing = {k: v for k, v in worst.items() if losses[k] < constant}
+        best = min(competing, key=competing.get) if competing else min(losses, key=losses.get)
         cols = self._candidates()[best]
         self.calibration_ = best
         self.calibrator_ = self._fit_calibrator(best, cols, feats, is_unseen)
@@ -558,6 +576,8 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         t = routing_threshold(p_in, is_unseen, self.max_false_alarm)
         self.routing_threshold_ = t
         self.choice_ = {"log_loss": {k: float(v) for k, v in losses.items()},
+                        "worst_round_log_loss": {k: float(v) for k, v in worst.items()},
+                        "constant_log_loss": float(constant),
                         "false_alarm": float((p_in[~is_unseen] > t).mean()),
                         "detection": float((p_in[is_unseen] > t).mean()),
                         "prior": prior, "n_rounds": len(rounds),
@@ -594,14 +614,14 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         feats = self.raw_scores(X, F, p_seen)
         if self.calibrator_ is None:
             return feats[:, 0]
-        x = feats if isinstance(self.calibrator_, StackCalibrator) else \
+        x = feats if self.calibration_ in COMBINED else \
             feats[:, self.score_column_]
         p = self.calibrator_.transform(x)
         return at_prior(p, self.reference_prior_, self.prior() if prior is None else prior)
 
     @property
     def score_column_(self):
-        if self.calibration_ in ("none", "stack"):
+        if self.calibration_ == "none" or self.calibration_ in COMBINED:
             return 0
         name = self.calibration_.split(" ", 1)[1]
         return [c[0] for c in self.channels_].index(name)
@@ -659,7 +679,7 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         gate.channels_ = channels
         gate.classes_ = np.array(meta["classes"])
         gate.calibration_, gate.routing_ = meta["calibration"], meta["routing"]
-        calibrator = {"ScoreCalibrator": ScoreCalibrator, "StackCalibrator": StackCalibrator}
+        calibrator = {c.__name__: c for c in (ScoreCalibrator, *COMBINED.values())}
         gate.calibrator_ = calibrator[meta["calibrator_kind"]]._restore(
             *unpack_part(meta, arrays, "calibrator")) if "calibrator" in meta else None
         gate.reference_prior_ = meta["reference_prior"]
@@ -718,6 +738,18 @@ def _nearest_gaussian(F, W, variance):
     L = -d2 / (2 * variance)
     p = np.exp(L - L.max(1, keepdims=True))
     return p / p.sum(1, keepdims=True)
+
+
+def _round_log_losses(p, is_unseen, which, ok, prior):
+    """Each round's log loss of ``p`` (rows ``ok``), weighted to ``prior`` within the
+    round; rounds without both kinds of rows are left out."""
+    out = []
+    for i in np.unique(which):
+        rows = (which == i) & ok
+        if is_unseen[rows].any() and not is_unseen[rows].all():
+            out.append(log_loss(p[rows], is_unseen[rows],
+                                prior_weights(is_unseen[rows], prior)))
+    return out
 
 
 def _routing_h(rounds, p_unseen, threshold):

@@ -17,7 +17,7 @@ already 0 or 1.
 P(unseen | x) comes from a :class:`fastzsl.novelty_gate.NoveltyGate`, an estimator object
 of its own: by default LoOP in a PCA of the image features and the Gaussian detector in the
 semantic space, calibrated on pseudo-unseen rounds of the seen classes, which also choose
-between one detector and a logistic stack with class-agnostic features, the hard-routing
+between one detector and a combination with class-agnostic features, the hard-routing
 threshold and soft or hard routing for ``predict`` (``docs/method.md`` section 4c). No
 unseen image takes part in any of these choices. ``predict_proba`` is the calibrated Eq. 2
 mixture; ``unseen_prior`` states the unseen share and takes effect without refitting.

@@ -439,9 +439,12 @@ def test_default_gate_makes_its_choices_on_the_rounds(world, fitted):
     """Calibration, routing and threshold are what the rounds' measurements say."""
     _, _, _, X_test, y_test = world
     gate = fitted.gate_
-    losses = gate.choice_["log_loss"]
-    assert set(losses) == {"isotonic loop", "isotonic gaussian", "stack"}
-    assert gate.calibration_ == min(losses, key=losses.get)
+    worst = gate.choice_["worst_round_log_loss"]
+    assert set(worst) == set(gate.choice_["log_loss"]) == {
+        "isotonic loop", "isotonic gaussian", "stack", "mean"}
+    losses, constant = gate.choice_["log_loss"], gate.choice_["constant_log_loss"]
+    competing = {k: v for k, v in worst.items() if losses[k] < constant}
+    assert gate.calibration_ == min(competing, key=competing.get)
     h = gate.choice_["harmonic_mean"]
     assert fitted.combine_ == gate.routing_ == max(h, key=h.get)
     assert fitted.proba_combine_ == "soft"

@@ -56,6 +56,7 @@ def run_all_pairs(dataset="fashion-mnist", *, data_dir=None, seed=0, st: Setting
     results. Each pair's row is kept in the folder ``kept`` (default ``out/pairs``)."""
     from ..._platform import machine_description
     from ...embeddings import load_glove_50d
+    from ...novelty_gate import CHOICE_RULE
     from ..datasets import load_dataset
     from ..experiment import fit_detectors
     from .experiments import prepare_seed
@@ -73,7 +74,7 @@ def run_all_pairs(dataset="fashion-mnist", *, data_dir=None, seed=0, st: Setting
     done = Path(kept) if kept is not None else out / "pairs"
     done.mkdir(parents=True, exist_ok=True)
     key = json.loads(json.dumps({"dataset": dataset, "seed": seed,  # as a kept file reads
-                                 "settings": asdict(sweep)}))
+                                 "settings": asdict(sweep), "choice_rule": CHOICE_RULE}))
     rows = []
     for pair in pairs:
         kept = done / ("--".join(sorted(pair, key=names.index)) + ".json")  # either order

@@ -96,7 +96,7 @@ def header_section(results) -> list:
         f"unless stated); LoOP k = {st['n_neighbors']}, lambda = 3. Novelty detection three "
         "ways on one mapping and softmax: the **default** novelty gate (LoOP in a 50-d PCA of "
         "the features and the Gaussian detector in the semantic space; calibration, single "
-        "detector or stack, threshold and routing all chosen on seen classes held out in "
+        "detector or combination, threshold and routing all chosen on seen classes held out in "
         "turn as pseudo-unseen; prior n_unseen / n_classes; no unseen image used), and the "
         "paper's LoOP "
         "and Gaussian detector (paper rule: unseen iff every class's log-likelihood is "
