@@ -35,16 +35,20 @@ def main(argv=None):
                         help="folder whose pairs/ holds the per-pair rows, shared with "
                              "`fastzsl reproduce --all-pairs --out WORK`: rows measured by "
                              "either are reused")
+    parser.add_argument("--clean-rounds", action="store_true",
+                        help="the gate's rounds learn the features again without their "
+                             "held-out classes (writes novelty-choices-clean-rounds.*)")
     args = parser.parse_args(argv)
     pairs = [tuple(p.split(",")) for p in args.pairs] if args.pairs else \
         list(PAIRS["fashion-mnist"])
-    tmp = Path(args.out) / "novelty-choices.d"
+    name = "novelty-choices-clean-rounds" if args.clean_rounds else "novelty-choices"
+    tmp = Path(args.out) / f"{name}.d"
+    kept = Path(args.work) / ("pairs-clean-rounds" if args.clean_rounds else "pairs")
     results = run_all_pairs("fashion-mnist", st=settings_for("fashion-mnist", args.quick),
-                            out=tmp, pairs=pairs, kept=Path(args.work) / "pairs")
+                            out=tmp, pairs=pairs, kept=kept, clean_rounds=args.clean_rounds)
     out = Path(args.out)
-    (out / "novelty-choices.json").write_text(json.dumps(results, indent=1))
-    report = (tmp / "all_pairs.md").read_text().replace("auc_grid.png",
-                                                        "novelty-choices-auc.png")
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    report = (tmp / "all_pairs.md").read_text().replace("auc_grid.png", f"{name}-auc.png")
     rounds = ["", "## What the rounds measured", "",
               "Log loss of each candidate, each round scored by a fit on the others, over all "
               "rounds and on its worst round (the worst round decides, among candidates whose "
@@ -64,12 +68,12 @@ def main(argv=None):
                       f"{r['choice']['calibration']} | "
                       f"{h.get('soft', float('nan')):.3f} / {h.get('hard', float('nan')):.3f} | "
                       f"{r['choice']['routing']} |")
-    (out / "novelty-choices.md").write_text(report + "\n".join(rounds) + "\n")
-    (tmp / "auc_grid.png").replace(out / "novelty-choices-auc.png")
+    (out / f"{name}.md").write_text(report + "\n".join(rounds) + "\n")
+    (tmp / "auc_grid.png").replace(out / f"{name}-auc.png")
     for name in ("all_pairs.md", "all_pairs.json"):
         (tmp / name).unlink()
     tmp.rmdir()
-    print(f"wrote {out}/novelty-choices.md")
+    print(f"wrote {out}/{name}.md")
 
 
 if __name__ == "__main__":

@@ -375,13 +375,18 @@ class NoveltyGate(SaveMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y, *, seen_vectors=None, unseen_vectors=None, mapper=None,
-            seen_classifier=None, n_unseen=None, F=None):
+            seen_classifier=None, n_unseen=None, F=None, round_features=None):
         """Fit the gate on images X of the seen classes y (names).
 
         ``seen_vectors`` (in ``np.unique(y)`` order) and ``unseen_vectors``, ``mapper`` and
         ``seen_classifier`` (fitted on X, y) come from the zero-shot model; a round trains
         clones of them. ``n_unseen``: how many classes a round holds out (default: the
         number of unseen vectors). ``F``: ``mapper.transform(X)`` if known.
+
+        ``round_features(held_out)``, optional: the features of X's rows learnt again
+        without the images of the classes ``held_out`` (a list of names). A round then uses
+        them, so its pseudo-unseen classes are as foreign to the features as a real unseen
+        class is (``docs/method.md`` section 4c); without it every round uses X.
         """
         specs = self._check_params()
         X = as_float_matrix(X, "X", dtype=np.float32)
@@ -412,7 +417,7 @@ class NoveltyGate(SaveMixin, BaseEstimator):
             self.routing_ = self.routing if self.routing != "auto" else (
                 "hard" if hasattr(self.channels_[0][3], "default_threshold") else "soft")
             return self
-        rounds = self._round_scores(specs, X, codes, classes, scene, n_unseen)
+        rounds = self._round_scores(specs, X, codes, classes, scene, n_unseen, round_features)
         self._choose(rounds)
         return self
 
@@ -448,7 +453,7 @@ class NoveltyGate(SaveMixin, BaseEstimator):
             Z[rows] = m.fit(X[~rows], codes[~rows], W).transform(X[rows])
         return Z
 
-    def _round_scores(self, specs, X, codes, classes, scene, n_unseen):
+    def _round_scores(self, specs, X_all, codes, classes, scene, n_unseen, round_features=None):
         """Per round: the feature matrix (see :meth:`_features`) of its pseudo-seen and
         pseudo-unseen images, which are pseudo-unseen, and what soft/hard routing needs."""
         groups = pseudo_unseen_rounds(len(classes), n_unseen, n_rounds=self.rounds,
@@ -459,6 +464,8 @@ class NoveltyGate(SaveMixin, BaseEstimator):
             and scene.seen_vectors is not None
         out = []
         for r, held_out in enumerate(groups):
+            X = X_all if round_features is None else _relearnt(
+                round_features, classes[held_out].tolist(), X_all.shape)
             is_held = np.isin(codes, held_out)
             rest = np.flatnonzero(~is_held)
             is_val = validation_split(codes[rest], random_state=self.random_state + r)
@@ -705,6 +712,15 @@ def class_agnostic_features(F, p_seen, seen_vectors, unseen_vectors):
         return np.maximum(d2.min(axis=1), 1e-12)
 
     return [logit(1.0 - top, 1e-9), np.log(nearest(seen_vectors)) - np.log(nearest(unseen_vectors))]
+
+
+def _relearnt(round_features, held_out, shape):
+    """``round_features(held_out)``, checked to be features of the same rows as X."""
+    X = as_float_matrix(round_features(held_out), "round_features(...)", dtype=np.float32)
+    if X.shape != shape:
+        raise ValueError(f"round_features({held_out}) returned shape {X.shape}; it must give "
+                         f"the features of the same rows as X, shape {shape}")
+    return X
 
 
 def _round_copy(estimator, r):

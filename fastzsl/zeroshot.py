@@ -189,7 +189,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         return clone(self.seen_classifier)
 
     @uses_n_jobs
-    def fit(self, X, y):
+    def fit(self, X, y, *, round_features=None):
         """Train on images of the seen classes.
 
         Parameters
@@ -198,6 +198,11 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             Image features.
         y : array-like of str, shape (n,)
             Seen class names; none may be an unseen class.
+        round_features : callable, optional
+            ``round_features(held_out)`` -> the features of X's rows learnt again without
+            the images of the seen classes ``held_out`` (names): the novelty gate's
+            pseudo-unseen rounds then see their held-out classes as foreign to the
+            features as a real unseen class is (:meth:`NoveltyGate.fit`).
         """
         unseen = self._check_params()
         X = as_float_matrix(X, "X", dtype=np.float32)
@@ -219,13 +224,13 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         self.mapper_ = self._new_mapper().fit(X, codes, W_seen)
         self.seen_classifier_ = self._new_seen_classifier().fit(X, y)
         self.n_features_in_ = X.shape[1]
-        return self._fit_novelty(X, y)
+        return self._fit_novelty(X, y, round_features)
 
     @uses_n_jobs
-    def refit_novelty(self, X, y, **params):
+    def refit_novelty(self, X, y, *, round_features=None, **params):
         """Set parameters and refit only the novelty gate (and the unseen variance),
         keeping the trained mapping and softmax: a cheap way to compare gates on one
-        model. ``X, y`` are the training data given to ``fit``.
+        model. ``X, y`` (and ``round_features``) are those given to ``fit``.
 
         >>> paper = copy.deepcopy(model).refit_novelty(X, y, novelty=paper_gate())  # doctest: +SKIP
         """
@@ -241,9 +246,9 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         y = self._check_labels(y, X.shape[0])
         if np.isin(y, self.unseen_classes_).any():
             raise ValueError("y contains unseen classes: pass the training data given to fit")
-        return self._fit_novelty(X, y)
+        return self._fit_novelty(X, y, round_features)
 
-    def _fit_novelty(self, X, y):
+    def _fit_novelty(self, X, y, round_features=None):
         """The novelty gate, fitted on the seen classes alone, and the unseen classes'
         shared variance."""
         codes = np.searchsorted(self.seen_classes_, y)
@@ -251,7 +256,8 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         W_seen = self.class_vectors_[: len(self.seen_classes_)]
         self.gate_ = self._new_gate().fit(
             X, y, seen_vectors=W_seen, unseen_vectors=self.class_vectors_[len(W_seen):],
-            mapper=self.mapper_, seen_classifier=self.seen_classifier_, F=F)
+            mapper=self.mapper_, seen_classifier=self.seen_classifier_, F=F,
+            round_features=round_features)
         if self.unseen_variance is None:
             sq = ((F - W_seen[codes]).astype(np.float64) ** 2).sum(axis=1)
             per_class = np.bincount(codes, weights=sq) / (np.bincount(codes) * F.shape[1])

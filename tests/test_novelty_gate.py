@@ -5,7 +5,7 @@ import pytest
 from sklearn.base import BaseEstimator
 
 import fastzsl
-from fastzsl.calibration import log_loss
+from fastzsl.calibration import log_loss, pseudo_unseen_rounds
 from fastzsl.gaussian import GaussianNovelty
 from fastzsl.loop import LoOP
 from fastzsl.novelty_gate import NoveltyGate, SklearnOutlier, at_prior
@@ -167,6 +167,34 @@ def test_a_useless_detector_is_not_chosen(world):
 def _rounds_from_columns(columns_per_round, is_unseen_per_round):
     return [{"features": np.column_stack(cols), "is_unseen": u, "truth": u.astype(int)}
             for cols, u in zip(columns_per_round, is_unseen_per_round)]
+
+
+def test_each_round_uses_the_features_learnt_without_its_held_out_classes(world):
+    """round_features(held_out) is asked once per round, for exactly that round's held-out
+    classes, and the round's detectors are fitted on what it returns."""
+    _, X, y, _, _ = world
+    asked, fitted_on = [], []
+
+    class Recording(GaussianNovelty):
+        def fit(self, X, y=None, class_means=None):
+            fitted_on.append(np.asarray(X).copy())
+            return super().fit(X, y, class_means=class_means)
+
+    def round_features(held_out):
+        asked.append(sorted(held_out))
+        return X + 100.0 * len(asked)   # features no other round gets
+
+    gate = NoveltyGate([("gaussian", Recording(rule="mixture"), "features")],
+                       calibration="isotonic", rounds=3)
+    gate.fit(X, y, n_unseen=2, round_features=round_features)
+    groups = pseudo_unseen_rounds(len(np.unique(y)), 2, n_rounds=3)
+    assert asked == [sorted(np.unique(y)[g].tolist()) for g in groups]
+    # fitted_on[0] is the gate's own detector (on X); then one per round, on its features
+    np.testing.assert_array_equal(fitted_on[0], X.astype(np.float32))
+    # each round's offset, 100 apart: far beyond how a subset's mean differs from X's
+    assert [round((Z.mean() - X.mean()) / 100.0) for Z in fitted_on[1:]] == [1, 2, 3]
+    with pytest.raises(ValueError, match="same rows as X"):
+        gate.fit(X, y, n_unseen=2, round_features=lambda held_out: X[:10])
 
 
 def test_the_choice_guards_against_the_worst_round():

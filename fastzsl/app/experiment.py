@@ -151,13 +151,14 @@ def predict_file(folder, input_path, output_path) -> int:
 
 def fit_detectors(F_train, y_seen, class_vectors, unseen, *, variants=tuple(DETECTOR_LABELS),
                   backend="auto", n_neighbors=20, mapper_params=None, softmax_params=None,
-                  seed=0, progress=False, timings=None) -> dict:
+                  seed=0, progress=False, timings=None, round_features=None) -> dict:
     """The zero-shot model with fastzsl's default novelty detection ("default") and copies
     with the paper's LoOP ("loop") and Gaussian detector ("gaussian"), as many of them as
     ``variants`` names.
 
     All share one trained mapping and softmax (``refit_novelty``), so their numbers differ
-    only by the novelty detection. ``timings``, a dict, receives the seconds of each step.
+    only by the novelty detection. ``timings``, a dict, receives the seconds of each step;
+    ``round_features`` goes to :meth:`ZeroShotClassifier.fit`.
     """
     from ..mapping import SemanticMapper
     from ..novelty_gate import NoveltyGate, paper_gate, shorthand_detector
@@ -184,12 +185,13 @@ def fit_detectors(F_train, y_seen, class_vectors, unseen, *, variants=tuple(DETE
     # one progress bar a stage: the mapping, softmax and calibration rounds of the first
     # model train together, then each further detector
     with stage(f"training (mapping, softmax, {first} detector)", enabled=progress):
-        models = {first: base.fit(F_train, y_seen)}
+        models = {first: base.fit(F_train, y_seen, round_features=round_features)}
     timings[f"train (mapping, softmax, {first} detector)"] = round(time.perf_counter() - t, 1)
     for name in others:
         t = time.perf_counter()
         with stage(f"{name} detector", enabled=progress):
-            models[name] = copy.deepcopy(base).refit_novelty(F_train, y_seen, **settings[name])
+            models[name] = copy.deepcopy(base).refit_novelty(
+                F_train, y_seen, round_features=round_features, **settings[name])
         timings[f"{name} detector"] = round(time.perf_counter() - t, 1)
     return models
 

@@ -264,6 +264,28 @@ def test_all_pairs_on_synthetic_pickles(tmp_path):
     assert any("cat / dog: kept from" in call for call in calls)
 
 
+def test_a_seeds_features_are_learnt_again_without_the_classes_a_round_holds_out(
+        tmp_path, monkeypatch):
+    """prepare_seed's relearn_features: the same recipe on the same rows (nothing held out:
+    the same features), and an extractor that never sees the held-out classes' images."""
+    from fastzsl.app.datasets import load_dataset
+    from fastzsl.app.reproduce.experiments import prepare_seed
+    from fastzsl.app.reproduce.settings import settings_for
+    from fastzsl.features import CoatesNgFeatures
+
+    data = load_dataset("cifar10", _write_synthetic_cifar(tmp_path / "cifar-10-batches-py"))
+    run = prepare_seed(data, ["cat", "truck"], 0, settings_for("cifar10", True))
+    np.testing.assert_array_equal(run.relearn_features([]), run.X_tr)
+    seen_by_fit = []
+    fit = CoatesNgFeatures.fit
+    monkeypatch.setattr(CoatesNgFeatures, "fit",
+                        lambda self, images, y=None: seen_by_fit.append(len(images))
+                        or fit(self, images))
+    Z = run.relearn_features(["dog", "ship"])
+    assert Z.shape == run.X_tr.shape and not np.array_equal(Z, run.X_tr)
+    assert seen_by_fit == [int((~np.isin(run.y_tr, ["dog", "ship"])).sum())]
+
+
 def test_nearest_seen_images_names_the_seen_class_a_held_out_one_copies():
     from fastzsl.app.reproduce.all_pairs import nearest_seen_images
 

@@ -38,6 +38,8 @@ class SeedData:
     n_test: int
     backend: str = "auto"
     progress: bool = False
+    # held-out class names -> X_tr with features learnt without those classes' images
+    relearn_features: object = None
 
 
 def _at_tuned_threshold(val_report, test_report):
@@ -69,8 +71,16 @@ def prepare_seed(data, unseen, seed, st: Settings, *, backend="auto", progress=F
         test_idx = np.sort(np.random.default_rng(seed).choice(len(y_test), st.max_test,
                                                               replace=False))
     t = time.perf_counter()
-    extractor = CoatesNgFeatures(n_centroids=st.centroids, stride=st.stride,
-                                 n_patches=st.n_patches, random_state=seed, progress=progress)
+
+    def new_extractor():
+        return CoatesNgFeatures(n_centroids=st.centroids, stride=st.stride,
+                                n_patches=st.n_patches, random_state=seed, progress=progress)
+
+    def relearn_features(held_out):
+        keep = ~np.isin(names_arr[y_train[train_idx]], held_out)
+        return new_extractor().fit(X_train[train_idx[keep]]).transform(X_train[train_idx])
+
+    extractor = new_extractor()
     X_tr = extractor.fit_transform(X_train[train_idx])
     X_val, X_te = extractor.transform(X_train[val_idx]), extractor.transform(X_test[test_idx])
     _timer(times, "features", t)
@@ -80,7 +90,7 @@ def prepare_seed(data, unseen, seed, st: Settings, *, backend="auto", progress=F
                     y_val=names_arr[y_train[val_idx]], X_te=X_te, y_te=y_te,
                     is_unseen=np.isin(y_te, unseen), n_train=len(train_idx),
                     n_val=len(val_idx), n_test=len(test_idx), backend=backend,
-                    progress=progress)
+                    progress=progress, relearn_features=relearn_features)
 
 
 def fit_models(run: SeedData, kv, *, hidden=None, times=None,
