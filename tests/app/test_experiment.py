@@ -53,6 +53,27 @@ def test_train_evaluate_predict_round_trip(tiny_fashion, tmp_path, capsys):
     assert lines[0] == "row,predicted_class,probability,p_unseen" and len(lines) == 8
 
 
+@needs_glove
+def test_train_with_clean_rounds_learns_the_features_again_per_round(tiny_fashion, tmp_path,
+                                                                     monkeypatch, capsys):
+    """--clean-rounds: one feature fit per pseudo-unseen round (the default gate holds out
+    two of the eight seen classes a round: four rounds), each without the round's classes."""
+    from fastzsl.features import CoatesNgFeatures
+
+    sizes, fit = [], CoatesNgFeatures.fit
+    monkeypatch.setattr(CoatesNgFeatures, "fit", lambda self, images, y=None:
+                        sizes.append(len(images)) or fit(self, images))
+    run = tmp_path / "run"
+    assert main(["train", "--data-dir", str(tiny_fashion), "--centroids", "8", "--patches",
+                 "2000", "--k", "5", "--quiet", "--clean-rounds", "--out", str(run)]) == 0
+    capsys.readouterr()
+    results = json.loads((run / "results.json").read_text())
+    assert results["clean_rounds"] is True and len(sizes) == 4
+    # each round's extractor saw the seen images less the two held-out classes' ones
+    assert all(0 < n < results["n_train"] for n in sizes)
+    assert sum(sizes) == 3 * results["n_train"]  # every seen image is held out once
+
+
 def test_evaluate_and_predict_name_a_missing_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.startswith("error: ")

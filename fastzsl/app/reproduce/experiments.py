@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..datasets import per_class_subset, zero_shot_split
-from ..experiment import CURVE_THRESHOLDS, DETECTOR_LABELS, fit_detectors
+from ..experiment import CURVE_THRESHOLDS, DETECTOR_LABELS, features_without, fit_detectors
 from .measures import at_shares, nearest_word_accuracy, reliability, roc_auc
 from .settings import Settings
 
@@ -76,10 +76,6 @@ def prepare_seed(data, unseen, seed, st: Settings, *, backend="auto", progress=F
         return CoatesNgFeatures(n_centroids=st.centroids, stride=st.stride,
                                 n_patches=st.n_patches, random_state=seed, progress=progress)
 
-    def relearn_features(held_out):
-        keep = ~np.isin(names_arr[y_train[train_idx]], held_out)
-        return new_extractor().fit(X_train[train_idx[keep]]).transform(X_train[train_idx])
-
     extractor = new_extractor()
     X_tr = extractor.fit_transform(X_train[train_idx])
     X_val, X_te = extractor.transform(X_train[val_idx]), extractor.transform(X_test[test_idx])
@@ -90,7 +86,8 @@ def prepare_seed(data, unseen, seed, st: Settings, *, backend="auto", progress=F
                     y_val=names_arr[y_train[val_idx]], X_te=X_te, y_te=y_te,
                     is_unseen=np.isin(y_te, unseen), n_train=len(train_idx),
                     n_val=len(val_idx), n_test=len(test_idx), backend=backend,
-                    progress=progress, relearn_features=relearn_features)
+                    progress=progress, relearn_features=features_without(
+                        new_extractor, X_train[train_idx], names_arr[y_train[train_idx]]))
 
 
 def fit_models(run: SeedData, kv, *, hidden=None, times=None,
