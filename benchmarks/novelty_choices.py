@@ -70,8 +70,8 @@ def main(argv=None):
                       f"{r['choice']['routing']} |")
     (out / f"{name}.md").write_text(report + "\n".join(rounds) + "\n")
     (tmp / "auc_grid.png").replace(out / f"{name}-auc.png")
-    for name in ("all_pairs.md", "all_pairs.json"):
-        (tmp / name).unlink()
+    for written in ("all_pairs.md", "all_pairs.json"):
+        (tmp / written).unlink()
     tmp.rmdir()
     print(f"wrote {out}/{name}.md")
 
