@@ -54,6 +54,18 @@ def machine() -> dict:
     return dict(cpu=cpu_name(), cores=cpu_count(), **_threads())
 
 
+def write_results(out, name: str, results: dict, report: Callable[[dict], str]) -> None:
+    """A script's results as ``out/name.json`` and its report, ``report(results)``, as
+    ``out/name.md``."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    (out / f"{name}.md").write_text(report(results))
+    print(f"wrote {out / name}.md")
+
+
 def load_1m() -> float:
     """The 1-minute load average (other work on the machine), to record beside a timing."""
     return round(os.getloadavg()[0], 2)

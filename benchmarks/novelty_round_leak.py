@@ -16,12 +16,12 @@ on 2 idle cores); writes ``benchmarks/results/novelty-round-leak.{md,json}``.
 """
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _harness import write_results
 
 COLUMNS = ("loop", "gaussian", "seen_confidence", "unseen_proximity")
 
@@ -94,10 +94,7 @@ def main(argv=None):
                "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "wall_seconds": round(time.perf_counter() - start, 1), "columns": COLUMNS,
                "test_auc": test_auc, "rounds": rounds}
-    out = Path(args.out)
-    (out / "novelty-round-leak.json").write_text(json.dumps(results, indent=1))
-    (out / "novelty-round-leak.md").write_text(report(results))
-    print(f"wrote {out}/novelty-round-leak.md")
+    write_results(args.out, "novelty-round-leak", results, report)
 
 
 def report(results) -> str:

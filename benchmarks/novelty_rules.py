@@ -21,7 +21,6 @@ are kept in ``--work`` and reused); writes ``benchmarks/results/novelty-rules.{m
 import argparse
 import datetime
 import itertools
-import json
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _harness import write_results
 from fastzsl.app.reproduce.measures import SHARES, roc_auc, weighted_calibration
 from fastzsl.app.reproduce.settings import PAIRS, settings_for
 from fastzsl.novelty_gate import NoveltyGate, at_prior
@@ -168,10 +168,7 @@ def main(argv=None):
         timespec="seconds"), "load_average_before": [round(x, 2) for x in load_before],
         "wall_seconds": round(time.perf_counter() - start, 1), "prior": prior,
         "shares": list(SHARES), "columns": list(COLUMNS), "pairs": rows}
-    out = Path(args.out)
-    (out / "novelty-rules.json").write_text(json.dumps(results, indent=1))
-    (out / "novelty-rules.md").write_text(report(results))
-    print(f"wrote {out}/novelty-rules.md")
+    write_results(args.out, "novelty-rules", results, report)
 
 
 def report(results) -> str:
