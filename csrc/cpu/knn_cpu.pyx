@@ -160,7 +160,8 @@ def knn_direct(queries, reference, k, self_offset):
     return _run(queries, reference, k, self_offset, True)
 
 
-def knn_self(X, k, on_progress=None, *, resume=None, on_rounds=None):
+def knn_self(X, k, on_progress=None, *, resume=None, on_rounds=None, ranges=None,
+             on_range=None):
     """Exact kNN of every row of X among the other rows: equal to ``knn(X, X, k, 0)`` bit for
     bit, with half the gemm work (each pair of row blocks once).
 
@@ -174,12 +175,23 @@ def knn_self(X, k, on_progress=None, *, resume=None, on_rounds=None):
     lists_D, lists_I)`` continues from such a state. The rounds' order is fixed and each
     point's list is updated by one block pair per round, so a resumed join returns the same
     bits as an uninterrupted one.
+
+    ``ranges=[(start, stop), ...]`` with ``on_range(start, D, I)``: the answers of those
+    rows only, one range at a time (D, I of ``stop - start`` rows; the same bits as the rows
+    of the whole answer), so that only one range's answers are held beside the candidate
+    lists; returns True instead of (D, I).
     """
     X = np.ascontiguousarray(X)
     if X.shape[0] == 0 or X.shape[1] < MIN_GEMM_DIM or k < 1:
         return None
+    if ranges is not None:
+        ranges = [(int(a), int(b)) for a, b in ranges]
+        if on_range is None or any(not 0 <= a < b <= X.shape[0] for a, b in ranges):
+            raise ValueError(f"knn_cpu.knn_self: ranges must be (start, stop) row ranges "
+                             f"with 0 <= start < stop <= {X.shape[0]}, given with on_range; "
+                             f"got {ranges[:3]}{'...' if len(ranges) > 3 else ''}")
     key = _floating_key(X.dtype, "knn_cpu.knn_self supports float32 and float64")
-    return _knn_self_typed[key](X, k, on_progress, resume, on_rounds)
+    return _knn_self_typed[key](X, k, on_progress, resume, on_rounds, ranges, on_range)
 
 
 def _rerank_typed(const cython.floating[:, ::1] queries,

@@ -58,8 +58,10 @@ cdef int _self_rounds(const cython.floating* X, Py_ssize_t n, Py_ssize_t d,
 cdef int _self_finish(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, Py_ssize_t k,
                       const double* qn, const cython.floating* rn_w, double rmax,
                       Py_ssize_t L, const cython.floating* lv, const int64_t* li,
+                      Py_ssize_t row0, Py_ssize_t n_rows,
                       cython.floating* Dout, int64_t* Iout) noexcept nogil:
-    """Pass 2 of the self-join: every point from its list."""
+    """Pass 2 of the self-join for rows row0 .. row0 + n_rows - 1, each from its list, into
+    Dout / Iout of n_rows rows (the rows are queries offset by row0 into X itself)."""
     cdef Py_ssize_t q
     cdef double eps, tiny, limit
     cdef Pass2Scratch* sc = NULL
@@ -71,15 +73,15 @@ cdef int _self_finish(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, Py_s
         if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(cython.floating)):
             free(sc)
             sc = NULL
-        for q in prange(n, schedule="static"):
+        for q in prange(n_rows, schedule="static"):
             if sc == NULL:
                 failed_p[0] = 1
                 continue
-            _pass2(sc, q, X, 0, X, rn_w, n, d, k, L, qn[q], rmax, eps, tiny, lv + q * L,
-                   li + q * L, 1, 0, Dout, Iout)
+            _pass2(sc, q, X + row0 * d, row0, X, rn_w, n, d, k, L, qn[row0 + q], rmax, eps,
+                   tiny, lv + (row0 + q) * L, li + (row0 + q) * L, 1, 0, Dout, Iout)
         if sc != NULL:
             # What this thread queued (the static schedule gave each thread its own share).
-            _pass2_flush(sc, X, 0, X, rn_w, n, d, k, Dout, Iout)
+            _pass2_flush(sc, X + row0 * d, row0, X, rn_w, n, d, k, Dout, Iout)
             _pass2_scratch_free(sc)
             free(sc)
     return -1 if failed else 0
@@ -105,7 +107,7 @@ def _pair_rounds(Py_ssize_t n_blocks):
 
 
 def _knn_self_typed(const cython.floating[:, ::1] X, Py_ssize_t k, on_progress, resume,
-                    on_rounds):
+                    on_rounds, ranges, on_range):
     cdef Py_ssize_t n = X.shape[0]
     cdef Py_ssize_t d = X.shape[1]
     cdef Py_ssize_t L = k + LIST_EXTRA
@@ -146,10 +148,9 @@ def _knn_self_typed(const cython.floating[:, ::1] X, Py_ssize_t k, on_progress, 
                              f"{dtype} and int64)")
     cdef cython.floating[:, ::1] lv = lv_arr
     cdef int64_t[:, ::1] li = li_arr
-    D = np.empty((n, k), dtype=dtype)
-    I = np.empty((n, k), dtype=np.int64)
-    cdef cython.floating[:, ::1] Dv = D
-    cdef int64_t[:, ::1] Iv = I
+    cdef cython.floating[:, ::1] Dv
+    cdef int64_t[:, ::1] Iv
+    cdef Py_ssize_t start, stop
     step = max(1, n_rounds // 100)  # about 100 progress updates
     with blas_single_threaded():
         while r0 < n_rounds and rc == 0:
@@ -162,10 +163,25 @@ def _knn_self_typed(const cython.floating[:, ::1] X, Py_ssize_t k, on_progress, 
             if on_progress is not None:
                 on_progress(float(round_start[r1]) / round_start[n_rounds])
             r0 = r1
-    if rc == 0:
-        with nogil:
-            rc = _self_finish(&X[0, 0], n, d, k, &qn[0], &rn_w[0], rmax, L, &lv[0, 0],
-                              &li[0, 0], &Dv[0, 0], &Iv[0, 0])
     if rc != 0:
         raise MemoryError("knn_cpu.knn_self: could not allocate the per-thread kNN buffers")
-    return D, I
+    # The answers are written a range of rows at a time, so only one range's (D, I) is
+    # ever held beside the candidate lists.
+    for start, stop in ((0, n),) if ranges is None else ranges:
+        D = np.empty((stop - start, k), dtype=dtype)
+        I = np.empty((stop - start, k), dtype=np.int64)
+        Dv, Iv = D, I
+        with nogil:
+            rc = _self_finish(&X[0, 0], n, d, k, &qn[0], &rn_w[0], rmax, L, &lv[0, 0],
+                              &li[0, 0], start, stop - start, &Dv[0, 0], &Iv[0, 0])
+        if rc != 0:
+            raise MemoryError("knn_cpu.knn_self: could not allocate the per-thread kNN "
+                              "buffers")
+        if ranges is None:
+            return D, I
+        on_range(start, D, I)
+        D = None  # freed before the next range's are made
+        I = None
+        Dv = None
+        Iv = None
+    return True

@@ -31,10 +31,12 @@ class KernelSet:
     gaussian_loglik(F, means, variances, log_weights, thresholds, full)
         -> (L or None, row_max, row_argmax, row_logsumexp, all_below)
         Isotropic Gaussian log-likelihoods L[i, c] and their fused row reductions.
-    knn_self(X, k, on_progress) -> (D, I) or None, optional
-        The self-join ``knn(X, X, k, 0)`` in one call, for backends with a faster way to
-        do it (each pair of points once); ``on_progress(fraction_done)`` is called along the
-        way. It may decline (None) and the caller then uses ``knn``.
+    knn_self(X, k, on_progress, *, resume, on_rounds, ranges, on_range) -> (D, I) or None
+        Optional. The self-join ``knn(X, X, k, 0)`` in one call, for backends with a faster
+        way to do it (each pair of points once); ``on_progress(fraction_done)`` is called
+        along the way. It may decline (None) and the caller then uses ``knn``. A stopped
+        join resumes from what ``on_rounds`` saved (``resume``); with ``ranges`` and
+        ``on_range(start, D, I)`` the answers come a row range at a time (returns True).
     """
 
     name: str

@@ -379,14 +379,16 @@ def _self_join(job: LoopJob, todo, bar, log) -> bool:
     def advance(fraction):
         bar.update(start + round(fraction * (job.n_rows - start)) - bar.n)
 
+    # Each chunk's lists are written as the join finishes them, so one chunk's answers at a
+    # time are held beside the join's candidate lists, not all of them.
+    index_of = {chunk.row: chunk.index for chunk in todo}
     with kernels_for(job.backend, X, n_jobs=job.n_jobs) as (kernels, (X,)):
-        result = kernels.knn_self(X, job.k, advance, resume=resume, on_rounds=save)
-    if result is None:
+        done = kernels.knn_self(
+            X, job.k, advance, resume=resume, on_rounds=save,
+            ranges=[(chunk.row, chunk.row + chunk.n_rows) for chunk in todo],
+            on_range=lambda row, D, I: _write_lists(job, index_of[row], D, I))
+    if done is None:
         return False
-    D, I = result
-    for chunk in todo:
-        rows = slice(chunk.row, chunk.row + chunk.n_rows)
-        _write_lists(job, chunk.index, D[rows], I[rows])
     state_path.unlink(missing_ok=True)
     bar.update(job.n_rows - bar.n)
     return True

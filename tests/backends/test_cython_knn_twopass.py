@@ -176,6 +176,29 @@ def test_self_join_reports_progress_to_the_end(rng):
     np.testing.assert_array_equal(I, I_ref)
 
 
+def test_self_join_answers_a_row_range_at_a_time_with_the_same_bits(dtype, rng):
+    """ranges/on_range: each range's answers are the whole answer's rows, bit for bit
+    (clustered points with duplicates, so near-ties cross the ranges' edges), in the order
+    given, one range at a time; bad ranges are refused before any work."""
+    centres = rng.normal(size=(4, 10)) * 20
+    X = (centres[rng.integers(4, size=900)] + rng.normal(size=(900, 10))).astype(dtype)
+    X = np.concatenate([X, X[::7]])
+    D, I = knn_cpu.knn_self(X, 6)
+    ranges = [(500, 901), (0, 1), (1, 500), (901, len(X))]
+    got = []
+    assert knn_cpu.knn_self(X, 6, ranges=ranges,
+                            on_range=lambda start, Dr, Ir: got.append((start, Dr, Ir))) is True
+    assert [start for start, _, _ in got] == [a for a, _ in ranges]
+    for (start, Dr, Ir), (a, b) in zip(got, ranges):
+        np.testing.assert_array_equal(Dr, D[a:b])
+        np.testing.assert_array_equal(Ir, I[a:b])
+    for bad in ([(0, 0)], [(-1, 3)], [(5, len(X) + 1)]):
+        with pytest.raises(ValueError, match="ranges must be"):
+            knn_cpu.knn_self(X, 6, ranges=bad, on_range=lambda *a: None)
+    with pytest.raises(ValueError, match="given with on_range"):
+        knn_cpu.knn_self(X, 6, ranges=ranges)
+
+
 def test_self_join_declines_over_its_memory_cap(rng, monkeypatch):
     X = rng.normal(size=(500, 5)).astype(np.float32)
     monkeypatch.setattr(knn_cpu, "SELF_JOIN_MAX_BYTES", 1000)
