@@ -30,7 +30,7 @@ def main(argv=None):
     from fastzsl import novelty_gate as ng
     from fastzsl._platform import machine_description
     from fastzsl.app.datasets import load_dataset, per_class_subset, zero_shot_split
-    from fastzsl.app.experiment import fit_detectors
+    from fastzsl.app.experiment import features_without, fit_detectors
     from fastzsl.app.reproduce.measures import roc_auc
     from fastzsl.app.reproduce.settings import settings_for
     from fastzsl.embeddings import load_glove_50d
@@ -49,8 +49,11 @@ def main(argv=None):
     train_idx = per_class_subset(train_idx, y_train, st.sweep_per_class, random_state=0)
     y_tr = names_arr[y_train[train_idx]]
 
-    extractor = CoatesNgFeatures(n_centroids=st.centroids, stride=st.stride,
-                                 n_patches=st.n_patches, random_state=0, progress=False)
+    def new_extractor():
+        return CoatesNgFeatures(n_centroids=st.centroids, stride=st.stride,
+                                n_patches=st.n_patches, random_state=0, progress=False)
+
+    extractor = new_extractor()
     X_tr = extractor.fit_transform(X_train[train_idx])
     model = fit_detectors(X_tr, y_tr, kv, pair, variants=("default",),
                           n_neighbors=st.n_neighbors, mapper_params=st.mapper_params,
@@ -69,27 +72,23 @@ def main(argv=None):
                       model.mapper_, model.seen_classifier_)
     specs = gate._detector_specs()
     groups = ng.pseudo_unseen_rounds(n_seen, len(pair), random_state=gate.random_state)
+
+    # The gate's own rounds, twice: on the features it gets, and with round_features, the
+    # features learnt again without each round's held-out classes (same splits and seeds).
+    scored = {label: gate._round_scores(specs, X_tr, codes, classes, scene, len(pair),
+                                        round_features)
+              for label, round_features in (
+                  ("leaky", None),
+                  ("clean", features_without(new_extractor, X_train[train_idx], y_tr)))}
     rounds = []
-    rounds_of = ng.pseudo_unseen_rounds
-    try:
-        for r, group in enumerate(groups):
-            held = classes[group].tolist()
-            clean = CoatesNgFeatures(n_centroids=st.centroids, stride=st.stride,
-                                     n_patches=st.n_patches, random_state=0, progress=False)
-            clean.fit(X_train[train_idx[~np.isin(y_tr, held)]])
-            row = {"held_out": held}
-            for label, X in (("leaky", X_tr), ("clean", clean.transform(X_train[train_idx]))):
-                # the gate's own round code, on this round alone (split seeded as a first
-                # round's, the same for both feature sets)
-                ng.pseudo_unseen_rounds = lambda *a, group=group, **k: [group]
-                scores = gate._round_scores(specs, X, codes, classes, scene, len(pair))[0]
-                row[label] = [roc_auc(scores["features"][:, j], scores["is_unseen"])
-                              for j in range(len(COLUMNS))]
-            rounds.append(row)
-            print(f"  round {r}: {held}: leaky {np.round(row['leaky'], 3)}, clean "
-                  f"{np.round(row['clean'], 3)}", flush=True)
-    finally:
-        ng.pseudo_unseen_rounds = rounds_of
+    for r, group in enumerate(groups):
+        row = {"held_out": classes[group].tolist()}
+        for label, per_round in scored.items():
+            row[label] = [roc_auc(per_round[r]["features"][:, j], per_round[r]["is_unseen"])
+                          for j in range(len(COLUMNS))]
+        rounds.append(row)
+        print(f"  round {r}: {row['held_out']}: leaky {np.round(row['leaky'], 3)}, clean "
+              f"{np.round(row['clean'], 3)}", flush=True)
     results = {"machine": machine_description(), "pair": pair,
                "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "wall_seconds": round(time.perf_counter() - start, 1), "columns": COLUMNS,
