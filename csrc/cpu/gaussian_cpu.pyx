@@ -18,7 +18,7 @@ import numpy as np
 cimport cython
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t, uint8_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.math cimport exp, log, M_PI, INFINITY, isfinite
 
 from gemm_tiles cimport gemm_abt
@@ -30,6 +30,7 @@ cdef extern from "gaussian_kernels.h" nogil:
     ctypedef struct fz_gauss_params:
         Py_ssize_t n_classes
         Py_ssize_t d
+        Py_ssize_t n_padded
         const double* h
         const double* k
         const double* kh
@@ -46,6 +47,12 @@ cdef extern from "gaussian_kernels.h" nogil:
         int exact_thresholds
     double fz_exp_poly(double x, int low_degree)
     float fz_expf_poly(float x)
+    int fz_centre_tile_f(const float* F, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t tile,
+                         Py_ssize_t d, const double* z, double norm_limit, float* fc,
+                         double* fn)
+    int fz_centre_tile_d(const double* F, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t tile,
+                         Py_ssize_t d, const double* z, double norm_limit, double* fc,
+                         double* fn)
     Py_ssize_t fz_gauss_tile_f(const float* P, const double* fn, const float* F,
                                const float* means, Py_ssize_t r0, Py_ssize_t r1,
                                const fz_gauss_params* q, double* L, double* b, int* lst,
@@ -176,8 +183,8 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     cdef Py_ssize_t d = F.shape[1]
     cdef Py_ssize_t C = centred.shape[0]
     cdef Py_ssize_t n_tiles = (n + tile - 1) // tile
-    cdef Py_ssize_t b, r0, r1, i, row, t, n_direct = 0
-    cdef double s, x
+    cdef Py_ssize_t b, r0, r1, n_direct = 0
+    cdef int rc
     cdef cython.floating* fc
     cdef cython.floating* prod
     cdef double* fn
@@ -199,10 +206,11 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     scratch = NULL
     with parallel():
         fc = <cython.floating*>malloc(tile * d * sizeof(cython.floating))
-        prod = <cython.floating*>malloc(tile * C * sizeof(cython.floating))
+        # zeroed slack after the last row: a row's vectorised pass reads q.n_padded products
+        prod = <cython.floating*>calloc(tile * C + q.n_padded - C, sizeof(cython.floating))
         fn = <double*>malloc(tile * sizeof(double))
-        Lbuf = <double*>malloc(C * sizeof(double))
-        bbuf = <double*>malloc(C * sizeof(double))
+        Lbuf = <double*>malloc(q.n_padded * sizeof(double))
+        bbuf = <double*>malloc(q.n_padded * sizeof(double))
         lst = <int*>malloc(C * sizeof(int))
         scratch = <double*>malloc(C * sizeof(double))
         for b in prange(n_tiles, schedule="dynamic"):
@@ -214,21 +222,12 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
             r1 = r0 + tile
             if r1 > n:
                 r1 = n
-            # Centre the rows into the tile buffer; pad to a full tile so every row meets
-            # the same BLAS call shape (its products then do not depend on n).
-            for row in range(tile):
-                s = 0.0
-                for t in range(d):
-                    if r0 + row < r1:
-                        fc[row * d + t] = <cython.floating>(<double>Fbase[(r0 + row) * d + t]
-                                                            - center[t])
-                    else:
-                        fc[row * d + t] = 0
-                    x = <double>fc[row * d + t]
-                    s = s + x * x
-                fn[row] = s
-                if not (s <= norm_limit):  # also NaN / inf
-                    failed_p[0] = -2
+            if cython.floating is float:
+                rc = fz_centre_tile_f(Fbase, r0, r1, tile, d, &center[0], norm_limit, fc, fn)
+            else:
+                rc = fz_centre_tile_d(Fbase, r0, r1, tile, d, &center[0], norm_limit, fc, fn)
+            if rc != 0:
+                failed_p[0] = rc
             if failed_p[0] == -2:
                 continue
             gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
@@ -257,11 +256,22 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
                 cython.floating[::1] row_lse, uint8_t[::1] all_below):
     """_gemm_kernel for one dtype, with the class terms of ``class_terms``: fills the outputs
     (L when ``full``) and returns its result."""
-    cdef const double[::1] h = terms.h, k = terms.k, kh = terms.kh
-    cdef const double[::1] km = terms.km, ln = terms.log_norm
-    cdef const double[::1] lw = log_weights, thr = thresholds, center = terms.center
+    cdef Py_ssize_t n_classes = means.shape[0]
+    cdef Py_ssize_t n_padded = (n_classes + 15) // 16 * 16
+
+    def padded(a, fill):  # padding classes: L~ = -inf, beta = 0 (see fz_gauss_params)
+        out = np.full(n_padded, fill, dtype=np.float64)
+        out[:n_classes] = a
+        return out
+
+    cdef const double[::1] h = padded(terms.h, 0.0), k = padded(terms.k, np.inf)
+    cdef const double[::1] kh = padded(terms.kh, 0.0), km = padded(terms.km, 0.0)
+    cdef const double[::1] ln = padded(terms.log_norm, 0.0)
+    cdef const double[::1] lw = padded(log_weights, 0.0), thr = padded(thresholds, np.inf)
+    cdef const double[::1] center = terms.center
     cdef fz_gauss_params q
-    q.n_classes = means.shape[0]
+    q.n_classes = n_classes
+    q.n_padded = n_padded
     q.d = F.shape[1]
     q.h = &h[0]
     q.k = &k[0]

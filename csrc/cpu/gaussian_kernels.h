@@ -63,6 +63,8 @@
 #define FZ_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FZ_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define FZ_GAUSS_CHUNK 16
+/* the class arrays are padded to a multiple of this (see fz_gauss_params) */
+#define FZ_PAD 16
 
 /* why an entry is on a row's list (pass B) */
 enum { FZ_ARGMAX = 1, FZ_THRESHOLD = 4 };
@@ -121,17 +123,27 @@ static inline double fz_exp_poly(double x, int low_degree)
 }
 
 /* The logsumexp cut: terms more than cut below the largest add at most C e^-cut to lse,
- * kept below a quarter of tol (the absolute accuracy the output needs). */
+ * kept below a quarter of tol (the absolute accuracy the output needs): cut >= ln C +
+ * ln(4 / tol). ln tol is bounded below by e ln 2 (tol = m 2^e, 1 <= m < 2, e from its bits:
+ * no log per row), so the cut is at most ln 2 longer than it must be. */
 static inline double fz_lse_cut(double tol, double log_c)
 {
     if (!(tol > 0.0))
         return FZ_LSE_CUT_MAX;
-    double cut = log_c + log(4.0 / tol);
+    uint64_t bits;
+    memcpy(&bits, &tol, sizeof bits);
+    const int e = (int)((bits >> 52) & 0x7ff) - 1023;  /* subnormal: -1023, the cut is max */
+    double cut = log_c + 0x1.62e42fefa39efp+0 /* ln 4 */ - (double)e * 0x1.62e42fefa39efp-1;
     return cut > FZ_LSE_CUT_MAX ? FZ_LSE_CUT_MAX : (cut < FZ_LSE_CUT_MIN ? FZ_LSE_CUT_MIN : cut);
 }
 
 typedef struct {
     ptrdiff_t n_classes, d;
+    /* n_classes rounded up to a multiple of 16 (a vector of floats): the class arrays (and a row's scratch and
+     * products) hold that many entries, the padding ones with h = kh = km = 0 and k = +inf,
+     * so L~ = -inf and beta = 0 there. The vectorised passes run over all of them: no
+     * scalar tail, whose stores stall the vector reductions after it. */
+    ptrdiff_t n_padded;
     const double *h;     /* h_c = 1 / (2 var_c) */
     const double *k;     /* h_c mn_c + ln_c */
     const double *kh;    /* K h_c */
@@ -149,8 +161,15 @@ typedef struct {
 
 /* Runs BODY for every c in [0, n) with M(c) >= 0, in increasing c: blocks of FZ_BLOCK and
  * then of FZ_GAUSS_CHUNK entries are skipped after one vectorised max-reduction each, since
- * only a few entries per row are expected. */
+ * only a few entries per row are expected. Up to FZ_GAUSS_CHUNK entries are tested one by
+ * one: a reduction that short costs more than it saves. */
 #define FZ_FOR_NONNEG(M, n, c, BODY)                                                      \
+    if ((n) <= FZ_GAUSS_CHUNK) {                                                          \
+        for (c = 0; c < (n); c++) {                                                       \
+            if (M(c) >= 0.0)                                                              \
+                BODY                                                                      \
+        }                                                                                 \
+    } else                                                                                \
     for (ptrdiff_t b0_ = 0; b0_ < (n); b0_ += FZ_BLOCK) {                                 \
         ptrdiff_t b1_ = b0_ + FZ_BLOCK < (n) ? b0_ + FZ_BLOCK : (n);                      \
         double top_ = -INFINITY;                                                          \
@@ -174,24 +193,50 @@ typedef struct {
         }                                                                                 \
     }
 
-/* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut (W: NULL for 0), with the
- * vectorised fz_exp_poly (fast) or libm's exp, and err = sum_c e^(x_c) B_c. Blocks of
- * FZ_LSE_BLOCK without a term are skipped after one max-reduction (most of a row where the
- * classes are far apart); the others add into FZ_LSE_BLOCK lane sums (no reduction per
- * block), each of at most C / FZ_LSE_BLOCK + 1 terms, added up once at the end. */
+/* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut, with the
+ * vectorised fz_exp_poly (fast) or libm's exp, and err = sum_c e^(x_c) B_c. Up to
+ * FZ_LSE_BLOCK terms are summed by one vector reduction (callers pad C to whole vectors).
+ * Past that, blocks of FZ_LSE_BLOCK without a term are skipped after one max-reduction
+ * (most of a row where the classes are far apart); the others add into FZ_LSE_BLOCK lane
+ * sums (no reduction per block), each of at most C / FZ_LSE_BLOCK + 1 terms, added up once
+ * at the end, in any order. */
 #define FZ_LSE_BLOCK 64
 static inline __attribute__((always_inline)) double fz_lse_terms(
     const double *V, const double *W, const double *B, ptrdiff_t C, double wmax, double cut,
     int fast, int low_degree, double *err_out, ptrdiff_t *n_terms)
 {
     const double lo = wmax - cut;
+    double sum = 0.0, err = 0.0, count = 0.0;
+    ptrdiff_t c, j;
+#define FZ_X(c) (V[c] + W[c])
+    if (fast && C <= FZ_LSE_BLOCK) {
+        /* C is a multiple of FZ_PAD: fixed-length lanes stay in registers */
+        double ls[FZ_PAD] = {0}, le[FZ_PAD] = {0}, ln[FZ_PAD] = {0};
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_PAD) {
+            #pragma omp simd
+            for (j = 0; j < FZ_PAD; j++) {
+                double x = FZ_X(c0 + j) - wmax;
+                double e = (x >= -cut ? 1.0 : 0.0) * fz_exp_poly(FZ_MAX(x, -cut), low_degree);
+                ls[j] += e;
+                le[j] += e * B[c0 + j];
+                ln[j] += x >= -cut ? 1.0 : 0.0;
+            }
+        }
+        #pragma omp simd reduction(+:sum, err, count)
+        for (j = 0; j < FZ_PAD; j++) {
+            sum += ls[j];
+            err += le[j];
+            count += ln[j];
+        }
+        *err_out = err;
+        *n_terms = (ptrdiff_t)count;
+        return sum;
+    }
     double lane_s[FZ_LSE_BLOCK] __attribute__((aligned(64)));
     double lane_e[FZ_LSE_BLOCK] __attribute__((aligned(64)));
     double lane_n[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-    ptrdiff_t c, j;
     for (j = 0; j < FZ_LSE_BLOCK; j++)
         lane_s[j] = lane_e[j] = lane_n[j] = 0.0;
-#define FZ_X(c) (W ? V[c] + W[c] : V[c])
     for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
         const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
         double hi = -INFINITY;
@@ -204,7 +249,7 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
             #pragma omp simd
             for (j = 0; j < nb; j++) {
                 double x = FZ_X(b0 + j) - wmax;
-                double e = x >= -cut ? fz_exp_poly(FZ_MAX(x, -cut), low_degree) : 0.0;
+                double e = (x >= -cut ? 1.0 : 0.0) * fz_exp_poly(FZ_MAX(x, -cut), low_degree);
                 lane_s[j] += e;
                 lane_e[j] += e * B[b0 + j];
                 lane_n[j] += x >= -cut ? 1.0 : 0.0;
@@ -222,7 +267,7 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
         }
     }
 #undef FZ_X
-    double sum = 0.0, err = 0.0, count = 0.0;
+    #pragma omp simd reduction(+:sum, err, count)
     for (j = 0; j < FZ_LSE_BLOCK; j++) {
         sum += lane_s[j];
         err += lane_e[j];
@@ -258,47 +303,78 @@ static inline float fz_expf_poly(float x)
     return p * scale;
 }
 
+/* The relative error of fz_lse_terms_f32's float32 sums of C terms, in any order (with
+ * room for rounding B): up to FZ_LSE_BLOCK terms, one sum of them all; past that, lane sums
+ * of at most C / FZ_LSE_BLOCK + 1 terms, added up in double. */
+#define FZ_F32_SUM_GAMMA(C) \
+    ((double)(((C) <= FZ_LSE_BLOCK ? (C) : (C) / FZ_LSE_BLOCK) + 4) * 0x1p-24)
+
 /* fz_lse_terms in float32 (for float32 inputs, whose accuracy target 2^-15 leaves room):
  * x_c rounded to float32 (relative error of e^x_c below cut 2^-24), fz_expf_poly, float32
- * lane sums of at most C / FZ_LSE_BLOCK + 1 terms (gamma of that length), added up in
- * double. Returns the sum; *err_out is an upper bound of sum_c e_c B_c, *rel_out the
- * relative error of the sum from all of the above. */
+ * sums (FZ_F32_SUM_GAMMA). Returns the sum; *err_out is an upper bound of sum_c e_c B_c,
+ * *rel_out the relative error of the sum from all of the above. */
 static inline __attribute__((always_inline)) double fz_lse_terms_f32(
     const double *V, const double *W, const double *B, ptrdiff_t C, double wmax, double cut,
     double *err_out, double *rel_out, ptrdiff_t *n_terms)
 {
     const double lo = wmax - cut;
     const float fcut = (float)cut;  /* may round either way: the terms kept are exact sums */
-    float lane_s[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-    float lane_e[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-    float lane_n[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+    double sum = 0.0, err = 0.0, count = 0.0;
     ptrdiff_t c, j;
-    for (j = 0; j < FZ_LSE_BLOCK; j++)
-        lane_s[j] = lane_e[j] = lane_n[j] = 0.0f;
-    for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
-        const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
-        double hi = -INFINITY;
-        #pragma omp simd reduction(max:hi)
-        for (c = b0; c < b0 + nb; c++)
-            hi = FZ_MAX(V[c] + W[c], hi);
-        if (!(hi >= lo))
-            continue;
-        #pragma omp simd
-        for (j = 0; j < nb; j++) {
-            float x = (float)((V[b0 + j] + W[b0 + j]) - wmax);
-            float e = x >= -fcut ? fz_expf_poly(FZ_MAX(x, -fcut)) : 0.0f;
-            lane_s[j] += e;
-            lane_e[j] += e * (float)B[b0 + j];
-            lane_n[j] += x >= -fcut ? 1.0f : 0.0f;
+    if (C <= FZ_LSE_BLOCK) {
+        /* C is a multiple of FZ_PAD: fixed-length lanes stay in registers */
+        float ls[FZ_PAD] = {0}, le[FZ_PAD] = {0}, ln[FZ_PAD] = {0};
+        for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_PAD) {
+            #pragma omp simd
+            for (j = 0; j < FZ_PAD; j++) {
+                float x = (float)((V[c0 + j] + W[c0 + j]) - wmax);
+                float e = (x >= -fcut ? 1.0f : 0.0f) * fz_expf_poly(FZ_MAX(x, -fcut));
+                ls[j] += e;
+                le[j] += e * (float)B[c0 + j];
+                ln[j] += x >= -fcut ? 1.0f : 0.0f;
+            }
+        }
+        float fsum = 0.0f, ferr = 0.0f, fcount = 0.0f;
+        #pragma omp simd reduction(+:fsum, ferr, fcount)
+        for (j = 0; j < FZ_PAD; j++) {
+            fsum += ls[j];
+            ferr += le[j];
+            fcount += ln[j];
+        }
+        sum = fsum;
+        err = ferr;
+        count = fcount;
+    } else {
+        float lane_s[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+        float lane_e[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+        float lane_n[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+        for (j = 0; j < FZ_LSE_BLOCK; j++)
+            lane_s[j] = lane_e[j] = lane_n[j] = 0.0f;
+        for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
+            const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
+            double hi = -INFINITY;
+            #pragma omp simd reduction(max:hi)
+            for (c = b0; c < b0 + nb; c++)
+                hi = FZ_MAX(V[c] + W[c], hi);
+            if (!(hi >= lo))
+                continue;
+            #pragma omp simd
+            for (j = 0; j < nb; j++) {
+                float x = (float)((V[b0 + j] + W[b0 + j]) - wmax);
+                float e = (x >= -fcut ? 1.0f : 0.0f) * fz_expf_poly(FZ_MAX(x, -fcut));
+                lane_s[j] += e;
+                lane_e[j] += e * (float)B[b0 + j];
+                lane_n[j] += x >= -fcut ? 1.0f : 0.0f;
+            }
+        }
+        #pragma omp simd reduction(+:sum, err, count)
+        for (j = 0; j < FZ_LSE_BLOCK; j++) {
+            sum += lane_s[j];
+            err += lane_e[j];
+            count += lane_n[j];
         }
     }
-    double sum = 0.0, err = 0.0, count = 0.0;
-    for (j = 0; j < FZ_LSE_BLOCK; j++) {
-        sum += lane_s[j];
-        err += lane_e[j];
-        count += lane_n[j];
-    }
-    const double g = (double)(C / FZ_LSE_BLOCK + 4) * 0x1p-24;  /* float32 lane sums, B */
+    const double g = FZ_F32_SUM_GAMMA(C);  /* float32 sums, B */
     *err_out = err * (1.0 + 2.0 * g + FZ_EXPF_EPS + cut * 0x1p-23);
     *rel_out = FZ_EXPF_EPS + (cut + 1.0) * 0x1p-24 + g;
     *n_terms = (ptrdiff_t)count;

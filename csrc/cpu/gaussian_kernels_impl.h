@@ -27,6 +27,7 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     const double *b, double wmax, double bmax, double *scratch, ptrdiff_t *n_direct)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
+    const ptrdiff_t Cp = q->n_padded;  /* the sums run over the padding too: zero terms */
     const double *lw = q->lw;
     const int low_degree = sizeof(FZ_T) == 4;
     const double eps_exp = low_degree ? FZ_EXP7_EPS : FZ_EXP12_EPS;
@@ -36,7 +37,7 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     const double cut = fz_lse_cut(q->acc * mag, q->log_c);
     /* float32 inputs: the float32 sum where its error fits a quarter of the budget */
     const int single = low_degree
-        && FZ_EXPF_EPS + (cut + 2.0) * 0x1p-24 + (double)(C / FZ_LSE_BLOCK + 4) * 0x1p-24
+        && FZ_EXPF_EPS + (cut + 2.0) * 0x1p-24 + FZ_F32_SUM_GAMMA(Cp)
            <= 0.25 * q->acc * mag;
     const int fast = eps_exp <= 0.25 * q->acc * mag;
     double eps = fast ? eps_exp : FZ_UNIT_ROUNDOFF_DOUBLE;
@@ -44,11 +45,11 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     ptrdiff_t c, n_terms;
     double sum;
     if (single)
-        sum = fz_lse_terms_f32(L, lw, b, C, wmax, cut, &err, &eps, &n_terms);
+        sum = fz_lse_terms_f32(L, lw, b, Cp, wmax, cut, &err, &eps, &n_terms);
     else
-        sum = fz_lse_terms(L, lw, b, C, wmax, cut, fast, low_degree, &err, &n_terms);
+        sum = fz_lse_terms(L, lw, b, Cp, wmax, cut, fast, low_degree, &err, &n_terms);
     double lse = wmax + log(sum);
-    double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, C, cut, eps);
+    double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, cut, eps);
     if (2.0 * err <= budget * sum)
         return lse;
     if (budget > 0.0) {
@@ -84,7 +85,7 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
         sum = (sum - removed) + added;
         err = FZ_MAX(err - err_removed, 0.0) + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (sum + err);
         lse = wmax + log(sum);
-        budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, C, cut, eps);
+        budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, cut, eps);
         if (2.0 * err <= budget * sum)
             return lse;
     }
@@ -114,7 +115,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
     int full, double *L, double *b, int *list, double *scratch, double *row_max,
     int64_t *row_argmax, double *row_lse, uint8_t *all_below)
 {
-    const ptrdiff_t C = q->n_classes, d = q->d;
+    const ptrdiff_t C = q->n_classes, d = q->d, Cp = q->n_padded;
     const double acc = q->acc;
     const int exact = q->exact_thresholds;
     const double *h = q->h, *k = q->k, *kh = q->kh, *km = q->km;
@@ -128,7 +129,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
     /* Pass A: L~, beta, the maxima of L~ and of L~ + lw, and whether some entry needs its
      * direct value ("need"; only acted on up front when the matrix is asked for) */
 #define FZ_PASS_A(NEED) \
-    for (c = 0; c < C; c++) { \
+    for (c = 0; c < Cp; c++) { \
         double v = h[c] * (2.0 * (double)p[c] - fn) - k[c]; \
         double bc = kh[c] * fn + km[c]; \
         L[c] = v; \
@@ -234,6 +235,36 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
     *all_below = !above;
     return n_direct;
 #undef FZ_DIRECT
+}
+
+/* Centres rows r0..r1-1 of F (row length d) on z into the tile buffer fc, padded with zero
+ * rows to ``tile`` rows (every tile then meets the same BLAS call shape, so a row's products
+ * do not depend on n), and their squared norms (double) into fn. Returns 0, or -2 when a
+ * norm exceeds norm_limit (or is NaN / inf): the product could overflow. */
+FZ_CLONES static int FZ_N(fz_centre_tile)(const FZ_T *F, ptrdiff_t r0, ptrdiff_t r1,
+                                        ptrdiff_t tile, ptrdiff_t d, const double *z,
+                                        double norm_limit, FZ_T *fc, double *fn)
+{
+    int failed = 0;
+    for (ptrdiff_t row = 0; row < tile; row++) {
+        FZ_T *out = fc + row * d;
+        double s = 0.0;
+        if (r0 + row < r1) {
+            const FZ_T *x = F + (r0 + row) * d;
+            #pragma omp simd reduction(+:s)
+            for (ptrdiff_t t = 0; t < d; t++) {
+                FZ_T v = (FZ_T)((double)x[t] - z[t]);
+                out[t] = v;
+                s += (double)v * (double)v;
+            }
+        } else {
+            memset(out, 0, (size_t)d * sizeof(FZ_T));
+        }
+        fn[row] = s;
+        if (!(s <= norm_limit))
+            failed = -2;
+    }
+    return failed;
 }
 
 /* Rows r0..r1-1 of a tile: P is (r1 - r0) x C (row stride C), fn per tile row, F and
