@@ -172,3 +172,64 @@ def test_knn_subset(case, bench, cfg, reference, queries, faiss_flat, knn_expect
     bench(f"knn subset N_ref={cfg.n_ref} N_q={n} d={cfg.d} k={cfg.k} "
           f"(first {n} queries, NumPy backend included)", case, build)
 
+
+
+# ------------------------------------------------------------------ cosine (word vectors)
+COSINE_D = 300  # word vectors (GloVe, word2vec)
+COSINE_CASES = ["faiss-IndexFlatIP", "cython-ExactIndex", "cython-knn"]
+
+
+@pytest.fixture(scope="module")
+def cosine_data(cfg):
+    """Reference and query rows in d = 300 (seeded, not unit length)."""
+    n_ref, n_q = (10_000, 1_000) if cfg.quick else (50_000, 5_000)
+    rng = np.random.default_rng(7)
+    return (rng.standard_normal((n_ref, COSINE_D), dtype=np.float32),
+            rng.standard_normal((n_q, COSINE_D), dtype=np.float32))
+
+
+@pytest.mark.parametrize("case", COSINE_CASES)
+def test_knn_cosine(case, bench, cfg, cosine_data):
+    """Cosine kNN: faiss IndexFlatIP on rows normalised outside the timer (the baseline),
+    fastzsl's ExactIndex(metric="cosine") built outside the timer (it normalises the
+    queries per search), and fastzsl.knn(metric="cosine") normalising both per call."""
+    R, Q = cosine_data
+    k, n = cfg.k, cfg.n_check
+    group = f"knn cosine N_ref={len(R)} N_q={len(Q)} d={COSINE_D} k={k}"
+
+    def build(stack):
+        if not backend_is_available("cython"):
+            return dict.fromkeys(COSINE_CASES, "backend 'cython' unavailable")
+        D_ref, I_ref = fastzsl.knn(Q[:n], R, k, backend="numpy", metric="cosine")
+        out = {}
+        try:
+            import faiss
+        except ImportError:
+            out["faiss-IndexFlatIP"] = "faiss not installed"
+        else:
+            def unit(X):
+                return np.ascontiguousarray(X / np.linalg.norm(X, axis=1, keepdims=True))
+
+            Rn, Qn = unit(R), unit(Q)
+            index = faiss.IndexFlatIP(COSINE_D)
+            index.add(Rn)
+            S, I = index.search(Qn[:n], k)
+            # faiss's inner products of unit rows in float32: relative error ~1e-6 of 1
+            assert_knn_equal(1.0 - S, I, D_ref, I_ref, rtol=FAISS_RTOL)
+            out["faiss-IndexFlatIP"] = Candidate(
+                "baseline: faiss IndexFlatIP.search on unit rows (normalised outside the "
+                "timer)", lambda: index.search(Qn, k), True, dict(peer="faiss-cpu"))
+        exact = fastzsl.ExactIndex(R, backend="cython", method="exact", metric="cosine")
+        for case_, label, fn in (
+                ("cython-ExactIndex", 'fastzsl ExactIndex(metric="cosine").search (built '
+                 "outside the timer; normalises the queries)",
+                 lambda X: exact.search(X, k)),
+                ("cython-knn", 'fastzsl.knn(metric="cosine") (normalises both per call)',
+                 lambda X: fastzsl.knn(X, R, k, backend="cython", metric="cosine"))):
+            D, I = fn(Q[:n])
+            assert_knn_equal(D, I, D_ref, I_ref, **TOL[np.dtype(np.float32)])
+            out[case_] = Candidate(label, lambda fn=fn: fn(Q), False,
+                                   dict(peer="fastzsl", backend="cython", metric="cosine"))
+        return out
+
+    bench(group, case, build)

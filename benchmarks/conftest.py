@@ -28,6 +28,9 @@ def pytest_addoption(parser):
     parser.addoption("--quick", action="store_true", default=False,
                      help="fastzsl benchmarks: smoke sizes (N_ref=10_000, N_q=1_000); "
                           "same as FASTZSL_BENCH_QUICK=1")
+    parser.addoption("--bench-dim", type=int, default=None,
+                     help="fastzsl benchmarks: the data's dimension d (default 50); from "
+                          f"d >= {WIDE} the full sizes are N_ref=50_000, N_q=5_000")
 
 
 def pytest_collect_file(file_path, parent):
@@ -40,6 +43,7 @@ def pytest_collect_file(file_path, parent):
 
 
 # ---------------------------------------------------------------- sizes and data
+WIDE = 256  # --bench-dim from which the full groups search 5k x 50k instead of 10k x 100k
 @dataclass(frozen=True)
 class BenchConfig:
     quick: bool
@@ -72,10 +76,15 @@ def _is_quick(config) -> bool:
 
 @pytest.fixture(scope="session")
 def cfg(request) -> BenchConfig:
+    d = request.config.getoption("--bench-dim", default=None) or 50
+    if d < 1:
+        raise pytest.UsageError(f"--bench-dim must be at least 1, got {d}")
     if _is_quick(request.config):
-        return BenchConfig(quick=True, n_ref=10_000, n_q=1_000, n_fit=2_000,
+        return BenchConfig(quick=True, n_ref=10_000, n_q=1_000, d=d, n_fit=2_000,
                            n_gauss_target=50_000)
-    return BenchConfig(quick=False, n_ref=100_000, n_q=10_000)
+    if d >= WIDE:  # a quarter of the rows' pairs: the groups stay within seconds a round
+        return BenchConfig(quick=False, n_ref=50_000, n_q=5_000, d=d)
+    return BenchConfig(quick=False, n_ref=100_000, n_q=10_000, d=d)
 
 
 @pytest.fixture(scope="session")
