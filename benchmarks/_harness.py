@@ -82,11 +82,18 @@ class Candidate:
     extra: dict = field(default_factory=dict)
 
 
+# Idle time before each timed call: the previous call's BLAS and OpenMP threads spin-wait
+# for a while after it returns, and the call that follows would pay for them (a 10k x 100k
+# kNN right after a 4096^3 sgemm: 740 ms; after a 0.5 s pause: 688 ms; 2 cores).
+SETTLE_SECONDS = 0.25
+
+
 def interleaved(candidates: dict, *, rounds: int = 5, warmup: int = 1, loads: dict = None,
                 results: dict = None) -> dict:
     """Time every callable in ``candidates`` (name -> fn) in interleaved rounds: one call of
-    each per round (A B C, A B C, ...), so a fast or slow phase of the machine falls on all
-    of them alike. Returns name -> list of seconds per round (warm-up rounds dropped).
+    each per round (A B C, A B C, ...; SETTLE_SECONDS idle before each), so a fast or slow
+    phase of the machine falls on all of them alike. Returns name -> list of seconds per
+    round (warm-up rounds dropped).
     ``loads``: filled with name -> the 1-minute load average before each timed call;
     ``results``: name -> what its last call returned.
 
@@ -102,6 +109,7 @@ def interleaved(candidates: dict, *, rounds: int = 5, warmup: int = 1, loads: di
         for name, fn in candidates.items():
             if loads is not None and round_ >= warmup and hasattr(os, "getloadavg"):
                 loads[name].append(round(os.getloadavg()[0], 2))
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             out = fn()
             if round_ >= warmup:
