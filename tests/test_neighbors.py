@@ -5,7 +5,7 @@ import pytest
 
 import fastzsl
 from fastzsl.backends import numpy_
-from fastzsl.testing import assert_knn_equal, gamma, unit_roundoff
+from fastzsl.testing import assert_knn_equal, backend_is_available, gamma, unit_roundoff
 
 
 def test_torch_in_torch_out(rng):
@@ -149,6 +149,30 @@ def test_the_index_owns_its_rows(rng, method):
     np.testing.assert_array_equal(index.reference, original)
     with pytest.raises(ValueError):
         index.reference[0, 0] = 1.0
+
+
+def test_a_one_call_index_searches_the_callers_rows_without_copying(rng):
+    """copy=False: the index reads the caller's array (read-only through the index, the
+    caller's array stays writeable); fastzsl.knn builds its one-call index so: the memory
+    it allocates stays well below a copy of the reference (the input check's boolean mask
+    is a quarter of a float32 reference; a copy would be all of it)."""
+    import tracemalloc
+
+    R = rng.normal(size=(20_000, 64)).astype(np.float32)
+    index = fastzsl.ExactIndex(R, copy=False, backend="numpy")
+    assert np.shares_memory(index.reference, R) and not index.reference.flags.writeable
+    assert R.flags.writeable
+    assert not np.shares_memory(fastzsl.ExactIndex(R, backend="numpy").reference, R)
+    if not backend_is_available("cython"):  # the numpy backend's distance blocks are large
+        pytest.skip("the cython backend is not built")
+    Q = R[:50].copy()
+    fastzsl.knn(Q, R, 3, backend="cython")  # warm-up: lazy imports allocate too
+    tracemalloc.start()
+    D, I = fastzsl.knn(Q, R, 3, backend="cython")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 0.6 * R.nbytes, (peak, R.nbytes)
+    np.testing.assert_array_equal(I[:, 0], np.arange(50))  # each query finds itself
 
 
 # ------------------------------------------------------------------------------ metrics

@@ -43,14 +43,16 @@ logger = logging.getLogger(__name__)
 
 
 def make_index(reference, *, method="auto", backend="auto", nlist=None, nprobe=None,
-               metric="sqeuclidean"):
+               metric="sqeuclidean", copy=True):
     """Build the index for ``method`` (see :data:`METHODS`) over ``reference``: an
     :class:`ExactIndex` for "auto", "exact" and "kdtree", else a :class:`FaissIndex`;
-    ``metric``: see :data:`METRICS`."""
+    ``metric``: see :data:`METRICS`; ``copy=False``: an exact index searches ``reference``
+    itself (for an index used within one call)."""
     check_metric(metric)
     check_method(method)
     if method in EXACT_METHODS:
-        return ExactIndex(reference, backend=backend, method=method, metric=metric)
+        return ExactIndex(reference, backend=backend, method=method, metric=metric,
+                          copy=copy)
     if backend not in ("auto", None):
         raise ValueError(
             f"backend={backend!r} applies to method='exact'; method={method!r} runs on faiss")
@@ -121,6 +123,6 @@ def knn(queries, reference, k, *, exclude_self=False, backend="auto", method="au
     kernels = resolve(backend if method in EXACT_METHODS else "auto", reference)
     with thread_limits(n_jobs, backend=kernels, knn=method):
         index = make_index(reference, method=method, backend=backend, nlist=nlist,
-                           nprobe=nprobe, metric=metric)
+                           nprobe=nprobe, metric=metric, copy=False)  # lives for this call
         D, I = index.search(queries, k, exclude_self=exclude_self, progress=progress)
     return like(D, queries), like(I, queries)

@@ -13,17 +13,27 @@ class Metric:
         self.name, self.rows, self.distance, self.squared = name, rows, distance, squared
 
 
+UNIT_ROWS_BLOCK = 4096  # rows normalised at a time: the float64 working copy stays small
+
+
 def _unit_rows(X, name):
     """X's rows scaled to unit length (norms in float64), in X's dtype; a zero row is an
-    error (it has no direction)."""
+    error (it has no direction). Each row's result depends only on the row; they are made
+    in blocks of UNIT_ROWS_BLOCK rows."""
     xp = array_module(X)
-    norms = xp.sqrt((X.astype(xp.float64) ** 2).sum(axis=1))
-    zero = norms == 0
+    out = xp.empty_like(X)
+    zero = xp.zeros(X.shape[0], dtype=bool)
+    for start in range(0, X.shape[0], UNIT_ROWS_BLOCK):
+        block = X[start:start + UNIT_ROWS_BLOCK].astype(xp.float64)
+        norms = xp.sqrt((block ** 2).sum(axis=1))
+        is_zero = norms == 0
+        zero[start:start + UNIT_ROWS_BLOCK] = is_zero
+        out[start:start + UNIT_ROWS_BLOCK] = block / xp.where(is_zero, 1.0, norms)[:, None]
     if bool(zero.any()):
         rows = [int(i) for i in to_host(xp.nonzero(zero)[0][:5])]
         raise ValueError(f"metric='cosine' needs nonzero rows: {name} rows {rows} "
                          f"({int(zero.sum())} in all) are all zeros, and have no direction")
-    return (X.astype(xp.float64) / norms[:, None]).astype(X.dtype)
+    return out
 
 
 def _identity(X, name=None):

@@ -12,13 +12,14 @@ from .._validation import as_float_matrix, check_same_width
 SEARCH_CHUNK = 8192
 
 
-def _own_copy(X):
+def _own_copy(X, copy=True):
     """A copy of X that the index owns (read-only, where X is NumPy): what it caches about
     the rows (norms, a tree, an upload) cannot go stale through a change the caller makes
-    to its own array."""
+    to its own array. ``copy=False``: X itself (a read-only view of a NumPy X), for an
+    index that lives no longer than one call."""
     if on_device(X):
-        return X.copy()
-    X = np.array(X, order="C", copy=True)
+        return X.copy() if copy else X
+    X = np.array(X, order="C", copy=True) if copy else np.asarray(X, order="C").view()
     X.flags.writeable = False
     return X
 
