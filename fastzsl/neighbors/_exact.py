@@ -37,8 +37,8 @@ class ExactIndex:
     copy : bool, default=True
         Keep a copy of the reference. False: search the caller's array itself (read-only
         through the index), which must then not change while the index is in use;
-        :func:`fastzsl.knn` builds its one-call index so (a 100 MB copy costs a 5k x 50k,
-        d = 512 search about 10%).
+        :func:`fastzsl.knn` builds its one-call index so (copying a large reference costs
+        a single search noticeably).
     """
 
     def __init__(self, reference, *, backend="auto", method="auto", metric="sqeuclidean",
