@@ -27,6 +27,7 @@ from fastzsl._threads import blas_single_threaded
 from fastzsl.backends._gaussian_gemm import class_terms
 
 cdef extern from "gaussian_kernels.h" nogil:
+    enum: FZ_PAD  # the class arrays are padded to a multiple of it
     ctypedef struct fz_gauss_params:
         Py_ssize_t n_classes
         Py_ssize_t d
@@ -257,7 +258,7 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     """_gemm_kernel for one dtype, with the class terms of ``class_terms``: fills the outputs
     (L when ``full``) and returns its result."""
     cdef Py_ssize_t n_classes = means.shape[0]
-    cdef Py_ssize_t n_padded = (n_classes + 15) // 16 * 16
+    cdef Py_ssize_t n_padded = (n_classes + FZ_PAD - 1) // FZ_PAD * FZ_PAD
 
     def padded(a, fill):  # padding classes: L~ = -inf, beta = 0 (see fz_gauss_params)
         out = np.full(n_padded, fill, dtype=np.float64)

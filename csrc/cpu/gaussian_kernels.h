@@ -139,10 +139,11 @@ static inline double fz_lse_cut(double tol, double log_c)
 
 typedef struct {
     ptrdiff_t n_classes, d;
-    /* n_classes rounded up to a multiple of 16 (a vector of floats): the class arrays (and a row's scratch and
-     * products) hold that many entries, the padding ones with h = kh = km = 0 and k = +inf,
-     * so L~ = -inf and beta = 0 there. The vectorised passes run over all of them: no
-     * scalar tail, whose stores stall the vector reductions after it. */
+    /* n_classes rounded up to a multiple of FZ_PAD (a vector of floats): the class arrays
+     * (and a row's scratch and products) hold that many entries, the padding ones with
+     * h = kh = km = 0 and k = +inf, so L~ = -inf and beta = 0 there. The vectorised passes
+     * run over all of them: no scalar tail, whose stores stall the vector reductions after
+     * it. */
     ptrdiff_t n_padded;
     const double *h;     /* h_c = 1 / (2 var_c) */
     const double *k;     /* h_c mn_c + ln_c */
