@@ -76,7 +76,8 @@ def _is_quick(config) -> bool:
 
 @pytest.fixture(scope="session")
 def cfg(request) -> BenchConfig:
-    d = request.config.getoption("--bench-dim", default=None) or 50
+    d = request.config.getoption("--bench-dim", default=None)
+    d = 50 if d is None else d
     if d < 1:
         raise pytest.UsageError(f"--bench-dim must be at least 1, got {d}")
     if _is_quick(request.config):
