@@ -183,15 +183,22 @@ def slow_fit(tmp_path_factory):
     return folder, X
 
 
-def test_sigkilled_fit_resumes_to_the_same_model_file_byte_for_byte(slow_fit, tmp_path):
+# The chunk schedule in chunks of 300 rows (50 lists files); the self-join in chunks of 1,500
+# (10 chunks, 55 chunk pairs, each saved as it is done).
+@pytest.mark.parametrize("schedule, chunk", [("chunks", 300), ("self-join", 1500)])
+def test_sigkilled_fit_resumes_to_the_same_model_file_byte_for_byte(slow_fit, tmp_path,
+                                                                      schedule, chunk):
+    if schedule == "self-join" and "cython" not in fastzsl.available_backends():
+        pytest.skip("the self-join schedule runs the cython kernels' self-join")
     folder, X = slow_fit
+    n_chunks = len(X) // chunk
     model = tmp_path / "killed.fzsl"
     parts = _parts(model)
-    command = _fit_command(folder / "X.npy", model, "--chunk-size", "300", "--schedule",
-                           "chunks")
+    command = _fit_command(folder / "X.npy", model, "--chunk-size", str(chunk), "--schedule",
+                           schedule)
     rng = random.Random(2026)
     killed = 0
-    for target in sorted(rng.sample(range(3, 45), 2)):
+    for target in sorted(rng.sample(range(1, n_chunks * 9 // 10), 2)):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
@@ -211,9 +218,9 @@ def test_sigkilled_fit_resumes_to_the_same_model_file_byte_for_byte(slow_fit, tm
     for name in _lists(parts):
         index = int(name[len("lists-"):-len(".npy")])
         lists = np.load(parts / name)
-        np.testing.assert_array_equal(lists["D"], D[index * 300:(index + 1) * 300])
-        np.testing.assert_array_equal(lists["I"], I[index * 300:(index + 1) * 300])
-    assert len(_lists(parts)) < 50
+        np.testing.assert_array_equal(lists["D"], D[index * chunk:(index + 1) * chunk])
+        np.testing.assert_array_equal(lists["I"], I[index * chunk:(index + 1) * chunk])
+    assert len(_lists(parts)) < n_chunks
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert not parts.exists()
@@ -226,8 +233,13 @@ class _Stop(Exception):
 
 @pytest.mark.skipif("cython" not in fastzsl.available_backends(),
                     reason="the self-join schedule runs the cython kernels' self-join")
+@pytest.mark.parametrize("stop_after", ["join-", "self-join"])
 def test_a_stopped_self_join_goes_on_from_its_saved_lists_to_the_same_model(
-        data, tmp_path, monkeypatch):
+        data, tmp_path, monkeypatch, stop_after):
+    """Stopped three times (right after writing one of a pair's lists files, before the pair
+    is counted; or right after a count), each rerun goes on from the last pair counted, and
+    the last one writes the model file of the chunk schedule, byte for byte. A rerun whose
+    saved lists are missing starts the join over, to the same model."""
     import fastzsl.fitting._loop as fitting  # the self-join's module
 
     folder, X, _, _ = data
@@ -235,30 +247,53 @@ def test_a_stopped_self_join_goes_on_from_its_saved_lists_to_the_same_model(
     clean = tmp_path / "clean.fzsl"
     fit_file(estimator, folder / "X.npy", clean, chunk_size=700, schedule="chunks",
              progress=False)
-    monkeypatch.setattr(fitting, "SELF_JOIN_SAVE_SECONDS", 0.0)  # save after every step
-    writes, real_write = [], fitting.write_atomically
+    real_write = fitting.write_atomically
 
-    def stop_after_three_saves(path, write):
-        real_write(path, write)
-        if Path(path).name == fitting.SELF_JOIN_STATE:
-            writes.append(np.load(path)["next_round"])
-            if len(writes) == 3:
-                raise _Stop
+    def stop_at_write(number):
+        """write_atomically that raises _Stop after its number-th write of a file whose name
+        starts with stop_after."""
+        seen = []
 
-    monkeypatch.setattr(fitting, "write_atomically", stop_after_three_saves)
+        def write(path, what):
+            real_write(path, what)
+            if Path(path).name.startswith(stop_after):
+                seen.append(path)
+                if len(seen) == number:
+                    raise _Stop
+        return write
+
     model = tmp_path / "joined.fzsl"
+    parts = _parts(model)
+    counts = []
+    for number in (2, 4, 3):  # 5 chunks of 700 rows: 15 chunk pairs
+        monkeypatch.setattr(fitting, "write_atomically", stop_at_write(number))
+        messages = []
+        with pytest.raises(_Stop):
+            fit_file(estimator, folder / "X.npy", model, chunk_size=700, progress=False,
+                     log=messages.append)
+        assert not model.exists()
+        counts.append(json.loads((parts / fitting.SELF_JOIN_STATE).read_text())["pairs_done"])
+        if len(counts) > 1:
+            assert any(f"resuming the self-join after {counts[-2]} of 15 chunk pairs" in m
+                       for m in messages), messages
+    assert counts == sorted(counts) and counts[0] >= 1
+    monkeypatch.setattr(fitting, "write_atomically", real_write)
+    fit_file(estimator, folder / "X.npy", model, chunk_size=700, progress=False)
+    assert not parts.exists()
+    assert filecmp.cmp(clean, model, shallow=False)
+
+    # Saved lists gone missing: the join starts over and still writes the same model.
+    model.unlink()
+    monkeypatch.setattr(fitting, "write_atomically", stop_at_write(4))
     with pytest.raises(_Stop):
         fit_file(estimator, folder / "X.npy", model, chunk_size=700, progress=False)
-    assert (_parts(model) / fitting.SELF_JOIN_STATE).exists() and not model.exists()
-    assert list(writes) == sorted(writes) and writes[0] >= 1
     monkeypatch.setattr(fitting, "write_atomically", real_write)
+    for path in parts.glob("join-*.npy"):
+        path.unlink()
     messages = []
     fit_file(estimator, folder / "X.npy", model, chunk_size=700, progress=False,
              log=messages.append)
-    assert any(f"resuming the self-join at round {writes[-1]}" in m for m in messages), \
-        messages
-    assert not _parts(model).exists()
-    # the chunk schedule's lists and the resumed self-join's: the same model file
+    assert any("starting it over" in m for m in messages), messages
     assert filecmp.cmp(clean, model, shallow=False)
 
 

@@ -51,7 +51,9 @@ row blocks once: the tile G = X_a X_b^T serves block a's points along its rows a
 along its columns, half the gemm work. Its pairs run in rounds of pairs that share no block
 (a round-robin schedule), so the pairs of a round run in parallel and each point keeps one
 list. Pass 1's visiting order differs from the direct kernel's, which the lexicographic
-pass 2 makes irrelevant.
+pass 2 makes irrelevant. ``SelfJoin`` runs the same join a pair of row ranges at a time
+(ranges of unequal block counts pair up in rounds of cyclic shifts), so that only two
+ranges' lists need be in memory.
 """
 import numpy as np
 
@@ -160,38 +162,95 @@ def knn_direct(queries, reference, k, self_offset):
     return _run(queries, reference, k, self_offset, True)
 
 
-def knn_self(X, k, on_progress=None, *, resume=None, on_rounds=None, ranges=None,
-             on_range=None):
+def knn_self(X, k, on_progress=None):
     """Exact kNN of every row of X among the other rows: equal to ``knn(X, X, k, 0)`` bit for
     bit, with half the gemm work (each pair of row blocks once).
 
     ``on_progress(fraction_done)`` is called about 100 times. Returns None, doing nothing
     else, when the candidate lists would exceed SELF_JOIN_MAX_BYTES, when X is empty or
-    k < 1, or when its norms are too large for the gemm: use ``knn`` then.
-
-    A stopped join can go on where it was: ``on_rounds(next_round, lists_D, lists_I)`` is
-    called after each of those steps with the candidate lists so far (the arrays the join
-    keeps updating: copy or save them before returning), and ``resume=(next_round,
-    lists_D, lists_I)`` continues from such a state. The rounds' order is fixed and each
-    point's list is updated by one block pair per round, so a resumed join returns the same
-    bits as an uninterrupted one.
-
-    ``ranges=[(start, stop), ...]`` with ``on_range(start, D, I)``: the answers of those
-    rows only, one range at a time (D, I of ``stop - start`` rows; the same bits as the rows
-    of the whole answer), so that only one range's answers are held beside the candidate
-    lists; returns True instead of (D, I).
+    k < 1, or when its norms are too large for the gemm: use ``knn`` then (or ``SelfJoin``
+    a range of rows at a time).
     """
     X = np.ascontiguousarray(X)
-    if X.shape[0] == 0 or X.shape[1] < MIN_GEMM_DIM or k < 1:
+    _floating_key(X.dtype, "knn_cpu.knn_self supports float32 and float64")
+    if X.shape[0] * (k + LIST_EXTRA) * (X.dtype.itemsize + 8) > SELF_JOIN_MAX_BYTES:
         return None
-    if ranges is not None:
-        ranges = [(int(a), int(b)) for a, b in ranges]
-        if on_range is None or any(not 0 <= a < b <= X.shape[0] for a, b in ranges):
-            raise ValueError(f"knn_cpu.knn_self: ranges must be (start, stop) row ranges "
-                             f"with 0 <= start < stop <= {X.shape[0]}, given with on_range; "
-                             f"got {ranges[:3]}{'...' if len(ranges) > 3 else ''}")
-    key = _floating_key(X.dtype, "knn_cpu.knn_self supports float32 and float64")
-    return _knn_self_typed[key](X, k, on_progress, resume, on_rounds, ranges, on_range)
+    join = SelfJoin.open(X, k)
+    if join is None:
+        return None
+    everything = (0, X.shape[0])
+    lists = join.new_lists(X.shape[0])
+    join.pair(everything, everything, lists, lists, on_progress)
+    return join.finish(everything, lists)
+
+
+class SelfJoin:
+    """The self-join of X's rows (what ``knn_self`` computes) in pieces: pass 1 runs on a
+    pair of row ranges at a time, so only those ranges' candidate lists need be in memory.
+
+    For ranges R_0, R_1, ... that partition the rows, ``pair(R_a, R_b, lists_a, lists_b)``
+    for every a <= b (each once, in any order) leaves every range's lists complete, and
+    ``finish(R_a, lists_a)`` then returns its rows' answers: the rows of ``knn_self(X, k)``,
+    bit for bit (pass 2's exact, lexicographic re-rank makes the order of the pairs and the
+    partition irrelevant). Lists come from ``new_lists`` and are updated in place.
+    """
+
+    def __init__(self, X, k, norms):
+        self.X, self.k, self._norms = X, k, norms
+        self._key = _floating_key(X.dtype, "knn_cpu.SelfJoin supports float32 and float64")
+
+    @classmethod
+    def open(cls, X, k):
+        """The join of X (C-contiguous float32 or float64; not copied) for k neighbours, or
+        None where it does not apply (X empty, k < 1, or norms too large for the gemm)."""
+        X = np.ascontiguousarray(X)
+        key = _floating_key(X.dtype, "knn_cpu.SelfJoin supports float32 and float64")
+        if X.shape[0] == 0 or X.shape[1] < MIN_GEMM_DIM or k < 1:
+            return None
+        norms = _self_norms_typed[key](X)
+        return None if norms is None else cls(X, int(k), norms)
+
+    def new_lists(self, n_rows):
+        """Empty candidate lists for n_rows rows: (values, indices)."""
+        L = self.k + LIST_EXTRA
+        return (np.full((n_rows, L), np.inf, dtype=self.X.dtype),
+                np.full((n_rows, L), -1, dtype=np.int64))
+
+    def _check(self, rows, lists):
+        start, stop = int(rows[0]), int(rows[1])
+        if not 0 <= start < stop <= self.X.shape[0]:
+            raise ValueError(f"knn_cpu.SelfJoin: rows must be (start, stop) with 0 <= start "
+                             f"< stop <= {self.X.shape[0]}, not {rows}")
+        values, indices = lists
+        shape = (stop - start, self.k + LIST_EXTRA)
+        if not (values.shape == shape and indices.shape == shape
+                and values.dtype == self.X.dtype and indices.dtype == np.int64):
+            raise ValueError(f"knn_cpu.SelfJoin: the lists of rows {start}..{stop - 1} must "
+                             f"be {shape} {self.X.dtype} and int64 (from new_lists), not "
+                             f"{values.shape} {values.dtype} and {indices.shape} "
+                             f"{indices.dtype}")
+        return start, stop
+
+    def pair(self, rows_a, rows_b, lists_a, lists_b, on_progress=None):
+        """Pass 1 of every pair of points, one in ``rows_a`` and one in ``rows_b``
+        ((start, stop) ranges, equal or disjoint), into both sides' lists.
+        ``on_progress(fraction of this pair)`` is called about 100 times."""
+        a0, a1 = self._check(rows_a, lists_a)
+        b0, b1 = self._check(rows_b, lists_b)
+        if (a0, a1) == (b0, b1):
+            lists_b = lists_a
+        elif a0 < b1 and b0 < a1:
+            raise ValueError(f"knn_cpu.SelfJoin: the ranges {rows_a} and {rows_b} overlap; "
+                             "a pair is one range twice or two disjoint ones")
+        _self_pair_typed[self._key](self.X, self._norms[1], a0, a1, b0, b1, lists_a[0],
+                                    lists_a[1], lists_b[0], lists_b[1], on_progress)
+
+    def finish(self, rows, lists):
+        """(D, I) of ``rows`` from their complete lists (pass 2)."""
+        start, stop = self._check(rows, lists)
+        qn, rn, rmax = self._norms
+        return _self_finish_typed[self._key](self.X, qn, rn, rmax, self.k, start, stop,
+                                             lists[0], lists[1])
 
 
 def _rerank_typed(const cython.floating[:, ::1] queries,

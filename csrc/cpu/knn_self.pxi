@@ -1,6 +1,8 @@
-# The self-join of knn_self (part of knn_cpu.pyx, included there after knn_twopass.pxi, whose
-# pass-1 scans, pass 2 and norms it runs on pairs of row blocks; the module docstring
-# describes the schedule).
+# The self-join (part of knn_cpu.pyx, included there after knn_twopass.pxi, whose pass-1
+# scans, pass 2 and norms it runs on pairs of row blocks; the module docstring describes the
+# schedule). ``SelfJoin`` runs it in pieces, a pair of row ranges at a time, so that only
+# those ranges' candidate lists need to be in memory (fastzsl.fit_file keeps the rest on
+# disk); ``knn_self`` is the whole join in one piece.
 
 cdef enum:
     # Square tiles of SELF_BLOCK x SELF_BLOCK rows.
@@ -12,16 +14,62 @@ cdef enum:
 SELF_JOIN_MAX_BYTES = 512 * 2**20
 
 
-cdef int _self_rounds(const cython.floating* X, Py_ssize_t n, Py_ssize_t d,
-                      const cython.floating* rn_w, const Py_ssize_t* round_start,
-                      const Py_ssize_t* pair_a, const Py_ssize_t* pair_b, Py_ssize_t r0,
-                      Py_ssize_t r1, Py_ssize_t L, cython.floating* lv,
-                      int64_t* li) noexcept nogil:
-    """Pass 1 of the self-join over rounds r0..r1-1 of block pairs (a <= b). The pairs of a
-    round share no block, so its pairs run in parallel with one list per point; rounds are
-    separated by the barrier that ends each prange. Returns 0, or -1 when a buffer could not
-    be allocated."""
-    cdef Py_ssize_t r, p, a0, b0, na, nb, i, q
+cdef inline bint _round_pair(bint same, Py_ssize_t n_a, Py_ssize_t n_b, Py_ssize_t r,
+                             Py_ssize_t p, Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:
+    """Pair p of round r of the block pairs (``_round_sizes`` counts them), computed rather
+    than listed (7.6M pairs for one range of 1M rows). Two ranges: a cyclic shift per round.
+    One range against itself: round 0 is the diagonal, then the circle method (block 0 fixed,
+    the others rotating), with a dummy block when n_a is odd: False for its pair."""
+    cdef Py_ssize_t m, x, y
+    if not same:
+        if n_a <= n_b:
+            a[0] = p
+            b[0] = (p + r) % n_b
+        else:
+            a[0] = (p + r) % n_a
+            b[0] = p
+        return True
+    if r == 0:
+        a[0] = p
+        b[0] = p
+        return True
+    m = n_a + n_a % 2
+    x = 0 if p == 0 else 1 + (r - 1 + p - 1) % (m - 1)
+    y = 1 + (r - 1 + m - 2 - p) % (m - 1)  # position m - 1 - p of the rotated order
+    if x > y:
+        x, y = y, x
+    a[0] = x
+    b[0] = y
+    return y < n_a
+
+
+cdef inline void _round_sizes(bint same, Py_ssize_t n_a, Py_ssize_t n_b, Py_ssize_t r,
+                              Py_ssize_t* n_rounds, Py_ssize_t* n_pairs) noexcept nogil:
+    """How many rounds there are, and how many pairs round r has."""
+    if not same:
+        n_rounds[0] = n_a if n_a > n_b else n_b
+        n_pairs[0] = n_b if n_a > n_b else n_a
+    else:
+        n_rounds[0] = n_a + n_a % 2  # the diagonal, then n_a - 1 (n_a when odd) rotations
+        n_pairs[0] = n_a if r == 0 else (n_a + n_a % 2) // 2
+
+
+cdef int _pair_rounds_pass1(const cython.floating* X, Py_ssize_t d,
+                            const cython.floating* rn_w, Py_ssize_t a_start,
+                            Py_ssize_t a_stop, Py_ssize_t b_start, Py_ssize_t b_stop,
+                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t L,
+                            cython.floating* lv_a, int64_t* li_a,
+                            cython.floating* lv_b, int64_t* li_b) noexcept nogil:
+    """Pass 1 over rounds r0..r1-1 of the block pairs between rows a_start..a_stop-1 (a
+    tile's rows; their lists lv_a / li_a start at row a_start) and b_start..b_stop-1 (its
+    columns; lists lv_b / li_b). For one range against itself lv_b is lv_a, the pairs have
+    a <= b, and a diagonal tile serves both ways from its rows. The pairs of a round share
+    no block, so they run in parallel with one list per point; rounds are separated by the
+    barrier that ends each prange. Returns 0, or -1 when a buffer could not be allocated."""
+    cdef bint same = a_start == b_start
+    cdef Py_ssize_t n_a = (a_stop - a_start + SELF_BLOCK - 1) // SELF_BLOCK
+    cdef Py_ssize_t n_b = (b_stop - b_start + SELF_BLOCK - 1) // SELF_BLOCK
+    cdef Py_ssize_t r, p, n_rounds, n_pairs, block_a, block_b, a0, b0, na, nb, i, q
     cdef cython.floating* buf = NULL
     cdef cython.floating* lim = NULL
     cdef int failed = 0
@@ -31,25 +79,30 @@ cdef int _self_rounds(const cython.floating* X, Py_ssize_t n, Py_ssize_t d,
         buf = <cython.floating*>malloc(SELF_BLOCK * SELF_BLOCK * sizeof(cython.floating))
         lim = <cython.floating*>malloc(SELF_BLOCK * sizeof(cython.floating))
         for r in range(r0, r1):
-            for p in prange(round_start[r], round_start[r + 1], schedule="dynamic"):
+            _round_sizes(same, n_a, n_b, r, &n_rounds, &n_pairs)
+            for p in prange(n_pairs, schedule="dynamic"):
                 if buf == NULL or lim == NULL:
                     failed_p[0] = 1
                     continue
-                a0 = pair_a[p] * SELF_BLOCK
-                b0 = pair_b[p] * SELF_BLOCK
-                na = n - a0
+                if not _round_pair(same, n_a, n_b, r, p, &block_a, &block_b):
+                    continue
+                a0 = a_start + block_a * SELF_BLOCK
+                b0 = b_start + block_b * SELF_BLOCK
+                na = a_stop - a0
                 if na > SELF_BLOCK:
                     na = SELF_BLOCK
-                nb = n - b0
+                nb = b_stop - b0
                 if nb > SELF_BLOCK:
                     nb = SELF_BLOCK
                 gemm_abt(X + a0 * d, X + b0 * d, <int>na, <int>nb, <int>d, buf)
-                # Rows: block a's points against block b (a diagonal tile covers both ways).
+                # Rows: block a's points against block b.
                 for i in range(na):
                     q = a0 + i
-                    _scan_row(buf + i * nb, rn_w + b0, nb, b0, q, lv + q * L, li + q * L, L)
-                if a0 != b0:
-                    _scan_columns(buf, na, nb, a0, b0, rn_w, lv, li, L, lim)
+                    _scan_row(buf + i * nb, rn_w + b0, nb, b0, q, lv_a + (q - a_start) * L,
+                              li_a + (q - a_start) * L, L)
+                if a0 != b0:  # columns: block b's points against block a
+                    _scan_columns(buf, na, nb, a0, 0, rn_w, lv_b + (b0 - b_start) * L,
+                                  li_b + (b0 - b_start) * L, L, lim)
         free(buf)
         free(lim)
     return -1 if failed else 0
@@ -60,8 +113,9 @@ cdef int _self_finish(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, Py_s
                       Py_ssize_t L, const cython.floating* lv, const int64_t* li,
                       Py_ssize_t row0, Py_ssize_t n_rows,
                       cython.floating* Dout, int64_t* Iout) noexcept nogil:
-    """Pass 2 of the self-join for rows row0 .. row0 + n_rows - 1, each from its list, into
-    Dout / Iout of n_rows rows (the rows are queries offset by row0 into X itself)."""
+    """Pass 2 of the self-join for rows row0 .. row0 + n_rows - 1, each from its list (lv /
+    li start at row row0), into Dout / Iout of n_rows rows (the rows are queries offset by
+    row0 into X itself)."""
     cdef Py_ssize_t q
     cdef double eps, tiny, limit
     cdef Pass2Scratch* sc = NULL
@@ -78,7 +132,7 @@ cdef int _self_finish(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, Py_s
                 failed_p[0] = 1
                 continue
             _pass2(sc, q, X + row0 * d, row0, X, rn_w, n, d, k, L, qn[row0 + q], rmax, eps,
-                   tiny, lv + (row0 + q) * L, li + (row0 + q) * L, 1, 0, Dout, Iout)
+                   tiny, lv + q * L, li + q * L, 1, 0, Dout, Iout)
         if sc != NULL:
             # What this thread queued (the static schedule gave each thread its own share).
             _pass2_flush(sc, X + row0 * d, row0, X, rn_w, n, d, k, Dout, Iout)
@@ -87,101 +141,62 @@ cdef int _self_finish(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, Py_s
     return -1 if failed else 0
 
 
-def _pair_rounds(Py_ssize_t n_blocks):
-    """Block pairs (a <= b) in rounds of disjoint pairs: the diagonal, then the circle method
-    (n_blocks - 1 rounds, or n_blocks when odd). Returns (round_start, pair_a, pair_b)."""
-    rounds = [[(a, a) for a in range(n_blocks)]]
-    m = n_blocks + n_blocks % 2  # odd: a dummy block that sits out each round
-    ring = list(range(1, m))
-    for r in range(m - 1):
-        order = [0] + ring[r:] + ring[:r]
-        pairs = [(min(order[i], order[m - 1 - i]), max(order[i], order[m - 1 - i]))
-                 for i in range(m // 2)]
-        rounds.append([pair for pair in pairs if pair[1] < n_blocks])
-    sizes = [len(pairs) for pairs in rounds]
-    flat = [pair for pairs in rounds for pair in pairs]
-    round_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
-    pair_a = np.array([a for a, _ in flat], dtype=np.intp)
-    pair_b = np.array([b for _, b in flat], dtype=np.intp)
-    return round_start, pair_a, pair_b
-
-
-def _knn_self_typed(const cython.floating[:, ::1] X, Py_ssize_t k, on_progress, resume,
-                    on_rounds, ranges, on_range):
+def _self_norms_typed(const cython.floating[:, ::1] X):
+    """(the rows' squared norms in double, in the input dtype, their largest), or None when
+    a norm is not finite or twice the largest would overflow the gemm's dtype."""
     cdef Py_ssize_t n = X.shape[0]
-    cdef Py_ssize_t d = X.shape[1]
-    cdef Py_ssize_t L = k + LIST_EXTRA
-    cdef Py_ssize_t n_blocks = (n + SELF_BLOCK - 1) // SELF_BLOCK
     cdef double rmax, eps, tiny, limit
-    cdef int rc = 0
-    cdef Py_ssize_t r0, r1, n_rounds, step
-    dtype = np.dtype(np.float32 if cython.floating is float else np.float64)
-    if n * L * (dtype.itemsize + 8) > SELF_JOIN_MAX_BYTES:
-        return None
+    cdef bint ok
     _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
     qn_arr = np.empty(n, dtype=np.float64)
-    rn_arr = np.empty(n, dtype=dtype)
+    rn_arr = np.empty(n, dtype=np.float32 if cython.floating is float else np.float64)
     cdef double[::1] qn = qn_arr
     cdef cython.floating[::1] rn_w = rn_arr
     with nogil:
-        if not (_norms(&X[0, 0], n, d, &qn[0], &rn_w[0], &rmax) and 2 * rmax <= limit):
-            rc = 1
-    if rc == 1:
-        return None
-    start_arr, a_arr, b_arr = _pair_rounds(n_blocks)
-    cdef Py_ssize_t[::1] round_start = start_arr
-    cdef Py_ssize_t[::1] pair_a = a_arr
-    cdef Py_ssize_t[::1] pair_b = b_arr
-    n_rounds = start_arr.shape[0] - 1
-    r0 = 0
-    if resume is None:
-        lv_arr = np.full((n, L), np.inf, dtype=dtype)
-        li_arr = np.full((n, L), -1, dtype=np.int64)
-    else:  # the state an earlier call passed to on_rounds
-        r0, lv_arr, li_arr = resume
-        if not (0 <= r0 <= n_rounds and lv_arr.shape == (n, L) and lv_arr.dtype == dtype
-                and li_arr.shape == (n, L) and li_arr.dtype == np.int64
-                and lv_arr.flags.c_contiguous and li_arr.flags.c_contiguous
-                and lv_arr.flags.writeable and li_arr.flags.writeable):
-            raise ValueError("knn_cpu.knn_self: the resumed state does not belong to this X "
-                             f"and k (expected {n_rounds} rounds and ({n}, {L}) lists of "
-                             f"{dtype} and int64)")
-    cdef cython.floating[:, ::1] lv = lv_arr
-    cdef int64_t[:, ::1] li = li_arr
-    cdef cython.floating[:, ::1] Dv
-    cdef int64_t[:, ::1] Iv
-    cdef Py_ssize_t start, stop
+        ok = _norms(&X[0, 0], n, X.shape[1], &qn[0], &rn_w[0], &rmax) and 2 * rmax <= limit
+    return (qn_arr, rn_arr, rmax) if ok else None
+
+
+def _self_pair_typed(const cython.floating[:, ::1] X, const cython.floating[::1] rn_w,
+                     Py_ssize_t a_start, Py_ssize_t a_stop, Py_ssize_t b_start,
+                     Py_ssize_t b_stop, cython.floating[:, ::1] lv_a, int64_t[:, ::1] li_a,
+                     cython.floating[:, ::1] lv_b, int64_t[:, ::1] li_b, on_progress):
+    cdef Py_ssize_t n_a = (a_stop - a_start + SELF_BLOCK - 1) // SELF_BLOCK
+    cdef Py_ssize_t n_b = (b_stop - b_start + SELF_BLOCK - 1) // SELF_BLOCK
+    cdef Py_ssize_t L = lv_a.shape[1]
+    cdef Py_ssize_t r0, r1, n_rounds, n_pairs, step
+    cdef int rc = 0
+    _round_sizes(a_start == b_start, n_a, n_b, 0, &n_rounds, &n_pairs)
     step = max(1, n_rounds // 100)  # about 100 progress updates
+    r0 = 0
     with blas_single_threaded():
         while r0 < n_rounds and rc == 0:
             r1 = min(r0 + step, n_rounds)
             with nogil:
-                rc = _self_rounds(&X[0, 0], n, d, &rn_w[0], &round_start[0], &pair_a[0],
-                                  &pair_b[0], r0, r1, L, &lv[0, 0], &li[0, 0])
-            if rc == 0 and on_rounds is not None:
-                on_rounds(r1, lv_arr, li_arr)
+                rc = _pair_rounds_pass1(&X[0, 0], X.shape[1], &rn_w[0], a_start, a_stop,
+                                        b_start, b_stop, r0, r1, L, &lv_a[0, 0], &li_a[0, 0],
+                                        &lv_b[0, 0], &li_b[0, 0])
             if on_progress is not None:
-                on_progress(float(round_start[r1]) / round_start[n_rounds])
+                on_progress(float(r1) / n_rounds)
             r0 = r1
     if rc != 0:
-        raise MemoryError("knn_cpu.knn_self: could not allocate the per-thread kNN buffers")
-    # The answers are written a range of rows at a time, so only one range's (D, I) is
-    # ever held beside the candidate lists.
-    for start, stop in ((0, n),) if ranges is None else ranges:
-        D = np.empty((stop - start, k), dtype=dtype)
-        I = np.empty((stop - start, k), dtype=np.int64)
-        Dv, Iv = D, I
-        with nogil:
-            rc = _self_finish(&X[0, 0], n, d, k, &qn[0], &rn_w[0], rmax, L, &lv[0, 0],
-                              &li[0, 0], start, stop - start, &Dv[0, 0], &Iv[0, 0])
-        if rc != 0:
-            raise MemoryError("knn_cpu.knn_self: could not allocate the per-thread kNN "
-                              "buffers")
-        if ranges is None:
-            return D, I
-        on_range(start, D, I)
-        D = None  # freed before the next range's are made
-        I = None
-        Dv = None
-        Iv = None
-    return True
+        raise MemoryError("knn_cpu.SelfJoin: could not allocate the per-thread kNN buffers")
+
+
+def _self_finish_typed(const cython.floating[:, ::1] X, const double[::1] qn,
+                       const cython.floating[::1] rn_w, double rmax, Py_ssize_t k,
+                       Py_ssize_t start, Py_ssize_t stop, const cython.floating[:, ::1] lv,
+                       const int64_t[:, ::1] li):
+    D = np.empty((stop - start, k), dtype=np.float32 if cython.floating is float
+                 else np.float64)
+    I = np.empty((stop - start, k), dtype=np.int64)
+    cdef cython.floating[:, ::1] Dv = D
+    cdef int64_t[:, ::1] Iv = I
+    cdef int rc
+    with nogil:
+        rc = _self_finish(&X[0, 0], X.shape[0], X.shape[1], k, &qn[0], &rn_w[0], rmax,
+                          lv.shape[1], &lv[0, 0], &li[0, 0], start, stop - start, &Dv[0, 0],
+                          &Iv[0, 0])
+    if rc != 0:
+        raise MemoryError("knn_cpu.SelfJoin: could not allocate the per-thread kNN buffers")
+    return D, I

@@ -31,12 +31,15 @@ class KernelSet:
     gaussian_loglik(F, means, variances, log_weights, thresholds, full)
         -> (L or None, row_max, row_argmax, row_logsumexp, all_below)
         Isotropic Gaussian log-likelihoods L[i, c] and their fused row reductions.
-    knn_self(X, k, on_progress, *, resume, on_rounds, ranges, on_range) -> (D, I) or None
+    knn_self(X, k, on_progress) -> (D, I) or None
         Optional. The self-join ``knn(X, X, k, 0)`` in one call, for backends with a faster
         way to do it (each pair of points once); ``on_progress(fraction_done)`` is called
-        along the way. It may decline (None) and the caller then uses ``knn``. A stopped
-        join resumes from what ``on_rounds`` saved (``resume``); with ``ranges`` and
-        ``on_range(start, D, I)`` the answers come a row range at a time (returns True).
+        along the way. It may decline (None) and the caller then uses ``knn``.
+    self_join(X, k) -> a join or None
+        Optional. The same self-join in pieces, with the candidate lists of only two row
+        ranges in memory at a time (``fastzsl.fit_file``): the object has ``new_lists``,
+        ``pair`` and ``finish`` as ``knn_cpu.SelfJoin`` documents. None where it does not
+        apply.
     """
 
     name: str
@@ -46,5 +49,6 @@ class KernelSet:
     loop_score: Callable
     gaussian_loglik: Callable
     knn_self: Optional[Callable] = None
+    self_join: Optional[Callable] = None
     knn_prepare: Optional[Callable] = None
     rerank: Optional[Callable] = None

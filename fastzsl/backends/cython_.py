@@ -56,6 +56,7 @@ else:
         loop_score=_loop_cpu.loop_score,
         gaussian_loglik=_gaussian_cpu.gaussian_loglik,
         knn_self=_knn_cpu.knn_self,
+        self_join=_knn_cpu.SelfJoin.open,
         knn_prepare=prepare,
         rerank=_knn_cpu.rerank,
     )

@@ -62,9 +62,9 @@ def add_parser(subparsers):
                    help="LocalCluster workers with --scheduler local (default: one per core)")
     p.add_argument("--schedule", choices=["auto", "self-join", "chunks"], default="auto",
                    help="LoOP's exact search in one process: 'self-join' searches each pair "
-                        "of row blocks once (half the work; holds every row's candidate "
-                        "lists), 'chunks' holds one chunk's (default: %(default)s, the "
-                        "self-join where it applies)")
+                        "of row blocks once (half the work), a pair of chunks at a time; "
+                        "'chunks' searches each chunk against every row (default: "
+                        "%(default)s, the self-join where it applies)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument("--wait", action="store_true",
                    help="if another job is fitting MODEL, wait for it instead of refusing")

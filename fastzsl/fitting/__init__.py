@@ -2,8 +2,8 @@
 
 ``fit_file(estimator, input, model_path)`` fits a ``LoOP`` or a ``GaussianNovelty`` on every
 row of a ``.npy`` file, a Parquet file or a folder of such shards (what ``fastzsl score``
-reads) and writes its model file, holding no more than the reference set and a chunk (or,
-with LoOP's self-join schedule, the candidate lists of every row, as ``LoOP.fit`` does).
+reads) and writes its model file, holding no more than the reference set and two chunks'
+rows and candidate lists.
 
 LoOP. Its in-sample fit needs every reference row's k nearest other rows: a kNN self-join.
 The rows are split into chunks; each chunk is searched against the whole reference with
@@ -11,8 +11,10 @@ its own rows left out, and its kNN lists are written atomically (as score's resu
 are) to ``MODEL.parts/lists-NNNNNN.npy``. A killed job, rerun with the same command, keeps
 the lists it finds and searches the rest. In one process with the cython kernels, the
 default schedule runs their self-join instead (each pair of row blocks once: half the gemm
-work), saving its candidate lists about once a minute (``self-join.npz``) for a rerun to go
-on from, and writes the chunks' lists at its end. The exact kernels give a row the same list
+work), a pair of chunks at a time: chunk a's candidate lists take the pairs (a', a), a' <= a,
+then (a, b), b > a, and its lists file is written then. After each chunk pair the two
+chunks' candidate lists are saved (``join-AAAAAA-PPPPPP.npy``) and the pair counted
+(``self-join.json``), so a rerun goes on from the last pair done. The exact kernels give a row the same list
 however the rows are chunked (bit for bit the graph of ``LoOP.fit``), and the reduction
 reads the lists in one fixed order, so the model file is the same, byte for byte, whatever
 the kills and the number of workers (running the same kernels). The reduction: pdist of each row from its own list; PLOF from
@@ -26,9 +28,12 @@ Work folder ``MODEL.parts/`` (removed once the model file is written):
     reference.npy      the reference rows in one file (unless the input is one .npy file)
     ivf.index          knn="ivf": the trained, empty IVF index every search process fills
     lists-000000.npy   the D and I rows (k each) of chunk 0's rows, ...
+    self-join.json     the self-join schedule: how many chunk pairs are done
+    join-000003-000010.npy  ... and the candidate lists of chunk 3 after pair 10, ...
 
 Memory per process: the reference, memory-mapped (the page cache keeps one copy for all
-the processes of a machine), one chunk's rows and lists, and a few float64 arrays of n.
+the processes of a machine), one chunk's lists (the self-join: two chunks' candidate lists,
+k + 8 entries a row), and a few float64 arrays of n.
 
 GaussianNovelty: one streaming pass of per-class sums in float64 (shifted by each class's
 first row, so the variance loses nothing to cancellation), then one pass for the training
@@ -94,13 +99,12 @@ def fit_file(estimator, input, model_path, *, labels=None, chunk_size=None, sche
         LocalCluster workers (default: one per core).
     schedule : {"auto", "self-join", "chunks"}
         How one process searches LoOP's exact neighbours. ``"self-join"``: every pair of
-        row blocks once (half the gemm work of "chunks"; the in-memory fit's kernel),
-        saving its candidate lists to the work folder about once a minute so a killed job
-        resumes from there; it holds the candidate lists of every row (about n * (k + 8) *
-        12 bytes for float32 rows), as ``LoOP.fit`` does. ``"chunks"``: each chunk against
-        the whole reference, holding one chunk's lists. ``"auto"``: the self-join when
-        there is no scheduler, the kernels have one and the lists fit its memory limit
-        (the rule ``LoOP.fit`` follows), else chunks. Both give the same lists, bit for bit.
+        row blocks once (half the gemm work of "chunks"; the in-memory fit's kernel), a
+        pair of chunks at a time, holding those two chunks' candidate lists (k + 8 entries
+        a row) and saving them to the work folder after each pair, so a killed job resumes
+        from there. ``"chunks"``: each chunk against the whole reference, holding one
+        chunk's lists. ``"auto"``: the self-join when there is no scheduler and the kernels
+        have one, else chunks. Both give the same lists, bit for bit.
     progress : bool
         Show a progress bar over the searched rows.
     wait : bool

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +19,11 @@ from ._job import FORMAT, FORMAT_VERSION, _claim
 
 REFERENCE = "reference.npy"
 IVF_INDEX = "ivf.index"
-SELF_JOIN_STATE = "self-join.npz"
-SELF_JOIN_SAVE_SECONDS = 60.0  # how often a self-join saves its candidate lists
+SELF_JOIN_STATE = "self-join.json"
 SCHEDULES = ("auto", "self-join", "chunks")
-SELF_JOIN_REFUSED = ("schedule='self-join' needs one process (no scheduler), exact kNN on "
-                     "kernels with a self-join (cython) and candidate lists within its memory "
-                     "limit; use schedule='chunks'")
+SELF_JOIN_REFUSED = ("schedule='self-join' needs one process (no scheduler) and exact kNN on "
+                     "kernels with a self-join (cython) that can take these rows; use "
+                     "schedule='chunks'")
 # What approximate neighbours cost at the default nprobe (nlist / 16, at least 8), d = 50,
 # k = 20: the IVF study (benchmarks/results/ivf-cpu-2core.md: new points scored by an
 # IVF-fitted model; real mapped Fashion-MNIST features, 40k rows, and Gaussian blobs, 100k)
@@ -37,6 +35,8 @@ IVF_PRICE = ("LoOP against exact neighbours at the default nprobe, measured: mea
              "benchmarks/results/ivf-cpu-2core.md")
 # Rows a faiss index is filled with per call (a float32 copy of one block, not of all).
 _FILL_ROWS = 1 << 16
+# Rows whose kNN lists are finished and written at a time (a few MB, not a chunk's).
+FINISH_ROWS = 1 << 14
 
 
 # ---------------------------------------------------------------------------- LoOP
@@ -132,7 +132,7 @@ def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, sc
     check_option(estimator.scoring, SCORING, "scoring")
     knn = _loop_knn(estimator, source, scheduler)
     if schedule == "self-join" and (scheduler is not None or knn["method"] != "exact"
-                                    or resolve(knn["backend"]).knn_self is None):
+                                    or resolve(knn["backend"]).self_join is None):
         raise BatchError(SELF_JOIN_REFUSED)
     params = estimator.get_params()
     source.check_all_rows()  # before any file is made
@@ -166,7 +166,7 @@ def _fit_loop(estimator, source, model_path, *, labels, scheduler, n_workers, sc
                   smoothing=0.1, desc="kNN lists", disable=not progress) as bar:
             if scheduler is not None:
                 _search_on_dask(job, todo, scheduler, n_workers, bar, log)
-            elif not (todo and schedule != "chunks" and _self_join(job, todo, bar, log)):
+            elif not (todo and schedule != "chunks" and _self_join(job, plan, todo, bar, log)):
                 if schedule == "self-join" and todo:
                     raise BatchError(SELF_JOIN_REFUSED)
                 try:
@@ -341,74 +341,215 @@ def search_chunk(job: LoopJob, index: int, start: int, stop: int) -> int:
     searcher = _searcher(job)
     with thread_limits(job.n_jobs, backend=job.backend, knn=job.method):
         D, I = searcher.search(start, stop)
-    _write_lists(job, index, D, I)
+    _write_lists(job, index, len(D), _blocks(D, I))
     return stop - start
 
 
-def _write_lists(job: LoopJob, index: int, D, I) -> None:
-    """Chunk ``index``'s kNN lists, written atomically (read back by ``_read_lists``)."""
-    lists = np.empty(len(D), dtype=_lists_dtype(job))
-    lists["D"], lists["I"] = D, I
-    write_atomically(job.lists_path(index), lambda f: np.save(f, lists, allow_pickle=False))
+def _write_lists(job: LoopJob, index: int, n_rows: int, blocks) -> None:
+    """Chunk ``index``'s kNN lists, written atomically (read back by ``_read_lists``) from
+    ``blocks``: (D, I) of its rows in order, a few thousand rows at a time, so that the file's
+    row layout is never built for the whole chunk."""
+    dtype = _lists_dtype(job)
+
+    def write(f):
+        np.lib.format.write_array_header_2_0(f, {
+            "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+            "shape": (n_rows,)})
+        written = 0
+        for D, I in blocks:
+            lists = np.empty(len(D), dtype=dtype)
+            lists["D"], lists["I"] = D, I
+            lists.tofile(f)
+            written += len(D)
+        if written != n_rows:
+            raise RuntimeError(f"lists of {written} rows written for a chunk of {n_rows}")
+
+    write_atomically(job.lists_path(index), write)
 
 
-def _self_join(job: LoopJob, todo, bar, log) -> bool:
-    """Search every row with the kernels' self-join and write the lists of chunks ``todo``;
-    False (having written nothing) where it does not apply. The join's candidate lists are
-    saved to ``SELF_JOIN_STATE`` at most every SELF_JOIN_SAVE_SECONDS, at a boundary of its
-    rounds, and a rerun goes on from there: the same bits as an uninterrupted join."""
+def _blocks(D, I):
+    """(D, I) in blocks of FINISH_ROWS rows."""
+    return ((D[row:row + FINISH_ROWS], I[row:row + FINISH_ROWS])
+            for row in range(0, len(D), FINISH_ROWS))
+
+
+def _read_npy_into(f, out) -> None:
+    """The next array of the open .npy stream ``f``, read into ``out`` (its shape and dtype
+    checked): no new array."""
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f".npy format version {version} was not written here")
+    shape, fortran_order, dtype = read_header(f)
+    if shape != out.shape or dtype != out.dtype or fortran_order:
+        raise ValueError(f"it holds {shape} {dtype}, not the {out.shape} {out.dtype} expected")
+    if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+        raise ValueError("it ends early")
+
+
+def _self_join(job: LoopJob, plan, todo, bar, log) -> bool:
+    """Search every row with the kernels' self-join, a pair of chunks at a time (each pair of
+    row blocks once, as ``LoOP.fit``), and write the lists of chunks ``todo``; False (having
+    written nothing) where it does not apply. Chunk a's candidate lists take every pair
+    (a', a) for a' <= a, then (a, b) for b > a in order, and are finished then: only the
+    lists of two chunks are in memory at a time. After each pair both chunks' lists are saved
+    (``_JoinState``), so a rerun goes on from the last pair done; the lists, and so the model,
+    are the same bits as an uninterrupted join's."""
     from ..backends import kernels_for, resolve
 
-    if job.method != "exact" or resolve(job.backend).knn_self is None:
+    if job.method != "exact" or resolve(job.backend).self_join is None:
         return False
-    X = _open_reference(job)
-    state_path = Path(job.folder) / SELF_JOIN_STATE
-    resume = _read_self_join_state(state_path, job)
-    if resume is not None:
-        log(f"resuming the self-join at round {resume[0]}")
-    saved = [time.monotonic()]
+    with kernels_for(job.backend, _open_reference(job), n_jobs=job.n_jobs) as (kernels, (X,)):
+        join = kernels.self_join(X, job.k)
+        if join is None:  # norms too large for the gemm: the chunks' searches fall back
+            return False
+        pending = {chunk.index for chunk in todo}
+        pairs = [(a, b) for a in range(len(plan)) for b in range(a, len(plan))
+                 if a in pending or b in pending]
+        state = _JoinState(job, plan, pending, log)
+        rows = [(c.row, c.row + c.n_rows) for c in plan]
+        work = [plan[a].n_rows * plan[b].n_rows * (0.5 if a == b else 1.0) for a, b in pairs]
+        total = sum(w for (a, b), w in zip(pairs, work) if not state.is_done(a, b)) or 1.0
+        done, start = 0.0, bar.n
 
-    def save(next_round, lists_D, lists_I):
-        if time.monotonic() - saved[0] >= SELF_JOIN_SAVE_SECONDS:
-            write_atomically(state_path, lambda f: np.savez(
-                f, next_round=np.int64(next_round), D=lists_D, I=lists_I))
-            saved[0] = time.monotonic()
+        def advance(pair_done):
+            bar.update(start + round((done + pair_done) / total * (job.n_rows - start))
+                       - bar.n)
 
-    start = bar.n
+        # Two sets of lists, allocated once and reused chunk after chunk (arrays of tens of
+        # MB allocated and freed in turn leave glibc's heap fragmented: 60 MB more at 500k
+        # rows).
+        largest = max(c.n_rows for c in plan)
+        spare = [join.new_lists(largest), join.new_lists(largest)]
 
-    def advance(fraction):
-        bar.update(start + round(fraction * (job.n_rows - start)) - bar.n)
+        def lists(chunk, which):
+            """Chunk's lists in spare set ``which``: saved, or empty."""
+            out = tuple(array[:plan[chunk].n_rows] for array in spare[which])
+            if chunk not in pending or not state.read_lists(chunk, out):
+                out[0].fill(np.inf)
+                out[1].fill(-1)
+            return out
 
-    # Each chunk's lists are written as the join finishes them, so one chunk's answers at a
-    # time are held beside the join's candidate lists, not all of them.
-    index_of = {chunk.row: chunk.index for chunk in todo}
-    with kernels_for(job.backend, X, n_jobs=job.n_jobs) as (kernels, (X,)):
-        done = kernels.knn_self(
-            X, job.k, advance, resume=resume, on_rounds=save,
-            ranges=[(chunk.row, chunk.row + chunk.n_rows) for chunk in todo],
-            on_range=lambda row, D, I: _write_lists(job, index_of[row], D, I))
-    if done is None:
-        return False
-    state_path.unlink(missing_ok=True)
+        for a in sorted({a for a, _ in pairs}):
+            lists_a = lists(a, 0)
+            for number, (pair_a, b) in enumerate(pairs):
+                if pair_a != a or state.is_done(a, b):
+                    continue
+                lists_b = lists_a if b == a else lists(b, 1)
+                join.pair(rows[a], rows[b], lists_a, lists_b,
+                          lambda f, w=work[number]: advance(f * w))
+                state.pair_done(a, b, {c: lists for c, lists in ((a, lists_a), (b, lists_b))
+                                       if c in pending})
+                done += work[number]
+            if a in pending:
+                # Finished and written a block of rows at a time: no chunk-sized answers.
+                _write_lists(job, a, plan[a].n_rows, (
+                    join.finish((row, min(row + FINISH_ROWS, rows[a][1])),
+                                tuple(array[row - rows[a][0]:][:FINISH_ROWS]
+                                      for array in lists_a))
+                    for row in range(rows[a][0], rows[a][1], FINISH_ROWS)))
+                state.forget(a)
+    Path(job.folder, SELF_JOIN_STATE).unlink(missing_ok=True)
     bar.update(job.n_rows - bar.n)
     return True
 
 
-def _read_self_join_state(path: Path, job: LoopJob):
-    """(next_round, lists_D, lists_I) a killed self-join saved, or None (none saved, or one
-    that cannot be read: the join then starts over)."""
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            state = int(saved["next_round"]), saved["D"], saved["I"]
-    except (OSError, ValueError, KeyError):
-        return None
-    D, I = state[1], state[2]
-    if D.dtype != np.dtype(job.dtype) or D.ndim != 2 or D.shape[0] != job.n_rows \
-            or I.shape != D.shape or I.dtype != np.int64:
-        return None
-    return state
+class _JoinState:
+    """Where the self-join of a fit is, in its work folder. ``SELF_JOIN_STATE`` holds how
+    many chunk pairs (a, b), a <= b, in their fixed order, are done; ``join-AAAAAA-PPPPPP.npy``
+    the candidate lists of chunk A after pair number P (its values, then its indices: two
+    arrays in one file, written from memory as they are, with no buffer). A pair's lists go to new files and
+    the count moves on atomically after them; the files that made stale are removed then
+    (or at the next start), so a kill at any point leaves a state the rerun can go on from.
+    A state that cannot be (a file missing or unreadable) starts the join over."""
+
+    def __init__(self, job: LoopJob, plan, pending, log):
+        self.folder = Path(job.folder)
+        self.job = job
+        self.n_chunks = len(plan)
+        self.path = self.folder / SELF_JOIN_STATE
+        self.n_done = self._read_count()
+        self.files = {}  # chunk -> its lists' file
+        for path in sorted(self.folder.glob("join-*.npy")):
+            chunk, number = (int(part) for part in path.stem.split("-")[1:])
+            if chunk not in pending or number >= self.n_done:
+                path.unlink()  # finished, or of a pair not counted
+            else:
+                if chunk in self.files:
+                    self.files[chunk].unlink()  # superseded (kept max number, sorted)
+                self.files[chunk] = path
+        started = {c for number, (a, b) in enumerate(self._order()) if number < self.n_done
+                   for c in (a, b) if c in pending}
+        if started - set(self.files):
+            log("the self-join's saved lists are incomplete: starting it over")
+            self._start_over()
+        elif self.n_done:
+            log(f"resuming the self-join after {self.n_done} of {len(self._order())} chunk "
+                "pairs")
+
+    def _order(self):
+        return [(a, b) for a in range(self.n_chunks) for b in range(a, self.n_chunks)]
+
+    def _read_count(self) -> int:
+        try:
+            state = json.loads(self.path.read_text())
+            if state["n_chunks"] == self.n_chunks and 0 <= state["pairs_done"]:
+                return int(state["pairs_done"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return 0
+
+    def _start_over(self):
+        for path in self.files.values():
+            path.unlink()
+        self.files = {}
+        self.n_done = 0
+
+    def _number(self, a, b) -> int:
+        """The pair's place in the order: the rows before a, then b's place in a's row."""
+        return a * self.n_chunks - a * (a - 1) // 2 + (b - a)
+
+    def is_done(self, a, b) -> bool:
+        return self._number(a, b) < self.n_done
+
+    def read_lists(self, chunk, out) -> bool:
+        """Read the chunk's saved candidate lists into ``out`` (values, indices); False
+        where no pair has touched it yet."""
+        path = self.files.get(chunk)
+        if path is None:
+            return False
+        try:
+            with open(path, "rb") as f:
+                for array in out:
+                    _read_npy_into(f, array)
+        except (OSError, ValueError) as exc:
+            raise BatchError(f"cannot read the self-join's lists {path} ({exc}); delete "
+                             f"{self.path} and rerun the same command to start the join "
+                             "over") from None
+        return True
+
+    def pair_done(self, a, b, lists):
+        """Save the lists {chunk: lists} that pair (a, b) updated, then count it."""
+        number = self._number(a, b)
+        stale = []
+        for chunk, (values, indices) in lists.items():
+            path = self.folder / f"join-{chunk:06d}-{number:06d}.npy"
+            write_atomically(path, lambda f: (np.save(f, values), np.save(f, indices)))
+            if chunk in self.files:
+                stale.append(self.files[chunk])
+            self.files[chunk] = path
+        self.n_done = number + 1
+        write_atomically(self.path, lambda f: f.write(json.dumps(
+            {"pairs_done": self.n_done, "n_chunks": self.n_chunks}).encode()))
+        for path in stale:
+            path.unlink()
+
+    def forget(self, chunk):
+        """The chunk's lists are written: its join files go."""
+        path = self.files.pop(chunk, None)
+        if path is not None:
+            path.unlink()
 
 
 def _lists_dtype(job: LoopJob) -> np.dtype:

@@ -24,7 +24,7 @@ from fastzsl.backends import cython_  # noqa: E402 (after the skip: needs the ex
 EDGE_SIZES = [(1, 1), (127, 255), (128, 256), (129, 257), (255, 511), (256, 512), (257, 513),
               (130, 1025), (3, 2049), (2048, 1023), (2048, 1025), (2047, 2049)]
 # The self-join's blocks hold 256 rows; 513..768 rows make an odd number of blocks.
-SELF_SIZES = [1, 2, 255, 256, 257, 600, 1100]
+SELF_SIZES = [1, 2, 255, 256, 257, 600, 1024, 1100]
 
 
 def _check(Q, R, k, self_offset=-1):
@@ -176,27 +176,34 @@ def test_self_join_reports_progress_to_the_end(rng):
     np.testing.assert_array_equal(I, I_ref)
 
 
-def test_self_join_answers_a_row_range_at_a_time_with_the_same_bits(dtype, rng):
-    """ranges/on_range: each range's answers are the whole answer's rows, bit for bit
-    (clustered points with duplicates, so near-ties cross the ranges' edges), in the order
-    given, one range at a time; bad ranges are refused before any work."""
+@pytest.mark.parametrize("cuts", [(0, 1, 500, 901), (0, 256, 257, 700, 1000)],
+                         ids=["odd ranges", "a block edge"])
+def test_self_join_in_pairs_of_row_ranges_gives_the_same_bits(dtype, rng, cuts):
+    """SelfJoin: every pair of ranges of a partition once, in any order (here reversed),
+    then each range finished: the rows of knn_self, bit for bit (clustered points with
+    duplicates, so near-ties cross the ranges' edges; ranges of unequal block counts both
+    ways round). Bad ranges and lists are refused."""
     centres = rng.normal(size=(4, 10)) * 20
     X = (centres[rng.integers(4, size=900)] + rng.normal(size=(900, 10))).astype(dtype)
     X = np.concatenate([X, X[::7]])
     D, I = knn_cpu.knn_self(X, 6)
-    ranges = [(500, 901), (0, 1), (1, 500), (901, len(X))]
-    got = []
-    assert knn_cpu.knn_self(X, 6, ranges=ranges,
-                            on_range=lambda start, Dr, Ir: got.append((start, Dr, Ir))) is True
-    assert [start for start, _, _ in got] == [a for a, _ in ranges]
-    for (start, Dr, Ir), (a, b) in zip(got, ranges):
-        np.testing.assert_array_equal(Dr, D[a:b])
-        np.testing.assert_array_equal(Ir, I[a:b])
-    for bad in ([(0, 0)], [(-1, 3)], [(5, len(X) + 1)]):
-        with pytest.raises(ValueError, match="ranges must be"):
-            knn_cpu.knn_self(X, 6, ranges=bad, on_range=lambda *a: None)
-    with pytest.raises(ValueError, match="given with on_range"):
-        knn_cpu.knn_self(X, 6, ranges=ranges)
+    join = knn_cpu.SelfJoin.open(X, 6)
+    ranges = list(zip(cuts, cuts[1:] + (len(X),)))
+    lists = [join.new_lists(b - a) for a, b in ranges]
+    for a in reversed(range(len(ranges))):
+        for b in reversed(range(a, len(ranges))):
+            join.pair(ranges[a], ranges[b], lists[a], lists[b])
+    for (start, stop), done in zip(ranges, lists):
+        Dr, Ir = join.finish((start, stop), done)
+        np.testing.assert_array_equal(Dr, D[start:stop])
+        np.testing.assert_array_equal(Ir, I[start:stop])
+    with pytest.raises(ValueError, match="overlap"):
+        join.pair((0, 10), (5, 20), join.new_lists(10), join.new_lists(15))
+    for bad in ((0, 0), (-1, 3), (5, len(X) + 1)):
+        with pytest.raises(ValueError, match="rows must be"):
+            join.finish(bad, join.new_lists(3))
+    with pytest.raises(ValueError, match="lists of rows 0..9 must be"):
+        join.finish((0, 10), join.new_lists(11))
 
 
 def test_self_join_declines_over_its_memory_cap(rng, monkeypatch):
