@@ -14,44 +14,29 @@ cdef enum:
 SELF_JOIN_MAX_BYTES = 512 * 2**20
 
 
-cdef inline bint _round_pair(bint same, Py_ssize_t n_a, Py_ssize_t n_b, Py_ssize_t r,
-                             Py_ssize_t p, Py_ssize_t* a, Py_ssize_t* b) noexcept nogil:
-    """Pair p of round r of the block pairs (``_round_sizes`` counts them), computed rather
-    than listed (7.6M pairs for one range of 1M rows). Two ranges: a cyclic shift per round.
-    One range against itself: round 0 is the diagonal, then the circle method (block 0 fixed,
-    the others rotating), with a dummy block when n_a is odd: False for its pair."""
-    cdef Py_ssize_t m, x, y
-    if not same:
-        if n_a <= n_b:
-            a[0] = p
-            b[0] = (p + r) % n_b
-        else:
-            a[0] = (p + r) % n_a
-            b[0] = p
-        return True
-    if r == 0:
-        a[0] = p
-        b[0] = p
-        return True
-    m = n_a + n_a % 2
-    x = 0 if p == 0 else 1 + (r - 1 + p - 1) % (m - 1)
-    y = 1 + (r - 1 + m - 2 - p) % (m - 1)  # position m - 1 - p of the rotated order
-    if x > y:
-        x, y = y, x
-    a[0] = x
-    b[0] = y
-    return y < n_a
+# The block pairs of a pass, in rounds whose pairs share no block, are computed rather than
+# listed (7.6M pairs for one range of 1M rows). Two ranges of n_a and n_b blocks: a cyclic
+# shift per round. One range against itself: round 0 is the diagonal, then the circle
+# method (block 0 fixed, the others rotating), with a dummy block m - 1 when n_a is odd.
+# (Values, not pointers: inside a prange Cython makes private only what is assigned.)
+
+cdef inline Py_ssize_t _n_rounds(bint same, Py_ssize_t n_a, Py_ssize_t n_b) noexcept nogil:
+    if same:
+        return n_a + n_a % 2  # the diagonal, then n_a - 1 (n_a when odd) rotations
+    return n_a if n_a > n_b else n_b
 
 
-cdef inline void _round_sizes(bint same, Py_ssize_t n_a, Py_ssize_t n_b, Py_ssize_t r,
-                              Py_ssize_t* n_rounds, Py_ssize_t* n_pairs) noexcept nogil:
-    """How many rounds there are, and how many pairs round r has."""
-    if not same:
-        n_rounds[0] = n_a if n_a > n_b else n_b
-        n_pairs[0] = n_b if n_a > n_b else n_a
-    else:
-        n_rounds[0] = n_a + n_a % 2  # the diagonal, then n_a - 1 (n_a when odd) rotations
-        n_pairs[0] = n_a if r == 0 else (n_a + n_a % 2) // 2
+cdef inline Py_ssize_t _n_pairs(bint same, Py_ssize_t n_a, Py_ssize_t n_b,
+                                Py_ssize_t r) noexcept nogil:
+    """Pairs in round r (in a circle round, the dummy block's among them)."""
+    if same:
+        return n_a if r == 0 else (n_a + n_a % 2) // 2
+    return n_b if n_a > n_b else n_a
+
+
+cdef inline Py_ssize_t _circle(Py_ssize_t m, Py_ssize_t r, Py_ssize_t i) noexcept nogil:
+    """The block at position i of circle-method round r >= 1 of m blocks."""
+    return 0 if i == 0 else 1 + (r - 2 + i) % (m - 1)
 
 
 cdef int _pair_rounds_pass1(const cython.floating* X, Py_ssize_t d,
@@ -69,7 +54,8 @@ cdef int _pair_rounds_pass1(const cython.floating* X, Py_ssize_t d,
     cdef bint same = a_start == b_start
     cdef Py_ssize_t n_a = (a_stop - a_start + SELF_BLOCK - 1) // SELF_BLOCK
     cdef Py_ssize_t n_b = (b_stop - b_start + SELF_BLOCK - 1) // SELF_BLOCK
-    cdef Py_ssize_t r, p, n_rounds, n_pairs, block_a, block_b, a0, b0, na, nb, i, q
+    cdef Py_ssize_t m = n_a + n_a % 2
+    cdef Py_ssize_t r, p, block_a, block_b, a0, b0, na, nb, i, q
     cdef cython.floating* buf = NULL
     cdef cython.floating* lim = NULL
     cdef int failed = 0
@@ -79,13 +65,23 @@ cdef int _pair_rounds_pass1(const cython.floating* X, Py_ssize_t d,
         buf = <cython.floating*>malloc(SELF_BLOCK * SELF_BLOCK * sizeof(cython.floating))
         lim = <cython.floating*>malloc(SELF_BLOCK * sizeof(cython.floating))
         for r in range(r0, r1):
-            _round_sizes(same, n_a, n_b, r, &n_rounds, &n_pairs)
-            for p in prange(n_pairs, schedule="dynamic"):
+            for p in prange(_n_pairs(same, n_a, n_b, r), schedule="dynamic"):
                 if buf == NULL or lim == NULL:
                     failed_p[0] = 1
                     continue
-                if not _round_pair(same, n_a, n_b, r, p, &block_a, &block_b):
-                    continue
+                if not same:
+                    block_a = p if n_a <= n_b else (p + r) % n_a
+                    block_b = (p + r) % n_b if n_a <= n_b else p
+                elif r == 0:
+                    block_a = p
+                    block_b = p
+                else:
+                    block_a = _circle(m, r, p)
+                    block_b = _circle(m, r, m - 1 - p)
+                    if block_a > block_b:
+                        block_a, block_b = block_b, block_a
+                    if block_b >= n_a:  # the dummy block's pair
+                        continue
                 a0 = a_start + block_a * SELF_BLOCK
                 b0 = b_start + block_b * SELF_BLOCK
                 na = a_stop - a0
@@ -164,9 +160,9 @@ def _self_pair_typed(const cython.floating[:, ::1] X, const cython.floating[::1]
     cdef Py_ssize_t n_a = (a_stop - a_start + SELF_BLOCK - 1) // SELF_BLOCK
     cdef Py_ssize_t n_b = (b_stop - b_start + SELF_BLOCK - 1) // SELF_BLOCK
     cdef Py_ssize_t L = lv_a.shape[1]
-    cdef Py_ssize_t r0, r1, n_rounds, n_pairs, step
+    cdef Py_ssize_t r0, r1, step
+    cdef Py_ssize_t n_rounds = _n_rounds(a_start == b_start, n_a, n_b)
     cdef int rc = 0
-    _round_sizes(a_start == b_start, n_a, n_b, 0, &n_rounds, &n_pairs)
     step = max(1, n_rounds // 100)  # about 100 progress updates
     r0 = 0
     with blas_single_threaded():

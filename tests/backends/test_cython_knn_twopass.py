@@ -332,3 +332,23 @@ def test_screen_beyond_float32_range_and_old_prepared_form(rng):
     D_dir, I_dir = knn_cpu.knn_direct(R[:20], R, 5, 0)
     np.testing.assert_array_equal(I, I_dir)
     np.testing.assert_array_equal(D, D_dir)
+
+
+def test_self_join_with_many_pairs_per_round_gives_the_same_bits(rng):
+    """40k rows (157 blocks: rounds of 79 pairs, shared among the threads; and ranges of
+    59 / 59 / 40 blocks): the whole join and the join in pairs of ranges equal knn."""
+    X = rng.normal(size=(40_000, 4)).astype(np.float32)
+    D_ref, I_ref = knn_cpu.knn(X, X, 5, 0)
+    D, I = knn_cpu.knn_self(X, 5)
+    np.testing.assert_array_equal(D, D_ref)
+    np.testing.assert_array_equal(I, I_ref)
+    join = knn_cpu.SelfJoin.open(X, 5)
+    ranges = [(0, 15_000), (15_000, 30_000), (30_000, 40_000)]
+    lists = [join.new_lists(b - a) for a, b in ranges]
+    for a in range(3):
+        for b in range(a, 3):
+            join.pair(ranges[a], ranges[b], lists[a], lists[b])
+    for (start, stop), done in zip(ranges, lists):
+        Dr, Ir = join.finish((start, stop), done)
+        np.testing.assert_array_equal(Dr, D_ref[start:stop])
+        np.testing.assert_array_equal(Ir, I_ref[start:stop])
