@@ -466,6 +466,47 @@ def test_dask_local_cluster_writes_the_same_model_file_and_loads_once_per_worker
     assert filecmp.cmp(tmp_path / "single.fzsl", tmp_path / "dask.fzsl", shallow=False)
 
 
+def test_dask_tasks_are_parts_of_chunks_and_a_stopped_fit_keeps_its_parts(data, tmp_path,
+                                                                          monkeypatch):
+    """Tasks of DASK_TASK_ROWS rows (here 150: 3 per chunk of 400, the last of 100), each
+    writing its part's lists; the driver joins them into the chunks' lists files. Stopped
+    after joining one chunk, the rerun submits no task for the parts written and writes the
+    one-process model file, byte for byte."""
+    distributed = pytest.importorskip("distributed")
+    import fastzsl.fitting._loop as fitting
+
+    folder, _, _, _ = data
+    fit_file(LoOP(n_neighbors=10), folder / "X.npy", tmp_path / "single.fzsl",
+             chunk_size=400, progress=False)
+    monkeypatch.setattr(fitting, "DASK_TASK_ROWS", 150)
+    real_write = fitting._write_lists
+    joined = []
+
+    def stop_after_one_join(job, path, n_rows, blocks):
+        if Path(path).name.startswith("lists-") and joined:
+            raise _Stop
+        real_write(job, path, n_rows, blocks)
+        joined.append(path)
+
+    monkeypatch.setattr(fitting, "_write_lists", stop_after_one_join)
+    model = tmp_path / "dask.fzsl"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        with pytest.raises(_Stop):
+            fit_file(LoOP(n_neighbors=10), folder / "X.npy", model, chunk_size=400,
+                     scheduler=cluster.scheduler_address, progress=False)
+        assert _lists(_parts(model)) == ["lists-000000.npy"]
+        parts = sorted(p.name for p in _parts(model).glob("part-*.npy"))
+        # 3,000 rows: chunks 1-6 of 400 rows (3 parts each), chunk 7 of 200 (2 parts)
+        assert len(parts) == 6 * 3 + 2 and parts[0] == "part-000001-000000.npy"
+        monkeypatch.setattr(fitting, "_write_lists", real_write)
+        messages = []
+        fit_file(LoOP(n_neighbors=10), folder / "X.npy", model, chunk_size=400,
+                 scheduler=cluster.scheduler_address, progress=False, log=messages.append)
+    assert any("resuming: 20 of 20 Dask tasks already done" in m for m in messages), messages
+    assert filecmp.cmp(tmp_path / "single.fzsl", model, shallow=False)
+
+
 def test_cupy_backend_workers_run_the_same_tasks(tmp_path):
     """The plumbing of GPU workers (backend="cupy"): here the CUDA kernels run on the CPU
     (tests/cuda_host) in a thread-based LocalCluster, which shares this process's stand-in

@@ -41,10 +41,12 @@ scores its outlier probability is read off. The labels come from a parallel file
 column of Parquet input.
 
 On Dask (``scheduler="local"`` starts a ``LocalCluster``; else the address of a running
-scheduler), each task searches one chunk and writes its lists itself, with the code of
-the one-process path; workers memory-map the reference from the file system every worker
-mounts (the model file's folder), once per worker process; the driver validates the input,
-writes the reference file, submits the tasks and reduces.
+scheduler), each task searches a part of a chunk (``DASK_TASK_ROWS`` rows, so that the
+workers finish together) and writes its lists itself (``part-CCCCCC-PPPPPP.npy``), with the
+code of the one-process path; workers memory-map the reference from the file system every
+worker mounts (the model file's folder), once per worker process; the driver validates the
+input, writes the reference file, submits the tasks whose parts are not written yet, joins
+each chunk's parts into its lists file and reduces.
 """
 from __future__ import annotations
 

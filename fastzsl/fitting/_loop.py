@@ -37,6 +37,8 @@ IVF_PRICE = ("LoOP against exact neighbours at the default nprobe, measured: mea
 _FILL_ROWS = 1 << 16
 # Rows whose kNN lists are finished and written at a time (a few MB, not a chunk's).
 FINISH_ROWS = 1 << 14
+# Rows a Dask task searches (a part of a chunk): tens of tasks for a fit of 1M rows.
+DASK_TASK_ROWS = 1 << 15
 
 
 # ---------------------------------------------------------------------------- LoOP
@@ -81,6 +83,9 @@ class LoopJob:
 
     def lists_path(self, index: int) -> Path:
         return Path(self.folder) / f"lists-{index:06d}.npy"
+
+    def part_path(self, index: int, part: int) -> Path:
+        return Path(self.folder) / f"part-{index:06d}-{part:06d}.npy"
 
 
 def _loop_knn(estimator, source, scheduler) -> dict:
@@ -333,22 +338,25 @@ def searcher_builds() -> int:
     return _SEARCHER_BUILDS
 
 
-def search_chunk(job: LoopJob, index: int, start: int, stop: int) -> int:
-    """Search reference rows start..stop-1 (chunk ``index``) and write their kNN lists
-    atomically; returns the number of rows. The one task of a fit, in any process."""
+def search_chunk(job: LoopJob, index: int, start: int, stop: int, part=None) -> int:
+    """Search reference rows start..stop-1 and write their kNN lists atomically: chunk
+    ``index``'s lists file or, with ``part``, that part of it (a Dask task's share, joined
+    into the chunk's file by the driver); returns the number of rows. The one task of a fit,
+    in any process."""
     from ..backends import thread_limits
 
     searcher = _searcher(job)
     with thread_limits(job.n_jobs, backend=job.backend, knn=job.method):
         D, I = searcher.search(start, stop)
-    _write_lists(job, index, len(D), _blocks(D, I))
+    path = job.lists_path(index) if part is None else job.part_path(index, part)
+    _write_lists(job, path, len(D), _blocks(D, I))
     return stop - start
 
 
-def _write_lists(job: LoopJob, index: int, n_rows: int, blocks) -> None:
-    """Chunk ``index``'s kNN lists, written atomically (read back by ``_read_lists``) from
-    ``blocks``: (D, I) of its rows in order, a few thousand rows at a time, so that the file's
-    row layout is never built for the whole chunk."""
+def _write_lists(job: LoopJob, path: Path, n_rows: int, blocks) -> None:
+    """kNN lists of n_rows rows (a chunk's, read back by ``_read_lists``, or a part's),
+    written atomically to ``path`` from ``blocks``: (D, I) of the rows in order, a few
+    thousand rows at a time, so that the file's row layout is never built for them all."""
     dtype = _lists_dtype(job)
 
     def write(f):
@@ -364,7 +372,7 @@ def _write_lists(job: LoopJob, index: int, n_rows: int, blocks) -> None:
         if written != n_rows:
             raise RuntimeError(f"lists of {written} rows written for a chunk of {n_rows}")
 
-    write_atomically(job.lists_path(index), write)
+    write_atomically(path, write)
 
 
 def _blocks(D, I):
@@ -444,7 +452,7 @@ def _self_join(job: LoopJob, plan, todo, bar, log) -> bool:
                 done += work[number]
             if a in pending:
                 # Finished and written a block of rows at a time: no chunk-sized answers.
-                _write_lists(job, a, plan[a].n_rows, (
+                _write_lists(job, job.lists_path(a), plan[a].n_rows, (
                     join.finish((row, min(row + FINISH_ROWS, rows[a][1])),
                                 tuple(array[row - rows[a][0]:][:FINISH_ROWS]
                                       for array in lists_a))
@@ -557,13 +565,16 @@ def _lists_dtype(job: LoopJob) -> np.dtype:
 
 
 def _read_lists(job: LoopJob, chunk):
-    path = job.lists_path(chunk.index)
+    return _read_lists_file(job, job.lists_path(chunk.index), chunk.n_rows)
+
+
+def _read_lists_file(job: LoopJob, path: Path, n_rows: int):
     try:
         lists = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise BatchError(f"cannot read the kNN lists {path} ({exc}); delete it and rerun the "
-                         "same command to search that chunk again") from None
-    if lists.dtype != _lists_dtype(job) or lists.shape != (chunk.n_rows,):
+                         "same command to search those rows again") from None
+    if lists.dtype != _lists_dtype(job) or lists.shape != (n_rows,):
         raise BatchError(f"the kNN lists {path} do not belong to this job; delete it and "
                          "rerun the same command")
     return lists["D"], lists["I"]
@@ -589,15 +600,47 @@ def reduce_lists(job: LoopJob, chunks, extent: float):
                    float(expected.mean()), extent)
 
 
+def _dask_tasks(job: LoopJob, todo) -> list:
+    """(chunk, part, start, stop) of every Dask task of chunks ``todo``: runs of
+    DASK_TASK_ROWS rows (a multiple of SEARCH_CHUNK for faiss, as ``search_plan``), fixed
+    whatever the workers, so a rerun finds the parts an earlier run wrote."""
+    from ..neighbors import SEARCH_CHUNK
+
+    size = DASK_TASK_ROWS
+    if job.method in ("faiss", "ivf"):
+        size = -(-size // SEARCH_CHUNK) * SEARCH_CHUNK
+    return [(chunk, part, start, min(start + size, chunk.row + chunk.n_rows))
+            for chunk in todo
+            for part, start in enumerate(range(chunk.row, chunk.row + chunk.n_rows, size))]
+
+
 def _search_on_dask(job, todo, scheduler, n_workers, bar, log):
+    """Search chunks ``todo`` as Dask tasks of a part of a chunk each (so that the workers
+    finish together: a 500k-row fit is 3 chunks of 32 MB, which 2 workers would share 2 to
+    1), each writing its part's lists; then join each chunk's parts into its lists file."""
     if scheduler == "local":
         n_workers = n_workers or cpu_count()
         # The machine's cores shared among its workers (each task's kernels are threaded).
         job = dataclasses.replace(job, n_jobs=max(1, cpu_count() // n_workers))
-    with dask_client(scheduler, n_workers, log) as (client, as_completed):
-        futures = [client.submit(search_chunk, job, c.index, c.row, c.row + c.n_rows,
-                                 pure=False, key=f"fastzsl-fit-{job.job_id}-{c.index}")
-                   for c in todo]
-        for future in as_completed(futures):
-            bar.update(future.result())
-        client.run(forget_job, job.job_id)
+    tasks = _dask_tasks(job, todo)
+    left = [task for task in tasks if not job.part_path(task[0].index, task[1]).exists()]
+    if len(left) < len(tasks):
+        log(f"resuming: {len(tasks) - len(left)} of {len(tasks)} Dask tasks already done")
+        bar.update(sum(stop - start for _, _, start, stop in tasks) -
+                   sum(stop - start for _, _, start, stop in left))
+    if left:
+        with dask_client(scheduler, n_workers, log) as (client, as_completed):
+            futures = [client.submit(search_chunk, job, chunk.index, start, stop, part,
+                                     pure=False,
+                                     key=f"fastzsl-fit-{job.job_id}-{chunk.index}-{part}")
+                       for chunk, part, start, stop in left]
+            for future in as_completed(futures):
+                bar.update(future.result())
+            client.run(forget_job, job.job_id)
+    for chunk in todo:
+        parts = [(start, stop, job.part_path(chunk.index, part))
+                 for c, part, start, stop in tasks if c is chunk]
+        _write_lists(job, job.lists_path(chunk.index), chunk.n_rows,
+                     (_read_lists_file(job, path, stop - start) for start, stop, path in parts))
+        for _, _, path in parts:
+            path.unlink()
