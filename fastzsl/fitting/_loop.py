@@ -431,8 +431,8 @@ def _self_join(job: LoopJob, plan, todo, bar, log) -> bool:
         largest = max(c.n_rows for c in plan)
         spare = [join.new_lists(largest), join.new_lists(largest)]
 
-        def lists(chunk, which):
-            """Chunk's lists in spare set ``which``: saved, or empty."""
+        def load(chunk, which):
+            """The chunk's candidate lists, into spare set ``which``: saved, or empty."""
             out = tuple(array[:plan[chunk].n_rows] for array in spare[which])
             if chunk not in pending or not state.read_lists(chunk, out):
                 out[0].fill(np.inf)
@@ -440,11 +440,11 @@ def _self_join(job: LoopJob, plan, todo, bar, log) -> bool:
             return out
 
         for a in sorted({a for a, _ in pairs}):
-            lists_a = lists(a, 0)
+            lists_a = load(a, 0)
             for number, (pair_a, b) in enumerate(pairs):
                 if pair_a != a or state.is_done(a, b):
                     continue
-                lists_b = lists_a if b == a else lists(b, 1)
+                lists_b = lists_a if b == a else load(b, 1)
                 join.pair(rows[a], rows[b], lists_a, lists_b,
                           lambda f, w=work[number]: advance(f * w))
                 state.pair_done(a, b, {c: lists for c, lists in ((a, lists_a), (b, lists_b))
@@ -467,14 +467,13 @@ class _JoinState:
     """Where the self-join of a fit is, in its work folder. ``SELF_JOIN_STATE`` holds how
     many chunk pairs (a, b), a <= b, in their fixed order, are done; ``join-AAAAAA-PPPPPP.npy``
     the candidate lists of chunk A after pair number P (its values, then its indices: two
-    arrays in one file, written from memory as they are, with no buffer). A pair's lists go to new files and
-    the count moves on atomically after them; the files that made stale are removed then
+    arrays in one file, written from memory with no buffer). A pair's lists go to new files
+    and the count moves on atomically after them; the files it made stale are removed then
     (or at the next start), so a kill at any point leaves a state the rerun can go on from.
-    A state that cannot be (a file missing or unreadable) starts the join over."""
+    Saved lists gone missing start the join over."""
 
     def __init__(self, job: LoopJob, plan, pending, log):
         self.folder = Path(job.folder)
-        self.job = job
         self.n_chunks = len(plan)
         self.path = self.folder / SELF_JOIN_STATE
         self.n_done = self._read_count()
