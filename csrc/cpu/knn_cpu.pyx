@@ -195,9 +195,9 @@ class SelfJoin:
     partition irrelevant). Lists come from ``new_lists`` and are updated in place.
     """
 
-    def __init__(self, X, k, norms):
-        self.X, self.k, self._norms = X, k, norms
-        self._key = _floating_key(X.dtype, "knn_cpu.SelfJoin supports float32 and float64")
+    def __init__(self, X, k, norms, key):
+        """Use ``open``."""
+        self.X, self.k, self._norms, self._key = X, k, norms, key
 
     @classmethod
     def open(cls, X, k):
@@ -208,7 +208,7 @@ class SelfJoin:
         if X.shape[0] == 0 or X.shape[1] < MIN_GEMM_DIM or k < 1:
             return None
         norms = _self_norms_typed[key](X)
-        return None if norms is None else cls(X, int(k), norms)
+        return None if norms is None else cls(X, int(k), norms, key)
 
     def new_lists(self, n_rows):
         """Empty candidate lists for n_rows rows: (values, indices)."""

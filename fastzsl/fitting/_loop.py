@@ -413,12 +413,17 @@ def _self_join(job: LoopJob, plan, todo, bar, log) -> bool:
         if join is None:  # norms too large for the gemm: the chunks' searches fall back
             return False
         pending = {chunk.index for chunk in todo}
-        pairs = [(a, b) for a in range(len(plan)) for b in range(a, len(plan))
-                 if a in pending or b in pending]
         state = _JoinState(job, plan, pending, log)
         rows = [(c.row, c.row + c.n_rows) for c in plan]
-        work = [plan[a].n_rows * plan[b].n_rows * (0.5 if a == b else 1.0) for a, b in pairs]
-        total = sum(w for (a, b), w in zip(pairs, work) if not state.is_done(a, b)) or 1.0
+
+        def to_do(a, b):  # a pair still to run: a pending chunk needs it, and it is not done
+            return (a in pending or b in pending) and not state.is_done(a, b)
+
+        def work(a, b):  # the pair's share of the gemm work, in row pairs
+            return plan[a].n_rows * plan[b].n_rows * (0.5 if a == b else 1.0)
+
+        total = sum(work(a, b) for a in range(len(plan)) for b in range(a, len(plan))
+                    if to_do(a, b)) or 1.0
         done, start = 0.0, bar.n
 
         def advance(pair_done):
@@ -439,17 +444,18 @@ def _self_join(job: LoopJob, plan, todo, bar, log) -> bool:
                 out[1].fill(-1)
             return out
 
-        for a in sorted({a for a, _ in pairs}):
+        for a in range(len(plan)):
+            row_pairs = [b for b in range(a, len(plan)) if to_do(a, b)]
+            if a not in pending and not row_pairs:
+                continue
             lists_a = load(a, 0)
-            for number, (pair_a, b) in enumerate(pairs):
-                if pair_a != a or state.is_done(a, b):
-                    continue
+            for b in row_pairs:
                 lists_b = lists_a if b == a else load(b, 1)
                 join.pair(rows[a], rows[b], lists_a, lists_b,
-                          lambda f, w=work[number]: advance(f * w))
+                          lambda f, w=work(a, b): advance(f * w))
                 state.pair_done(a, b, {c: lists for c, lists in ((a, lists_a), (b, lists_b))
                                        if c in pending})
-                done += work[number]
+                done += work(a, b)
             if a in pending:
                 # Finished and written a block of rows at a time: no chunk-sized answers.
                 _write_lists(job, job.lists_path(a), plan[a].n_rows, (
@@ -486,17 +492,15 @@ class _JoinState:
                 if chunk in self.files:
                     self.files[chunk].unlink()  # superseded (kept max number, sorted)
                 self.files[chunk] = path
-        started = {c for number, (a, b) in enumerate(self._order()) if number < self.n_done
-                   for c in (a, b) if c in pending}
+        # Chunk c's first pair in the order is (0, c), number c: the counted pairs have
+        # touched exactly the chunks below n_done.
+        started = {c for c in pending if self._number(0, c) < self.n_done}
         if started - set(self.files):
             log("the self-join's saved lists are incomplete: starting it over")
             self._start_over()
         elif self.n_done:
-            log(f"resuming the self-join after {self.n_done} of {len(self._order())} chunk "
-                "pairs")
-
-    def _order(self):
-        return [(a, b) for a in range(self.n_chunks) for b in range(a, self.n_chunks)]
+            n_pairs = self._number(self.n_chunks - 1, self.n_chunks - 1) + 1
+            log(f"resuming the self-join after {self.n_done} of {n_pairs} chunk pairs")
 
     def _read_count(self) -> int:
         try:
