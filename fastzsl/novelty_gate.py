@@ -50,6 +50,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._model_files import SaveMixin, pack_parts, unpack_part
 from ._validation import as_float_matrix, check_option
+from .adaptation import MAX_ROWS, N_NEIGHBORS, BatchAdaptation
 from .calibration import (MeanCalibrator, ScoreCalibrator, StackCalibrator, check_false_alarm,
                           check_prior, log_loss, prior_weights, pseudo_unseen_rounds,
                           routing_threshold, validation_split)
@@ -73,6 +74,11 @@ CHOICE_RULE = "lowest worst-round log loss among candidates beating the constant
 REFERENCE_PRIOR = 0.5  # what the calibrators are fitted at
 SCORE_EPS = 1e-4       # scores in [0, 1] are clipped to [eps, 1 - eps] before a logit
 ROUND_MAX_PER_CLASS = 1000  # images per class that train a round's mapping and softmax
+# An adapted gate (see adapt): P(unseen | x) is calibrated at the batch's share, so hard
+# routing takes the Bayes decision; predict routes as development pairs preferred
+# (benchmarks/results/novelty-adaptation-dev.md).
+ADAPTED_ROUTING = "soft"
+ADAPTED_THRESHOLD = 0.5
 
 
 def shorthand_detector(kind, *, n_neighbors=20, extent=3.0, rule="paper",
@@ -412,6 +418,7 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         self.channels_ = self._fit_channels(specs, X, codes, classes, scene, F, mapper)
         self.reference_prior_ = REFERENCE_PRIOR
         self.calibrator_, self.routing_threshold_, self.choice_ = None, None, {}
+        self.adaptation_, self.adaptation_channel_ = None, None
         if self.calibration is None:
             self.calibration_ = "none"
             self.routing_ = self.routing if self.routing != "auto" else (
@@ -509,10 +516,8 @@ class NoveltyGate(SaveMixin, BaseEstimator):
     def _features(self, channels, X, F, p_seen, scene):
         """(n, n_channels [+ 2]) raw scores: each detector's score, then (with a scene of
         class vectors and a seen softmax) the class-agnostic features."""
-        cols = []
-        for _, space, projection, detector in channels:
-            Z = projection.transform(X) if space == "pca" else F if space == "semantic" else X
-            cols.append(np.asarray(detector.outlier_probability(Z), dtype=np.float64))
+        cols = [np.asarray(channel[3].outlier_probability(_in_space(channel, X, F)),
+                           dtype=np.float64) for channel in channels]
         if scene is not None:
             cols.extend(class_agnostic_features(F, p_seen, scene.seen_vectors,
                                                 scene.unseen_vectors))
@@ -612,12 +617,17 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         return self._features(self.channels_, X, F, p_seen, scene)
 
     def outlier_probability(self, X, *, F=None, p_seen=None, prior=None):
-        """P(unseen | x) at ``prior`` (default: :meth:`prior`), float64 in [0, 1].
+        """P(unseen | x) at ``prior`` (default: :meth:`prior`), float64 in [0, 1]; from
+        the batch adaptation when the gate has one (:meth:`adapt`).
 
         ``F`` (the mapped images) and ``p_seen`` (the seen softmax's probabilities) come
         from the zero-shot model when the gate uses the semantic space or the
         class-agnostic features.
         """
+        if self.adapted_:
+            prior = self.prior() if prior is None else prior
+            Z = _in_space(self.channels_[self.adaptation_channel_], X, F)
+            return self.adaptation_.unseen_probability(Z, prior)
         feats = self.raw_scores(X, F, p_seen)
         if self.calibrator_ is None:
             return feats[:, 0]
@@ -625,6 +635,55 @@ class NoveltyGate(SaveMixin, BaseEstimator):
             feats[:, self.score_column_]
         p = self.calibrator_.transform(x)
         return at_prior(p, self.reference_prior_, self.prior() if prior is None else prior)
+
+    # ------------------------------------------------------------------ adaptation
+    def adapt(self, X, *, F=None, n_neighbors=N_NEIGHBORS, max_rows=MAX_ROWS):
+        """Learn P(unseen | x) from ``X``, a batch of the images to classify (no labels):
+        from then on :meth:`outlier_probability` is the density-ratio estimate of
+        :class:`fastzsl.adaptation.BatchAdaptation` at the stated unseen share, which
+        should be the batch's. The batch is compared with the training images in the space
+        of the gate's first LoOP channel (its reference points; ``F``: the mapped X, for
+        a semantic-space channel). ``adapt(None)`` removes the adaptation."""
+        check_is_fitted(self, "channels_")
+        if X is None:
+            self.adaptation_, self.adaptation_channel_ = None, None
+            return self
+        i = self._adaptation_channel()
+        channel = self.channels_[i]
+        if channel[1] == "semantic" and F is None:
+            raise ValueError("the gate's LoOP channel is in the semantic space: pass F, the "
+                             "mapped images (ZeroShotClassifier.adapt does)")
+        X = as_float_matrix(X, "X", dtype=np.float32)
+        self.adaptation_ = BatchAdaptation(
+            n_neighbors, max_rows=max_rows, backend=getattr(channel[3], "backend", "auto"),
+            random_state=self.random_state).fit(channel[3].index_.reference,
+                                                _in_space(channel, X, F))
+        self.adaptation_channel_ = i
+        return self
+
+    @property
+    def adapted_(self) -> bool:
+        """Whether P(unseen | x) comes from a batch adaptation (:meth:`adapt`)."""
+        return getattr(self, "adaptation_", None) is not None
+
+    @property
+    def calibrated_(self) -> bool:
+        """Whether P(unseen | x) is a calibrated probability (rounds or adaptation)."""
+        return self.calibrator_ is not None or self.adapted_
+
+    @property
+    def predict_routing_(self) -> str:
+        """How ``predict`` should combine the branches: the rounds' choice (``routing_``),
+        or :data:`ADAPTED_ROUTING` when adapted."""
+        return ADAPTED_ROUTING if self.adapted_ else self.routing_
+
+    def _adaptation_channel(self) -> int:
+        for i, (_, _, _, detector) in enumerate(self.channels_):
+            if hasattr(getattr(detector, "index_", None), "reference"):
+                return i
+        raise ValueError("adapt needs a gate with a LoOP channel: its reference points, the "
+                         "training images in its space, are what the batch is compared "
+                         f"with; this gate has {[c[0] for c in self.channels_]}")
 
     @property
     def score_column_(self):
@@ -634,9 +693,11 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         return [c[0] for c in self.channels_].index(name)
 
     def threshold(self, prior=None):
-        """The hard-routing threshold on P(unseen | x) at ``prior``: the rounds' choice
-        (calibrated), else the detector's ``default_threshold`` or 0.5."""
+        """The hard-routing threshold on P(unseen | x) at ``prior``: 1/2 when adapted, the
+        rounds' choice (calibrated), else the detector's ``default_threshold`` or 0.5."""
         check_is_fitted(self, "channels_")
+        if self.adapted_:
+            return ADAPTED_THRESHOLD
         if self.routing_threshold_ is None:
             return float(getattr(self.channels_[0][3], "default_threshold", 0.5))
         return float(at_prior(self.routing_threshold_, self.reference_prior_,
@@ -662,13 +723,16 @@ class NoveltyGate(SaveMixin, BaseEstimator):
                 parts[f"projection{i}"] = projection._export()
         if self.calibrator_ is not None:
             parts["calibrator"] = self.calibrator_._export()
+        if self.adapted_:
+            parts["adaptation"] = self.adaptation_._export()
         meta, arrays = pack_parts(parts)
         meta.update(params=params, channels=kinds, classes=self.classes_.tolist(),
                     calibration=self.calibration_, routing=self.routing_,
                     calibrator_kind=type(self.calibrator_).__name__,
                     reference_prior=self.reference_prior_, default_prior=self.default_prior_,
                     routing_threshold=self.routing_threshold_, agnostic=self.agnostic_,
-                    choice=self.choice_)
+                    choice=self.choice_,
+                    adaptation_channel=self.adaptation_channel_ if self.adapted_ else None)
         if self.agnostic_:
             arrays["seen_vectors"] = self.seen_vectors_
             arrays["unseen_vectors"] = self.unseen_vectors_
@@ -696,7 +760,17 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         gate.choice_ = meta["choice"]
         gate.seen_vectors_ = arrays.get("seen_vectors")
         gate.unseen_vectors_ = arrays.get("unseen_vectors")
+        gate.adaptation_channel_ = meta.get("adaptation_channel")  # absent before adapt
+        gate.adaptation_ = BatchAdaptation._restore(*unpack_part(meta, arrays, "adaptation")) \
+            if "adaptation" in meta else None
         return gate
+
+
+def _in_space(channel, X, F):
+    """Images X (mapped: F) in the space of a fitted channel (name, space, projection,
+    detector)."""
+    _, space, projection, _ = channel
+    return projection.transform(X) if space == "pca" else F if space == "semantic" else X
 
 
 def class_agnostic_features(F, p_seen, seen_vectors, unseen_vectors):

@@ -266,6 +266,27 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             self.unseen_variance_ = float(self.unseen_variance)
         return self
 
+    @uses_n_jobs
+    def adapt(self, X, **params):
+        """Learn P(unseen | x) from ``X``, a batch of the images to classify (no labels),
+        whose unseen share is ``unseen_prior`` (set it first): the training images and the
+        batch are compared by neighbours in the gate's LoOP space, which needs no unseen
+        label (:mod:`fastzsl.adaptation`). Until ``adapt(None)``, P(unseen | x) comes from
+        that comparison; ``params`` go to :meth:`NoveltyGate.adapt`.
+
+        Use it when the images to classify are at hand before they are classified, as in
+        batch scoring; the rows it was fitted on may be classified too (each is scored
+        without itself).
+        """
+        check_is_fitted(self)
+        if X is None:
+            self.gate_.adapt(None)
+            return self
+        X = self._check_X(X)
+        F = self.mapper_.transform(X) if self.gate_.uses_semantic_space else None
+        self.gate_.adapt(X, F=F, **params)
+        return self
+
     # ------------------------------------------------------------------ scoring
     @property
     def unseen_prior_(self) -> float:
@@ -284,7 +305,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     @property
     def combine_(self) -> str:
         """How ``predict`` combines the branches: ``combine``, else the gate's routing."""
-        return self.combine if self.combine is not None else self.gate_.routing_
+        return self.combine if self.combine is not None else self.gate_.predict_routing_
 
     @property
     def proba_combine_(self) -> str:
@@ -292,7 +313,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         (calibrated gates) or the paper's routing (uncalibrated ones)."""
         if self.combine is not None:
             return self.combine
-        return "soft" if self.gate_.calibrator_ is not None else self.gate_.routing_
+        return "soft" if self.gate_.calibrated_ else self.gate_.routing_
 
     def _check_X(self, X):
         check_is_fitted(self)
