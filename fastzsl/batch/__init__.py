@@ -27,11 +27,11 @@ from ._job import FORMAT, FORMAT_VERSION, score_file
 from ._results import MANIFEST, OUTPUT_FORMATS, read_scores
 from ._scoring import novelty_threshold, output_columns, score_rows
 from ._shards import (DEFAULT_CHUNK_BYTES, INPUT_SUFFIXES, Chunk, Shard, open_input,
-                      plan_chunks, read_rows)
+                      plan_chunks, read_rows, sample_rows)
 from ._tasks import JobSpec
 
 __all__ = ["BatchError", "Chunk", "DEFAULT_CHUNK_BYTES", "FORMAT", "FORMAT_VERSION",
            "INPUT_SUFFIXES", "JobSpec", "LOCK", "MANIFEST", "OUTPUT_FORMATS", "Shard",
            "dask_client", "novelty_threshold", "open_input", "output_columns", "output_lock",
-           "plan_chunks", "read_rows", "read_scores", "score_file", "score_rows",
+           "plan_chunks", "read_rows", "read_scores", "sample_rows", "score_file", "score_rows",
            "worker_model_loads"]

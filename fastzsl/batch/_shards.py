@@ -150,6 +150,29 @@ def plan_chunks(shards, chunk_size) -> list[Chunk]:
     return chunks
 
 
+SAMPLE_BLOCK = 65_536  # rows read at a time while drawing a sample
+
+
+def sample_rows(shards, n_rows: int, random_state=0) -> np.ndarray:
+    """``n_rows`` rows of the input drawn without replacement (all rows when it has fewer),
+    seeded, in input order, as float32; read a block at a time, so memory stays at the
+    sample and one block."""
+    total = sum(shard.n_rows for shard in shards)
+    rng = np.random.default_rng(random_state)
+    chosen = np.arange(total) if n_rows >= total else \
+        np.sort(rng.choice(total, n_rows, replace=False))
+    out, first = [], 0
+    for shard in shards:
+        mine = chosen[(chosen >= first) & (chosen < first + shard.n_rows)] - first
+        for start in range(0, shard.n_rows, SAMPLE_BLOCK):
+            stop = min(start + SAMPLE_BLOCK, shard.n_rows)
+            wanted = mine[(mine >= start) & (mine < stop)]
+            if wanted.size:
+                out.append(read_rows(shard, start, stop)[wanted - start].astype(np.float32))
+        first += shard.n_rows
+    return np.concatenate(out) if out else np.empty((0, shards[0].width), np.float32)
+
+
 def read_rows(shard: Shard, start: int, stop: int, columns=None) -> np.ndarray:
     """Rows ``start:stop`` of a shard as a new C-contiguous array (no memory map kept);
     ``columns``: of a Parquet shard, only these (default: all)."""

@@ -3,6 +3,7 @@
     fastzsl train     the zero-shot model on Fashion-MNIST, end to end (the main job)
     fastzsl evaluate  a trained model's accuracies on the Fashion-MNIST test images
     fastzsl predict   class and P(unseen) of images or feature rows in a .npy file
+    fastzsl adapt     a model's P(unseen) adapted to a batch of unlabelled images to score
     fastzsl score     batch-score feature files of any size: chunked, resumable, on Dask
     fastzsl fit       fit LoOP / GaussianNovelty on feature files of any size, the same way
     fastzsl novelty   novelty detection on Fashion-MNIST pixels: held-out classes vs the rest
@@ -21,8 +22,8 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("train", "evaluate", "predict", "score", "fit", "novelty", "reproduce", "backends",
-            "bench")
+COMMANDS = ("train", "evaluate", "predict", "adapt", "score", "fit", "novelty", "reproduce",
+            "backends", "bench")
 
 
 def user_errors() -> tuple:
