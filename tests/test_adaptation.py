@@ -276,3 +276,17 @@ def test_an_adapted_model_routes_by_the_adapted_probability(world_and_model):
         hard = model.set_params(combine="hard").predict(X_test)
         assert np.isin(hard[model.outlier_probability(X_test) > 0.5], UNSEEN).all()
         model.set_params(combine=None)
+
+
+def test_score_file_of_an_adapted_model_equals_the_in_memory_model(world_and_model, tmp_path):
+    from fastzsl.batch import read_scores, score_file
+
+    X_test, _, fitted = world_and_model
+    model = copy.deepcopy(fitted).set_params(unseen_prior=0.2).adapt(X_test, n_neighbors=10)
+    model.save(tmp_path / "adapted.fzsl")
+    np.save(tmp_path / "x.npy", X_test)
+    score_file(tmp_path / "adapted.fzsl", tmp_path / "x.npy", tmp_path / "scores",
+               chunk_size=100, progress=False)
+    scores = read_scores(tmp_path / "scores")
+    np.testing.assert_array_equal(scores["p_unseen"], model.outlier_probability(X_test))
+    np.testing.assert_array_equal(scores["predicted_class"].astype(str), model.predict(X_test))

@@ -28,7 +28,7 @@ LAYERS = [
     ("kernel API", ("fastzsl.neighbors", "fastzsl.loop", "fastzsl.gaussian",
                     "fastzsl.knn_graph", "fastzsl.pynomaly", "fastzsl.faiss")),
     ("models", ("fastzsl.features", "fastzsl.embeddings", "fastzsl.mapping", "fastzsl.softmax",
-                "fastzsl.calibration", "fastzsl.novelty_gate",
+                "fastzsl.calibration", "fastzsl.adaptation", "fastzsl.novelty_gate",
                 "fastzsl._training", "fastzsl.metrics", "fastzsl.zeroshot",
                 "fastzsl.persistence", "fastzsl.batch", "fastzsl.fitting", "fastzsl.testing")),
     ("application", ("fastzsl.app",)),
