@@ -50,7 +50,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._model_files import SaveMixin, pack_parts, unpack_part
 from ._validation import as_float_matrix, check_option
-from .adaptation import MAX_ROWS, N_NEIGHBORS, BatchAdaptation
+from .adaptation import MAX_ROWS, N_NEIGHBORS, BatchAdaptation, row_keys
 from .calibration import (MeanCalibrator, ScoreCalibrator, StackCalibrator, check_false_alarm,
                           check_prior, log_loss, prior_weights, pseudo_unseen_rounds,
                           routing_threshold, validation_split)
@@ -627,7 +627,7 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         if self.adapted_:
             prior = self.prior() if prior is None else prior
             Z = _in_space(self.channels_[self.adaptation_channel_], X, F)
-            return self.adaptation_.unseen_probability(Z, prior)
+            return self.adaptation_.unseen_probability(Z, prior, keys=row_keys(X))
         feats = self.raw_scores(X, F, p_seen)
         if self.calibrator_ is None:
             return feats[:, 0]
@@ -643,7 +643,8 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         :class:`fastzsl.adaptation.BatchAdaptation` at the stated unseen share, which
         should be the batch's. The batch is compared with the training images in the space
         of the gate's first LoOP channel (its reference points; ``F``: the mapped X, for
-        a semantic-space channel). ``adapt(None)`` removes the adaptation."""
+        a semantic-space channel). A batch image scored again is recognised by its feature
+        row and scored without itself. ``adapt(None)`` removes the adaptation."""
         check_is_fitted(self, "channels_")
         if X is None:
             self.adaptation_, self.adaptation_channel_ = None, None
@@ -657,7 +658,7 @@ class NoveltyGate(SaveMixin, BaseEstimator):
         self.adaptation_ = BatchAdaptation(
             n_neighbors, max_rows=max_rows, backend=getattr(channel[3], "backend", "auto"),
             random_state=self.random_state).fit(channel[3].index_.reference,
-                                                _in_space(channel, X, F))
+                                                _in_space(channel, X, F), row_keys(X))
         self.adaptation_channel_ = i
         return self
 

@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 
-from fastzsl.adaptation import BatchAdaptation
+from fastzsl.adaptation import BatchAdaptation, row_keys
 from fastzsl.calibration import ScoreCalibrator
 
 SHIFT = 3.0  # the unseen classes' centre, against the seen ones' at 0 (unit variances)
@@ -72,8 +72,9 @@ def _numpy_counts(pooled, is_batch, Q, k, leave_out):
 
 
 def test_counts_and_leave_one_out_match_numpy():
-    """The fit's counts leave each pooled point out; a pooled point scored again gives
-    the same count, and a new point counts its k nearest: both equal the NumPy sort."""
+    """The fit's counts leave each pooled point out; a batch row scored again (recognised
+    by its key) gives the same count, also when its coordinates moved by a few ulps; a
+    training row or a new point counts its k nearest: all equal the NumPy sort."""
     rng = np.random.default_rng(2)
     reference, batch = rng.normal(size=(300, 3)), rng.normal(0.7, 1.0, size=(200, 3))
     k = 15
@@ -84,12 +85,28 @@ def test_counts_and_leave_one_out_match_numpy():
     expected = ScoreCalibrator("isotonic").fit(
         fit_counts, is_batch, sample_weight=np.where(is_batch, 0.5 / 200, 0.5 / 300))
     np.testing.assert_array_equal(model.calibrator_.points_, expected.points_)
-    np.testing.assert_array_equal(model.batch_probability(pooled),
-                                  expected.transform(fit_counts))
-    Q = rng.normal(size=(50, 3)).astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(model.batch_probability(pooled[300:]),
+                                  expected.transform(fit_counts[300:]))
+    moved = np.nextafter(pooled[300:].astype(np.float32), np.float32(np.inf))
+    np.testing.assert_array_equal(
+        model.batch_probability(moved, keys=row_keys(pooled[300:])),
+        expected.transform(fit_counts[300:]))
+    Q = np.vstack([pooled[:300], rng.normal(size=(50, 3))]).astype(np.float32)
     np.testing.assert_array_equal(
         model.batch_probability(Q),
-        expected.transform(_numpy_counts(pooled, is_batch, Q, k, np.full(50, -1))))
+        expected.transform(_numpy_counts(pooled, is_batch, Q.astype(np.float64), k,
+                                         np.full(350, -1))))
+
+
+def test_row_keys_tell_rows_apart():
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(5000, 7)).astype(np.float32)
+    keys = row_keys(X)
+    assert len(np.unique(keys)) == 5000
+    np.testing.assert_array_equal(row_keys(X[::-1]), keys[::-1])
+    bumped = X.copy()
+    bumped[:, 3] = np.nextafter(bumped[:, 3], np.float32(np.inf))  # one ulp of one column
+    assert not np.isin(row_keys(bumped), keys).any()
 
 
 def test_the_share_enters_only_by_the_mixture_formula():
@@ -121,6 +138,8 @@ def test_max_rows_cuts_each_set_with_a_seed():
     reference, batch = rng.normal(size=(500, 2)), rng.normal(size=(300, 2))
     model = BatchAdaptation(10, max_rows=100).fit(reference, batch)
     assert model.is_batch_.sum() == 100 and (~model.is_batch_).sum() == 100
+    kept = model.index_.reference[model.key_rows_]  # the keys follow the rows kept
+    np.testing.assert_array_equal(row_keys(kept), model.keys_)
     again = BatchAdaptation(10, max_rows=100).fit(reference, batch)
     np.testing.assert_array_equal(model.index_.reference, again.index_.reference)
 
@@ -178,7 +197,8 @@ def test_adapted_model_saves_loads_and_unadapts(world_and_model, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X_test), proba)
     # the share is read at scoring time: no refit
     c = model.gate_.adaptation_.batch_probability(
-        model.gate_.channels_[model.gate_.adaptation_channel_][2].transform(X_test))
+        model.gate_.channels_[model.gate_.adaptation_channel_][2].transform(X_test),
+        keys=row_keys(X_test))
     np.testing.assert_array_equal(model.set_params(unseen_prior=0.4).outlier_probability(X_test),
                                   np.clip(1 - 0.6 * (1 - c) / c, 0, 1))
     model.set_params(unseen_prior=None).adapt(None)
