@@ -133,8 +133,8 @@ class BatchAdaptation:
         at = np.minimum(np.searchsorted(self.keys_, keys), len(self.keys_) - 1)
         own = np.where(self.keys_[at] == keys, self.key_rows_[at], -1)
         # leave the row's own pooled point out where it is listed, else the (k+1)-th
-        drop = np.argmax(np.c_[I == own[:, None], np.ones(len(I), bool)], axis=1)
-        drop = np.minimum(drop, k)
+        is_own = I == own[:, None]
+        drop = np.where(is_own.any(axis=1), is_own.argmax(axis=1), k)
         keep = np.arange(k + 1)[None, :] != drop[:, None]
         neighbours = I[keep].reshape(len(I), k)
         return self.calibrator_.transform(self.is_batch_[neighbours].sum(axis=1))
