@@ -30,12 +30,15 @@ show the machine's peak as well (tests and CI keep them as they are):
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python -m pytest \
         benchmarks/bench_knn.py -p no:cacheprovider -k "test_knn and not subset"
 """
+import os
+
 import numpy as np
 import pytest
 
 import fastzsl
 from fastzsl.testing import (
-    TOL, assert_knn_equal, assert_within_bound, backend_is_available, matmul_error_bound,
+    TOL, assert_knn_equal, assert_within_bound, backend_is_available, make_blobs,
+    matmul_error_bound,
 )
 
 from _harness import Candidate
@@ -151,8 +154,13 @@ def test_knn(case, bench, benchmark, _groups, cfg, reference, queries, faiss_fla
         return out
 
     bench(_group(cfg), case, build)
-    # this row's GFLOP/s over the square sgemm's, from the same interleaved rounds
-    entry = _groups[_group(cfg)]
+    _record_fraction_of_sgemm(benchmark, _groups[_group(cfg)], case)
+
+
+def _record_fraction_of_sgemm(benchmark, entry, case):
+    """This row's GFLOP/s over the square sgemm's, from the same interleaved rounds."""
+    if isinstance(entry, Exception) or case not in entry["timed"]:
+        return
     cand, peak = entry["timed"][case], entry["timed"]["square-sgemm"]
     rate = cand.extra["flop"] / float(np.median(entry["times"][case]))
     peak_rate = peak.extra["flop"] / float(np.median(entry["times"]["square-sgemm"]))
@@ -233,3 +241,74 @@ def test_knn_cosine(case, bench, cfg, cosine_data):
         return out
 
     bench(group, case, build)
+
+
+# ------------------------------------------------------------- BF16 screen (float32 input)
+# Rows where the screen pays (standard normal: norms comparable to the k-th distance) and
+# where it does not (the blobs of the groups above: norms ~60x the k-th distance; its first
+# chunk fails the certificate and the float32 kernel runs the rest).
+BF16_DATA = [("normal", 128), ("normal", 512), ("blobs", 128)]
+BF16_CASES = ["float32-kernel", "bf16-screen", "square-sgemm"]
+
+
+def _bf16_problem(data, d, quick):
+    n_ref, n_q = (10_000, 1_000) if quick else ((50_000, 5_000) if d >= 512
+                                                 else (100_000, 10_000))
+    if data == "blobs":
+        X, _ = make_blobs(n_ref + n_q, d, seed=0)
+    else:
+        X = np.random.default_rng(d).standard_normal((n_ref + n_q, d), dtype=np.float32)
+    return np.ascontiguousarray(X[:n_ref]), np.ascontiguousarray(X[n_ref:])
+
+
+def _with_screen(setting, fn):
+    """fn() with FASTZSL_BF16=setting for this call only."""
+    before = os.environ.get("FASTZSL_BF16")
+    os.environ["FASTZSL_BF16"] = setting
+    try:
+        return fn()
+    finally:
+        if before is None:
+            del os.environ["FASTZSL_BF16"]
+        else:
+            os.environ["FASTZSL_BF16"] = before
+
+
+@pytest.mark.parametrize("data,d", BF16_DATA, ids=[f"{a}-d{d}" for a, d in BF16_DATA])
+@pytest.mark.parametrize("case", BF16_CASES)
+def test_knn_bf16(case, data, d, bench, benchmark, _groups, cfg):
+    """fastzsl.knn on float32 input, the BF16 screen (FASTZSL_BF16=auto, where the CPU has
+    AVX512_BF16) against the float32 kernel (FASTZSL_BF16=off, the baseline), both whole
+    calls (the reference packed per call); answers checked equal bit for bit first."""
+    R, Q = _bf16_problem(data, d, cfg.quick)
+    k = cfg.k
+    group = f"knn bf16 {data} N_ref={len(R)} N_q={len(Q)} d={d} k={k}"
+
+    def build(stack):
+        if not backend_is_available("cython"):
+            return dict.fromkeys(BF16_CASES[:2], "backend 'cython' unavailable")
+        from fastzsl._ext import knn_cpu
+
+        def search(setting):
+            return lambda: _with_screen(setting, lambda: fastzsl.knn(Q, R, k,
+                                                                     backend="cython"))
+        flop = 2 * len(Q) * len(R) * d
+        sizes = dict(N_ref=len(R), N_q=len(Q), d=d, k=k, data=data, flop=flop)
+        out = {"float32-kernel": Candidate(
+            "baseline: fastzsl.knn exact (cython), float32 kernel (FASTZSL_BF16=off)",
+            search("off"), True, dict(peer="fastzsl", **sizes))}
+        if knn_cpu.bf16_hw_available():
+            D0, I0 = search("off")()
+            D1, I1 = search("auto")()
+            np.testing.assert_array_equal(D1, D0)
+            np.testing.assert_array_equal(I1, I0)
+            out["bf16-screen"] = Candidate(
+                "fastzsl.knn exact (cython), BF16 screen (AVX512_BF16) + exact re-rank",
+                search("auto"), False, dict(peer="fastzsl", **sizes))
+        else:
+            out["bf16-screen"] = "this CPU has no AVX512_BF16"
+        out["square-sgemm"] = _square_sgemm(cfg)
+        return out
+
+    bench(group, case, build)
+    _record_fraction_of_sgemm(benchmark, _groups[group], case)

@@ -54,6 +54,10 @@ list. Pass 1's visiting order differs from the direct kernel's, which the lexico
 pass 2 makes irrelevant. ``SelfJoin`` runs the same join a pair of row ranges at a time
 (ranges of unequal block counts pair up in rounds of cyclic shifts), so that only two
 ranges' lists need be in memory.
+
+``bf16_screen`` (knn_bf16.pxi) is pass 1 on rows rounded to bfloat16, with AVX512_BF16 dot
+products at twice the float32 FMA rate (or their portable emulation): its lists are
+certified and re-ranked by fastzsl/backends/_knn_bf16.py, which proves that step.
 """
 import numpy as np
 
@@ -91,6 +95,7 @@ include "knn_direct.pxi"
 include "knn_twopass.pxi"
 include "knn_split.pxi"
 include "knn_self.pxi"
+include "knn_bf16.pxi"
 
 
 # ---------------------------------------------------------------------------------- wrappers
@@ -260,32 +265,44 @@ def _rerank_typed(const cython.floating[:, ::1] queries,
     cdef Py_ssize_t n = queries.shape[0]
     cdef Py_ssize_t d = queries.shape[1]
     cdef Py_ssize_t m = cand.shape[1]
-    cdef Py_ssize_t i, c
+    cdef Py_ssize_t i, c, nc
     cdef double* dist = NULL
+    cdef int64_t* kept = NULL
     cdef int failed = 0
     cdef int* failed_p = &failed
-    if n == 0 or m == 0 or k <= 0:
+    if n == 0 or k <= 0:
+        return
+    if m == 0:
+        for i in range(n):
+            _clear_best(&bd[i, 0], &bi[i, 0], k)
         return
     with nogil, parallel():
         dist = <double*>malloc(m * sizeof(double))
+        kept = <int64_t*>malloc(m * sizeof(int64_t))
         for i in prange(n, schedule="static"):
-            if dist == NULL:
+            if dist == NULL or kept == NULL:
                 failed_p[0] = 1
                 continue
             _clear_best(&bd[i, 0], &bi[i, 0], k)
-            _sqdists(&queries[i, 0], &reference[0, 0], d, &cand[i, 0], m, dist)
+            nc = 0
             for c in range(m):
-                if cand[i, c] != skip[i]:
-                    _insert_lex(&bd[i, 0], &bi[i, 0], k, dist[c], cand[i, c])
+                if cand[i, c] >= 0 and cand[i, c] != skip[i]:
+                    kept[nc] = cand[i, c]
+                    nc = nc + 1
+            _sqdists(&queries[i, 0], &reference[0, 0], d, kept, nc, dist)
+            for c in range(nc):
+                _insert_lex(&bd[i, 0], &bi[i, 0], k, dist[c], kept[c])
         free(dist)
+        free(kept)
     if failed:
         raise MemoryError("knn_cpu.rerank: could not allocate the per-thread buffers")
 
 
 def rerank(queries, reference, cand, k, skip=None):
     """The k lexicographically smallest (exact distance, index) among each query's candidate
-    reference rows ``cand[i, :]`` (leaving out row ``skip[i]``, query i's own, when ``skip``
-    is given): (distances as float64, int64 indices), each of shape (n, k).
+    reference rows ``cand[i, :]`` (entries < 0 are no candidate; leaving out row
+    ``skip[i]``, query i's own, when ``skip`` is given): (distances as float64, int64
+    indices), each of shape (n, k).
 
     The distances are the kernels' own (``_sqdist``: double sum of squared differences in
     dimension order), so a candidate set that contains the brute-force answer gives it bit

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _knn_screen
+from . import _knn_bf16, _knn_screen
 from ._base import KernelSet
 
 _MISSING = ""
@@ -30,19 +30,47 @@ if not _MISSING:
 
 
 def knn(queries, reference, k, self_offset, prepared=None):
-    """``knn_cpu.knn``; float64 queries through the float32 screen of ``_knn_screen`` (the
-    same answer, bit for bit, at about float32 speed). ``prepared``: ``prepare(reference)``
-    (the reference's norms, and its float32 copy for float64), kept by a caller that searches
-    one reference many times (``ExactIndex``): it saves passes over the reference per call,
-    most of the work for a single query."""
+    """``knn_cpu.knn``, bit for bit: float64 queries through the float32 screen of
+    ``_knn_screen``, float32 queries through the BF16 screen of ``_knn_bf16`` where the CPU
+    has AVX512_BF16 (``FASTZSL_BF16``), both at about the speed of the lower precision.
+    ``prepared``: ``prepare(reference)`` (the reference's norms, its float32 copy for
+    float64, its bfloat16 copy for float32), kept by a caller that searches one reference
+    many times (``ExactIndex``): it saves passes over the reference per call, most of the
+    work for a single query."""
     if getattr(queries, "dtype", None) == np.float64:
         return _knn_screen.knn(_knn_cpu, queries, reference, k, self_offset, prepared)
-    return _knn_cpu.knn(queries, reference, k, self_offset, prepared)
+    held = isinstance(prepared, _knn_bf16.Prepared)
+    prepared32 = prepared.prepared32 if held else prepared
+    screen = _knn_bf16.mode(_knn_cpu)
+    if (screen is not None and getattr(queries, "dtype", None) == np.float32
+            and len(queries) > _knn_bf16.FIRST_CHUNK and (not held or prepared.pays())):
+        queries = np.ascontiguousarray(queries)
+        reference = np.ascontiguousarray(reference, dtype=np.float32)
+        if prepared32 is None:
+            prepared32 = _knn_cpu.reference_norms(reference)
+        answer = _knn_bf16.knn(
+            _knn_cpu, queries, reference, k, self_offset, prepared32,
+            (lambda: prepared.view(_knn_cpu, reference)) if held
+            else (lambda: _knn_bf16.prepare(_knn_cpu, reference)), screen)
+        if answer is not None:
+            D, I, pays = answer
+            if held and not pays:
+                prepared.does_not_pay()
+            return D, I
+    return _knn_cpu.knn(queries, reference, k, self_offset, prepared32)
 
 
 def prepare(reference):
-    """What :func:`knn` reuses across searches of ``reference`` (``KernelSet.knn_prepare``)."""
-    return _knn_screen.prepare(_knn_cpu, reference)
+    """What :func:`knn` reuses across searches of ``reference`` (``KernelSet.knn_prepare``):
+    its norms; for float64 its float32 copy (half the reference's memory again); for float32,
+    where the BF16 screen runs, its bfloat16 copy, made by the first search of enough
+    queries (half the reference's memory again)."""
+    prepared = _knn_screen.prepare(_knn_cpu, reference)
+    if (getattr(reference, "dtype", None) == np.float32 and prepared is not None
+            and reference.shape[1] >= _knn_bf16.MIN_DIM
+            and _knn_bf16.mode(_knn_cpu) is not None):
+        return _knn_bf16.Prepared(prepared)
+    return prepared
 
 
 if _MISSING:
