@@ -11,8 +11,8 @@ inputs rounded to float32, certified per query, then the exact float64 re-rank.
    \le \varepsilon = u(\lVert q\rVert + \lVert r\rVert) + 2\sqrt d\,t` and
    :math:`|E' - E| \le \delta = \varepsilon (2(\lVert q\rVert + \lVert r\rVert) + \varepsilon)`
    for the exact squared distances E, E' (as :math:`\lVert a\rVert \le \lVert q\rVert +
-   \lVert r\rVert`); with :math:`\lVert r\rVert` the reference's largest norm, one δ per query
-   serves every row. The kernel's sums are within :math:`(d + 2)u'` relative of E' and
+   \lVert r\rVert`); with :math:`\lVert r\rVert` a bound on the reference's largest norm,
+   one δ per query serves every row. The kernel's sums are within :math:`(d + 2)u'` relative of E' and
    :math:`D'` within u of them, so a relative 2u covers both (d < 2^28). A row left off the
    list has :math:`E \ge D'_{(k')}(1 - 2u) - \delta`, and the k-th smallest exact distance
    is at most :math:`D'_{(k)}(1 + 2u) + \delta` (the k listed best bound it). Where
@@ -48,20 +48,29 @@ class ScreenPrepared:
 
     reference32: np.ndarray   # fl32(reference), or None when that is not finite
     prepared32: tuple | None  # knn_cpu.reference_norms(reference32)
-    prepared64: tuple | None  # knn_cpu.reference_norms(reference) (the fallback's)
-    norm_max: float           # the largest ||r_j|| of the float64 rows
+    prepared64: tuple | None  # knn_cpu.reference_norms(reference) for the fallback, or None:
+    #                           the fallback computes them (indexes pickled before kept them)
+    norm_max: float           # at least the largest ||r_j|| of the float64 rows
 
 
 def prepare(knn_cpu, reference):
     """``knn.prepare``: the reference norms for float32, a :class:`ScreenPrepared` for
-    float64 (its float32 copy: half the reference's memory again)."""
+    float64 (its float32 copy: half the reference's memory again). The float64 norms are
+    not computed (a pass over twice the float32 copy's bytes, on every one-call search):
+    the certificate's largest norm is bounded from the float32 rows' instead, and the
+    float64 fallback computes its own."""
     reference = np.ascontiguousarray(reference)
-    prepared64 = knn_cpu.reference_norms(reference)
     if reference.dtype != np.float64:
-        return prepared64
+        return knn_cpu.reference_norms(reference)
     ref32, prepared32 = _rounded(knn_cpu, reference)
-    norm_max = float(np.sqrt(prepared64[1])) if prepared64 is not None else np.inf
-    return ScreenPrepared(ref32, prepared32, prepared64, norm_max)
+    if prepared32 is None:
+        return ScreenPrepared(None, None, None, np.inf)
+    d = reference.shape[1]
+    # ||r|| <= ||fl32(r)|| + ||r - fl32(r)|| <= ||fl32(r)|| + u ||r|| + sqrt(d) t; the float32
+    # rows' squared norms are double sums, within (d + 2) u' of their exact values.
+    norm32 = np.sqrt(prepared32[1] * (1 + (d + 2) * UNIT_ROUNDOFF_64))
+    norm_max = (norm32 + np.sqrt(d) * SUBNORMAL_HALF_32) / (1 - UNIT_ROUNDOFF_32)
+    return ScreenPrepared(ref32, prepared32, None, float(norm_max))
 
 
 def _rounded(knn_cpu, X):
