@@ -83,9 +83,11 @@ def _rounded(knn_cpu, X):
     return X32, prepared
 
 
-def knn(knn_cpu, queries, reference, k, self_offset, prepared=None):
+def knn(knn_cpu, queries, reference, k, self_offset, prepared=None, search32=None):
     """Exact kNN of float64 queries through the float32 screen (module docstring): the
-    float64 kernel's (D, I) bit for bit. ``prepared``: :func:`prepare` of this reference."""
+    float64 kernel's (D, I) bit for bit. ``prepared``: :func:`prepare` of this reference
+    (its ``prepared32`` as ``search32`` takes it); ``search32(Q, R, k, self_offset,
+    prepared32)``: the float32 search, any with ``knn_cpu.knn``'s answers (the default)."""
     queries = np.ascontiguousarray(queries, dtype=np.float64)
     reference = np.ascontiguousarray(reference, dtype=np.float64)
     n_q, d = queries.shape
@@ -99,8 +101,8 @@ def knn(knn_cpu, queries, reference, k, self_offset, prepared=None):
     if (prepared.reference32 is None or n_q == 0 or d == 0 or k_list <= k
             or not np.isfinite(q32).all()):
         return knn_cpu.knn(queries, reference, k, self_offset, prepared.prepared64)
-    D32, I32 = knn_cpu.knn(q32, prepared.reference32, k_list, self_offset,
-                           prepared.prepared32)
+    D32, I32 = (search32 or knn_cpu.knn)(q32, prepared.reference32, k_list, self_offset,
+                                         prepared.prepared32)
     rows = np.arange(n_q)
     own = rows + self_offset if self_offset >= 0 else np.full(n_q, -1)
     has_own = (own >= 0) & (own < n_r)

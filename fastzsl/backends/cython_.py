@@ -7,6 +7,8 @@ the extension is not built this module still imports, ``KERNELS`` is None and
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from . import _knn_bf16, _knn_screen
@@ -38,7 +40,12 @@ def knn(queries, reference, k, self_offset, prepared=None):
     many times (``ExactIndex``): it saves passes over the reference per call, most of the
     work for a single query."""
     if getattr(queries, "dtype", None) == np.float64:
-        return _knn_screen.knn(_knn_cpu, queries, reference, k, self_offset, prepared)
+        return _knn_screen.knn(_knn_cpu, queries, reference, k, self_offset, prepared, _knn32)
+    return _knn32(queries, reference, k, self_offset, prepared)
+
+
+def _knn32(queries, reference, k, self_offset, prepared):
+    """:func:`knn` of float32 queries (and the float64 screen's float32 search)."""
     held = isinstance(prepared, _knn_bf16.Prepared)
     prepared32 = prepared.prepared32 if held else prepared
     screen = _knn_bf16.mode(_knn_cpu)
@@ -62,13 +69,16 @@ def knn(queries, reference, k, self_offset, prepared=None):
 
 def prepare(reference):
     """What :func:`knn` reuses across searches of ``reference`` (``KernelSet.knn_prepare``):
-    its norms; for float64 its float32 copy (half the reference's memory again); for float32,
-    where the BF16 screen runs, its bfloat16 copy, made by the first search of enough
-    queries (half the reference's memory again)."""
+    its norms; for float64 its float32 copy (half the reference's memory again); where the
+    BF16 screen runs, the float32 rows' bfloat16 copy, made by the first search of enough
+    queries (half the float32 rows' memory again)."""
     prepared = _knn_screen.prepare(_knn_cpu, reference)
-    if (getattr(reference, "dtype", None) == np.float32 and prepared is not None
-            and reference.shape[1] >= _knn_bf16.MIN_DIM
-            and _knn_bf16.mode(_knn_cpu) is not None):
+    if reference.shape[1] < _knn_bf16.MIN_DIM or _knn_bf16.mode(_knn_cpu) is None:
+        return prepared
+    if isinstance(prepared, _knn_screen.ScreenPrepared) and prepared.prepared32 is not None:
+        return dataclasses.replace(prepared,
+                                   prepared32=_knn_bf16.Prepared(prepared.prepared32))
+    if getattr(reference, "dtype", None) == np.float32 and prepared is not None:
         return _knn_bf16.Prepared(prepared)
     return prepared
 

@@ -284,3 +284,23 @@ def test_a_reference_the_screen_does_not_pay_for_is_not_screened_again(screen, m
     np.testing.assert_array_equal(I, I_dir)
     cython_.knn(X, X, 10, 0, cython_.prepare(X))  # a fresh preparation tries again
     assert tried == [1]
+
+
+@pytest.mark.parametrize("screen", MODES, indirect=True)
+@pytest.mark.parametrize("self_offset", [-1, 0])
+def test_float64_input_through_both_screens(rng, screen, self_offset, monkeypatch):
+    """float64 queries: the float32 screen's search runs through the BF16 screen; the
+    answers stay the float64 kernel's, bit for bit."""
+    R = rng.normal(size=(3000, 48))
+    Q = R[:1200] if self_offset == 0 else rng.normal(size=(1200, 48))
+    screened = []
+    real = _knn_bf16.knn
+    monkeypatch.setattr(_knn_bf16, "knn", lambda *a: screened.append(1) or real(*a))
+    prepared = cython_.prepare(R)
+    for prep in (prepared, prepared, None):
+        D, I = cython_.knn(Q, R, 10, self_offset, prep)
+        D_dir, I_dir = knn_cpu.knn_direct(Q, R, 10, self_offset)
+        assert D.dtype == np.float64
+        np.testing.assert_array_equal(D, D_dir)
+        np.testing.assert_array_equal(I, I_dir)
+    assert len(screened) == 3
