@@ -248,6 +248,8 @@ def test_knn_cosine(case, bench, cfg, cosine_data):
 # where it does not (the blobs of the groups above: norms ~60x the k-th distance; its first
 # chunk fails the certificate and the float32 kernel runs the rest).
 BF16_DATA = [("normal", 128), ("normal", 512), ("blobs", 128)]
+BF16_DATA_NAMES = {"normal": "standard normal rows, seeded",
+                   "blobs": "synthetic Gaussian blobs, seeded (fastzsl.testing.make_blobs)"}
 BF16_CASES = ["float32-kernel", "bf16-screen", "square-sgemm"]
 
 
@@ -293,7 +295,8 @@ def test_knn_bf16(case, data, d, bench, benchmark, _groups, cfg):
             return lambda: _with_screen(setting, lambda: fastzsl.knn(Q, R, k,
                                                                      backend="cython"))
         flop = 2 * len(Q) * len(R) * d
-        sizes = dict(N_ref=len(R), N_q=len(Q), d=d, k=k, data=data, flop=flop)
+        sizes = dict(N_ref=len(R), N_q=len(Q), d=d, k=k, data=BF16_DATA_NAMES[data],
+                     flop=flop)
         out = {"float32-kernel": Candidate(
             "baseline: fastzsl.knn exact (cython), float32 kernel (FASTZSL_BF16=off)",
             search("off"), True, dict(peer="fastzsl", **sizes))}

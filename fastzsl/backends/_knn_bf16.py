@@ -59,7 +59,7 @@ CHUNK = 8192
 # The pilot: its queries, and the share of them that must certify for the screen to run on
 # the others (screening costs about half the float32 kernel, each failed query the whole of
 # it again).
-FIRST_CHUNK = 256
+FIRST_CHUNK = 64
 MIN_CERTIFIED = 0.8
 
 
