@@ -101,6 +101,17 @@ def gaussian_problem(rng, n, C, d, dtype):
 UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0 ** -24, np.dtype(np.float64): 2.0 ** -53}
 
 
+def bfloat16_round(x):
+    """float32 values rounded to bfloat16 as the BF16 kNN screen rounds them (to nearest
+    even at 8 significant bits; magnitudes below FLT_MIN to 0), returned as float32."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bits = x.view(np.uint32).astype(np.uint64)
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
+    out = bits.view(np.float32).copy()
+    out[np.abs(x) < np.finfo(np.float32).tiny] = 0.0
+    return out
+
+
 def unit_roundoff(dtype) -> float:
     return UNIT_ROUNDOFF[np.dtype(dtype)]
 

@@ -12,23 +12,13 @@ import pickle
 import numpy as np
 import pytest
 
-from fastzsl.testing import make_blobs
+from fastzsl.testing import bfloat16_round, make_blobs
 
 knn_cpu = pytest.importorskip("fastzsl._ext.knn_cpu", reason="cython extension not built")
 from fastzsl.backends import _knn_bf16, cython_  # noqa: E402 (after the skip)
 
 MODES = ["emulate"] + (["hw"] if knn_cpu.bf16_hw_available() else [])
 U32 = 2.0**-24
-
-
-def _bf16_numpy(x):
-    """Round to nearest even at bfloat16's 8 significant bits; below FLT_MIN in magnitude: 0."""
-    x = np.asarray(x, dtype=np.float32)
-    bits = x.view(np.uint32).astype(np.uint64)
-    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)
-    out = bits.view(np.float32).copy()
-    out[np.abs(x) < np.finfo(np.float32).tiny] = 0.0
-    return out
 
 
 @pytest.fixture
@@ -79,7 +69,7 @@ def test_rounding_is_round_to_nearest_even_with_subnormals_to_zero():
     x = np.array([1.0, 1 + one_ulp / 2, 1 + 3 * one_ulp / 2, 1 + one_ulp / 2 + 2**-20,
                   -1 - one_ulp / 2, 3.14159, -2.5e-3, 1e30, tiny, tiny * 0.75, -tiny / 3,
                   0.0, -0.0, 65504.0, 1 + one_ulp / 2 - 2**-20], dtype=np.float32)
-    want = _bf16_numpy(x)
+    want = bfloat16_round(x)
     # ties go to the even neighbour, subnormals to 0, FLT_MIN stays
     assert want[1] == 1.0 and want[2] == 1 + 2 * one_ulp and want[3] == 1 + one_ulp
     assert want[4] == -1.0 and want[8] == tiny and want[9] == 0 and want[10] == 0
@@ -93,7 +83,7 @@ def test_rounding_is_round_to_nearest_even_with_subnormals_to_zero():
 @pytest.mark.parametrize("d", [1, 2, 33, 64])
 def test_row_stats_of_many_components(rng, d):
     X = (rng.normal(size=(50, d)) * rng.uniform(0.01, 100, size=(50, 1))).astype(np.float32)
-    rounded = _bf16_numpy(X).astype(np.float64)
+    rounded = bfloat16_round(X).astype(np.float64)
     stats = knn_cpu.bf16_row_stats(X)
     # double sums of d terms: within (d + 2) u' relative of the exact sums, either order
     rtol = (d + 2) * 2.0**-53 * 2
@@ -113,7 +103,7 @@ def test_screen_values_are_within_the_float32_bound_of_the_rounded_rows(rng, mod
     prep = _knn_bf16.prepare(knn_cpu, R)
     V, cand = knn_cpu.bf16_screen(Q, prep.packed, prep.rounded_norms, len(R), -1, mode == "hw")
     assert (np.sort(cand, axis=1) == np.arange(len(R))).all()
-    Qr, Rr = _bf16_numpy(Q).astype(np.float64), _bf16_numpy(R).astype(np.float64)
+    Qr, Rr = bfloat16_round(Q).astype(np.float64), bfloat16_round(R).astype(np.float64)
     Qn = (Qr**2).sum(1)
     E_rounded = ((Qr[:, None, :] - Rr[cand]) ** 2).sum(2)
     b = ((d + 3) * U32 * 1.0001) * (Qn + prep.rounded_norm_max)
