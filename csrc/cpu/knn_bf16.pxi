@@ -1,7 +1,7 @@
 # The BF16 screen of float32 kNN (part of knn_cpu.pyx, included after knn_twopass.pxi; the
 # certificate and the exact re-rank around it are fastzsl/backends/_knn_bf16.py). Pass 1 of
 # the two-pass kernel on bfloat16-rounded rows: BF16 dot-product tiles (knn_bf16.h) scanned
-# by the float32 _scan_row into lists of the L smallest v'_j = R'_j - 2 P'_j, R'_j the
+# into lists of the L smallest v'_j = R'_j - 2 P'_j (_scan_row_heap), R'_j the
 # rounded row's squared norm. Nothing here decides an answer: the caller certifies each
 # query's list and re-ranks it exactly.
 
@@ -95,6 +95,72 @@ def bf16_pack(const float[:, ::1] reference):
     return packed, stats
 
 
+cdef inline void _heap_replace_max(float* hv, int64_t* hi, Py_ssize_t L, float v,
+                                   int64_t j) noexcept nogil:
+    """A max-heap of L (value, index) pairs (root at 0); (v, j), smaller than the root,
+    replaces it. The screen's lists are several times longer than the float32 kernel's
+    (the certificate's window), where a sorted list's shifts cost O(L) per accepted row."""
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t child
+    while True:
+        child = 2 * pos + 1
+        if child >= L:
+            break
+        if child + 1 < L and hv[child + 1] > hv[child]:
+            child += 1
+        if not hv[child] > v:
+            break
+        hv[pos] = hv[child]
+        hi[pos] = hi[child]
+        pos = child
+    hv[pos] = v
+    hi[pos] = j
+
+
+cdef void _scan_row_heap(const float* p, const float* rn, Py_ssize_t n, Py_ssize_t first,
+                         Py_ssize_t skip, float* hv, int64_t* hi, Py_ssize_t L) noexcept nogil:
+    """_scan_row with the list kept as a max-heap (hv[0] its largest, as in _scan_row)."""
+    cdef float last = hv[0]
+    cdef float v
+    cdef Py_ssize_t j0, j, m
+    cdef uint32_t mask
+    j0 = 0
+    while j0 < n:
+        m = n - j0 if n - j0 < FZ_KNN_CHUNK else FZ_KNN_CHUNK
+        mask = fz_row_mask_f(p + j0, rn + j0, last, m)
+        while mask:
+            j = j0 + fz_lowest_bit(mask)
+            mask &= mask - 1
+            v = rn[j] - (p[j] + p[j])
+            if v < last and first + j != skip:
+                _heap_replace_max(hv, hi, L, v, first + j)
+                last = hv[0]
+        j0 += FZ_KNN_CHUNK
+
+
+cdef void _heap_sort_largest_first(float* hv, int64_t* hi, Py_ssize_t L) noexcept nogil:
+    """The max-heap's pairs in place, largest first (as _scan_row's lists): heapsort gives
+    ascending order, then the halves swap."""
+    cdef Py_ssize_t end, c
+    cdef float v
+    cdef int64_t j
+    end = L - 1
+    while end > 0:
+        v = hv[end]
+        j = hi[end]
+        hv[end] = hv[0]
+        hi[end] = hi[0]
+        _heap_replace_max(hv, hi, end, v, j)  # sift v down within the first end entries
+        end -= 1
+    for c in range(L // 2):
+        v = hv[c]
+        hv[c] = hv[L - 1 - c]
+        hv[L - 1 - c] = v
+        j = hi[c]
+        hi[c] = hi[L - 1 - c]
+        hi[L - 1 - c] = j
+
+
 cdef void _bf16_block(const float* qbase, Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t d,
                       const uint32_t* packed, const float* rn, Py_ssize_t n_r,
                       Py_ssize_t L, Py_ssize_t self_offset, int hw, uint32_t* A, float* buf,
@@ -119,9 +185,11 @@ cdef void _bf16_block(const float* qbase, Py_ssize_t q0, Py_ssize_t q1, Py_ssize
                      dp2, buf, BF16_TILE)
         for row in range(nq):
             skip = q0 + row + self_offset if self_offset >= 0 else -1
-            _scan_row(buf + row * BF16_TILE, rn + r0, nr, r0, skip, lv + row * L,
-                      li + row * L, L)
+            _scan_row_heap(buf + row * BF16_TILE, rn + r0, nr, r0, skip, lv + row * L,
+                           li + row * L, L)
         r0 += nr
+    for row in range(nq):
+        _heap_sort_largest_first(lv + row * L, li + row * L, L)
 
 
 def bf16_screen(const float[:, ::1] queries, const uint32_t[::1] packed,

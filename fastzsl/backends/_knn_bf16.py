@@ -34,9 +34,10 @@ Cooper Lake) multiply bfloat16 pairs at twice the float32 FMA rate.
 Where the rounding is too coarse for the data (rows far from the origin against the
 distances between neighbours), most queries would fail and the screen would be wasted work.
 So :func:`knn` first screens a pilot chunk of queries with the longest lists
-(``list_len_max``): where fewer than ``MIN_CERTIFIED`` of them certify, the float32 kernel
-answers every query (the trial costs a few percent); else the others are screened with
-lists 25% longer than the 95th percentile of the pilot's windows.
+(``list_len_max``): where fewer than ``MIN_CERTIFIED`` of them certify, or where the lists
+they need would cost more to keep than the screen saves (``UPKEEP_PER_SAVED_PRODUCT``), the
+float32 kernel answers every query (the trial costs a few percent); else the others are
+screened with lists 25% longer than the 95th percentile of the pilot's windows.
 """
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ CHUNK = 8192
 # it again).
 FIRST_CHUNK = 64
 MIN_CERTIFIED = 0.8
+# A list of L kept over n_r rows takes about L (1 + ln(n_r / L)) insertions per query; the
+# screen halves the cost of the n_r d products. Where insertions exceed this share of the
+# products the screen ran slower than the float32 kernel (the LoOP reference of fastzsl
+# train, d = 50, 38k rows, L = 105: 0.85x; ratio 3.8e-4) and where below it faster
+# (standard normal rows, d = 50 / 128 / 512: 1.1e-4 / 5e-5 / 3e-5, 1.4x-1.7x).
+UPKEEP_PER_SAVED_PRODUCT = 2e-4
 
 
 def list_len_max(k, d):
@@ -211,6 +218,10 @@ def knn(knn_cpu, queries, reference, k, self_offset, prepared32, make_view, hw):
         return D, I, False
     L = int(min(list_len_max(k, d),
                 np.ceil(1.25 * np.percentile(np.minimum(need, list_len_max(k, d)), 95)) + 8))
+    if L * (1 + np.log(max(n_r / L, 1.0))) > UPKEEP_PER_SAVED_PRODUCT * n_r * d:
+        # The lists' upkeep would cost more than the halved products save.
+        D[:], I[:] = knn_cpu.knn(queries, reference, k, self_offset, prepared32)
+        return D, I, False
     failed = [np.flatnonzero(~ok)]
     for start in range(first, n_q, CHUNK):
         stop = min(n_q, start + CHUNK)

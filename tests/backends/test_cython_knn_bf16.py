@@ -24,8 +24,10 @@ U32 = 2.0**-24
 @pytest.fixture
 def screen(request, monkeypatch):
     """The screen's tiles for this test: "emulate" or "hw" (FASTZSL_BF16=auto on a CPU with
-    AVX512_BF16)."""
+    AVX512_BF16). On these small references the lists' upkeep would exceed what the screen
+    saves and the float32 kernel would answer; the rule is lifted so that the screen runs."""
     monkeypatch.setenv("FASTZSL_BF16", "auto" if request.param == "hw" else request.param)
+    monkeypatch.setattr(_knn_bf16, "UPKEEP_PER_SAVED_PRODUCT", np.inf)
     return request.param
 
 
@@ -294,3 +296,19 @@ def test_float64_input_through_both_screens(rng, screen, self_offset, monkeypatc
         np.testing.assert_array_equal(D, D_dir)
         np.testing.assert_array_equal(I, I_dir)
     assert len(screened) == 3
+
+
+@pytest.mark.parametrize("screen", MODES, indirect=True)
+def test_lists_too_long_to_pay_for_run_the_float32_kernel(rng, screen, monkeypatch):
+    """Where the pilot's lists would cost more to keep than the screen saves, the float32
+    kernel answers every query (here forced: no upkeep is cheap enough)."""
+    monkeypatch.setattr(_knn_bf16, "UPKEEP_PER_SAVED_PRODUCT", 0.0)
+    R = rng.normal(size=(3000, 64)).astype(np.float32)
+    Q = rng.normal(size=(700, 64)).astype(np.float32)
+    spy, calls = _fp32_calls(monkeypatch)
+    D, I, pays = _knn_bf16.knn(spy, Q, R, 10, -1, knn_cpu.reference_norms(R),
+                               lambda: _knn_bf16.prepare(knn_cpu, R), screen)
+    D0, I0 = knn_cpu.knn(Q, R, 10, -1)
+    np.testing.assert_array_equal(D, D0)
+    np.testing.assert_array_equal(I, I0)
+    assert calls == [len(Q)] and not pays
