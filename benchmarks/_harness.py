@@ -21,16 +21,23 @@ RUN_MODEL = os.environ.get("FASTZSL_BENCH_RUN", "fastzsl-run/model.fzsl")
 
 
 def trained_run_features():
-    """The mapped training features (float32) held by the trained run's LoOP, or None."""
+    """The training features (float32) held by the trained run's LoOP, or None: a detector
+    file's reference set, or a zero-shot model's (``fastzsl train``) first LoOP channel of
+    its novelty gate (the training images in the gate's 50-d PCA)."""
     import fastzsl
 
     if not os.path.isfile(RUN_MODEL):
         return None
-    detector = fastzsl.load(RUN_MODEL).detector_
-    detector = next(iter(detector.values())) if isinstance(detector, dict) else detector
-    if not hasattr(detector, "index_"):  # a Gaussian-detector model holds no reference set
-        return None
-    return np.asarray(detector.index_.reference, dtype=np.float32)
+    model = fastzsl.load(RUN_MODEL)
+    if hasattr(model, "gate_"):
+        detectors = [channel[3] for channel in model.gate_.channels_]
+    else:
+        detector = model.detector_
+        detectors = list(detector.values()) if isinstance(detector, dict) else [detector]
+    for detector in detectors:  # a Gaussian detector holds no reference set
+        if hasattr(getattr(detector, "index_", None), "reference"):
+            return np.asarray(detector.index_.reference, dtype=np.float32)
+    return None
 
 
 # ---------------------------------------------------------------- the machine

@@ -41,7 +41,7 @@ from fastzsl.testing import (
     matmul_error_bound,
 )
 
-from _harness import Candidate
+from _harness import RUN_MODEL, Candidate, trained_run_features
 
 FAISS_RTOL = 1e-3
 CASES = ["cython", "cython-float64", "numba", "numpy", "fastzsl-faiss",
@@ -245,17 +245,27 @@ def test_knn_cosine(case, bench, cfg, cosine_data):
 
 # ------------------------------------------------------------- BF16 screen (float32 input)
 # Rows where the screen pays (standard normal: norms comparable to the k-th distance) and
-# where it does not (the blobs of the groups above: norms ~60x the k-th distance; its first
-# chunk fails the certificate and the float32 kernel runs the rest).
-BF16_DATA = [("normal", 128), ("normal", 512), ("blobs", 128)]
+# where it does not: the blobs of the groups above (norms ~70x the k-th distance: the pilot
+# fails the certificate and the float32 kernel answers), and the trained run's LoOP
+# reference when there is one (the pilot certifies, but the lists it needs cost more to keep
+# than the screen saves at d = 50, so the float32 kernel answers).
+BF16_DATA = [("normal", 128), ("normal", 512), ("blobs", 128), ("run", 50)]
 BF16_DATA_NAMES = {"normal": "standard normal rows, seeded",
-                   "blobs": "synthetic Gaussian blobs, seeded (fastzsl.testing.make_blobs)"}
+                   "blobs": "synthetic Gaussian blobs, seeded (fastzsl.testing.make_blobs)",
+                   "run": f"the LoOP reference of the trained run {RUN_MODEL} (its training "
+                          "images in the gate's 50-d PCA; the last 10,000 rows the queries)"}
 BF16_CASES = ["float32-kernel", "bf16-screen", "square-sgemm"]
 
 
 def _bf16_problem(data, d, quick):
     n_ref, n_q = (10_000, 1_000) if quick else ((50_000, 5_000) if d >= 512
                                                  else (100_000, 10_000))
+    if data == "run":
+        F = trained_run_features()
+        if F is None:
+            pytest.skip(f"no trained LoOP run at {RUN_MODEL} (run 'fastzsl train' first)")
+        n_q = n_q // 10 if quick else n_q
+        return np.ascontiguousarray(F[:-n_q]), np.ascontiguousarray(F[-n_q:])
     if data == "blobs":
         X, _ = make_blobs(n_ref + n_q, d, seed=0)
     else:
