@@ -224,9 +224,12 @@ def bf16_screen(const float[:, ::1] queries, const uint32_t[::1] packed,
     cdef int64_t[:, ::1] Iv = I
     if n_q == 0 or n_r == 0 or L <= 0 or d == 0:
         return V, I
-    # Blocks of at most BF16_QUERY_BLOCK queries (a multiple of MR), as many per thread
-    # (5,000 queries on 2 threads in blocks of 1,020 would leave one thread 3 blocks, the
-    # other 2).
+    # Blocks of at most BF16_QUERY_BLOCK queries (a multiple of MR), fewer where a thread's
+    # lists would pass LIST_BYTES (long lists), as many per thread (5,000 queries on 2
+    # threads in blocks of 1,020 would leave one thread 3 blocks, the other 2).
+    if qb * L * (sizeof(float) + sizeof(int64_t)) > LIST_BYTES:
+        qb = LIST_BYTES // (L * (sizeof(float) + sizeof(int64_t)))
+        qb = qb // FZ_BF16_MR * FZ_BF16_MR if qb >= FZ_BF16_MR else FZ_BF16_MR
     n_blocks = (n_q + n_threads * qb - 1) // (n_threads * qb) * n_threads
     qb = (n_q + n_blocks - 1) // n_blocks
     qb = (qb + FZ_BF16_MR - 1) // FZ_BF16_MR * FZ_BF16_MR

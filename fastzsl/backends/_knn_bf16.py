@@ -55,8 +55,10 @@ SAFETY = 2.0
 MIN_DIM = 32
 # Norm sums above this could overflow the float32 dot products: no screen.
 NORM_LIMIT = 1e37
-# Queries screened, certified and re-ranked together (their lists: CHUNK x L entries).
+# Queries screened, certified and re-ranked together (their lists: CHUNK x L entries, fewer
+# queries where those would pass CHUNK_BYTES).
 CHUNK = 8192
+CHUNK_BYTES = 64 << 20
 # The pilot: its queries, and the share of them that must certify for the screen to run on
 # the others (screening costs about half the float32 kernel, each failed query the whole of
 # it again).
@@ -223,8 +225,9 @@ def knn(knn_cpu, queries, reference, k, self_offset, prepared32, make_view, hw):
         D[:], I[:] = knn_cpu.knn(queries, reference, k, self_offset, prepared32)
         return D, I, False
     failed = [np.flatnonzero(~ok)]
-    for start in range(first, n_q, CHUNK):
-        stop = min(n_q, start + CHUNK)
+    chunk = max(FIRST_CHUNK, min(CHUNK, CHUNK_BYTES // (12 * L)))  # float32 + int64 a slot
+    for start in range(first, n_q, chunk):
+        stop = min(n_q, start + chunk)
         offset = self_offset + start if self_offset >= 0 else -1
         D[start:stop], I[start:stop], ok, _ = screen_chunk(
             knn_cpu, queries[start:stop], reference, k, L, offset, view, hw)

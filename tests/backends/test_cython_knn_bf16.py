@@ -312,3 +312,14 @@ def test_lists_too_long_to_pay_for_run_the_float32_kernel(rng, screen, monkeypat
     np.testing.assert_array_equal(D, D0)
     np.testing.assert_array_equal(I, I0)
     assert calls == [len(Q)] and not pays
+
+
+@pytest.mark.parametrize("screen", MODES, indirect=True)
+def test_long_lists_in_smaller_blocks_and_chunks(rng, screen, monkeypatch):
+    """k = 300 at d = 96: lists of 1,000+ entries; with the byte caps lowered, blocks of a
+    few micro-tiles and chunks of the pilot's size: the same bits."""
+    monkeypatch.setattr(_knn_bf16, "CHUNK_BYTES", 1 << 20)
+    R = rng.normal(size=(4000, 96)).astype(np.float32)
+    Q = rng.normal(size=(700, 96)).astype(np.float32)
+    _check(Q, R, 300, -1)
+    _check(R[:900], R, 300, 0)
