@@ -1,7 +1,7 @@
 # The BF16 screen of float32 kNN (part of knn_cpu.pyx, included after knn_twopass.pxi; the
 # certificate and the exact re-rank around it are fastzsl/backends/_knn_bf16.py). Pass 1 of
 # the two-pass kernel on bfloat16-rounded rows: BF16 dot-product tiles (knn_bf16.h) scanned
-# into lists of the L smallest v'_j = R'_j - 2 P'_j (_scan_row_heap), R'_j the
+# into lists of the L smallest v'_j = R'_j - 2 P'_j (_scan_row_reservoir), R'_j the
 # rounded row's squared norm. Nothing here decides an answer: the caller certifies each
 # query's list and re-ranks it exactly.
 
@@ -95,18 +95,15 @@ def bf16_pack(const float[:, ::1] reference):
     return packed, stats
 
 
-cdef inline void _heap_replace_max(float* hv, int64_t* hi, Py_ssize_t L, float v,
-                                   int64_t j) noexcept nogil:
-    """A max-heap of L (value, index) pairs (root at 0); (v, j), smaller than the root,
-    replaces it. The screen's lists are several times longer than the float32 kernel's
-    (the certificate's window), where a sorted list's shifts cost O(L) per accepted row."""
-    cdef Py_ssize_t pos = 0
+cdef inline void _sift_down(float* hv, int64_t* hi, Py_ssize_t n, Py_ssize_t pos, float v,
+                            int64_t j) noexcept nogil:
+    """Places (v, j) at ``pos`` of the max-heap hv[0..n-1] and sifts it down."""
     cdef Py_ssize_t child
     while True:
         child = 2 * pos + 1
-        if child >= L:
+        if child >= n:
             break
-        if child + 1 < L and hv[child + 1] > hv[child]:
+        if child + 1 < n and hv[child + 1] > hv[child]:
             child += 1
         if not hv[child] > v:
             break
@@ -117,67 +114,119 @@ cdef inline void _heap_replace_max(float* hv, int64_t* hi, Py_ssize_t L, float v
     hi[pos] = j
 
 
-cdef void _scan_row_heap(const float* p, const float* rn, Py_ssize_t n, Py_ssize_t first,
-                         Py_ssize_t skip, float* hv, int64_t* hi, Py_ssize_t L) noexcept nogil:
-    """_scan_row with the list kept as a max-heap (hv[0] its largest, as in _scan_row)."""
-    cdef float last = hv[0]
+cdef void _select_smallest(float* v, int64_t* ix, Py_ssize_t n, Py_ssize_t m) noexcept nogil:
+    """Reorders the n pairs so that v[m - 1] is the m-th smallest value, none before it
+    larger and none after it smaller (Wirth's selection)."""
+    cdef Py_ssize_t lo = 0
+    cdef Py_ssize_t hi = n - 1
+    cdef Py_ssize_t a, b
+    cdef float x, tv
+    cdef int64_t ti
+    while lo < hi:
+        x = v[m - 1]
+        a = lo
+        b = hi
+        while True:
+            while v[a] < x:
+                a += 1
+            while x < v[b]:
+                b -= 1
+            if a <= b:
+                tv = v[a]
+                v[a] = v[b]
+                v[b] = tv
+                ti = ix[a]
+                ix[a] = ix[b]
+                ix[b] = ti
+                a += 1
+                b -= 1
+            if a > b:
+                break
+        if b < m - 1:
+            lo = a
+        if m - 1 < a:
+            hi = b
+
+
+cdef void _scan_row_reservoir(const float* p, const float* rn, Py_ssize_t n,
+                              Py_ssize_t first, Py_ssize_t skip, float* rv, int64_t* ri,
+                              Py_ssize_t L, Py_ssize_t* count, float* last) noexcept nogil:
+    """_scan_row for the screen's longer lists (the certificate's window): rows with v below
+    ``last`` are appended to a reservoir of 2 L; a full one keeps its L smallest and
+    ``last`` becomes their largest. So, as in a list, a row left out has v at least the
+    final list's largest, at O(1) a row instead of a sorted list's O(L) shifts."""
+    cdef float thr = last[0]
     cdef float v
+    cdef Py_ssize_t c = count[0]
     cdef Py_ssize_t j0, j, m
     cdef uint32_t mask
     j0 = 0
     while j0 < n:
         m = n - j0 if n - j0 < FZ_KNN_CHUNK else FZ_KNN_CHUNK
-        mask = fz_row_mask_f(p + j0, rn + j0, last, m)
+        mask = fz_row_mask_f(p + j0, rn + j0, thr, m)
         while mask:
             j = j0 + fz_lowest_bit(mask)
             mask &= mask - 1
             v = rn[j] - (p[j] + p[j])
-            if v < last and first + j != skip:
-                _heap_replace_max(hv, hi, L, v, first + j)
-                last = hv[0]
+            if v < thr and first + j != skip:
+                rv[c] = v
+                ri[c] = first + j
+                c += 1
+                if c == 2 * L:
+                    _select_smallest(rv, ri, c, L)
+                    c = L
+                    thr = rv[L - 1]
         j0 += FZ_KNN_CHUNK
+    count[0] = c
+    last[0] = thr
 
 
-cdef void _heap_sort_largest_first(float* hv, int64_t* hi, Py_ssize_t L) noexcept nogil:
-    """The max-heap's pairs in place, largest first (as _scan_row's lists): heapsort gives
-    ascending order, then the halves swap."""
-    cdef Py_ssize_t end, c
+cdef void _reservoir_to_list(float* rv, int64_t* ri, Py_ssize_t c, Py_ssize_t L,
+                             float* lv, int64_t* li) noexcept nogil:
+    """The reservoir's L smallest as a list: largest first, (+inf, -1) in front where it
+    holds fewer (heapsort of the kept ones, then reversed into place)."""
+    cdef Py_ssize_t t, end, kept
     cdef float v
     cdef int64_t j
-    end = L - 1
-    while end > 0:
-        v = hv[end]
-        j = hi[end]
-        hv[end] = hv[0]
-        hi[end] = hi[0]
-        _heap_replace_max(hv, hi, end, v, j)  # sift v down within the first end entries
+    if c > L:
+        _select_smallest(rv, ri, c, L)
+    kept = c if c < L else L
+    for t in range(kept // 2 - 1, -1, -1):  # max-heap of the kept entries
+        _sift_down(rv, ri, kept, t, rv[t], ri[t])
+    end = kept - 1
+    while end > 0:  # heapsort: ascending
+        v = rv[end]
+        j = ri[end]
+        rv[end] = rv[0]
+        ri[end] = ri[0]
+        _sift_down(rv, ri, end, 0, v, j)
         end -= 1
-    for c in range(L // 2):
-        v = hv[c]
-        hv[c] = hv[L - 1 - c]
-        hv[L - 1 - c] = v
-        j = hi[c]
-        hi[c] = hi[L - 1 - c]
-        hi[L - 1 - c] = j
+    for t in range(L - kept):
+        lv[t] = INFINITY
+        li[t] = -1
+    for t in range(kept):
+        lv[L - 1 - t] = rv[t]
+        li[L - 1 - t] = ri[t]
 
 
 cdef void _bf16_block(const float* qbase, Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t d,
                       const uint32_t* packed, const float* rn, Py_ssize_t n_r,
                       Py_ssize_t L, Py_ssize_t self_offset, int hw, uint32_t* A, float* buf,
-                      float* lv, int64_t* li) noexcept nogil:
-    """Pass 1 of queries q0..q1-1 against every reference tile: their lists in lv/li (row
-    r at r L, largest first, (+inf, -1) where empty)."""
+                      float* rv, int64_t* ri, Py_ssize_t* counts, float* lasts,
+                      float* Vout, int64_t* Iout) noexcept nogil:
+    """Pass 1 of queries q0..q1-1 against every reference tile: their lists in rows q0..q1-1
+    of Vout/Iout (L each, largest first, (+inf, -1) where empty). Scratch: reservoirs
+    rv/ri of 2 L per query, counts and lasts of one per query."""
     cdef Py_ssize_t dp2 = (d + 1) // 2
     cdef Py_ssize_t nq = q1 - q0
     cdef Py_ssize_t na = (nq + FZ_BF16_MR - 1) // FZ_BF16_MR * FZ_BF16_MR
     cdef Py_ssize_t row, r0, nr, skip, c
     for row in range(nq):
         fz_bf16_round(qbase + (q0 + row) * d, d, A + row * dp2, NULL)
+        counts[row] = 0
+        lasts[row] = INFINITY
     for c in range((na - nq) * dp2):  # the micro-tiles' padding rows
         A[nq * dp2 + c] = 0
-    for c in range(nq * L):
-        lv[c] = INFINITY
-        li[c] = -1
     r0 = 0
     while r0 < n_r:
         nr = n_r - r0 if n_r - r0 < BF16_TILE else BF16_TILE
@@ -185,11 +234,13 @@ cdef void _bf16_block(const float* qbase, Py_ssize_t q0, Py_ssize_t q1, Py_ssize
                      dp2, buf, BF16_TILE)
         for row in range(nq):
             skip = q0 + row + self_offset if self_offset >= 0 else -1
-            _scan_row_heap(buf + row * BF16_TILE, rn + r0, nr, r0, skip, lv + row * L,
-                           li + row * L, L)
+            _scan_row_reservoir(buf + row * BF16_TILE, rn + r0, nr, r0, skip,
+                                rv + row * 2 * L, ri + row * 2 * L, L, &counts[row],
+                                &lasts[row])
         r0 += nr
     for row in range(nq):
-        _heap_sort_largest_first(lv + row * L, li + row * L, L)
+        _reservoir_to_list(rv + row * 2 * L, ri + row * 2 * L, counts[row], L,
+                           Vout + (q0 + row) * L, Iout + (q0 + row) * L)
 
 
 def bf16_screen(const float[:, ::1] queries, const uint32_t[::1] packed,
@@ -210,8 +261,10 @@ def bf16_screen(const float[:, ::1] queries, const uint32_t[::1] packed,
     cdef int n_threads = omp_get_max_threads()
     cdef uint32_t* A
     cdef float* buf
-    cdef float* lv
-    cdef int64_t* li
+    cdef float* rv
+    cdef int64_t* ri
+    cdef Py_ssize_t* counts
+    cdef float* lasts
     cdef int failed = 0
     cdef int* failed_p = &failed
     if hw and not fz_bf16_hw_available():
@@ -227,8 +280,8 @@ def bf16_screen(const float[:, ::1] queries, const uint32_t[::1] packed,
     # Blocks of at most BF16_QUERY_BLOCK queries (a multiple of MR), fewer where a thread's
     # lists would pass LIST_BYTES (long lists), as many per thread (5,000 queries on 2
     # threads in blocks of 1,020 would leave one thread 3 blocks, the other 2).
-    if qb * L * (sizeof(float) + sizeof(int64_t)) > LIST_BYTES:
-        qb = LIST_BYTES // (L * (sizeof(float) + sizeof(int64_t)))
+    if qb * 2 * L * (sizeof(float) + sizeof(int64_t)) > LIST_BYTES:
+        qb = LIST_BYTES // (2 * L * (sizeof(float) + sizeof(int64_t)))
         qb = qb // FZ_BF16_MR * FZ_BF16_MR if qb >= FZ_BF16_MR else FZ_BF16_MR
     n_blocks = (n_q + n_threads * qb - 1) // (n_threads * qb) * n_threads
     qb = (n_q + n_blocks - 1) // n_blocks
@@ -239,22 +292,26 @@ def bf16_screen(const float[:, ::1] queries, const uint32_t[::1] packed,
     with nogil, parallel(num_threads=n_threads):
         A = <uint32_t*>malloc(qb * dp2 * sizeof(uint32_t))
         buf = <float*>malloc(qb * BF16_TILE * sizeof(float))
-        lv = <float*>malloc(qb * L * sizeof(float))
-        li = <int64_t*>malloc(qb * L * sizeof(int64_t))
+        rv = <float*>malloc(qb * 2 * L * sizeof(float))
+        ri = <int64_t*>malloc(qb * 2 * L * sizeof(int64_t))
+        counts = <Py_ssize_t*>malloc(qb * sizeof(Py_ssize_t))
+        lasts = <float*>malloc(qb * sizeof(float))
         for b in prange(n_blocks, schedule="dynamic"):
-            if A == NULL or buf == NULL or lv == NULL or li == NULL:
+            if (A == NULL or buf == NULL or rv == NULL or ri == NULL or counts == NULL
+                    or lasts == NULL):
                 failed_p[0] = 1
                 continue
             q0 = b * qb
             q1 = q0 + qb if q0 + qb < n_q else n_q
             _bf16_block(&queries[0, 0], q0, q1, d, &packed[0], &rn[0], n_r, L,
-                        self_offset, use_hw, A, buf, lv, li)
-            memcpy(&Vv[q0, 0], lv, (q1 - q0) * L * sizeof(float))
-            memcpy(&Iv[q0, 0], li, (q1 - q0) * L * sizeof(int64_t))
+                        self_offset, use_hw, A, buf, rv, ri, counts, lasts, &Vv[0, 0],
+                        &Iv[0, 0])
         free(A)
         free(buf)
-        free(lv)
-        free(li)
+        free(rv)
+        free(ri)
+        free(counts)
+        free(lasts)
     if failed:
         raise MemoryError("knn_cpu.bf16_screen: could not allocate the per-thread buffers")
     return V, I

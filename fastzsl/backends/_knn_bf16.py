@@ -67,8 +67,9 @@ MIN_CERTIFIED = 0.8
 # A list of L kept over n_r rows takes about L (1 + ln(n_r / L)) insertions per query; the
 # screen halves the cost of the n_r d products. Where insertions exceed this share of the
 # products the screen ran slower than the float32 kernel (the LoOP reference of fastzsl
-# train, d = 50, 38k rows, L = 105: 0.85x; ratio 3.8e-4) and where below it faster
-# (standard normal rows, d = 50 / 128 / 512: 1.1e-4 / 5e-5 / 3e-5, 1.4x-1.7x).
+# train, d = 50, 38k rows, L = 105: 0.85x with sorted lists, 0.89x with reservoirs; ratio
+# 3.8e-4) and where below it faster (standard normal rows, d = 50 / 128 / 512: 1.1e-4 /
+# 5e-5 / 3e-5, 1.4x-1.7x).
 UPKEEP_PER_SAVED_PRODUCT = 2e-4
 
 

@@ -323,3 +323,26 @@ def test_long_lists_in_smaller_blocks_and_chunks(rng, screen, monkeypatch):
     Q = rng.normal(size=(700, 96)).astype(np.float32)
     _check(Q, R, 300, -1)
     _check(R[:900], R, 300, 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("L", [1, 37, 300])
+def test_screen_lists_hold_the_smallest_values(rng, mode, L):
+    """A list of L (kept in a reservoir of 2 L, cut at its L smallest when full) equals the
+    L smallest of every row's screened value, largest first; rows with the list's largest
+    value may be either side of the cut, no row below it is left out."""
+    R = np.round(rng.normal(size=(2000, 40)), 1).astype(np.float32)  # many equal values
+    Q = np.round(rng.normal(size=(30, 40)), 1).astype(np.float32)
+    prep = _knn_bf16.prepare(knn_cpu, R)
+    V_all, I_all = knn_cpu.bf16_screen(Q, prep.packed, prep.rounded_norms, len(R), 3,
+                                       mode == "hw")
+    V, I = knn_cpu.bf16_screen(Q, prep.packed, prep.rounded_norms, L, 3, mode == "hw")
+    assert (np.diff(V, axis=1) <= 0).all()
+    for q in range(len(Q)):
+        want = np.sort(V_all[q][I_all[q] >= 0])[:L]
+        np.testing.assert_array_equal(np.sort(V[q]), want)
+        value = dict(zip(I_all[q], V_all[q]))
+        assert all(value[i] == v for i, v in zip(I[q], V[q]))
+        assert 3 + q not in set(I[q])  # its own row left out
+        below = {i for i, v in value.items() if v < V[q][0]}
+        assert below <= set(I[q])
