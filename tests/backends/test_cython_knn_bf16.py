@@ -49,6 +49,19 @@ def _fp32_calls(monkeypatch):
     return Spy(), calls
 
 
+def _screened(monkeypatch, screen, Q, R, k, self_offset=-1):
+    """_knn_bf16.knn with a spy for the float32 kernel, its answers checked equal to the
+    float32 kernel's bit for bit: (pays, calls, spy) (see _fp32_calls)."""
+    spy, calls = _fp32_calls(monkeypatch)
+    Q = np.ascontiguousarray(Q)
+    D, I, pays = _knn_bf16.knn(spy, Q, R, k, self_offset, knn_cpu.reference_norms(R),
+                               lambda: _knn_bf16.prepare(knn_cpu, R), screen)
+    D0, I0 = knn_cpu.knn(Q, R, k, self_offset)
+    np.testing.assert_array_equal(D, D0)
+    np.testing.assert_array_equal(I, I0)
+    return pays, calls, spy
+
+
 def _check(Q, R, k, self_offset=-1):
     """cython_.knn (through the screen) equals the float32 and the direct kernels, bit for
     bit, with and without a prepared reference, and the prepared form survives pickling."""
@@ -156,12 +169,7 @@ def test_rows_bfloat16_cannot_tell_apart(rng, screen, monkeypatch):
     R = np.concatenate([base + 1e-5 * rng.normal(size=(20, 40)).astype(np.float32)
                         for _ in range(300)] + [rng.normal(size=(3000, 40)).astype(np.float32)])
     Q = np.concatenate([rng.normal(size=(400, 40)), base[:5] + 1e-6]).astype(np.float32)
-    spy, calls = _fp32_calls(monkeypatch)
-    D, I, pays = _knn_bf16.knn(spy, Q, R, 10, -1, knn_cpu.reference_norms(R),
-                               lambda: _knn_bf16.prepare(knn_cpu, R), screen)
-    D0, I0 = knn_cpu.knn(Q, R, 10, -1)
-    np.testing.assert_array_equal(D, D0)
-    np.testing.assert_array_equal(I, I0)
+    pays, calls, spy = _screened(monkeypatch, screen, Q, R, 10)
     # one call for the failed queries
     assert pays and len(calls) == 1 and 5 <= calls[0] <= 0.1 * len(Q), calls
     asked = spy.asked[0]
@@ -178,13 +186,7 @@ def test_clusters_far_from_the_origin_fall_back_after_the_first_chunk(screen, se
     every query in one call."""
     X, _ = make_blobs(3000, 40, seed=4)
     Q = X if self_offset == 0 else X[:2000] + np.float32(0.01)
-    spy, calls = _fp32_calls(monkeypatch)
-    D, I, pays = _knn_bf16.knn(spy, np.ascontiguousarray(Q), X, 10, self_offset,
-                               knn_cpu.reference_norms(X),
-                               lambda: _knn_bf16.prepare(knn_cpu, X), screen)
-    D0, I0 = knn_cpu.knn(np.ascontiguousarray(Q), X, 10, self_offset)
-    np.testing.assert_array_equal(D, D0)
-    np.testing.assert_array_equal(I, I0)
+    pays, calls, _ = _screened(monkeypatch, screen, Q, X, 10, self_offset)
     assert calls == [len(Q)] and not pays, calls
 
 
@@ -193,12 +195,7 @@ def test_standard_normal_rows_need_no_float32_kernel(rng, screen, monkeypatch):
     """Where norms are comparable to the k-th distance the screen certifies every query."""
     R = rng.normal(size=(4000, 64)).astype(np.float32)
     Q = rng.normal(size=(2100, 64)).astype(np.float32)
-    spy, calls = _fp32_calls(monkeypatch)
-    D, I, pays = _knn_bf16.knn(spy, Q, R, 20, -1, knn_cpu.reference_norms(R),
-                               lambda: _knn_bf16.prepare(knn_cpu, R), screen)
-    D0, I0 = knn_cpu.knn(Q, R, 20, -1)
-    np.testing.assert_array_equal(D, D0)
-    np.testing.assert_array_equal(I, I0)
+    pays, calls, _ = _screened(monkeypatch, screen, Q, R, 20)
     assert calls == [] and pays
 
 
@@ -305,12 +302,7 @@ def test_lists_too_long_to_pay_for_run_the_float32_kernel(rng, screen, monkeypat
     monkeypatch.setattr(_knn_bf16, "UPKEEP_PER_SAVED_PRODUCT", 0.0)
     R = rng.normal(size=(3000, 64)).astype(np.float32)
     Q = rng.normal(size=(700, 64)).astype(np.float32)
-    spy, calls = _fp32_calls(monkeypatch)
-    D, I, pays = _knn_bf16.knn(spy, Q, R, 10, -1, knn_cpu.reference_norms(R),
-                               lambda: _knn_bf16.prepare(knn_cpu, R), screen)
-    D0, I0 = knn_cpu.knn(Q, R, 10, -1)
-    np.testing.assert_array_equal(D, D0)
-    np.testing.assert_array_equal(I, I0)
+    pays, calls, _ = _screened(monkeypatch, screen, Q, R, 10)
     assert calls == [len(Q)] and not pays
 
 
