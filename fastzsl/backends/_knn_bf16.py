@@ -215,14 +215,8 @@ def knn(knn_cpu, queries, reference, k, self_offset, prepared32, make_view, hw):
     first = min(FIRST_CHUNK, n_q)
     D[:first], I[:first], ok, need = screen_chunk(
         knn_cpu, queries[:first], reference, k, list_len_max(k, d), self_offset, view, hw)
-    if ok.mean() < MIN_CERTIFIED:
-        # The rounding is too coarse for this data: the float32 kernel for every query.
-        D[:], I[:] = knn_cpu.knn(queries, reference, k, self_offset, prepared32)
-        return D, I, False
-    L = int(min(list_len_max(k, d),
-                np.ceil(1.25 * np.percentile(np.minimum(need, list_len_max(k, d)), 95)) + 8))
-    if L * (1 + np.log(max(n_r / L, 1.0))) > UPKEEP_PER_SAVED_PRODUCT * n_r * d:
-        # The lists' upkeep would cost more than the halved products save.
+    L = _paying_list_len(ok, need, k, d, n_r)
+    if L is None:
         D[:], I[:] = knn_cpu.knn(queries, reference, k, self_offset, prepared32)
         return D, I, False
     failed = [np.flatnonzero(~ok)]
@@ -238,6 +232,20 @@ def knn(knn_cpu, queries, reference, k, self_offset, prepared32, make_view, hw):
         D[failed], I[failed] = _float32_rows(knn_cpu, queries, reference, k, self_offset,
                                              failed, prepared32)
     return D, I, True
+
+
+def _paying_list_len(ok, need, k, d, n_r):
+    """The others' list length from the pilot (which certified ``ok`` with windows of
+    ``need`` rows): 25% above the windows' 95th percentile; None where the screen would
+    not pay: too few certified (the rounding is too coarse for this data), or the lists'
+    upkeep would cost more than the halved products save."""
+    if ok.mean() < MIN_CERTIFIED:
+        return None
+    longest = list_len_max(k, d)
+    L = int(min(longest, np.ceil(1.25 * np.percentile(np.minimum(need, longest), 95)) + 8))
+    if L * (1 + np.log(max(n_r / L, 1.0))) > UPKEEP_PER_SAVED_PRODUCT * n_r * d:
+        return None
+    return L
 
 
 def _float32_rows(knn_cpu, queries, reference, k, self_offset, rows, prepared32):

@@ -12,10 +12,11 @@ inputs rounded to float32, certified per query, then the exact float64 re-rank.
    :math:`|E' - E| \le \delta = \varepsilon (2(\lVert q\rVert + \lVert r\rVert) + \varepsilon)`
    for the exact squared distances E, E' (as :math:`\lVert a\rVert \le \lVert q\rVert +
    \lVert r\rVert`); with :math:`\lVert r\rVert` a bound on the reference's largest norm,
-   one δ per query serves every row. The kernel's sums are within :math:`(d + 2)u'` relative of E' and
-   :math:`D'` within u of them, so a relative 2u covers both (d < 2^28). A row left off the
-   list has :math:`E \ge D'_{(k')}(1 - 2u) - \delta`, and the k-th smallest exact distance
-   is at most :math:`D'_{(k)}(1 + 2u) + \delta` (the k listed best bound it). Where
+   one δ per query serves every row. The kernel's sums are within :math:`(d + 2)u'`
+   relative of E' and :math:`D'` within u of them, so a relative 2u covers both
+   (d < 2^28). A row left off the list has :math:`E \ge D'_{(k')}(1 - 2u) - \delta`, and
+   the k-th smallest exact distance is at most :math:`D'_{(k)}(1 + 2u) + \delta` (the k
+   listed best bound it). Where
    :math:`D'_{(k')}(1 - 2u) - \delta > D'_{(k)}(1 + 2u) + \delta` (with a pad for forming
    the comparison in double), every row that can be in the float64 answer is listed,
    exact ties at the k-th distance included.
