@@ -21,8 +21,9 @@
  *   all_below: F_c < threshold_c for every c; for float32 inputs (exact_thresholds: their
  *     acc is coarse) an entry within b_c of its threshold is decided, and stored, by L_dir.
  *   logsumexp: from L~ and beta alone (fz_gauss_lse), certified as a whole: its error
- *     bound 2 sum e_c b_c / sum e_c (plus the cut, exp's and the sums' rounding) must stay
- *     within acc |lse|, else the terms carrying most of it take L_dir (then all terms).
+ *     bound 2 sum e_c b_c / sum e_c (where beta_max <= 1; max beta beyond) plus the cut,
+ *     exp's and the sums' rounding must stay within acc |lse|, else the terms carrying
+ *     most of it take L_dir (then all terms).
  *     Terms further than cut below the largest are left out, cut from the accuracy the
  *     output needs (fz_lse_cut, at most FZ_LSE_CUT_MAX), and the rest summed with a
  *     vectorised exp polynomial (fz_exp_poly, or fz_expf_poly in float32 for float32

@@ -48,9 +48,14 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
         sum = fz_lse_terms_f32(L, lw, b, Cp, wmax, cut, &err, &eps, &n_terms);
     else
         sum = fz_lse_terms(L, lw, b, Cp, wmax, cut, fast, low_degree, &err, &n_terms);
+    /* The values move lse by log(sum_c e_c e^(t_c) / sum_c e_c), |t_c| <= b_c: at most
+     * (e - 1) sum e_c b_c / sum e_c < 2 err / sum while every b_c <= 1 (e^t - 1 <= (e - 1) t
+     * on [0, 1]; Jensen below), and at most max b_c <= bmax in any case. */
+#define FZ_CERTIFIED(err, sum, budget) \
+    (bmax <= 1.0 ? 2.0 * (err) <= (budget) * (sum) : bmax <= (budget))
     double lse = wmax + log(sum);
     double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, cut, eps);
-    if (2.0 * err <= budget * sum)
+    if (FZ_CERTIFIED(err, sum, budget))
         return lse;
     if (budget > 0.0) {
         /* Refine: with wmax kept as the reference, a refined term c swaps e_c for
@@ -86,9 +91,10 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
         err = FZ_MAX(err - err_removed, 0.0) + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (sum + err);
         lse = wmax + log(sum);
         budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, cut, eps);
-        if (2.0 * err <= budget * sum)
+        if (FZ_CERTIFIED(err, sum, budget))
             return lse;
     }
+#undef FZ_CERTIFIED
     /* Still not certified: direct values of every term that can be within FZ_LSE_CUT_MAX of
      * the largest direct one (a direct value is within b_c of L~_c), summed with libm. */
     double dmax = -INFINITY;

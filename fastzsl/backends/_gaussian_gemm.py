@@ -44,7 +44,9 @@ kernel's decisions, and the NumPy reference's whenever its margin exceeds the bo
 
 The logsumexp is formed from :math:`\tilde L` and :math:`\beta` alone and certified as a
 whole: with :math:`e_c = \exp(\tilde L_c + \log w_c - \max)`, its error is at most
-:math:`2\sum_c e_c\beta_c / \sum_c e_c` (the values') plus the terms left out, the exp
+:math:`2\sum_c e_c\beta_c / \sum_c e_c` (the values', first order: valid while every
+:math:`\beta_c \le 1`, as :math:`e^t - 1 \le (e - 1)t` on [0, 1]; beyond that,
+:math:`\max_c \beta_c`) plus the terms left out, the exp
 approximation's relative error and the summation's rounding; where that exceeds ``acc``
 :math:`\lvert\mathrm{lse}\rvert`, the terms carrying most of it take their direct values
 (then all of them). Terms more than ``cut`` below the largest are left out, where

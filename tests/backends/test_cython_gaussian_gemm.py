@@ -91,3 +91,28 @@ def test_every_class_within_a_few_nats_takes_the_vectorised_sum(regime, d, C, dt
     # float32 at d=200: the sgemm bound is coarse and some terms are refined directly
     limit = 3 * n if dtype == np.float64 or d <= 50 else n * C // 4
     assert n_direct <= limit, n_direct
+
+
+def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype):
+    """Rows far from every mean (3e3 standard deviations, 3e8 for float64): every value's
+    bound beta is above 1 nat, where the logsumexp's first-order certificate (2 sum e_c beta_c
+    / sum e_c) no longer holds and max beta certifies it instead (or the terms are refined).
+    The reductions still equal the reference's, with equal and unequal variances."""
+    gemm = _gemm_kernel()
+    rng = np.random.default_rng(5)
+    C, d, n = 12, 16, 200
+    means = rng.standard_normal((C, d)).astype(dtype)
+    scale = 3e3 if dtype == np.float32 else 3e8
+    F = (scale * rng.standard_normal((n, d))).astype(dtype)
+    variances = np.r_[rng.uniform(0.9, 1.1, C // 2), rng.uniform(0.02, 0.05, C - C // 2)]
+    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    thresholds = np.full(C, np.inf)
+    from fastzsl.backends._gaussian_gemm import class_terms
+    terms = class_terms(means, variances)
+    fn = (((F.astype(np.float64) - terms.center).astype(dtype).astype(np.float64)) ** 2).sum(1)
+    assert (terms.kh.max() * fn + terms.km.max() > 1.0).all()  # the regime under test
+    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
+    (_, mx, am, lse, _), _ = gemm(F, means, variances, log_weights, thresholds, False)
+    np.testing.assert_allclose(lse, ref[3], **TOL[dtype])
+    np.testing.assert_allclose(mx, ref[1], **TOL[dtype])
+    np.testing.assert_array_equal(am, ref[2])
