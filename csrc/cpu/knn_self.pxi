@@ -55,8 +55,10 @@ cdef int _pair_rounds_pass1(const cython.floating* X, Py_ssize_t d,
     cdef Py_ssize_t n_a = (a_stop - a_start + SELF_BLOCK - 1) // SELF_BLOCK
     cdef Py_ssize_t n_b = (b_stop - b_start + SELF_BLOCK - 1) // SELF_BLOCK
     cdef Py_ssize_t m = n_a + n_a % 2
-    cdef Py_ssize_t r, p, block_a, block_b, a0, b0, na, nb, i, q
+    cdef Py_ssize_t r, p, block_a, block_b, a0, b0, na, nb, i, q, ldb
     cdef cython.floating* buf = NULL
+    cdef float* packed = NULL
+    cdef bint tiles = cython.floating is float and _F32_TILES != 0
     cdef cython.floating* lim = NULL
     cdef int failed = 0
     cdef int* failed_p = &failed
@@ -64,9 +66,11 @@ cdef int _pair_rounds_pass1(const cython.floating* X, Py_ssize_t d,
     with parallel():
         buf = <cython.floating*>malloc(SELF_BLOCK * SELF_BLOCK * sizeof(cython.floating))
         lim = <cython.floating*>malloc(SELF_BLOCK * sizeof(cython.floating))
+        # SELF_BLOCK is whole panels of the f32 tiles
+        packed = <float*>malloc(SELF_BLOCK * d * sizeof(float)) if tiles else NULL
         for r in range(r0, r1):
             for p in prange(_n_pairs(same, n_a, n_b, r), schedule="dynamic"):
-                if buf == NULL or lim == NULL:
+                if buf == NULL or lim == NULL or (tiles and packed == NULL):
                     failed_p[0] = 1
                     continue
                 if not same:
@@ -90,17 +94,18 @@ cdef int _pair_rounds_pass1(const cython.floating* X, Py_ssize_t d,
                 nb = b_stop - b0
                 if nb > SELF_BLOCK:
                     nb = SELF_BLOCK
-                gemm_abt(X + a0 * d, X + b0 * d, <int>na, <int>nb, <int>d, buf)
+                ldb = _dot_tile(X + a0 * d, na, X + b0 * d, nb, d, packed, buf)
                 # Rows: block a's points against block b.
                 for i in range(na):
                     q = a0 + i
-                    _scan_row(buf + i * nb, rn_w + b0, nb, b0, q, lv_a + (q - a_start) * L,
+                    _scan_row(buf + i * ldb, rn_w + b0, nb, b0, q, lv_a + (q - a_start) * L,
                               li_a + (q - a_start) * L, L)
                 if a0 != b0:  # columns: block b's points against block a
-                    _scan_columns(buf, na, nb, a0, 0, rn_w, lv_b + (b0 - b_start) * L,
+                    _scan_columns(buf, na, nb, ldb, a0, 0, rn_w, lv_b + (b0 - b_start) * L,
                                   li_b + (b0 - b_start) * L, L, lim)
         free(buf)
         free(lim)
+        free(packed)
     return -1 if failed else 0
 
 

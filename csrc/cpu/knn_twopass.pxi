@@ -42,6 +42,62 @@ cdef inline Py_ssize_t _list_len(Py_ssize_t k, Py_ssize_t d) noexcept nogil:
     return k + extra
 
 
+cdef extern from "knn_f32_tiles.h" nogil:
+    enum: FZ_F32_NR
+    void fz_f32_pack_panels(const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
+    void fz_f32_tile(int hw, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
+                     Py_ssize_t n_panels, float* C, Py_ssize_t ldc)
+    int fz_f32_tiles_hw_available()
+
+# Pass 1's float32 dot products (knn query blocks): 0 one sgemm per tile, 1 the AVX-512
+# tiles of knn_f32_tiles.h, 2 their portable form (tests). Set by set_f32_tiles, from
+# FASTZSL_F32_TILES at import.
+cdef int _F32_TILES = 0
+F32_TILE_MODES = ("auto", "blas", "portable")
+
+
+def set_f32_tiles(mode):
+    """How pass 1 of float32 knn forms its dot products: "auto" (the AVX-512 tiles where
+    the CPU has AVX-512F, else BLAS), "blas" (one sgemm per tile) or "portable" (the tiles'
+    portable C form on any CPU, slowly: for tests). The answers are the same either way
+    (pass 2 re-ranks exactly). Returns the kind now in use: "avx512", "blas" or
+    "portable"."""
+    global _F32_TILES
+    if mode not in F32_TILE_MODES:
+        raise ValueError(f"FASTZSL_F32_TILES / set_f32_tiles: mode must be one of "
+                         f"{F32_TILE_MODES}, not {mode!r}")
+    if mode == "auto":
+        _F32_TILES = 1 if fz_f32_tiles_hw_available() else 0
+    else:
+        _F32_TILES = 0 if mode == "blas" else 2
+    return ("blas", "avx512", "portable")[_F32_TILES]
+
+
+set_f32_tiles(os.environ.get("FASTZSL_F32_TILES", "auto").strip().lower() or "auto")
+
+
+def f32_tile_products(const float[:, ::1] A, const float[:, ::1] R, bint hw):
+    """A @ R.T (float32) by the pass-1 tiles, R packed in panels: the AVX-512 kernel
+    (``hw``; only where the CPU has AVX-512F) or the portable one. For tests."""
+    if hw and not fz_f32_tiles_hw_available():
+        raise RuntimeError("this CPU has no AVX-512F: the f32 tiles' hw kernel cannot run")
+    if A.shape[1] != R.shape[1]:
+        raise ValueError("A and R need the same number of columns")
+    cdef Py_ssize_t na = A.shape[0], n = R.shape[0], d = A.shape[1]
+    cdef Py_ssize_t n_panels = (n + FZ_F32_NR - 1) // FZ_F32_NR
+    packed = np.empty(max(1, n_panels * FZ_F32_NR * d), dtype=np.float32)
+    out = np.empty((na, n_panels * FZ_F32_NR), dtype=np.float32)
+    cdef float[::1] pk = packed
+    cdef float[:, ::1] ov = out
+    if na and n and d:
+        fz_f32_pack_panels(&R[0, 0], n, d, &pk[0])
+        fz_f32_tile(1 if hw else 0, &A[0, 0], na, d, &pk[0], n_panels, &ov[0, 0],
+                    n_panels * FZ_F32_NR)
+    elif na and n:
+        out[:] = 0
+    return out[:, :n]
+
+
 # Pass-2 margin: SAFETY times twice the proven error bound of one candidate (docstring).
 cdef double SAFETY = 2.0
 # Norm sums above these could overflow the gemm / v_j in the input dtype: use the direct kernel.
@@ -117,11 +173,12 @@ cdef void _scan_row(const cython.floating* p, const cython.floating* rn, Py_ssiz
 
 
 cdef void _scan_columns(const cython.floating* g, Py_ssize_t ni, Py_ssize_t nj,
-                        Py_ssize_t i0, Py_ssize_t j0, const cython.floating* rn,
-                        cython.floating* lv, int64_t* li, Py_ssize_t L,
-                        cython.floating* lim) noexcept nogil:
+                        Py_ssize_t ldg, Py_ssize_t i0, Py_ssize_t j0,
+                        const cython.floating* rn, cython.floating* lv, int64_t* li,
+                        Py_ssize_t L, cython.floating* lim) noexcept nogil:
     """Pass 1 for queries j0..j0+nj-1 against candidates i0..i0+ni-1, from the tile
-    g[ni, nj] of their dot products (rows: candidates). ``lim``: nj scratch entries."""
+    g[ni, nj] of their dot products (rows: candidates, ldg apart). ``lim``: nj scratch
+    entries."""
     cdef Py_ssize_t i, c, c0, m
     cdef cython.floating ra, v
     cdef const cython.floating* row
@@ -130,7 +187,7 @@ cdef void _scan_columns(const cython.floating* g, Py_ssize_t ni, Py_ssize_t nj,
         lim[c] = lv[(j0 + c) * L]
     for i in range(ni):
         ra = rn[i0 + i]
-        row = g + i * nj
+        row = g + i * ldg
         c0 = 0
         while c0 < nj:
             m = nj - c0 if nj - c0 < FZ_KNN_CHUNK else FZ_KNN_CHUNK
@@ -485,16 +542,36 @@ cdef bint _norms(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, double* o
     return m < INFINITY
 
 
+cdef inline Py_ssize_t _dot_tile(const cython.floating* a, Py_ssize_t na,
+                                 const cython.floating* b, Py_ssize_t nb, Py_ssize_t d,
+                                 float* packed, cython.floating* out) noexcept nogil:
+    """out = a[na, d] @ b[nb, d]^T, pass 1's tile of dot products: by the f32 tiles
+    (float32 with ``packed``: room for nb rows rounded up to whole panels) or one BLAS gemm.
+    Returns the row stride of out (nb, or nb rounded up to whole panels)."""
+    cdef Py_ssize_t n_panels
+    if cython.floating is float:
+        if packed != NULL:
+            n_panels = (nb + FZ_F32_NR - 1) // FZ_F32_NR
+            fz_f32_pack_panels(b, nb, d, packed)
+            fz_f32_tile(_F32_TILES == 1, a, na, d, packed, n_panels, out,
+                        n_panels * FZ_F32_NR)
+            return n_panels * FZ_F32_NR
+    gemm_abt(a, b, <int>na, <int>nb, <int>d, out)
+    return nb
+
+
 cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase,
                       const double* qn, const cython.floating* rn_w, double rmax,
                       Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t n_r, Py_ssize_t d,
                       Py_ssize_t k, Py_ssize_t self_offset, Py_ssize_t tile,
-                      cython.floating* lv, int64_t* li, cython.floating* buf,
+                      cython.floating* lv, int64_t* li, cython.floating* buf, float* packed,
                       Pass2Scratch* sc, cython.floating* Dout, int64_t* Iout) noexcept nogil:
-    """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout."""
+    """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout. ``packed``:
+    room for a tile of references in panels (float32 with _F32_TILES), else NULL; ``buf``:
+    nq rows of the tile rounded up to whole panels."""
     cdef Py_ssize_t nq = q1 - q0
     cdef Py_ssize_t L = _list_len(k, d)
-    cdef Py_ssize_t r0, r1, nr, row, qi, c, skip
+    cdef Py_ssize_t r0, r1, nr, row, qi, c, skip, ldc
     cdef double eps, tiny, limit
     _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
     for c in range(nq * L):
@@ -506,11 +583,11 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
         if r1 > n_r:
             r1 = n_r
         nr = r1 - r0
-        gemm_abt(qbase + q0 * d, rbase + r0 * d, <int>nq, <int>nr, <int>d, buf)
+        ldc = _dot_tile(qbase + q0 * d, nq, rbase + r0 * d, nr, d, packed, buf)
         for row in range(nq):
             qi = q0 + row
             skip = qi + self_offset if self_offset >= 0 else -1
-            _scan_row(buf + row * nr, rn_w + r0, nr, r0, skip, lv + row * L, li + row * L, L)
+            _scan_row(buf + row * ldc, rn_w + r0, nr, r0, skip, lv + row * L, li + row * L, L)
         r0 = r1
     for row in range(nq):
         qi = q0 + row
@@ -543,6 +620,9 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
     cdef cython.floating* lv
     cdef int64_t* li
     cdef cython.floating* buf
+    cdef float* packed
+    cdef Py_ssize_t tile_padded
+    cdef bint tiles
     cdef Pass2Scratch* sc
     cdef const cython.floating* qbase
     cdef const cython.floating* rbase
@@ -593,23 +673,28 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
         tile = GEMM_TILE_ELEMS // qb
         if cython.floating is double:
             tile = (tile + 1) // 2
+        tiles = cython.floating is float and _F32_TILES != 0
+        tile_padded = (tile + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR if tiles else tile
         n_blocks = (n_q + qb - 1) // qb
         if n_threads > n_blocks:  # a thread with nothing to do still has to be woken
             n_threads = <int>n_blocks
         lv = NULL
         li = NULL
         buf = NULL
+        packed = NULL
         sc = NULL
         with nogil, parallel(num_threads=n_threads):
             lv = <cython.floating*>malloc(qb * L * sizeof(cython.floating))
             li = <int64_t*>malloc(qb * L * sizeof(int64_t))
-            buf = <cython.floating*>malloc(qb * tile * sizeof(cython.floating))
+            buf = <cython.floating*>malloc(qb * tile_padded * sizeof(cython.floating))
+            packed = <float*>malloc(tile_padded * d * sizeof(float)) if tiles else NULL
             sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
             if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(cython.floating)):
                 free(sc)
                 sc = NULL
             for b in prange(n_blocks, schedule="dynamic"):
-                if lv == NULL or li == NULL or buf == NULL or sc == NULL:
+                if (lv == NULL or li == NULL or buf == NULL or sc == NULL
+                        or (tiles and packed == NULL)):
                     failed_p[0] = 1
                     continue
                 q0 = b * qb
@@ -617,10 +702,11 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
                 if q1 > n_q:
                     q1 = n_q
                 _gemm_block(qbase, rbase, qn, rn_w, rmax, q0, q1, n_r, d, k,
-                            self_offset, tile, lv, li, buf, sc, &D[0, 0], &I[0, 0])
+                            self_offset, tile, lv, li, buf, packed, sc, &D[0, 0], &I[0, 0])
             free(lv)
             free(li)
             free(buf)
+            free(packed)
             if sc != NULL:
                 _pass2_scratch_free(sc)
                 free(sc)

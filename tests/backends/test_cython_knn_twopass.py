@@ -352,3 +352,49 @@ def test_self_join_with_many_pairs_per_round_gives_the_same_bits(rng):
         Dr, Ir = join.finish((start, stop), done)
         np.testing.assert_array_equal(Dr, D_ref[start:stop])
         np.testing.assert_array_equal(Ir, I_ref[start:stop])
+
+
+@pytest.fixture(params=["auto", "blas", "portable"])
+def f32_tiles(request):
+    """Pass 1's float32 dot products by each route (knn_cpu.set_f32_tiles), restored after."""
+    before = knn_cpu.set_f32_tiles("auto")
+    knn_cpu.set_f32_tiles(request.param)
+    yield request.param
+    knn_cpu.set_f32_tiles("auto" if before != "blas" else "blas")
+
+
+@pytest.mark.parametrize("n_q,n_r", [(1, 1), (11, 31), (12, 32), (13, 33), (130, 1025),
+                                     (2047, 2049)])
+def test_every_pass1_route_gives_the_same_bits(f32_tiles, rng, n_q, n_r):
+    """float32 queries and references through BLAS, the AVX-512 tiles and their portable
+    form: the same neighbours and distances as the direct kernel (pass 2 re-ranks exactly;
+    the tiles only have to stay within the pass-1 bound), at block, panel and micro-tile
+    edges (12 query rows, 32 reference rows)."""
+    Q = rng.standard_normal((n_q, 50)).astype(np.float32)
+    R = rng.standard_normal((n_r, 50)).astype(np.float32)
+    _check(Q, R, min(5, n_r))
+    if n_q == n_r > 1:
+        _check(R, R, min(5, n_r - 1), self_offset=0)
+
+
+@pytest.mark.parametrize("hw", [False, True], ids=["portable", "avx512"])
+@pytest.mark.parametrize("na,n,d", [(1, 1, 1), (11, 33, 7), (12, 32, 50), (25, 65, 128),
+                                    (7, 100, 1), (30, 40, 300)])
+def test_f32_tile_products_stay_within_the_gemm_bound(hw, na, n, d, rng):
+    """The tiles' dot products against float64 ones: within gamma_d sum |a_t r_t| (any
+    summation order, FMA or not), the bound pass 1's margin is derived from; every row
+    count up to a micro-tile and panels cut short."""
+    from fastzsl.testing import assert_within_bound, matmul_error_bound
+    if hw and not knn_cpu.set_f32_tiles("auto") == "avx512":
+        pytest.skip("this CPU has no AVX-512F")
+    A = rng.standard_normal((na, d)).astype(np.float32)
+    R = rng.standard_normal((n, d)).astype(np.float32)
+    got = knn_cpu.f32_tile_products(A, R, hw)
+    exact = A.astype(np.float64) @ R.T.astype(np.float64)
+    assert got.shape == (na, n) and got.dtype == np.float32
+    assert_within_bound(got, exact, matmul_error_bound(A, R.T, np.float32), "f32 tiles")
+
+
+def test_an_unknown_f32_tile_mode_is_refused():
+    with pytest.raises(ValueError, match="FASTZSL_F32_TILES"):
+        knn_cpu.set_f32_tiles("fast")
