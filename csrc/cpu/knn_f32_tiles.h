@@ -7,6 +7,12 @@
  * The sums are float32 FMAs in component order, which the pass-1 error bound allows (it
  * holds for any summation order, FMA or not: knn_cpu.pyx).
  *
+ * With masks != NULL it also writes, for each query row i and panel p, the bit mask of
+ * the panel's rows l with rn[32 p + l] - (C + C) <= thr[i] (the test of fz_row_mask_f, on
+ * the same float32 values: one rounding after an exact doubling) at masks[i n_panels + p]:
+ * pass 1 then walks the set bits instead of rereading the tile (rn: the tile's norms, a
+ * whole number of panels; thr: each query's list threshold when the tile started).
+ *
  * Why not BLAS: pass 1 runs one sgemm per (query block, reference tile), and at small d
  * BLAS spends a fifth of its time outside its kernel there: packing the reference tile and
  * the query block anew per call and zeroing C (beta = 0). Here the queries are read in
@@ -19,6 +25,7 @@
 #define FASTZSL_KNN_F32_TILES_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #define FZ_F32_NR 32 /* reference rows per panel: two 16-lane vectors */
@@ -46,7 +53,8 @@ static inline void fz_f32_pack_panels(const float *R, ptrdiff_t n, ptrdiff_t d, 
 }
 
 static void fz_f32_tile_portable(const float *A, ptrdiff_t na, ptrdiff_t d, const float *B,
-                                 ptrdiff_t n_panels, float *C, ptrdiff_t ldc)
+                                 ptrdiff_t n_panels, float *C, ptrdiff_t ldc, const float *rn,
+                                 const float *thr, uint32_t *masks)
 {
     float acc[FZ_F32_NR];
     for (ptrdiff_t i = 0; i < na; i++)
@@ -60,6 +68,12 @@ static void fz_f32_tile_portable(const float *A, ptrdiff_t na, ptrdiff_t d, cons
                     acc[l] += a * b[t * FZ_F32_NR + l];
             }
             memcpy(C + i * ldc + p * FZ_F32_NR, acc, sizeof acc);
+            if (masks != NULL) {
+                uint32_t m = 0;
+                for (ptrdiff_t l = 0; l < FZ_F32_NR; l++)
+                    m |= (uint32_t)(rn[p * FZ_F32_NR + l] - (acc[l] + acc[l]) <= thr[i]) << l;
+                masks[i * n_panels + p] = m;
+            }
         }
 }
 
@@ -71,6 +85,7 @@ static void fz_f32_tile_portable(const float *A, ptrdiff_t na, ptrdiff_t d, cons
 __attribute__((target("avx512f,fma"), always_inline))
 static inline void fz_f32_rows_avx512(const float *a, ptrdiff_t d, const float *B,
                                       ptrdiff_t n_panels, float *C, ptrdiff_t ldc,
+                                      const float *rn, const float *thr, uint32_t *masks,
                                       const int rows)
 {
     for (ptrdiff_t p = 0; p < n_panels; p++) {
@@ -96,26 +111,42 @@ static inline void fz_f32_rows_avx512(const float *a, ptrdiff_t d, const float *
             _mm512_storeu_ps(C + r * ldc + p * FZ_F32_NR, c0[r]);
             _mm512_storeu_ps(C + r * ldc + p * FZ_F32_NR + 16, c1[r]);
         }
+        if (masks != NULL) {
+            const __m512 rn0 = _mm512_loadu_ps(rn + p * FZ_F32_NR);
+            const __m512 rn1 = _mm512_loadu_ps(rn + p * FZ_F32_NR + 16);
+#pragma GCC unroll 12
+            for (int r = 0; r < rows; r++) {
+                const __m512 th = _mm512_set1_ps(thr[r]);
+                const __m512 v0 = _mm512_sub_ps(rn0, _mm512_add_ps(c0[r], c0[r]));
+                const __m512 v1 = _mm512_sub_ps(rn1, _mm512_add_ps(c1[r], c1[r]));
+                masks[r * n_panels + p] = (uint32_t)_mm512_cmp_ps_mask(v0, th, _CMP_LE_OQ)
+                    | ((uint32_t)_mm512_cmp_ps_mask(v1, th, _CMP_LE_OQ) << 16);
+            }
+        }
     }
 }
 
 __attribute__((target("avx512f,fma")))
 static void fz_f32_tile_avx512(const float *A, ptrdiff_t na, ptrdiff_t d, const float *B,
-                               ptrdiff_t n_panels, float *C, ptrdiff_t ldc)
+                               ptrdiff_t n_panels, float *C, ptrdiff_t ldc, const float *rn,
+                               const float *thr, uint32_t *masks)
 {
     ptrdiff_t i0 = 0;
+#define FZ_F32_ROWS(n) \
+    fz_f32_rows_avx512(A + i0 * d, d, B, n_panels, C + i0 * ldc, ldc, rn, \
+                       masks != NULL ? thr + i0 : NULL, \
+                       masks != NULL ? masks + i0 * n_panels : NULL, n)
     for (; i0 + FZ_F32_MR <= na; i0 += FZ_F32_MR)
-        fz_f32_rows_avx512(A + i0 * d, d, B, n_panels, C + i0 * ldc, ldc, FZ_F32_MR);
+        FZ_F32_ROWS(FZ_F32_MR);
     /* the last rows: one specialised kernel per count (accumulators stay in registers) */
-    const float *a = A + i0 * d;
-    float *c = C + i0 * ldc;
     switch (na - i0) {
 #define FZ_F32_REST(n) \
-    case n: fz_f32_rows_avx512(a, d, B, n_panels, c, ldc, n); break;
+    case n: FZ_F32_ROWS(n); break;
     FZ_F32_REST(1) FZ_F32_REST(2) FZ_F32_REST(3) FZ_F32_REST(4) FZ_F32_REST(5)
     FZ_F32_REST(6) FZ_F32_REST(7) FZ_F32_REST(8) FZ_F32_REST(9) FZ_F32_REST(10)
     FZ_F32_REST(11)
 #undef FZ_F32_REST
+#undef FZ_F32_ROWS
     default: break;
     }
 }
@@ -131,15 +162,16 @@ static inline int fz_f32_tiles_hw_available(void) { return 0; }
 #endif
 
 static inline void fz_f32_tile(int hw, const float *A, ptrdiff_t na, ptrdiff_t d,
-                               const float *B, ptrdiff_t n_panels, float *C, ptrdiff_t ldc)
+                               const float *B, ptrdiff_t n_panels, float *C, ptrdiff_t ldc,
+                               const float *rn, const float *thr, uint32_t *masks)
 {
 #if FZ_F32_HW_BUILT
     if (hw) {
-        fz_f32_tile_avx512(A, na, d, B, n_panels, C, ldc);
+        fz_f32_tile_avx512(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
         return;
     }
 #endif
-    fz_f32_tile_portable(A, na, d, B, n_panels, C, ldc);
+    fz_f32_tile_portable(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
 }
 
 #endif

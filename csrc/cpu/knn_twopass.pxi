@@ -46,7 +46,8 @@ cdef extern from "knn_f32_tiles.h" nogil:
     enum: FZ_F32_NR
     void fz_f32_pack_panels(const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
     void fz_f32_tile(int hw, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
-                     Py_ssize_t n_panels, float* C, Py_ssize_t ldc)
+                     Py_ssize_t n_panels, float* C, Py_ssize_t ldc, const float* rn,
+                     const float* thr, uint32_t* masks)
     int fz_f32_tiles_hw_available()
 
 # Pass 1's float32 dot products (knn query blocks): 0 one sgemm per tile, 1 the AVX-512
@@ -92,7 +93,7 @@ def f32_tile_products(const float[:, ::1] A, const float[:, ::1] R, bint hw):
     if na and n and d:
         fz_f32_pack_panels(&R[0, 0], n, d, &pk[0])
         fz_f32_tile(1 if hw else 0, &A[0, 0], na, d, &pk[0], n_panels, &ov[0, 0],
-                    n_panels * FZ_F32_NR)
+                    n_panels * FZ_F32_NR, NULL, NULL, NULL)
     elif na and n:
         out[:] = 0
     return out[:, :n]
@@ -170,6 +171,30 @@ cdef void _scan_row(const cython.floating* p, const cython.floating* rn, Py_ssiz
                 _list_replace_max(lv, li, L, v, first + j)
                 last = lv[0]
         j0 += FZ_KNN_CHUNK
+
+
+cdef void _scan_row_masked(const float* p, const uint32_t* masks, const float* rn,
+                           Py_ssize_t n, Py_ssize_t first, Py_ssize_t skip, float* lv,
+                           int64_t* li, Py_ssize_t L) noexcept nogil:
+    """_scan_row from the f32 tiles' masks (one per panel of 32 candidates, taken against
+    the list's threshold when the tile started: a superset of the entries _scan_row's
+    masks pass, each re-tested against the threshold now)."""
+    cdef float last = lv[0]
+    cdef float v
+    cdef Py_ssize_t pnl, j
+    cdef Py_ssize_t n_panels = (n + FZ_F32_NR - 1) // FZ_F32_NR
+    cdef uint32_t mask
+    for pnl in range(n_panels):
+        mask = masks[pnl]
+        if (pnl + 1) * FZ_F32_NR > n:  # the rows past the tile's end
+            mask &= (<uint32_t>1 << (n - pnl * FZ_F32_NR)) - 1
+        while mask:
+            j = pnl * FZ_F32_NR + fz_lowest_bit(mask)
+            mask &= mask - 1
+            v = rn[j] - (p[j] + p[j])
+            if v < last and first + j != skip:
+                _list_replace_max(lv, li, L, v, first + j)
+                last = lv[0]
 
 
 cdef void _scan_columns(const cython.floating* g, Py_ssize_t ni, Py_ssize_t nj,
@@ -544,17 +569,19 @@ cdef bint _norms(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, double* o
 
 cdef inline Py_ssize_t _dot_tile(const cython.floating* a, Py_ssize_t na,
                                  const cython.floating* b, Py_ssize_t nb, Py_ssize_t d,
-                                 float* packed, cython.floating* out) noexcept nogil:
+                                 float* packed, const float* rn, const float* thr,
+                                 uint32_t* masks, cython.floating* out) noexcept nogil:
     """out = a[na, d] @ b[nb, d]^T, pass 1's tile of dot products: by the f32 tiles
-    (float32 with ``packed``: room for nb rows rounded up to whole panels) or one BLAS gemm.
-    Returns the row stride of out (nb, or nb rounded up to whole panels)."""
+    (float32 with ``packed``: room for nb rows rounded up to whole panels; with ``masks``
+    also their masks against rn / thr, see knn_f32_tiles.h) or one BLAS gemm. Returns the
+    row stride of out (nb, or nb rounded up to whole panels)."""
     cdef Py_ssize_t n_panels
     if cython.floating is float:
         if packed != NULL:
             n_panels = (nb + FZ_F32_NR - 1) // FZ_F32_NR
             fz_f32_pack_panels(b, nb, d, packed)
             fz_f32_tile(_F32_TILES == 1, a, na, d, packed, n_panels, out,
-                        n_panels * FZ_F32_NR)
+                        n_panels * FZ_F32_NR, rn, thr, masks)
             return n_panels * FZ_F32_NR
     gemm_abt(a, b, <int>na, <int>nb, <int>d, out)
     return nb
@@ -565,10 +592,12 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
                       Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t n_r, Py_ssize_t d,
                       Py_ssize_t k, Py_ssize_t self_offset, Py_ssize_t tile,
                       cython.floating* lv, int64_t* li, cython.floating* buf, float* packed,
+                      float* rn_tile, float* thr, uint32_t* masks,
                       Pass2Scratch* sc, cython.floating* Dout, int64_t* Iout) noexcept nogil:
     """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout. ``packed``:
-    room for a tile of references in panels (float32 with _F32_TILES), else NULL; ``buf``:
-    nq rows of the tile rounded up to whole panels."""
+    room for a tile of references in panels (float32 with _F32_TILES), else NULL, and then
+    rn_tile (the tile rounded up to whole panels), thr (nq) and masks (nq x panels) its
+    scratch; ``buf``: nq rows of the tile rounded up to whole panels."""
     cdef Py_ssize_t nq = q1 - q0
     cdef Py_ssize_t L = _list_len(k, d)
     cdef Py_ssize_t r0, r1, nr, row, qi, c, skip, ldc
@@ -583,11 +612,25 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
         if r1 > n_r:
             r1 = n_r
         nr = r1 - r0
-        ldc = _dot_tile(qbase + q0 * d, nq, rbase + r0 * d, nr, d, packed, buf)
-        for row in range(nq):
-            qi = q0 + row
-            skip = qi + self_offset if self_offset >= 0 else -1
-            _scan_row(buf + row * ldc, rn_w + r0, nr, r0, skip, lv + row * L, li + row * L, L)
+        if cython.floating is float and packed != NULL:
+            for row in range(nq):
+                thr[row] = lv[row * L]
+            memcpy(rn_tile, rn_w + r0, nr * sizeof(float))
+            ldc = _dot_tile(qbase + q0 * d, nq, rbase + r0 * d, nr, d, packed, rn_tile, thr,
+                            masks, buf)
+            for row in range(nq):
+                qi = q0 + row
+                skip = qi + self_offset if self_offset >= 0 else -1
+                _scan_row_masked(buf + row * ldc, masks + row * (ldc // FZ_F32_NR),
+                                 rn_w + r0, nr, r0, skip, lv + row * L, li + row * L, L)
+        else:
+            ldc = _dot_tile(qbase + q0 * d, nq, rbase + r0 * d, nr, d, NULL, NULL, NULL,
+                            NULL, buf)
+            for row in range(nq):
+                qi = q0 + row
+                skip = qi + self_offset if self_offset >= 0 else -1
+                _scan_row(buf + row * ldc, rn_w + r0, nr, r0, skip, lv + row * L,
+                          li + row * L, L)
         r0 = r1
     for row in range(nq):
         qi = q0 + row
@@ -621,6 +664,9 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
     cdef int64_t* li
     cdef cython.floating* buf
     cdef float* packed
+    cdef float* rn_tile
+    cdef float* thr
+    cdef uint32_t* masks
     cdef Py_ssize_t tile_padded
     cdef bint tiles
     cdef Pass2Scratch* sc
@@ -682,19 +728,28 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
         li = NULL
         buf = NULL
         packed = NULL
+        rn_tile = NULL
+        thr = NULL
+        masks = NULL
         sc = NULL
         with nogil, parallel(num_threads=n_threads):
             lv = <cython.floating*>malloc(qb * L * sizeof(cython.floating))
             li = <int64_t*>malloc(qb * L * sizeof(int64_t))
             buf = <cython.floating*>malloc(qb * tile_padded * sizeof(cython.floating))
             packed = <float*>malloc(tile_padded * d * sizeof(float)) if tiles else NULL
+            # the tile's norms, padded to whole panels (the masks drop the padding rows)
+            rn_tile = <float*>calloc(tile_padded, sizeof(float)) if tiles else NULL
+            thr = <float*>malloc(qb * sizeof(float)) if tiles else NULL
+            masks = <uint32_t*>malloc(qb * (tile_padded // FZ_F32_NR) * sizeof(uint32_t)) \
+                if tiles else NULL
             sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
             if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(cython.floating)):
                 free(sc)
                 sc = NULL
             for b in prange(n_blocks, schedule="dynamic"):
                 if (lv == NULL or li == NULL or buf == NULL or sc == NULL
-                        or (tiles and packed == NULL)):
+                        or (tiles and (packed == NULL or rn_tile == NULL or thr == NULL
+                                       or masks == NULL))):
                     failed_p[0] = 1
                     continue
                 q0 = b * qb
@@ -702,11 +757,15 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
                 if q1 > n_q:
                     q1 = n_q
                 _gemm_block(qbase, rbase, qn, rn_w, rmax, q0, q1, n_r, d, k,
-                            self_offset, tile, lv, li, buf, packed, sc, &D[0, 0], &I[0, 0])
+                            self_offset, tile, lv, li, buf, packed, rn_tile, thr, masks, sc,
+                            &D[0, 0], &I[0, 0])
             free(lv)
             free(li)
             free(buf)
             free(packed)
+            free(rn_tile)
+            free(thr)
+            free(masks)
             if sc != NULL:
                 _pass2_scratch_free(sc)
                 free(sc)
