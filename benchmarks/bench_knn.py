@@ -22,6 +22,9 @@ the BLAS libraries loaded and the kernel each runs (threadpoolctl: library, vers
 type, threads; the cython kernels call SciPy's OpenBLAS, NumPy its own, faiss its own).
 ``cython-float64`` searches the same data in float64 (the float32 screen of
 fastzsl/backends/_knn_screen.py): its ratio to the float32 row is the float64 overhead.
+``cython-blas`` runs the cython kernel with its pass-1 dot products on one SciPy sgemm per
+tile (FASTZSL_F32_TILES=blas) instead of its own AVX-512 tiles (csrc/cpu/knn_f32_tiles.h,
+the default where the CPU has AVX-512F): the tiles' gain, same rounds.
 
 Where the environment sets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (some CI machines: AVX2
 kernels on an AVX-512 CPU), run it a second time without them, for this command only, to
@@ -44,7 +47,7 @@ from fastzsl.testing import (
 from _harness import RUN_MODEL, Candidate, trained_run_features
 
 FAISS_RTOL = 1e-3
-CASES = ["cython", "cython-float64", "numba", "numpy", "fastzsl-faiss",
+CASES = ["cython", "cython-blas", "cython-float64", "numba", "numpy", "fastzsl-faiss",
          "fastzsl.faiss-IndexFlatL2", "faiss-IndexFlatL2"]
 
 
@@ -76,6 +79,13 @@ def _make(case, reference, k, faiss_flat):
         return ('fastzsl.knn(method="faiss") (builds IndexFlatL2 per call)',
                 lambda Q: fastzsl.knn(Q, reference, k, method="faiss"),
                 dict(peer="fastzsl", method="faiss"), False)
+    if case == "cython-blas":
+        if not backend_is_available("cython"):
+            return "backend 'cython' unavailable"
+        return ("fastzsl.knn exact (cython), pass 1 on BLAS sgemm tiles (FASTZSL_F32_TILES=blas)",
+                lambda Q: _with_f32_tiles("blas", lambda: fastzsl.knn(Q, reference, k,
+                                                                      backend="cython")),
+                dict(peer="fastzsl", backend="cython", method="exact", pass1="blas"), False)
     if case == "cython-float64":
         if not backend_is_available("cython"):
             return "backend 'cython' unavailable"
@@ -271,6 +281,17 @@ def _bf16_problem(data, d, quick):
     else:
         X = np.random.default_rng(d).standard_normal((n_ref + n_q, d), dtype=np.float32)
     return np.ascontiguousarray(X[:n_ref]), np.ascontiguousarray(X[n_ref:])
+
+
+def _with_f32_tiles(mode, fn):
+    """fn() with the kNN kernel's pass 1 on the given f32 tiles mode for this call only."""
+    from fastzsl._ext import knn_cpu
+    before = knn_cpu.f32_tiles_mode()
+    knn_cpu.set_f32_tiles(mode)
+    try:
+        return fn()
+    finally:
+        knn_cpu.set_f32_tiles(before)
 
 
 def _with_screen(setting, fn):

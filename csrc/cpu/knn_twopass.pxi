@@ -55,6 +55,7 @@ cdef extern from "knn_f32_tiles.h" nogil:
 # FASTZSL_F32_TILES at import.
 cdef int _F32_TILES = 0
 F32_TILE_MODES = ("auto", "blas", "portable")
+_f32_tiles_mode = "auto"
 
 
 def set_f32_tiles(mode):
@@ -63,15 +64,21 @@ def set_f32_tiles(mode):
     portable C form on any CPU, slowly: for tests). The answers are the same either way
     (pass 2 re-ranks exactly). Returns the kind now in use: "avx512", "blas" or
     "portable"."""
-    global _F32_TILES
+    global _F32_TILES, _f32_tiles_mode
     if mode not in F32_TILE_MODES:
         raise ValueError(f"FASTZSL_F32_TILES / set_f32_tiles: mode must be one of "
                          f"{F32_TILE_MODES}, not {mode!r}")
+    _f32_tiles_mode = mode
     if mode == "auto":
         _F32_TILES = 1 if fz_f32_tiles_hw_available() else 0
     else:
         _F32_TILES = 0 if mode == "blas" else 2
     return ("blas", "avx512", "portable")[_F32_TILES]
+
+
+def f32_tiles_mode():
+    """The mode last given to set_f32_tiles (or FASTZSL_F32_TILES's)."""
+    return _f32_tiles_mode
 
 
 set_f32_tiles(os.environ.get("FASTZSL_F32_TILES", "auto").strip().lower() or "auto")

@@ -357,10 +357,10 @@ def test_self_join_with_many_pairs_per_round_gives_the_same_bits(rng):
 @pytest.fixture(params=["auto", "blas", "portable"])
 def f32_tiles(request):
     """Pass 1's float32 dot products by each route (knn_cpu.set_f32_tiles), restored after."""
-    before = knn_cpu.set_f32_tiles("auto")
+    before = knn_cpu.f32_tiles_mode()
     knn_cpu.set_f32_tiles(request.param)
     yield request.param
-    knn_cpu.set_f32_tiles("auto" if before != "blas" else "blas")
+    knn_cpu.set_f32_tiles(before)
 
 
 @pytest.mark.parametrize("n_q,n_r", [(1, 1), (11, 31), (12, 32), (13, 33), (130, 1025),
@@ -385,7 +385,7 @@ def test_f32_tile_products_stay_within_the_gemm_bound(hw, na, n, d, rng):
     summation order, FMA or not), the bound pass 1's margin is derived from; every row
     count up to a micro-tile and panels cut short."""
     from fastzsl.testing import assert_within_bound, matmul_error_bound
-    if hw and not knn_cpu.set_f32_tiles("auto") == "avx512":
+    if hw and not _has_avx512f():
         pytest.skip("this CPU has no AVX-512F")
     A = rng.standard_normal((na, d)).astype(np.float32)
     R = rng.standard_normal((n, d)).astype(np.float32)
@@ -393,6 +393,14 @@ def test_f32_tile_products_stay_within_the_gemm_bound(hw, na, n, d, rng):
     exact = A.astype(np.float64) @ R.T.astype(np.float64)
     assert got.shape == (na, n) and got.dtype == np.float32
     assert_within_bound(got, exact, matmul_error_bound(A, R.T, np.float32), "f32 tiles")
+
+
+def _has_avx512f():
+    before = knn_cpu.f32_tiles_mode()
+    try:
+        return knn_cpu.set_f32_tiles("auto") == "avx512"
+    finally:
+        knn_cpu.set_f32_tiles(before)
 
 
 def test_an_unknown_f32_tile_mode_is_refused():
