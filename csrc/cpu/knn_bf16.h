@@ -12,7 +12,9 @@
  * B[(p dp2 + t) FZ_BF16_NR + l]. na must be a multiple of FZ_BF16_MR (callers pad with
  * zero rows). Every product of two bfloat16 values is exact in float32; the sums are float32
  * additions in some order (subnormal results flushed to 0 by the hardware), which is all
- * the caller's error bound assumes. hw != 0 runs the AVX512_BF16 kernel (VDPBF16PS; only
+ * the caller's error bound assumes. With masks != NULL it also writes the pass-1 masks of
+ * each row i and panel p against thr[i], as fz_f32_tile does (knn_f32_tiles.h; rn: the
+ * tile's norms, whole panels). hw != 0 runs the AVX512_BF16 kernel (VDPBF16PS; only
  * where fz_bf16_hw_available() says the CPU has it), hw == 0 a portable kernel that forms
  * the same exact products (the emulation the tests run on any CPU).
  */
@@ -103,7 +105,8 @@ static inline void fz_bf16_pack_panel(const float *x, ptrdiff_t n, ptrdiff_t d, 
 }
 
 static void fz_bf16_tile_portable(const uint32_t *A, ptrdiff_t na, const uint32_t *B,
-                                  ptrdiff_t n_panels, ptrdiff_t dp2, float *C, ptrdiff_t ldc)
+                                  ptrdiff_t n_panels, ptrdiff_t dp2, float *C, ptrdiff_t ldc,
+                                  const float *rn, const float *thr, uint32_t *masks)
 {
     ptrdiff_t i, p, t, l;
     float acc[FZ_BF16_NR];
@@ -123,6 +126,12 @@ static void fz_bf16_tile_portable(const uint32_t *A, ptrdiff_t na, const uint32_
                 }
             }
             memcpy(C + i * ldc + p * FZ_BF16_NR, acc, sizeof acc);
+            if (masks != NULL) {
+                uint32_t m = 0;
+                for (l = 0; l < FZ_BF16_NR; l++)
+                    m |= (uint32_t)(rn[p * FZ_BF16_NR + l] - (acc[l] + acc[l]) <= thr[i]) << l;
+                masks[i * n_panels + p] = m;
+            }
         }
 }
 
@@ -132,7 +141,8 @@ static void fz_bf16_tile_portable(const uint32_t *A, ptrdiff_t na, const uint32_
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 static void fz_bf16_tile_avx512(const uint32_t *A, ptrdiff_t na, const uint32_t *B,
-                                ptrdiff_t n_panels, ptrdiff_t dp2, float *C, ptrdiff_t ldc)
+                                ptrdiff_t n_panels, ptrdiff_t dp2, float *C, ptrdiff_t ldc,
+                                const float *rn, const float *thr, uint32_t *masks)
 {
     ptrdiff_t i0, p, t;
     int r;
@@ -161,6 +171,19 @@ static void fz_bf16_tile_avx512(const uint32_t *A, ptrdiff_t na, const uint32_t 
                 _mm512_storeu_ps(C + (i0 + r) * ldc + p * FZ_BF16_NR, c0[r]);
                 _mm512_storeu_ps(C + (i0 + r) * ldc + p * FZ_BF16_NR + 16, c1[r]);
             }
+            if (masks != NULL) {
+                const __m512 rn0 = _mm512_loadu_ps(rn + p * FZ_BF16_NR);
+                const __m512 rn1 = _mm512_loadu_ps(rn + p * FZ_BF16_NR + 16);
+#pragma GCC unroll 12
+                for (r = 0; r < FZ_BF16_MR; r++) {
+                    const __m512 th = _mm512_set1_ps(thr[i0 + r]);
+                    const __m512 v0 = _mm512_sub_ps(rn0, _mm512_add_ps(c0[r], c0[r]));
+                    const __m512 v1 = _mm512_sub_ps(rn1, _mm512_add_ps(c1[r], c1[r]));
+                    masks[(i0 + r) * n_panels + p] =
+                        (uint32_t)_mm512_cmp_ps_mask(v0, th, _CMP_LE_OQ)
+                        | ((uint32_t)_mm512_cmp_ps_mask(v1, th, _CMP_LE_OQ) << 16);
+                }
+            }
         }
     }
 }
@@ -177,15 +200,16 @@ static inline int fz_bf16_hw_available(void) { return 0; }
 #endif
 
 static inline void fz_bf16_tile(int hw, const uint32_t *A, ptrdiff_t na, const uint32_t *B,
-                                ptrdiff_t n_panels, ptrdiff_t dp2, float *C, ptrdiff_t ldc)
+                                ptrdiff_t n_panels, ptrdiff_t dp2, float *C, ptrdiff_t ldc,
+                                const float *rn, const float *thr, uint32_t *masks)
 {
 #if FZ_BF16_HW_BUILT
     if (hw) {
-        fz_bf16_tile_avx512(A, na, B, n_panels, dp2, C, ldc);
+        fz_bf16_tile_avx512(A, na, B, n_panels, dp2, C, ldc, rn, thr, masks);
         return;
     }
 #endif
-    fz_bf16_tile_portable(A, na, B, n_panels, dp2, C, ldc);
+    fz_bf16_tile_portable(A, na, B, n_panels, dp2, C, ldc, rn, thr, masks);
 }
 
 #endif

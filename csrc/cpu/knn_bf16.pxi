@@ -15,7 +15,8 @@ cdef extern from "knn_bf16.h" nogil:
     void fz_bf16_row_stats(const float* x, const float* xr, Py_ssize_t d, double* rounded_sq,
                            double* error, double* sq)
     void fz_bf16_tile(int hw, const uint32_t* A, Py_ssize_t na, const uint32_t* B,
-                      Py_ssize_t n_panels, Py_ssize_t dp2, float* C, Py_ssize_t ldc)
+                      Py_ssize_t n_panels, Py_ssize_t dp2, float* C, Py_ssize_t ldc,
+                      const float* rn, const float* thr, uint32_t* masks)
     int fz_bf16_hw_available()
 
 cdef enum:
@@ -148,35 +149,43 @@ cdef void _select_smallest(float* v, int64_t* ix, Py_ssize_t n, Py_ssize_t m) no
             hi = b
 
 
-cdef void _scan_row_reservoir(const float* p, const float* rn, Py_ssize_t n,
-                              Py_ssize_t first, Py_ssize_t skip, float* rv, int64_t* ri,
-                              Py_ssize_t L, Py_ssize_t* count, float* last) noexcept nogil:
-    """_scan_row for the screen's longer lists (the certificate's window): rows with v below
-    ``last`` are appended to a reservoir of 2 L; a full one keeps its L smallest and
-    ``last`` becomes their largest. So, as in a list, a row left out has v at least the
-    final list's largest, at O(1) a row instead of a sorted list's O(L) shifts."""
+cdef inline void _reservoir_take(float v, int64_t j, float* rv, int64_t* ri, Py_ssize_t L,
+                                 Py_ssize_t* c, float* thr) noexcept nogil:
+    """Appends (v, j) to a reservoir of 2 L; a full one keeps its L smallest and ``thr``
+    becomes their largest. So, as in a list, a row left out has v at least the final
+    list's largest, at O(1) a row instead of a sorted list's O(L) shifts."""
+    rv[c[0]] = v
+    ri[c[0]] = j
+    c[0] += 1
+    if c[0] == 2 * L:
+        _select_smallest(rv, ri, c[0], L)
+        c[0] = L
+        thr[0] = rv[L - 1]
+
+
+cdef void _scan_row_reservoir(const float* p, const uint32_t* masks, const float* rn,
+                              Py_ssize_t n, Py_ssize_t first, Py_ssize_t skip, float* rv,
+                              int64_t* ri, Py_ssize_t L, Py_ssize_t* count,
+                              float* last) noexcept nogil:
+    """_scan_row for the screen's longer lists (the certificate's window), from the tile's
+    masks (one per panel of 32 rows, taken against ``last`` when the tile started): rows
+    with v below ``last`` go to the query's reservoir (_reservoir_take)."""
     cdef float thr = last[0]
     cdef float v
     cdef Py_ssize_t c = count[0]
-    cdef Py_ssize_t j0, j, m
+    cdef Py_ssize_t pnl, j
+    cdef Py_ssize_t n_panels = (n + FZ_BF16_NR - 1) // FZ_BF16_NR
     cdef uint32_t mask
-    j0 = 0
-    while j0 < n:
-        m = n - j0 if n - j0 < FZ_KNN_CHUNK else FZ_KNN_CHUNK
-        mask = fz_row_mask_f(p + j0, rn + j0, thr, m)
+    for pnl in range(n_panels):
+        mask = masks[pnl]
+        if (pnl + 1) * FZ_BF16_NR > n:  # the rows past the tile's end
+            mask &= (<uint32_t>1 << (n - pnl * FZ_BF16_NR)) - 1
         while mask:
-            j = j0 + fz_lowest_bit(mask)
+            j = pnl * FZ_BF16_NR + fz_lowest_bit(mask)
             mask &= mask - 1
             v = rn[j] - (p[j] + p[j])
             if v < thr and first + j != skip:
-                rv[c] = v
-                ri[c] = first + j
-                c += 1
-                if c == 2 * L:
-                    _select_smallest(rv, ri, c, L)
-                    c = L
-                    thr = rv[L - 1]
-        j0 += FZ_KNN_CHUNK
+                _reservoir_take(v, first + j, rv, ri, L, &c, &thr)
     count[0] = c
     last[0] = thr
 
@@ -213,30 +222,37 @@ cdef void _bf16_block(const float* qbase, Py_ssize_t q0, Py_ssize_t q1, Py_ssize
                       const uint32_t* packed, const float* rn, Py_ssize_t n_r,
                       Py_ssize_t L, Py_ssize_t self_offset, int hw, uint32_t* A, float* buf,
                       float* rv, int64_t* ri, Py_ssize_t* counts, float* lasts,
-                      float* Vout, int64_t* Iout) noexcept nogil:
+                      float* rn_tile, uint32_t* masks, float* Vout,
+                      int64_t* Iout) noexcept nogil:
     """Pass 1 of queries q0..q1-1 against every reference tile: their lists in rows q0..q1-1
     of Vout/Iout (L each, largest first, (+inf, -1) where empty). Scratch: reservoirs
-    rv/ri of 2 L per query, counts and lasts of one per query."""
+    rv/ri of 2 L per query, counts and lasts of one per query (rounded up to micro-tiles),
+    rn_tile of BF16_TILE, masks of one per query and panel of a tile."""
     cdef Py_ssize_t dp2 = (d + 1) // 2
     cdef Py_ssize_t nq = q1 - q0
     cdef Py_ssize_t na = (nq + FZ_BF16_MR - 1) // FZ_BF16_MR * FZ_BF16_MR
     cdef Py_ssize_t row, r0, nr, skip, c
+    cdef Py_ssize_t n_panels
     for row in range(nq):
         fz_bf16_round(qbase + (q0 + row) * d, d, A + row * dp2, NULL)
         counts[row] = 0
         lasts[row] = INFINITY
-    for c in range((na - nq) * dp2):  # the micro-tiles' padding rows
+    for row in range(nq, na):  # the micro-tiles' padding rows
+        lasts[row] = INFINITY
+    for c in range((na - nq) * dp2):
         A[nq * dp2 + c] = 0
     r0 = 0
     while r0 < n_r:
         nr = n_r - r0 if n_r - r0 < BF16_TILE else BF16_TILE
-        fz_bf16_tile(hw, A, na, packed + r0 * dp2, (nr + FZ_BF16_NR - 1) // FZ_BF16_NR,
-                     dp2, buf, BF16_TILE)
+        n_panels = (nr + FZ_BF16_NR - 1) // FZ_BF16_NR
+        memcpy(rn_tile, rn + r0, nr * sizeof(float))  # whole panels: the masks drop the rest
+        fz_bf16_tile(hw, A, na, packed + r0 * dp2, n_panels, dp2, buf, BF16_TILE, rn_tile,
+                     lasts, masks)
         for row in range(nq):
             skip = q0 + row + self_offset if self_offset >= 0 else -1
-            _scan_row_reservoir(buf + row * BF16_TILE, rn + r0, nr, r0, skip,
-                                rv + row * 2 * L, ri + row * 2 * L, L, &counts[row],
-                                &lasts[row])
+            _scan_row_reservoir(buf + row * BF16_TILE, masks + row * n_panels, rn + r0, nr,
+                                r0, skip, rv + row * 2 * L, ri + row * 2 * L, L,
+                                &counts[row], &lasts[row])
         r0 += nr
     for row in range(nq):
         _reservoir_to_list(rv + row * 2 * L, ri + row * 2 * L, counts[row], L,
@@ -265,6 +281,8 @@ def bf16_screen(const float[:, ::1] queries, const uint32_t[::1] packed,
     cdef int64_t* ri
     cdef Py_ssize_t* counts
     cdef float* lasts
+    cdef float* rn_tile
+    cdef uint32_t* masks
     cdef int failed = 0
     cdef int* failed_p = &failed
     if hw and not fz_bf16_hw_available():
@@ -296,22 +314,26 @@ def bf16_screen(const float[:, ::1] queries, const uint32_t[::1] packed,
         ri = <int64_t*>malloc(qb * 2 * L * sizeof(int64_t))
         counts = <Py_ssize_t*>malloc(qb * sizeof(Py_ssize_t))
         lasts = <float*>malloc(qb * sizeof(float))
+        rn_tile = <float*>calloc(BF16_TILE, sizeof(float))
+        masks = <uint32_t*>malloc(qb * (BF16_TILE // FZ_BF16_NR) * sizeof(uint32_t))
         for b in prange(n_blocks, schedule="dynamic"):
             if (A == NULL or buf == NULL or rv == NULL or ri == NULL or counts == NULL
-                    or lasts == NULL):
+                    or lasts == NULL or rn_tile == NULL or masks == NULL):
                 failed_p[0] = 1
                 continue
             q0 = b * qb
             q1 = q0 + qb if q0 + qb < n_q else n_q
             _bf16_block(&queries[0, 0], q0, q1, d, &packed[0], &rn[0], n_r, L,
-                        self_offset, use_hw, A, buf, rv, ri, counts, lasts, &Vv[0, 0],
-                        &Iv[0, 0])
+                        self_offset, use_hw, A, buf, rv, ri, counts, lasts, rn_tile, masks,
+                        &Vv[0, 0], &Iv[0, 0])
         free(A)
         free(buf)
         free(rv)
         free(ri)
         free(counts)
         free(lasts)
+        free(rn_tile)
+        free(masks)
     if failed:
         raise MemoryError("knn_cpu.bf16_screen: could not allocate the per-thread buffers")
     return V, I
