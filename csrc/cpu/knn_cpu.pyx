@@ -9,8 +9,9 @@ candidates in ascending index and admits one only when strictly better than its 
 is the same set and order: equal distances keep the lower index first).
 
 How the two-pass kernels get there. With norms Q = ||q||^2 and R_j = ||r_j||^2 (double, computed
-once) and dot products P_j = q . r_j from a BLAS gemm on cache-sized tiles (input precision,
-single-threaded inside OpenMP), v_j = R_j - 2 P_j (input precision) approximates e_j - Q.
+once) and dot products P_j = q . r_j from a gemm on cache-sized tiles (input precision,
+single-threaded inside OpenMP: float32 on AVX-512 CPUs by the tiles of knn_f32_tiles.h, else
+BLAS), v_j = R_j - 2 P_j (input precision) approximates e_j - Q.
 Pass 1 keeps, per query, the L >= k + LIST_EXTRA smallest v_j seen with their indices (one
 SIMD compare per entry against the list's largest rejects almost every candidate). Pass 2
 takes T = the k-th smallest kept v and the margin M = 2 SAFETY b + 4 u' (|T| + Q + Rmax)
