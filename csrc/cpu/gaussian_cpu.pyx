@@ -5,14 +5,17 @@ L[i, c] = -||F_i - mu_c||^2 / (2 var_c) - d/2 log(2 pi var_c); per row: max, fir
 logsumexp(L + log_weights) and all_c L < threshold_c; optionally the (n, C) matrix.
 
 ``gaussian_loglik`` (the backend kernel) works in GEMM form: OpenMP over tiles of rows,
-per tile one single-threaded BLAS product of the centred rows with the centred means (in
-the input precision), then the row reductions of csrc/cpu/gaussian_kernels.h in double,
+per tile one single-threaded product of the centred rows with the centred means (in the
+input precision: BLAS, or for float32 on AVX-512 CPUs the FMA tiles of knn_f32_tiles.h with
+the means packed once per call; FASTZSL_F32_TILES picks as for knn), then the row reductions of csrc/cpu/gaussian_kernels.h in double,
 recomputing by direct differences every entry whose certified error bound exceeds the
 dtype's accuracy target and every near-tie a decision depends on. The bound and targets
 are derived in fastzsl/backends/_gaussian_gemm.py. ``gaussian_loglik_direct`` is the
 direct-difference kernel (double sums of squared differences, online logsumexp): the
 fallback for norms that could overflow the product, and a test oracle.
 """
+import os
+
 import numpy as np
 
 cimport cython
@@ -54,13 +57,14 @@ cdef extern from "gaussian_kernels.h" nogil:
     int fz_centre_tile_d(const double* F, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t tile,
                          Py_ssize_t d, const double* z, double norm_limit, double* fc,
                          double* fn)
-    Py_ssize_t fz_gauss_tile_f(const float* P, const double* fn, const float* F,
+    Py_ssize_t fz_gauss_tile_f(const float* P, Py_ssize_t ldp, const double* fn, const float* F,
                                const float* means, Py_ssize_t r0, Py_ssize_t r1,
                                const fz_gauss_params* q, double* L, double* b, int* lst,
                                double* scratch, float* Lout,
                                float* row_max, int64_t* row_argmax, float* row_lse,
                                uint8_t* all_below)
-    Py_ssize_t fz_gauss_tile_d(const double* P, const double* fn, const double* F,
+    Py_ssize_t fz_gauss_tile_d(const double* P, Py_ssize_t ldp, const double* fn,
+                               const double* F,
                                const double* means, Py_ssize_t r0, Py_ssize_t r1,
                                const fz_gauss_params* q, double* L, double* b, int* lst,
                                double* scratch, double* Lout,
@@ -68,7 +72,29 @@ cdef extern from "gaussian_kernels.h" nogil:
                                uint8_t* all_below)
 
 
+cdef extern from "knn_f32_tiles.h" nogil:
+    enum: FZ_F32_NR
+    void fz_f32_pack_panels(const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
+    void fz_f32_tile(int hw, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
+                     Py_ssize_t n_panels, float* C, Py_ssize_t ldc, const float* rn,
+                     const float* thr, unsigned int* masks)
+    int fz_f32_tiles_hw_available()
+
+
 include "floating_dispatch.pxi"  # _floating_key
+
+
+cdef int _f32_tiles():
+    """The float32 products' route, from FASTZSL_F32_TILES as knn_cpu reads it (its
+    set_f32_tiles): 0 BLAS, 1 the AVX-512 tiles of knn_f32_tiles.h, 2 their portable form."""
+    mode = os.environ.get("FASTZSL_F32_TILES", "auto").strip().lower() or "auto"
+    if mode == "auto":
+        return 1 if fz_f32_tiles_hw_available() else 0
+    if mode == "blas":
+        return 0
+    if mode == "portable":
+        return 2
+    raise ValueError(f"FASTZSL_F32_TILES must be auto, blas or portable, not {mode!r}")
 
 cdef str _SUPPORTED = "gaussian_cpu supports float32 and float64"
 
@@ -175,16 +201,23 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                              const cython.floating[:, ::1] centred,
                              const double[::1] center, double norm_limit,
                              const fz_gauss_params* q, Py_ssize_t tile,
+                             const float* packed, int tiles,
                              cython.floating* Lout, cython.floating* row_max,
                              int64_t* row_argmax, cython.floating* row_lse,
                              uint8_t* all_below) noexcept nogil:
     """Fills the outputs; returns the number of entries computed directly, -1 when a
-    buffer could not be allocated, -2 when a row's norm could overflow the product."""
+    buffer could not be allocated, -2 when a row's norm could overflow the product.
+    ``packed``: float32 with ``tiles`` (1 AVX-512, 2 portable): the centred means in the
+    f32 tiles' panels, the products then formed by those tiles; else NULL (BLAS)."""
     cdef Py_ssize_t n = F.shape[0]
     cdef Py_ssize_t d = F.shape[1]
     cdef Py_ssize_t C = centred.shape[0]
     cdef Py_ssize_t n_tiles = (n + tile - 1) // tile
     cdef Py_ssize_t b, r0, r1, n_direct = 0
+    cdef Py_ssize_t n_panels = (C + FZ_F32_NR - 1) // FZ_F32_NR
+    # the products' row stride: whole panels for the tiles (>= q.n_padded, a multiple of 16),
+    # plus 16 so that rows are not a multiple of 4 KiB apart (the L1 sets' period)
+    cdef Py_ssize_t ldp = n_panels * FZ_F32_NR + 16 if packed != NULL else C
     cdef int rc
     cdef cython.floating* fc
     cdef cython.floating* prod
@@ -208,7 +241,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     with parallel():
         fc = <cython.floating*>malloc(tile * d * sizeof(cython.floating))
         # zeroed slack after the last row: a row's vectorised pass reads q.n_padded products
-        prod = <cython.floating*>calloc(tile * C + q.n_padded - C, sizeof(cython.floating))
+        prod = <cython.floating*>calloc(tile * ldp + q.n_padded - C, sizeof(cython.floating))
         fn = <double*>malloc(tile * sizeof(double))
         Lbuf = <double*>malloc(q.n_padded * sizeof(double))
         bbuf = <double*>malloc(q.n_padded * sizeof(double))
@@ -231,12 +264,16 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                 failed_p[0] = rc
             if failed_p[0] == -2:
                 continue
-            gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
+            if cython.floating is float and packed != NULL:
+                fz_f32_tile(tiles == 1, fc, tile, d, packed, n_panels, prod, ldp, NULL, NULL,
+                            NULL)
+            else:
+                gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
             if cython.floating is float:
-                n_direct += fz_gauss_tile_f(prod, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf, lst,
+                n_direct += fz_gauss_tile_f(prod, ldp, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf, lst,
                                             scratch, Lout, row_max, row_argmax, row_lse, all_below)
             else:
-                n_direct += fz_gauss_tile_d(prod, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf, lst,
+                n_direct += fz_gauss_tile_d(prod, ldp, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf, lst,
                                             scratch, Lout, row_max, row_argmax, row_lse, all_below)
         free(fc)
         free(prod)
@@ -293,10 +330,20 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     cdef Py_ssize_t tile = terms.tile
     cdef double norm_limit = terms.norm_limit
     cdef Py_ssize_t rc
+    cdef int tiles = _f32_tiles() if cython.floating is float else 0
+    cdef const float* packed_p = NULL
+    cdef float[::1] packed_v
+    if tiles:  # the centred means in panels, once per call
+        packed = np.zeros(((n_classes + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR) * q.d
+                          + 1, dtype=np.float32)
+        packed_v = packed
+        if q.d:
+            fz_f32_pack_panels(<const float*>&centred[0, 0], n_classes, q.d, &packed_v[0])
+        packed_p = &packed_v[0]
     with blas_single_threaded():
         with nogil:
-            rc = _gemm_kernel(F, means, centred, center, norm_limit, &q, tile,
-                              &L[0, 0] if full else NULL, &row_max[0], &row_argmax[0],
+            rc = _gemm_kernel(F, means, centred, center, norm_limit, &q, tile, packed_p,
+                              tiles, &L[0, 0] if full else NULL, &row_max[0], &row_argmax[0],
                               &row_lse[0], &all_below[0])
     return rc
 

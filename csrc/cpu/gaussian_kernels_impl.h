@@ -273,10 +273,11 @@ FZ_CLONES static int FZ_N(fz_centre_tile)(const FZ_T *F, ptrdiff_t r0, ptrdiff_t
     return failed;
 }
 
-/* Rows r0..r1-1 of a tile: P is (r1 - r0) x C (row stride C), fn per tile row, F and
- * the outputs indexed by global row. Lout is NULL, or the (n, C) output matrix. */
+/* Rows r0..r1-1 of a tile: P is (r1 - r0) x C (row stride ldp >= C), fn per tile row, F
+ * and the outputs indexed by global row. Lout is NULL, or the (n, C) output matrix. */
 FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
-    const FZ_T *P, const double *fn, const FZ_T *F, const FZ_T *means, ptrdiff_t r0,
+    const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
+    ptrdiff_t r0,
     ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b, int *list, double *scratch,
     FZ_T *Lout,
     FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse, uint8_t *all_below)
@@ -286,11 +287,11 @@ FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
     for (ptrdiff_t i = r0; i < r1; i++) {
         double mx, lse;
         if (Lout != NULL)
-            n_direct += FZ_N(fz_gauss_row)(P + (i - r0) * C, fn[i - r0], F + i * d, means,
+            n_direct += FZ_N(fz_gauss_row)(P + (i - r0) * ldp, fn[i - r0], F + i * d, means,
                                            q, 1, L, b, list, scratch, &mx, row_argmax + i, &lse,
                                            all_below + i);
         else
-            n_direct += FZ_N(fz_gauss_row)(P + (i - r0) * C, fn[i - r0], F + i * d, means,
+            n_direct += FZ_N(fz_gauss_row)(P + (i - r0) * ldp, fn[i - r0], F + i * d, means,
                                            q, 0, L, b, list, scratch, &mx, row_argmax + i, &lse,
                                            all_below + i);
         row_max[i] = (FZ_T)mx;

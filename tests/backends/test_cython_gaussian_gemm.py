@@ -116,3 +116,34 @@ def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype):
     np.testing.assert_allclose(lse, ref[3], **TOL[dtype])
     np.testing.assert_allclose(mx, ref[1], **TOL[dtype])
     np.testing.assert_array_equal(am, ref[2])
+
+
+@pytest.mark.parametrize("mode", ["auto", "blas", "portable"])
+@pytest.mark.parametrize("C,d", [(10, 16), (40, 50), (1000, 7)])
+def test_every_float32_product_route_gives_the_reference_reductions(mode, C, d, monkeypatch):
+    """float32 products by BLAS, the AVX-512 tiles of knn_f32_tiles.h and their portable form
+    (FASTZSL_F32_TILES): the reductions equal the reference's (TOL; argmax and all_below
+    exactly, their near-ties being decided on direct values), whatever the route."""
+    gemm = _gemm_kernel()
+    monkeypatch.setenv("FASTZSL_F32_TILES", mode)
+    rng = np.random.default_rng(C + d)
+    means = (3.0 * rng.standard_normal((C, d))).astype(np.float32)
+    F = (means[rng.integers(0, C, 300)] + rng.standard_normal((300, d))).astype(np.float32)
+    variances = rng.uniform(0.5, 2.0, C)
+    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    thresholds = np.full(C, -0.5 * d * (1 + np.log(2 * np.pi)))
+    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
+    (L, mx, am, lse, below), _ = gemm(F, means, variances, log_weights, thresholds, True)
+    np.testing.assert_allclose(L, ref[0], **TOL[np.dtype(np.float32)])
+    np.testing.assert_allclose(lse, ref[3], **TOL[np.dtype(np.float32)])
+    np.testing.assert_allclose(mx, ref[1], **TOL[np.dtype(np.float32)])
+    np.testing.assert_array_equal(am, ref[2])
+    np.testing.assert_array_equal(below, ref[4])
+
+
+def test_an_unknown_product_route_is_refused(monkeypatch):
+    gemm = _gemm_kernel()
+    monkeypatch.setenv("FASTZSL_F32_TILES", "fast")
+    F = np.zeros((3, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="FASTZSL_F32_TILES"):
+        gemm(F, F[:2], np.ones(2), np.zeros(2), np.full(2, np.inf), False)
