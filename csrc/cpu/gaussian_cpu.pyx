@@ -7,8 +7,8 @@ logsumexp(L + log_weights) and all_c L < threshold_c; optionally the (n, C) matr
 ``gaussian_loglik`` (the backend kernel) works in GEMM form: OpenMP over tiles of rows,
 per tile one single-threaded product of the centred rows with the centred means (in the
 input precision: BLAS, or for float32 on AVX-512 CPUs the FMA tiles of knn_f32_tiles.h with
-the means packed once per call; FASTZSL_F32_TILES picks as for knn), then the row reductions of csrc/cpu/gaussian_kernels.h in double,
-recomputing by direct differences every entry whose certified error bound exceeds the
+the means packed once per call; FASTZSL_F32_TILES picks as for knn), then the row
+reductions of csrc/cpu/gaussian_kernels.h in double, recomputing by direct differences every entry whose certified error bound exceeds the
 dtype's accuracy target and every near-tie a decision depends on. The bound and targets
 are derived in fastzsl/backends/_gaussian_gemm.py. ``gaussian_loglik_direct`` is the
 direct-difference kernel (double sums of squared differences, online logsumexp): the
