@@ -7,15 +7,14 @@ logsumexp(L + log_weights) and all_c L < threshold_c; optionally the (n, C) matr
 ``gaussian_loglik`` (the backend kernel) works in GEMM form: OpenMP over tiles of rows,
 per tile one single-threaded product of the centred rows with the centred means (in the
 input precision: BLAS, or for float32 on AVX-512 CPUs the FMA tiles of knn_f32_tiles.h with
-the means packed once per call; FASTZSL_F32_TILES picks as for knn), then the row
-reductions of csrc/cpu/gaussian_kernels.h in double, recomputing by direct differences every entry whose certified error bound exceeds the
-dtype's accuracy target and every near-tie a decision depends on. The bound and targets
+the means packed once per call; the route is knn_cpu's, f32_tiles_kind), then the row
+reductions of csrc/cpu/gaussian_kernels.h in double, recomputing by direct differences
+every entry whose certified error bound exceeds the dtype's accuracy target and every
+near-tie a decision depends on. The bound and targets
 are derived in fastzsl/backends/_gaussian_gemm.py. ``gaussian_loglik_direct`` is the
 direct-difference kernel (double sums of squared differences, online logsumexp): the
 fallback for norms that could overflow the product, and a test oracle.
 """
-import os
-
 import numpy as np
 
 cimport cython
@@ -26,6 +25,7 @@ from libc.math cimport exp, log, M_PI, INFINITY, isfinite
 
 from gemm_tiles cimport gemm_abt
 
+from fastzsl._ext import knn_cpu  # owns the float32 products' route (set_f32_tiles)
 from fastzsl._threads import blas_single_threaded
 from fastzsl.backends._gaussian_gemm import class_terms
 
@@ -57,15 +57,14 @@ cdef extern from "gaussian_kernels.h" nogil:
     int fz_centre_tile_d(const double* F, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t tile,
                          Py_ssize_t d, const double* z, double norm_limit, double* fc,
                          double* fn)
-    Py_ssize_t fz_gauss_tile_f(const float* P, Py_ssize_t ldp, const double* fn, const float* F,
-                               const float* means, Py_ssize_t r0, Py_ssize_t r1,
+    Py_ssize_t fz_gauss_tile_f(const float* P, Py_ssize_t ldp, const double* fn,
+                               const float* F, const float* means, Py_ssize_t r0, Py_ssize_t r1,
                                const fz_gauss_params* q, double* L, double* b, int* lst,
                                double* scratch, float* Lout,
                                float* row_max, int64_t* row_argmax, float* row_lse,
                                uint8_t* all_below)
     Py_ssize_t fz_gauss_tile_d(const double* P, Py_ssize_t ldp, const double* fn,
-                               const double* F,
-                               const double* means, Py_ssize_t r0, Py_ssize_t r1,
+                               const double* F, const double* means, Py_ssize_t r0, Py_ssize_t r1,
                                const fz_gauss_params* q, double* L, double* b, int* lst,
                                double* scratch, double* Lout,
                                double* row_max, int64_t* row_argmax, double* row_lse,
@@ -84,17 +83,8 @@ cdef extern from "knn_f32_tiles.h" nogil:
 include "floating_dispatch.pxi"  # _floating_key
 
 
-cdef int _f32_tiles():
-    """The float32 products' route, from FASTZSL_F32_TILES as knn_cpu reads it (its
-    set_f32_tiles): 0 BLAS, 1 the AVX-512 tiles of knn_f32_tiles.h, 2 their portable form."""
-    mode = os.environ.get("FASTZSL_F32_TILES", "auto").strip().lower() or "auto"
-    if mode == "auto":
-        return 1 if fz_f32_tiles_hw_available() else 0
-    if mode == "blas":
-        return 0
-    if mode == "portable":
-        return 2
-    raise ValueError(f"FASTZSL_F32_TILES must be auto, blas or portable, not {mode!r}")
+# knn_cpu.f32_tiles_kind() -> the route's code in _gemm_kernel
+_F32_TILE_CODES = {"blas": 0, "avx512": 1, "portable": 2}
 
 cdef str _SUPPORTED = "gaussian_cpu supports float32 and float64"
 
@@ -270,11 +260,13 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
             else:
                 gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
             if cython.floating is float:
-                n_direct += fz_gauss_tile_f(prod, ldp, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf, lst,
-                                            scratch, Lout, row_max, row_argmax, row_lse, all_below)
+                n_direct += fz_gauss_tile_f(prod, ldp, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf,
+                                            lst, scratch, Lout, row_max, row_argmax, row_lse,
+                                            all_below)
             else:
-                n_direct += fz_gauss_tile_d(prod, ldp, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf, lst,
-                                            scratch, Lout, row_max, row_argmax, row_lse, all_below)
+                n_direct += fz_gauss_tile_d(prod, ldp, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf,
+                                            lst, scratch, Lout, row_max, row_argmax, row_lse,
+                                            all_below)
         free(fc)
         free(prod)
         free(fn)
@@ -330,7 +322,8 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     cdef Py_ssize_t tile = terms.tile
     cdef double norm_limit = terms.norm_limit
     cdef Py_ssize_t rc
-    cdef int tiles = _f32_tiles() if cython.floating is float else 0
+    cdef int tiles = (_F32_TILE_CODES[knn_cpu.f32_tiles_kind()] if cython.floating is float
+                      else 0)
     cdef const float* packed_p = NULL
     cdef float[::1] packed_v
     if tiles:  # the centred means in panels, once per call

@@ -1,8 +1,8 @@
 /* Row reductions of csrc/cpu/gaussian_cpu.pyx (GEMM-form Gaussian log-likelihoods).
  *
  * For one tile of rows, given the dot products P[i, c] = Fc_i . Mc_c of the centred rows
- * and means (BLAS or the f32 tiles, input precision) and the squared norms fn_i = ||Fc_i||^2 (double),
- * fz_gauss_tile_{f,d} forms in double
+ * and means (BLAS or the f32 tiles, input precision) and the squared norms
+ * fn_i = ||Fc_i||^2 (double), fz_gauss_tile_{f,d} forms in double
  *
  *     L~[i, c] = h_c (2 P[i, c] - fn_i) - (h_c mn_c + ln_c),   h_c = 1 / (2 var_c),
  *     beta[i, c] = K h_c (fn_i + mn_c) + 4 u' |ln_c|,

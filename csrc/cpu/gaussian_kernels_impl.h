@@ -277,10 +277,9 @@ FZ_CLONES static int FZ_N(fz_centre_tile)(const FZ_T *F, ptrdiff_t r0, ptrdiff_t
  * and the outputs indexed by global row. Lout is NULL, or the (n, C) output matrix. */
 FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
     const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
-    ptrdiff_t r0,
-    ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b, int *list, double *scratch,
-    FZ_T *Lout,
-    FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse, uint8_t *all_below)
+    ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b, int *list,
+    double *scratch, FZ_T *Lout, FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse,
+    uint8_t *all_below)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     ptrdiff_t n_direct = 0;

@@ -73,12 +73,18 @@ def set_f32_tiles(mode):
         _F32_TILES = 1 if fz_f32_tiles_hw_available() else 0
     else:
         _F32_TILES = 0 if mode == "blas" else 2
-    return ("blas", "avx512", "portable")[_F32_TILES]
+    return f32_tiles_kind()
 
 
 def f32_tiles_mode():
     """The mode last given to set_f32_tiles (or FASTZSL_F32_TILES's)."""
     return _f32_tiles_mode
+
+
+def f32_tiles_kind():
+    """The float32 products' route now in use: "blas", "avx512" or "portable" (also the
+    Gaussian kernel's, gaussian_cpu)."""
+    return ("blas", "avx512", "portable")[_F32_TILES]
 
 
 set_f32_tiles(os.environ.get("FASTZSL_F32_TILES", "auto").strip().lower() or "auto")
@@ -619,25 +625,22 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
         if r1 > n_r:
             r1 = n_r
         nr = r1 - r0
-        if cython.floating is float and packed != NULL:
+        if packed != NULL:  # the tiles' masks: against each list's threshold now
             for row in range(nq):
                 thr[row] = lv[row * L]
             memcpy(rn_tile, rn_w + r0, nr * sizeof(float))
-            ldc = _dot_tile(qbase + q0 * d, nq, rbase + r0 * d, nr, d, packed, rn_tile, thr,
-                            masks, buf)
-            for row in range(nq):
-                qi = q0 + row
-                skip = qi + self_offset if self_offset >= 0 else -1
-                _scan_row_masked(buf + row * ldc, masks + row * (ldc // FZ_F32_NR),
-                                 rn_w + r0, nr, r0, skip, lv + row * L, li + row * L, L)
-        else:
-            ldc = _dot_tile(qbase + q0 * d, nq, rbase + r0 * d, nr, d, NULL, NULL, NULL,
-                            NULL, buf)
-            for row in range(nq):
-                qi = q0 + row
-                skip = qi + self_offset if self_offset >= 0 else -1
-                _scan_row(buf + row * ldc, rn_w + r0, nr, r0, skip, lv + row * L,
-                          li + row * L, L)
+        ldc = _dot_tile(qbase + q0 * d, nq, rbase + r0 * d, nr, d, packed, rn_tile, thr,
+                        masks, buf)
+        for row in range(nq):
+            qi = q0 + row
+            skip = qi + self_offset if self_offset >= 0 else -1
+            if cython.floating is float:
+                if packed != NULL:
+                    _scan_row_masked(buf + row * ldc, masks + row * (ldc // FZ_F32_NR),
+                                     rn_w + r0, nr, r0, skip, lv + row * L, li + row * L, L)
+                    continue
+            _scan_row(buf + row * ldc, rn_w + r0, nr, r0, skip, lv + row * L, li + row * L,
+                      L)
         r0 = r1
     for row in range(nq):
         qi = q0 + row

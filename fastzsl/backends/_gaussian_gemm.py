@@ -10,7 +10,8 @@ The kernel computes
 
 from one product :math:`\tilde P = F_c M_c^T` (BLAS, or float32 FMA tiles) of centred rows
 and means per tile of rows, with :math:`f_i = \lVert F_{c,i}\rVert^2`,
-:math:`m_c = \lVert M_{c,c}\rVert^2` in double, and accept :math:`\tilde L_{ic}` only where its error bound
+:math:`m_c = \lVert M_{c,c}\rVert^2` in double, and accept :math:`\tilde L_{ic}` only where
+its error bound
 
 .. math::
 

@@ -13,3 +13,14 @@ def cp():
     import cupy
 
     return cupy
+
+
+@pytest.fixture(params=["auto", "blas", "portable"])
+def f32_tiles(request):
+    """The float32 products of the cython kNN and Gaussian kernels by each route
+    (knn_cpu.set_f32_tiles: BLAS, the AVX-512 tiles, their portable form), restored after."""
+    knn_cpu = pytest.importorskip("fastzsl._ext.knn_cpu", reason="cython extension not built")
+    before = knn_cpu.f32_tiles_mode()
+    knn_cpu.set_f32_tiles(request.param)
+    yield request.param
+    knn_cpu.set_f32_tiles(before)

@@ -118,14 +118,13 @@ def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype):
     np.testing.assert_array_equal(am, ref[2])
 
 
-@pytest.mark.parametrize("mode", ["auto", "blas", "portable"])
 @pytest.mark.parametrize("C,d", [(10, 16), (40, 50), (1000, 7)])
-def test_every_float32_product_route_gives_the_reference_reductions(mode, C, d, monkeypatch):
+def test_every_float32_product_route_gives_the_reference_reductions(f32_tiles, C, d):
     """float32 products by BLAS, the AVX-512 tiles of knn_f32_tiles.h and their portable form
-    (FASTZSL_F32_TILES): the reductions equal the reference's (TOL; argmax and all_below
-    exactly, their near-ties being decided on direct values), whatever the route."""
+    (the route knn_cpu.set_f32_tiles chooses, FASTZSL_F32_TILES at import): the reductions
+    equal the reference's (TOL; argmax and all_below exactly, their near-ties being decided
+    on direct values), whatever the route."""
     gemm = _gemm_kernel()
-    monkeypatch.setenv("FASTZSL_F32_TILES", mode)
     rng = np.random.default_rng(C + d)
     means = (3.0 * rng.standard_normal((C, d))).astype(np.float32)
     F = (means[rng.integers(0, C, 300)] + rng.standard_normal((300, d))).astype(np.float32)
@@ -140,10 +139,3 @@ def test_every_float32_product_route_gives_the_reference_reductions(mode, C, d, 
     np.testing.assert_array_equal(am, ref[2])
     np.testing.assert_array_equal(below, ref[4])
 
-
-def test_an_unknown_product_route_is_refused(monkeypatch):
-    gemm = _gemm_kernel()
-    monkeypatch.setenv("FASTZSL_F32_TILES", "fast")
-    F = np.zeros((3, 4), dtype=np.float32)
-    with pytest.raises(ValueError, match="FASTZSL_F32_TILES"):
-        gemm(F, F[:2], np.ones(2), np.zeros(2), np.full(2, np.inf), False)

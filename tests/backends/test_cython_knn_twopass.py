@@ -354,15 +354,6 @@ def test_self_join_with_many_pairs_per_round_gives_the_same_bits(rng):
         np.testing.assert_array_equal(Ir, I_ref[start:stop])
 
 
-@pytest.fixture(params=["auto", "blas", "portable"])
-def f32_tiles(request):
-    """Pass 1's float32 dot products by each route (knn_cpu.set_f32_tiles), restored after."""
-    before = knn_cpu.f32_tiles_mode()
-    knn_cpu.set_f32_tiles(request.param)
-    yield request.param
-    knn_cpu.set_f32_tiles(before)
-
-
 @pytest.mark.parametrize("n_q,n_r", [(1, 1), (11, 31), (12, 32), (13, 33), (130, 1025),
                                      (2047, 2049)])
 def test_every_pass1_route_gives_the_same_bits(f32_tiles, rng, n_q, n_r):
