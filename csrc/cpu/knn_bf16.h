@@ -27,6 +27,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "knn_f32_tiles.h" /* the pass-1 masks: fz_panel_mask, FZ_TILE_MASKS_AVX512 */
+
 #define FZ_BF16_NR 32 /* reference rows per panel: two 16-lane vectors */
 #define FZ_BF16_MR 12 /* query rows per micro-tile: 24 accumulators + 2 panel vectors */
 
@@ -126,12 +128,8 @@ static void fz_bf16_tile_portable(const uint32_t *A, ptrdiff_t na, const uint32_
                 }
             }
             memcpy(C + i * ldc + p * FZ_BF16_NR, acc, sizeof acc);
-            if (masks != NULL) {
-                uint32_t m = 0;
-                for (l = 0; l < FZ_BF16_NR; l++)
-                    m |= (uint32_t)(rn[p * FZ_BF16_NR + l] - (acc[l] + acc[l]) <= thr[i]) << l;
-                masks[i * n_panels + p] = m;
-            }
+            if (masks != NULL)
+                masks[i * n_panels + p] = fz_panel_mask(acc, rn + p * FZ_BF16_NR, thr[i]);
         }
 }
 
@@ -171,19 +169,9 @@ static void fz_bf16_tile_avx512(const uint32_t *A, ptrdiff_t na, const uint32_t 
                 _mm512_storeu_ps(C + (i0 + r) * ldc + p * FZ_BF16_NR, c0[r]);
                 _mm512_storeu_ps(C + (i0 + r) * ldc + p * FZ_BF16_NR + 16, c1[r]);
             }
-            if (masks != NULL) {
-                const __m512 rn0 = _mm512_loadu_ps(rn + p * FZ_BF16_NR);
-                const __m512 rn1 = _mm512_loadu_ps(rn + p * FZ_BF16_NR + 16);
-#pragma GCC unroll 12
-                for (r = 0; r < FZ_BF16_MR; r++) {
-                    const __m512 th = _mm512_set1_ps(thr[i0 + r]);
-                    const __m512 v0 = _mm512_sub_ps(rn0, _mm512_add_ps(c0[r], c0[r]));
-                    const __m512 v1 = _mm512_sub_ps(rn1, _mm512_add_ps(c1[r], c1[r]));
-                    masks[(i0 + r) * n_panels + p] =
-                        (uint32_t)_mm512_cmp_ps_mask(v0, th, _CMP_LE_OQ)
-                        | ((uint32_t)_mm512_cmp_ps_mask(v1, th, _CMP_LE_OQ) << 16);
-                }
-            }
+            if (masks != NULL)
+                FZ_TILE_MASKS_AVX512(c0, c1, FZ_BF16_MR, rn, thr + i0, masks + i0 * n_panels,
+                                     n_panels, p);
         }
     }
 }

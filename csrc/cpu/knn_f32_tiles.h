@@ -52,6 +52,16 @@ static inline void fz_f32_pack_panels(const float *R, ptrdiff_t n, ptrdiff_t d, 
     }
 }
 
+/* The pass-1 mask of one panel's 32 products acc against one query's threshold (rn: the
+ * panel's norms); the tiles' portable kernels (here and knn_bf16.h) form it. */
+static inline uint32_t fz_panel_mask(const float *acc, const float *rn, float thr)
+{
+    uint32_t m = 0;
+    for (int l = 0; l < 32; l++)
+        m |= (uint32_t)(rn[l] - (acc[l] + acc[l]) <= thr) << l;
+    return m;
+}
+
 static void fz_f32_tile_portable(const float *A, ptrdiff_t na, ptrdiff_t d, const float *B,
                                  ptrdiff_t n_panels, float *C, ptrdiff_t ldc, const float *rn,
                                  const float *thr, uint32_t *masks)
@@ -68,18 +78,32 @@ static void fz_f32_tile_portable(const float *A, ptrdiff_t na, ptrdiff_t d, cons
                     acc[l] += a * b[t * FZ_F32_NR + l];
             }
             memcpy(C + i * ldc + p * FZ_F32_NR, acc, sizeof acc);
-            if (masks != NULL) {
-                uint32_t m = 0;
-                for (ptrdiff_t l = 0; l < FZ_F32_NR; l++)
-                    m |= (uint32_t)(rn[p * FZ_F32_NR + l] - (acc[l] + acc[l]) <= thr[i]) << l;
-                masks[i * n_panels + p] = m;
-            }
+            if (masks != NULL)
+                masks[i * n_panels + p] = fz_panel_mask(acc, rn + p * FZ_F32_NR, thr[i]);
         }
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && (__GNUC__ >= 10 || defined(__clang__))
 #include <immintrin.h>
 #define FZ_F32_HW_BUILT 1
+
+/* The epilogue of an AVX-512 micro-tile of `rows` query rows against panel p (accumulators
+ * c0[r], c1[r]: its 32 products), as fz_panel_mask: masks[r n_panels + p] for query r's
+ * threshold thr[r] (here and knn_bf16.h; a macro, so the accumulators stay in registers). */
+#define FZ_TILE_MASKS_AVX512(c0, c1, rows, rn, thr, masks, n_panels, p)                  \
+    do {                                                                                  \
+        const __m512 rn0_ = _mm512_loadu_ps((rn) + (p) * 32);                             \
+        const __m512 rn1_ = _mm512_loadu_ps((rn) + (p) * 32 + 16);                        \
+        _Pragma("GCC unroll 12")                                                          \
+        for (int r_ = 0; r_ < (rows); r_++) {                                             \
+            const __m512 th_ = _mm512_set1_ps((thr)[r_]);                                 \
+            const __m512 v0_ = _mm512_sub_ps(rn0_, _mm512_add_ps(c0[r_], c0[r_]));        \
+            const __m512 v1_ = _mm512_sub_ps(rn1_, _mm512_add_ps(c1[r_], c1[r_]));        \
+            (masks)[r_ * (n_panels) + (p)] =                                              \
+                (uint32_t)_mm512_cmp_ps_mask(v0_, th_, _CMP_LE_OQ)                        \
+                | ((uint32_t)_mm512_cmp_ps_mask(v1_, th_, _CMP_LE_OQ) << 16);             \
+        }                                                                                 \
+    } while (0)
 
 /* rows (<= FZ_F32_MR, a constant where inlined) query rows against every panel */
 __attribute__((target("avx512f,fma"), always_inline))
@@ -111,18 +135,8 @@ static inline void fz_f32_rows_avx512(const float *a, ptrdiff_t d, const float *
             _mm512_storeu_ps(C + r * ldc + p * FZ_F32_NR, c0[r]);
             _mm512_storeu_ps(C + r * ldc + p * FZ_F32_NR + 16, c1[r]);
         }
-        if (masks != NULL) {
-            const __m512 rn0 = _mm512_loadu_ps(rn + p * FZ_F32_NR);
-            const __m512 rn1 = _mm512_loadu_ps(rn + p * FZ_F32_NR + 16);
-#pragma GCC unroll 12
-            for (int r = 0; r < rows; r++) {
-                const __m512 th = _mm512_set1_ps(thr[r]);
-                const __m512 v0 = _mm512_sub_ps(rn0, _mm512_add_ps(c0[r], c0[r]));
-                const __m512 v1 = _mm512_sub_ps(rn1, _mm512_add_ps(c1[r], c1[r]));
-                masks[r * n_panels + p] = (uint32_t)_mm512_cmp_ps_mask(v0, th, _CMP_LE_OQ)
-                    | ((uint32_t)_mm512_cmp_ps_mask(v1, th, _CMP_LE_OQ) << 16);
-            }
-        }
+        if (masks != NULL)
+            FZ_TILE_MASKS_AVX512(c0, c1, rows, rn, thr, masks, n_panels, p);
     }
 }
 
