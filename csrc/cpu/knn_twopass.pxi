@@ -625,7 +625,8 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
         if r1 > n_r:
             r1 = n_r
         nr = r1 - r0
-        if packed != NULL:  # the tiles' masks: against each list's threshold now
+        # the f32 tiles' masks are taken against each list's threshold now
+        if cython.floating is float and packed != NULL:
             for row in range(nq):
                 thr[row] = lv[row * L]
             memcpy(rn_tile, rn_w + r0, nr * sizeof(float))
