@@ -196,7 +196,8 @@ typedef struct {
     }
 
 /* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut, with the
- * vectorised fz_exp_poly (fast) or libm's exp, and err = sum_c e^(x_c) B_c. Up to
+ * vectorised fz_exp_poly (fast) or libm's exp, err = sum_c e^(x_c) B_c and the largest B_c
+ * of those terms (*bkept_out; B >= 0). Up to
  * FZ_LSE_BLOCK terms are summed by one vector reduction (callers pad C to whole vectors).
  * Past that, blocks of FZ_LSE_BLOCK without a term are skipped after one max-reduction
  * (most of a row where the classes are far apart); the others add into FZ_LSE_BLOCK lane
@@ -205,15 +206,15 @@ typedef struct {
 #define FZ_LSE_BLOCK 64
 static inline __attribute__((always_inline)) double fz_lse_terms(
     const double *V, const double *W, const double *B, ptrdiff_t C, double wmax, double cut,
-    int fast, int low_degree, double *err_out, ptrdiff_t *n_terms)
+    int fast, int low_degree, double *err_out, double *bkept_out, ptrdiff_t *n_terms)
 {
     const double lo = wmax - cut;
-    double sum = 0.0, err = 0.0, count = 0.0;
+    double sum = 0.0, err = 0.0, count = 0.0, bk = 0.0;
     ptrdiff_t c, j;
 #define FZ_X(c) (V[c] + W[c])
     if (fast && C <= FZ_LSE_BLOCK) {
         /* C is a multiple of FZ_PAD: fixed-length lanes stay in registers */
-        double ls[FZ_PAD] = {0}, le[FZ_PAD] = {0}, ln[FZ_PAD] = {0};
+        double ls[FZ_PAD] = {0}, le[FZ_PAD] = {0}, ln[FZ_PAD] = {0}, lb[FZ_PAD] = {0};
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_PAD) {
             #pragma omp simd
             for (j = 0; j < FZ_PAD; j++) {
@@ -222,23 +223,27 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
                 ls[j] += e;
                 le[j] += e * B[c0 + j];
                 ln[j] += x >= -cut ? 1.0 : 0.0;
+                lb[j] = FZ_MAX(lb[j], x >= -cut ? B[c0 + j] : 0.0);
             }
         }
-        #pragma omp simd reduction(+:sum, err, count)
+        #pragma omp simd reduction(+:sum, err, count) reduction(max:bk)
         for (j = 0; j < FZ_PAD; j++) {
             sum += ls[j];
             err += le[j];
             count += ln[j];
+            bk = FZ_MAX(bk, lb[j]);
         }
         *err_out = err;
+        *bkept_out = bk;
         *n_terms = (ptrdiff_t)count;
         return sum;
     }
     double lane_s[FZ_LSE_BLOCK] __attribute__((aligned(64)));
     double lane_e[FZ_LSE_BLOCK] __attribute__((aligned(64)));
     double lane_n[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+    double lane_b[FZ_LSE_BLOCK] __attribute__((aligned(64)));
     for (j = 0; j < FZ_LSE_BLOCK; j++)
-        lane_s[j] = lane_e[j] = lane_n[j] = 0.0;
+        lane_s[j] = lane_e[j] = lane_n[j] = lane_b[j] = 0.0;
     for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
         const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
         double hi = -INFINITY;
@@ -255,6 +260,7 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
                 lane_s[j] += e;
                 lane_e[j] += e * B[b0 + j];
                 lane_n[j] += x >= -cut ? 1.0 : 0.0;
+                lane_b[j] = FZ_MAX(lane_b[j], x >= -cut ? B[b0 + j] : 0.0);
             }
         } else {
             for (j = 0; j < nb; j++) {
@@ -264,18 +270,21 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
                     lane_s[j] += e;
                     lane_e[j] += e * B[b0 + j];
                     lane_n[j] += 1.0;
+                    lane_b[j] = FZ_MAX(lane_b[j], B[b0 + j]);
                 }
             }
         }
     }
 #undef FZ_X
-    #pragma omp simd reduction(+:sum, err, count)
+    #pragma omp simd reduction(+:sum, err, count) reduction(max:bk)
     for (j = 0; j < FZ_LSE_BLOCK; j++) {
         sum += lane_s[j];
         err += lane_e[j];
         count += lane_n[j];
+        bk = FZ_MAX(bk, lane_b[j]);
     }
     *err_out = err;
+    *bkept_out = bk;
     *n_terms = (ptrdiff_t)count;
     return sum;
 }
@@ -314,18 +323,20 @@ static inline float fz_expf_poly(float x)
 /* fz_lse_terms in float32 (for float32 inputs, whose accuracy target 2^-15 leaves room):
  * x_c rounded to float32 (relative error of e^x_c below cut 2^-24), fz_expf_poly, float32
  * sums (FZ_F32_SUM_GAMMA). Returns the sum; *err_out is an upper bound of sum_c e_c B_c,
- * *rel_out the relative error of the sum from all of the above. */
+ * *bkept_out of the terms' largest B_c, *rel_out the relative error of the sum from all
+ * of the above. */
 static inline __attribute__((always_inline)) double fz_lse_terms_f32(
     const double *V, const double *W, const double *B, ptrdiff_t C, double wmax, double cut,
-    double *err_out, double *rel_out, ptrdiff_t *n_terms)
+    double *err_out, double *bkept_out, double *rel_out, ptrdiff_t *n_terms)
 {
     const double lo = wmax - cut;
     const float fcut = (float)cut;  /* may round either way: the terms kept are exact sums */
     double sum = 0.0, err = 0.0, count = 0.0;
+    float bk = 0.0f;
     ptrdiff_t c, j;
     if (C <= FZ_LSE_BLOCK) {
         /* C is a multiple of FZ_PAD: fixed-length lanes stay in registers */
-        float ls[FZ_PAD] = {0}, le[FZ_PAD] = {0}, ln[FZ_PAD] = {0};
+        float ls[FZ_PAD] = {0}, le[FZ_PAD] = {0}, ln[FZ_PAD] = {0}, lb[FZ_PAD] = {0};
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_PAD) {
             #pragma omp simd
             for (j = 0; j < FZ_PAD; j++) {
@@ -334,14 +345,16 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
                 ls[j] += e;
                 le[j] += e * (float)B[c0 + j];
                 ln[j] += x >= -fcut ? 1.0f : 0.0f;
+                lb[j] = FZ_MAX(lb[j], x >= -fcut ? (float)B[c0 + j] : 0.0f);
             }
         }
         float fsum = 0.0f, ferr = 0.0f, fcount = 0.0f;
-        #pragma omp simd reduction(+:fsum, ferr, fcount)
+        #pragma omp simd reduction(+:fsum, ferr, fcount) reduction(max:bk)
         for (j = 0; j < FZ_PAD; j++) {
             fsum += ls[j];
             ferr += le[j];
             fcount += ln[j];
+            bk = FZ_MAX(bk, lb[j]);
         }
         sum = fsum;
         err = ferr;
@@ -350,8 +363,9 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
         float lane_s[FZ_LSE_BLOCK] __attribute__((aligned(64)));
         float lane_e[FZ_LSE_BLOCK] __attribute__((aligned(64)));
         float lane_n[FZ_LSE_BLOCK] __attribute__((aligned(64)));
+        float lane_b[FZ_LSE_BLOCK] __attribute__((aligned(64)));
         for (j = 0; j < FZ_LSE_BLOCK; j++)
-            lane_s[j] = lane_e[j] = lane_n[j] = 0.0f;
+            lane_s[j] = lane_e[j] = lane_n[j] = lane_b[j] = 0.0f;
         for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
             const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
             double hi = -INFINITY;
@@ -367,16 +381,19 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
                 lane_s[j] += e;
                 lane_e[j] += e * (float)B[b0 + j];
                 lane_n[j] += x >= -fcut ? 1.0f : 0.0f;
+                lane_b[j] = FZ_MAX(lane_b[j], x >= -fcut ? (float)B[b0 + j] : 0.0f);
             }
         }
-        #pragma omp simd reduction(+:sum, err, count)
+        #pragma omp simd reduction(+:sum, err, count) reduction(max:bk)
         for (j = 0; j < FZ_LSE_BLOCK; j++) {
             sum += lane_s[j];
             err += lane_e[j];
             count += lane_n[j];
+            bk = FZ_MAX(bk, lane_b[j]);
         }
     }
     const double g = FZ_F32_SUM_GAMMA(C);  /* float32 sums, B */
+    *bkept_out = (double)bk * (1.0 + 0x1p-23);  /* B rounded to float32 */
     *err_out = err * (1.0 + 2.0 * g + FZ_EXPF_EPS + cut * 0x1p-23);
     *rel_out = FZ_EXPF_EPS + (cut + 1.0) * 0x1p-24 + g;
     *n_terms = (ptrdiff_t)count;
@@ -384,13 +401,15 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
 }
 
 /* The absolute error of lse = wmax + log(sum) beyond the values' own (2 err / sum: first
- * order in beta, doubled): the terms left out (at most C e^-cut), exp's relative error, the
- * summation's (lane sums of at most C / FZ_LSE_BLOCK + 1 terms, then the lanes: relative
- * gamma of their lengths), log's and the final addition's rounding. */
+ * order in beta, doubled): the terms left out (at most C e^(-cut + 2 bmax): a left-out
+ * term's true value is at most e^(-cut + bmax) of e^wmax, and the kept ones' sum at least
+ * e^-bmax of it, its largest term's), exp's relative error, the summation's (lane sums of
+ * at most C / FZ_LSE_BLOCK + 1 terms, then the lanes: relative gamma of their lengths),
+ * log's and the final addition's rounding. */
 static inline double fz_lse_other(double lse, double log_c, ptrdiff_t C, double cut,
-                                  double eps_exp)
+                                  double bmax, double eps_exp)
 {
-    return exp(log_c - cut) + eps_exp
+    return exp(log_c - cut + 2.0 * bmax) + eps_exp
         + (double)(C / FZ_LSE_BLOCK + FZ_LSE_BLOCK + 4) * FZ_UNIT_ROUNDOFF_DOUBLE
         + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (fabs(lse) + log_c);
 }

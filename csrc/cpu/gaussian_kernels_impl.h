@@ -14,12 +14,13 @@ static inline double FZ_N(fz_direct)(const FZ_T *f, const FZ_T *m, ptrdiff_t d, 
 }
 
 /* The logsumexp of one row from the pristine GEMM-form values (see the header): L~ in L,
- * their bounds beta in b, wmax = max_c (L~_c + lw_c) > -inf. Terms below wmax - cut are
- * left out, cut taken from the accuracy the output needs (fz_lse_cut); the others are
- * summed with fz_exp_poly (float64 input: degree 12, float32: degree 7), or libm's exp
- * where |lse| is too close to 0 for the polynomial's error. Where the certified error
- * exceeds acc |lse|, the terms that carry most of it (2 e_c b_c above a quarter of the
- * allowance per term) take their direct values; if that still fails, every term does.
+ * their bounds beta in b (at most bmax), wmax = max_c (L~_c + lw_c) > -inf. Terms below
+ * wmax - cut are left out, cut taken from the accuracy the output needs (fz_lse_cut) plus
+ * 2 bmax (fz_lse_other); the others are summed with fz_exp_poly (float64 input: degree 12,
+ * float32: degree 7), or libm's exp where |lse| is too close to 0 for the polynomial's
+ * error. Where the certified error exceeds acc |lse|, the terms that carry most of it (2 e_c
+ * b_c above a quarter of the allowance per term) and those whose b_c is above 1 nat (beyond
+ * the first-order bound) take their direct values; if that still fails, every term does.
  * scratch: C doubles. Depends only on (L~, beta, lw): the same in
  * every call and whatever else is asked. */
 static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
@@ -34,36 +35,38 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     /* lse lies in [wmax, wmax + ln C]: the smallest |lse| it can have */
     const double top = wmax + q->log_c;
     const double mag = wmax > 0.0 ? wmax : (top < 0.0 ? -top : 0.0);
-    const double cut = fz_lse_cut(q->acc * mag, q->log_c);
+    const double cut = FZ_MIN(fz_lse_cut(q->acc * mag, q->log_c) + 2.0 * bmax, FZ_LSE_CUT_MAX);
     /* float32 inputs: the float32 sum where its error fits a quarter of the budget */
     const int single = low_degree
         && FZ_EXPF_EPS + (cut + 2.0) * 0x1p-24 + FZ_F32_SUM_GAMMA(Cp)
            <= 0.25 * q->acc * mag;
     const int fast = eps_exp <= 0.25 * q->acc * mag;
     double eps = fast ? eps_exp : FZ_UNIT_ROUNDOFF_DOUBLE;
-    double err, *V = scratch;
+    double err, bk, *V = scratch;
     ptrdiff_t c, n_terms;
     double sum;
     if (single)
-        sum = fz_lse_terms_f32(L, lw, b, Cp, wmax, cut, &err, &eps, &n_terms);
+        sum = fz_lse_terms_f32(L, lw, b, Cp, wmax, cut, &err, &bk, &eps, &n_terms);
     else
-        sum = fz_lse_terms(L, lw, b, Cp, wmax, cut, fast, low_degree, &err, &n_terms);
-    /* The values move lse by log(sum_c e_c e^(t_c) / sum_c e_c), |t_c| <= b_c: at most
-     * (e - 1) sum e_c b_c / sum e_c < 2 err / sum while every b_c <= 1 (e^t - 1 <= (e - 1) t
-     * on [0, 1]; Jensen below), and at most max b_c <= bmax in any case. */
-#define FZ_CERTIFIED(err, sum, budget) \
-    (bmax <= 1.0 ? 2.0 * (err) <= (budget) * (sum) : bmax <= (budget))
+        sum = fz_lse_terms(L, lw, b, Cp, wmax, cut, fast, low_degree, &err, &bk, &n_terms);
+    /* The values move lse by log(sum_c e_c e^(t_c) / sum_c e_c), |t_c| <= b_c over the
+     * terms kept (bk: their largest b_c): at most (e - 1) sum e_c b_c / sum e_c < 2 err / sum
+     * while bk <= 1 (e^t - 1 <= (e - 1) t on [0, 1]; Jensen below), at most bk in any case. */
+#define FZ_CERTIFIED(err, sum, budget, bk) \
+    ((bk) <= 1.0 ? 2.0 * (err) <= (budget) * (sum) : (bk) <= (budget))
     double lse = wmax + log(sum);
-    double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, cut, eps);
-    if (FZ_CERTIFIED(err, sum, budget))
+    double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, cut, bmax, eps);
+    if (FZ_CERTIFIED(err, sum, budget, bk))
         return lse;
     if (budget > 0.0) {
         /* Refine: with wmax kept as the reference, a refined term c swaps e_c for
          * e^(L_dir + lw_c - wmax) and drops e_c b_c from err (its new value is included
-         * even if it falls below the cut: the sum stays over a superset of the terms). */
+         * even if it falls below the cut: the sum stays over a superset of the terms);
+         * bk becomes the largest b_c of the terms left as they were. */
         const double tau = budget * sum / (4.0 * (double)n_terms);
         const double lo = wmax - cut;
         double removed = 0.0, added = 0.0, err_removed = 0.0;
+        bk = 0.0;
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_GAUSS_CHUNK) {
             const ptrdiff_t c1 = FZ_MIN(c0 + FZ_GAUSS_CHUNK, C);
             double hi = -INFINITY;
@@ -77,12 +80,14 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
                 if (!(x >= -cut))
                     continue;
                 double e = fast ? fz_exp_poly(x, low_degree) : exp(x);
-                if (2.0 * e * b[c] > tau) {
+                if (2.0 * e * b[c] > tau || b[c] > 1.0) {
                     (*n_direct)++;
                     double v = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]);
                     removed += e;
                     err_removed += e * b[c];
                     added += exp(v + lw[c] - wmax);
+                } else {
+                    bk = FZ_MAX(bk, b[c]);
                 }
             }
         }
@@ -90,8 +95,8 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
         sum = (sum - removed) + added;
         err = FZ_MAX(err - err_removed, 0.0) + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (sum + err);
         lse = wmax + log(sum);
-        budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, cut, eps);
-        if (FZ_CERTIFIED(err, sum, budget))
+        budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, cut, bmax, eps);
+        if (FZ_CERTIFIED(err, sum, budget, bk))
             return lse;
     }
 #undef FZ_CERTIFIED

@@ -118,6 +118,36 @@ def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype):
     np.testing.assert_array_equal(am, ref[2])
 
 
+@pytest.mark.parametrize("C", [10, 40, 400])
+def test_a_kept_term_whose_bound_passes_one_nat_is_refined_alone(C):
+    """Far classes in float32 at d = 512: the row's own class (the one term kept) has a
+    bound beta just above 1 nat (sgemm's error grows with d and the norms), beyond the
+    first-order certificate. Refining that term certifies the sum; the other terms are
+    never evaluated directly (at most 2 direct values per row: the term, then the argmax
+    entry, whose bound also exceeds the float32 accuracy target)."""
+    gemm = _gemm_kernel()
+    rng = np.random.default_rng(C)
+    d, n = 512, 200
+    means = (5.0 * rng.standard_normal((C, d))).astype(np.float32)
+    y = rng.integers(0, C, n)
+    F = (means[y] + rng.standard_normal((n, d))).astype(np.float32)
+    variances = rng.uniform(0.5, 0.6, C)
+    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    thresholds = np.full(C, np.inf)
+    from fastzsl.backends._gaussian_gemm import class_terms
+    terms = class_terms(means, variances)
+    fn = (((F.astype(np.float64) - terms.center).astype(np.float32).astype(np.float64)) ** 2)
+    own = terms.kh[y] * fn.sum(1) + terms.km[y]
+    assert (own > 1.0).all()  # the regime under test: every row's own term passes 1 nat
+    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
+    (_, mx, am, lse, _), n_direct = gemm(F, means, variances, log_weights, thresholds, False)
+    tol = TOL[np.dtype(np.float32)]
+    np.testing.assert_allclose(lse, ref[3], **tol)
+    np.testing.assert_allclose(mx, ref[1], **tol)
+    np.testing.assert_array_equal(am, ref[2])
+    assert n_direct <= 2 * n, n_direct
+
+
 @pytest.mark.parametrize("C,d", [(10, 16), (40, 50), (1000, 7)])
 def test_every_float32_product_route_gives_the_reference_reductions(f32_tiles, C, d):
     """float32 products by BLAS, the AVX-512 tiles of knn_f32_tiles.h and their portable form
