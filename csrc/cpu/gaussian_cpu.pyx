@@ -83,6 +83,11 @@ cdef extern from "knn_f32_tiles.h" nogil:
 include "floating_dispatch.pxi"  # _floating_key
 
 
+# Packed means per call of the f32 tiles (a quarter of a typical 1 MiB L2, beside the
+# tile's rows)
+cdef enum:
+    PANEL_CHUNK_BYTES = 256 * 1024
+
 # knn_cpu.f32_tiles_kind() -> the route's code in _gemm_kernel
 _F32_TILE_CODES = {"blas": 0, "avx512": 1, "portable": 2}
 
@@ -208,6 +213,8 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     # the products' row stride: whole panels for the tiles (>= q.n_padded, a multiple of 16),
     # plus 16 so that rows are not a multiple of 4 KiB apart (the L1 sets' period)
     cdef Py_ssize_t ldp = n_panels * FZ_F32_NR + 16 if packed != NULL else C
+    cdef Py_ssize_t chunk_panels = max(1, PANEL_CHUNK_BYTES // max(1, d * FZ_F32_NR * 4))
+    cdef Py_ssize_t p0
     cdef int rc
     cdef cython.floating* fc
     cdef cython.floating* prod
@@ -255,8 +262,15 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
             if failed_p[0] == -2:
                 continue
             if cython.floating is float and packed != NULL:
-                fz_f32_tile(tiles == 1, fc, tile, d, packed, n_panels, prod, ldp, NULL, NULL,
-                            NULL)
+                # panels in chunks that stay in L2 while the tile's rows pass over them
+                # (one pass over all the means per 12 rows would stream them from memory
+                # where they outgrow the caches); each product is the same sum
+                p0 = 0
+                while p0 < n_panels:
+                    fz_f32_tile(tiles == 1, fc, tile, d, packed + p0 * d * FZ_F32_NR,
+                                min(chunk_panels, n_panels - p0), prod + p0 * FZ_F32_NR, ldp,
+                                NULL, NULL, NULL)
+                    p0 = p0 + chunk_panels
             else:
                 gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
             if cython.floating is float:
@@ -326,12 +340,15 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
                       else 0)
     cdef const float* packed_p = NULL
     cdef float[::1] packed_v
-    if tiles:  # the centred means in panels, once per call
-        packed = np.zeros(((n_classes + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR) * q.d
-                          + 1, dtype=np.float32)
+    cdef Py_ssize_t p, n_panels = (n_classes + FZ_F32_NR - 1) // FZ_F32_NR
+    if tiles:  # the centred means in panels, once per call, a panel per thread at a time
+        packed = np.empty(n_panels * FZ_F32_NR * q.d + 1, dtype=np.float32)
         packed_v = packed
         if q.d:
-            fz_f32_pack_panels(<const float*>&centred[0, 0], n_classes, q.d, &packed_v[0])
+            for p in prange(n_panels, nogil=True, schedule="static"):
+                fz_f32_pack_panels(<const float*>&centred[0, 0] + p * FZ_F32_NR * q.d,
+                                   min(FZ_F32_NR, n_classes - p * FZ_F32_NR), q.d,
+                                   &packed_v[0] + p * FZ_F32_NR * q.d)
         packed_p = &packed_v[0]
     with blas_single_threaded():
         with nogil:

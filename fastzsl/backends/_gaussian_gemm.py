@@ -85,6 +85,8 @@ TILE_BYTES = 256 * 1024
 MIN_TILE_ROWS = 64
 MAX_TILE_BYTES = 16 * 1024 * 1024
 UNIT_ROUNDOFF_DOUBLE = 2.0**-53
+# Means centred per block of this many components (class_terms)
+CENTRE_BLOCK_ELEMS = 1 << 16
 
 
 def margin_constant(dtype, d: int) -> float:
@@ -125,10 +127,16 @@ def class_terms(means: np.ndarray, variances: np.ndarray) -> ClassTerms | None:
     n_classes, d = means.shape
     if n_classes == 0 or d == 0:
         return None
-    means64 = means.astype(np.float64)
-    center = means64.mean(axis=0)
-    centred = (means64 - center).astype(dtype)
-    sqnorm = np.einsum("cd,cd->c", centred, centred, dtype=np.float64)
+    center = means.mean(axis=0, dtype=np.float64)
+    centred = np.empty_like(means)
+    sqnorm = np.empty(n_classes)
+    # in blocks of rows: a float64 copy of all the means would cost more than the product
+    # of a few thousand rows with them (page faults included)
+    step = max(1, CENTRE_BLOCK_ELEMS // d)
+    for start in range(0, n_classes, step):
+        block = centred[start:start + step]
+        block[...] = means[start:start + step] - center  # in float64, then rounded
+        sqnorm[start:start + step] = np.einsum("cd,cd->c", block, block, dtype=np.float64)
     var = np.asarray(variances, dtype=np.float64)
     h = 1.0 / (2.0 * var)
     log_norm = 0.5 * d * np.log(2.0 * np.pi * var)
