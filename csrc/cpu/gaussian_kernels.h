@@ -21,13 +21,14 @@
  *   all_below: F_c < threshold_c for every c; for float32 inputs (exact_thresholds: their
  *     acc is coarse) an entry within b_c of its threshold is decided, and stored, by L_dir.
  *   logsumexp: from L~ and beta alone (fz_gauss_lse), certified as a whole: its error
- *     bound 2 sum e_c b_c / sum e_c (where beta_max <= 1; max beta beyond) plus the cut,
+ *     bound 2 sum e_c b_c / sum e_c (while the kept terms' b_c <= 1; their largest b_c
+ *     beyond) plus the terms left out (fz_lse_other),
  *     exp's and the sums' rounding must stay within acc |lse|, else the terms carrying
- *     most of it take L_dir (then all terms).
+ *     most of it (and those above 1 nat) take L_dir (then all terms).
  *     Terms further than cut below the largest are left out, cut from the accuracy the
- *     output needs (fz_lse_cut, at most FZ_LSE_CUT_MAX), and the rest summed with a
- *     vectorised exp polynomial (fz_exp_poly, or fz_expf_poly in float32 for float32
- *     inputs where |lse| leaves room).
+ *     output needs (fz_lse_cut) plus 2 beta_max, at most FZ_LSE_CUT_MAX, and the rest
+ *     summed with a vectorised exp polynomial (fz_exp_poly, or fz_expf_poly in float32
+ *     for float32 inputs where |lse| leaves room).
  *   The (n, C) matrix, when asked for, holds F.
  *
  * Per row: pass A forms L~, beta, max L~ and max (L~ + lw) (vectorised); the logsumexp

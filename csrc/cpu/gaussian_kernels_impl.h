@@ -35,7 +35,8 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     /* lse lies in [wmax, wmax + ln C]: the smallest |lse| it can have */
     const double top = wmax + q->log_c;
     const double mag = wmax > 0.0 ? wmax : (top < 0.0 ? -top : 0.0);
-    const double cut = FZ_MIN(fz_lse_cut(q->acc * mag, q->log_c) + 2.0 * bmax, FZ_LSE_CUT_MAX);
+    const double cut = FZ_MIN(fz_lse_cut(q->acc * mag, q->log_c) + 2.0 * bmax,
+                              FZ_LSE_CUT_MAX);
     /* float32 inputs: the float32 sum where its error fits a quarter of the budget */
     const int single = low_degree
         && FZ_EXPF_EPS + (cut + 2.0) * 0x1p-24 + FZ_F32_SUM_GAMMA(Cp)

@@ -46,12 +46,15 @@ kernel's decisions, and the NumPy reference's whenever its margin exceeds the bo
 The logsumexp is formed from :math:`\tilde L` and :math:`\beta` alone and certified as a
 whole: with :math:`e_c = \exp(\tilde L_c + \log w_c - \max)`, its error is at most
 :math:`2\sum_c e_c\beta_c / \sum_c e_c` (the values', first order: valid while every
-:math:`\beta_c \le 1`, as :math:`e^t - 1 \le (e - 1)t` on [0, 1]; beyond that,
-:math:`\max_c \beta_c`) plus the terms left out, the exp
+kept term's :math:`\beta_c \le 1`, as :math:`e^t - 1 \le (e - 1)t` on [0, 1]; beyond that,
+the largest kept :math:`\beta_c`) plus the terms left out, the exp
 approximation's relative error and the summation's rounding; where that exceeds ``acc``
-:math:`\lvert\mathrm{lse}\rvert`, the terms carrying most of it take their direct values
-(then all of them). Terms more than ``cut`` below the largest are left out, where
-:math:`C e^{-\mathrm{cut}}` is a quarter of the absolute accuracy the output needs (at most
+:math:`\lvert\mathrm{lse}\rvert`, the terms carrying most of it and those whose
+:math:`\beta_c` exceeds 1 take their direct values (then all of them). Terms more than
+``cut`` below the largest are left out: a left-out term's true value is at most
+:math:`e^{-\mathrm{cut} + \beta_{max}}` of the largest, and the kept sum at least
+:math:`e^{-\beta_{max}}` of it, so they add at most :math:`C e^{-\mathrm{cut} +
+2\beta_{max}}`; the cut is that quarter of the absolute accuracy the output needs (at most
 ``LSE_CUT_MAX``). The exp is a branch-free polynomial that vectorises (x = k ln 2 + r, with
 :math:`|r| \le \ln 2 / 2` exact to 0.35u by a Cody-Waite split, e^r by its Taylor polynomial
 in Horner form, 2^k from the rounding constant's bits). Its relative error, ``EXP_POLY_EPS``,
