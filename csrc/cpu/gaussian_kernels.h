@@ -124,19 +124,34 @@ static inline double fz_exp_poly(double x, int low_degree)
     return p * scale;
 }
 
-/* The logsumexp cut: terms more than cut below the largest add at most C e^-cut to lse,
- * kept below a quarter of tol (the absolute accuracy the output needs): cut >= ln C +
- * ln(4 / tol). ln tol is bounded below by e ln 2 (tol = m 2^e, 1 <= m < 2, e from its bits:
- * no log per row), so the cut is at most ln 2 longer than it must be. */
-static inline double fz_lse_cut(double tol, double log_c)
+/* The logsumexp cut, and in *left_out the most that the terms it leaves out add to lse:
+ * C e^(-cut + extra), kept below a quarter of tol (the absolute accuracy the output
+ * needs) by cut >= ln C + ln(4 / tol) + extra (extra: fz_gauss_lse's 2 beta_max). ln tol is
+ * bounded below by e ln 2 (tol = m 2^e, 1 <= m < 2, e from its bits: no log per row), so
+ * the cut is at most ln 2 longer than it must be, and the bound is then 2^(e - 2), up to
+ * the cut's rounding (a few ulps of 64, well within the factor 1 + 2^-40): no exp per row
+ * unless the cut is clamped to [FZ_LSE_CUT_MIN, FZ_LSE_CUT_MAX]. */
+static inline double fz_lse_cut(double tol, double log_c, double extra, double *left_out)
 {
-    if (!(tol > 0.0))
-        return FZ_LSE_CUT_MAX;
-    uint64_t bits;
-    memcpy(&bits, &tol, sizeof bits);
-    const int e = (int)((bits >> 52) & 0x7ff) - 1023;  /* subnormal: -1023, the cut is max */
-    double cut = log_c + 0x1.62e42fefa39efp+0 /* ln 4 */ - (double)e * 0x1.62e42fefa39efp-1;
-    return cut > FZ_LSE_CUT_MAX ? FZ_LSE_CUT_MAX : (cut < FZ_LSE_CUT_MIN ? FZ_LSE_CUT_MIN : cut);
+    double cut = FZ_LSE_CUT_MAX;
+    if (tol > 0.0) {
+        uint64_t bits;
+        memcpy(&bits, &tol, sizeof bits);
+        const int e = (int)((bits >> 52) & 0x7ff) - 1023;  /* subnormal: -1023, clamped */
+        cut = log_c + 0x1.62e42fefa39efp+0 /* ln 4 */ - (double)e * 0x1.62e42fefa39efp-1
+            + extra;
+        if (cut >= FZ_LSE_CUT_MIN && cut <= FZ_LSE_CUT_MAX) {
+            /* 2^(e - 2) from its bits: here e > -100 (the cut is at most 64) */
+            const uint64_t pow2 = (uint64_t)(e - 2 + 1023) << 52;
+            double p;
+            memcpy(&p, &pow2, sizeof p);
+            *left_out = p * (1.0 + 0x1p-40);
+            return cut;
+        }
+        cut = cut > FZ_LSE_CUT_MAX ? FZ_LSE_CUT_MAX : FZ_LSE_CUT_MIN;
+    }
+    *left_out = exp(log_c - cut + extra);
+    return cut;
 }
 
 typedef struct {
@@ -161,6 +176,35 @@ typedef struct {
     double log_c;            /* ln C */
     int exact_thresholds;
 } fz_gauss_params;
+
+/* The direct values a row's logsumexp computed (its refined terms), kept for the row's
+ * other steps, which would compute the same values again (the row's own class, typically:
+ * far classes in float32, whose accuracy target the product's bound rarely meets). */
+#define FZ_DIRECT_MEMO 4
+typedef struct {
+    ptrdiff_t c[FZ_DIRECT_MEMO];
+    double v[FZ_DIRECT_MEMO];
+    int n, hit;
+} fz_direct_memo;
+
+static inline void fz_direct_memo_put(fz_direct_memo *m, ptrdiff_t c, double v)
+{
+    if (m->n < FZ_DIRECT_MEMO) {
+        m->c[m->n] = c;
+        m->v[m->n++] = v;
+    }
+}
+
+/* whether class c's value is kept; if so, at m->v[m->hit] */
+static inline int fz_direct_memo_has(fz_direct_memo *m, ptrdiff_t c)
+{
+    for (int i = 0; i < m->n; i++)
+        if (m->c[i] == c) {
+            m->hit = i;
+            return 1;
+        }
+    return 0;
+}
 
 /* Runs BODY for every c in [0, n) with M(c) >= 0, in increasing c: blocks of FZ_BLOCK and
  * then of FZ_GAUSS_CHUNK entries are skipped after one vectorised max-reduction each, since
@@ -402,15 +446,13 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
 }
 
 /* The absolute error of lse = wmax + log(sum) beyond the values' own (2 err / sum: first
- * order in beta, doubled): the terms left out (at most C e^(-cut + 2 bmax): a left-out
- * term's true value is at most e^(-cut + bmax) of e^wmax, and the kept ones' sum at least
- * e^-bmax of it, its largest term's), exp's relative error, the summation's (lane sums of
- * at most C / FZ_LSE_BLOCK + 1 terms, then the lanes: relative gamma of their lengths),
- * log's and the final addition's rounding. */
-static inline double fz_lse_other(double lse, double log_c, ptrdiff_t C, double cut,
-                                  double bmax, double eps_exp)
+ * order in beta, doubled): the terms left out (left_out, from fz_lse_cut), exp's relative
+ * error, the summation's (lane sums of at most C / FZ_LSE_BLOCK + 1 terms, then the lanes:
+ * relative gamma of their lengths), log's and the final addition's rounding. */
+static inline double fz_lse_other(double lse, double log_c, ptrdiff_t C, double left_out,
+                                  double eps_exp)
 {
-    return exp(log_c - cut + 2.0 * bmax) + eps_exp
+    return left_out + eps_exp
         + (double)(C / FZ_LSE_BLOCK + FZ_LSE_BLOCK + 4) * FZ_UNIT_ROUNDOFF_DOUBLE
         + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (fabs(lse) + log_c);
 }

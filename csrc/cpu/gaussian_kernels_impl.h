@@ -15,8 +15,8 @@ static inline double FZ_N(fz_direct)(const FZ_T *f, const FZ_T *m, ptrdiff_t d, 
 
 /* The logsumexp of one row from the pristine GEMM-form values (see the header): L~ in L,
  * their bounds beta in b (at most bmax), wmax = max_c (L~_c + lw_c) > -inf. Terms below
- * wmax - cut are left out, cut taken from the accuracy the output needs (fz_lse_cut) plus
- * 2 bmax (fz_lse_other); the others are summed with fz_exp_poly (float64 input: degree 12,
+ * wmax - cut are left out, cut taken from the accuracy the output needs and bmax
+ * (fz_lse_cut); the others are summed with fz_exp_poly (float64 input: degree 12,
  * float32: degree 7), or libm's exp where |lse| is too close to 0 for the polynomial's
  * error. Where the certified error exceeds acc |lse|, the terms that carry most of it (2 e_c
  * b_c above a quarter of the allowance per term) and those whose b_c is above 1 nat (beyond
@@ -25,7 +25,8 @@ static inline double FZ_N(fz_direct)(const FZ_T *f, const FZ_T *m, ptrdiff_t d, 
  * every call and whatever else is asked. */
 static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     const FZ_T *frow, const FZ_T *means, const fz_gauss_params *q, const double *L,
-    const double *b, double wmax, double bmax, double *scratch, ptrdiff_t *n_direct)
+    const double *b, double wmax, double bmax, double *scratch, fz_direct_memo *memo,
+    ptrdiff_t *n_direct)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     const ptrdiff_t Cp = q->n_padded;  /* the sums run over the padding too: zero terms */
@@ -35,8 +36,10 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     /* lse lies in [wmax, wmax + ln C]: the smallest |lse| it can have */
     const double top = wmax + q->log_c;
     const double mag = wmax > 0.0 ? wmax : (top < 0.0 ? -top : 0.0);
-    const double cut = FZ_MIN(fz_lse_cut(q->acc * mag, q->log_c) + 2.0 * bmax,
-                              FZ_LSE_CUT_MAX);
+    /* A left-out term's true value is at most e^(-cut + bmax) of e^wmax, and the kept
+     * terms' sum at least e^-bmax of it (its largest term's): the cut takes 2 bmax more */
+    double left_out;
+    const double cut = fz_lse_cut(q->acc * mag, q->log_c, 2.0 * bmax, &left_out);
     /* float32 inputs: the float32 sum where its error fits a quarter of the budget */
     const int single = low_degree
         && FZ_EXPF_EPS + (cut + 2.0) * 0x1p-24 + FZ_F32_SUM_GAMMA(Cp)
@@ -56,7 +59,7 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
 #define FZ_CERTIFIED(err, sum, budget, bk) \
     ((bk) <= 1.0 ? 2.0 * (err) <= (budget) * (sum) : (bk) <= (budget))
     double lse = wmax + log(sum);
-    double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, cut, bmax, eps);
+    double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
     if (FZ_CERTIFIED(err, sum, budget, bk))
         return lse;
     if (budget > 0.0) {
@@ -84,6 +87,7 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
                 if (2.0 * e * b[c] > tau || b[c] > 1.0) {
                     (*n_direct)++;
                     double v = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]);
+                    fz_direct_memo_put(memo, c, v);
                     removed += e;
                     err_removed += e * b[c];
                     added += exp(v + lw[c] - wmax);
@@ -96,7 +100,7 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
         sum = (sum - removed) + added;
         err = FZ_MAX(err - err_removed, 0.0) + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (sum + err);
         lse = wmax + log(sum);
-        budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, cut, bmax, eps);
+        budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
         if (FZ_CERTIFIED(err, sum, budget, bk))
             return lse;
     }
@@ -135,8 +139,11 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
     ptrdiff_t n_direct = 0, c, j, n_list = 0;
     double mxv = -INFINITY, mxw = -INFINITY;
     int need_any = 0;
+    fz_direct_memo memo;
+    memo.n = 0;
 
-#define FZ_DIRECT(c) (n_direct++, FZ_N(fz_direct)(frow, means + (c) * d, d, var[c], ln[c]))
+#define FZ_DIRECT(c) (fz_direct_memo_has(&memo, c) ? memo.v[memo.hit] \
+    : (n_direct++, FZ_N(fz_direct)(frow, means + (c) * d, d, var[c], ln[c])))
 
     /* Pass A: L~, beta, the maxima of L~ and of L~ + lw, and whether some entry needs its
      * direct value ("need"; only acted on up front when the matrix is asked for) */
@@ -161,7 +168,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
     const double bmax = q->kh_max * fn + q->km_max;
     /* logsumexp first, while L and b hold the pristine L~ and beta */
     *row_lse = mxw == -INFINITY ? -INFINITY /* every weight is zero */
-        : FZ_N(fz_gauss_lse)(frow, means, q, L, b, mxw, bmax, scratch, &n_direct);
+        : FZ_N(fz_gauss_lse)(frow, means, q, L, b, mxw, bmax, scratch, &memo, &n_direct);
     if (full && need_any) { /* the matrix holds B: fix every "need" entry */
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_GAUSS_CHUNK) {
             ptrdiff_t c1 = c0 + FZ_GAUSS_CHUNK < C ? c0 + FZ_GAUSS_CHUNK : C;
