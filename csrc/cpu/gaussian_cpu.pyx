@@ -6,8 +6,8 @@ logsumexp(L + log_weights) and all_c L < threshold_c; optionally the (n, C) matr
 
 ``gaussian_loglik`` (the backend kernel) works in GEMM form: OpenMP over tiles of rows,
 per tile one single-threaded product of the centred rows with the centred means (in the
-input precision: BLAS, or for float32 on AVX-512 CPUs the FMA tiles of knn_f32_tiles.h with
-the means packed once per call; the route is knn_cpu's, f32_tiles_kind), then the row
+input precision: BLAS, or on AVX-512 CPUs the FMA tiles of knn_f32_tiles.h with the means
+packed once per call; the route is knn_cpu's, f32_tiles_kind), then the row
 reductions of csrc/cpu/gaussian_kernels.h in double, recomputing by direct differences
 every entry whose certified error bound exceeds the dtype's accuracy target and every
 near-tie a decision depends on. The bound and targets
@@ -25,7 +25,7 @@ from libc.math cimport exp, log, M_PI, INFINITY, isfinite
 
 from gemm_tiles cimport gemm_abt
 
-from fastzsl._ext import knn_cpu  # owns the float32 products' route (set_f32_tiles)
+from fastzsl._ext import knn_cpu  # owns the products' route (set_f32_tiles)
 from fastzsl._threads import blas_single_threaded
 from fastzsl.backends._gaussian_gemm import class_terms
 
@@ -73,23 +73,28 @@ cdef extern from "gaussian_kernels.h" nogil:
 
 cdef extern from "knn_f32_tiles.h" nogil:
     enum: FZ_F32_NR
+    enum: FZ_F64_NR
     void fz_f32_pack_panels(const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
     void fz_f32_tile(int hw, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
                      Py_ssize_t n_panels, float* C, Py_ssize_t ldc, const float* rn,
                      const float* thr, unsigned int* masks)
     int fz_f32_tiles_hw_available()
+    void fz_f64_pack_panels(const double* R, Py_ssize_t n, Py_ssize_t d, double* B)
+    void fz_f64_tile(int hw, const double* A, Py_ssize_t na, Py_ssize_t d, const double* B,
+                     Py_ssize_t n_panels, double* C, Py_ssize_t ldc, const double* rn,
+                     const double* thr, unsigned int* masks)
 
 
 include "floating_dispatch.pxi"  # _floating_key
 
 
-# Packed means per call of the f32 tiles (a quarter of a typical 1 MiB L2, beside the
+# Packed means per call of the tiles (a quarter of a typical 1 MiB L2, beside the
 # tile's rows)
 cdef enum:
     PANEL_CHUNK_BYTES = 256 * 1024
 
 # knn_cpu.f32_tiles_kind() -> the route's code in _gemm_kernel
-_F32_TILE_CODES = {"blas": 0, "avx512": 1, "portable": 2}
+_TILE_CODES = {"blas": 0, "avx512": 1, "portable": 2}
 
 cdef str _SUPPORTED = "gaussian_cpu supports float32 and float64"
 
@@ -196,24 +201,27 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                              const cython.floating[:, ::1] centred,
                              const double[::1] center, double norm_limit,
                              const fz_gauss_params* q, Py_ssize_t tile,
-                             const float* packed, int tiles,
+                             const cython.floating* packed, int tiles,
                              cython.floating* Lout, cython.floating* row_max,
                              int64_t* row_argmax, cython.floating* row_lse,
                              uint8_t* all_below) noexcept nogil:
     """Fills the outputs; returns the number of entries computed directly, -1 when a
     buffer could not be allocated, -2 when a row's norm could overflow the product.
-    ``packed``: float32 with ``tiles`` (1 AVX-512, 2 portable): the centred means in the
-    f32 tiles' panels, the products then formed by those tiles; else NULL (BLAS)."""
+    ``packed``: with ``tiles`` (1 AVX-512, 2 portable) the centred means in the tiles'
+    panels, the products then formed by those tiles; else NULL (BLAS)."""
     cdef Py_ssize_t n = F.shape[0]
     cdef Py_ssize_t d = F.shape[1]
     cdef Py_ssize_t C = centred.shape[0]
     cdef Py_ssize_t n_tiles = (n + tile - 1) // tile
     cdef Py_ssize_t b, r0, r1, n_direct = 0
-    cdef Py_ssize_t n_panels = (C + FZ_F32_NR - 1) // FZ_F32_NR
-    # the products' row stride: whole panels for the tiles (>= q.n_padded, a multiple of 16),
+    cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
+    cdef Py_ssize_t n_panels = (C + nr - 1) // nr
+    # the products' row stride: whole panels for the tiles (= q.n_padded, a multiple of 16),
     # plus 16 so that rows are not a multiple of 4 KiB apart (the L1 sets' period)
-    cdef Py_ssize_t ldp = n_panels * FZ_F32_NR + 16 if packed != NULL else C
-    cdef Py_ssize_t chunk_panels = max(1, PANEL_CHUNK_BYTES // max(1, d * FZ_F32_NR * 4))
+    cdef Py_ssize_t ldp = (n_panels * nr + 64 // sizeof(cython.floating) if packed != NULL
+                           else C)
+    cdef Py_ssize_t chunk_panels = max(1, PANEL_CHUNK_BYTES
+                                       // max(1, d * nr * sizeof(cython.floating)))
     cdef Py_ssize_t p0
     cdef int rc
     cdef cython.floating* fc
@@ -261,15 +269,20 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                 failed_p[0] = rc
             if failed_p[0] == -2:
                 continue
-            if cython.floating is float and packed != NULL:
+            if packed != NULL:
                 # panels in chunks that stay in L2 while the tile's rows pass over them
                 # (one pass over all the means per 12 rows would stream them from memory
                 # where they outgrow the caches); each product is the same sum
                 p0 = 0
                 while p0 < n_panels:
-                    fz_f32_tile(tiles == 1, fc, tile, d, packed + p0 * d * FZ_F32_NR,
-                                min(chunk_panels, n_panels - p0), prod + p0 * FZ_F32_NR, ldp,
-                                NULL, NULL, NULL)
+                    if cython.floating is float:
+                        fz_f32_tile(tiles == 1, fc, tile, d, packed + p0 * d * nr,
+                                    min(chunk_panels, n_panels - p0), prod + p0 * nr, ldp,
+                                    NULL, NULL, NULL)
+                    else:
+                        fz_f64_tile(tiles == 1, fc, tile, d, packed + p0 * d * nr,
+                                    min(chunk_panels, n_panels - p0), prod + p0 * nr, ldp,
+                                    NULL, NULL, NULL)
                     p0 = p0 + chunk_panels
             else:
                 gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
@@ -336,19 +349,25 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     cdef Py_ssize_t tile = terms.tile
     cdef double norm_limit = terms.norm_limit
     cdef Py_ssize_t rc
-    cdef int tiles = (_F32_TILE_CODES[knn_cpu.f32_tiles_kind()] if cython.floating is float
-                      else 0)
-    cdef const float* packed_p = NULL
-    cdef float[::1] packed_v
-    cdef Py_ssize_t p, n_panels = (n_classes + FZ_F32_NR - 1) // FZ_F32_NR
+    cdef int tiles = _TILE_CODES[knn_cpu.f32_tiles_kind()]
+    cdef const cython.floating* packed_p = NULL
+    cdef cython.floating[::1] packed_v
+    cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
+    cdef Py_ssize_t p, n_panels = (n_classes + nr - 1) // nr
     if tiles:  # the centred means in panels, once per call, a panel per thread at a time
-        packed = np.empty(n_panels * FZ_F32_NR * q.d + 1, dtype=np.float32)
+        packed = np.empty(n_panels * nr * q.d + 1, dtype=(np.float32 if cython.floating is float
+                                                             else np.float64))
         packed_v = packed
         if q.d:
             for p in prange(n_panels, nogil=True, schedule="static"):
-                fz_f32_pack_panels(<const float*>&centred[0, 0] + p * FZ_F32_NR * q.d,
-                                   min(FZ_F32_NR, n_classes - p * FZ_F32_NR), q.d,
-                                   &packed_v[0] + p * FZ_F32_NR * q.d)
+                if cython.floating is float:
+                    fz_f32_pack_panels(&centred[0, 0] + p * nr * q.d,
+                                       min(nr, n_classes - p * nr), q.d,
+                                       &packed_v[0] + p * nr * q.d)
+                else:
+                    fz_f64_pack_panels(&centred[0, 0] + p * nr * q.d,
+                                       min(nr, n_classes - p * nr), q.d,
+                                       &packed_v[0] + p * nr * q.d)
         packed_p = &packed_v[0]
     with blas_single_threaded():
         with nogil:

@@ -1,4 +1,7 @@
-/* Float32 dot-product tiles for pass 1 of the kNN kernel (csrc/cpu/knn_twopass.pxi).
+/* Float32 dot-product tiles for pass 1 of the kNN kernel (csrc/cpu/knn_twopass.pxi), and
+ * the products of the Gaussian kernel (csrc/cpu/gaussian_cpu.pyx), float32 and float64:
+ * fz_f64_tile / fz_f64_pack_panels are the same in float64 (panels of FZ_F64_NR rows, 12 x
+ * 16 outputs per micro-tile, no masks). Both types come from dot_tiles_impl.h.
  *
  * fz_f32_tile(hw, A, na, d, B, n_panels, C, ldc) writes C[i][32 p + l] = the float32 dot
  * product of query row i (A + i d, row-major, read in place) and reference row 32 p + l,
@@ -29,28 +32,8 @@
 #include <string.h>
 
 #define FZ_F32_NR 32 /* reference rows per panel: two 16-lane vectors */
-#define FZ_F32_MR 12 /* query rows per micro-tile: 24 accumulators + 2 panel vectors */
-
-/* Panels of the n reference rows R (row-major, d components) into B, the last panel padded
- * with zero rows. */
-static inline void fz_f32_pack_panels(const float *R, ptrdiff_t n, ptrdiff_t d, float *B)
-{
-    const ptrdiff_t n_panels = (n + FZ_F32_NR - 1) / FZ_F32_NR;
-    for (ptrdiff_t p = 0; p < n_panels; p++) {
-        float *dst = B + p * d * FZ_F32_NR;
-        for (ptrdiff_t l = 0; l < FZ_F32_NR; l++) {
-            const ptrdiff_t r = p * FZ_F32_NR + l;
-            if (r < n) {
-                const float *src = R + r * d;
-                for (ptrdiff_t t = 0; t < d; t++)
-                    dst[t * FZ_F32_NR + l] = src[t];
-            } else {
-                for (ptrdiff_t t = 0; t < d; t++)
-                    dst[t * FZ_F32_NR + l] = 0.0f;
-            }
-        }
-    }
-}
+#define FZ_F64_NR 16 /* the same for float64: two 8-lane vectors */
+#define FZ_TILE_MR 12 /* query rows per micro-tile: 24 accumulators + 2 panel vectors */
 
 /* The pass-1 mask of one panel's 32 products acc against one query's threshold (rn: the
  * panel's norms); the tiles' portable kernels (here and knn_bf16.h) form it. */
@@ -62,30 +45,9 @@ static inline uint32_t fz_panel_mask(const float *acc, const float *rn, float th
     return m;
 }
 
-static void fz_f32_tile_portable(const float *A, ptrdiff_t na, ptrdiff_t d, const float *B,
-                                 ptrdiff_t n_panels, float *C, ptrdiff_t ldc, const float *rn,
-                                 const float *thr, uint32_t *masks)
-{
-    float acc[FZ_F32_NR];
-    for (ptrdiff_t i = 0; i < na; i++)
-        for (ptrdiff_t p = 0; p < n_panels; p++) {
-            const float *b = B + p * d * FZ_F32_NR;
-            for (ptrdiff_t l = 0; l < FZ_F32_NR; l++)
-                acc[l] = 0.0f;
-            for (ptrdiff_t t = 0; t < d; t++) {
-                const float a = A[i * d + t];
-                for (ptrdiff_t l = 0; l < FZ_F32_NR; l++)
-                    acc[l] += a * b[t * FZ_F32_NR + l];
-            }
-            memcpy(C + i * ldc + p * FZ_F32_NR, acc, sizeof acc);
-            if (masks != NULL)
-                masks[i * n_panels + p] = fz_panel_mask(acc, rn + p * FZ_F32_NR, thr[i]);
-        }
-}
-
 #if defined(__x86_64__) && defined(__GNUC__) && (__GNUC__ >= 10 || defined(__clang__))
 #include <immintrin.h>
-#define FZ_F32_HW_BUILT 1
+#define FZ_TILES_HW_BUILT 1
 
 /* The epilogue of an AVX-512 micro-tile of `rows` query rows against panel p (accumulators
  * c0[r], c1[r]: its 32 products), as fz_panel_mask: masks[r n_panels + p] for query r's
@@ -105,87 +67,60 @@ static void fz_f32_tile_portable(const float *A, ptrdiff_t na, ptrdiff_t d, cons
         }                                                                                 \
     } while (0)
 
-/* rows (<= FZ_F32_MR, a constant where inlined) query rows against every panel */
-__attribute__((target("avx512f,fma"), always_inline))
-static inline void fz_f32_rows_avx512(const float *a, ptrdiff_t d, const float *B,
-                                      ptrdiff_t n_panels, float *C, ptrdiff_t ldc,
-                                      const float *rn, const float *thr, uint32_t *masks,
-                                      const int rows)
-{
-    for (ptrdiff_t p = 0; p < n_panels; p++) {
-        const float *b = B + p * d * FZ_F32_NR;
-        __m512 c0[FZ_F32_MR], c1[FZ_F32_MR];
-#pragma GCC unroll 12
-        for (int r = 0; r < rows; r++) {
-            c0[r] = _mm512_setzero_ps();
-            c1[r] = _mm512_setzero_ps();
-        }
-        for (ptrdiff_t t = 0; t < d; t++) {
-            const __m512 b0 = _mm512_loadu_ps(b + t * FZ_F32_NR);
-            const __m512 b1 = _mm512_loadu_ps(b + t * FZ_F32_NR + 16);
-#pragma GCC unroll 12
-            for (int r = 0; r < rows; r++) {
-                const __m512 av = _mm512_set1_ps(a[r * d + t]);
-                c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
-                c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
-            }
-        }
-#pragma GCC unroll 12
-        for (int r = 0; r < rows; r++) {
-            _mm512_storeu_ps(C + r * ldc + p * FZ_F32_NR, c0[r]);
-            _mm512_storeu_ps(C + r * ldc + p * FZ_F32_NR + 16, c1[r]);
-        }
-        if (masks != NULL)
-            FZ_TILE_MASKS_AVX512(c0, c1, rows, rn, thr, masks, n_panels, p);
-    }
-}
-
-__attribute__((target("avx512f,fma")))
-static void fz_f32_tile_avx512(const float *A, ptrdiff_t na, ptrdiff_t d, const float *B,
-                               ptrdiff_t n_panels, float *C, ptrdiff_t ldc, const float *rn,
-                               const float *thr, uint32_t *masks)
-{
-    ptrdiff_t i0 = 0;
-#define FZ_F32_ROWS(n) \
-    fz_f32_rows_avx512(A + i0 * d, d, B, n_panels, C + i0 * ldc, ldc, rn, \
-                       masks != NULL ? thr + i0 : NULL, \
-                       masks != NULL ? masks + i0 * n_panels : NULL, n)
-    for (; i0 + FZ_F32_MR <= na; i0 += FZ_F32_MR)
-        FZ_F32_ROWS(FZ_F32_MR);
-    /* the last rows: one specialised kernel per count (accumulators stay in registers) */
-    switch (na - i0) {
-#define FZ_F32_REST(n) \
-    case n: FZ_F32_ROWS(n); break;
-    FZ_F32_REST(1) FZ_F32_REST(2) FZ_F32_REST(3) FZ_F32_REST(4) FZ_F32_REST(5)
-    FZ_F32_REST(6) FZ_F32_REST(7) FZ_F32_REST(8) FZ_F32_REST(9) FZ_F32_REST(10)
-    FZ_F32_REST(11)
-#undef FZ_F32_REST
-#undef FZ_F32_ROWS
-    default: break;
-    }
-}
-
 static inline int fz_f32_tiles_hw_available(void)
 {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
 }
 #else
-#define FZ_F32_HW_BUILT 0
+#define FZ_TILES_HW_BUILT 0
 static inline int fz_f32_tiles_hw_available(void) { return 0; }
 #endif
 
-static inline void fz_f32_tile(int hw, const float *A, ptrdiff_t na, ptrdiff_t d,
-                               const float *B, ptrdiff_t n_panels, float *C, ptrdiff_t ldc,
-                               const float *rn, const float *thr, uint32_t *masks)
-{
-#if FZ_F32_HW_BUILT
-    if (hw) {
-        fz_f32_tile_avx512(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
-        return;
-    }
-#endif
-    fz_f32_tile_portable(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
-}
+/* float32: panels of FZ_F32_NR rows, with the pass-1 masks */
+#define FZ_TT float
+#define FZ_TN(name) fz_f32_##name
+#define FZ_TNR FZ_F32_NR
+#define FZ_TMASKS 1
+#define FZ_TV __m512
+#define FZ_TV_ZERO _mm512_setzero_ps
+#define FZ_TV_LOAD _mm512_loadu_ps
+#define FZ_TV_STORE _mm512_storeu_ps
+#define FZ_TV_SET1 _mm512_set1_ps
+#define FZ_TV_FMA _mm512_fmadd_ps
+#include "dot_tiles_impl.h"
+#undef FZ_TT
+#undef FZ_TN
+#undef FZ_TNR
+#undef FZ_TMASKS
+#undef FZ_TV
+#undef FZ_TV_ZERO
+#undef FZ_TV_LOAD
+#undef FZ_TV_STORE
+#undef FZ_TV_SET1
+#undef FZ_TV_FMA
+
+/* float64 (the Gaussian products): panels of FZ_F64_NR rows, no masks */
+#define FZ_TT double
+#define FZ_TN(name) fz_f64_##name
+#define FZ_TNR FZ_F64_NR
+#define FZ_TMASKS 0
+#define FZ_TV __m512d
+#define FZ_TV_ZERO _mm512_setzero_pd
+#define FZ_TV_LOAD _mm512_loadu_pd
+#define FZ_TV_STORE _mm512_storeu_pd
+#define FZ_TV_SET1 _mm512_set1_pd
+#define FZ_TV_FMA _mm512_fmadd_pd
+#include "dot_tiles_impl.h"
+#undef FZ_TT
+#undef FZ_TN
+#undef FZ_TNR
+#undef FZ_TMASKS
+#undef FZ_TV
+#undef FZ_TV_ZERO
+#undef FZ_TV_LOAD
+#undef FZ_TV_STORE
+#undef FZ_TV_SET1
+#undef FZ_TV_FMA
 
 #endif

@@ -44,10 +44,15 @@ cdef inline Py_ssize_t _list_len(Py_ssize_t k, Py_ssize_t d) noexcept nogil:
 
 cdef extern from "knn_f32_tiles.h" nogil:
     enum: FZ_F32_NR
+    enum: FZ_F64_NR
     void fz_f32_pack_panels(const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
     void fz_f32_tile(int hw, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
                      Py_ssize_t n_panels, float* C, Py_ssize_t ldc, const float* rn,
                      const float* thr, uint32_t* masks)
+    void fz_f64_pack_panels(const double* R, Py_ssize_t n, Py_ssize_t d, double* B)
+    void fz_f64_tile(int hw, const double* A, Py_ssize_t na, Py_ssize_t d, const double* B,
+                     Py_ssize_t n_panels, double* C, Py_ssize_t ldc, const double* rn,
+                     const double* thr, uint32_t* masks)
     int fz_f32_tiles_hw_available()
 
 # Pass 1's float32 dot products (knn query blocks): 0 one sgemm per tile, 1 the AVX-512
@@ -59,11 +64,12 @@ _f32_tiles_mode = "auto"
 
 
 def set_f32_tiles(mode):
-    """How pass 1 of float32 knn forms its dot products: "auto" (the AVX-512 tiles where
-    the CPU has AVX-512F, else BLAS), "blas" (one sgemm per tile) or "portable" (the tiles'
-    portable C form on any CPU, slowly: for tests). The answers are the same either way
-    (pass 2 re-ranks exactly). Returns the kind now in use: "avx512", "blas" or
-    "portable"."""
+    """How pass 1 of float32 knn (and the Gaussian kernel, float32 and float64: gaussian_cpu)
+    forms its dot products: "auto" (the AVX-512 tiles where the CPU has AVX-512F, else
+    BLAS), "blas" (one gemm per tile) or "portable" (the tiles' portable C form on any CPU,
+    slowly: for tests). kNN's answers are the same either way (pass 2 re-ranks exactly), the
+    Gaussian kernel's within its certified accuracy. Returns the kind now in use: "avx512",
+    "blas" or "portable"."""
     global _F32_TILES, _f32_tiles_mode
     if mode not in F32_TILE_MODES:
         raise ValueError(f"FASTZSL_F32_TILES / set_f32_tiles: mode must be one of "
@@ -90,23 +96,31 @@ def f32_tiles_kind():
 set_f32_tiles(os.environ.get("FASTZSL_F32_TILES", "auto").strip().lower() or "auto")
 
 
-def f32_tile_products(const float[:, ::1] A, const float[:, ::1] R, bint hw):
-    """A @ R.T (float32) by the pass-1 tiles, R packed in panels: the AVX-512 kernel
-    (``hw``; only where the CPU has AVX-512F) or the portable one. For tests."""
+def tile_products(const cython.floating[:, ::1] A, const cython.floating[:, ::1] R, bint hw):
+    """A @ R.T in the input dtype by the tiles of knn_f32_tiles.h (float32: pass 1's, float64:
+    the Gaussian kernel's), R packed in panels: the AVX-512 kernel (``hw``; only where the CPU
+    has AVX-512F) or the portable one. For tests."""
     if hw and not fz_f32_tiles_hw_available():
-        raise RuntimeError("this CPU has no AVX-512F: the f32 tiles' hw kernel cannot run")
+        raise RuntimeError("this CPU has no AVX-512F: the tiles' hw kernel cannot run")
     if A.shape[1] != R.shape[1]:
         raise ValueError("A and R need the same number of columns")
+    dtype = np.float32 if cython.floating is float else np.float64
+    cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
     cdef Py_ssize_t na = A.shape[0], n = R.shape[0], d = A.shape[1]
-    cdef Py_ssize_t n_panels = (n + FZ_F32_NR - 1) // FZ_F32_NR
-    packed = np.empty(max(1, n_panels * FZ_F32_NR * d), dtype=np.float32)
-    out = np.empty((na, n_panels * FZ_F32_NR), dtype=np.float32)
-    cdef float[::1] pk = packed
-    cdef float[:, ::1] ov = out
+    cdef Py_ssize_t n_panels = (n + nr - 1) // nr
+    packed = np.empty(max(1, n_panels * nr * d), dtype=dtype)
+    out = np.empty((na, n_panels * nr), dtype=dtype)
+    cdef cython.floating[::1] pk = packed
+    cdef cython.floating[:, ::1] ov = out
     if na and n and d:
-        fz_f32_pack_panels(&R[0, 0], n, d, &pk[0])
-        fz_f32_tile(1 if hw else 0, &A[0, 0], na, d, &pk[0], n_panels, &ov[0, 0],
-                    n_panels * FZ_F32_NR, NULL, NULL, NULL)
+        if cython.floating is float:
+            fz_f32_pack_panels(&R[0, 0], n, d, &pk[0])
+            fz_f32_tile(1 if hw else 0, &A[0, 0], na, d, &pk[0], n_panels, &ov[0, 0],
+                        n_panels * nr, NULL, NULL, NULL)
+        else:
+            fz_f64_pack_panels(&R[0, 0], n, d, &pk[0])
+            fz_f64_tile(1 if hw else 0, &A[0, 0], na, d, &pk[0], n_panels, &ov[0, 0],
+                        n_panels * nr, NULL, NULL, NULL)
     elif na and n:
         out[:] = 0
     return out[:, :n]

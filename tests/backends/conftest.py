@@ -17,8 +17,9 @@ def cp():
 
 @pytest.fixture(params=["auto", "blas", "portable"])
 def f32_tiles(request):
-    """The float32 products of the cython kNN and Gaussian kernels by each route
-    (knn_cpu.set_f32_tiles: BLAS, the AVX-512 tiles, their portable form), restored after."""
+    """The products of the cython kNN (float32) and Gaussian (both dtypes) kernels by each
+    route (knn_cpu.set_f32_tiles: BLAS, the AVX-512 tiles, their portable form), restored
+    after."""
     knn_cpu = pytest.importorskip("fastzsl._ext.knn_cpu", reason="cython extension not built")
     before = knn_cpu.f32_tiles_mode()
     knn_cpu.set_f32_tiles(request.param)

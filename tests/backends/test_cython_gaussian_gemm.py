@@ -149,23 +149,23 @@ def test_a_kept_term_whose_bound_passes_one_nat_is_refined_alone(C):
 
 
 @pytest.mark.parametrize("C,d", [(10, 16), (40, 50), (1000, 7)])
-def test_every_float32_product_route_gives_the_reference_reductions(f32_tiles, C, d):
-    """float32 products by BLAS, the AVX-512 tiles of knn_f32_tiles.h and their portable form
-    (the route knn_cpu.set_f32_tiles chooses, FASTZSL_F32_TILES at import): the reductions
-    equal the reference's (TOL; argmax and all_below exactly, their near-ties being decided
-    on direct values), whatever the route."""
+def test_every_product_route_gives_the_reference_reductions(f32_tiles, C, d, dtype):
+    """Products by BLAS, the AVX-512 tiles of knn_f32_tiles.h and their portable form (float32
+    and float64; the route knn_cpu.set_f32_tiles chooses, FASTZSL_F32_TILES at import): the
+    reductions equal the reference's (TOL; argmax and all_below exactly, their near-ties
+    being decided on direct values), whatever the route."""
     gemm = _gemm_kernel()
     rng = np.random.default_rng(C + d)
-    means = (3.0 * rng.standard_normal((C, d))).astype(np.float32)
-    F = (means[rng.integers(0, C, 300)] + rng.standard_normal((300, d))).astype(np.float32)
+    means = (3.0 * rng.standard_normal((C, d))).astype(dtype)
+    F = (means[rng.integers(0, C, 300)] + rng.standard_normal((300, d))).astype(dtype)
     variances = rng.uniform(0.5, 2.0, C)
     log_weights = np.log(rng.dirichlet(np.ones(C)))
     thresholds = np.full(C, -0.5 * d * (1 + np.log(2 * np.pi)))
     ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
     (L, mx, am, lse, below), _ = gemm(F, means, variances, log_weights, thresholds, True)
-    np.testing.assert_allclose(L, ref[0], **TOL[np.dtype(np.float32)])
-    np.testing.assert_allclose(lse, ref[3], **TOL[np.dtype(np.float32)])
-    np.testing.assert_allclose(mx, ref[1], **TOL[np.dtype(np.float32)])
+    np.testing.assert_allclose(L, ref[0], **TOL[np.dtype(dtype)])
+    np.testing.assert_allclose(lse, ref[3], **TOL[np.dtype(dtype)])
+    np.testing.assert_allclose(mx, ref[1], **TOL[np.dtype(dtype)])
     np.testing.assert_array_equal(am, ref[2])
     np.testing.assert_array_equal(below, ref[4])
 

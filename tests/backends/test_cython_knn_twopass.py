@@ -371,19 +371,26 @@ def test_every_pass1_route_gives_the_same_bits(f32_tiles, rng, n_q, n_r):
 @pytest.mark.parametrize("hw", [False, True], ids=["portable", "avx512"])
 @pytest.mark.parametrize("na,n,d", [(1, 1, 1), (11, 33, 7), (12, 32, 50), (25, 65, 128),
                                     (7, 100, 1), (30, 40, 300)])
-def test_f32_tile_products_stay_within_the_gemm_bound(hw, na, n, d, rng):
-    """The tiles' dot products against float64 ones: within gamma_d sum |a_t r_t| (any
-    summation order, FMA or not), the bound pass 1's margin is derived from; every row
-    count up to a micro-tile and panels cut short."""
-    from fastzsl.testing import assert_within_bound, matmul_error_bound
+def test_tile_products_stay_within_the_gemm_bound(hw, na, n, d, dtype, rng):
+    """The tiles' dot products (float32: pass 1's; float64: the Gaussian kernel's) against
+    exact ones: within gamma_d sum |a_t r_t| (any summation order, FMA or not), the bound
+    pass 1's margin and the Gaussian bound are derived from; every row count up to a
+    micro-tile and panels cut short. The reference is float64 for float32 inputs (its own
+    error is far below the bound) and long double for float64 ones, whose rounding to
+    float64 adds u' sum |a_t r_t|."""
+    from fastzsl.testing import assert_within_bound, matmul_error_bound, unit_roundoff
     if hw and not _has_avx512f():
         pytest.skip("this CPU has no AVX-512F")
-    A = rng.standard_normal((na, d)).astype(np.float32)
-    R = rng.standard_normal((n, d)).astype(np.float32)
-    got = knn_cpu.f32_tile_products(A, R, hw)
-    exact = A.astype(np.float64) @ R.T.astype(np.float64)
-    assert got.shape == (na, n) and got.dtype == np.float32
-    assert_within_bound(got, exact, matmul_error_bound(A, R.T, np.float32), "f32 tiles")
+    A = rng.standard_normal((na, d)).astype(dtype)
+    R = rng.standard_normal((n, d)).astype(dtype)
+    got = knn_cpu.tile_products(A, R, hw)
+    wide = np.float64 if dtype == np.float32 else np.longdouble
+    exact = A.astype(wide) @ R.T.astype(wide)
+    bound = matmul_error_bound(A, R.T, dtype)
+    if dtype == np.float64:
+        bound = bound + unit_roundoff(np.float64) * (np.abs(A) @ np.abs(R.T))
+    assert got.shape == (na, n) and got.dtype == dtype
+    assert_within_bound(got, exact, bound, f"{np.dtype(dtype).name} tiles")
 
 
 def _has_avx512f():

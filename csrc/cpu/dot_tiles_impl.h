@@ -1,0 +1,141 @@
+/* One element type of the dot-product tiles of csrc/cpu/knn_f32_tiles.h: included once per
+ * type, with FZ_TT the type, FZ_TN(name) its function names (fz_f32_name, fz_f64_name),
+ * FZ_TNR the rows per panel (two vectors), FZ_TV / FZ_TV_* the AVX-512 vector type and
+ * operations, and FZ_TMASKS 1 where the tiles also form kNN pass 1's masks (float32). */
+
+/* Panels of the n rows R (row-major, d components) into B, the last panel padded with
+ * zero rows. */
+static inline void FZ_TN(pack_panels)(const FZ_TT *R, ptrdiff_t n, ptrdiff_t d, FZ_TT *B)
+{
+    const ptrdiff_t n_panels = (n + FZ_TNR - 1) / FZ_TNR;
+    for (ptrdiff_t p = 0; p < n_panels; p++) {
+        FZ_TT *dst = B + p * d * FZ_TNR;
+        for (ptrdiff_t l = 0; l < FZ_TNR; l++) {
+            const ptrdiff_t r = p * FZ_TNR + l;
+            if (r < n) {
+                const FZ_TT *src = R + r * d;
+                for (ptrdiff_t t = 0; t < d; t++)
+                    dst[t * FZ_TNR + l] = src[t];
+            } else {
+                for (ptrdiff_t t = 0; t < d; t++)
+                    dst[t * FZ_TNR + l] = 0;
+            }
+        }
+    }
+}
+
+static void FZ_TN(tile_portable)(const FZ_TT *A, ptrdiff_t na, ptrdiff_t d, const FZ_TT *B,
+                                 ptrdiff_t n_panels, FZ_TT *C, ptrdiff_t ldc,
+                                 const FZ_TT *rn, const FZ_TT *thr, uint32_t *masks)
+{
+    FZ_TT acc[FZ_TNR];
+    for (ptrdiff_t i = 0; i < na; i++)
+        for (ptrdiff_t p = 0; p < n_panels; p++) {
+            const FZ_TT *b = B + p * d * FZ_TNR;
+            for (ptrdiff_t l = 0; l < FZ_TNR; l++)
+                acc[l] = 0;
+            for (ptrdiff_t t = 0; t < d; t++) {
+                const FZ_TT a = A[i * d + t];
+                for (ptrdiff_t l = 0; l < FZ_TNR; l++)
+                    acc[l] += a * b[t * FZ_TNR + l];
+            }
+            memcpy(C + i * ldc + p * FZ_TNR, acc, sizeof acc);
+#if FZ_TMASKS
+            if (masks != NULL)
+                masks[i * n_panels + p] = fz_panel_mask(acc, rn + p * FZ_TNR, thr[i]);
+#else
+            (void)rn, (void)thr, (void)masks;
+#endif
+        }
+}
+
+#if FZ_TILES_HW_BUILT
+/* rows (<= FZ_TILE_MR, a constant where inlined) rows of A against every panel, over
+ * components k0..k1-1: the accumulators start from zero (k0 == 0) or from C, where the
+ * previous components left them, so the sums are the same FMAs in the same order */
+__attribute__((target("avx512f,fma"), always_inline))
+static inline void FZ_TN(rows_avx512)(const FZ_TT *a, ptrdiff_t d, ptrdiff_t k0,
+                                      ptrdiff_t k1, const FZ_TT *B, ptrdiff_t n_panels,
+                                      FZ_TT *C, ptrdiff_t ldc, const FZ_TT *rn,
+                                      const FZ_TT *thr, uint32_t *masks, const int rows)
+{
+    for (ptrdiff_t p = 0; p < n_panels; p++) {
+        const FZ_TT *b = B + p * d * FZ_TNR;
+        FZ_TV c0[FZ_TILE_MR], c1[FZ_TILE_MR];
+#pragma GCC unroll 12
+        for (int r = 0; r < rows; r++) {
+            c0[r] = k0 == 0 ? FZ_TV_ZERO() : FZ_TV_LOAD(C + r * ldc + p * FZ_TNR);
+            c1[r] = k0 == 0 ? FZ_TV_ZERO()
+                            : FZ_TV_LOAD(C + r * ldc + p * FZ_TNR + FZ_TNR / 2);
+        }
+        for (ptrdiff_t t = k0; t < k1; t++) {
+            const FZ_TV b0 = FZ_TV_LOAD(b + t * FZ_TNR);
+            const FZ_TV b1 = FZ_TV_LOAD(b + t * FZ_TNR + FZ_TNR / 2);
+#pragma GCC unroll 12
+            for (int r = 0; r < rows; r++) {
+                const FZ_TV av = FZ_TV_SET1(a[r * d + t]);
+                c0[r] = FZ_TV_FMA(av, b0, c0[r]);
+                c1[r] = FZ_TV_FMA(av, b1, c1[r]);
+            }
+        }
+#pragma GCC unroll 12
+        for (int r = 0; r < rows; r++) {
+            FZ_TV_STORE(C + r * ldc + p * FZ_TNR, c0[r]);
+            FZ_TV_STORE(C + r * ldc + p * FZ_TNR + FZ_TNR / 2, c1[r]);
+        }
+#if FZ_TMASKS
+        if (masks != NULL && k1 == d)
+            FZ_TILE_MASKS_AVX512(c0, c1, rows, rn, thr, masks, n_panels, p);
+#else
+        (void)rn, (void)thr, (void)masks;
+#endif
+    }
+}
+
+/* Components per pass of a micro-tile: its rows' slices (12 x FZ_TILE_KC) stay in L1 */
+#define FZ_TILE_KC ((ptrdiff_t)(2048 / sizeof(FZ_TT)))
+
+__attribute__((target("avx512f,fma")))
+static void FZ_TN(tile_avx512)(const FZ_TT *A, ptrdiff_t na, ptrdiff_t d, const FZ_TT *B,
+                               ptrdiff_t n_panels, FZ_TT *C, ptrdiff_t ldc, const FZ_TT *rn,
+                               const FZ_TT *thr, uint32_t *masks)
+{
+#define FZ_TILE_ROWS(n) \
+    FZ_TN(rows_avx512)(A + i0 * d, d, k0, k1, B, n_panels, C + i0 * ldc, ldc, rn, \
+                       masks != NULL ? thr + i0 : NULL, \
+                       masks != NULL ? masks + i0 * n_panels : NULL, n)
+    for (ptrdiff_t i0 = 0; i0 < na; i0 += FZ_TILE_MR) {
+        for (ptrdiff_t k0 = 0; k0 < d || k0 == 0; k0 += FZ_TILE_KC) {
+            const ptrdiff_t k1 = d < k0 + FZ_TILE_KC ? d : k0 + FZ_TILE_KC;
+            /* the last rows: one specialised kernel per count (accumulators stay in
+             * registers) */
+            switch (na - i0 < FZ_TILE_MR ? na - i0 : FZ_TILE_MR) {
+#define FZ_TILE_REST(n) \
+            case n: FZ_TILE_ROWS(n); break;
+            FZ_TILE_REST(1) FZ_TILE_REST(2) FZ_TILE_REST(3) FZ_TILE_REST(4)
+            FZ_TILE_REST(5) FZ_TILE_REST(6) FZ_TILE_REST(7) FZ_TILE_REST(8)
+            FZ_TILE_REST(9) FZ_TILE_REST(10) FZ_TILE_REST(11) FZ_TILE_REST(12)
+#undef FZ_TILE_REST
+            default: break;
+            }
+        }
+    }
+#undef FZ_TILE_ROWS
+#undef FZ_TILE_KC
+}
+#endif
+
+/* C[i][FZ_TNR p + l] = the dot product of row i of A and row FZ_TNR p + l of the packed B,
+ * by the AVX-512 kernel (hw) or the portable one */
+static inline void FZ_TN(tile)(int hw, const FZ_TT *A, ptrdiff_t na, ptrdiff_t d,
+                               const FZ_TT *B, ptrdiff_t n_panels, FZ_TT *C, ptrdiff_t ldc,
+                               const FZ_TT *rn, const FZ_TT *thr, uint32_t *masks)
+{
+#if FZ_TILES_HW_BUILT
+    if (hw) {
+        FZ_TN(tile_avx512)(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
+        return;
+    }
+#endif
+    FZ_TN(tile_portable)(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
+}
