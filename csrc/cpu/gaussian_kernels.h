@@ -67,6 +67,9 @@
 #define FZ_GAUSS_CHUNK 16
 /* the class arrays are padded to a multiple of this (see fz_gauss_params) */
 #define FZ_PAD 16
+/* rows decided together where the classes fit one FZ_PAD (fz_gauss_lanes; tiles of rows
+ * are a multiple of it) */
+#define FZ_LANES 8
 
 /* why an entry is on a row's list (pass B) */
 enum { FZ_ARGMAX = 1, FZ_THRESHOLD = 4 };
@@ -444,6 +447,13 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
     *n_terms = (ptrdiff_t)count;
     return sum;
 }
+
+/* Whether a logsumexp is certified: the values move lse by log(sum_c e_c e^(t_c) / sum_c
+ * e_c), |t_c| <= b_c over the terms kept (bk: their largest b_c): at most (e - 1) sum e_c
+ * b_c / sum e_c < 2 err / sum while bk <= 1 (e^t - 1 <= (e - 1) t on [0, 1]; Jensen below),
+ * at most bk in any case; budget: what acc |lse| leaves beside fz_lse_other. */
+#define FZ_CERTIFIED(err, sum, budget, bk) \
+    ((bk) <= 1.0 ? 2.0 * (err) <= (budget) * (sum) : (bk) <= (budget))
 
 /* The absolute error of lse = wmax + log(sum) beyond the values' own (2 err / sum: first
  * order in beta, doubled): the terms left out (left_out, from fz_lse_cut), exp's relative

@@ -53,11 +53,6 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
         sum = fz_lse_terms_f32(L, lw, b, Cp, wmax, cut, &err, &bk, &eps, &n_terms);
     else
         sum = fz_lse_terms(L, lw, b, Cp, wmax, cut, fast, low_degree, &err, &bk, &n_terms);
-    /* The values move lse by log(sum_c e_c e^(t_c) / sum_c e_c), |t_c| <= b_c over the
-     * terms kept (bk: their largest b_c): at most (e - 1) sum e_c b_c / sum e_c < 2 err / sum
-     * while bk <= 1 (e^t - 1 <= (e - 1) t on [0, 1]; Jensen below), at most bk in any case. */
-#define FZ_CERTIFIED(err, sum, budget, bk) \
-    ((bk) <= 1.0 ? 2.0 * (err) <= (budget) * (sum) : (bk) <= (budget))
     double lse = wmax + log(sum);
     double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
     if (FZ_CERTIFIED(err, sum, budget, bk))
@@ -104,7 +99,6 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
         if (FZ_CERTIFIED(err, sum, budget, bk))
             return lse;
     }
-#undef FZ_CERTIFIED
     /* Still not certified: direct values of every term that can be within FZ_LSE_CUT_MAX of
      * the largest direct one (a direct value is within b_c of L~_c), summed with libm. */
     double dmax = -INFINITY;
@@ -286,34 +280,174 @@ FZ_CLONES static int FZ_N(fz_centre_tile)(const FZ_T *F, ptrdiff_t r0, ptrdiff_t
     return failed;
 }
 
-/* Rows r0..r1-1 of a tile: P is (r1 - r0) x C (row stride ldp >= C), fn per tile row, F
- * and the outputs indexed by global row. Lout is NULL, or the (n, C) output matrix. */
+/* Row i of a tile by fz_gauss_row, its outputs stored (P: the tile's products, row i - r0
+ * at P + (i - r0) ldp; fn likewise). */
+static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
+    const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
+    ptrdiff_t i, ptrdiff_t r0, const fz_gauss_params *q, double *L, double *b, int *list,
+    double *scratch, FZ_T *Lout, FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse,
+    uint8_t *all_below)
+{
+    const ptrdiff_t C = q->n_classes, d = q->d;
+    double mx, lse;
+    ptrdiff_t n_direct;
+    if (Lout != NULL)
+        n_direct = FZ_N(fz_gauss_row)(P + (i - r0) * ldp, fn[i - r0], F + i * d, means, q, 1,
+                                      L, b, list, scratch, &mx, row_argmax + i, &lse,
+                                      all_below + i);
+    else
+        n_direct = FZ_N(fz_gauss_row)(P + (i - r0) * ldp, fn[i - r0], F + i * d, means, q, 0,
+                                      L, b, list, scratch, &mx, row_argmax + i, &lse,
+                                      all_below + i);
+    row_max[i] = (FZ_T)mx;
+    row_lse[i] = (FZ_T)lse;
+    if (Lout != NULL) {
+        FZ_T *out = Lout + i * C;
+        #pragma omp simd
+        for (ptrdiff_t c = 0; c < C; c++)
+            out[c] = (FZ_T)L[c];
+    }
+    return n_direct;
+}
+
+/* Rows g..g+FZ_LANES-1 of a tile whose classes fit one vector (n_padded == FZ_PAD), a row per
+ * lane: pass A, the logsumexp (every class a term down to the cut, fz_exp_poly) and the
+ * decisions of fz_gauss_row, for the rows that need no direct value: no entry's bound
+ * above acc |L~| (whether the matrix is asked for or not, so the reductions never depend on
+ * it), the logsumexp certified at once, one argmax candidate, no float32 entry within its
+ * bound of its threshold. The other rows (and rows whose weights are all zero, or whose
+ * |lse| is too close to 0 for the polynomial) go to fz_gauss_one, whose values these equal
+ * wherever both apply: the same L~ and decisions, the logsumexp within the same
+ * certificate. Rows past r1 (the tile's padding: zero products) are computed, not stored,
+ * so a row's lanes never depend on the rows beside it. */
+static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
+    const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
+    ptrdiff_t g, ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b,
+    int *list, double *scratch, FZ_T *Lout, FZ_T *row_max, int64_t *row_argmax,
+    FZ_T *row_lse, uint8_t *all_below)
+{
+    const ptrdiff_t C = q->n_classes;
+    const double acc = q->acc, log_c = q->log_c;
+    const int low_degree = sizeof(FZ_T) == 4;
+    const double eps_exp = low_degree ? FZ_EXP7_EPS : FZ_EXP12_EPS;
+    double V[FZ_PAD][FZ_LANES], B[FZ_PAD][FZ_LANES];  /* classes c < C: the padding is -inf */
+    double f[FZ_LANES], mxv[FZ_LANES], mxw[FZ_LANES], bmax[FZ_LANES], cut[FZ_LANES];
+    double left_out[FZ_LANES], sum[FZ_LANES], err[FZ_LANES], bk[FZ_LANES], lo[FZ_LANES];
+    double lse[FZ_LANES];
+    int bad[FZ_LANES], above[FZ_LANES], n_cand[FZ_LANES], am[FZ_LANES];
+    ptrdiff_t c, j, n_direct = 0;
+    #pragma omp simd
+    for (j = 0; j < FZ_LANES; j++) {
+        f[j] = fn[g - r0 + j];
+        mxv[j] = mxw[j] = -INFINITY;
+        bmax[j] = q->kh_max * f[j] + q->km_max;
+        sum[j] = err[j] = bk[j] = 0.0;
+        lo[j] = -INFINITY;
+        bad[j] = above[j] = n_cand[j] = am[j] = 0;
+    }
+    /* pass A */
+    for (c = 0; c < C; c++) {
+        const double h = q->h[c], k = q->k[c], kh = q->kh[c], km = q->km[c], lw = q->lw[c];
+        const FZ_T *pc = P + (g - r0) * ldp + c;
+        #pragma omp simd
+        for (j = 0; j < FZ_LANES; j++) {
+            const double v = h * (2.0 * (double)pc[j * ldp] - f[j]) - k;
+            V[c][j] = v;
+            B[c][j] = kh * f[j] + km;
+            mxv[j] = FZ_MAX(v, mxv[j]);
+            mxw[j] = FZ_MAX(v + lw, mxw[j]);
+        }
+    }
+    /* the logsumexp's cut (fz_gauss_lse) */
+    for (j = 0; j < FZ_LANES; j++) {
+        const double top = mxw[j] + log_c;
+        const double mag = mxw[j] > 0.0 ? mxw[j] : (top < 0.0 ? -top : 0.0);
+        cut[j] = fz_lse_cut(acc * mag, log_c, 2.0 * bmax[j], &left_out[j]);
+        bad[j] = !(mxw[j] > -INFINITY) || !(eps_exp <= 0.25 * acc * mag);
+    }
+    for (c = 0; c < C; c++) {
+        const double lw = q->lw[c];
+        #pragma omp simd
+        for (j = 0; j < FZ_LANES; j++) {
+            const double x = (V[c][j] + lw) - mxw[j];
+            const double keep = x >= -cut[j] ? 1.0 : 0.0;
+            const double e = keep * fz_exp_poly(FZ_MAX(x, -cut[j]), low_degree);
+            sum[j] += e;
+            err[j] += e * B[c][j];
+            bk[j] = FZ_MAX(bk[j], keep * B[c][j]);
+        }
+    }
+    for (j = 0; j < FZ_LANES; j++) {
+        if (bad[j])
+            continue;
+        lse[j] = mxw[j] + log(sum[j]);
+        const double budget = acc * fabs(lse[j])
+            - fz_lse_other(lse[j], log_c, FZ_PAD, left_out[j], eps_exp);
+        bad[j] = !FZ_CERTIFIED(err[j], sum[j], budget, bk[j]);
+    }
+    /* the decisions (fz_gauss_row's list, with no entry needing its direct value; & and |
+     * rather than && and ||: branch-free, so that the lanes vectorise) */
+    const int exact = q->exact_thresholds;
+    for (c = 0; c < C; c++) {
+        #pragma omp simd
+        for (j = 0; j < FZ_LANES; j++) {
+            const double v = V[c][j], bc = B[c][j];
+            const int flag = v + bc >= mxv[j] - bmax[j];
+            bad[j] |= bc > acc * fabs(v);
+            lo[j] = flag & (v - bc > lo[j]) ? v - bc : lo[j];
+        }
+    }
+    for (c = 0; c < C; c++) {
+        const double thr = q->thr[c];
+        #pragma omp simd
+        for (j = 0; j < FZ_LANES; j++) {
+            const double v = V[c][j], bc = B[c][j];
+            const int cand = (v + bc >= mxv[j] - bmax[j]) & (v + bc >= lo[j]);
+            const int listed = v + bc >= thr;
+            n_cand[j] += cand;
+            am[j] = cand ? (int)c : am[j];
+            above[j] |= listed & !(v < thr);
+            bad[j] |= listed & exact & (bc > 0.0) & (fabs(v - thr) <= bc);
+        }
+    }
+    for (j = 0; j < FZ_LANES && g + j < r1; j++) {
+        const ptrdiff_t i = g + j;
+        if (bad[j] || n_cand[j] != 1) {
+            n_direct += FZ_N(fz_gauss_one)(P, ldp, fn, F, means, i, r0, q, L, b, list,
+                                           scratch, Lout, row_max, row_argmax, row_lse,
+                                           all_below);
+            continue;
+        }
+        row_max[i] = (FZ_T)V[am[j]][j];
+        row_argmax[i] = am[j];
+        row_lse[i] = (FZ_T)lse[j];
+        all_below[i] = !above[j];
+        if (Lout != NULL)
+            for (c = 0; c < C; c++)
+                Lout[i * C + c] = (FZ_T)V[c][j];
+    }
+    return n_direct;
+}
+
+/* Rows r0..r1-1 of a tile: P is (r1 - r0) x C (row stride ldp >= C; the tile's rows up to a
+ * multiple of FZ_LANES past r1 are there too, zero products), fn per tile row, F and the
+ * outputs indexed by global row. Lout is NULL, or the (n, C) output matrix. */
 FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
     const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
     ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b, int *list,
     double *scratch, FZ_T *Lout, FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse,
     uint8_t *all_below)
 {
-    const ptrdiff_t C = q->n_classes, d = q->d;
     ptrdiff_t n_direct = 0;
-    for (ptrdiff_t i = r0; i < r1; i++) {
-        double mx, lse;
-        if (Lout != NULL)
-            n_direct += FZ_N(fz_gauss_row)(P + (i - r0) * ldp, fn[i - r0], F + i * d, means,
-                                           q, 1, L, b, list, scratch, &mx, row_argmax + i, &lse,
-                                           all_below + i);
-        else
-            n_direct += FZ_N(fz_gauss_row)(P + (i - r0) * ldp, fn[i - r0], F + i * d, means,
-                                           q, 0, L, b, list, scratch, &mx, row_argmax + i, &lse,
-                                           all_below + i);
-        row_max[i] = (FZ_T)mx;
-        row_lse[i] = (FZ_T)lse;
-        if (Lout != NULL) {
-            FZ_T *out = Lout + i * C;
-            #pragma omp simd
-            for (ptrdiff_t c = 0; c < C; c++)
-                out[c] = (FZ_T)L[c];
-        }
+    if (q->n_padded == FZ_PAD) {
+        for (ptrdiff_t g = r0; g < r1; g += FZ_LANES)
+            n_direct += FZ_N(fz_gauss_lanes)(P, ldp, fn, F, means, g, r0, r1, q, L, b, list,
+                                             scratch, Lout, row_max, row_argmax, row_lse,
+                                             all_below);
+        return n_direct;
     }
+    for (ptrdiff_t i = r0; i < r1; i++)
+        n_direct += FZ_N(fz_gauss_one)(P, ldp, fn, F, means, i, r0, q, L, b, list, scratch,
+                                       Lout, row_max, row_argmax, row_lse, all_below);
     return n_direct;
 }

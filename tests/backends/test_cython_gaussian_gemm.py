@@ -118,6 +118,37 @@ def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype):
     np.testing.assert_array_equal(am, ref[2])
 
 
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("C", [10, 40])
+def test_an_argmax_entry_beyond_the_accuracy_target_takes_its_direct_value(C, full):
+    """Far classes in float32: the row's own class has a product bound beta above the
+    accuracy target (acc |L~|), so its value is the direct double sum rounded once to
+    float32 (within 1 ulp of the float64 reference's), whether the classes fit the 8-row
+    lanes of fz_gauss_lanes (C <= 16) or not, with the matrix or without. Small weights
+    (-300 nats each) put |logsumexp| far above |L|: it certifies without direct values, so
+    only the value's own bound can send the row to them."""
+    from fastzsl.backends._gaussian_gemm import ACC, class_terms
+    gemm = _gemm_kernel()
+    rng = np.random.default_rng(C + 1)
+    d, n = 32, 400
+    means = (8.0 * rng.standard_normal((C, d))).astype(np.float32)
+    F = (means[rng.integers(0, C, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    variances = rng.uniform(0.5, 2.0, C)
+    log_weights = np.log(rng.dirichlet(np.ones(C))) - 300.0
+    thresholds = np.full(C, np.inf)
+    ref = numpy_.gaussian_loglik(F.astype(np.float64), means.astype(np.float64), variances,
+                                 log_weights, thresholds, True)
+    terms = class_terms(means, variances)
+    fn = (((F.astype(np.float64) - terms.center).astype(np.float32).astype(np.float64)) ** 2)
+    am = ref[2]
+    beta = terms.kh[am] * fn.sum(1) + terms.km[am]
+    need = beta > 2 * ACC[np.dtype(np.float32)] * np.abs(ref[1])
+    assert need.mean() > 0.9  # the regime under test
+    (_, mx, got_am, _, _), _ = gemm(F, means, variances, log_weights, thresholds, full)
+    np.testing.assert_array_equal(got_am, am)
+    np.testing.assert_array_max_ulp(mx[need], ref[1][need].astype(np.float32), maxulp=1)
+
+
 @pytest.mark.parametrize("C", [10, 40, 400])
 def test_a_kept_term_whose_bound_passes_one_nat_is_refined_alone(C):
     """Far classes in float32 at d = 512: the row's own class (the one term kept) has a
