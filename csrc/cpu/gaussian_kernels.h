@@ -39,10 +39,12 @@
  * each; the entries that pass are tested with their own beta and listed when they may be an
  * argmax candidate or not below their threshold. Only the listed entries (a few per row on
  * typical data) get the scalar treatment above, so a row costs a few vectorised passes plus
- * O(listed) work. A row's values depend only on the row, the
+ * O(listed) work. With at most FZ_PAD classes that fixed cost per row dominates, so rows
+ * go FZ_LANES at a time, a row per vector lane (fz_gauss_lanes), and only those needing a
+ * direct value take the one-row path. A row's values depend only on the row, the
  * classes and acc (and the thresholds, for float32 entries next to one), so a row gets the
  * same numbers in every call whose GEMM sees it in the same tile position (every tile is
- * padded to the full BLAS call shape).
+ * padded to the full GEMM call shape).
  * The hot function is compiled for x86-64-v4 / v3 / baseline and picked at load time
  * (GCC target_clones): the build itself uses portable flags.
  */
