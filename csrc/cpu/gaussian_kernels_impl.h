@@ -352,18 +352,25 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
         #pragma omp simd
         for (j = 0; j < FZ_LANES; j++) {
             const double v = h * (2.0 * (double)pc[j * ldp] - f[j]) - k;
+            const double bc = kh * f[j] + km;
             V[c][j] = v;
-            B[c][j] = kh * f[j] + km;
+            B[c][j] = bc;
             mxv[j] = FZ_MAX(v, mxv[j]);
             mxw[j] = FZ_MAX(v + lw, mxw[j]);
+            bad[j] |= bc > acc * fabs(v);  /* an entry needs its direct value */
         }
     }
+    int all_bad = 1;
+    for (j = 0; j < FZ_LANES; j++)
+        all_bad &= bad[j];
+    if (all_bad) /* e.g. far classes in float32: every row needs the one-row path */
+        goto one_by_one;
     /* the logsumexp's cut (fz_gauss_lse) */
     for (j = 0; j < FZ_LANES; j++) {
         const double top = mxw[j] + log_c;
         const double mag = mxw[j] > 0.0 ? mxw[j] : (top < 0.0 ? -top : 0.0);
         cut[j] = fz_lse_cut(acc * mag, log_c, 2.0 * bmax[j], &left_out[j]);
-        bad[j] = !(mxw[j] > -INFINITY) || !(eps_exp <= 0.25 * acc * mag);
+        bad[j] |= !(mxw[j] > -INFINITY) || !(eps_exp <= 0.25 * acc * mag);
     }
     for (c = 0; c < C; c++) {
         const double lw = q->lw[c];
@@ -393,7 +400,6 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
         for (j = 0; j < FZ_LANES; j++) {
             const double v = V[c][j], bc = B[c][j];
             const int flag = v + bc >= mxv[j] - bmax[j];
-            bad[j] |= bc > acc * fabs(v);
             lo[j] = flag & (v - bc > lo[j]) ? v - bc : lo[j];
         }
     }
@@ -410,9 +416,12 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
             bad[j] |= listed & exact & (bc > 0.0) & (fabs(v - thr) <= bc);
         }
     }
+    for (j = 0; j < FZ_LANES; j++)
+        bad[j] |= n_cand[j] != 1;
+one_by_one:
     for (j = 0; j < FZ_LANES && g + j < r1; j++) {
         const ptrdiff_t i = g + j;
-        if (bad[j] || n_cand[j] != 1) {
+        if (bad[j]) {
             n_direct += FZ_N(fz_gauss_one)(P, ldp, fn, F, means, i, r0, q, L, b, list,
                                            scratch, Lout, row_max, row_argmax, row_lse,
                                            all_below);
