@@ -217,7 +217,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
     cdef Py_ssize_t n_panels = (C + nr - 1) // nr
     # the products' row stride: whole panels for the tiles (= q.n_padded, a multiple of 16),
-    # plus 16 so that rows are not a multiple of 4 KiB apart (the L1 sets' period)
+    # plus 64 bytes so that rows are not a multiple of 4 KiB apart (the L1 sets' period)
     cdef Py_ssize_t ldp = (n_panels * nr + 64 // sizeof(cython.floating) if packed != NULL
                            else C)
     cdef Py_ssize_t chunk_panels = max(1, PANEL_CHUNK_BYTES
@@ -355,8 +355,8 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
     cdef Py_ssize_t p, n_panels = (n_classes + nr - 1) // nr
     if tiles:  # the centred means in panels, once per call, a panel per thread at a time
-        packed = np.empty(n_panels * nr * q.d + 1, dtype=(np.float32 if cython.floating is float
-                                                             else np.float64))
+        packed = np.empty(n_panels * nr * q.d + 1,
+                          dtype=np.float32 if cython.floating is float else np.float64)
         packed_v = packed
         if q.d:
             for p in prange(n_panels, nogil=True, schedule="static"):

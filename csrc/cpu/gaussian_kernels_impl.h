@@ -330,7 +330,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
     const double acc = q->acc, log_c = q->log_c;
     const int low_degree = sizeof(FZ_T) == 4;
     const double eps_exp = low_degree ? FZ_EXP7_EPS : FZ_EXP12_EPS;
-    double V[FZ_PAD][FZ_LANES], B[FZ_PAD][FZ_LANES];  /* classes c < C: the padding is -inf */
+    double V[FZ_PAD][FZ_LANES], B[FZ_PAD][FZ_LANES];  /* L~, beta of the classes c < C */
     double f[FZ_LANES], mxv[FZ_LANES], mxw[FZ_LANES], bmax[FZ_LANES], cut[FZ_LANES];
     double left_out[FZ_LANES], sum[FZ_LANES], err[FZ_LANES], bk[FZ_LANES], lo[FZ_LANES];
     double lse[FZ_LANES];
