@@ -249,4 +249,5 @@ def test_gaussian_regime(case, regime, C, d, dtype, bench, cfg):
                                 extra=dict(extra, peer="fastzsl", backend="cython")),
         }
 
-    bench(group, case, build)
+    # C = 10: calls of a few ms whose baseline swings 2x between rounds: more rounds
+    bench(group, case, build, rounds=3 * cfg.rounds if C == 10 else None)
