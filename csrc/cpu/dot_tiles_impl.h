@@ -1,7 +1,8 @@
 /* One element type of the dot-product tiles of csrc/cpu/knn_f32_tiles.h: included once per
  * type, with FZ_TT the type, FZ_TN(name) its function names (fz_f32_name, fz_f64_name),
  * FZ_TNR the rows per panel (two vectors), FZ_TV / FZ_TV_* the AVX-512 vector type and
- * operations, and FZ_TMASKS 1 where the tiles also form kNN pass 1's masks (float32). */
+ * operations, and FZ_TMASKS 1 where the tiles also form kNN pass 1's masks (float32);
+ * it undefines them at its end. */
 
 /* Panels of the n rows R (row-major, d components) into B, the last panel padded with
  * zero rows. */
@@ -139,3 +140,15 @@ static inline void FZ_TN(tile)(int hw, const FZ_TT *A, ptrdiff_t na, ptrdiff_t d
 #endif
     FZ_TN(tile_portable)(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
 }
+
+/* the parameters, for the next type */
+#undef FZ_TT
+#undef FZ_TN
+#undef FZ_TNR
+#undef FZ_TMASKS
+#undef FZ_TV
+#undef FZ_TV_ZERO
+#undef FZ_TV_LOAD
+#undef FZ_TV_STORE
+#undef FZ_TV_SET1
+#undef FZ_TV_FMA

@@ -88,17 +88,7 @@ static inline int fz_f32_tiles_hw_available(void) { return 0; }
 #define FZ_TV_STORE _mm512_storeu_ps
 #define FZ_TV_SET1 _mm512_set1_ps
 #define FZ_TV_FMA _mm512_fmadd_ps
-#include "dot_tiles_impl.h"
-#undef FZ_TT
-#undef FZ_TN
-#undef FZ_TNR
-#undef FZ_TMASKS
-#undef FZ_TV
-#undef FZ_TV_ZERO
-#undef FZ_TV_LOAD
-#undef FZ_TV_STORE
-#undef FZ_TV_SET1
-#undef FZ_TV_FMA
+#include "dot_tiles_impl.h" /* undefines the parameters above */
 
 /* float64 (the Gaussian products): panels of FZ_F64_NR rows, no masks */
 #define FZ_TT double
@@ -111,16 +101,6 @@ static inline int fz_f32_tiles_hw_available(void) { return 0; }
 #define FZ_TV_STORE _mm512_storeu_pd
 #define FZ_TV_SET1 _mm512_set1_pd
 #define FZ_TV_FMA _mm512_fmadd_pd
-#include "dot_tiles_impl.h"
-#undef FZ_TT
-#undef FZ_TN
-#undef FZ_TNR
-#undef FZ_TMASKS
-#undef FZ_TV
-#undef FZ_TV_ZERO
-#undef FZ_TV_LOAD
-#undef FZ_TV_STORE
-#undef FZ_TV_SET1
-#undef FZ_TV_FMA
+#include "dot_tiles_impl.h" /* undefines the parameters above */
 
 #endif
