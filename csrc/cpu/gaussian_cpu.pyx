@@ -23,7 +23,7 @@ from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.math cimport exp, log, M_PI, INFINITY, isfinite
 
-from gemm_tiles cimport gemm_abt
+from gemm_tiles cimport FZ_F32_NR, FZ_F64_NR, gemm_abt, pack_panels, tile_abt
 
 from fastzsl._ext import knn_cpu  # owns the products' route (set_f32_tiles)
 from fastzsl._threads import blas_single_threaded
@@ -69,20 +69,6 @@ cdef extern from "gaussian_kernels.h" nogil:
                                double* scratch, double* Lout,
                                double* row_max, int64_t* row_argmax, double* row_lse,
                                uint8_t* all_below)
-
-
-cdef extern from "knn_f32_tiles.h" nogil:
-    enum: FZ_F32_NR
-    enum: FZ_F64_NR
-    void fz_f32_pack_panels(const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
-    void fz_f32_tile(int hw, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
-                     Py_ssize_t n_panels, float* C, Py_ssize_t ldc, const float* rn,
-                     const float* thr, unsigned int* masks)
-    int fz_f32_tiles_hw_available()
-    void fz_f64_pack_panels(const double* R, Py_ssize_t n, Py_ssize_t d, double* B)
-    void fz_f64_tile(int hw, const double* A, Py_ssize_t na, Py_ssize_t d, const double* B,
-                     Py_ssize_t n_panels, double* C, Py_ssize_t ldc, const double* rn,
-                     const double* thr, unsigned int* masks)
 
 
 include "floating_dispatch.pxi"  # _floating_key
@@ -275,14 +261,8 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                 # where they outgrow the caches); each product is the same sum
                 p0 = 0
                 while p0 < n_panels:
-                    if cython.floating is float:
-                        fz_f32_tile(tiles == 1, fc, tile, d, packed + p0 * d * nr,
-                                    min(chunk_panels, n_panels - p0), prod + p0 * nr, ldp,
-                                    NULL, NULL, NULL)
-                    else:
-                        fz_f64_tile(tiles == 1, fc, tile, d, packed + p0 * d * nr,
-                                    min(chunk_panels, n_panels - p0), prod + p0 * nr, ldp,
-                                    NULL, NULL, NULL)
+                    tile_abt(tiles == 1, fc, tile, d, packed + p0 * d * nr,
+                             min(chunk_panels, n_panels - p0), prod + p0 * nr, ldp)
                     p0 = p0 + chunk_panels
             else:
                 gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
@@ -360,14 +340,8 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
         packed_v = packed
         if q.d:
             for p in prange(n_panels, nogil=True, schedule="static"):
-                if cython.floating is float:
-                    fz_f32_pack_panels(&centred[0, 0] + p * nr * q.d,
-                                       min(nr, n_classes - p * nr), q.d,
-                                       &packed_v[0] + p * nr * q.d)
-                else:
-                    fz_f64_pack_panels(&centred[0, 0] + p * nr * q.d,
-                                       min(nr, n_classes - p * nr), q.d,
-                                       &packed_v[0] + p * nr * q.d)
+                pack_panels(&centred[0, 0] + p * nr * q.d, min(nr, n_classes - p * nr), q.d,
+                            &packed_v[0] + p * nr * q.d)
         packed_p = &packed_v[0]
     with blas_single_threaded():
         with nogil:

@@ -1,8 +1,10 @@
 # cython: language_level=3
-"""Row-major GEMM on cache-sized tiles through SciPy's BLAS (shared by the kNN and the
-Gaussian kernels of csrc/cpu). Callers keep BLAS single-threaded inside their OpenMP
-regions (fastzsl._threads.blas_single_threaded)."""
+"""Row-major GEMM on cache-sized tiles (shared by the kNN and the Gaussian kernels of
+csrc/cpu): through SciPy's BLAS (gemm_abt; callers keep BLAS single-threaded inside their
+OpenMP regions, fastzsl._threads.blas_single_threaded), or through the FMA tiles of
+knn_f32_tiles.h (pack_panels once, then tile_abt)."""
 cimport cython
+from libc.stdint cimport uint32_t
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 
@@ -26,3 +28,38 @@ cdef inline void gemm_abt(const cython.floating* a, const cython.floating* b,
     else:
         dgemm(&ta, &tb, &nb, &na, &d, &one_d, <double*>b, &d, <double*>a, &d,
               &zero_d, out, &nb)
+
+
+# The FMA tiles of knn_f32_tiles.h (float32 with kNN pass 1's masks, float64 without): the
+# rows R packed once into panels of FZ_F32_NR / FZ_F64_NR, then C = A @ R.T tile by tile.
+cdef extern from "knn_f32_tiles.h" nogil:
+    enum: FZ_F32_NR
+    enum: FZ_F64_NR
+    void fz_f32_pack_panels(const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
+    void fz_f32_tile(int hw, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
+                     Py_ssize_t n_panels, float* C, Py_ssize_t ldc, const float* rn,
+                     const float* thr, uint32_t* masks)
+    void fz_f64_pack_panels(const double* R, Py_ssize_t n, Py_ssize_t d, double* B)
+    void fz_f64_tile(int hw, const double* A, Py_ssize_t na, Py_ssize_t d, const double* B,
+                     Py_ssize_t n_panels, double* C, Py_ssize_t ldc, const double* rn,
+                     const double* thr, uint32_t* masks)
+    int fz_f32_tiles_hw_available()
+
+
+cdef inline void pack_panels(const cython.floating* R, Py_ssize_t n, Py_ssize_t d,
+                             cython.floating* B) noexcept nogil:
+    """fz_f32_pack_panels / fz_f64_pack_panels for the dtype."""
+    if cython.floating is float:
+        fz_f32_pack_panels(R, n, d, B)
+    else:
+        fz_f64_pack_panels(R, n, d, B)
+
+
+cdef inline void tile_abt(int hw, const cython.floating* A, Py_ssize_t na, Py_ssize_t d,
+                          const cython.floating* B, Py_ssize_t n_panels, cython.floating* C,
+                          Py_ssize_t ldc) noexcept nogil:
+    """fz_f32_tile / fz_f64_tile for the dtype, without masks."""
+    if cython.floating is float:
+        fz_f32_tile(hw, A, na, d, B, n_panels, C, ldc, NULL, NULL, NULL)
+    else:
+        fz_f64_tile(hw, A, na, d, B, n_panels, C, ldc, NULL, NULL, NULL)

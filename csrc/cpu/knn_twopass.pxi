@@ -42,19 +42,6 @@ cdef inline Py_ssize_t _list_len(Py_ssize_t k, Py_ssize_t d) noexcept nogil:
     return k + extra
 
 
-cdef extern from "knn_f32_tiles.h" nogil:
-    enum: FZ_F32_NR
-    enum: FZ_F64_NR
-    void fz_f32_pack_panels(const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
-    void fz_f32_tile(int hw, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
-                     Py_ssize_t n_panels, float* C, Py_ssize_t ldc, const float* rn,
-                     const float* thr, uint32_t* masks)
-    void fz_f64_pack_panels(const double* R, Py_ssize_t n, Py_ssize_t d, double* B)
-    void fz_f64_tile(int hw, const double* A, Py_ssize_t na, Py_ssize_t d, const double* B,
-                     Py_ssize_t n_panels, double* C, Py_ssize_t ldc, const double* rn,
-                     const double* thr, uint32_t* masks)
-    int fz_f32_tiles_hw_available()
-
 # Pass 1's float32 dot products (knn query blocks): 0 one sgemm per tile, 1 the AVX-512
 # tiles of knn_f32_tiles.h, 2 their portable form (tests). Set by set_f32_tiles, from
 # FASTZSL_F32_TILES at import.
@@ -113,14 +100,8 @@ def tile_products(const cython.floating[:, ::1] A, const cython.floating[:, ::1]
     cdef cython.floating[::1] pk = packed
     cdef cython.floating[:, ::1] ov = out
     if na and n and d:
-        if cython.floating is float:
-            fz_f32_pack_panels(&R[0, 0], n, d, &pk[0])
-            fz_f32_tile(1 if hw else 0, &A[0, 0], na, d, &pk[0], n_panels, &ov[0, 0],
-                        n_panels * nr, NULL, NULL, NULL)
-        else:
-            fz_f64_pack_panels(&R[0, 0], n, d, &pk[0])
-            fz_f64_tile(1 if hw else 0, &A[0, 0], na, d, &pk[0], n_panels, &ov[0, 0],
-                        n_panels * nr, NULL, NULL, NULL)
+        pack_panels(&R[0, 0], n, d, &pk[0])
+        tile_abt(1 if hw else 0, &A[0, 0], na, d, &pk[0], n_panels, &ov[0, 0], n_panels * nr)
     elif na and n:
         out[:] = 0
     return out[:, :n]
