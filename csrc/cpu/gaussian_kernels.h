@@ -129,6 +129,13 @@ static inline double fz_exp_poly(double x, int low_degree)
     return p * scale;
 }
 
+/* The smallest |lse| a row's logsumexp can have: it lies in [wmax, wmax + ln C] */
+static inline double fz_lse_magnitude(double wmax, double log_c)
+{
+    const double top = wmax + log_c;
+    return wmax > 0.0 ? wmax : (top < 0.0 ? -top : 0.0);
+}
+
 /* The logsumexp cut, and in *left_out the most that the terms it leaves out add to lse:
  * C e^(-cut + extra), kept below a quarter of tol (the absolute accuracy the output
  * needs) by cut >= ln C + ln(4 / tol) + extra (extra: fz_gauss_lse's 2 beta_max). ln tol is

@@ -33,9 +33,7 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     const double *lw = q->lw;
     const int low_degree = sizeof(FZ_T) == 4;
     const double eps_exp = low_degree ? FZ_EXP7_EPS : FZ_EXP12_EPS;
-    /* lse lies in [wmax, wmax + ln C]: the smallest |lse| it can have */
-    const double top = wmax + q->log_c;
-    const double mag = wmax > 0.0 ? wmax : (top < 0.0 ? -top : 0.0);
+    const double mag = fz_lse_magnitude(wmax, q->log_c);
     /* A left-out term's true value is at most e^(-cut + bmax) of e^wmax, and the kept
      * terms' sum at least e^-bmax of it (its largest term's): the cut takes 2 bmax more */
     double left_out;
@@ -367,8 +365,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
         goto one_by_one;
     /* the logsumexp's cut (fz_gauss_lse) */
     for (j = 0; j < FZ_LANES; j++) {
-        const double top = mxw[j] + log_c;
-        const double mag = mxw[j] > 0.0 ? mxw[j] : (top < 0.0 ? -top : 0.0);
+        const double mag = fz_lse_magnitude(mxw[j], log_c);
         cut[j] = fz_lse_cut(acc * mag, log_c, 2.0 * bmax[j], &left_out[j]);
         bad[j] |= !(mxw[j] > -INFINITY) || !(eps_exp <= 0.25 * acc * mag);
     }
