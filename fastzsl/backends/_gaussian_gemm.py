@@ -8,7 +8,7 @@ The kernel computes
     \tilde L_{ic} = 2 h_c \tilde P_{ic} - h_c (f_i + m_c) - \ell_c, \qquad
     h_c = \frac{1}{2\sigma_c^2}, \quad \ell_c = \frac{d}{2}\log(2\pi\sigma_c^2),
 
-from one product :math:`\tilde P = F_c M_c^T` (BLAS, or float32 FMA tiles) of centred rows
+from one product :math:`\tilde P = F_c M_c^T` (BLAS, or the FMA tiles) of centred rows
 and means per tile of rows, with :math:`f_i = \lVert F_{c,i}\rVert^2`,
 :math:`m_c = \lVert M_{c,c}\rVert^2` in double, and accept :math:`\tilde L_{ic}` only where
 its error bound
