@@ -40,8 +40,10 @@
  * argmax candidate or not below their threshold. Only the listed entries (a few per row on
  * typical data) get the scalar treatment above, so a row costs a few vectorised passes plus
  * O(listed) work. With at most FZ_PAD classes that fixed cost per row dominates, so rows
- * go FZ_LANES at a time, a row per vector lane (fz_gauss_lanes), and only those needing a
- * direct value take the one-row path. A row's values depend only on the row, the
+ * go FZ_LANES at a time, a row per vector lane (fz_gauss_lanes), their direct values and
+ * the logsumexp's refinement (fz_lse_refine) included; only rows with several argmax
+ * candidates, a float32 entry next to its threshold or a logsumexp that does not certify
+ * after refinement take the one-row path. A row's values depend only on the row, the
  * classes and acc (and the thresholds, for float32 entries next to one), so a row gets the
  * same numbers in every call whose GEMM sees it in the same tile position (every tile is
  * padded to the full GEMM call shape).

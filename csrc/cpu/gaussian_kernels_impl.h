@@ -13,14 +13,67 @@ static inline double FZ_N(fz_direct)(const FZ_T *f, const FZ_T *m, ptrdiff_t d, 
     return -s / (2.0 * var) - ln;
 }
 
+/* The refinement step of fz_gauss_lse, for a sum that did not certify (with budget > 0):
+ * with wmax kept as the reference, each kept term that carries most of the error (2 e_c
+ * b_c above a quarter of the allowance per term, tau) or whose b_c passes 1 nat swaps e_c
+ * for e^(L_dir + lw_c - wmax) and drops e_c b_c from err (its new value is included even if
+ * it falls below the cut: the sum stays over a superset of the terms); bk becomes the
+ * largest b_c of the terms left as they were. Returns whether the sum then certifies, and
+ * the logsumexp in *lse. */
+static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
+    const FZ_T *frow, const FZ_T *means, const fz_gauss_params *q, const double *L,
+    const double *b, double wmax, double cut, int fast, double left_out, double eps,
+    double sum, double err, ptrdiff_t n_terms, double budget, fz_direct_memo *memo,
+    ptrdiff_t *n_direct, double *lse)
+{
+    const ptrdiff_t C = q->n_classes, d = q->d;
+    const double *lw = q->lw;
+    const int low_degree = sizeof(FZ_T) == 4;
+    const double tau = budget * sum / (4.0 * (double)n_terms);
+    const double lo = wmax - cut;
+    double removed = 0.0, added = 0.0, err_removed = 0.0, bk = 0.0;
+    ptrdiff_t c;
+    for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_GAUSS_CHUNK) {
+        const ptrdiff_t c1 = FZ_MIN(c0 + FZ_GAUSS_CHUNK, C);
+        double hi = -INFINITY;
+        #pragma omp simd reduction(max:hi)
+        for (c = c0; c < c1; c++)
+            hi = FZ_MAX(L[c] + lw[c], hi);
+        if (!(hi >= lo))
+            continue;
+        for (c = c0; c < c1; c++) {
+            double x = (L[c] + lw[c]) - wmax;
+            if (!(x >= -cut))
+                continue;
+            double e = fast ? fz_exp_poly(x, low_degree) : exp(x);
+            if (2.0 * e * b[c] > tau || b[c] > 1.0) {
+                (*n_direct)++;
+                double v = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]);
+                fz_direct_memo_put(memo, c, v);
+                removed += e;
+                err_removed += e * b[c];
+                added += exp(v + lw[c] - wmax);
+            } else {
+                bk = FZ_MAX(bk, b[c]);
+            }
+        }
+    }
+    /* the subtractions lose at most 2 u' (sum + err) more */
+    sum = (sum - removed) + added;
+    err = FZ_MAX(err - err_removed, 0.0) + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (sum + err);
+    *lse = wmax + log(sum);
+    budget = q->acc * fabs(*lse) - fz_lse_other(*lse, q->log_c, q->n_padded, left_out, eps);
+    return FZ_CERTIFIED(err, sum, budget, bk);
+}
+
 /* The logsumexp of one row from the pristine GEMM-form values (see the header): L~ in L,
  * their bounds beta in b (at most bmax), wmax = max_c (L~_c + lw_c) > -inf. Terms below
  * wmax - cut are left out, cut taken from the accuracy the output needs and bmax
  * (fz_lse_cut); the others are summed with fz_exp_poly (float64 input: degree 12,
  * float32: degree 7), or libm's exp where |lse| is too close to 0 for the polynomial's
- * error. Where the certified error exceeds acc |lse|, the terms that carry most of it (2 e_c
- * b_c above a quarter of the allowance per term) and those whose b_c is above 1 nat (beyond
- * the first-order bound) take their direct values; if that still fails, every term does.
+ * error. Where the certified error exceeds acc |lse|, the terms that carry most of it and
+ * those whose b_c is above 1 nat (beyond the first-order bound) take their direct values
+ * (fz_lse_refine); if that still fails, every term does.
  * scratch: C doubles. Depends only on (L~, beta, lw): the same in
  * every call and whatever else is asked. */
 static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
@@ -55,48 +108,10 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
     if (FZ_CERTIFIED(err, sum, budget, bk))
         return lse;
-    if (budget > 0.0) {
-        /* Refine: with wmax kept as the reference, a refined term c swaps e_c for
-         * e^(L_dir + lw_c - wmax) and drops e_c b_c from err (its new value is included
-         * even if it falls below the cut: the sum stays over a superset of the terms);
-         * bk becomes the largest b_c of the terms left as they were. */
-        const double tau = budget * sum / (4.0 * (double)n_terms);
-        const double lo = wmax - cut;
-        double removed = 0.0, added = 0.0, err_removed = 0.0;
-        bk = 0.0;
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_GAUSS_CHUNK) {
-            const ptrdiff_t c1 = FZ_MIN(c0 + FZ_GAUSS_CHUNK, C);
-            double hi = -INFINITY;
-            #pragma omp simd reduction(max:hi)
-            for (c = c0; c < c1; c++)
-                hi = FZ_MAX(L[c] + lw[c], hi);
-            if (!(hi >= lo))
-                continue;
-            for (c = c0; c < c1; c++) {
-                double x = (L[c] + lw[c]) - wmax;
-                if (!(x >= -cut))
-                    continue;
-                double e = fast ? fz_exp_poly(x, low_degree) : exp(x);
-                if (2.0 * e * b[c] > tau || b[c] > 1.0) {
-                    (*n_direct)++;
-                    double v = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]);
-                    fz_direct_memo_put(memo, c, v);
-                    removed += e;
-                    err_removed += e * b[c];
-                    added += exp(v + lw[c] - wmax);
-                } else {
-                    bk = FZ_MAX(bk, b[c]);
-                }
-            }
-        }
-        /* the subtractions lose at most 2 u' (sum + err) more */
-        sum = (sum - removed) + added;
-        err = FZ_MAX(err - err_removed, 0.0) + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (sum + err);
-        lse = wmax + log(sum);
-        budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
-        if (FZ_CERTIFIED(err, sum, budget, bk))
-            return lse;
-    }
+    if (budget > 0.0 && FZ_N(fz_lse_refine)(frow, means, q, L, b, wmax, cut, fast, left_out,
+                                            eps, sum, err, n_terms, budget, memo,
+                                            n_direct, &lse))
+        return lse;
     /* Still not certified: direct values of every term that can be within FZ_LSE_CUT_MAX of
      * the largest direct one (a direct value is within b_c of L~_c), summed with libm. */
     double dmax = -INFINITY;
@@ -309,39 +324,42 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
 }
 
 /* Rows g..g+FZ_LANES-1 of a tile whose classes fit one vector (n_padded == FZ_PAD), a row per
- * lane: pass A, the logsumexp (every class a term down to the cut, fz_exp_poly) and the
- * decisions of fz_gauss_row, for the rows that need no direct value: no entry's bound
- * above acc |L~| (whether the matrix is asked for or not, so the reductions never depend on
- * it), the logsumexp certified at once, one argmax candidate, no float32 entry within its
- * bound of its threshold. The other rows (and rows whose weights are all zero, or whose
- * |lse| is too close to 0 for the polynomial) go to fz_gauss_one, whose values these equal
- * wherever both apply: the same L~ and decisions, the logsumexp within the same
- * certificate. Rows past r1 (the tile's padding: zero products) are computed, not stored,
- * so a row's lanes never depend on the rows beside it. */
-static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
+ * lane: pass A, then the entries that need their direct value (bound above acc |L~|: B_c
+ * = L_dir, b_c = 0, whether the matrix is asked for or not, so the reductions never depend
+ * on it), the logsumexp from those values (every class a term down to the cut,
+ * fz_exp_poly) and the decisions of fz_gauss_row. Returns the rows (a bit each) left to
+ * fz_gauss_one: the logsumexp not certified at once, several argmax candidates, a float32
+ * entry within its bound of its threshold, every weight zero, or |lse| too close to 0 for
+ * the polynomial. The values equal fz_gauss_one's wherever both apply: the same B and
+ * decisions, the logsumexp within the same certificate (fz_gauss_one forms it from the
+ * pristine L~ and refines after). Rows past r1 (the tile's padding: zero products) are
+ * computed, not stored, and take no direct value, so a row's lanes never depend on the rows
+ * beside it. *n_direct counts the direct values. */
+FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
     const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
-    ptrdiff_t g, ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b,
-    int *list, double *scratch, FZ_T *Lout, FZ_T *row_max, int64_t *row_argmax,
-    FZ_T *row_lse, uint8_t *all_below)
+    ptrdiff_t g, ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, FZ_T *Lout,
+    FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse, uint8_t *all_below,
+    ptrdiff_t *n_direct)
 {
-    const ptrdiff_t C = q->n_classes;
+    const ptrdiff_t C = q->n_classes, d = q->d;
     const double acc = q->acc, log_c = q->log_c;
     const int low_degree = sizeof(FZ_T) == 4;
     const double eps_exp = low_degree ? FZ_EXP7_EPS : FZ_EXP12_EPS;
-    double V[FZ_PAD][FZ_LANES], B[FZ_PAD][FZ_LANES];  /* L~, beta of the classes c < C */
+    double V[FZ_PAD][FZ_LANES], B[FZ_PAD][FZ_LANES];  /* B_c, b_c of the classes c < C */
     double f[FZ_LANES], mxv[FZ_LANES], mxw[FZ_LANES], bmax[FZ_LANES], cut[FZ_LANES];
     double left_out[FZ_LANES], sum[FZ_LANES], err[FZ_LANES], bk[FZ_LANES], lo[FZ_LANES];
-    double lse[FZ_LANES];
-    int bad[FZ_LANES], above[FZ_LANES], n_cand[FZ_LANES], am[FZ_LANES];
-    ptrdiff_t c, j, n_direct = 0;
+    double lse[FZ_LANES], n_terms[FZ_LANES];
+    int need[FZ_LANES], bad[FZ_LANES], above[FZ_LANES], n_cand[FZ_LANES], am[FZ_LANES];
+    unsigned bad_rows = 0;
+    ptrdiff_t c, j;
     #pragma omp simd
     for (j = 0; j < FZ_LANES; j++) {
         f[j] = fn[g - r0 + j];
         mxv[j] = mxw[j] = -INFINITY;
         bmax[j] = q->kh_max * f[j] + q->km_max;
-        sum[j] = err[j] = bk[j] = 0.0;
+        sum[j] = err[j] = bk[j] = n_terms[j] = 0.0;
         lo[j] = -INFINITY;
-        bad[j] = above[j] = n_cand[j] = am[j] = 0;
+        need[j] = bad[j] = above[j] = n_cand[j] = am[j] = 0;
     }
     /* pass A */
     for (c = 0; c < C; c++) {
@@ -355,14 +373,37 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
             B[c][j] = bc;
             mxv[j] = FZ_MAX(v, mxv[j]);
             mxw[j] = FZ_MAX(v + lw, mxw[j]);
-            bad[j] |= bc > acc * fabs(v);  /* an entry needs its direct value */
+            need[j] |= bc > acc * fabs(v);
         }
     }
-    int all_bad = 1;
-    for (j = 0; j < FZ_LANES; j++)
-        all_bad &= bad[j];
-    if (all_bad) /* e.g. far classes in float32: every row needs the one-row path */
-        goto one_by_one;
+    /* The direct values (e.g. a row's own class where the classes are far apart, in
+     * float32) of the entries that may matter: with the matrix, all; else those that may
+     * be an argmax candidate (t_c = L~_c + beta_c >= max L~ - 2 beta_max), a kept
+     * logsumexp term (t_c + lw_c >= max(L~ + lw) - beta_max - FZ_LSE_CUT_MAX) or not below
+     * their threshold (t_c >= threshold_c). An entry left as it is has a true value below
+     * t_c, while the refined maxima are at least the pristine ones less beta_max: it is
+     * below every candidate's lower bound, left out of the sum (cut <= FZ_LSE_CUT_MAX) and
+     * below its threshold, in the definition and in the lanes alike, so the reductions are
+     * those of every entry refined, bit for bit, with or without the matrix. */
+    for (j = 0; j < FZ_LANES && g + j < r1; j++) {
+        if (!need[j])
+            continue;
+        const FZ_T *frow = F + (g + j) * d;
+        const double lo_arg = mxv[j] - 2.0 * bmax[j];
+        const double lo_lse = mxw[j] - bmax[j] - FZ_LSE_CUT_MAX;
+        mxv[j] = mxw[j] = -INFINITY;
+        for (c = 0; c < C; c++) {
+            const double v = V[c][j], t = v + B[c][j];
+            if (B[c][j] > acc * fabs(v) && (Lout != NULL || t >= lo_arg
+                                            || t + q->lw[c] >= lo_lse || t >= q->thr[c])) {
+                V[c][j] = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]);
+                B[c][j] = 0.0;
+                (*n_direct)++;
+            }
+            mxv[j] = FZ_MAX(V[c][j], mxv[j]);
+            mxw[j] = FZ_MAX(V[c][j] + q->lw[c], mxw[j]);
+        }
+    }
     /* the logsumexp's cut (fz_gauss_lse) */
     for (j = 0; j < FZ_LANES; j++) {
         const double mag = fz_lse_magnitude(mxw[j], log_c);
@@ -379,6 +420,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
             sum[j] += e;
             err[j] += e * B[c][j];
             bk[j] = FZ_MAX(bk[j], keep * B[c][j]);
+            n_terms[j] += keep;
         }
     }
     for (j = 0; j < FZ_LANES; j++) {
@@ -387,10 +429,27 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
         lse[j] = mxw[j] + log(sum[j]);
         const double budget = acc * fabs(lse[j])
             - fz_lse_other(lse[j], log_c, FZ_PAD, left_out[j], eps_exp);
-        bad[j] = !FZ_CERTIFIED(err[j], sum[j], budget, bk[j]);
+        if (FZ_CERTIFIED(err[j], sum[j], budget, bk[j]))
+            continue;
+        /* refined as in fz_gauss_lse (e.g. a term within a factor 2 of its accuracy
+         * target: not "need", but beyond the certificate's first-order factor 2) */
+        bad[j] = 1;
+        if (g + j < r1 && budget > 0.0) {
+            double Lj[FZ_PAD], bj[FZ_PAD];
+            fz_direct_memo memo;
+            memo.n = 0;
+            for (c = 0; c < C; c++) {
+                Lj[c] = V[c][j];
+                bj[c] = B[c][j];
+            }
+            bad[j] = !FZ_N(fz_lse_refine)(F + (g + j) * d, means, q, Lj, bj, mxw[j], cut[j],
+                                          1, left_out[j], eps_exp, sum[j], err[j],
+                                          (ptrdiff_t)n_terms[j], budget, &memo, n_direct,
+                                          &lse[j]);
+        }
     }
-    /* the decisions (fz_gauss_row's list, with no entry needing its direct value; & and |
-     * rather than && and ||: branch-free, so that the lanes vectorise) */
+    /* the decisions (fz_gauss_row's list, on B and b; & and | rather than && and ||:
+     * branch-free, so that the lanes vectorise) */
     const int exact = q->exact_thresholds;
     for (c = 0; c < C; c++) {
         #pragma omp simd
@@ -415,13 +474,10 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_lanes)(
     }
     for (j = 0; j < FZ_LANES; j++)
         bad[j] |= n_cand[j] != 1;
-one_by_one:
     for (j = 0; j < FZ_LANES && g + j < r1; j++) {
         const ptrdiff_t i = g + j;
         if (bad[j]) {
-            n_direct += FZ_N(fz_gauss_one)(P, ldp, fn, F, means, i, r0, q, L, b, list,
-                                           scratch, Lout, row_max, row_argmax, row_lse,
-                                           all_below);
+            bad_rows |= 1u << j;
             continue;
         }
         row_max[i] = (FZ_T)V[am[j]][j];
@@ -432,7 +488,7 @@ one_by_one:
             for (c = 0; c < C; c++)
                 Lout[i * C + c] = (FZ_T)V[c][j];
     }
-    return n_direct;
+    return bad_rows;
 }
 
 /* Rows r0..r1-1 of a tile: P is (r1 - r0) x C (row stride ldp >= C; the tile's rows up to a
@@ -446,10 +502,16 @@ FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
 {
     ptrdiff_t n_direct = 0;
     if (q->n_padded == FZ_PAD) {
-        for (ptrdiff_t g = r0; g < r1; g += FZ_LANES)
-            n_direct += FZ_N(fz_gauss_lanes)(P, ldp, fn, F, means, g, r0, r1, q, L, b, list,
-                                             scratch, Lout, row_max, row_argmax, row_lse,
-                                             all_below);
+        for (ptrdiff_t g = r0; g < r1; g += FZ_LANES) {
+            unsigned bad = FZ_N(fz_gauss_lanes)(P, ldp, fn, F, means, g, r0, r1, q, Lout,
+                                                row_max, row_argmax, row_lse, all_below,
+                                                &n_direct);
+            for (ptrdiff_t j = 0; bad; j++, bad >>= 1)
+                if (bad & 1u)
+                    n_direct += FZ_N(fz_gauss_one)(P, ldp, fn, F, means, g + j, r0, q, L, b,
+                                                   list, scratch, Lout, row_max, row_argmax,
+                                                   row_lse, all_below);
+        }
         return n_direct;
     }
     for (ptrdiff_t i = r0; i < r1; i++)

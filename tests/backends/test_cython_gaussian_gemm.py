@@ -118,15 +118,18 @@ def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype):
     np.testing.assert_array_equal(am, ref[2])
 
 
+@pytest.mark.parametrize("zero_weights", [False, True])
 @pytest.mark.parametrize("full", [False, True])
 @pytest.mark.parametrize("C", [10, 40])
-def test_an_argmax_entry_beyond_the_accuracy_target_takes_its_direct_value(C, full):
+def test_an_argmax_entry_beyond_the_accuracy_target_takes_its_direct_value(C, full,
+                                                                          zero_weights):
     """Far classes in float32: the row's own class has a product bound beta above the
     accuracy target (acc |L~|), so its value is the direct double sum rounded once to
     float32 (within 1 ulp of the float64 reference's), whether the classes fit the 8-row
     lanes of fz_gauss_lanes (C <= 16) or not, with the matrix or without. Small weights
     (-300 nats each) put |logsumexp| far above |L|: it certifies without direct values, so
-    only the value's own bound can send the row to them."""
+    only the value's own bound can send the row to them; with every other class's weight
+    zero, half the rows' own class is no logsumexp term at all."""
     from fastzsl.backends._gaussian_gemm import ACC, class_terms
     gemm = _gemm_kernel()
     rng = np.random.default_rng(C + 1)
@@ -135,6 +138,8 @@ def test_an_argmax_entry_beyond_the_accuracy_target_takes_its_direct_value(C, fu
     F = (means[rng.integers(0, C, n)] + rng.standard_normal((n, d))).astype(np.float32)
     variances = rng.uniform(0.5, 2.0, C)
     log_weights = np.log(rng.dirichlet(np.ones(C))) - 300.0
+    if zero_weights:
+        log_weights[::2] = -np.inf
     thresholds = np.full(C, np.inf)
     ref = numpy_.gaussian_loglik(F.astype(np.float64), means.astype(np.float64), variances,
                                  log_weights, thresholds, True)
@@ -147,6 +152,37 @@ def test_an_argmax_entry_beyond_the_accuracy_target_takes_its_direct_value(C, fu
     (_, mx, got_am, _, _), _ = gemm(F, means, variances, log_weights, thresholds, full)
     np.testing.assert_array_equal(got_am, am)
     np.testing.assert_array_max_ulp(mx[need], ref[1][need].astype(np.float32), maxulp=1)
+
+
+@pytest.mark.parametrize("C", [10, 40])
+def test_the_matrix_holds_the_direct_value_of_every_entry_beyond_the_accuracy_target(C):
+    """Far classes in float32 at d = 1024: the product bound beta of many entries exceeds
+    the accuracy target, not only that of the row's own class. The reductions need a
+    direct value for the entries that may matter (the own class); the matrix, when asked for,
+    holds the direct value of every such entry, in the 8-row lanes of fz_gauss_lanes
+    (C <= 16) as in the one-row path: each within 1 ulp of the float64 reference's."""
+    from fastzsl.backends._gaussian_gemm import ACC, class_terms
+    gemm = _gemm_kernel()
+    rng = np.random.default_rng(C + 7)
+    d, n = 1024, 200
+    means = (5.0 * rng.standard_normal((C, d))).astype(np.float32)
+    F = (means[rng.integers(0, C, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    variances = rng.uniform(0.5, 0.6, C)
+    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    thresholds = np.full(C, np.inf)
+    ref = numpy_.gaussian_loglik(F.astype(np.float64), means.astype(np.float64), variances,
+                                 log_weights, thresholds, True)
+    terms = class_terms(means, variances)
+    fn = ((((F.astype(np.float64) - terms.center).astype(np.float32).astype(np.float64))
+           ** 2).sum(1))
+    beta = terms.kh[None, :] * fn[:, None] + terms.km[None, :]
+    # beta above twice the target on the reference's values: above it on L~ too
+    need = beta > 2 * ACC[np.dtype(np.float32)] * np.abs(ref[0])
+    others = np.arange(C)[None, :] != ref[2][:, None]
+    assert need[others].mean() > 0.5  # the regime under test: not only the own class
+    (L, mx, am, _, _), _ = gemm(F, means, variances, log_weights, thresholds, True)
+    np.testing.assert_array_equal(am, ref[2])
+    np.testing.assert_array_max_ulp(L[need], ref[0][need].astype(np.float32), maxulp=1)
 
 
 @pytest.mark.parametrize("C", [10, 40, 400])
