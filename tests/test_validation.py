@@ -180,3 +180,30 @@ def test_check_class_names_names_the_unknown_and_repeated():
         check_class_names(["dog", "cow"], known, "pets")
     with pytest.raises(ValueError, match=r"repeat: \['dog'\]"):
         check_class_names(["dog", "dog"], known, "pets")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finite_values_whose_sum_overflows_pass(X, dtype):
+    """The finite check sums the input first (a NaN or infinity makes the sum non-finite);
+    finite entries whose sum overflows are checked entry by entry: they pass, and a NaN
+    among them is still named."""
+    from fastzsl._validation import as_float_matrix
+    big = np.finfo(dtype).max
+    A = X.astype(dtype)
+    A[:, 0] = big
+    A[1::2, 1] = -big
+    with np.errstate(over="raise", invalid="raise"):  # the check itself warns of nothing
+        np.testing.assert_array_equal(as_float_matrix(A, "A"), A)
+    A[40, 3] = np.nan
+    with pytest.raises(ValueError, match=r"A contains NaN or infinity: nan at row 40, column 3"):
+        as_float_matrix(A, "A")
+
+
+@pytest.mark.parametrize("signs", [(1, 1), (1, -1)])
+def test_infinities_of_either_sign_are_named(X, signs):
+    """Two infinities (their sum inf or NaN): the first one is named."""
+    A = X.copy()
+    A[3, 1] = signs[0] * np.inf
+    A[9, 0] = signs[1] * np.inf
+    with pytest.raises(ValueError, match=r"contains NaN or infinity: inf at row 3, column 1"):
+        fastzsl.knn(A, X, 3)
