@@ -51,6 +51,7 @@ cdef extern from "gaussian_kernels.h" nogil:
         int exact_thresholds
     double fz_exp_poly(double x, int low_degree)
     float fz_expf_poly(float x)
+    bint FZ_CERTIFIED(double err, double total, double budget, double bk)
     int fz_centre_tile_f(const float* F, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t tile,
                          Py_ssize_t d, const double* z, double norm_limit, float* fc,
                          double* fn)
@@ -384,6 +385,13 @@ def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
     if out is None:
         return gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full)
     return out[0]
+
+
+def lse_certified(double err, double total, double budget, double bk):
+    """The kernels' logsumexp certificate (FZ_CERTIFIED), for checking it against the worst
+    case of the values' errors: err = sum_c e_c b_c, total = sum_c e_c, bk = max_c b_c over
+    the kept terms; whether the values' part of the error is within ``budget``."""
+    return bool(FZ_CERTIFIED(err, total, budget, bk))
 
 
 EXP_KINDS = ("double", "double-low", "float")

@@ -21,8 +21,8 @@
  *   all_below: F_c < threshold_c for every c; for float32 inputs (exact_thresholds: their
  *     acc is coarse) an entry within b_c of its threshold is decided, and stored, by L_dir.
  *   logsumexp: from L~ and beta alone (fz_gauss_lse), certified as a whole: its error
- *     bound 2 sum e_c b_c / sum e_c (while the kept terms' b_c <= 1; their largest b_c
- *     beyond) plus the terms left out (fz_lse_other),
+ *     bound (1 + (e - 2) bk) sum e_c b_c / sum e_c (bk: the kept terms' largest b_c, while
+ *     at most 1; bk itself beyond: FZ_CERTIFIED) plus the terms left out (fz_lse_other),
  *     exp's and the sums' rounding must stay within acc |lse|, else the terms carrying
  *     most of it (and those above 1 nat) take L_dir (then all terms).
  *     Terms further than cut below the largest are left out, cut from the accuracy the
@@ -460,14 +460,20 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
 }
 
 /* Whether a logsumexp is certified: the values move lse by log(sum_c e_c e^(t_c) / sum_c
- * e_c), |t_c| <= b_c over the terms kept (bk: their largest b_c): at most (e - 1) sum e_c
- * b_c / sum e_c < 2 err / sum while bk <= 1 (e^t - 1 <= (e - 1) t on [0, 1]; Jensen below),
- * at most bk in any case; budget: what acc |lse| leaves beside fz_lse_other. */
+ * e_c), |t_c| <= b_c over the terms kept (bk: their largest b_c). Upwards at most
+ * sum_c e_c (e^(b_c) - 1) / sum_c e_c <= phi(bk) err / sum, phi(x) = (e^x - 1) / x (e^t
+ * is convex: e^t - 1 <= t phi(bk) on [0, bk]), and phi(bk) <= 1 + (e - 2) bk while bk <= 1
+ * (phi is convex, phi(0) = 1, phi(1) = e - 1); downwards at most err / sum (Jensen); at
+ * most bk in any case. The factor 1 + 2^-10 covers the computed err / sum's own relative
+ * error (the exp polynomial's and the sums', below 2^-16). budget: what acc |lse| leaves
+ * beside fz_lse_other. */
 #define FZ_CERTIFIED(err, sum, budget, bk) \
-    ((bk) <= 1.0 ? 2.0 * (err) <= (budget) * (sum) : (bk) <= (budget))
+    ((bk) <= 1.0 \
+     ? (1.0 + 0.71828182845904524 * (bk)) * (1.0 + 0x1p-10) * (err) <= (budget) * (sum) \
+     : (bk) <= (budget))
 
-/* The absolute error of lse = wmax + log(sum) beyond the values' own (2 err / sum: first
- * order in beta, doubled): the terms left out (left_out, from fz_lse_cut), exp's relative
+/* The absolute error of lse = wmax + log(sum) beyond the values' own (FZ_CERTIFIED's
+ * err / sum): the terms left out (left_out, from fz_lse_cut), exp's relative
  * error, the summation's (lane sums of at most C / FZ_LSE_BLOCK + 1 terms, then the lanes:
  * relative gamma of their lengths), log's and the final addition's rounding. */
 static inline double fz_lse_other(double lse, double log_c, ptrdiff_t C, double left_out,

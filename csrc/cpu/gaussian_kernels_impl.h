@@ -72,8 +72,8 @@ static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
  * (fz_lse_cut); the others are summed with fz_exp_poly (float64 input: degree 12,
  * float32: degree 7), or libm's exp where |lse| is too close to 0 for the polynomial's
  * error. Where the certified error exceeds acc |lse|, the terms that carry most of it and
- * those whose b_c is above 1 nat (beyond the first-order bound) take their direct values
- * (fz_lse_refine); if that still fails, every term does.
+ * those whose b_c is above 1 nat (where only bk itself bounds the error) take their direct
+ * values (fz_lse_refine); if that still fails, every term does.
  * scratch: C doubles. Depends only on (L~, beta, lw): the same in
  * every call and whatever else is asked. */
 static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
@@ -431,8 +431,9 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
             - fz_lse_other(lse[j], log_c, FZ_PAD, left_out[j], eps_exp);
         if (FZ_CERTIFIED(err[j], sum[j], budget, bk[j]))
             continue;
-        /* refined as in fz_gauss_lse (e.g. a term within a factor 2 of its accuracy
-         * target: not "need", but beyond the certificate's first-order factor 2) */
+        /* refined as in fz_gauss_lse (e.g. a term whose bound is close to its accuracy
+         * target: not "need", but beyond the certificate once its factor phi(bk) > 1 and
+         * the other errors are counted) */
         bad[j] = 1;
         if (g + j < r1 && budget > 0.0) {
             double Lj[FZ_PAD], bj[FZ_PAD];

@@ -45,9 +45,11 @@ kernel's decisions, and the NumPy reference's whenever its margin exceeds the bo
 
 The logsumexp is formed from :math:`\tilde L` and :math:`\beta` alone and certified as a
 whole: with :math:`e_c = \exp(\tilde L_c + \log w_c - \max)`, its error is at most
-:math:`2\sum_c e_c\beta_c / \sum_c e_c` (the values', first order: valid while every
-kept term's :math:`\beta_c \le 1`, as :math:`e^t - 1 \le (e - 1)t` on [0, 1]; beyond that,
-the largest kept :math:`\beta_c`) plus the terms left out, the exp
+:math:`\varphi(b_k)\sum_c e_c\beta_c / \sum_c e_c` (the values': :math:`b_k` the largest
+kept :math:`\beta_c` and :math:`\varphi(x) = (e^x - 1)/x`, as :math:`e^t - 1 \le
+t\varphi(b_k)` on :math:`[0, b_k]`, Jensen's inequality below; the kernel takes
+:math:`\varphi(b_k) \le 1 + (e - 2)b_k` while :math:`b_k \le 1`, and :math:`b_k` itself
+beyond) plus the terms left out, the exp
 approximation's relative error and the summation's rounding; where that exceeds ``acc``
 :math:`\lvert\mathrm{lse}\rvert`, the terms carrying most of it and those whose
 :math:`\beta_c` exceeds 1 take their direct values (then all of them). Terms more than
