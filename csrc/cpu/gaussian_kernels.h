@@ -256,7 +256,8 @@ static inline int fz_direct_memo_has(fz_direct_memo *m, ptrdiff_t c)
 
 /* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut, with the
  * vectorised fz_exp_poly (fast) or libm's exp, err = sum_c e^(x_c) B_c and the largest B_c
- * of those terms (*bkept_out; B >= 0). Up to
+ * of those terms (*bkept_out), B_c = KH_c fn + KM_c >= 0 formed here (a row's bounds are
+ * not stored: a store per entry costs more than its two multiply-adds). Up to
  * FZ_LSE_BLOCK terms are summed by one vector reduction (callers pad C to whole vectors).
  * Past that, blocks of FZ_LSE_BLOCK without a term are skipped after one max-reduction
  * (most of a row where the classes are far apart); the others add into FZ_LSE_BLOCK lane
@@ -264,8 +265,9 @@ static inline int fz_direct_memo_has(fz_direct_memo *m, ptrdiff_t c)
  * at the end, in any order. */
 #define FZ_LSE_BLOCK 64
 static inline __attribute__((always_inline)) double fz_lse_terms(
-    const double *V, const double *W, const double *B, ptrdiff_t C, double wmax, double cut,
-    int fast, int low_degree, double *err_out, double *bkept_out, ptrdiff_t *n_terms)
+    const double *V, const double *W, const double *KH, const double *KM, double fn,
+    ptrdiff_t C, double wmax, double cut, int fast, int low_degree, double *err_out,
+    double *bkept_out, ptrdiff_t *n_terms)
 {
     const double lo = wmax - cut;
     double sum = 0.0, err = 0.0, count = 0.0, bk = 0.0;
@@ -279,10 +281,11 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
             for (j = 0; j < FZ_PAD; j++) {
                 double x = FZ_X(c0 + j) - wmax;
                 double e = (x >= -cut ? 1.0 : 0.0) * fz_exp_poly(FZ_MAX(x, -cut), low_degree);
+                double bc = KH[c0 + j] * fn + KM[c0 + j];
                 ls[j] += e;
-                le[j] += e * B[c0 + j];
+                le[j] += e * bc;
                 ln[j] += x >= -cut ? 1.0 : 0.0;
-                lb[j] = FZ_MAX(lb[j], x >= -cut ? B[c0 + j] : 0.0);
+                lb[j] = FZ_MAX(lb[j], x >= -cut ? bc : 0.0);
             }
         }
         #pragma omp simd reduction(+:sum, err, count) reduction(max:bk)
@@ -316,20 +319,21 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
             for (j = 0; j < nb; j++) {
                 double x = FZ_X(b0 + j) - wmax;
                 double e = (x >= -cut ? 1.0 : 0.0) * fz_exp_poly(FZ_MAX(x, -cut), low_degree);
+                double bc = KH[b0 + j] * fn + KM[b0 + j];
                 lane_s[j] += e;
-                lane_e[j] += e * B[b0 + j];
+                lane_e[j] += e * bc;
                 lane_n[j] += x >= -cut ? 1.0 : 0.0;
-                lane_b[j] = FZ_MAX(lane_b[j], x >= -cut ? B[b0 + j] : 0.0);
+                lane_b[j] = FZ_MAX(lane_b[j], x >= -cut ? bc : 0.0);
             }
         } else {
             for (j = 0; j < nb; j++) {
                 double x = FZ_X(b0 + j) - wmax;
                 if (x >= -cut) {
-                    double e = exp(x);
+                    double e = exp(x), bc = KH[b0 + j] * fn + KM[b0 + j];
                     lane_s[j] += e;
-                    lane_e[j] += e * B[b0 + j];
+                    lane_e[j] += e * bc;
                     lane_n[j] += 1.0;
-                    lane_b[j] = FZ_MAX(lane_b[j], B[b0 + j]);
+                    lane_b[j] = FZ_MAX(lane_b[j], bc);
                 }
             }
         }
@@ -385,8 +389,9 @@ static inline float fz_expf_poly(float x)
  * *bkept_out of the terms' largest B_c, *rel_out the relative error of the sum from all
  * of the above. */
 static inline __attribute__((always_inline)) double fz_lse_terms_f32(
-    const double *V, const double *W, const double *B, ptrdiff_t C, double wmax, double cut,
-    double *err_out, double *bkept_out, double *rel_out, ptrdiff_t *n_terms)
+    const double *V, const double *W, const double *KH, const double *KM, double fn,
+    ptrdiff_t C, double wmax, double cut, double *err_out, double *bkept_out,
+    double *rel_out, ptrdiff_t *n_terms)
 {
     const double lo = wmax - cut;
     const float fcut = (float)cut;  /* may round either way: the terms kept are exact sums */
@@ -401,10 +406,11 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
             for (j = 0; j < FZ_PAD; j++) {
                 float x = (float)((V[c0 + j] + W[c0 + j]) - wmax);
                 float e = (x >= -fcut ? 1.0f : 0.0f) * fz_expf_poly(FZ_MAX(x, -fcut));
+                float bc = (float)(KH[c0 + j] * fn + KM[c0 + j]);
                 ls[j] += e;
-                le[j] += e * (float)B[c0 + j];
+                le[j] += e * bc;
                 ln[j] += x >= -fcut ? 1.0f : 0.0f;
-                lb[j] = FZ_MAX(lb[j], x >= -fcut ? (float)B[c0 + j] : 0.0f);
+                lb[j] = FZ_MAX(lb[j], x >= -fcut ? bc : 0.0f);
             }
         }
         float fsum = 0.0f, ferr = 0.0f, fcount = 0.0f;
@@ -437,10 +443,11 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
             for (j = 0; j < nb; j++) {
                 float x = (float)((V[b0 + j] + W[b0 + j]) - wmax);
                 float e = (x >= -fcut ? 1.0f : 0.0f) * fz_expf_poly(FZ_MAX(x, -fcut));
+                float bc = (float)(KH[b0 + j] * fn + KM[b0 + j]);
                 lane_s[j] += e;
-                lane_e[j] += e * (float)B[b0 + j];
+                lane_e[j] += e * bc;
                 lane_n[j] += x >= -fcut ? 1.0f : 0.0f;
-                lane_b[j] = FZ_MAX(lane_b[j], x >= -fcut ? (float)B[b0 + j] : 0.0f);
+                lane_b[j] = FZ_MAX(lane_b[j], x >= -fcut ? bc : 0.0f);
             }
         }
         #pragma omp simd reduction(+:sum, err, count) reduction(max:bk)

@@ -18,13 +18,14 @@ static inline double FZ_N(fz_direct)(const FZ_T *f, const FZ_T *m, ptrdiff_t d, 
  * b_c above a quarter of the allowance per term, tau) or whose b_c passes 1 nat swaps e_c
  * for e^(L_dir + lw_c - wmax) and drops e_c b_c from err (its new value is included even if
  * it falls below the cut: the sum stays over a superset of the terms); bk becomes the
- * largest b_c of the terms left as they were. Returns whether the sum then certifies, and
- * the logsumexp in *lse. */
+ * largest b_c of the terms left as they were. b: the terms' bounds (0 where a value is
+ * direct already), or NULL for the row's beta_c = kh_c fn + km_c. Returns whether the sum
+ * then certifies, and the logsumexp in *lse. */
 static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
     const FZ_T *frow, const FZ_T *means, const fz_gauss_params *q, const double *L,
-    const double *b, double wmax, double cut, int fast, double left_out, double eps,
-    double sum, double err, ptrdiff_t n_terms, double budget, fz_direct_memo *memo,
-    ptrdiff_t *n_direct, double *lse)
+    const double *b, double fn, double wmax, double cut, int fast, double left_out,
+    double eps, double sum, double err, ptrdiff_t n_terms, double budget,
+    fz_direct_memo *memo, ptrdiff_t *n_direct, double *lse)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     const double *lw = q->lw;
@@ -46,15 +47,16 @@ static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
             if (!(x >= -cut))
                 continue;
             double e = fast ? fz_exp_poly(x, low_degree) : exp(x);
-            if (2.0 * e * b[c] > tau || b[c] > 1.0) {
+            double bc = b != NULL ? b[c] : q->kh[c] * fn + q->km[c];
+            if (2.0 * e * bc > tau || bc > 1.0) {
                 (*n_direct)++;
                 double v = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]);
                 fz_direct_memo_put(memo, c, v);
                 removed += e;
-                err_removed += e * b[c];
+                err_removed += e * bc;
                 added += exp(v + lw[c] - wmax);
             } else {
-                bk = FZ_MAX(bk, b[c]);
+                bk = FZ_MAX(bk, bc);
             }
         }
     }
@@ -78,7 +80,7 @@ static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
  * every call and whatever else is asked. */
 static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     const FZ_T *frow, const FZ_T *means, const fz_gauss_params *q, const double *L,
-    const double *b, double wmax, double bmax, double *scratch, fz_direct_memo *memo,
+    double fn, double wmax, double bmax, double *scratch, fz_direct_memo *memo,
     ptrdiff_t *n_direct)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
@@ -101,15 +103,17 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     ptrdiff_t c, n_terms;
     double sum;
     if (single)
-        sum = fz_lse_terms_f32(L, lw, b, Cp, wmax, cut, &err, &bk, &eps, &n_terms);
+        sum = fz_lse_terms_f32(L, lw, q->kh, q->km, fn, Cp, wmax, cut, &err, &bk, &eps,
+                               &n_terms);
     else
-        sum = fz_lse_terms(L, lw, b, Cp, wmax, cut, fast, low_degree, &err, &bk, &n_terms);
+        sum = fz_lse_terms(L, lw, q->kh, q->km, fn, Cp, wmax, cut, fast, low_degree, &err,
+                           &bk, &n_terms);
     double lse = wmax + log(sum);
     double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
     if (FZ_CERTIFIED(err, sum, budget, bk))
         return lse;
-    if (budget > 0.0 && FZ_N(fz_lse_refine)(frow, means, q, L, b, wmax, cut, fast, left_out,
-                                            eps, sum, err, n_terms, budget, memo,
+    if (budget > 0.0 && FZ_N(fz_lse_refine)(frow, means, q, L, NULL, fn, wmax, cut, fast,
+                                            left_out, eps, sum, err, n_terms, budget, memo,
                                             n_direct, &lse))
         return lse;
     /* Still not certified: direct values of every term that can be within FZ_LSE_CUT_MAX of
@@ -117,7 +121,8 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     double dmax = -INFINITY;
     for (c = 0; c < C; c++) {
         V[c] = -INFINITY;
-        if (L[c] + lw[c] + b[c] >= wmax - bmax - FZ_LSE_CUT_MAX && lw[c] > -INFINITY) {
+        if (L[c] + lw[c] + (q->kh[c] * fn + q->km[c]) >= wmax - bmax - FZ_LSE_CUT_MAX
+            && lw[c] > -INFINITY) {
             (*n_direct)++;
             V[c] = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]) + lw[c];
             dmax = FZ_MAX(V[c], dmax);
@@ -152,30 +157,32 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
 #define FZ_DIRECT(c) (fz_direct_memo_has(&memo, c) ? memo.v[memo.hit] \
     : (n_direct++, FZ_N(fz_direct)(frow, means + (c) * d, d, var[c], ln[c])))
 
-    /* Pass A: L~, beta, the maxima of L~ and of L~ + lw, and whether some entry needs its
-     * direct value ("need"; only acted on up front when the matrix is asked for) */
-#define FZ_PASS_A(NEED) \
+    /* Pass A: L~, the maxima of L~ and of L~ + lw; with the matrix asked for, also beta
+     * (b) and whether some entry needs its direct value ("need"), fixed up front. Without
+     * it beta_c = kh_c fn + km_c is formed where it is used (the listed entries, the
+     * logsumexp's terms), not stored: a store per entry costs more than its multiply-add
+     * (the same expression everywhere, so the same value). */
+#define FZ_PASS_A(MORE) \
     for (c = 0; c < Cp; c++) { \
         double v = h[c] * (2.0 * (double)p[c] - fn) - k[c]; \
-        double bc = kh[c] * fn + km[c]; \
         L[c] = v; \
-        b[c] = bc; \
         mxv = v > mxv ? v : mxv; \
         mxw = v + lw[c] > mxw ? v + lw[c] : mxw; \
-        NEED; \
+        MORE; \
     }
     if (full) {
         #pragma omp simd reduction(max:mxv, mxw) reduction(|:need_any)
-        FZ_PASS_A(need_any |= bc > acc * fabs(v))
+        FZ_PASS_A(double bc = kh[c] * fn + km[c]; b[c] = bc;
+                  need_any |= bc > acc * fabs(v))
     } else {
         #pragma omp simd reduction(max:mxv, mxw)
         FZ_PASS_A((void)0)
     }
 #undef FZ_PASS_A
     const double bmax = q->kh_max * fn + q->km_max;
-    /* logsumexp first, while L and b hold the pristine L~ and beta */
+    /* logsumexp first, while L holds the pristine L~ */
     *row_lse = mxw == -INFINITY ? -INFINITY /* every weight is zero */
-        : FZ_N(fz_gauss_lse)(frow, means, q, L, b, mxw, bmax, scratch, &memo, &n_direct);
+        : FZ_N(fz_gauss_lse)(frow, means, q, L, fn, mxw, bmax, scratch, &memo, &n_direct);
     if (full && need_any) { /* the matrix holds B: fix every "need" entry */
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_GAUSS_CHUNK) {
             ptrdiff_t c1 = c0 + FZ_GAUSS_CHUNK < C ? c0 + FZ_GAUSS_CHUNK : C;
@@ -201,6 +208,8 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
 #define FZ_SCREEN_U(c) ((L[c] + bmax) - lo1)
 #define FZ_SCREEN_UT(c) ((L[c] + bmax) - FZ_MIN(lo1, thr[c]))
 #define FZ_LIST_ENTRY { \
+        if (!full) \
+            b[c] = kh[c] * fn + km[c]; \
         double t = L[c] + b[c]; \
         int flags = (t >= lo1 ? FZ_ARGMAX : 0) | (t >= thr[c] ? FZ_THRESHOLD : 0); \
         if (flags) { \
@@ -443,8 +452,8 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
                 Lj[c] = V[c][j];
                 bj[c] = B[c][j];
             }
-            bad[j] = !FZ_N(fz_lse_refine)(F + (g + j) * d, means, q, Lj, bj, mxw[j], cut[j],
-                                          1, left_out[j], eps_exp, sum[j], err[j],
+            bad[j] = !FZ_N(fz_lse_refine)(F + (g + j) * d, means, q, Lj, bj, f[j], mxw[j],
+                                          cut[j], 1, left_out[j], eps_exp, sum[j], err[j],
                                           (ptrdiff_t)n_terms[j], budget, &memo, n_direct,
                                           &lse[j]);
         }
