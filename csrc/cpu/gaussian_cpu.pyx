@@ -31,6 +31,7 @@ from fastzsl.backends._gaussian_gemm import class_terms
 
 cdef extern from "gaussian_kernels.h" nogil:
     enum: FZ_PAD  # the class arrays are padded to a multiple of it
+    enum: FZ_LSE_BLOCK  # classes per block of a row's block maxima
     ctypedef struct fz_gauss_params:
         Py_ssize_t n_classes
         Py_ssize_t d
@@ -43,6 +44,7 @@ cdef extern from "gaussian_kernels.h" nogil:
         const double* ln
         const double* lw
         const double* thr
+        const double* thr_min
         double kh_max
         double km_max
         int finite_thresholds
@@ -60,14 +62,14 @@ cdef extern from "gaussian_kernels.h" nogil:
                          double* fn)
     Py_ssize_t fz_gauss_tile_f(const float* P, Py_ssize_t ldp, const double* fn,
                                const float* F, const float* means, Py_ssize_t r0, Py_ssize_t r1,
-                               const fz_gauss_params* q, double* L, double* b, int* lst,
-                               double* scratch, float* Lout,
+                               const fz_gauss_params* q, double* L, double* b, double* blk,
+                               int* lst, double* scratch, float* Lout,
                                float* row_max, int64_t* row_argmax, float* row_lse,
                                uint8_t* all_below)
     Py_ssize_t fz_gauss_tile_d(const double* P, Py_ssize_t ldp, const double* fn,
                                const double* F, const double* means, Py_ssize_t r0, Py_ssize_t r1,
-                               const fz_gauss_params* q, double* L, double* b, int* lst,
-                               double* scratch, double* Lout,
+                               const fz_gauss_params* q, double* L, double* b, double* blk,
+                               int* lst, double* scratch, double* Lout,
                                double* row_max, int64_t* row_argmax, double* row_lse,
                                uint8_t* all_below)
 
@@ -216,6 +218,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     cdef double* fn
     cdef double* Lbuf
     cdef double* bbuf
+    cdef double* blkbuf
     cdef int* lst
     cdef double* scratch
     cdef int failed = 0
@@ -228,6 +231,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     fn = NULL
     Lbuf = NULL
     bbuf = NULL
+    blkbuf = NULL
     lst = NULL
     scratch = NULL
     with parallel():
@@ -237,11 +241,12 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
         fn = <double*>malloc(tile * sizeof(double))
         Lbuf = <double*>malloc(q.n_padded * sizeof(double))
         bbuf = <double*>malloc(q.n_padded * sizeof(double))
+        blkbuf = <double*>malloc((2 * (q.n_padded // FZ_LSE_BLOCK) + 2) * sizeof(double))
         lst = <int*>malloc(C * sizeof(int))
         scratch = <double*>malloc(C * sizeof(double))
         for b in prange(n_tiles, schedule="dynamic"):
             if (fc == NULL or prod == NULL or fn == NULL or Lbuf == NULL or bbuf == NULL
-                    or lst == NULL or scratch == NULL):
+                    or blkbuf == NULL or lst == NULL or scratch == NULL):
                 failed_p[0] = -1
                 continue
             r0 = b * tile
@@ -269,17 +274,18 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                 gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
             if cython.floating is float:
                 n_direct += fz_gauss_tile_f(prod, ldp, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf,
-                                            lst, scratch, Lout, row_max, row_argmax, row_lse,
-                                            all_below)
+                                            blkbuf, lst, scratch, Lout, row_max, row_argmax,
+                                            row_lse, all_below)
             else:
                 n_direct += fz_gauss_tile_d(prod, ldp, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf,
-                                            lst, scratch, Lout, row_max, row_argmax, row_lse,
-                                            all_below)
+                                            blkbuf, lst, scratch, Lout, row_max, row_argmax,
+                                            row_lse, all_below)
         free(fc)
         free(prod)
         free(fn)
         free(Lbuf)
         free(bbuf)
+        free(blkbuf)
         free(lst)
         free(scratch)
     if failed:
@@ -306,6 +312,9 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     cdef const double[::1] kh = padded(terms.kh, 0.0), km = padded(terms.km, 0.0)
     cdef const double[::1] ln = padded(terms.log_norm, 0.0)
     cdef const double[::1] lw = padded(log_weights, 0.0), thr = padded(thresholds, np.inf)
+    # the smallest threshold per block of FZ_LSE_BLOCK classes (the screen's block bound)
+    cdef const double[::1] thr_min = np.minimum.reduceat(
+        np.asarray(thr), np.arange(0, n_padded, FZ_LSE_BLOCK))
     cdef const double[::1] center = terms.center
     cdef fz_gauss_params q
     q.n_classes = n_classes
@@ -319,6 +328,7 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     q.ln = &ln[0]
     q.lw = &lw[0]
     q.thr = &thr[0]
+    q.thr_min = &thr_min[0]
     q.kh_max = terms.kh.max()
     q.km_max = terms.km.max()
     q.finite_thresholds = bool((thresholds < np.inf).any())

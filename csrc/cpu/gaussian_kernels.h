@@ -31,12 +31,13 @@
  *     for float32 inputs where |lse| leaves room).
  *   The (n, C) matrix, when asked for, holds F.
  *
- * Per row: pass A forms L~, beta, max L~ and max (L~ + lw) (vectorised); the logsumexp
- * follows (blocks without a term are skipped after one max-reduction); with the matrix
- * asked for, every "need" entry is then fixed. Pass B screens every entry with beta_max in
- * place of its own beta against lo1 = max L~ - beta_max and the thresholds, skipping
- * blocks of FZ_BLOCK and then FZ_GAUSS_CHUNK entries after one vectorised max-reduction
- * each; the entries that pass are tested with their own beta and listed when they may be an
+ * Per row: pass A forms L~ and the maxima of L~ and of L~ + lw, overall and per block of
+ * FZ_LSE_BLOCK classes (vectorised); the logsumexp follows (blocks without a term are
+ * skipped on their maximum); with the matrix asked for, every "need" entry is then fixed.
+ * Pass B screens every entry with beta_max in place of its own beta against lo1 = max L~ -
+ * beta_max and the thresholds, skipping blocks on their maximum (and smallest threshold)
+ * and then chunks of FZ_GAUSS_CHUNK entries after one vectorised max-reduction each; the
+ * entries that pass are tested with their own beta and listed when they may be an
  * argmax candidate or not below their threshold. Only the listed entries (a few per row on
  * typical data) get the scalar treatment above, so a row costs a few vectorised passes plus
  * O(listed) work. With at most FZ_PAD classes that fixed cost per row dominates, so rows
@@ -65,10 +66,12 @@
 #define FZ_CLONES
 #endif
 
-#define FZ_BLOCK 256
 #define FZ_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FZ_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define FZ_GAUSS_CHUNK 16
+/* classes per block of a row's block maxima (pass A), for skipping blocks in the
+ * logsumexp and the screen */
+#define FZ_LSE_BLOCK 64
 /* the class arrays are padded to a multiple of this (see fz_gauss_params) */
 #define FZ_PAD 16
 /* rows decided together where the classes fit one FZ_PAD (fz_gauss_lanes; tiles of rows
@@ -184,6 +187,7 @@ typedef struct {
     const double *ln;    /* d/2 log(2 pi var_c) */
     const double *lw;    /* log weights */
     const double *thr;   /* thresholds */
+    const double *thr_min;  /* the smallest threshold per block of FZ_LSE_BLOCK classes */
     double kh_max, km_max;   /* max kh, max km: beta_c <= kh_max fn + km_max */
     int finite_thresholds;   /* some threshold is below +inf */
     double acc;
@@ -220,28 +224,25 @@ static inline int fz_direct_memo_has(fz_direct_memo *m, ptrdiff_t c)
     return 0;
 }
 
-/* Runs BODY for every c in [0, n) with M(c) >= 0, in increasing c: blocks of FZ_BLOCK and
- * then of FZ_GAUSS_CHUNK entries are skipped after one vectorised max-reduction each, since
- * only a few entries per row are expected. Up to FZ_GAUSS_CHUNK entries are tested one by
- * one: a reduction that short costs more than it saves. */
-#define FZ_FOR_NONNEG(M, n, c, BODY)                                                      \
+/* Runs BODY for every c in [0, n) with M(c) >= 0, in increasing c: blocks of FZ_LSE_BLOCK
+ * entries whose upper bound UB(block) (from pass A's block maxima) is below 0 are skipped,
+ * then chunks of FZ_GAUSS_CHUNK after one vectorised max-reduction each, since only a few
+ * entries per row are expected. Up to FZ_GAUSS_CHUNK entries are tested one by one: a
+ * reduction that short costs more than it saves. */
+#define FZ_FOR_NONNEG(M, UB, n, c, BODY)                                                  \
     if ((n) <= FZ_GAUSS_CHUNK) {                                                          \
         for (c = 0; c < (n); c++) {                                                       \
             if (M(c) >= 0.0)                                                              \
                 BODY                                                                      \
         }                                                                                 \
     } else                                                                                \
-    for (ptrdiff_t b0_ = 0; b0_ < (n); b0_ += FZ_BLOCK) {                                 \
-        ptrdiff_t b1_ = b0_ + FZ_BLOCK < (n) ? b0_ + FZ_BLOCK : (n);                      \
-        double top_ = -INFINITY;                                                          \
-        _Pragma("omp simd reduction(max:top_)")                                           \
-        for (c = b0_; c < b1_; c++)                                                       \
-            top_ = FZ_MAX(M(c), top_);                                                    \
-        if (!(top_ >= 0.0))                                                               \
+    for (ptrdiff_t b0_ = 0; b0_ < (n); b0_ += FZ_LSE_BLOCK) {                             \
+        ptrdiff_t b1_ = b0_ + FZ_LSE_BLOCK < (n) ? b0_ + FZ_LSE_BLOCK : (n);              \
+        if (!(UB(b0_ / FZ_LSE_BLOCK) >= 0.0))                                             \
             continue;                                                                     \
         for (ptrdiff_t c0_ = b0_; c0_ < b1_; c0_ += FZ_GAUSS_CHUNK) {                     \
             ptrdiff_t c1_ = c0_ + FZ_GAUSS_CHUNK < b1_ ? c0_ + FZ_GAUSS_CHUNK : b1_;      \
-            top_ = -INFINITY;                                                             \
+            double top_ = -INFINITY;                                                      \
             _Pragma("omp simd reduction(max:top_)")                                       \
             for (c = c0_; c < c1_; c++)                                                   \
                 top_ = FZ_MAX(M(c), top_);                                                \
@@ -259,19 +260,18 @@ static inline int fz_direct_memo_has(fz_direct_memo *m, ptrdiff_t c)
  * of those terms (*bkept_out), B_c = KH_c fn + KM_c >= 0 formed here (a row's bounds are
  * not stored: a store per entry costs more than its two multiply-adds). Up to
  * FZ_LSE_BLOCK terms are summed by one vector reduction (callers pad C to whole vectors).
- * Past that, blocks of FZ_LSE_BLOCK without a term are skipped after one max-reduction
- * (most of a row where the classes are far apart); the others add into FZ_LSE_BLOCK lane
- * sums (no reduction per block), each of at most C / FZ_LSE_BLOCK + 1 terms, added up once
- * at the end, in any order. */
-#define FZ_LSE_BLOCK 64
+ * Past that, blocks of FZ_LSE_BLOCK without a term are skipped on their maximum blk_w (of
+ * V + W, from pass A: most of a row where the classes are far apart); the others add into
+ * FZ_LSE_BLOCK lane sums (no reduction per block), each of at most C / FZ_LSE_BLOCK + 1
+ * terms, added up once at the end, in any order. */
 static inline __attribute__((always_inline)) double fz_lse_terms(
-    const double *V, const double *W, const double *KH, const double *KM, double fn,
-    ptrdiff_t C, double wmax, double cut, int fast, int low_degree, double *err_out,
-    double *bkept_out, ptrdiff_t *n_terms)
+    const double *V, const double *W, const double *blk_w, const double *KH,
+    const double *KM, double fn, ptrdiff_t C, double wmax, double cut, int fast,
+    int low_degree, double *err_out, double *bkept_out, ptrdiff_t *n_terms)
 {
     const double lo = wmax - cut;
     double sum = 0.0, err = 0.0, count = 0.0, bk = 0.0;
-    ptrdiff_t c, j;
+    ptrdiff_t j;
 #define FZ_X(c) (V[c] + W[c])
     if (fast && C <= FZ_LSE_BLOCK) {
         /* C is a multiple of FZ_PAD: fixed-length lanes stay in registers */
@@ -308,11 +308,7 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
         lane_s[j] = lane_e[j] = lane_n[j] = lane_b[j] = 0.0;
     for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
         const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
-        double hi = -INFINITY;
-        #pragma omp simd reduction(max:hi)
-        for (c = b0; c < b0 + nb; c++)
-            hi = FZ_MAX(FZ_X(c), hi);
-        if (!(hi >= lo))
+        if (!(blk_w[b0 / FZ_LSE_BLOCK] >= lo))
             continue;
         if (fast) {
             #pragma omp simd
@@ -389,15 +385,15 @@ static inline float fz_expf_poly(float x)
  * *bkept_out of the terms' largest B_c, *rel_out the relative error of the sum from all
  * of the above. */
 static inline __attribute__((always_inline)) double fz_lse_terms_f32(
-    const double *V, const double *W, const double *KH, const double *KM, double fn,
-    ptrdiff_t C, double wmax, double cut, double *err_out, double *bkept_out,
-    double *rel_out, ptrdiff_t *n_terms)
+    const double *V, const double *W, const double *blk_w, const double *KH,
+    const double *KM, double fn, ptrdiff_t C, double wmax, double cut, double *err_out,
+    double *bkept_out, double *rel_out, ptrdiff_t *n_terms)
 {
     const double lo = wmax - cut;
     const float fcut = (float)cut;  /* may round either way: the terms kept are exact sums */
     double sum = 0.0, err = 0.0, count = 0.0;
     float bk = 0.0f;
-    ptrdiff_t c, j;
+    ptrdiff_t j;
     if (C <= FZ_LSE_BLOCK) {
         /* C is a multiple of FZ_PAD: fixed-length lanes stay in registers */
         float ls[FZ_PAD] = {0}, le[FZ_PAD] = {0}, ln[FZ_PAD] = {0}, lb[FZ_PAD] = {0};
@@ -433,11 +429,7 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
             lane_s[j] = lane_e[j] = lane_n[j] = lane_b[j] = 0.0f;
         for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
             const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
-            double hi = -INFINITY;
-            #pragma omp simd reduction(max:hi)
-            for (c = b0; c < b0 + nb; c++)
-                hi = FZ_MAX(V[c] + W[c], hi);
-            if (!(hi >= lo))
+            if (!(blk_w[b0 / FZ_LSE_BLOCK] >= lo))
                 continue;
             #pragma omp simd
             for (j = 0; j < nb; j++) {

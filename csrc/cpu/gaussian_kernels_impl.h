@@ -80,8 +80,8 @@ static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
  * every call and whatever else is asked. */
 static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     const FZ_T *frow, const FZ_T *means, const fz_gauss_params *q, const double *L,
-    double fn, double wmax, double bmax, double *scratch, fz_direct_memo *memo,
-    ptrdiff_t *n_direct)
+    const double *blk_w, double fn, double wmax, double bmax, double *scratch,
+    fz_direct_memo *memo, ptrdiff_t *n_direct)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     const ptrdiff_t Cp = q->n_padded;  /* the sums run over the padding too: zero terms */
@@ -103,11 +103,11 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     ptrdiff_t c, n_terms;
     double sum;
     if (single)
-        sum = fz_lse_terms_f32(L, lw, q->kh, q->km, fn, Cp, wmax, cut, &err, &bk, &eps,
-                               &n_terms);
+        sum = fz_lse_terms_f32(L, lw, blk_w, q->kh, q->km, fn, Cp, wmax, cut, &err, &bk,
+                               &eps, &n_terms);
     else
-        sum = fz_lse_terms(L, lw, q->kh, q->km, fn, Cp, wmax, cut, fast, low_degree, &err,
-                           &bk, &n_terms);
+        sum = fz_lse_terms(L, lw, blk_w, q->kh, q->km, fn, Cp, wmax, cut, fast, low_degree,
+                           &err, &bk, &n_terms);
     double lse = wmax + log(sum);
     double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
     if (FZ_CERTIFIED(err, sum, budget, bk))
@@ -136,12 +136,13 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
 }
 
 /* One row (see the header for the definitions). L, b: C doubles of scratch (L is left
- * holding the row's values where the matrix is asked for: full); list: C ints of scratch,
- * scratch: C doubles. Returns the number of direct evaluations. */
+ * holding the row's values where the matrix is asked for: full); blk: 2 C / FZ_LSE_BLOCK
+ * + 2 doubles (the block maxima); list: C ints of scratch, scratch: C doubles. Returns the
+ * number of direct evaluations. */
 static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
     const FZ_T *p, double fn, const FZ_T *frow, const FZ_T *means, const fz_gauss_params *q,
-    int full, double *L, double *b, int *list, double *scratch, double *row_max,
-    int64_t *row_argmax, double *row_lse, uint8_t *all_below)
+    int full, double *L, double *b, double *blk, int *list, double *scratch,
+    double *row_max, int64_t *row_argmax, double *row_lse, uint8_t *all_below)
 {
     const ptrdiff_t C = q->n_classes, d = q->d, Cp = q->n_padded;
     const double acc = q->acc;
@@ -162,27 +163,36 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
      * it beta_c = kh_c fn + km_c is formed where it is used (the listed entries, the
      * logsumexp's terms), not stored: a store per entry costs more than its multiply-add
      * (the same expression everywhere, so the same value). */
+    double *blk_v = blk, *blk_w = blk + (Cp + FZ_LSE_BLOCK - 1) / FZ_LSE_BLOCK;
 #define FZ_PASS_A(MORE) \
-    for (c = 0; c < Cp; c++) { \
-        double v = h[c] * (2.0 * (double)p[c] - fn) - k[c]; \
-        L[c] = v; \
-        mxv = v > mxv ? v : mxv; \
-        mxw = v + lw[c] > mxw ? v + lw[c] : mxw; \
-        MORE; \
+    for (ptrdiff_t b0 = 0; b0 < Cp; b0 += FZ_LSE_BLOCK) { \
+        const ptrdiff_t b1 = FZ_MIN(b0 + FZ_LSE_BLOCK, Cp); \
+        double bv = -INFINITY, bw = -INFINITY; \
+        _Pragma("omp simd reduction(max:bv, bw) reduction(|:need_any)") \
+        for (c = b0; c < b1; c++) { \
+            double v = h[c] * (2.0 * (double)p[c] - fn) - k[c]; \
+            L[c] = v; \
+            bv = v > bv ? v : bv; \
+            bw = v + lw[c] > bw ? v + lw[c] : bw; \
+            MORE; \
+        } \
+        blk_v[b0 / FZ_LSE_BLOCK] = bv; \
+        blk_w[b0 / FZ_LSE_BLOCK] = bw; \
+        mxv = bv > mxv ? bv : mxv; \
+        mxw = bw > mxw ? bw : mxw; \
     }
     if (full) {
-        #pragma omp simd reduction(max:mxv, mxw) reduction(|:need_any)
         FZ_PASS_A(double bc = kh[c] * fn + km[c]; b[c] = bc;
                   need_any |= bc > acc * fabs(v))
     } else {
-        #pragma omp simd reduction(max:mxv, mxw)
         FZ_PASS_A((void)0)
     }
 #undef FZ_PASS_A
     const double bmax = q->kh_max * fn + q->km_max;
     /* logsumexp first, while L holds the pristine L~ */
     *row_lse = mxw == -INFINITY ? -INFINITY /* every weight is zero */
-        : FZ_N(fz_gauss_lse)(frow, means, q, L, fn, mxw, bmax, scratch, &memo, &n_direct);
+        : FZ_N(fz_gauss_lse)(frow, means, q, L, blk_w, fn, mxw, bmax, scratch, &memo,
+                             &n_direct);
     if (full && need_any) { /* the matrix holds B: fix every "need" entry */
         for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_GAUSS_CHUNK) {
             ptrdiff_t c1 = c0 + FZ_GAUSS_CHUNK < C ? c0 + FZ_GAUSS_CHUNK : C;
@@ -194,6 +204,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
                 if (b[c] > acc * fabs(L[c])) {
                     L[c] = FZ_DIRECT(c);
                     b[c] = 0.0;
+                    blk_v[c / FZ_LSE_BLOCK] = FZ_MAX(L[c], blk_v[c / FZ_LSE_BLOCK]);
                 }
             }
         }
@@ -207,6 +218,9 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
     int above = 0;
 #define FZ_SCREEN_U(c) ((L[c] + bmax) - lo1)
 #define FZ_SCREEN_UT(c) ((L[c] + bmax) - FZ_MIN(lo1, thr[c]))
+    /* upper bounds of those over a block, from its maximum (rounding is monotone) */
+#define FZ_BLOCK_U(i) ((blk_v[i] + bmax) - lo1)
+#define FZ_BLOCK_UT(i) ((blk_v[i] + bmax) - FZ_MIN(lo1, q->thr_min[i]))
 #define FZ_LIST_ENTRY { \
         if (!full) \
             b[c] = kh[c] * fn + km[c]; \
@@ -221,12 +235,14 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
         } \
     }
     if (q->finite_thresholds) {
-        FZ_FOR_NONNEG(FZ_SCREEN_UT, C, c, FZ_LIST_ENTRY);
+        FZ_FOR_NONNEG(FZ_SCREEN_UT, FZ_BLOCK_UT, C, c, FZ_LIST_ENTRY);
     } else {
-        FZ_FOR_NONNEG(FZ_SCREEN_U, C, c, FZ_LIST_ENTRY);
+        FZ_FOR_NONNEG(FZ_SCREEN_U, FZ_BLOCK_U, C, c, FZ_LIST_ENTRY);
     }
 #undef FZ_SCREEN_U
 #undef FZ_SCREEN_UT
+#undef FZ_BLOCK_U
+#undef FZ_BLOCK_UT
 #undef FZ_LIST_ENTRY
     /* argmax over the listed candidates */
     double lo = -INFINITY, mx = -INFINITY;
@@ -306,20 +322,20 @@ FZ_CLONES static int FZ_N(fz_centre_tile)(const FZ_T *F, ptrdiff_t r0, ptrdiff_t
  * at P + (i - r0) ldp; fn likewise). */
 static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
     const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
-    ptrdiff_t i, ptrdiff_t r0, const fz_gauss_params *q, double *L, double *b, int *list,
-    double *scratch, FZ_T *Lout, FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse,
-    uint8_t *all_below)
+    ptrdiff_t i, ptrdiff_t r0, const fz_gauss_params *q, double *L, double *b, double *blk,
+    int *list, double *scratch, FZ_T *Lout, FZ_T *row_max, int64_t *row_argmax,
+    FZ_T *row_lse, uint8_t *all_below)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     double mx, lse;
     ptrdiff_t n_direct;
     if (Lout != NULL)
         n_direct = FZ_N(fz_gauss_row)(P + (i - r0) * ldp, fn[i - r0], F + i * d, means, q, 1,
-                                      L, b, list, scratch, &mx, row_argmax + i, &lse,
+                                      L, b, blk, list, scratch, &mx, row_argmax + i, &lse,
                                       all_below + i);
     else
         n_direct = FZ_N(fz_gauss_row)(P + (i - r0) * ldp, fn[i - r0], F + i * d, means, q, 0,
-                                      L, b, list, scratch, &mx, row_argmax + i, &lse,
+                                      L, b, blk, list, scratch, &mx, row_argmax + i, &lse,
                                       all_below + i);
     row_max[i] = (FZ_T)mx;
     row_lse[i] = (FZ_T)lse;
@@ -506,9 +522,9 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
  * outputs indexed by global row. Lout is NULL, or the (n, C) output matrix. */
 FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
     const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
-    ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b, int *list,
-    double *scratch, FZ_T *Lout, FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse,
-    uint8_t *all_below)
+    ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b, double *blk,
+    int *list, double *scratch, FZ_T *Lout, FZ_T *row_max, int64_t *row_argmax,
+    FZ_T *row_lse, uint8_t *all_below)
 {
     ptrdiff_t n_direct = 0;
     if (q->n_padded == FZ_PAD) {
@@ -519,13 +535,14 @@ FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
             for (ptrdiff_t j = 0; bad; j++, bad >>= 1)
                 if (bad & 1u)
                     n_direct += FZ_N(fz_gauss_one)(P, ldp, fn, F, means, g + j, r0, q, L, b,
-                                                   list, scratch, Lout, row_max, row_argmax,
-                                                   row_lse, all_below);
+                                                   blk, list, scratch, Lout, row_max,
+                                                   row_argmax, row_lse, all_below);
         }
         return n_direct;
     }
     for (ptrdiff_t i = r0; i < r1; i++)
-        n_direct += FZ_N(fz_gauss_one)(P, ldp, fn, F, means, i, r0, q, L, b, list, scratch,
-                                       Lout, row_max, row_argmax, row_lse, all_below);
+        n_direct += FZ_N(fz_gauss_one)(P, ldp, fn, F, means, i, r0, q, L, b, blk, list,
+                                       scratch, Lout, row_max, row_argmax, row_lse,
+                                       all_below);
     return n_direct;
 }

@@ -257,6 +257,30 @@ def test_a_kept_term_whose_bound_passes_one_nat_is_refined_alone(C):
     assert n_direct <= 2 * n, n_direct
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_an_entry_above_its_threshold_far_below_the_row_max_is_found(full, dtype):
+    """Far classes, C = 200 (blocks of 64 classes skipped on their maximum): one class's
+    threshold is below every row's value there, far below each row's max, so every row
+    has an entry that is not below its threshold (all_below False, as the reference says);
+    the screen's block bound must count the block's smallest threshold, not only the max."""
+    gemm = _gemm_kernel()
+    rng = np.random.default_rng(3)
+    C, d, n = 200, 16, 300
+    means = (4.0 * rng.standard_normal((C, d))).astype(dtype)
+    y = rng.integers(0, 100, n)  # rows of the first 100 classes: class 150 is far away
+    F = (means[y] + rng.standard_normal((n, d))).astype(dtype)
+    variances = rng.uniform(0.5, 2.0, C)
+    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    thresholds = np.full(C, np.inf)
+    thresholds[150] = -1e9
+    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
+    assert not ref[4].any()
+    assert (ref[0][:, 150] < ref[1] - 30).all()  # far below the max: no argmax candidate
+    (_, mx, am, _, below), _ = gemm(F, means, variances, log_weights, thresholds, full)
+    np.testing.assert_array_equal(below, ref[4])
+    np.testing.assert_array_equal(am, ref[2])
+
+
 @pytest.mark.parametrize("C,d", [(10, 16), (40, 50), (1000, 7)])
 def test_every_product_route_gives_the_reference_reductions(f32_tiles, C, d, dtype):
     """Products by BLAS, the AVX-512 tiles of knn_f32_tiles.h and their portable form (float32
