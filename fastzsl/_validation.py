@@ -23,7 +23,7 @@ from ._array import array_module, as_device_array, on_device, to_host
 _FINITE_CHECK_ROWS = 1 << 16
 
 
-def as_float_matrix(X, name: str = "X", *, dtype=None, keep_device=False):
+def as_float_matrix(X, name: str = "X", *, dtype=None, keep_device=False, finite=True):
     """Validate a 2-D float matrix and return it C-contiguous.
 
     Parameters
@@ -36,6 +36,9 @@ def as_float_matrix(X, name: str = "X", *, dtype=None, keep_device=False):
     keep_device : bool, default=False
         Check and return a CuPy array on its device (a torch CUDA tensor comes back as a
         CuPy array over its memory; else the result is NumPy).
+    finite : bool, default=True
+        Check for NaN and infinity (:func:`check_finite`); False where the caller has that
+        done elsewhere (a kernel that meets them at no cost).
     """
     device = keep_device and on_device(X)
     if device:
@@ -87,9 +90,9 @@ def as_float_matrix(X, name: str = "X", *, dtype=None, keep_device=False):
             dtype = X.dtype
     if device:
         X = array_module(X).ascontiguousarray(X, dtype=dtype)
-        _check_finite_on_device(X, name)
     else:
         X = np.ascontiguousarray(X, dtype=dtype)
+    if finite:
         check_finite(X, name)
     return X
 
@@ -114,7 +117,11 @@ def all_finite(X) -> bool:
 
 
 def check_finite(X, name: str) -> None:
-    """Raise a ValueError naming the first NaN or infinity in the 2-D array ``X``."""
+    """Raise a ValueError naming the first NaN or infinity in the 2-D array ``X`` (a CuPy
+    array is checked on its device)."""
+    if on_device(X):
+        _check_finite_on_device(X, name)
+        return
     if all_finite(X):
         return
     for start in range(0, X.shape[0], _FINITE_CHECK_ROWS):

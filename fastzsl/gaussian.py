@@ -18,7 +18,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._array import array_module, like, like_each, on_device, to_host
 from ._model_files import SaveMixin
-from ._validation import as_float_matrix, as_float_vector, check_option, check_same_width
+from ._validation import (as_float_matrix, as_float_vector, check_finite, check_option,
+                          check_same_width)
 from .backends import kernels_for, uses_n_jobs
 
 # Rows per call when the full (n, C) matrix is needed, to bound its memory.
@@ -93,7 +94,7 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
     The reductions never depend on ``full``; a row gets bit-identical values in every
     call (the estimator reads its thresholds off earlier calls).
     """
-    X = as_float_matrix(F, "F", keep_device=True)
+    X = as_float_matrix(F, "F", keep_device=True, finite=False)  # checked below
     xp = array_module(X)  # the defaults are made where X is
     means = as_float_matrix(means, "means", dtype=X.dtype, keep_device=True)
     check_same_width(X, means.shape[1], "F", "means")
@@ -113,6 +114,8 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
         raise ValueError(f"thresholds must not be NaN, got {to_host(thresholds)}")
     with kernels_for(backend, X, means, variances, log_weights, thresholds,
                      n_jobs=n_jobs) as (kernels, arrays):
+        if not kernels.gaussian_checks_finite:  # else the kernel does, in its own pass
+            check_finite(X, "F")
         result = kernels.gaussian_loglik(*arrays, bool(full))
     return GaussianLogLik(*like_each(result, F))
 

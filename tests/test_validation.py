@@ -207,3 +207,21 @@ def test_infinities_of_either_sign_are_named(X, signs):
     A[9, 0] = signs[1] * np.inf
     with pytest.raises(ValueError, match=r"contains NaN or infinity: inf at row 3, column 1"):
         fastzsl.knn(A, X, 3)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cython"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_gaussian_loglik_names_a_non_finite_row_on_every_backend(backend, bad, dtype):
+    """The cython backend finds NaN and infinity in F in its own row norms (no separate
+    pass over F); the error is the same as the other backends' (and any later rows' too:
+    the bad row sits in a later tile)."""
+    from fastzsl.testing import backend_is_available
+    if not backend_is_available(backend):
+        pytest.skip(f"{backend} backend unavailable")
+    rng = np.random.default_rng(0)
+    F = rng.standard_normal((3000, 5)).astype(dtype)
+    F[2345, 3] = bad
+    means = rng.standard_normal((4, 5))
+    with pytest.raises(ValueError,
+                       match=rf"^F contains NaN or infinity: {bad} at row 2345, column 3$"):
+        fastzsl.gaussian_loglik(F, means, np.ones(4), full=False, backend=backend)

@@ -27,6 +27,7 @@ from gemm_tiles cimport FZ_F32_NR, FZ_F64_NR, gemm_abt, pack_panels, tile_abt
 
 from fastzsl._ext import knn_cpu  # owns the products' route (set_f32_tiles)
 from fastzsl._threads import blas_single_threaded
+from fastzsl._validation import check_finite
 from fastzsl.backends._gaussian_gemm import class_terms
 
 cdef extern from "gaussian_kernels.h" nogil:
@@ -390,9 +391,13 @@ def gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full):
 
 def gaussian_loglik(F, means, variances, log_weights, thresholds, full):
     """Returns (L or None, row_max, row_argmax, row_logsumexp, all_below): the GEMM-form
-    kernel, or the direct one where the GEMM form does not apply."""
+    kernel, or the direct one where the GEMM form does not apply. F is checked for NaN and
+    infinity here (the backend's ``gaussian_checks_finite``): the GEMM form's row norms
+    are finite exactly when the rows are, unless a finite norm overflows, and either way
+    it hands over to the direct kernel, after the check."""
     out = gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full)
     if out is None:
+        check_finite(F, "F")  # the public parameter's name: its error message
         return gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full)
     return out[0]
 

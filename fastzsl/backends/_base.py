@@ -2,7 +2,7 @@
 
 Kernels trust their inputs: the public functions (``fastzsl.knn``, ``loop_fit``,
 ``loop_score``, ``gaussian_loglik``) validate once and pass C-contiguous arrays of one
-float dtype (float32 or float64). Every backend returns the same shapes and dtypes as the
+float dtype (float32 or float64); one exception, ``gaussian_checks_finite``. Every backend returns the same shapes and dtypes as the
 NumPy reference in :mod:`fastzsl.backends.numpy_`, which documents the exact semantics.
 """
 from __future__ import annotations
@@ -35,6 +35,10 @@ class KernelSet:
         Optional. The self-join ``knn(X, X, k, 0)`` in one call, for backends with a faster
         way to do it (each pair of points once); ``on_progress(fraction_done)`` is called
         along the way. It may decline (None) and the caller then uses ``knn``.
+    gaussian_checks_finite : bool
+        Whether ``gaussian_loglik`` raises :func:`fastzsl._validation.check_finite`'s error
+        for a NaN or infinity in F itself (the cython GEMM form meets them in its row norms
+        at no cost), so that the public function need not read F once more to check.
     self_join(X, k) -> a join or None
         Optional. The same self-join in pieces, with the candidate lists of only two row
         ranges in memory at a time (``fastzsl.fit_file``): the object has ``new_lists``,
@@ -48,6 +52,7 @@ class KernelSet:
     loop_fit: Callable
     loop_score: Callable
     gaussian_loglik: Callable
+    gaussian_checks_finite: bool = False
     knn_self: Optional[Callable] = None
     self_join: Optional[Callable] = None
     knn_prepare: Optional[Callable] = None

@@ -93,6 +93,7 @@ else:
         loop_fit=_loop_cpu.loop_fit,
         loop_score=_loop_cpu.loop_score,
         gaussian_loglik=_gaussian_cpu.gaussian_loglik,
+        gaussian_checks_finite=True,
         knn_self=_knn_cpu.knn_self,
         self_join=_knn_cpu.SelfJoin.open,
         knn_prepare=prepare,
