@@ -17,6 +17,23 @@ def _gemm_kernel():
     return cython_._gaussian_cpu.gaussian_loglik_gemm
 
 
+def _far_float32(seed, C, d, n, scale, variances=(0.5, 2.0)):
+    """Far classes in float32: means ``scale`` x standard normal, each row one unit from
+    its class's mean (F, means, variances, log_weights, the rows' classes)."""
+    rng = np.random.default_rng(seed)
+    means = (scale * rng.standard_normal((C, d))).astype(np.float32)
+    y = rng.integers(0, C, n)
+    F = (means[y] + rng.standard_normal((n, d))).astype(np.float32)
+    return (F, means, rng.uniform(*variances, C), np.log(rng.dirichlet(np.ones(C))), y)
+
+
+def _centred_sqnorms(F, terms):
+    """The kernel's squared norms of the rows, centred on the means' mean and rounded to
+    F's dtype, summed in double."""
+    centred = (F.astype(np.float64) - terms.center).astype(F.dtype).astype(np.float64)
+    return (centred ** 2).sum(1)
+
+
 @pytest.mark.parametrize("name", ["cython", "numba"])
 def test_huge_norms_fall_back_to_the_direct_kernel(name, dtype, rng):
     """Norms that could overflow the product take cython's direct kernel; both compiled
@@ -137,8 +154,8 @@ def test_every_class_within_a_few_nats_takes_the_vectorised_sum(regime, d, C, dt
 
 def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype):
     """Rows far from every mean (3e3 standard deviations, 3e8 for float64): every value's
-    bound beta is above 1 nat, where the logsumexp's first-order certificate (2 sum e_c beta_c
-    / sum e_c) no longer holds and max beta certifies it instead (or the terms are refined).
+    bound beta is above 1 nat, where the logsumexp certificate's factor 1 + (e - 2) bk no
+    longer holds and max beta certifies it instead (or the terms are refined).
     The reductions still equal the reference's, with equal and unequal variances."""
     gemm = _gemm_kernel()
     rng = np.random.default_rng(5)
@@ -151,7 +168,7 @@ def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype):
     thresholds = np.full(C, np.inf)
     from fastzsl.backends._gaussian_gemm import class_terms
     terms = class_terms(means, variances)
-    fn = (((F.astype(np.float64) - terms.center).astype(dtype).astype(np.float64)) ** 2).sum(1)
+    fn = _centred_sqnorms(F, terms)
     assert (terms.kh.max() * fn + terms.km.max() > 1.0).all()  # the regime under test
     ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
     (_, mx, am, lse, _), _ = gemm(F, means, variances, log_weights, thresholds, False)
@@ -174,21 +191,16 @@ def test_an_argmax_entry_beyond_the_accuracy_target_takes_its_direct_value(C, fu
     zero, half the rows' own class is no logsumexp term at all."""
     from fastzsl.backends._gaussian_gemm import ACC, class_terms
     gemm = _gemm_kernel()
-    rng = np.random.default_rng(C + 1)
-    d, n = 32, 400
-    means = (8.0 * rng.standard_normal((C, d))).astype(np.float32)
-    F = (means[rng.integers(0, C, n)] + rng.standard_normal((n, d))).astype(np.float32)
-    variances = rng.uniform(0.5, 2.0, C)
-    log_weights = np.log(rng.dirichlet(np.ones(C))) - 300.0
+    F, means, variances, log_weights, _ = _far_float32(C + 1, C, 32, 400, 8.0)
+    log_weights -= 300.0
     if zero_weights:
         log_weights[::2] = -np.inf
     thresholds = np.full(C, np.inf)
     ref = numpy_.gaussian_loglik(F.astype(np.float64), means.astype(np.float64), variances,
                                  log_weights, thresholds, True)
     terms = class_terms(means, variances)
-    fn = (((F.astype(np.float64) - terms.center).astype(np.float32).astype(np.float64)) ** 2)
     am = ref[2]
-    beta = terms.kh[am] * fn.sum(1) + terms.km[am]
+    beta = terms.kh[am] * _centred_sqnorms(F, terms) + terms.km[am]
     need = beta > 2 * ACC[np.dtype(np.float32)] * np.abs(ref[1])
     assert need.mean() > 0.9  # the regime under test
     (_, mx, got_am, _, _), _ = gemm(F, means, variances, log_weights, thresholds, full)
@@ -205,19 +217,12 @@ def test_the_matrix_holds_the_direct_value_of_every_entry_beyond_the_accuracy_ta
     (C <= 16) as in the one-row path: each within 1 ulp of the float64 reference's."""
     from fastzsl.backends._gaussian_gemm import ACC, class_terms
     gemm = _gemm_kernel()
-    rng = np.random.default_rng(C + 7)
-    d, n = 1024, 200
-    means = (5.0 * rng.standard_normal((C, d))).astype(np.float32)
-    F = (means[rng.integers(0, C, n)] + rng.standard_normal((n, d))).astype(np.float32)
-    variances = rng.uniform(0.5, 0.6, C)
-    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    F, means, variances, log_weights, _ = _far_float32(C + 7, C, 1024, 200, 5.0, (0.5, 0.6))
     thresholds = np.full(C, np.inf)
     ref = numpy_.gaussian_loglik(F.astype(np.float64), means.astype(np.float64), variances,
                                  log_weights, thresholds, True)
     terms = class_terms(means, variances)
-    fn = ((((F.astype(np.float64) - terms.center).astype(np.float32).astype(np.float64))
-           ** 2).sum(1))
-    beta = terms.kh[None, :] * fn[:, None] + terms.km[None, :]
+    beta = terms.kh[None, :] * _centred_sqnorms(F, terms)[:, None] + terms.km[None, :]
     # beta above twice the target on the reference's values: above it on L~ too
     need = beta > 2 * ACC[np.dtype(np.float32)] * np.abs(ref[0])
     others = np.arange(C)[None, :] != ref[2][:, None]
@@ -230,23 +235,17 @@ def test_the_matrix_holds_the_direct_value_of_every_entry_beyond_the_accuracy_ta
 @pytest.mark.parametrize("C", [10, 40, 400])
 def test_a_kept_term_whose_bound_passes_one_nat_is_refined_alone(C):
     """Far classes in float32 at d = 512: the row's own class (the one term kept) has a
-    bound beta just above 1 nat (sgemm's error grows with d and the norms), beyond the
-    first-order certificate. Refining that term certifies the sum; the other terms are
-    never evaluated directly (at most 2 direct values per row: the term, then the argmax
-    entry, whose bound also exceeds the float32 accuracy target)."""
+    bound beta just above 1 nat (sgemm's error grows with d and the norms), where only bk
+    itself bounds the logsumexp's error. Refining that term certifies the sum; the other
+    terms are never evaluated directly (at most 2 direct values per row: the term, then
+    the argmax entry, whose bound also exceeds the float32 accuracy target)."""
     gemm = _gemm_kernel()
-    rng = np.random.default_rng(C)
-    d, n = 512, 200
-    means = (5.0 * rng.standard_normal((C, d))).astype(np.float32)
-    y = rng.integers(0, C, n)
-    F = (means[y] + rng.standard_normal((n, d))).astype(np.float32)
-    variances = rng.uniform(0.5, 0.6, C)
-    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    n = 200
+    F, means, variances, log_weights, y = _far_float32(C, C, 512, n, 5.0, (0.5, 0.6))
     thresholds = np.full(C, np.inf)
     from fastzsl.backends._gaussian_gemm import class_terms
     terms = class_terms(means, variances)
-    fn = (((F.astype(np.float64) - terms.center).astype(np.float32).astype(np.float64)) ** 2)
-    own = terms.kh[y] * fn.sum(1) + terms.km[y]
+    own = terms.kh[y] * _centred_sqnorms(F, terms) + terms.km[y]
     assert (own > 1.0).all()  # the regime under test: every row's own term passes 1 nat
     ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, True)
     (_, mx, am, lse, _), n_direct = gemm(F, means, variances, log_weights, thresholds, False)
