@@ -41,6 +41,8 @@ cdef extern from "gaussian_kernels.h" nogil:
         const double* k
         const double* kh
         const double* km
+        const float* kh_f
+        const float* km_f
         const double* var
         const double* ln
         const double* lw
@@ -311,6 +313,9 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
 
     cdef const double[::1] h = padded(terms.h, 0.0), k = padded(terms.k, np.inf)
     cdef const double[::1] kh = padded(terms.kh, 0.0), km = padded(terms.km, 0.0)
+    # rounded up to float32, for the float32 logsumexp's bounds (fz_lse_terms_f32)
+    cdef const float[::1] kh_f = (np.asarray(kh) * (1 + 2.0**-23)).astype(np.float32)
+    cdef const float[::1] km_f = (np.asarray(km) * (1 + 2.0**-23)).astype(np.float32)
     cdef const double[::1] ln = padded(terms.log_norm, 0.0)
     cdef const double[::1] lw = padded(log_weights, 0.0), thr = padded(thresholds, np.inf)
     # the smallest threshold per block of FZ_LSE_BLOCK classes (the screen's block bound)
@@ -325,6 +330,8 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     q.k = &k[0]
     q.kh = &kh[0]
     q.km = &km[0]
+    q.kh_f = &kh_f[0]
+    q.km_f = &km_f[0]
     q.var = &var[0]
     q.ln = &ln[0]
     q.lw = &lw[0]

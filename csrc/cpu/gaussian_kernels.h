@@ -183,6 +183,7 @@ typedef struct {
     const double *k;     /* h_c mn_c + ln_c */
     const double *kh;    /* K h_c */
     const double *km;    /* K h_c mn_c */
+    const float *kh_f, *km_f;  /* kh, km rounded up to float32 (fz_lse_terms_f32) */
     const double *var;   /* var_c (direct recompute) */
     const double *ln;    /* d/2 log(2 pi var_c) */
     const double *lw;    /* log weights */
@@ -348,6 +349,12 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
     return sum;
 }
 
+/* x >= 0 rounded up to float32 (x (1 + 2^-23) rounded to nearest: at least x) */
+static inline float fz_float_up(double x)
+{
+    return (float)(x * (1.0 + 0x1p-23));
+}
+
 /* expf(x) for x in [-FZ_LSE_CUT_MAX - 1, 0] in float32 arithmetic (16 lanes per AVX-512
  * vector): as fz_exp_poly, with a 17-bit ln2 head (k ln2_hi exact for |k| < 128) and the
  * degree-6 Taylor polynomial; relative error below FZ_EXPF_EPS. */
@@ -385,11 +392,14 @@ static inline float fz_expf_poly(float x)
  * *bkept_out of the terms' largest B_c, *rel_out the relative error of the sum from all
  * of the above. */
 static inline __attribute__((always_inline)) double fz_lse_terms_f32(
-    const double *V, const double *W, const double *blk_w, const double *KH,
-    const double *KM, double fn, ptrdiff_t C, double wmax, double cut, double *err_out,
+    const double *V, const double *W, const double *blk_w, const float *KH,
+    const float *KM, double fn, ptrdiff_t C, double wmax, double cut, double *err_out,
     double *bkept_out, double *rel_out, ptrdiff_t *n_terms)
 {
     const double lo = wmax - cut;
+    /* the bounds in float32 from KH, KM and fn rounded up: one rounding (of the FMA), as
+     * when a double bound is rounded to float32 */
+    const float fnf = fz_float_up(fn);
     const float fcut = (float)cut;  /* may round either way: the terms kept are exact sums */
     double sum = 0.0, err = 0.0, count = 0.0;
     float bk = 0.0f;
@@ -402,7 +412,7 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
             for (j = 0; j < FZ_PAD; j++) {
                 float x = (float)((V[c0 + j] + W[c0 + j]) - wmax);
                 float e = (x >= -fcut ? 1.0f : 0.0f) * fz_expf_poly(FZ_MAX(x, -fcut));
-                float bc = (float)(KH[c0 + j] * fn + KM[c0 + j]);
+                float bc = KH[c0 + j] * fnf + KM[c0 + j];
                 ls[j] += e;
                 le[j] += e * bc;
                 ln[j] += x >= -fcut ? 1.0f : 0.0f;
@@ -435,7 +445,7 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
             for (j = 0; j < nb; j++) {
                 float x = (float)((V[b0 + j] + W[b0 + j]) - wmax);
                 float e = (x >= -fcut ? 1.0f : 0.0f) * fz_expf_poly(FZ_MAX(x, -fcut));
-                float bc = (float)(KH[b0 + j] * fn + KM[b0 + j]);
+                float bc = KH[b0 + j] * fnf + KM[b0 + j];
                 lane_s[j] += e;
                 lane_e[j] += e * bc;
                 lane_n[j] += x >= -fcut ? 1.0f : 0.0f;

@@ -103,8 +103,8 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     ptrdiff_t c, n_terms;
     double sum;
     if (single)
-        sum = fz_lse_terms_f32(L, lw, blk_w, q->kh, q->km, fn, Cp, wmax, cut, &err, &bk,
-                               &eps, &n_terms);
+        sum = fz_lse_terms_f32(L, lw, blk_w, q->kh_f, q->km_f, fn, Cp, wmax, cut, &err,
+                               &bk, &eps, &n_terms);
     else
         sum = fz_lse_terms(L, lw, blk_w, q->kh, q->km, fn, Cp, wmax, cut, fast, low_degree,
                            &err, &bk, &n_terms);
