@@ -349,10 +349,10 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
 }
 
 /* Rows g..g+FZ_LANES-1 of a tile whose classes fit one vector (n_padded == FZ_PAD), a row per
- * lane: pass A, then the entries that need their direct value (bound above acc |L~|: B_c
- * = L_dir, b_c = 0, whether the matrix is asked for or not, so the reductions never depend
- * on it), the logsumexp from those values (every class a term down to the cut,
- * fz_exp_poly) and the decisions of fz_gauss_row. Returns the rows (a bit each) left to
+ * lane: pass A, then the direct values of the entries that need one (bound above acc
+ * |L~|: B_c = L_dir, b_c = 0) and may matter (below: the reductions are those of every such
+ * entry refined, with or without the matrix), the logsumexp from those values (every
+ * class a term down to the cut, fz_exp_poly) and the decisions of fz_gauss_row. Returns the rows (a bit each) left to
  * fz_gauss_one: the logsumexp not certified at once, several argmax candidates, a float32
  * entry within its bound of its threshold, every weight zero, or |lse| too close to 0 for
  * the polynomial. The values equal fz_gauss_one's wherever both apply: the same B and
