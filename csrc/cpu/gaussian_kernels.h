@@ -196,6 +196,15 @@ typedef struct {
     int exact_thresholds;
 } fz_gauss_params;
 
+/* beta_c = kh_c fn + km_c, the bound of class c's GEMM-form value in a row with squared
+ * norm fn (kh, km: fz_gauss_params's). Not stored per entry (a store costs more than the
+ * multiply-add): formed by this one expression wherever it is used, so that it rounds
+ * alike at every site and no decision depends on where it was formed. */
+static inline double fz_beta(const double *kh, const double *km, ptrdiff_t c, double fn)
+{
+    return kh[c] * fn + km[c];
+}
+
 /* The direct values a row's logsumexp computed (its refined terms), kept for the row's
  * other steps, which would compute the same values again (the row's own class, typically:
  * far classes in float32, whose accuracy target the product's bound rarely meets). */
@@ -258,8 +267,7 @@ static inline int fz_direct_memo_has(fz_direct_memo *m, ptrdiff_t c)
 
 /* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut, with the
  * vectorised fz_exp_poly (fast) or libm's exp, err = sum_c e^(x_c) B_c and the largest B_c
- * of those terms (*bkept_out), B_c = KH_c fn + KM_c >= 0 formed here (a row's bounds are
- * not stored: a store per entry costs more than its two multiply-adds). Up to
+ * of those terms (*bkept_out), B_c = fz_beta(KH, KM, c, fn) >= 0. Up to
  * FZ_LSE_BLOCK terms are summed by one vector reduction (callers pad C to whole vectors).
  * Past that, blocks of FZ_LSE_BLOCK without a term are skipped on their maximum blk_w (of
  * V + W, from pass A: most of a row where the classes are far apart); the others add into
@@ -282,7 +290,7 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
             for (j = 0; j < FZ_PAD; j++) {
                 double x = FZ_X(c0 + j) - wmax;
                 double e = (x >= -cut ? 1.0 : 0.0) * fz_exp_poly(FZ_MAX(x, -cut), low_degree);
-                double bc = KH[c0 + j] * fn + KM[c0 + j];
+                double bc = fz_beta(KH, KM, c0 + j, fn);
                 ls[j] += e;
                 le[j] += e * bc;
                 ln[j] += x >= -cut ? 1.0 : 0.0;
@@ -316,7 +324,7 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
             for (j = 0; j < nb; j++) {
                 double x = FZ_X(b0 + j) - wmax;
                 double e = (x >= -cut ? 1.0 : 0.0) * fz_exp_poly(FZ_MAX(x, -cut), low_degree);
-                double bc = KH[b0 + j] * fn + KM[b0 + j];
+                double bc = fz_beta(KH, KM, b0 + j, fn);
                 lane_s[j] += e;
                 lane_e[j] += e * bc;
                 lane_n[j] += x >= -cut ? 1.0 : 0.0;
@@ -326,7 +334,7 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
             for (j = 0; j < nb; j++) {
                 double x = FZ_X(b0 + j) - wmax;
                 if (x >= -cut) {
-                    double e = exp(x), bc = KH[b0 + j] * fn + KM[b0 + j];
+                    double e = exp(x), bc = fz_beta(KH, KM, b0 + j, fn);
                     lane_s[j] += e;
                     lane_e[j] += e * bc;
                     lane_n[j] += 1.0;

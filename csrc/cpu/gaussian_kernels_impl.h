@@ -19,7 +19,7 @@ static inline double FZ_N(fz_direct)(const FZ_T *f, const FZ_T *m, ptrdiff_t d, 
  * for e^(L_dir + lw_c - wmax) and drops e_c b_c from err (its new value is included even if
  * it falls below the cut: the sum stays over a superset of the terms); bk becomes the
  * largest b_c of the terms left as they were. b: the terms' bounds (0 where a value is
- * direct already), or NULL for the row's beta_c = kh_c fn + km_c. Returns whether the sum
+ * direct already), or NULL for the row's fz_beta. Returns whether the sum
  * then certifies, and the logsumexp in *lse. */
 static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
     const FZ_T *frow, const FZ_T *means, const fz_gauss_params *q, const double *L,
@@ -47,7 +47,7 @@ static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
             if (!(x >= -cut))
                 continue;
             double e = fast ? fz_exp_poly(x, low_degree) : exp(x);
-            double bc = b != NULL ? b[c] : q->kh[c] * fn + q->km[c];
+            double bc = b != NULL ? b[c] : fz_beta(q->kh, q->km, c, fn);
             if (2.0 * e * bc > tau || bc > 1.0) {
                 (*n_direct)++;
                 double v = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]);
@@ -69,7 +69,8 @@ static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
 }
 
 /* The logsumexp of one row from the pristine GEMM-form values (see the header): L~ in L,
- * their bounds beta in b (at most bmax), wmax = max_c (L~_c + lw_c) > -inf. Terms below
+ * their bounds fz_beta (at most bmax), the maxima of L~ + lw per block of FZ_LSE_BLOCK
+ * classes in blk_w, wmax = max_c (L~_c + lw_c) > -inf. Terms below
  * wmax - cut are left out, cut taken from the accuracy the output needs and bmax
  * (fz_lse_cut); the others are summed with fz_exp_poly (float64 input: degree 12,
  * float32: degree 7), or libm's exp where |lse| is too close to 0 for the polynomial's
@@ -121,7 +122,7 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     double dmax = -INFINITY;
     for (c = 0; c < C; c++) {
         V[c] = -INFINITY;
-        if (L[c] + lw[c] + (q->kh[c] * fn + q->km[c]) >= wmax - bmax - FZ_LSE_CUT_MAX
+        if (L[c] + lw[c] + fz_beta(q->kh, q->km, c, fn) >= wmax - bmax - FZ_LSE_CUT_MAX
             && lw[c] > -INFINITY) {
             (*n_direct)++;
             V[c] = FZ_N(fz_direct)(frow, means + c * d, d, q->var[c], q->ln[c]) + lw[c];
@@ -160,9 +161,8 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
 
     /* Pass A: L~, the maxima of L~ and of L~ + lw; with the matrix asked for, also beta
      * (b) and whether some entry needs its direct value ("need"), fixed up front. Without
-     * it beta_c = kh_c fn + km_c is formed where it is used (the listed entries, the
-     * logsumexp's terms), not stored: a store per entry costs more than its multiply-add
-     * (the same expression everywhere, so the same value). */
+     * it beta (fz_beta) is formed where it is used: the listed entries, the logsumexp's
+     * terms. */
     double *blk_v = blk, *blk_w = blk + (Cp + FZ_LSE_BLOCK - 1) / FZ_LSE_BLOCK;
 #define FZ_PASS_A(MORE) \
     for (ptrdiff_t b0 = 0; b0 < Cp; b0 += FZ_LSE_BLOCK) { \
@@ -182,7 +182,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
         mxw = bw > mxw ? bw : mxw; \
     }
     if (full) {
-        FZ_PASS_A(double bc = kh[c] * fn + km[c]; b[c] = bc;
+        FZ_PASS_A(double bc = fz_beta(kh, km, c, fn); b[c] = bc;
                   need_any |= bc > acc * fabs(v))
     } else {
         FZ_PASS_A((void)0)
@@ -223,7 +223,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_row)(
 #define FZ_BLOCK_UT(i) ((blk_v[i] + bmax) - FZ_MIN(lo1, q->thr_min[i]))
 #define FZ_LIST_ENTRY { \
         if (!full) \
-            b[c] = kh[c] * fn + km[c]; \
+            b[c] = fz_beta(kh, km, c, fn); \
         double t = L[c] + b[c]; \
         int flags = (t >= lo1 ? FZ_ARGMAX : 0) | (t >= thr[c] ? FZ_THRESHOLD : 0); \
         if (flags) { \
@@ -352,12 +352,13 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
  * lane: pass A, then the direct values of the entries that need one (bound above acc
  * |L~|: B_c = L_dir, b_c = 0) and may matter (below: the reductions are those of every such
  * entry refined, with or without the matrix), the logsumexp from those values (every
- * class a term down to the cut, fz_exp_poly) and the decisions of fz_gauss_row. Returns the rows (a bit each) left to
- * fz_gauss_one: the logsumexp not certified at once, several argmax candidates, a float32
- * entry within its bound of its threshold, every weight zero, or |lse| too close to 0 for
- * the polynomial. The values equal fz_gauss_one's wherever both apply: the same B and
- * decisions, the logsumexp within the same certificate (fz_gauss_one forms it from the
- * pristine L~ and refines after). Rows past r1 (the tile's padding: zero products) are
+ * class a term down to the cut, fz_exp_poly) and the decisions of fz_gauss_row. Returns
+ * the rows (a bit each) left to fz_gauss_one: the logsumexp not certified even after
+ * fz_lse_refine, several argmax candidates, a float32 entry within its bound of its
+ * threshold, every weight zero, or |lse| too close to 0 for the polynomial. The values
+ * equal fz_gauss_one's wherever both apply: the same B and decisions, the logsumexp
+ * within the same certificate (fz_gauss_one forms it from the pristine L~ and refines
+ * after). Rows past r1 (the tile's padding: zero products) are
  * computed, not stored, and take no direct value, so a row's lanes never depend on the rows
  * beside it. *n_direct counts the direct values. */
 FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
@@ -388,12 +389,12 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
     }
     /* pass A */
     for (c = 0; c < C; c++) {
-        const double h = q->h[c], k = q->k[c], kh = q->kh[c], km = q->km[c], lw = q->lw[c];
+        const double h = q->h[c], k = q->k[c], lw = q->lw[c];
         const FZ_T *pc = P + (g - r0) * ldp + c;
         #pragma omp simd
         for (j = 0; j < FZ_LANES; j++) {
             const double v = h * (2.0 * (double)pc[j * ldp] - f[j]) - k;
-            const double bc = kh * f[j] + km;
+            const double bc = fz_beta(q->kh, q->km, c, f[j]);
             V[c][j] = v;
             B[c][j] = bc;
             mxv[j] = FZ_MAX(v, mxv[j]);

@@ -2,8 +2,9 @@
 
 Kernels trust their inputs: the public functions (``fastzsl.knn``, ``loop_fit``,
 ``loop_score``, ``gaussian_loglik``) validate once and pass C-contiguous arrays of one
-float dtype (float32 or float64); one exception, ``gaussian_checks_finite``. Every backend returns the same shapes and dtypes as the
-NumPy reference in :mod:`fastzsl.backends.numpy_`, which documents the exact semantics.
+float dtype (float32 or float64); one exception, ``gaussian_checks_finite``. Every
+backend returns the same shapes and dtypes as the NumPy reference in
+:mod:`fastzsl.backends.numpy_`, which documents the exact semantics.
 """
 from __future__ import annotations
 
