@@ -11,9 +11,12 @@ packed once per call; the route is knn_cpu's, f32_tiles_kind), then the row
 reductions of csrc/cpu/gaussian_kernels.h in double, recomputing by direct differences
 every entry whose certified error bound exceeds the dtype's accuracy target and every
 near-tie a decision depends on. The bound and targets
-are derived in fastzsl/backends/_gaussian_gemm.py. ``gaussian_loglik_direct`` is the
-direct-difference kernel (double sums of squared differences, online logsumexp): the
-fallback for norms that could overflow the product, and a test oracle.
+are derived in fastzsl/backends/_gaussian_gemm.py. Where the classes fit one vector (at
+most 16) and d is small, it takes its direct route instead: every value by direct
+differences in double, eight rows at a time (set_direct_route_max_d).
+``gaussian_loglik_direct`` is the direct-difference kernel (double sums of squared
+differences, online logsumexp): the fallback for norms that could overflow the product
+(or values that are not finite), and a test oracle.
 """
 import numpy as np
 
@@ -33,6 +36,7 @@ from fastzsl.backends._gaussian_gemm import class_terms
 cdef extern from "gaussian_kernels.h" nogil:
     enum: FZ_PAD  # the class arrays are padded to a multiple of it
     enum: FZ_LSE_BLOCK  # classes per block of a row's block maxima
+    enum: FZ_DIRECT_MAX_D  # the direct route's largest d
     ctypedef struct fz_gauss_params:
         Py_ssize_t n_classes
         Py_ssize_t d
@@ -44,6 +48,7 @@ cdef extern from "gaussian_kernels.h" nogil:
         const float* kh_f
         const float* km_f
         const double* var
+        const double* means_d
         const double* ln
         const double* lw
         const double* thr
@@ -84,6 +89,34 @@ include "floating_dispatch.pxi"  # _floating_key
 # tile's rows)
 cdef enum:
     PANEL_CHUNK_BYTES = 256 * 1024
+
+# Up to this d (float32 inputs, float64 inputs), classes that fit one FZ_PAD take the direct
+# route (every value by direct differences in double, a row per vector lane: no centring,
+# no product, no bounds); beyond it, the GEMM form. Chosen on C = 6, 13, 16 and d = 24-256,
+# broad and far classes (not the benchmark's regime table), on an AMD EPYC (Zen 4, AVX-512),
+# 2 cores: float32 rows gain up to d = 128 (0.5x-1.05x the GEMM form's time; far classes
+# need a direct value per row there), float64 rows up to d = 40-64 (0.75x-0.99x at d <= 40,
+# 0.92x-1.31x at 64). set_direct_route_max_d changes them (tests run both routes).
+cdef Py_ssize_t _direct_route_max_d_f = 128
+cdef Py_ssize_t _direct_route_max_d_d = 48
+# the largest d set_direct_route_max_d takes, and the classes the route takes at most
+DIRECT_ROUTE_MAX_D = FZ_DIRECT_MAX_D
+DIRECT_ROUTE_MAX_CLASSES = FZ_PAD
+
+
+def set_direct_route_max_d(max_d):
+    """Sets the largest d of the direct route: one value for both dtypes, or a pair
+    (float32, float64); 0 means never, at most DIRECT_ROUTE_MAX_D. Returns the previous
+    pair."""
+    global _direct_route_max_d_f, _direct_route_max_d_d
+    pair = tuple(max_d) if isinstance(max_d, tuple) else (max_d, max_d)
+    for value in pair:
+        if not 0 <= value <= FZ_DIRECT_MAX_D:
+            raise ValueError(f"max_d must be in [0, {FZ_DIRECT_MAX_D}], not {value}")
+    previous = (_direct_route_max_d_f, _direct_route_max_d_d)
+    _direct_route_max_d_f, _direct_route_max_d_d = pair
+    return previous
+
 
 # knn_cpu.f32_tiles_kind() -> the route's code in _gemm_kernel
 _TILE_CODES = {"blas": 0, "avx512": 1, "portable": 2}
@@ -193,19 +226,21 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                              const cython.floating[:, ::1] centred,
                              const double[::1] center, double norm_limit,
                              const fz_gauss_params* q, Py_ssize_t tile,
-                             const cython.floating* packed, int tiles,
+                             const cython.floating* packed, int tiles, bint direct,
                              cython.floating* Lout, cython.floating* row_max,
                              int64_t* row_argmax, cython.floating* row_lse,
                              uint8_t* all_below) noexcept nogil:
     """Fills the outputs; returns the number of entries computed directly, -1 when a
-    buffer could not be allocated, -2 when a row's norm could overflow the product.
-    ``packed``: with ``tiles`` (1 AVX-512, 2 portable) the centred means in the tiles'
-    panels, the products then formed by those tiles; else NULL (BLAS)."""
+    buffer could not be allocated, -2 when a row's norm could overflow the product (or,
+    on the direct route, a value is not finite). ``packed``: with ``tiles`` (1 AVX-512, 2
+    portable) the centred means in the tiles' panels, the products then formed by those
+    tiles; else NULL (BLAS). ``direct``: no products, every value by direct differences
+    (fz_gauss_tile's direct route)."""
     cdef Py_ssize_t n = F.shape[0]
     cdef Py_ssize_t d = F.shape[1]
     cdef Py_ssize_t C = centred.shape[0]
     cdef Py_ssize_t n_tiles = (n + tile - 1) // tile
-    cdef Py_ssize_t b, r0, r1, n_direct = 0
+    cdef Py_ssize_t b, r0, r1, n_tile, n_direct = 0
     cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
     cdef Py_ssize_t n_panels = (C + nr - 1) // nr
     # the products' row stride: whole panels for the tiles (= q.n_padded, a multiple of 16),
@@ -256,6 +291,20 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
             r1 = r0 + tile
             if r1 > n:
                 r1 = n
+            if direct:
+                if cython.floating is float:
+                    n_tile = fz_gauss_tile_f(NULL, 0, NULL, Fbase, Mbase, r0, r1, q, Lbuf,
+                                             bbuf, blkbuf, lst, scratch, Lout, row_max,
+                                             row_argmax, row_lse, all_below)
+                else:
+                    n_tile = fz_gauss_tile_d(NULL, 0, NULL, Fbase, Mbase, r0, r1, q, Lbuf,
+                                             bbuf, blkbuf, lst, scratch, Lout, row_max,
+                                             row_argmax, row_lse, all_below)
+                if n_tile < 0:
+                    failed_p[0] = -2
+                else:
+                    n_direct += n_tile
+                continue
             if cython.floating is float:
                 rc = fz_centre_tile_f(Fbase, r0, r1, tile, d, &center[0], norm_limit, fc, fn)
             else:
@@ -348,7 +397,14 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     cdef Py_ssize_t tile = terms.tile
     cdef double norm_limit = terms.norm_limit
     cdef Py_ssize_t rc
-    cdef int tiles = _TILE_CODES[knn_cpu.f32_tiles_kind()]
+    # the direct route: classes that fit one FZ_PAD, few coordinates (_direct_route_max_d_*)
+    cdef Py_ssize_t max_d = (_direct_route_max_d_f if cython.floating is float
+                             else _direct_route_max_d_d)
+    cdef bint direct = n_padded == FZ_PAD and 0 < q.d <= max_d
+    cdef int tiles = 0 if direct else _TILE_CODES[knn_cpu.f32_tiles_kind()]
+    cdef const double[::1] means_d = (np.ascontiguousarray(means, dtype=np.float64).ravel()
+                                      if direct else np.empty(1))
+    q.means_d = &means_d[0] if direct else NULL
     cdef const cython.floating* packed_p = NULL
     cdef cython.floating[::1] packed_v
     cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
@@ -365,7 +421,7 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     with blas_single_threaded():
         with nogil:
             rc = _gemm_kernel(F, means, centred, center, norm_limit, &q, tile, packed_p,
-                              tiles, &L[0, 0] if full else NULL, &row_max[0], &row_argmax[0],
+                              tiles, direct, &L[0, 0] if full else NULL, &row_max[0], &row_argmax[0],
                               &row_lse[0], &all_below[0])
     return rc
 

@@ -48,6 +48,12 @@
  * classes and acc (and the thresholds, for float32 entries next to one), so a row gets the
  * same numbers in every call whose GEMM sees it in the same tile position (every tile is
  * padded to the full GEMM call shape).
+ * The direct route (fz_gauss_tile with no products; the caller picks it for at most FZ_PAD
+ * classes and small d, where the product and its bounds cost more than the differences):
+ * the lanes take every value by direct differences in double (fz_lanes_direct: B_c = L_dir,
+ * b_c = 0 throughout, so every decision is on direct values and the logsumexp certifies
+ * from the exp's and the sum's own errors alone); a row they cannot decide (exact ties,
+ * a logsumexp too close to 0 for the polynomial) is finished there by libm's exp.
  * The hot function is compiled for x86-64-v4 / v3 / baseline and picked at load time
  * (GCC target_clones): the build itself uses portable flags.
  */
@@ -77,6 +83,19 @@
 /* rows decided together where the classes fit one FZ_PAD (fz_gauss_lanes; tiles of rows
  * are a multiple of it) */
 #define FZ_LANES 8
+/* the largest d of the direct route's lanes (fz_lanes_direct: the rows' transposed copy) */
+#define FZ_DIRECT_MAX_D 256
+/* fz_gauss_lanes' answer when the direct route meets a value that is not finite */
+#define FZ_LANES_HANDOVER (1u << 31)
+typedef double fz_lanes_vd __attribute__((vector_size(FZ_LANES * sizeof(double))));
+typedef int64_t fz_lanes_vm __attribute__((vector_size(FZ_LANES * sizeof(double))));
+
+/* FZ_MAX lane by lane (a > b ? a : b), as one vector operation */
+static inline __attribute__((always_inline)) fz_lanes_vd fz_lanes_max(fz_lanes_vd a, fz_lanes_vd b)
+{
+    const fz_lanes_vm m = a > b;
+    return (fz_lanes_vd)((m & (fz_lanes_vm)a) | (~m & (fz_lanes_vm)b));
+}
 
 /* why an entry is on a row's list (pass B) */
 enum { FZ_ARGMAX = 1, FZ_THRESHOLD = 4 };
@@ -185,6 +204,7 @@ typedef struct {
     const double *km;    /* K h_c mn_c */
     const float *kh_f, *km_f;  /* kh, km rounded up to float32 (fz_lse_terms_f32) */
     const double *var;   /* var_c (direct recompute) */
+    const double *means_d;  /* the means in double, C x d (the direct route), or NULL */
     const double *ln;    /* d/2 log(2 pi var_c) */
     const double *lw;    /* log weights */
     const double *thr;   /* thresholds */

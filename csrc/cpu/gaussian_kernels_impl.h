@@ -348,6 +348,61 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
     return n_direct;
 }
 
+/* The direct route's pass A for rows g..g+FZ_LANES-1 (those past r1 repeat row g):
+ * V[c][j] = -s h_c - ln_c, s the row's sum of squared differences from mean c in double,
+ * in the order of the coordinates (the same value in every call: it depends on the row
+ * alone); B = 0 (a direct value is the reference, as elsewhere). The rows are
+ * transposed into a lane per row, and four classes go together: four independent sums
+ * hide the latency of the multiply-adds. Returns 0 when some value is not finite (a NaN
+ * or infinity in F, or a sum that overflows): the caller hands over to the direct kernel,
+ * after the finite check, as the GEMM form does for norms that could overflow. */
+static inline int FZ_N(fz_lanes_direct)(
+    const FZ_T *F, ptrdiff_t g, ptrdiff_t r1, const fz_gauss_params *q, fz_lanes_vd *V,
+    fz_lanes_vd *B, fz_lanes_vd *mxv_out, fz_lanes_vd *mxw_out)
+{
+    const ptrdiff_t C = q->n_classes, d = q->d;
+    const double *means = q->means_d;
+    fz_lanes_vd ft[FZ_DIRECT_MAX_D];
+    fz_lanes_vd ok = {0.0}, mxv = *mxv_out, mxw = *mxw_out;
+    const fz_lanes_vd zero = {0.0};
+    ptrdiff_t c, j, k;
+    for (j = 0; j < FZ_LANES; j++) {
+        const FZ_T *row = F + (g + j < r1 ? g + j : g) * d;
+        for (k = 0; k < d; k++)
+            ft[k][j] = (double)row[k];
+    }
+    for (c = 0; c < C; c += 4) {
+        /* a group of four classes; past C, the last class again (not stored) */
+        const double *m0 = means + c * d;
+        const double *m1 = means + FZ_MIN(c + 1, C - 1) * d;
+        const double *m2 = means + FZ_MIN(c + 2, C - 1) * d;
+        const double *m3 = means + FZ_MIN(c + 3, C - 1) * d;
+        fz_lanes_vd s[4] = {{0.0}, {0.0}, {0.0}, {0.0}};
+        for (k = 0; k < d; k++) {
+            const fz_lanes_vd x = ft[k];
+            const fz_lanes_vd d0 = x - m0[k], d1 = x - m1[k], d2 = x - m2[k], d3 = x - m3[k];
+            s[0] += d0 * d0;
+            s[1] += d1 * d1;
+            s[2] += d2 * d2;
+            s[3] += d3 * d3;
+        }
+        for (ptrdiff_t u = 0; u < 4 && c + u < C; u++) {
+            const fz_lanes_vd v = -s[u] * q->h[c + u] - q->ln[c + u];
+            V[c + u] = v;
+            B[c + u] = zero;
+            mxv = fz_lanes_max(v, mxv);
+            mxw = fz_lanes_max(v + q->lw[c + u], mxw);
+            ok += v - v;  /* NaN unless v is finite */
+        }
+    }
+    *mxv_out = mxv;
+    *mxw_out = mxw;
+    for (j = 0; j < FZ_LANES; j++)
+        if (ok[j] != 0.0)
+            return 0;
+    return 1;
+}
+
 /* Rows g..g+FZ_LANES-1 of a tile whose classes fit one vector (n_padded == FZ_PAD), a row per
  * lane: pass A, then the direct values of the entries that need one (bound above acc
  * |L~|: B_c = L_dir, b_c = 0) and may matter (below: the reductions are those of every such
@@ -360,7 +415,10 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
  * within the same certificate (fz_gauss_one forms it from the pristine L~ and refines
  * after). Rows past r1 (the tile's padding: zero products) are
  * computed, not stored, and take no direct value, so a row's lanes never depend on the rows
- * beside it. *n_direct counts the direct values. */
+ * beside it. *n_direct counts the direct values. With P NULL (the direct route: every value
+ * direct, fz_lanes_direct) the lanes decide every row themselves, the rows above by libm's
+ * exp and the first of tied classes, and return FZ_LANES_HANDOVER when a value is not
+ * finite. */
 FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
     const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
     ptrdiff_t g, ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, FZ_T *Lout,
@@ -371,8 +429,12 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
     const double acc = q->acc, log_c = q->log_c;
     const int low_degree = sizeof(FZ_T) == 4;
     const double eps_exp = low_degree ? FZ_EXP7_EPS : FZ_EXP12_EPS;
-    double V[FZ_PAD][FZ_LANES], B[FZ_PAD][FZ_LANES];  /* B_c, b_c of the classes c < C */
-    double f[FZ_LANES], mxv[FZ_LANES], mxw[FZ_LANES], bmax[FZ_LANES], cut[FZ_LANES];
+    /* B_c, b_c of the classes c < C */
+    double V[FZ_PAD][FZ_LANES] __attribute__((aligned(64)));
+    double B[FZ_PAD][FZ_LANES] __attribute__((aligned(64)));
+    double mxv[FZ_LANES] __attribute__((aligned(64)));
+    double mxw[FZ_LANES] __attribute__((aligned(64)));
+    double f[FZ_LANES], bmax[FZ_LANES], cut[FZ_LANES];
     double left_out[FZ_LANES], sum[FZ_LANES], err[FZ_LANES], bk[FZ_LANES], lo[FZ_LANES];
     double lse[FZ_LANES], n_terms[FZ_LANES];
     int need[FZ_LANES], bad[FZ_LANES], above[FZ_LANES], n_cand[FZ_LANES], am[FZ_LANES];
@@ -380,15 +442,22 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
     ptrdiff_t c, j;
     #pragma omp simd
     for (j = 0; j < FZ_LANES; j++) {
-        f[j] = fn[g - r0 + j];
+        f[j] = P != NULL ? fn[g - r0 + j] : 0.0;
         mxv[j] = mxw[j] = -INFINITY;
-        bmax[j] = q->kh_max * f[j] + q->km_max;
+        bmax[j] = P != NULL ? q->kh_max * f[j] + q->km_max : 0.0;
         sum[j] = err[j] = bk[j] = n_terms[j] = 0.0;
         lo[j] = -INFINITY;
         need[j] = bad[j] = above[j] = n_cand[j] = am[j] = 0;
     }
+    if (P == NULL) {
+        /* the direct route: every value by direct differences (B = 0) */
+        if (!FZ_N(fz_lanes_direct)(F, g, r1, q, (fz_lanes_vd *)V, (fz_lanes_vd *)B,
+                                   (fz_lanes_vd *)mxv, (fz_lanes_vd *)mxw))
+            return FZ_LANES_HANDOVER;
+        (*n_direct) += FZ_MIN(FZ_LANES, r1 - g) * C;
+    }
     /* pass A */
-    for (c = 0; c < C; c++) {
+    for (c = 0; c < C && P != NULL; c++) {
         const double h = q->h[c], k = q->k[c], lw = q->lw[c];
         const FZ_T *pc = P + (g - r0) * ldp + c;
         #pragma omp simd
@@ -412,7 +481,7 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
      * below its threshold, in the definition and in the lanes alike, so the reductions are
      * those of every entry refined, bit for bit, with or without the matrix. */
     for (j = 0; j < FZ_LANES && g + j < r1; j++) {
-        if (!need[j])
+        if (!need[j])  /* never on the direct route */
             continue;
         const FZ_T *frow = F + (g + j) * d;
         const double lo_arg = mxv[j] - 2.0 * bmax[j];
@@ -503,6 +572,22 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
         bad[j] |= n_cand[j] != 1;
     for (j = 0; j < FZ_LANES && g + j < r1; j++) {
         const ptrdiff_t i = g + j;
+        if (bad[j] && P == NULL) {
+            /* exact values: ties go to the first class, the logsumexp by libm's exp */
+            double best = -INFINITY, s = 0.0;
+            ptrdiff_t best_c = 0;
+            for (c = 0; c < C; c++) {
+                if (V[c][j] > best) {
+                    best = V[c][j];
+                    best_c = c;
+                }
+                if (q->lw[c] > -INFINITY)
+                    s += exp((V[c][j] + q->lw[c]) - mxw[j]);
+            }
+            am[j] = (int)best_c;
+            lse[j] = mxw[j] + log(s);
+            bad[j] = 0;
+        }
         if (bad[j]) {
             bad_rows |= 1u << j;
             continue;
@@ -520,7 +605,10 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
 
 /* Rows r0..r1-1 of a tile: P is (r1 - r0) x C (row stride ldp >= C; the tile's rows up to a
  * multiple of FZ_LANES past r1 are there too, zero products), fn per tile row, F and the
- * outputs indexed by global row. Lout is NULL, or the (n, C) output matrix. */
+ * outputs indexed by global row; or P and fn NULL: the direct route (every value by direct
+ * differences, in lanes; classes that fit one FZ_PAD and d <= FZ_DIRECT_MAX_D), which
+ * returns -2 when a value is not finite. Lout is NULL, or the (n, C) output matrix.
+ * Returns the number of entries computed by direct differences. */
 FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
     const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
     ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, double *L, double *b, double *blk,
@@ -528,6 +616,13 @@ FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
     FZ_T *row_lse, uint8_t *all_below)
 {
     ptrdiff_t n_direct = 0;
+    if (P == NULL) {
+        for (ptrdiff_t g = r0; g < r1; g += FZ_LANES)
+            if (FZ_N(fz_gauss_lanes)(NULL, 0, NULL, F, means, g, r0, r1, q, Lout, row_max,
+                                     row_argmax, row_lse, all_below, &n_direct))
+                return -2;
+        return n_direct;
+    }
     if (q->n_padded == FZ_PAD) {
         for (ptrdiff_t g = r0; g < r1; g += FZ_LANES) {
             unsigned bad = FZ_N(fz_gauss_lanes)(P, ldp, fn, F, means, g, r0, r1, q, Lout,

@@ -1,4 +1,6 @@
 """Fixtures shared by the backend suites."""
+import contextlib
+
 import pytest
 
 from fastzsl.backends import cupy as cupy_backend
@@ -25,3 +27,35 @@ def f32_tiles(request):
     knn_cpu.set_f32_tiles(request.param)
     yield request.param
     knn_cpu.set_f32_tiles(before)
+
+
+
+
+@contextlib.contextmanager
+def _gaussian_route(route):
+    """The cython Gaussian kernel's route for classes that fit one vector, for the block:
+    "gemm" (the GEMM form) or "direct" (direct differences in lanes, up to the largest d
+    the route takes; gaussian_cpu.set_direct_route_max_d); the setting is restored after."""
+    gaussian_cpu = pytest.importorskip("fastzsl._ext.gaussian_cpu",
+                                       reason="cython extension not built")
+    before = gaussian_cpu.set_direct_route_max_d(
+        0 if route == "gemm" else gaussian_cpu.DIRECT_ROUTE_MAX_D)
+    try:
+        yield route
+    finally:
+        gaussian_cpu.set_direct_route_max_d(before)
+
+
+@pytest.fixture(params=["gemm", "direct"])
+def gaussian_route(request):
+    """The cython Gaussian kernel on each of its routes for classes that fit one vector.
+    Yields the route's name."""
+    with _gaussian_route(request.param) as route:
+        yield route
+
+
+@pytest.fixture
+def gemm_route():
+    """The cython Gaussian kernel on its GEMM form, whatever the classes."""
+    with _gaussian_route("gemm") as route:
+        yield route

@@ -17,6 +17,15 @@ def _gemm_kernel():
     return cython_._gaussian_cpu.gaussian_loglik_gemm
 
 
+def _direct_route(route, C, d):
+    """Whether the cython kernel takes its direct route (every value by direct
+    differences) for C classes in d dimensions under the ``gaussian_route`` fixture's
+    ``route``."""
+    from fastzsl._ext import gaussian_cpu
+    return (route == "direct" and C <= gaussian_cpu.DIRECT_ROUTE_MAX_CLASSES
+            and d <= gaussian_cpu.DIRECT_ROUTE_MAX_D)
+
+
 def _far_float32(seed, C, d, n, scale, variances=(0.5, 2.0)):
     """Far classes in float32: means ``scale`` x standard normal, each row one unit from
     its class's mean (F, means, variances, log_weights, the rows' classes)."""
@@ -35,15 +44,16 @@ def _centred_sqnorms(F, terms):
 
 
 @pytest.mark.parametrize("name", ["cython", "numba"])
-def test_huge_norms_fall_back_to_the_direct_kernel(name, dtype, rng):
-    """Norms that could overflow the product take cython's direct kernel; both compiled
-    backends match the reference there."""
+def test_huge_norms_fall_back_to_the_direct_kernel(name, dtype, rng, gaussian_route):
+    """Norms that could overflow the product take cython's direct kernel (its direct route
+    needs no product: it keeps them); both compiled backends match the reference there."""
     scale = 1e19 if dtype == np.float32 else 1e152
     F, means, variances, log_weights = gaussian_problem(rng, 20, 3, 5, dtype)
     F, means = (F * scale).astype(dtype), (means * scale).astype(dtype)
     variances = variances * scale**2
     if name == "cython":
-        assert _gemm_kernel()(F, means, variances, log_weights, np.full(3, np.inf), True) is None
+        out = _gemm_kernel()(F, means, variances, log_weights, np.full(3, np.inf), True)
+        assert (out is not None) == _direct_route(gaussian_route, 3, 5)
     elif not backend_is_available(name):
         pytest.skip(f"the {name} backend is not available here (its package is not installed)")
     ref = numpy_.gaussian_loglik(F, means, variances, log_weights, np.full(3, np.inf), True)
@@ -114,13 +124,15 @@ def test_the_logsumexp_certificate_covers_the_worst_case_of_the_values():
 @pytest.mark.parametrize("d", [16, 50, 200, 512])
 # C: classes screened one by one (<= 16), one logsumexp block (<= 64), several blocks
 @pytest.mark.parametrize("C", [10, 40, 400])
-def test_every_class_within_a_few_nats_takes_the_vectorised_sum(regime, d, C, dtype):
+def test_every_class_within_a_few_nats_takes_the_vectorised_sum(regime, d, C, dtype,
+                                                                gaussian_route):
     """Broad classes (standard normal rows and means: every class is a logsumexp term) and
     far ones: the reductions equal the reference's (TOL, from the accuracy targets 2^-15 /
     2^-40 with room for the reference's own rounding), argmax exactly where the reference's
     top two are further apart than that, and the certified sum needs few direct values
     (broad float32 at d = 512: the terms' bounds are near the target, and the certificate's
-    factor 1 + (e - 2) bk, not 2, lets most rows certify without any)."""
+    factor 1 + (e - 2) bk, not 2, lets most rows certify without any). The direct route
+    (C = 10 at d <= 200) computes every value directly."""
     gemm = _gemm_kernel()
     rng = np.random.default_rng(d)
     n = 300
@@ -143,6 +155,9 @@ def test_every_class_within_a_few_nats_takes_the_vectorised_sum(regime, d, C, dt
     top2 = np.sort(ref[0].astype(np.float64), axis=1)[:, -2:]
     clear = top2[:, 1] - top2[:, 0] > 1e-4 * np.abs(top2[:, 1])
     np.testing.assert_array_equal(am[clear], ref[2][clear])
+    if _direct_route(gaussian_route, C, d):
+        assert n_direct == n * C
+        return
     if dtype == np.float64 or d <= 50:
         limit = 3 * n
     elif regime == "far":  # float32, d >= 200: the own class's bound exceeds the target
@@ -152,11 +167,12 @@ def test_every_class_within_a_few_nats_takes_the_vectorised_sum(regime, d, C, dt
     assert n_direct <= limit, n_direct
 
 
-def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype):
+def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype, gaussian_route):
     """Rows far from every mean (3e3 standard deviations, 3e8 for float64): every value's
     bound beta is above 1 nat, where the logsumexp certificate's factor 1 + (e - 2) bk no
     longer holds and max beta certifies it instead (or the terms are refined).
-    The reductions still equal the reference's, with equal and unequal variances."""
+    The reductions still equal the reference's, with equal and unequal variances, on
+    either route."""
     gemm = _gemm_kernel()
     rng = np.random.default_rng(5)
     C, d, n = 12, 16, 200
@@ -181,14 +197,16 @@ def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype):
 @pytest.mark.parametrize("full", [False, True])
 @pytest.mark.parametrize("C", [10, 40])
 def test_an_argmax_entry_beyond_the_accuracy_target_takes_its_direct_value(C, full,
-                                                                          zero_weights):
+                                                                          zero_weights,
+                                                                          gaussian_route):
     """Far classes in float32: the row's own class has a product bound beta above the
     accuracy target (acc |L~|), so its value is the direct double sum rounded once to
     float32 (within 1 ulp of the float64 reference's), whether the classes fit the 8-row
     lanes of fz_gauss_lanes (C <= 16) or not, with the matrix or without. Small weights
     (-300 nats each) put |logsumexp| far above |L|: it certifies without direct values, so
     only the value's own bound can send the row to them; with every other class's weight
-    zero, half the rows' own class is no logsumexp term at all."""
+    zero, half the rows' own class is no logsumexp term at all. (The direct route, C = 10,
+    computes every value directly.)"""
     from fastzsl.backends._gaussian_gemm import ACC, class_terms
     gemm = _gemm_kernel()
     F, means, variances, log_weights, _ = _far_float32(C + 1, C, 32, 400, 8.0)
@@ -281,11 +299,13 @@ def test_an_entry_above_its_threshold_far_below_the_row_max_is_found(full, dtype
 
 
 @pytest.mark.parametrize("C,d", [(10, 16), (40, 50), (1000, 7)])
-def test_every_product_route_gives_the_reference_reductions(f32_tiles, C, d, dtype):
+def test_every_product_route_gives_the_reference_reductions(f32_tiles, C, d, dtype,
+                                                            gemm_route):
     """Products by BLAS, the AVX-512 tiles of knn_f32_tiles.h and their portable form (float32
     and float64; the route knn_cpu.set_f32_tiles chooses, FASTZSL_F32_TILES at import): the
     reductions equal the reference's (TOL; argmax and all_below exactly, their near-ties
-    being decided on direct values), whatever the route."""
+    being decided on direct values), whatever the route (on the GEMM form, also at C = 10:
+    the direct route needs no product)."""
     gemm = _gemm_kernel()
     rng = np.random.default_rng(C + d)
     means = (3.0 * rng.standard_normal((C, d))).astype(dtype)
