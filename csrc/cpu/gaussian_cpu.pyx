@@ -60,6 +60,8 @@ cdef extern from "gaussian_kernels.h" nogil:
         double log_c
         int exact_thresholds
     double fz_exp_poly(double x, int low_degree)
+    double fz_log_poly(double x)
+    double FZ_LOG_POLY_EPS
     float fz_expf_poly(float x)
     bint FZ_CERTIFIED(double err, double total, double budget, double bk)
     int fz_centre_tile_f(const float* F, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t tile,
@@ -421,8 +423,8 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     with blas_single_threaded():
         with nogil:
             rc = _gemm_kernel(F, means, centred, center, norm_limit, &q, tile, packed_p,
-                              tiles, direct, &L[0, 0] if full else NULL, &row_max[0], &row_argmax[0],
-                              &row_lse[0], &all_below[0])
+                              tiles, direct, &L[0, 0] if full else NULL, &row_max[0],
+                              &row_argmax[0], &row_lse[0], &all_below[0])
     return rc
 
 
@@ -494,4 +496,23 @@ def exp_poly(x, kind):
             ov[i] = fz_expf_poly(<float>xv[i])
         else:
             ov[i] = fz_exp_poly(xv[i], k)
+    return out
+
+
+# fz_log_poly's absolute error bound (fastzsl.backends._gaussian_gemm.LOG_POLY_EPS)
+LOG_POLY_EPS = FZ_LOG_POLY_EPS
+
+
+def log_poly(x):
+    """The kernels' vectorised log at every x (float64, each in [1, 2^10)), for checking
+    its error bound."""
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if x.size and not (x.min() >= 1.0 and x.max() < 1024.0):
+        raise ValueError("log_poly is defined on [1, 2^10)")
+    out = np.empty_like(x)
+    cdef const double[::1] xv = x.ravel()
+    cdef double[::1] ov = out.ravel()
+    cdef Py_ssize_t i
+    for i in range(xv.shape[0]):
+        ov[i] = fz_log_poly(xv[i])
     return out

@@ -91,7 +91,8 @@ typedef double fz_lanes_vd __attribute__((vector_size(FZ_LANES * sizeof(double))
 typedef int64_t fz_lanes_vm __attribute__((vector_size(FZ_LANES * sizeof(double))));
 
 /* FZ_MAX lane by lane (a > b ? a : b), as one vector operation */
-static inline __attribute__((always_inline)) fz_lanes_vd fz_lanes_max(fz_lanes_vd a, fz_lanes_vd b)
+static inline __attribute__((always_inline)) fz_lanes_vd fz_lanes_max(fz_lanes_vd a,
+                                                                       fz_lanes_vd b)
 {
     const fz_lanes_vm m = a > b;
     return (fz_lanes_vd)((m & (fz_lanes_vm)a) | (~m & (fz_lanes_vm)b));
@@ -151,6 +152,39 @@ static inline double fz_exp_poly(double x, int low_degree)
     double scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
+}
+
+/* Absolute error bound of fz_log_poly on [1, 2^10) (derived in
+ * fastzsl/backends/_gaussian_gemm.py, LOG_POLY_EPS, and checked there against long double). */
+#define FZ_LOG_POLY_EPS 0x1p-48
+
+/* ln x for x in [1, 2^10) (a logsumexp's sum: its largest term is 1), branch-free so that
+ * it vectorises: x = 2^e m with m in [sqrt(1/2), sqrt 2) from the bits, ln m = 2 atanh(t),
+ * t = (m - 1) / (m + 1), |t| <= 0.1716, by its series up to t^19 (Horner in t^2), e ln 2
+ * by the Cody-Waite split of fz_exp_poly (e ln2_hi exact). */
+static inline double fz_log_poly(double x)
+{
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    const int64_t big = (int64_t)((bits & 0x000fffffffffffffULL) > 0x6a09e667f3bcdULL);
+    const int64_t e = (int64_t)(bits >> 52) - 1023 + big;
+    /* the mantissa with exponent 0, or -1 where m > sqrt 2 */
+    const uint64_t mbits = (bits & 0x000fffffffffffffULL) | ((uint64_t)(1023 - big) << 52);
+    double m;
+    memcpy(&m, &mbits, sizeof m);
+    const double t = (m - 1.0) / (m + 1.0), z = t * t;
+    double p = 1.0 / 19.0;
+    p = p * z + 1.0 / 17.0;
+    p = p * z + 1.0 / 15.0;
+    p = p * z + 1.0 / 13.0;
+    p = p * z + 1.0 / 11.0;
+    p = p * z + 1.0 / 9.0;
+    p = p * z + 1.0 / 7.0;
+    p = p * z + 1.0 / 5.0;
+    p = p * z + 1.0 / 3.0;
+    p = p * z + 1.0;
+    const double ef = (double)e;
+    return ef * 0x1.62e42fee00000p-1 + (2.0 * t * p + ef * 0x1.a39ef35793c76p-33);
 }
 
 /* The smallest |lse| a row's logsumexp can have: it lies in [wmax, wmax + ln C] */
@@ -508,6 +542,11 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
     ((bk) <= 1.0 \
      ? (1.0 + 0.71828182845904524 * (bk)) * (1.0 + 0x1p-10) * (err) <= (budget) * (sum) \
      : (bk) <= (budget))
+/* the same, branch-free (for vectorised loops; bk is never NaN) */
+#define FZ_CERTIFIED_LANE(err, sum, budget, bk) \
+    ((((bk) <= 1.0) \
+      & ((1.0 + 0.71828182845904524 * (bk)) * (1.0 + 0x1p-10) * (err) <= (budget) * (sum))) \
+     | (((bk) > 1.0) & ((bk) <= (budget))))
 
 /* The absolute error of lse = wmax + log(sum) beyond the values' own (FZ_CERTIFIED's
  * err / sum): the terms left out (left_out, from fz_lse_cut), exp's relative

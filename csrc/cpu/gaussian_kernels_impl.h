@@ -407,7 +407,8 @@ static inline int FZ_N(fz_lanes_direct)(
  * lane: pass A, then the direct values of the entries that need one (bound above acc
  * |L~|: B_c = L_dir, b_c = 0) and may matter (below: the reductions are those of every such
  * entry refined, with or without the matrix), the logsumexp from those values (every
- * class a term down to the cut, fz_exp_poly) and the decisions of fz_gauss_row. Returns
+ * class a term down to the cut, fz_exp_poly; the sum's log by fz_log_poly, its error
+ * counted in the certificate) and the decisions of fz_gauss_row. Returns
  * the rows (a bit each) left to fz_gauss_one: the logsumexp not certified even after
  * fz_lse_refine, several argmax candidates, a float32 entry within its bound of its
  * threshold, every weight zero, or |lse| too close to 0 for the polynomial. The values
@@ -436,8 +437,9 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
     double mxw[FZ_LANES] __attribute__((aligned(64)));
     double f[FZ_LANES], bmax[FZ_LANES], cut[FZ_LANES];
     double left_out[FZ_LANES], sum[FZ_LANES], err[FZ_LANES], bk[FZ_LANES], lo[FZ_LANES];
-    double lse[FZ_LANES], n_terms[FZ_LANES];
-    int need[FZ_LANES], bad[FZ_LANES], above[FZ_LANES], n_cand[FZ_LANES], am[FZ_LANES];
+    double lse[FZ_LANES], n_terms[FZ_LANES], budget[FZ_LANES];
+    int certified[FZ_LANES], need[FZ_LANES], bad[FZ_LANES], above[FZ_LANES];
+    int n_cand[FZ_LANES], am[FZ_LANES];
     unsigned bad_rows = 0;
     ptrdiff_t c, j;
     #pragma omp simd
@@ -518,19 +520,23 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
             n_terms[j] += keep;
         }
     }
+    /* the sums are in [1, FZ_PAD] (the largest term is e^0 = 1) where the row is not bad:
+     * fz_log_poly's domain, its error counted beside log's rounding (fz_lse_other) */
+    #pragma omp simd
     for (j = 0; j < FZ_LANES; j++) {
-        if (bad[j])
-            continue;
-        lse[j] = mxw[j] + log(sum[j]);
-        const double budget = acc * fabs(lse[j])
+        lse[j] = mxw[j] + fz_log_poly(sum[j]);
+        budget[j] = acc * fabs(lse[j]) - FZ_LOG_POLY_EPS
             - fz_lse_other(lse[j], log_c, FZ_PAD, left_out[j], eps_exp);
-        if (FZ_CERTIFIED(err[j], sum[j], budget, bk[j]))
+        certified[j] = FZ_CERTIFIED_LANE(err[j], sum[j], budget[j], bk[j]);
+    }
+    for (j = 0; j < FZ_LANES; j++) {
+        if (bad[j] || certified[j])
             continue;
         /* refined as in fz_gauss_lse (e.g. a term whose bound is close to its accuracy
          * target: not "need", but beyond the certificate once its factor phi(bk) > 1 and
          * the other errors are counted) */
         bad[j] = 1;
-        if (g + j < r1 && budget > 0.0) {
+        if (g + j < r1 && budget[j] > 0.0) {
             double Lj[FZ_PAD], bj[FZ_PAD];
             fz_direct_memo memo;
             memo.n = 0;
@@ -540,7 +546,7 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
             }
             bad[j] = !FZ_N(fz_lse_refine)(F + (g + j) * d, means, q, Lj, bj, f[j], mxw[j],
                                           cut[j], 1, left_out[j], eps_exp, sum[j], err[j],
-                                          (ptrdiff_t)n_terms[j], budget, &memo, n_direct,
+                                          (ptrdiff_t)n_terms[j], budget[j], &memo, n_direct,
                                           &lse[j]);
         }
     }

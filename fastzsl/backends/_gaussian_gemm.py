@@ -64,6 +64,15 @@ is the Taylor remainder :math:`|r|^{n+1} e^{|r|}/(n+1)!` plus Horner's rounding
 :math:`\gamma_{2n} e^{2|r|}` and the coefficients' and r's rounding: degree 12 in double
 2.6e-16 + 5.4e-15 + 3e-16 < 2^-47; degree 7 in double 7.4e-9 < 2^-26; degree 6 in float32
 (16 lanes a vector, for float32 inputs where |lse| leaves room) 1.7e-7 + 1.5e-6 < 2^-19.
+The 8-row lanes (at most 16 classes) take the log of their sums (in [1, C]) by a
+branch-free polynomial too: x = 2^e m, :math:`m \in [\sqrt{1/2}, \sqrt 2)` exact from the
+bits, ln m = 2 atanh t with t = (m - 1) / (m + 1) (m - 1 exact; t within 2u + u^2 of
+itself, |t| <= 0.1716), the series to t^19 in Horner form in t^2 (remainder
+:math:`2|t|^{21} / (21 (1 - t^2)) < 10^{-17}`; Horner's and the coefficients' rounding,
+relative :math:`\gamma_{22}`, and t's, relative 1.03 (2u + u^2), of ln m <= 0.35), plus
+e ln 2 by the Cody-Waite split (e ln2_hi exact, ln2_lo's rounding below 2^-85 |e|) and
+the final addition's rounding, u |ln x| <= 7u on [1, 2^10): an absolute error below
+9u + 7u + 1e-17 < 2^-48 there, ``LOG_POLY_EPS``.
 """
 from __future__ import annotations
 
@@ -81,6 +90,9 @@ LSE_CUT_MAX = 64.0
 # Relative error bounds of the kernel's exp polynomials on [-65, 0] (module docstring);
 # tests/backends/test_cython_gaussian_gemm.py checks them against libm.
 EXP_POLY_EPS = {"double": 2.0**-47, "double-low": 2.0**-26, "float": 2.0**-19}
+# Absolute error bound of the kernel's log polynomial on [1, 2^10) (module docstring);
+# checked against long double in tests/backends/test_cython_gaussian_gemm.py.
+LOG_POLY_EPS = 2.0**-48
 # Norm sums above these could overflow the product in the input dtype: direct kernel.
 NORM_LIMIT = {np.dtype(np.float32): 1e37, np.dtype(np.float64): 1e300}
 # Rows per tile: the tile's (rows x C) products stay near TILE_BYTES (L2-sized), but at

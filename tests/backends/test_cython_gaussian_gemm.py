@@ -88,6 +88,26 @@ def test_the_exp_polynomials_keep_their_error_bounds(kind):
     assert rel.max() <= EXP_POLY_EPS[kind] + 2.0**-52
 
 
+def test_the_log_polynomial_keeps_its_error_bound():
+    """The 8-row lanes' vectorised log against long double on [1, 2^10) (dense near 1, at
+    the mantissa's split at sqrt 2 and at powers of two): within the bound derived in
+    _gaussian_gemm (LOG_POLY_EPS), which is the kernel's own constant."""
+    from fastzsl.backends._gaussian_gemm import LOG_POLY_EPS
+    _gemm_kernel()
+    from fastzsl.backends import cython_
+    assert cython_._gaussian_cpu.LOG_POLY_EPS == LOG_POLY_EPS
+    rng = np.random.default_rng(0)
+    powers = 2.0 ** np.arange(10)
+    split = np.sqrt(2.0) * powers
+    x = np.concatenate([
+        np.linspace(1.0, 17.0, 400_001), np.exp(rng.uniform(0.0, np.log(1023.9), 200_000)),
+        powers, np.nextafter(powers[1:], 0), np.nextafter(powers, np.inf),
+        split, np.nextafter(split, 0), np.nextafter(split, np.inf)])
+    got = cython_._gaussian_cpu.log_poly(x)
+    exact = np.log(x.astype(np.longdouble))
+    assert float(np.abs(got - exact).max()) <= LOG_POLY_EPS
+
+
 def test_the_logsumexp_certificate_covers_the_worst_case_of_the_values():
     """FZ_CERTIFIED on random and adversarial terms (a light term carrying the largest bound,
     equal bounds, bounds up to and past 1 nat): values off by t_c in [-b_c, b_c] move
