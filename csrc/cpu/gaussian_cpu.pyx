@@ -96,8 +96,8 @@ cdef enum:
 # route (every value by direct differences in double, a row per vector lane: no centring,
 # no product, no bounds); beyond it, the GEMM form. Chosen on C = 6, 13, 16 and d = 24-256,
 # broad and far classes (not the benchmark's regime table), on an AMD EPYC (Zen 4, AVX-512),
-# 2 cores: float32 rows gain up to d = 128 (0.5x-1.05x the GEMM form's time; far classes
-# need a direct value per row there), float64 rows up to d = 40-64 (0.75x-0.99x at d <= 40,
+# 2 cores: float32 rows gain up to d = 128 (0.42x-1.05x the GEMM form's time; far classes
+# need a direct value per row there), float64 rows up to d = 40-64 (0.75x-1.03x at d <= 40,
 # 0.92x-1.31x at 64). set_direct_route_max_d changes them (tests run both routes).
 cdef Py_ssize_t _direct_route_max_d_f = 128
 cdef Py_ssize_t _direct_route_max_d_d = 48

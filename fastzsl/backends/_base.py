@@ -39,7 +39,8 @@ class KernelSet:
     gaussian_checks_finite : bool
         Whether ``gaussian_loglik`` raises :func:`fastzsl._validation.check_finite`'s error
         for a NaN or infinity in F itself (the cython GEMM form meets them in its row norms
-        at no cost), so that the public function need not read F once more to check.
+        at no cost, its direct route in its values), so that the public function need not
+        read F once more to check.
     self_join(X, k) -> a join or None
         Optional. The same self-join in pieces, with the candidate lists of only two row
         ranges in memory at a time (``fastzsl.fit_file``): the object has ``new_lists``,

@@ -1,7 +1,8 @@
 """Cython + OpenMP CPU backend: the compiled kernels of csrc/cpu (fastzsl._ext.*_cpu).
 
 Two-pass kNN and GEMM-form Gaussian kernels with proven error bounds (their kNN distances bit-match
-the direct kernels of csrc/cpu and of the numba backend); built by setup.py. When
+the direct kernels of csrc/cpu and of the numba backend; the Gaussian kernel takes direct
+differences instead where the classes are few and d small); built by setup.py. When
 the extension is not built this module still imports, ``KERNELS`` is None and
 ``is_available()`` says how to build it.
 """
