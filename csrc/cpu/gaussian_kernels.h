@@ -174,15 +174,8 @@ static inline double fz_log_poly(double x)
     memcpy(&m, &mbits, sizeof m);
     const double t = (m - 1.0) / (m + 1.0), z = t * t;
     double p = 1.0 / 19.0;
-    p = p * z + 1.0 / 17.0;
-    p = p * z + 1.0 / 15.0;
-    p = p * z + 1.0 / 13.0;
-    p = p * z + 1.0 / 11.0;
-    p = p * z + 1.0 / 9.0;
-    p = p * z + 1.0 / 7.0;
-    p = p * z + 1.0 / 5.0;
-    p = p * z + 1.0 / 3.0;
-    p = p * z + 1.0;
+    for (int k = 17; k >= 1; k -= 2)  /* unrolled, the coefficients folded */
+        p = p * z + 1.0 / (double)k;
     const double ef = (double)e;
     return ef * 0x1.62e42fee00000p-1 + (2.0 * t * p + ef * 0x1.a39ef35793c76p-33);
 }
