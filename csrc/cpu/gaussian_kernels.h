@@ -53,7 +53,8 @@
  * the lanes take every value by direct differences in double (fz_lanes_direct: B_c = L_dir,
  * b_c = 0 throughout, so every decision is on direct values and the logsumexp certifies
  * from the exp's and the sum's own errors alone); a row they cannot decide (exact ties,
- * a logsumexp too close to 0 for the polynomial) is finished there by libm's exp.
+ * every weight zero, a logsumexp too close to 0 for the polynomial) is finished there by
+ * libm's exp.
  * The hot function is compiled for x86-64-v4 / v3 / baseline and picked at load time
  * (GCC target_clones): the build itself uses portable flags.
  */
@@ -155,7 +156,7 @@ static inline double fz_exp_poly(double x, int low_degree)
 }
 
 /* Absolute error bound of fz_log_poly on [1, 2^10) (derived in
- * fastzsl/backends/_gaussian_gemm.py, LOG_POLY_EPS, and checked there against long double). */
+ * fastzsl/backends/_gaussian_gemm.py, LOG_POLY_EPS; tests check it against long double). */
 #define FZ_LOG_POLY_EPS 0x1p-48
 
 /* ln x for x in [1, 2^10) (a logsumexp's sum: its largest term is 1), branch-free so that
@@ -530,13 +531,9 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
  * (phi is convex, phi(0) = 1, phi(1) = e - 1); downwards at most err / sum (Jensen); at
  * most bk in any case. The factor 1 + 2^-10 covers the computed err / sum's own relative
  * error (the exp polynomial's and the sums', below 2^-16). budget: what acc |lse| leaves
- * beside fz_lse_other. */
+ * beside fz_lse_other. Branch-free, so that it vectorises across the lanes (a NaN fails
+ * both arms). */
 #define FZ_CERTIFIED(err, sum, budget, bk) \
-    ((bk) <= 1.0 \
-     ? (1.0 + 0.71828182845904524 * (bk)) * (1.0 + 0x1p-10) * (err) <= (budget) * (sum) \
-     : (bk) <= (budget))
-/* the same, branch-free (for vectorised loops; bk is never NaN) */
-#define FZ_CERTIFIED_LANE(err, sum, budget, bk) \
     ((((bk) <= 1.0) \
       & ((1.0 + 0.71828182845904524 * (bk)) * (1.0 + 0x1p-10) * (err) <= (budget) * (sum))) \
      | (((bk) > 1.0) & ((bk) <= (budget))))

@@ -527,7 +527,7 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
         lse[j] = mxw[j] + fz_log_poly(sum[j]);
         budget[j] = acc * fabs(lse[j]) - FZ_LOG_POLY_EPS
             - fz_lse_other(lse[j], log_c, FZ_PAD, left_out[j], eps_exp);
-        certified[j] = FZ_CERTIFIED_LANE(err[j], sum[j], budget[j], bk[j]);
+        certified[j] = FZ_CERTIFIED(err[j], sum[j], budget[j], bk[j]);
     }
     for (j = 0; j < FZ_LANES; j++) {
         if (bad[j] || certified[j])
