@@ -29,8 +29,6 @@ def f32_tiles(request):
     knn_cpu.set_f32_tiles(before)
 
 
-
-
 @contextlib.contextmanager
 def _gaussian_route(route):
     """The cython Gaussian kernel's route for classes that fit one vector, for the block:
@@ -58,4 +56,11 @@ def gaussian_route(request):
 def gemm_route():
     """The cython Gaussian kernel on its GEMM form, whatever the classes."""
     with _gaussian_route("gemm") as route:
+        yield route
+
+
+@pytest.fixture
+def direct_route():
+    """The cython Gaussian kernel on its direct route wherever it applies."""
+    with _gaussian_route("direct") as route:
         yield route

@@ -5,7 +5,7 @@ import pytest
 
 from fastzsl import gaussian_loglik
 from fastzsl.backends import numpy_
-from fastzsl.testing import TOL, backend_is_available, gaussian_problem, make_blobs
+from fastzsl.testing import TOL, backend_is_available, gamma, gaussian_problem, make_blobs
 
 
 def _gemm_kernel():
@@ -211,6 +211,33 @@ def test_rows_far_from_every_class_whose_bounds_pass_one_nat(dtype, gaussian_rou
     np.testing.assert_allclose(lse, ref[3], **TOL[dtype])
     np.testing.assert_allclose(mx, ref[1], **TOL[dtype])
     np.testing.assert_array_equal(am, ref[2])
+
+
+@pytest.mark.parametrize("d", [1, 9, 40, 256])
+def test_the_direct_route_takes_every_value_by_direct_differences(d, dtype, direct_route):
+    """Far classes (scale 8: the GEMM form's bound is far above a direct sum's error
+    there) with at most 16 classes: every value is a direct sum of squared differences in
+    double, within gamma_(d + 6) of the exact value's terms (s h + |ln|, in long double),
+    the argmax is the exact values' first largest and the count says every entry."""
+    gemm = _gemm_kernel()
+    rng = np.random.default_rng(d)
+    C, n = 12, 203
+    means = (8.0 * rng.standard_normal((C, d))).astype(dtype)
+    F = (means[rng.integers(0, C, n)] + rng.standard_normal((n, d))).astype(dtype)
+    variances = rng.uniform(0.5, 2.0, C)
+    log_weights = np.log(rng.dirichlet(np.ones(C)))
+    thresholds = np.full(C, np.inf)
+    (L, mx, am, lse, _), n_direct = gemm(F, means, variances, log_weights, thresholds,
+                                         True)
+    assert n_direct == n * C
+    diff = F.astype(np.longdouble)[:, None, :] - means.astype(np.longdouble)[None]
+    sh = (diff ** 2).sum(-1) / (2 * variances.astype(np.longdouble))
+    ln = 0.5 * d * np.log(2 * np.pi * variances.astype(np.longdouble))
+    exact = -sh - ln
+    bound = gamma(d + 6, np.float64) * (sh + np.abs(ln))
+    assert (np.abs(L.astype(np.longdouble) - exact) <= bound + np.spacing(
+        np.abs(L)).astype(np.longdouble) * (dtype == np.float32)).all()
+    np.testing.assert_array_equal(am, np.argmax(exact, axis=1))
 
 
 @pytest.mark.parametrize("zero_weights", [False, True])
