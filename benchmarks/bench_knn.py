@@ -23,7 +23,7 @@ type, threads; the cython kernels call SciPy's OpenBLAS, NumPy its own, faiss it
 ``cython-float64`` searches the same data in float64 (the float32 screen of
 fastzsl/backends/_knn_screen.py): its ratio to the float32 row is the float64 overhead.
 ``cython-blas`` runs the cython kernel with its pass-1 dot products on one SciPy sgemm per
-tile (FASTZSL_F32_TILES=blas) instead of its own AVX-512 tiles (csrc/cpu/knn_f32_tiles.h,
+tile (FASTZSL_TILES=blas) instead of its own AVX-512 tiles (csrc/cpu/knn_f32_tiles.h,
 the default where the CPU has AVX-512F): the tiles' gain, same rounds.
 
 Where the environment sets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (some CI machines: AVX2
@@ -82,7 +82,7 @@ def _make(case, reference, k, faiss_flat):
     if case == "cython-blas":
         if not backend_is_available("cython"):
             return "backend 'cython' unavailable"
-        return ("fastzsl.knn exact (cython), pass 1 on BLAS sgemm tiles (FASTZSL_F32_TILES=blas)",
+        return ("fastzsl.knn exact (cython), pass 1 on BLAS sgemm tiles (FASTZSL_TILES=blas)",
                 lambda Q: _with_f32_tiles("blas", lambda: fastzsl.knn(Q, reference, k,
                                                                       backend="cython")),
                 dict(peer="fastzsl", backend="cython", method="exact", pass1="blas"), False)

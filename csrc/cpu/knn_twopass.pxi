@@ -44,7 +44,7 @@ cdef inline Py_ssize_t _list_len(Py_ssize_t k, Py_ssize_t d) noexcept nogil:
 
 # Pass 1's float32 dot products (knn query blocks): 0 one sgemm per tile, 1 the AVX-512
 # tiles of knn_f32_tiles.h, 2 their portable form (tests). Set by set_f32_tiles, from
-# FASTZSL_F32_TILES at import.
+# FASTZSL_TILES at import (tile_mode_from_env).
 cdef int _F32_TILES = 0
 F32_TILE_MODES = ("auto", "blas", "portable")
 _f32_tiles_mode = "auto"
@@ -59,7 +59,7 @@ def set_f32_tiles(mode):
     "blas" or "portable"."""
     global _F32_TILES, _f32_tiles_mode
     if mode not in F32_TILE_MODES:
-        raise ValueError(f"FASTZSL_F32_TILES / set_f32_tiles: mode must be one of "
+        raise ValueError(f"FASTZSL_TILES / set_f32_tiles: mode must be one of "
                          f"{F32_TILE_MODES}, not {mode!r}")
     _f32_tiles_mode = mode
     if mode == "auto":
@@ -70,7 +70,7 @@ def set_f32_tiles(mode):
 
 
 def f32_tiles_mode():
-    """The mode last given to set_f32_tiles (or FASTZSL_F32_TILES's)."""
+    """The mode last given to set_f32_tiles (or FASTZSL_TILES's)."""
     return _f32_tiles_mode
 
 
@@ -80,7 +80,18 @@ def f32_tiles_kind():
     return ("blas", "avx512", "portable")[_F32_TILES]
 
 
-set_f32_tiles(os.environ.get("FASTZSL_F32_TILES", "auto").strip().lower() or "auto")
+def tile_mode_from_env(environ):
+    """set_f32_tiles's mode from an environment mapping: FASTZSL_TILES (the products of
+    float32 kNN and of both dtypes' Gaussians), or where it is unset or empty its first
+    name FASTZSL_F32_TILES, else "auto"; case and surrounding blanks ignored."""
+    for name in ("FASTZSL_TILES", "FASTZSL_F32_TILES"):
+        value = environ.get(name, "").strip().lower()
+        if value:
+            return value
+    return "auto"
+
+
+set_f32_tiles(tile_mode_from_env(os.environ))
 
 
 def tile_products(const cython.floating[:, ::1] A, const cython.floating[:, ::1] R, bint hw):

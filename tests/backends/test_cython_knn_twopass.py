@@ -402,5 +402,17 @@ def _has_avx512f():
 
 
 def test_an_unknown_f32_tile_mode_is_refused():
-    with pytest.raises(ValueError, match="FASTZSL_F32_TILES"):
+    with pytest.raises(ValueError, match="FASTZSL_TILES"):
         knn_cpu.set_f32_tiles("fast")
+
+
+def test_the_tile_mode_comes_from_fastzsl_tiles_or_its_first_name():
+    """FASTZSL_TILES sets the products' route at import; FASTZSL_F32_TILES, its first name,
+    still does where FASTZSL_TILES is unset or empty."""
+    assert knn_cpu.tile_mode_from_env({}) == "auto"
+    assert knn_cpu.tile_mode_from_env({"FASTZSL_TILES": " BLAS "}) == "blas"
+    assert knn_cpu.tile_mode_from_env({"FASTZSL_F32_TILES": "portable"}) == "portable"
+    assert knn_cpu.tile_mode_from_env({"FASTZSL_TILES": "blas",
+                                       "FASTZSL_F32_TILES": "portable"}) == "blas"
+    assert knn_cpu.tile_mode_from_env({"FASTZSL_TILES": "",
+                                       "FASTZSL_F32_TILES": "portable"}) == "portable"
