@@ -293,47 +293,43 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
             r1 = r0 + tile
             if r1 > n:
                 r1 = n
-            if direct:
+            if not direct:  # the GEMM form: centred rows, their products with the means
                 if cython.floating is float:
-                    n_tile = fz_gauss_tile_f(NULL, 0, NULL, Fbase, Mbase, r0, r1, q, Lbuf,
-                                             bbuf, blkbuf, lst, scratch, Lout, row_max,
-                                             row_argmax, row_lse, all_below)
+                    rc = fz_centre_tile_f(Fbase, r0, r1, tile, d, &center[0], norm_limit, fc,
+                                          fn)
                 else:
-                    n_tile = fz_gauss_tile_d(NULL, 0, NULL, Fbase, Mbase, r0, r1, q, Lbuf,
-                                             bbuf, blkbuf, lst, scratch, Lout, row_max,
-                                             row_argmax, row_lse, all_below)
-                if n_tile < 0:
-                    failed_p[0] = -2
+                    rc = fz_centre_tile_d(Fbase, r0, r1, tile, d, &center[0], norm_limit, fc,
+                                          fn)
+                if rc != 0:
+                    failed_p[0] = rc
+                if failed_p[0] == -2:
+                    continue
+                if packed != NULL:
+                    # panels in chunks that stay in L2 while the tile's rows pass over them
+                    # (one pass over all the means per 12 rows would stream them from memory
+                    # where they outgrow the caches); each product is the same sum
+                    p0 = 0
+                    while p0 < n_panels:
+                        tile_abt(tiles == 1, fc, tile, d, packed + p0 * d * nr,
+                                 min(chunk_panels, n_panels - p0), prod + p0 * nr, ldp)
+                        p0 = p0 + chunk_panels
                 else:
-                    n_direct += n_tile
-                continue
+                    gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
+            # no products on the direct route (NULL): fz_gauss_tile's direct differences
             if cython.floating is float:
-                rc = fz_centre_tile_f(Fbase, r0, r1, tile, d, &center[0], norm_limit, fc, fn)
+                n_tile = fz_gauss_tile_f(NULL if direct else prod, ldp, NULL if direct else fn,
+                                         Fbase, Mbase, r0, r1, q, Lbuf, bbuf, blkbuf, lst,
+                                         scratch, Lout, row_max, row_argmax, row_lse,
+                                         all_below)
             else:
-                rc = fz_centre_tile_d(Fbase, r0, r1, tile, d, &center[0], norm_limit, fc, fn)
-            if rc != 0:
-                failed_p[0] = rc
-            if failed_p[0] == -2:
-                continue
-            if packed != NULL:
-                # panels in chunks that stay in L2 while the tile's rows pass over them
-                # (one pass over all the means per 12 rows would stream them from memory
-                # where they outgrow the caches); each product is the same sum
-                p0 = 0
-                while p0 < n_panels:
-                    tile_abt(tiles == 1, fc, tile, d, packed + p0 * d * nr,
-                             min(chunk_panels, n_panels - p0), prod + p0 * nr, ldp)
-                    p0 = p0 + chunk_panels
+                n_tile = fz_gauss_tile_d(NULL if direct else prod, ldp, NULL if direct else fn,
+                                         Fbase, Mbase, r0, r1, q, Lbuf, bbuf, blkbuf, lst,
+                                         scratch, Lout, row_max, row_argmax, row_lse,
+                                         all_below)
+            if n_tile < 0:  # the direct route met a value that is not finite
+                failed_p[0] = -2
             else:
-                gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)
-            if cython.floating is float:
-                n_direct += fz_gauss_tile_f(prod, ldp, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf,
-                                            blkbuf, lst, scratch, Lout, row_max, row_argmax,
-                                            row_lse, all_below)
-            else:
-                n_direct += fz_gauss_tile_d(prod, ldp, fn, Fbase, Mbase, r0, r1, q, Lbuf, bbuf,
-                                            blkbuf, lst, scratch, Lout, row_max, row_argmax,
-                                            row_lse, all_below)
+                n_direct += n_tile
         free(fc)
         free(prod)
         free(fn)
