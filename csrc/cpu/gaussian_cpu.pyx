@@ -63,6 +63,7 @@ cdef extern from "gaussian_kernels.h" nogil:
     double fz_log_poly(double x)
     double FZ_LOG_POLY_EPS
     float fz_expf_poly(float x)
+    float fz_float_up(double x)
     bint FZ_CERTIFIED(double err, double total, double budget, double bk)
     int fz_centre_tile_f(const float* F, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t tile,
                          Py_ssize_t d, const double* z, double norm_limit, float* fc,
@@ -360,9 +361,14 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
 
     cdef const double[::1] h = padded(terms.h, 0.0), k = padded(terms.k, np.inf)
     cdef const double[::1] kh = padded(terms.kh, 0.0), km = padded(terms.km, 0.0)
-    # rounded up to float32, for the float32 logsumexp's bounds (fz_lse_terms_f32)
-    cdef const float[::1] kh_f = (np.asarray(kh) * (1 + 2.0**-23)).astype(np.float32)
-    cdef const float[::1] km_f = (np.asarray(km) * (1 + 2.0**-23)).astype(np.float32)
+    # rounded up to float32 by fz_float_up, as the kernel rounds fn, for the float32
+    # logsumexp's bounds (fz_lse_terms_f32)
+    cdef float[::1] kh_f = np.empty(n_padded, dtype=np.float32)
+    cdef float[::1] km_f = np.empty(n_padded, dtype=np.float32)
+    cdef Py_ssize_t c
+    for c in range(n_padded):
+        kh_f[c] = fz_float_up(kh[c])
+        km_f[c] = fz_float_up(km[c])
     cdef const double[::1] ln = padded(terms.log_norm, 0.0)
     cdef const double[::1] lw = padded(log_weights, 0.0), thr = padded(thresholds, np.inf)
     # the smallest threshold per block of FZ_LSE_BLOCK classes (the screen's block bound)
