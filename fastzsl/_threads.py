@@ -124,6 +124,34 @@ def _library_limits(threads, user_api=None):
         yield
 
 
+# Multiply-adds per BLAS thread of the products in sized_matmul (about 10 ms of one core's
+# sgemm): a smaller product runs on fewer threads
+BLAS_WORK_PER_THREAD = 1 << 30
+
+
+def blas_threads_for(multiply_adds: int) -> int:
+    """BLAS threads for a product of ``multiply_adds``: one per BLAS_WORK_PER_THREAD, at
+    least one, at most the current setting (``n_jobs``, an outer limit, all cores)."""
+    current = max((lib.get_num_threads() for lib in _thread_controller().lib_controllers
+                   if lib.user_api == "blas"), default=1)
+    return int(max(1, min(current, multiply_adds // BLAS_WORK_PER_THREAD)))
+
+
+def sized_matmul(a, b):
+    """``a @ b`` (NumPy arrays, b a matrix or a vector) on ``blas_threads_for`` its size.
+
+    For the products a scoring call runs between its OpenMP kernels (the gate's PCA
+    projection, ...). OpenBLAS's threads busy-wait for a while after each multi-threaded
+    call (its THREAD_TIMEOUT, about 0.1 s), and on the same cores they slow the OpenMP
+    kernels that follow: on 2 cores, ``predict_proba`` of 1,000 rows of the trained run's
+    model took 102 ms with its 8 ms projection on both threads and 60 ms with it on one.
+    A product this small gains little from more threads anyway.
+    """
+    work = a.shape[0] * a.shape[-1] * (b.shape[1] if b.ndim == 2 else 1)
+    with _library_limits(blas_threads_for(work), "blas"):
+        return a @ b
+
+
 def worker_count(n_jobs) -> int:
     """Threads for a Python-level worker pool: ``n_jobs`` resolved, all cores for None."""
     threads = resolve_n_jobs(n_jobs)

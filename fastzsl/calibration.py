@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._threads import sized_matmul
 from ._validation import check_option
 
 CALIBRATIONS = ("isotonic", "platt")
@@ -193,7 +194,7 @@ class StackCalibrator(_StandardisedScores):
 
     def transform(self, X) -> np.ndarray:
         """P(unseen | x), float64 in (0, 1)."""
-        return 1.0 / (1.0 + np.exp(-(self._z(X) @ self.coef_ + self.intercept_)))
+        return 1.0 / (1.0 + np.exp(-(sized_matmul(self._z(X), self.coef_) + self.intercept_)))
 
     def _export(self):
         return {"columns": self.columns, "intercept": self.intercept_}, \

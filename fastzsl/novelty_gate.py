@@ -49,6 +49,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from ._model_files import SaveMixin, pack_parts, unpack_part
+from ._threads import sized_matmul
 from ._validation import as_float_matrix, check_option
 from .adaptation import MAX_ROWS, N_NEIGHBORS, BatchAdaptation, row_keys
 from .calibration import (MeanCalibrator, ScoreCalibrator, StackCalibrator, check_false_alarm,
@@ -211,7 +212,8 @@ class PCAProjection:
         return self
 
     def transform(self, X) -> np.ndarray:
-        return np.ascontiguousarray((X - self.mean_) @ self.components_.T, dtype=np.float32)
+        return np.ascontiguousarray(sized_matmul(X - self.mean_, self.components_.T),
+                                    dtype=np.float32)
 
     def fit_transform(self, X):
         return self.fit(X).transform(X)
@@ -783,7 +785,7 @@ def class_agnostic_features(F, p_seen, seen_vectors, unseen_vectors):
 
     def nearest(W):
         W = np.asarray(W, dtype=np.float64)
-        d2 = (F ** 2).sum(1)[:, None] - 2 * F @ W.T + (W ** 2).sum(1)[None]
+        d2 = (F ** 2).sum(1)[:, None] - 2 * sized_matmul(F, W.T) + (W ** 2).sum(1)[None]
         return np.maximum(d2.min(axis=1), 1e-12)
 
     return [logit(1.0 - top, 1e-9), np.log(nearest(seen_vectors)) - np.log(nearest(unseen_vectors))]

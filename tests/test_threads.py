@@ -233,3 +233,71 @@ def test_thread_limits_reuse_one_controller_and_set_only_what_differs(monkeypatc
     monkeypatch.undo()
     assert _state() == before
 
+
+
+def test_a_product_gets_one_blas_thread_per_share_of_work(monkeypatch):
+    """sized_matmul runs a @ b on one BLAS thread per BLAS_WORK_PER_THREAD multiply-adds,
+    at least one and at most the current setting, and restores the setting after."""
+    from fastzsl import _threads
+    from fastzsl._threads import blas_threads_for, sized_matmul
+
+    rng = np.random.default_rng(0)
+    a, b, v = rng.normal(size=(40, 6)), rng.normal(size=(6, 5)), rng.normal(size=6)
+    seen = []
+    real_limits = _threads._library_limits
+
+    def spy(threads, user_api=None):
+        seen.append((threads, user_api))
+        return real_limits(threads, user_api)
+
+    monkeypatch.setattr(_threads, "_library_limits", spy)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        assert blas_threads_for(10**15) == 2  # never more than the setting
+        assert blas_threads_for(0) == 1
+        monkeypatch.setattr(_threads, "BLAS_WORK_PER_THREAD", 40 * 6 * 5)
+        assert blas_threads_for(40 * 6 * 5 * 2 - 1) == 1
+        np.testing.assert_array_equal(sized_matmul(a, b), a @ b)
+        np.testing.assert_array_equal(sized_matmul(a, v), a @ v)
+        assert seen == [(1, "blas"), (1, "blas")]  # 1200 and 240 multiply-adds
+        monkeypatch.setattr(_threads, "BLAS_WORK_PER_THREAD", 40 * 6 * 5 // 2)
+        seen.clear()
+        np.testing.assert_array_equal(sized_matmul(a, b), a @ b)
+        assert seen == [(2, "blas")]
+        assert _blas_threads() == before
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert blas_threads_for(10**15) == 1  # an outer limit holds
+
+
+def test_the_gate_runs_its_products_on_sized_blas_threads(monkeypatch):
+    """The PCA projection, the class-agnostic features' distances and the calibrator's
+    linear score go through sized_matmul: small products of a scoring call on one BLAS
+    thread (on 2 cores, BLAS's busy-waiting threads slowed the kernels that follow)."""
+    from fastzsl import calibration, novelty_gate
+
+    calls = []
+
+    def spy(a, b):
+        calls.append((a.shape, b.shape))
+        return a @ b
+
+    monkeypatch.setattr(novelty_gate, "sized_matmul", spy)
+    monkeypatch.setattr(calibration, "sized_matmul", spy)
+    X, _ = make_blobs(300, 12, n_centers=3, seed=1)
+    projection = novelty_gate.PCAProjection(4).fit(X)
+    np.testing.assert_array_equal(projection.transform(X[:7]),
+                                  (X[:7] - projection.mean_) @ projection.components_.T)
+    assert calls == [((7, 12), (12, 4))]
+    calls.clear()
+    F = X[:7, :4].astype(np.float64)
+    p_seen = np.full((7, 2), 0.5)
+    novelty_gate.class_agnostic_features(F, p_seen, X[:2, :4], X[2:5, :4])
+    assert calls == [((7, 4), (4, 2)), ((7, 4), (4, 3))]
+    calls.clear()
+    scores = np.column_stack([np.linspace(0.1, 0.9, 20), np.linspace(-1.0, 2.0, 20)])
+    stack = calibration.StackCalibrator(columns=[0]).fit(scores, np.arange(20) % 3 == 0)
+    calls.clear()
+    p = stack.transform(scores[:5])
+    assert calls == [((5, 2), (2,))]
+    z = stack._z(scores[:5])
+    np.testing.assert_array_equal(p, 1.0 / (1.0 + np.exp(-(z @ stack.coef_ + stack.intercept_))))
