@@ -1,7 +1,9 @@
 # The split path of knn for few queries (part of knn_cpu.pyx, included there after
 # knn_twopass.pxi, whose pass-1 scan and pass 2 it runs). With fewer query blocks than
 # threads, the query-block path would leave threads idle (one query: one thread for the
-# whole reference); here the reference is split instead.
+# whole reference); with a few hundred queries, each of its small blocks would pack and
+# scan the whole reference again. Here the reference is split instead, and every tile meets
+# all the queries in one product.
 #
 # Every thread keeps its own pass-1 lists (L = _list_len(k, d) per query) over the reference
 # tiles it takes (gemm of all queries against the tile; gemv for one query: another
@@ -33,18 +35,28 @@ cdef inline void _gemv_bq(const cython.floating* b, const cython.floating* q, in
 
 
 cdef enum:
-    # The split path: fewer 8-query blocks than threads, and at least two tiles of
-    # SPLIT_MIN_TILE rows; about SPLIT_TILES_PER_THREAD tiles per thread (dynamic schedule:
-    # a thread that the OS holds back leaves its share to the others).
+    # The split path: at most SPLIT_MAX_QUERIES queries or fewer 8-query blocks than
+    # threads, and at least two tiles of SPLIT_MIN_TILE rows; about SPLIT_TILES_PER_THREAD
+    # tiles per thread (dynamic schedule: a thread that the OS holds back leaves its share
+    # to the others). SPLIT_MAX_QUERIES was chosen on blobs (20k-100k references, d =
+    # 32-128, k = 20, 2 threads): the split path took 0.26x-0.71x the query-block path's
+    # time up to 256 queries, 0.67x-0.90x at 384-512, about 1x at 1024 (its pass 2 runs on
+    # one thread) and up to 1.7x at 4096.
     SPLIT_QUERIES_PER_BLOCK = 8
+    SPLIT_MAX_QUERIES = 256
     SPLIT_MIN_TILE = 1024
     SPLIT_TILES_PER_THREAD = 4
+
+
+# (for Python: cython_.knn keeps one-shot searches of this many queries off the BF16 screen)
+split_max_queries = SPLIT_MAX_QUERIES
 
 
 cdef inline bint _use_split(Py_ssize_t n_q, Py_ssize_t n_r, Py_ssize_t L,
                             int n_threads) noexcept nogil:
     return (n_threads > 1
-            and (n_q + SPLIT_QUERIES_PER_BLOCK - 1) // SPLIT_QUERIES_PER_BLOCK < n_threads
+            and (n_q <= SPLIT_MAX_QUERIES
+                 or (n_q + SPLIT_QUERIES_PER_BLOCK - 1) // SPLIT_QUERIES_PER_BLOCK < n_threads)
             and n_r >= 2 * SPLIT_MIN_TILE
             and n_threads * L <= _rescan_cap(L))  # pass 2 sorts all lists in sc.cand
 

@@ -115,8 +115,9 @@ class Bf16Prepared:
 class Prepared:
     """What ``cython_.prepare`` keeps for a float32 reference: the float32 kernel's norms,
     and the screen's view of the reference (:class:`Bf16Prepared`), made by the first search
-    that screens (an index searched only a few queries at a time never makes it) and
-    dropped where a pilot rules the screen out."""
+    that screens (one of more than ``knn_cpu.split_max_queries`` queries: an index searched
+    only a few queries at a time never makes it) and dropped where a pilot rules the screen
+    out."""
 
     def __init__(self, prepared32):
         self.prepared32 = prepared32
@@ -126,6 +127,10 @@ class Prepared:
         if self._view is None:
             self._view = prepare(knn_cpu, reference) or False
         return self._view or None
+
+    def has_view(self):
+        """Whether a search has made the screen's view (later searches reuse it)."""
+        return bool(self._view)
 
     def does_not_pay(self):
         """A pilot failed too often: later searches of this reference skip the screen (the

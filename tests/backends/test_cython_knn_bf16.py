@@ -233,6 +233,27 @@ def test_small_dims_and_few_queries_run_the_float32_kernel(rng, monkeypatch):
     np.testing.assert_array_equal(I, I0)
 
 
+def test_searches_of_few_queries_do_not_make_the_screens_view(rng, monkeypatch):
+    """Up to knn_cpu.split_max_queries queries skip the screen until a larger search has
+    made its view of the reference (rounding and packing the reference costs more than
+    the screen saves them); after that, searches of more than FIRST_CHUNK use it."""
+    monkeypatch.setenv("FASTZSL_BF16", "emulate")
+    monkeypatch.setattr(_knn_bf16, "UPKEEP_PER_SAVED_PRODUCT", np.inf)  # as in `screen`
+    real, called = _knn_bf16.knn, []
+    monkeypatch.setattr(_knn_bf16, "knn", lambda *a: called.append(len(a[1])) or real(*a))
+    R = rng.normal(size=(3000, 64)).astype(np.float32)
+    n, few = knn_cpu.split_max_queries, _knn_bf16.FIRST_CHUNK + 1
+    prepared = cython_.prepare(R)
+    for n_q, prep in ((n, None), (n, prepared), (few, prepared), (n + 1, None),
+                      (n + 1, prepared), (few, prepared)):
+        D, I = cython_.knn(R[:n_q], R, 5, 0, prep)
+        D0, I0 = knn_cpu.knn(R[:n_q], R, 5, 0)
+        np.testing.assert_array_equal(D, D0)
+        np.testing.assert_array_equal(I, I0)
+    assert prepared.has_view()
+    assert called == [n + 1, n + 1, few]
+
+
 def test_the_setting(monkeypatch):
     monkeypatch.setenv("FASTZSL_BF16", "off")
     assert _knn_bf16.mode(knn_cpu) is None

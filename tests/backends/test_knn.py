@@ -160,11 +160,13 @@ def test_kdtree_rerank_of_every_backend(dtype, rng, backend):
 
 # ---------------------------------------------------------------- few queries (Cython split path)
 @pytest.mark.parametrize("n_jobs", [1, 2, 3])
-@pytest.mark.parametrize("n_q,k", [(1, 1), (1, 20), (5, 7), (9, 60), (16, 3)])
+@pytest.mark.parametrize("n_q,k", [(1, 1), (1, 20), (5, 7), (9, 60), (16, 3), (100, 20),
+                                 (256, 5), (257, 5)])
 def test_few_queries_split_across_threads_are_bit_identical(dtype, rng, n_jobs, n_q, k):
-    """Few queries split the reference across threads and merge their lists: the direct
-    kernel's answer bit for bit, with the index's cached norms or without, duplicates
-    (more than a list holds) spread over several tiles, and a self offset."""
+    """Few queries (up to SPLIT_MAX_QUERIES = 256; 257 take the query blocks) split the
+    reference across threads and merge their lists: the direct kernel's answer bit for bit,
+    with the index's cached norms or without, duplicates (more than a list holds) spread
+    over several tiles, and a self offset."""
     knn_cpu = pytest.importorskip("fastzsl._ext.knn_cpu")
     R = rng.normal(size=(9000, 24)).astype(dtype)
     R[3000:3100] = R[0]
