@@ -25,6 +25,7 @@ from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.math cimport exp, log, M_PI, INFINITY, isfinite
+from openmp cimport omp_get_max_threads
 
 from gemm_tiles cimport FZ_F32_NR, FZ_F64_NR, gemm_abt, pack_panels, tile_abt
 
@@ -246,6 +247,12 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     cdef Py_ssize_t b, r0, r1, n_tile, n_direct = 0
     cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
     cdef Py_ssize_t n_panels = (C + nr - 1) // nr
+    # no more threads than tiles: a thread with nothing to do still has to be woken (after
+    # an idle pause, milliseconds on some VMs: a 100-row call took 7.7 ms on two threads,
+    # 1.0 ms on one, on this project's 2-core VM)
+    cdef int n_threads = omp_get_max_threads()
+    if n_threads > n_tiles:
+        n_threads = <int>n_tiles if n_tiles > 0 else 1
     # the products' row stride: whole panels for the tiles (= q.n_padded, a multiple of 16),
     # plus 64 bytes so that rows are not a multiple of 4 KiB apart (the L1 sets' period)
     cdef Py_ssize_t ldp = (n_panels * nr + 64 // sizeof(cython.floating) if packed != NULL
@@ -275,7 +282,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     blkbuf = NULL
     lst = NULL
     scratch = NULL
-    with parallel():
+    with parallel(num_threads=n_threads):
         fc = <cython.floating*>malloc(tile * d * sizeof(cython.floating))
         # zeroed slack after the last row: a row's vectorised pass reads q.n_padded products
         prod = <cython.floating*>calloc(tile * ldp + q.n_padded - C, sizeof(cython.floating))
@@ -418,7 +425,8 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
                           dtype=np.float32 if cython.floating is float else np.float64)
         packed_v = packed
         if q.d:
-            for p in prange(n_panels, nogil=True, schedule="static"):
+            for p in prange(n_panels, nogil=True, schedule="static",
+                            num_threads=min(omp_get_max_threads(), n_panels)):
                 pack_panels(&centred[0, 0] + p * nr * q.d, min(nr, n_classes - p * nr), q.d,
                             &packed_v[0] + p * nr * q.d)
         packed_p = &packed_v[0]
