@@ -142,10 +142,10 @@ def sized_matmul(a, b):
 
     For the products a scoring call runs between its OpenMP kernels (the gate's PCA
     projection, ...). OpenBLAS's threads busy-wait for a while after each multi-threaded
-    call (its THREAD_TIMEOUT, about 0.1 s), and on the same cores they slow the OpenMP
-    kernels that follow: on 2 cores, ``predict_proba`` of 1,000 rows of the trained run's
-    model took 102 ms with its 8 ms projection on both threads and 60 ms with it on one.
-    A product this small gains little from more threads anyway.
+    call (``OPENBLAS_THREAD_TIMEOUT``), and on the same cores they slow the OpenMP kernels
+    that follow: on 2 cores, ``predict_proba`` of 1,000 rows of the trained run's model,
+    called back to back, took 102 ms with its PCA projection on both BLAS threads and
+    60 ms with it on one. A product this small gains little from more threads anyway.
     """
     work = a.shape[0] * a.shape[-1] * (b.shape[1] if b.ndim == 2 else 1)
     with _library_limits(blas_threads_for(work), "blas"):
