@@ -40,7 +40,7 @@ setup(
     packages=find_packages(include=["fastzsl", "fastzsl.*"]) + ["fastzsl.cuda"],
     ext_modules=cythonize(
         extensions,
-        include_path=["csrc/cpu"],  # shared .pxd helpers (gemm_tiles.pxd)
+        include_path=["csrc/cpu"],  # shared .pxd helpers (gemm_tiles.pxd, omp_team.pxd)
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

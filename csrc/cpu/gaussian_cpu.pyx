@@ -28,6 +28,7 @@ from libc.math cimport exp, log, M_PI, INFINITY, isfinite
 from openmp cimport omp_get_max_threads
 
 from gemm_tiles cimport FZ_F32_NR, FZ_F64_NR, gemm_abt, pack_panels, tile_abt
+from omp_team cimport team_size
 
 from fastzsl._ext import knn_cpu  # owns the products' route (set_f32_tiles)
 from fastzsl._threads import blas_single_threaded
@@ -247,12 +248,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     cdef Py_ssize_t b, r0, r1, n_tile, n_direct = 0
     cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
     cdef Py_ssize_t n_panels = (C + nr - 1) // nr
-    # no more threads than tiles: a thread with nothing to do still has to be woken (after
-    # an idle pause, milliseconds on some VMs: a 100-row call took 7.7 ms on two threads,
-    # 1.0 ms on one, on this project's 2-core VM)
-    cdef int n_threads = omp_get_max_threads()
-    if n_threads > n_tiles:
-        n_threads = <int>n_tiles if n_tiles > 0 else 1
+    cdef int n_threads = team_size(omp_get_max_threads(), n_tiles)
     # the products' row stride: whole panels for the tiles (= q.n_padded, a multiple of 16),
     # plus 64 bytes so that rows are not a multiple of 4 KiB apart (the L1 sets' period)
     cdef Py_ssize_t ldp = (n_panels * nr + 64 // sizeof(cython.floating) if packed != NULL
@@ -426,7 +422,7 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
         packed_v = packed
         if q.d:
             for p in prange(n_panels, nogil=True, schedule="static",
-                            num_threads=min(omp_get_max_threads(), n_panels)):
+                            num_threads=team_size(omp_get_max_threads(), n_panels)):
                 pack_panels(&centred[0, 0] + p * nr * q.d, min(nr, n_classes - p * nr), q.d,
                             &packed_v[0] + p * nr * q.d)
         packed_p = &packed_v[0]

@@ -305,8 +305,7 @@ def bf16_screen(const float[:, ::1] queries, const uint32_t[::1] packed,
     qb = (n_q + n_blocks - 1) // n_blocks
     qb = (qb + FZ_BF16_MR - 1) // FZ_BF16_MR * FZ_BF16_MR
     n_blocks = (n_q + qb - 1) // qb
-    if n_threads > n_blocks:
-        n_threads = <int>n_blocks
+    n_threads = team_size(n_threads, n_blocks)
     with nogil, parallel(num_threads=n_threads):
         A = <uint32_t*>malloc(qb * dp2 * sizeof(uint32_t))
         buf = <float*>malloc(qb * BF16_TILE * sizeof(float))

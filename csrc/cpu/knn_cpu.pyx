@@ -75,6 +75,7 @@ from openmp cimport omp_get_max_threads, omp_get_thread_num
 
 from gemm_tiles cimport (FZ_F32_NR, FZ_F64_NR, fz_f32_pack_panels, fz_f32_tile,
                          fz_f32_tiles_hw_available, gemm_abt, pack_panels, tile_abt)
+from omp_team cimport team_size
 from scipy.linalg.cython_blas cimport dgemv, sgemv
 
 from fastzsl._threads import blas_single_threaded

@@ -72,10 +72,7 @@ cdef int _knn_direct_impl(const cython.floating[:, ::1] queries,
     if n_q == 0 or k <= 0:
         return 0
     rbase = &reference[0, 0] if n_r > 0 else NULL
-    # No more threads than blocks: a thread with nothing to do still has to be woken.
-    n_threads = omp_get_max_threads()
-    if n_threads > n_blocks:
-        n_threads = <int>n_blocks
+    n_threads = team_size(omp_get_max_threads(), n_blocks)
     best_d = NULL  # set per thread below; initialised so the firstprivate copies are defined
     best_i = NULL
 

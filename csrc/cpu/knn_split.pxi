@@ -99,7 +99,7 @@ cdef int _knn_split(const cython.floating* qbase, Py_ssize_t n_q,
     for c in range(n_threads * stride):  # also the lists of threads the team may lack
         lv_all[c] = INFINITY
         li_all[c] = -1
-    with parallel(num_threads=n_threads if n_threads < n_tiles else n_tiles):
+    with parallel(num_threads=team_size(n_threads, n_tiles)):
         tid = omp_get_thread_num()
         buf = <cython.floating*>malloc(n_q * tile * sizeof(cython.floating))
         for t in prange(n_tiles, schedule="dynamic"):

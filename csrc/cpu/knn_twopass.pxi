@@ -752,8 +752,7 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
         tiles = cython.floating is float and _F32_TILES != 0
         tile_padded = (tile + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR if tiles else tile
         n_blocks = (n_q + qb - 1) // qb
-        if n_threads > n_blocks:  # a thread with nothing to do still has to be woken
-            n_threads = <int>n_blocks
+        n_threads = team_size(n_threads, n_blocks)
         lv = NULL
         li = NULL
         buf = NULL
