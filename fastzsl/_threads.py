@@ -147,9 +147,14 @@ def sized_matmul(a, b):
     called back to back, took 102 ms with its PCA projection on both BLAS threads and
     60 ms with it on one. A product this small gains little from more threads anyway.
     """
-    work = a.shape[0] * a.shape[-1] * (b.shape[1] if b.ndim == 2 else 1)
-    with _library_limits(blas_threads_for(work), "blas"):
+    with sized_blas_threads(a.shape[0] * a.shape[-1] * (b.shape[1] if b.ndim == 2 else 1)):
         return a @ b
+
+
+def sized_blas_threads(multiply_adds: int):
+    """BLAS on ``blas_threads_for(multiply_adds)`` threads within the block, restored after:
+    :func:`sized_matmul` for a product computed in parts."""
+    return _library_limits(blas_threads_for(multiply_adds), "blas")
 
 
 def worker_count(n_jobs) -> int:

@@ -6,6 +6,7 @@ from scipy.stats import norm
 
 from fastzsl.calibration import (ScoreCalibrator, check_prior, prior_weights,
                                  pseudo_unseen_rounds, routing_threshold, validation_split)
+from fastzsl import novelty_gate
 from fastzsl.novelty_gate import PCAProjection
 from fastzsl.testing import Bounded, assert_within_bound, unit_roundoff
 
@@ -98,7 +99,7 @@ def test_routing_threshold_maximises_the_harmonic_mean_of_both_routings():
                                    np.r_[np.zeros(5, bool), np.ones(5, bool)]) < 0.4
 
 
-def test_pca_projection_equals_scikit_learn_and_survives_a_save():
+def test_pca_projection_equals_scikit_learn_and_survives_a_save(monkeypatch):
     from sklearn.decomposition import PCA
 
     X = np.random.default_rng(2).normal(size=(500, 12)).astype(np.float32)
@@ -117,7 +118,42 @@ def test_pca_projection_equals_scikit_learn_and_survives_a_save():
     assert_within_bound(projection.transform(X), ours.value, ours.err, "projection")
     assert_within_bound(reference, ours.value, np.maximum(ours.err, split.err), "scikit-learn")
     restored = PCAProjection._restore(*projection._export())
+    # Blocks of rows (5 here; 500 rows: 100 blocks): the same bound holds for each row.
+    monkeypatch.setattr(novelty_gate, "CENTRED_ROWS", 5)
+    assert_within_bound(projection.transform(X), ours.value, ours.err, "blocks of 5")
+    for n in (1, 2, 6, 11):  # blocks of 3-5 rows, and of one or two
+        assert_within_bound(projection.transform(X[:n]), ours.value[:n], ours.err[:n],
+                            f"{n} rows")
     np.testing.assert_array_equal(restored.transform(X), projection.transform(X))
     assert PCAProjection(50).fit(X).components_.shape == (12, 12)  # capped at the width
+    with pytest.raises(ValueError, match="X has 11 features, but the novelty gate's PCA "
+                                         "projection is expecting 12"):
+        projection.transform(X[:, :11])
+    with pytest.raises(ValueError, match="X must be 2-D"):
+        projection.transform(X[0])
+    bad = X.copy()
+    bad[2, 7] = np.nan  # named in the images, not in their projection
+    with pytest.raises(ValueError, match="X contains NaN or infinity: nan at row 2, column 7"):
+        projection.transform(bad)
+    with pytest.raises(ValueError, match="projection of X is not finite"):
+        projection.transform(np.full((2, 12), 3e38, dtype=np.float32))
     with pytest.raises(ValueError, match="pca_components"):
         PCAProjection(0).fit(X)
+
+
+def test_pca_projection_makes_no_centred_copy_of_all_rows():
+    """The projection centres a block of rows at a time: memory beyond its output stays a
+    fraction of X's (a centred copy of X, the earlier way, is X's size again)."""
+    import tracemalloc
+
+    X = np.random.default_rng(5).normal(size=(4000, 300)).astype(np.float32)
+    projection = PCAProjection(8).fit(X[:500])
+    projection.transform(X[:10])  # imports and caches outside the measurement
+    tracemalloc.start()
+    try:
+        Z = projection.transform(X)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert Z.shape == (4000, 8)
+    assert peak < Z.nbytes + X.nbytes // 4, (peak, X.nbytes)

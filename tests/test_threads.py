@@ -270,10 +270,11 @@ def test_a_product_gets_one_blas_thread_per_share_of_work(monkeypatch):
 
 
 def test_the_gate_runs_its_products_on_sized_blas_threads(monkeypatch):
-    """The PCA projection, the class-agnostic features' distances and the calibrator's
-    linear score go through sized_matmul: small products of a scoring call on one BLAS
-    thread (on 2 cores, BLAS's busy-waiting threads slowed the kernels that follow)."""
-    from fastzsl import calibration, novelty_gate
+    """The PCA projection (its blocks within one sized_blas_threads), the class-agnostic
+    features' distances and the calibrator's linear score (sized_matmul): small products of
+    a scoring call on one BLAS thread (on 2 cores, BLAS's busy-waiting threads slowed the
+    kernels that follow)."""
+    from fastzsl import _threads, calibration, novelty_gate
 
     calls = []
 
@@ -281,13 +282,18 @@ def test_the_gate_runs_its_products_on_sized_blas_threads(monkeypatch):
         calls.append((a.shape, b.shape))
         return a @ b
 
+    def sized_spy(multiply_adds):
+        calls.append(multiply_adds)
+        return _threads.sized_blas_threads(multiply_adds)
+
     monkeypatch.setattr(novelty_gate, "sized_matmul", spy)
+    monkeypatch.setattr(novelty_gate, "sized_blas_threads", sized_spy)
     monkeypatch.setattr(calibration, "sized_matmul", spy)
     X, _ = make_blobs(300, 12, n_centers=3, seed=1)
     projection = novelty_gate.PCAProjection(4).fit(X)
     np.testing.assert_array_equal(projection.transform(X[:7]),
                                   (X[:7] - projection.mean_) @ projection.components_.T)
-    assert calls == [((7, 12), (12, 4))]
+    assert calls == [7 * 12 * 4]
     calls.clear()
     F = X[:7, :4].astype(np.float64)
     p_seen = np.full((7, 2), 0.5)
