@@ -192,6 +192,11 @@ class SemanticMapper(SaveMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         X = as_float_matrix(X, "X", dtype=np.float32)
         check_same_width(X, self.n_features_in_, "X", "SemanticMapper")
+        return self._map(X)
+
+    def _map(self, X):
+        """:meth:`transform` of X that the caller has checked (float32, C-contiguous,
+        finite, n_features_in_ wide): a scoring call validates its input once."""
         return predict_in_chunks(self.module_, X)
 
     def fit_transform(self, X, y=None, class_vectors=None):

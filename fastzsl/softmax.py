@@ -77,11 +77,16 @@ class SoftmaxClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X):
         """P(y | seen, x): shape (n, C), columns in ``classes_`` order, float64."""
-        torch = import_torch()
-
         check_is_fitted(self)
         X = as_float_matrix(X, "X", dtype=np.float32)
         check_same_width(X, self.n_features_in_, "X", "SoftmaxClassifier")
+        return self._proba(X)
+
+    def _proba(self, X):
+        """:meth:`predict_proba` of X that the caller has checked (float32, C-contiguous,
+        finite, n_features_in_ wide): a scoring call validates its input once."""
+        torch = import_torch()
+
         W = torch.from_numpy(self.coef_)
         return predict_in_chunks(lambda x: torch.softmax((x @ W).double(), dim=1), X)
 

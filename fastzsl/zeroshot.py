@@ -252,7 +252,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         """The novelty gate, fitted on the seen classes alone, and the unseen classes'
         shared variance."""
         codes = np.searchsorted(self.seen_classes_, y)
-        F = self.mapper_.transform(X)
+        F = self.mapper_._map(X)
         W_seen = self.class_vectors_[: len(self.seen_classes_)]
         self.gate_ = self._new_gate().fit(
             X, y, seen_vectors=W_seen, unseen_vectors=self.class_vectors_[len(W_seen):],
@@ -283,7 +283,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
             self.gate_.adapt(None)
             return self
         X = self._check_X(X)
-        F = self.mapper_.transform(X) if self.gate_.uses_semantic_space else None
+        F = self.mapper_._map(X) if self.gate_.uses_semantic_space else None
         self.gate_.adapt(X, F=F, **params)
         return self
 
@@ -325,9 +325,9 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
         """P(unseen | x) of validated images X (mapped: F, and the seen softmax's
         probabilities, if the caller has them; computed only when the gate needs them)."""
         if self.gate_.uses_semantic_space and F is None:
-            F = self.mapper_.transform(X)
+            F = self.mapper_._map(X)
         if self.gate_.agnostic_ and p_seen is None:
-            p_seen = self.seen_classifier_.predict_proba(X)
+            p_seen = self.seen_classifier_._proba(X)
         return self.gate_.outlier_probability(X, F=F, p_seen=p_seen, prior=self.unseen_prior_)
 
     def _unseen_class_probability(self, F):
@@ -343,8 +343,8 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
 
     def _branches(self, X):
         """(P(y|seen,x), P(y|unseen,f), P(unseen|x)) for validated X."""
-        F = self.mapper_.transform(X)
-        p_seen = self.seen_classifier_.predict_proba(X)
+        F = self.mapper_._map(X)
+        p_seen = self.seen_classifier_._proba(X)
         return p_seen, self._unseen_class_probability(F), self._unseen_probability(X, F, p_seen)
 
     def _combine(self, p_seen, p_unseen_class, p_unseen, combine, threshold):
@@ -389,7 +389,7 @@ class ZeroShotClassifier(SaveMixin, ClassifierMixin, BaseEstimator):
     @uses_n_jobs
     def transform(self, X):
         """The semantic-space points f(x), shape (n, d)."""
-        return self.mapper_.transform(self._check_X(X))
+        return self.mapper_._map(self._check_X(X))
 
     # ------------------------------------------------------------------ evaluation
     def _check_labels(self, y, n):

@@ -233,6 +233,37 @@ def test_bad_input_is_named(world, fitted):
         ZeroShotClassifier(vectors, UNSEEN, novelty="knn").fit(X, y)
 
 
+def test_a_scoring_call_checks_its_images_once(world, fitted, monkeypatch):
+    """predict_with_proba validates X once and hands the checked array to the mapping and
+    the seen softmax (each full pass over a batch of images costs as much as the softmax
+    itself); their public methods still check what they are given."""
+    from fastzsl import _validation
+
+    X_test = world[3]
+    checked = []
+    real = _validation.check_finite
+
+    def spy(X, name):
+        checked.append(np.shares_memory(X, X_test))  # the images, not what they map to
+        return real(X, name)
+
+    monkeypatch.setattr(_validation, "check_finite", spy)
+    assert X_test.dtype == np.float32 and X_test.flags.c_contiguous  # checked in place
+    expected = fitted.predict_proba(X_test)
+    assert checked.count(True) == 1
+    checked.clear()
+    np.testing.assert_array_equal(fitted.mapper_.transform(X_test), fitted.transform(X_test))
+    np.testing.assert_array_equal(fitted.seen_classifier_.predict_proba(X_test),
+                                  fitted.seen_classifier_._proba(X_test))
+    assert checked.count(True) == 3  # transform twice, predict_proba once
+    bad = X_test.copy()
+    bad[1, 2] = np.inf
+    for method in (fitted.mapper_.transform, fitted.seen_classifier_.predict_proba):
+        with pytest.raises(ValueError, match="X contains NaN or infinity: inf at row 1"):
+            method(bad)
+    assert expected.shape == (len(X_test), len(fitted.classes_))
+
+
 def test_gensim_keyed_vectors_work_as_class_vectors(world):
     from gensim.models import KeyedVectors
     vectors, X, y, X_test, _ = world
