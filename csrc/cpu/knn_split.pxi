@@ -41,7 +41,10 @@ cdef enum:
     # to the others). SPLIT_MAX_QUERIES was chosen on blobs (20k-100k references, d =
     # 32-128, k = 20, 2 threads): the split path took 0.26x-0.71x the query-block path's
     # time up to 256 queries, 0.67x-0.90x at 384-512, about 1x at 1024 (its pass 2 runs on
-    # one thread) and up to 1.7x at 4096.
+    # one thread) and up to 1.7x at 4096. The query blocks of at least BLOCK_MIN_QUERIES
+    # (knn_twopass.pxi), added after, narrowed that lead at 64-256 queries (0.7x-1.3x on
+    # the blobs by d); on the trained run's LoOP reference (48k x 50) the split path still
+    # took 0.79x-0.90x at 40-150 queries and 1.08x at 256 (docs/benchmarks.md).
     SPLIT_QUERIES_PER_BLOCK = 8
     SPLIT_MAX_QUERIES = 256
     SPLIT_MIN_TILE = 1024
