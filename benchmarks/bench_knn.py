@@ -23,8 +23,8 @@ type, threads; the cython kernels call SciPy's OpenBLAS, NumPy its own, faiss it
 ``cython-float64`` searches the same data in float64 (the float32 screen of
 fastzsl/backends/_knn_screen.py): its ratio to the float32 row is the float64 overhead.
 ``cython-blas`` runs the cython kernel with its pass-1 dot products on one SciPy sgemm per
-tile (FASTZSL_TILES=blas) instead of its own AVX-512 tiles (csrc/cpu/knn_f32_tiles.h,
-the default where the CPU has AVX-512F): the tiles' gain, same rounds.
+tile (FASTZSL_TILES=blas) instead of its own tiles (csrc/cpu/knn_f32_tiles.h: AVX-512, or
+AVX2 up to d = 256, the default where the CPU has them): the tiles' gain, same rounds.
 
 Where the environment sets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (some CI machines: AVX2
 kernels on an AVX-512 CPU), run it a second time without them, for this command only, to

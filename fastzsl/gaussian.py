@@ -77,7 +77,7 @@ def gaussian_loglik(F, means, variances, *, log_weights=None, thresholds=None, f
     -----
     The NumPy backend (the reference) and the numba backend sum squared differences in
     float64. The cython backend expands ||f - mu||^2 = ||f||^2 - 2 f.mu + ||mu||^2 with one
-    product per tile of rows (BLAS; on AVX-512 CPUs its own FMA tiles), in the input
+    product per tile of rows (BLAS; on AVX-512 or AVX2 CPUs its own FMA tiles), in the input
     precision, on data centred at the mean of the means, and certifies each value with an
     error bound (derived in ``fastzsl/backends/_gaussian_gemm.py``). A value whose bound
     exceeds 2^-40 (float64 input) or 2^-15 (float32) of its magnitude is recomputed as the

@@ -1,28 +1,33 @@
 /* One element type of the dot-product tiles of csrc/cpu/knn_f32_tiles.h: included once per
  * type, with FZ_TT the type, FZ_TN(name) its function names (fz_f32_name, fz_f64_name),
  * FZ_TNR the rows per panel (two vectors), FZ_TV / FZ_TV_* the AVX-512 vector type and
- * operations, and FZ_TMASKS 1 where the tiles also form kNN pass 1's masks (float32);
- * it undefines them at its end. */
+ * operations, FZ_TY / FZ_TY_* the AVX2 ones (FZ_TY_LANES per vector: half a panel is two),
+ * and FZ_TMASKS 1 where the tiles also form kNN pass 1's masks (float32); it undefines
+ * them at its end. */
 
-/* Panels of the n rows R (row-major, d components) into B, the last panel padded with
- * zero rows. */
-static inline void FZ_TN(pack_panels)(const FZ_TT *R, ptrdiff_t n, ptrdiff_t d, FZ_TT *B)
+/* Panels of the n rows R (row-major, d components) into B for the micro-kernel `kernel`, the
+ * last panel padded with zero rows. Each panel is a block of d FZ_TNR components; within
+ * it the AVX2 kernel's panels hold two halves of FZ_TNR / 2 rows one after the other
+ * (component t of row l at ((l / half) d + t) half + l % half), so that kernel streams a
+ * half panel contiguously; the others' rows interleave whole (t FZ_TNR + l). */
+static inline void FZ_TN(pack_panels)(int kernel, const FZ_TT *R, ptrdiff_t n, ptrdiff_t d,
+                                      FZ_TT *B)
 {
     const ptrdiff_t n_panels = (n + FZ_TNR - 1) / FZ_TNR;
-    for (ptrdiff_t p = 0; p < n_panels; p++) {
-        FZ_TT *dst = B + p * d * FZ_TNR;
+    const ptrdiff_t h = kernel == FZ_TILES_AVX2 ? FZ_TNR / 2 : FZ_TNR;
+    for (ptrdiff_t p = 0; p < n_panels; p++)
         for (ptrdiff_t l = 0; l < FZ_TNR; l++) {
+            FZ_TT *dst = B + p * d * FZ_TNR + (l / h) * d * h + l % h;
             const ptrdiff_t r = p * FZ_TNR + l;
             if (r < n) {
                 const FZ_TT *src = R + r * d;
                 for (ptrdiff_t t = 0; t < d; t++)
-                    dst[t * FZ_TNR + l] = src[t];
+                    dst[t * h] = src[t];
             } else {
                 for (ptrdiff_t t = 0; t < d; t++)
-                    dst[t * FZ_TNR + l] = 0;
+                    dst[t * h] = 0;
             }
         }
-    }
 }
 
 static void FZ_TN(tile_portable)(const FZ_TT *A, ptrdiff_t na, ptrdiff_t d, const FZ_TT *B,
@@ -122,19 +127,92 @@ static void FZ_TN(tile_avx512)(const FZ_TT *A, ptrdiff_t na, ptrdiff_t d, const 
         }
     }
 #undef FZ_TILE_ROWS
-#undef FZ_TILE_KC
 }
+
+/* As rows_avx512 with AVX2 (rows <= FZ_TILE_MR_AVX2): each panel in two halves of two
+ * vectors (packed half after half: pack_panels), the same FMAs per output in the same
+ * order */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void FZ_TN(rows_avx2)(const FZ_TT *a, ptrdiff_t d, ptrdiff_t k0, ptrdiff_t k1,
+                                    const FZ_TT *B, ptrdiff_t n_panels, FZ_TT *C,
+                                    ptrdiff_t ldc, const FZ_TT *rn, const FZ_TT *thr,
+                                    uint32_t *masks, const int rows)
+{
+    for (ptrdiff_t p = 0; p < n_panels; p++)
+        for (int h = 0; h < 2; h++) {
+            const FZ_TT *b = B + p * d * FZ_TNR + h * d * 2 * FZ_TY_LANES;  /* half h */
+            FZ_TT *c = C + p * FZ_TNR + h * 2 * FZ_TY_LANES;
+            FZ_TY c0[FZ_TILE_MR_AVX2], c1[FZ_TILE_MR_AVX2];
+#pragma GCC unroll 6
+            for (int r = 0; r < rows; r++) {
+                c0[r] = k0 == 0 ? FZ_TY_ZERO() : FZ_TY_LOAD(c + r * ldc);
+                c1[r] = k0 == 0 ? FZ_TY_ZERO() : FZ_TY_LOAD(c + r * ldc + FZ_TY_LANES);
+            }
+            for (ptrdiff_t t = k0; t < k1; t++) {
+                const FZ_TY b0 = FZ_TY_LOAD(b + t * 2 * FZ_TY_LANES);
+                const FZ_TY b1 = FZ_TY_LOAD(b + t * 2 * FZ_TY_LANES + FZ_TY_LANES);
+#pragma GCC unroll 6
+                for (int r = 0; r < rows; r++) {
+                    const FZ_TY av = FZ_TY_SET1(a[r * d + t]);
+                    c0[r] = FZ_TY_FMA(av, b0, c0[r]);
+                    c1[r] = FZ_TY_FMA(av, b1, c1[r]);
+                }
+            }
+#pragma GCC unroll 6
+            for (int r = 0; r < rows; r++) {
+                FZ_TY_STORE(c + r * ldc, c0[r]);
+                FZ_TY_STORE(c + r * ldc + FZ_TY_LANES, c1[r]);
+            }
+#if FZ_TMASKS
+            if (masks != NULL && k1 == d)
+                FZ_TILE_MASKS_AVX2(c0, c1, rows, rn + p * FZ_TNR + h * 2 * FZ_TY_LANES, thr,
+                                   masks, n_panels, p, h);
+#else
+            (void)rn, (void)thr, (void)masks;
+#endif
+        }
+}
+
+__attribute__((target("avx2,fma")))
+static void FZ_TN(tile_avx2)(const FZ_TT *A, ptrdiff_t na, ptrdiff_t d, const FZ_TT *B,
+                             ptrdiff_t n_panels, FZ_TT *C, ptrdiff_t ldc, const FZ_TT *rn,
+                             const FZ_TT *thr, uint32_t *masks)
+{
+#define FZ_TILE_ROWS(n) \
+    FZ_TN(rows_avx2)(A + i0 * d, d, k0, k1, B, n_panels, C + i0 * ldc, ldc, rn, \
+                     masks != NULL ? thr + i0 : NULL, \
+                     masks != NULL ? masks + i0 * n_panels : NULL, n)
+    for (ptrdiff_t i0 = 0; i0 < na; i0 += FZ_TILE_MR_AVX2)
+        for (ptrdiff_t k0 = 0; k0 < d || k0 == 0; k0 += FZ_TILE_KC) {
+            const ptrdiff_t k1 = d < k0 + FZ_TILE_KC ? d : k0 + FZ_TILE_KC;
+            switch (na - i0 < FZ_TILE_MR_AVX2 ? na - i0 : FZ_TILE_MR_AVX2) {
+#define FZ_TILE_REST(n) \
+            case n: FZ_TILE_ROWS(n); break;
+            FZ_TILE_REST(1) FZ_TILE_REST(2) FZ_TILE_REST(3) FZ_TILE_REST(4)
+            FZ_TILE_REST(5) FZ_TILE_REST(6)
+#undef FZ_TILE_REST
+            default: break;
+            }
+        }
+#undef FZ_TILE_ROWS
+}
+#undef FZ_TILE_KC
 #endif
 
 /* C[i][FZ_TNR p + l] = the dot product of row i of A and row FZ_TNR p + l of the packed B,
- * by the AVX-512 kernel (hw) or the portable one */
-static inline void FZ_TN(tile)(int hw, const FZ_TT *A, ptrdiff_t na, ptrdiff_t d,
+ * by the micro-kernel `kernel` (FZ_TILES_AVX512, FZ_TILES_AVX2; anything else: the
+ * portable one) */
+static inline void FZ_TN(tile)(int kernel, const FZ_TT *A, ptrdiff_t na, ptrdiff_t d,
                                const FZ_TT *B, ptrdiff_t n_panels, FZ_TT *C, ptrdiff_t ldc,
                                const FZ_TT *rn, const FZ_TT *thr, uint32_t *masks)
 {
 #if FZ_TILES_HW_BUILT
-    if (hw) {
+    if (kernel == FZ_TILES_AVX512) {
         FZ_TN(tile_avx512)(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
+        return;
+    }
+    if (kernel == FZ_TILES_AVX2) {
+        FZ_TN(tile_avx2)(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
         return;
     }
 #endif
@@ -152,3 +230,10 @@ static inline void FZ_TN(tile)(int hw, const FZ_TT *A, ptrdiff_t na, ptrdiff_t d
 #undef FZ_TV_STORE
 #undef FZ_TV_SET1
 #undef FZ_TV_FMA
+#undef FZ_TY
+#undef FZ_TY_LANES
+#undef FZ_TY_ZERO
+#undef FZ_TY_LOAD
+#undef FZ_TY_STORE
+#undef FZ_TY_SET1
+#undef FZ_TY_FMA

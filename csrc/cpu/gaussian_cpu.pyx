@@ -6,7 +6,7 @@ logsumexp(L + log_weights) and all_c L < threshold_c; optionally the (n, C) matr
 
 ``gaussian_loglik`` (the backend kernel) works in GEMM form: OpenMP over tiles of rows,
 per tile one single-threaded product of the centred rows with the centred means (in the
-input precision: BLAS, or on AVX-512 CPUs the FMA tiles of knn_f32_tiles.h with the means
+input precision: BLAS, or on AVX-512 / AVX2 CPUs the FMA tiles of knn_f32_tiles.h with the means
 packed once per call; the route is knn_cpu's, f32_tiles_kind), then the row
 reductions of csrc/cpu/gaussian_kernels.h in double, recomputing by direct differences
 every entry whose certified error bound exceeds the dtype's accuracy target and every
@@ -27,7 +27,8 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.math cimport exp, log, M_PI, INFINITY, isfinite
 from openmp cimport omp_get_max_threads
 
-from gemm_tiles cimport FZ_F32_NR, FZ_F64_NR, gemm_abt, pack_panels, tile_abt
+from gemm_tiles cimport (FZ_F32_NR, FZ_F64_NR, FZ_TILES_AVX2, FZ_TILES_AVX512,
+                         FZ_TILES_PORTABLE, gemm_abt, pack_panels, tile_abt)
 from omp_team cimport team_size
 
 from fastzsl._ext import knn_cpu  # owns the products' route (set_f32_tiles)
@@ -124,7 +125,8 @@ def set_direct_route_max_d(max_d):
 
 
 # knn_cpu.f32_tiles_kind() -> the route's code in _gemm_kernel
-_TILE_CODES = {"blas": 0, "avx512": 1, "portable": 2}
+_TILE_CODES = {"blas": 0, "avx512": FZ_TILES_AVX512, "avx2": FZ_TILES_AVX2,
+               "portable": FZ_TILES_PORTABLE}
 
 cdef str _SUPPORTED = "gaussian_cpu supports float32 and float64"
 
@@ -237,8 +239,8 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                              uint8_t* all_below) noexcept nogil:
     """Fills the outputs; returns the number of entries computed directly, -1 when a
     buffer could not be allocated, -2 when a row's norm could overflow the product (or,
-    on the direct route, a value is not finite). ``packed``: with ``tiles`` (1 AVX-512, 2
-    portable) the centred means in the tiles' panels, the products then formed by those
+    on the direct route, a value is not finite). ``packed``: with ``tiles`` (the micro-kernel,
+    FZ_TILES_*) the centred means in the tiles' panels, the products then formed by those
     tiles; else NULL (BLAS). ``direct``: no products, every value by direct differences
     (fz_gauss_tile's direct route)."""
     cdef Py_ssize_t n = F.shape[0]
@@ -314,7 +316,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                     # where they outgrow the caches); each product is the same sum
                     p0 = 0
                     while p0 < n_panels:
-                        tile_abt(tiles == 1, fc, tile, d, packed + p0 * d * nr,
+                        tile_abt(tiles, fc, tile, d, packed + p0 * d * nr,
                                  min(chunk_panels, n_panels - p0), prod + p0 * nr, ldp)
                         p0 = p0 + chunk_panels
                 else:
@@ -423,8 +425,8 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
         if q.d:
             for p in prange(n_panels, nogil=True, schedule="static",
                             num_threads=team_size(omp_get_max_threads(), n_panels)):
-                pack_panels(&centred[0, 0] + p * nr * q.d, min(nr, n_classes - p * nr), q.d,
-                            &packed_v[0] + p * nr * q.d)
+                pack_panels(tiles, &centred[0, 0] + p * nr * q.d,
+                            min(nr, n_classes - p * nr), q.d, &packed_v[0] + p * nr * q.d)
         packed_p = &packed_v[0]
     with blas_single_threaded():
         with nogil:

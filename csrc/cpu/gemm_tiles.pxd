@@ -35,31 +35,34 @@ cdef inline void gemm_abt(const cython.floating* a, const cython.floating* b,
 cdef extern from "knn_f32_tiles.h" nogil:
     enum: FZ_F32_NR
     enum: FZ_F64_NR
-    void fz_f32_pack_panels(const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
-    void fz_f32_tile(int hw, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
+    enum: FZ_TILES_AVX512
+    enum: FZ_TILES_AVX2
+    enum: FZ_TILES_PORTABLE
+    void fz_f32_pack_panels(int kernel, const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
+    void fz_f32_tile(int kernel, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
                      Py_ssize_t n_panels, float* C, Py_ssize_t ldc, const float* rn,
                      const float* thr, uint32_t* masks)
-    void fz_f64_pack_panels(const double* R, Py_ssize_t n, Py_ssize_t d, double* B)
-    void fz_f64_tile(int hw, const double* A, Py_ssize_t na, Py_ssize_t d, const double* B,
+    void fz_f64_pack_panels(int kernel, const double* R, Py_ssize_t n, Py_ssize_t d, double* B)
+    void fz_f64_tile(int kernel, const double* A, Py_ssize_t na, Py_ssize_t d, const double* B,
                      Py_ssize_t n_panels, double* C, Py_ssize_t ldc, const double* rn,
                      const double* thr, uint32_t* masks)
-    int fz_f32_tiles_hw_available()
+    int fz_tiles_cpu_kernels()
 
 
-cdef inline void pack_panels(const cython.floating* R, Py_ssize_t n, Py_ssize_t d,
-                             cython.floating* B) noexcept nogil:
-    """fz_f32_pack_panels / fz_f64_pack_panels for the dtype."""
+cdef inline void pack_panels(int kernel, const cython.floating* R, Py_ssize_t n,
+                             Py_ssize_t d, cython.floating* B) noexcept nogil:
+    """fz_f32_pack_panels / fz_f64_pack_panels for the dtype, laid out for ``kernel``."""
     if cython.floating is float:
-        fz_f32_pack_panels(R, n, d, B)
+        fz_f32_pack_panels(kernel, R, n, d, B)
     else:
-        fz_f64_pack_panels(R, n, d, B)
+        fz_f64_pack_panels(kernel, R, n, d, B)
 
 
-cdef inline void tile_abt(int hw, const cython.floating* A, Py_ssize_t na, Py_ssize_t d,
+cdef inline void tile_abt(int kernel, const cython.floating* A, Py_ssize_t na, Py_ssize_t d,
                           const cython.floating* B, Py_ssize_t n_panels, cython.floating* C,
                           Py_ssize_t ldc) noexcept nogil:
     """fz_f32_tile / fz_f64_tile for the dtype, without masks."""
     if cython.floating is float:
-        fz_f32_tile(hw, A, na, d, B, n_panels, C, ldc, NULL, NULL, NULL)
+        fz_f32_tile(kernel, A, na, d, B, n_panels, C, ldc, NULL, NULL, NULL)
     else:
-        fz_f64_tile(hw, A, na, d, B, n_panels, C, ldc, NULL, NULL, NULL)
+        fz_f64_tile(kernel, A, na, d, B, n_panels, C, ldc, NULL, NULL, NULL)

@@ -71,10 +71,12 @@ from libc.math cimport INFINITY, fabs, nextafterf
 from libc.stdint cimport int64_t, uint32_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from openmp cimport omp_get_max_threads, omp_get_thread_num
 
-from gemm_tiles cimport (FZ_F32_NR, FZ_F64_NR, fz_f32_pack_panels, fz_f32_tile,
-                         fz_f32_tiles_hw_available, gemm_abt, pack_panels, tile_abt)
+from gemm_tiles cimport (FZ_F32_NR, FZ_F64_NR, FZ_TILES_AVX2, FZ_TILES_AVX512,
+                         FZ_TILES_PORTABLE, fz_f32_pack_panels, fz_f32_tile,
+                         fz_tiles_cpu_kernels, gemm_abt, pack_panels, tile_abt)
 from omp_team cimport team_size
 from scipy.linalg.cython_blas cimport dgemv, sgemv
 

@@ -3,10 +3,11 @@
  * fz_f64_tile / fz_f64_pack_panels are the same in float64 (panels of FZ_F64_NR rows, 12 x
  * 16 outputs per micro-tile, no masks). Both types come from dot_tiles_impl.h.
  *
- * fz_f32_tile(hw, A, na, d, B, n_panels, C, ldc) writes C[i][32 p + l] = the float32 dot
+ * fz_f32_tile(kernel, A, na, d, B, n_panels, C, ldc) writes C[i][32 p + l] = the float32 dot
  * product of query row i (A + i d, row-major, read in place) and reference row 32 p + l,
  * with the references packed by fz_f32_pack_panels in panels of FZ_F32_NR rows: component
- * t of panel p's row l at B[(p d + t) FZ_F32_NR + l] (rows past the tile's end are zero).
+ * t of panel p's row l at B[(p d + t) FZ_F32_NR + l] (rows past the tile's end are zero;
+ * for the AVX2 kernel, each panel's two halves one after the other: dot_tiles_impl.h).
  * The sums are float32 FMAs in component order, which the pass-1 error bound allows (it
  * holds for any summation order, FMA or not: knn_cpu.pyx).
  *
@@ -20,9 +21,12 @@
  * BLAS spends a fifth of its time outside its kernel there: packing the reference tile and
  * the query block anew per call and zeroing C (beta = 0). Here the queries are read in
  * place, each reference tile is packed once per query block (1/1024 of the tile's
- * multiply-adds) and C is written once. hw != 0 runs the AVX-512 micro-kernel (12 x 32
- * outputs in 24 zmm accumulators; only where fz_f32_tiles_hw_available() says the CPU has
- * AVX-512F), hw == 0 a portable one with the same products (what the tests run on any CPU).
+ * multiply-adds) and C is written once. The micro-kernel is the `kernel` argument:
+ * FZ_TILES_AVX512 (12 x 32 outputs in 24 zmm accumulators), FZ_TILES_AVX2 (6 x 16 outputs,
+ * half a panel, in 12 ymm accumulators: AVX2 has 16 vector registers), each only where
+ * fz_tiles_cpu_kernels() says the CPU has it, or anything else the portable one (what the
+ * tests run on any CPU). All three form the same products within the pass-1 bound; the two
+ * vector kernels the same FMAs in the same order, so bit for bit the same values and masks.
  */
 #ifndef FASTZSL_KNN_F32_TILES_H
 #define FASTZSL_KNN_F32_TILES_H
@@ -34,6 +38,12 @@
 #define FZ_F32_NR 32 /* reference rows per panel: two 16-lane vectors */
 #define FZ_F64_NR 16 /* the same for float64: two 8-lane vectors */
 #define FZ_TILE_MR 12 /* query rows per micro-tile: 24 accumulators + 2 panel vectors */
+#define FZ_TILE_MR_AVX2 6 /* the same for AVX2: 12 accumulators + 2 panel vectors + 1 */
+/* the micro-kernels (the `kernel` argument of fz_f32_tile / fz_f64_tile); also the codes of
+ * knn_cpu's products route (0 there: BLAS, not the tiles) */
+#define FZ_TILES_AVX512 1
+#define FZ_TILES_PORTABLE 2
+#define FZ_TILES_AVX2 3
 
 /* The pass-1 mask of one panel's 32 products acc against one query's threshold (rn: the
  * panel's norms); the tiles' portable kernels (here and knn_bf16.h) form it. */
@@ -67,14 +77,39 @@ static inline uint32_t fz_panel_mask(const float *acc, const float *rn, float th
         }                                                                                 \
     } while (0)
 
-static inline int fz_f32_tiles_hw_available(void)
+/* The same for the AVX2 micro-tile, half a panel h (0 or 1) at a time: the first half
+ * writes the mask's low 16 bits, the second adds the high ones (rnh: that half's norms). */
+#define FZ_TILE_MASKS_AVX2(c0, c1, rows, rnh, thr, masks, n_panels, p, h)                 \
+    do {                                                                                  \
+        const __m256 rn0_ = _mm256_loadu_ps(rnh);                                         \
+        const __m256 rn1_ = _mm256_loadu_ps((rnh) + 8);                                   \
+        _Pragma("GCC unroll 6")                                                           \
+        for (int r_ = 0; r_ < (rows); r_++) {                                             \
+            const __m256 th_ = _mm256_set1_ps((thr)[r_]);                                 \
+            const __m256 v0_ = _mm256_sub_ps(rn0_, _mm256_add_ps(c0[r_], c0[r_]));        \
+            const __m256 v1_ = _mm256_sub_ps(rn1_, _mm256_add_ps(c1[r_], c1[r_]));        \
+            const uint32_t m_ =                                                           \
+                (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v0_, th_, _CMP_LE_OQ))         \
+                | ((uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v1_, th_, _CMP_LE_OQ)) << 8); \
+            if ((h) == 0)                                                                 \
+                (masks)[r_ * (n_panels) + (p)] = m_;                                      \
+            else                                                                          \
+                (masks)[r_ * (n_panels) + (p)] |= m_ << 16;                               \
+        }                                                                                 \
+    } while (0)
+
+/* The micro-kernels this CPU runs, as a bit set: 1 << FZ_TILES_AVX512 where it has
+ * AVX-512F and FMA, 1 << FZ_TILES_AVX2 where it has AVX2 and FMA. */
+static inline int fz_tiles_cpu_kernels(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    const int fma = __builtin_cpu_supports("fma");
+    return (fma && __builtin_cpu_supports("avx512f") ? 1 << FZ_TILES_AVX512 : 0)
+           | (fma && __builtin_cpu_supports("avx2") ? 1 << FZ_TILES_AVX2 : 0);
 }
 #else
 #define FZ_TILES_HW_BUILT 0
-static inline int fz_f32_tiles_hw_available(void) { return 0; }
+static inline int fz_tiles_cpu_kernels(void) { return 0; }
 #endif
 
 /* float32: panels of FZ_F32_NR rows, with the pass-1 masks */
@@ -88,6 +123,13 @@ static inline int fz_f32_tiles_hw_available(void) { return 0; }
 #define FZ_TV_STORE _mm512_storeu_ps
 #define FZ_TV_SET1 _mm512_set1_ps
 #define FZ_TV_FMA _mm512_fmadd_ps
+#define FZ_TY __m256
+#define FZ_TY_LANES 8
+#define FZ_TY_ZERO _mm256_setzero_ps
+#define FZ_TY_LOAD _mm256_loadu_ps
+#define FZ_TY_STORE _mm256_storeu_ps
+#define FZ_TY_SET1 _mm256_set1_ps
+#define FZ_TY_FMA _mm256_fmadd_ps
 #include "dot_tiles_impl.h" /* undefines the parameters above */
 
 /* float64 (the Gaussian products): panels of FZ_F64_NR rows, no masks */
@@ -101,6 +143,13 @@ static inline int fz_f32_tiles_hw_available(void) { return 0; }
 #define FZ_TV_STORE _mm512_storeu_pd
 #define FZ_TV_SET1 _mm512_set1_pd
 #define FZ_TV_FMA _mm512_fmadd_pd
+#define FZ_TY __m256d
+#define FZ_TY_LANES 4
+#define FZ_TY_ZERO _mm256_setzero_pd
+#define FZ_TY_LOAD _mm256_loadu_pd
+#define FZ_TY_STORE _mm256_storeu_pd
+#define FZ_TY_SET1 _mm256_set1_pd
+#define FZ_TY_FMA _mm256_fmadd_pd
 #include "dot_tiles_impl.h" /* undefines the parameters above */
 
 #endif

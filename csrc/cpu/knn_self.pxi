@@ -58,7 +58,7 @@ cdef int _pair_rounds_pass1(const cython.floating* X, Py_ssize_t d,
     cdef Py_ssize_t r, p, block_a, block_b, a0, b0, na, nb, i, q, ldb
     cdef cython.floating* buf = NULL
     cdef float* packed = NULL
-    cdef bint tiles = cython.floating is float and _F32_TILES != 0
+    cdef bint tiles = cython.floating is float and _f32_tiles_for(d)
     cdef cython.floating* lim = NULL
     cdef int failed = 0
     cdef int* failed_p = &failed

@@ -50,31 +50,63 @@ cdef inline Py_ssize_t _list_len(Py_ssize_t k, Py_ssize_t d) noexcept nogil:
     return k + extra
 
 
-# Pass 1's float32 dot products (knn query blocks): 0 one sgemm per tile, 1 the AVX-512
-# tiles of knn_f32_tiles.h, 2 their portable form (tests). Set by set_f32_tiles, from
-# FASTZSL_TILES at import (tile_mode_from_env).
+# Pass 1's float32 dot products (knn query blocks): 0 one sgemm per tile, else the tiles of
+# knn_f32_tiles.h by that micro-kernel (FZ_TILES_AVX512, FZ_TILES_AVX2, FZ_TILES_PORTABLE:
+# tests). Set by set_f32_tiles, from FASTZSL_TILES at import (tile_mode_from_env).
 cdef int _F32_TILES = 0
-F32_TILE_MODES = ("auto", "blas", "portable")
+# kNN takes the tiles up to this d (the Gaussian kernel at every d): under "auto", AVX2's
+# tiles were 0.87x BLAS's time at d = 40, about even at d = 300 and 1.04x-1.09x at d = 768
+# (kNN 30k-60k x 3k-6k, k = 20, standard normal rows; AMD EPYC Zen 3, 2 cores), where
+# OpenBLAS's own blocking wins; AVX-512's 12-row tiles reuse each panel vector twice as
+# often, so they run at every d.
+cdef Py_ssize_t AVX2_AUTO_MAX_D = 256
+cdef Py_ssize_t _f32_tiles_max_d = 0
+F32_TILE_MODES = ("auto", "blas", "avx512", "avx2", "portable")
 _f32_tiles_mode = "auto"
+_TILE_KINDS = {0: "blas", FZ_TILES_AVX512: "avx512", FZ_TILES_AVX2: "avx2",
+               FZ_TILES_PORTABLE: "portable"}
+
+
+def _tile_kernel(mode):
+    """The micro-kernel code of a vector mode ("avx512", "avx2"), refused where the CPU
+    lacks its instructions."""
+    code = FZ_TILES_AVX512 if mode == "avx512" else FZ_TILES_AVX2
+    if not fz_tiles_cpu_kernels() & (1 << code):
+        raise ValueError(f"FASTZSL_TILES / set_f32_tiles: this CPU (or this build) has no "
+                         f"{mode.upper()} with FMA for the {mode!r} tiles; use 'auto'")
+    return code
 
 
 def set_f32_tiles(mode):
     """How pass 1 of float32 knn (and the Gaussian kernel, float32 and float64: gaussian_cpu)
-    forms its dot products: "auto" (the AVX-512 tiles where the CPU has AVX-512F, else
-    BLAS), "blas" (one gemm per tile) or "portable" (the tiles' portable C form on any CPU,
-    slowly: for tests). kNN's answers are the same either way (pass 2 re-ranks exactly), the
+    forms its dot products: "auto" (the AVX-512 tiles where the CPU has AVX-512F, else the
+    AVX2 tiles where it has AVX2 and FMA, for kNN only up to d = AVX2_AUTO_MAX_D, else
+    BLAS), "blas" (one gemm per tile), "avx512" or "avx2" (those tiles at every d; refused
+    where the CPU lacks them) or "portable" (the tiles' portable C form on any CPU, slowly:
+    for tests). kNN's answers are the same either way (pass 2 re-ranks exactly), the
     Gaussian kernel's within its certified accuracy. Returns the kind now in use: "avx512",
-    "blas" or "portable"."""
-    global _F32_TILES, _f32_tiles_mode
+    "avx2", "blas" or "portable"."""
+    global _F32_TILES, _f32_tiles_mode, _f32_tiles_max_d
     if mode not in F32_TILE_MODES:
         raise ValueError(f"FASTZSL_TILES / set_f32_tiles: mode must be one of "
                          f"{F32_TILE_MODES}, not {mode!r}")
-    _f32_tiles_mode = mode
     if mode == "auto":
-        _F32_TILES = 1 if fz_f32_tiles_hw_available() else 0
+        cpu = fz_tiles_cpu_kernels()
+        code = (FZ_TILES_AVX512 if cpu & (1 << FZ_TILES_AVX512) else
+                FZ_TILES_AVX2 if cpu & (1 << FZ_TILES_AVX2) else 0)
+    elif mode in ("avx512", "avx2"):
+        code = _tile_kernel(mode)
     else:
-        _F32_TILES = 0 if mode == "blas" else 2
+        code = 0 if mode == "blas" else FZ_TILES_PORTABLE
+    _F32_TILES, _f32_tiles_mode = code, mode
+    _f32_tiles_max_d = (AVX2_AUTO_MAX_D if mode == "auto" and code == FZ_TILES_AVX2
+                        else PY_SSIZE_T_MAX)
     return f32_tiles_kind()
+
+
+cdef inline bint _f32_tiles_for(Py_ssize_t d) noexcept nogil:
+    """Whether float32 kNN of width d forms pass 1's products by the tiles."""
+    return _F32_TILES != 0 and d <= _f32_tiles_max_d
 
 
 def f32_tiles_mode():
@@ -83,9 +115,9 @@ def f32_tiles_mode():
 
 
 def f32_tiles_kind():
-    """The float32 products' route now in use: "blas", "avx512" or "portable" (also the
-    Gaussian kernel's, gaussian_cpu)."""
-    return ("blas", "avx512", "portable")[_F32_TILES]
+    """The float32 products' route now in use: "blas", "avx512", "avx2" or "portable" (also
+    the Gaussian kernel's, gaussian_cpu)."""
+    return _TILE_KINDS[_F32_TILES]
 
 
 def tile_mode_from_env(environ):
@@ -102,12 +134,14 @@ def tile_mode_from_env(environ):
 set_f32_tiles(tile_mode_from_env(os.environ))
 
 
-def tile_products(const cython.floating[:, ::1] A, const cython.floating[:, ::1] R, bint hw):
+def tile_products(const cython.floating[:, ::1] A, const cython.floating[:, ::1] R,
+                  kernel):
     """A @ R.T in the input dtype by the tiles of knn_f32_tiles.h (float32: pass 1's, float64:
-    the Gaussian kernel's), R packed in panels: the AVX-512 kernel (``hw``; only where the CPU
-    has AVX-512F) or the portable one. For tests."""
-    if hw and not fz_f32_tiles_hw_available():
-        raise RuntimeError("this CPU has no AVX-512F: the tiles' hw kernel cannot run")
+    the Gaussian kernel's), R packed in panels, by the micro-kernel ``kernel``: "avx512",
+    "avx2" (only where the CPU has it) or "portable". For tests."""
+    if kernel not in ("avx512", "avx2", "portable"):
+        raise ValueError(f"kernel must be 'avx512', 'avx2' or 'portable', not {kernel!r}")
+    cdef int code = FZ_TILES_PORTABLE if kernel == "portable" else _tile_kernel(kernel)
     if A.shape[1] != R.shape[1]:
         raise ValueError("A and R need the same number of columns")
     dtype = np.float32 if cython.floating is float else np.float64
@@ -119,8 +153,8 @@ def tile_products(const cython.floating[:, ::1] A, const cython.floating[:, ::1]
     cdef cython.floating[::1] pk = packed
     cdef cython.floating[:, ::1] ov = out
     if na and n and d:
-        pack_panels(&R[0, 0], n, d, &pk[0])
-        tile_abt(1 if hw else 0, &A[0, 0], na, d, &pk[0], n_panels, &ov[0, 0], n_panels * nr)
+        pack_panels(code, &R[0, 0], n, d, &pk[0])
+        tile_abt(code, &A[0, 0], na, d, &pk[0], n_panels, &ov[0, 0], n_panels * nr)
     elif na and n:
         out[:] = 0
     return out[:, :n]
@@ -606,8 +640,8 @@ cdef inline Py_ssize_t _dot_tile(const cython.floating* a, Py_ssize_t na,
     if cython.floating is float:
         if packed != NULL:
             n_panels = (nb + FZ_F32_NR - 1) // FZ_F32_NR
-            fz_f32_pack_panels(b, nb, d, packed)
-            fz_f32_tile(_F32_TILES == 1, a, na, d, packed, n_panels, out,
+            fz_f32_pack_panels(_F32_TILES, b, nb, d, packed)
+            fz_f32_tile(_F32_TILES, a, na, d, packed, n_panels, out,
                         n_panels * FZ_F32_NR, rn, thr, masks)
             return n_panels * FZ_F32_NR
     gemm_abt(a, b, <int>na, <int>nb, <int>d, out)
@@ -749,7 +783,7 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
         tile = GEMM_TILE_ELEMS // qb
         if cython.floating is double:
             tile = (tile + 1) // 2
-        tiles = cython.floating is float and _F32_TILES != 0
+        tiles = cython.floating is float and _f32_tiles_for(d)
         tile_padded = (tile + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR if tiles else tile
         n_blocks = (n_q + qb - 1) // qb
         n_threads = team_size(n_threads, n_blocks)

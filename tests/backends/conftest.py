@@ -17,13 +17,24 @@ def cp():
     return cupy
 
 
-@pytest.fixture(params=["auto", "blas", "portable"])
+@pytest.fixture(params=["auto", "blas", "avx2", "portable"])
 def f32_tiles(request):
     """The products of the cython kNN (float32) and Gaussian (both dtypes) kernels by each
-    route (knn_cpu.set_f32_tiles: BLAS, the AVX-512 tiles, their portable form), restored
-    after."""
+    route (knn_cpu.set_f32_tiles: the widest tiles the CPU has, BLAS, the AVX2 tiles, their
+    portable form), restored after; "avx2" is skipped where the CPU lacks it, and where it
+    is what "auto" picks."""
     knn_cpu = pytest.importorskip("fastzsl._ext.knn_cpu", reason="cython extension not built")
     before = knn_cpu.f32_tiles_mode()
+    if request.param == "avx2":
+        try:
+            knn_cpu.set_f32_tiles("avx2")
+        except ValueError:
+            pytest.skip("this CPU has no AVX2 with FMA")
+        finally:
+            knn_cpu.set_f32_tiles(before)
+        if knn_cpu.set_f32_tiles("auto") == "avx2":
+            knn_cpu.set_f32_tiles(before)
+            pytest.skip("'auto' runs the AVX2 tiles on this CPU")
     knn_cpu.set_f32_tiles(request.param)
     yield request.param
     knn_cpu.set_f32_tiles(before)

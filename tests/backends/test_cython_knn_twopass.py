@@ -357,10 +357,10 @@ def test_self_join_with_many_pairs_per_round_gives_the_same_bits(rng):
 @pytest.mark.parametrize("n_q,n_r", [(1, 1), (11, 31), (12, 32), (13, 33), (130, 1025),
                                      (2047, 2049)])
 def test_every_pass1_route_gives_the_same_bits(f32_tiles, rng, n_q, n_r):
-    """float32 queries and references through BLAS, the AVX-512 tiles and their portable
-    form: the same neighbours and distances as the direct kernel (pass 2 re-ranks exactly;
-    the tiles only have to stay within the pass-1 bound), at block, panel and micro-tile
-    edges (12 query rows, 32 reference rows)."""
+    """float32 queries and references through BLAS, the vector tiles (AVX-512, AVX2) and
+    their portable form: the same neighbours and distances as the direct kernel (pass 2
+    re-ranks exactly; the tiles only have to stay within the pass-1 bound), at block, panel
+    and micro-tile edges (12 or 6 query rows, 32 reference rows)."""
     Q = rng.standard_normal((n_q, 50)).astype(np.float32)
     R = rng.standard_normal((n_r, 50)).astype(np.float32)
     _check(Q, R, min(5, n_r))
@@ -368,22 +368,23 @@ def test_every_pass1_route_gives_the_same_bits(f32_tiles, rng, n_q, n_r):
         _check(R, R, min(5, n_r - 1), self_offset=0)
 
 
-@pytest.mark.parametrize("hw", [False, True], ids=["portable", "avx512"])
+@pytest.mark.parametrize("kernel", ["portable", "avx512", "avx2"])
 @pytest.mark.parametrize("na,n,d", [(1, 1, 1), (11, 33, 7), (12, 32, 50), (25, 65, 128),
-                                    (7, 100, 1), (30, 40, 300)])
-def test_tile_products_stay_within_the_gemm_bound(hw, na, n, d, dtype, rng):
+                                    (7, 100, 1), (30, 40, 300), (13, 20, 1100)])
+def test_tile_products_stay_within_the_gemm_bound(kernel, na, n, d, dtype, rng):
     """The tiles' dot products (float32: pass 1's; float64: the Gaussian kernel's) against
     exact ones: within gamma_d sum |a_t r_t| (any summation order, FMA or not), the bound
     pass 1's margin and the Gaussian bound are derived from; every row count up to a
-    micro-tile and panels cut short. The reference is float64 for float32 inputs (its own
-    error is far below the bound) and long double for float64 ones, whose rounding to
-    float64 adds u' sum |a_t r_t|."""
+    micro-tile (12 rows AVX-512, 6 AVX2) and panels cut short, and d past one pass of
+    components (FZ_TILE_KC: 512 float32, 256 float64). The reference is float64 for float32
+    inputs (its own error is far below the bound) and long double for float64 ones, whose
+    rounding to float64 adds u' sum |a_t r_t|."""
     from fastzsl.testing import assert_within_bound, matmul_error_bound, unit_roundoff
-    if hw and not _has_avx512f():
-        pytest.skip("this CPU has no AVX-512F")
+    if kernel != "portable" and not _cpu_has(kernel):
+        pytest.skip(f"this CPU has no {kernel}")
     A = rng.standard_normal((na, d)).astype(dtype)
     R = rng.standard_normal((n, d)).astype(dtype)
-    got = knn_cpu.tile_products(A, R, hw)
+    got = knn_cpu.tile_products(A, R, kernel)
     wide = np.float64 if dtype == np.float32 else np.longdouble
     exact = A.astype(wide) @ R.T.astype(wide)
     bound = matmul_error_bound(A, R.T, dtype)
@@ -393,12 +394,47 @@ def test_tile_products_stay_within_the_gemm_bound(hw, na, n, d, dtype, rng):
     assert_within_bound(got, exact, bound, f"{np.dtype(dtype).name} tiles")
 
 
-def _has_avx512f():
+def _cpu_has(kernel):
+    """Whether this CPU runs the tiles' micro-kernel ("avx512", "avx2")."""
     before = knn_cpu.f32_tiles_mode()
     try:
-        return knn_cpu.set_f32_tiles("auto") == "avx512"
+        knn_cpu.set_f32_tiles(kernel)
+        return True
+    except ValueError:
+        return False
     finally:
         knn_cpu.set_f32_tiles(before)
+
+
+@pytest.mark.parametrize("na,n,d", [(6, 32, 50), (25, 65, 128), (13, 20, 1100)])
+def test_the_avx2_and_avx512_tiles_form_the_same_products(na, n, d, dtype, rng):
+    """Both vector micro-kernels sum each product by FMAs in component order, so they agree
+    bit for bit (only where the CPU has both)."""
+    if not (_cpu_has("avx512") and _cpu_has("avx2")):
+        pytest.skip("this CPU lacks AVX-512F or AVX2")
+    A = rng.standard_normal((na, d)).astype(dtype)
+    R = rng.standard_normal((n, d)).astype(dtype)
+    np.testing.assert_array_equal(knn_cpu.tile_products(A, R, "avx2"),
+                                  knn_cpu.tile_products(A, R, "avx512"))
+
+
+def test_the_auto_tiles_are_the_widest_the_cpu_has():
+    """"auto" picks AVX-512, else AVX2, else BLAS; a vector mode the CPU lacks is refused,
+    naming it."""
+    before = knn_cpu.f32_tiles_mode()
+    try:
+        expected = next((k for k in ("avx512", "avx2") if _cpu_has(k)), "blas")
+        assert knn_cpu.set_f32_tiles("auto") == expected
+        for kernel in ("avx512", "avx2"):
+            if not _cpu_has(kernel):
+                with pytest.raises(ValueError, match=f"no {kernel.upper()} with FMA"):
+                    knn_cpu.set_f32_tiles(kernel)
+                assert knn_cpu.f32_tiles_kind() == expected  # left as it was
+    finally:
+        knn_cpu.set_f32_tiles(before)
+    with pytest.raises(ValueError, match="kernel must be"):
+        knn_cpu.tile_products(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32),
+                              True)
 
 
 def test_an_unknown_f32_tile_mode_is_refused():
