@@ -131,15 +131,16 @@ static void FZ_TN(tile_avx512)(const FZ_TT *A, ptrdiff_t na, ptrdiff_t d, const 
 
 /* As rows_avx512 with AVX2 (rows <= FZ_TILE_MR_AVX2): each panel in two halves of two
  * vectors (packed half after half: pack_panels), the same FMAs per output in the same
- * order */
+ * order; the last panel in last_halves halves (1 where its second half holds no row: its
+ * outputs are left unwritten and its mask bits clear) */
 __attribute__((target("avx2,fma"), always_inline))
 static inline void FZ_TN(rows_avx2)(const FZ_TT *a, ptrdiff_t d, ptrdiff_t k0, ptrdiff_t k1,
-                                    const FZ_TT *B, ptrdiff_t n_panels, FZ_TT *C,
-                                    ptrdiff_t ldc, const FZ_TT *rn, const FZ_TT *thr,
-                                    uint32_t *masks, const int rows)
+                                    const FZ_TT *B, ptrdiff_t n_panels, int last_halves,
+                                    FZ_TT *C, ptrdiff_t ldc, const FZ_TT *rn,
+                                    const FZ_TT *thr, uint32_t *masks, const int rows)
 {
     for (ptrdiff_t p = 0; p < n_panels; p++)
-        for (int h = 0; h < 2; h++) {
+        for (int h = 0; h < (p == n_panels - 1 ? last_halves : 2); h++) {
             const FZ_TT *b = B + p * d * FZ_TNR + h * d * 2 * FZ_TY_LANES;  /* half h */
             FZ_TT *c = C + p * FZ_TNR + h * 2 * FZ_TY_LANES;
             FZ_TY c0[FZ_TILE_MR_AVX2], c1[FZ_TILE_MR_AVX2];
@@ -175,11 +176,14 @@ static inline void FZ_TN(rows_avx2)(const FZ_TT *a, ptrdiff_t d, ptrdiff_t k0, p
 
 __attribute__((target("avx2,fma")))
 static void FZ_TN(tile_avx2)(const FZ_TT *A, ptrdiff_t na, ptrdiff_t d, const FZ_TT *B,
-                             ptrdiff_t n_panels, FZ_TT *C, ptrdiff_t ldc, const FZ_TT *rn,
+                             ptrdiff_t nb, FZ_TT *C, ptrdiff_t ldc, const FZ_TT *rn,
                              const FZ_TT *thr, uint32_t *masks)
 {
+    const ptrdiff_t n_panels = (nb + FZ_TNR - 1) / FZ_TNR;
+    /* few classes (C = 10 of a 32-row float32 panel) need only the first half */
+    const int last_halves = nb - (n_panels - 1) * FZ_TNR <= FZ_TNR / 2 ? 1 : 2;
 #define FZ_TILE_ROWS(n) \
-    FZ_TN(rows_avx2)(A + i0 * d, d, k0, k1, B, n_panels, C + i0 * ldc, ldc, rn, \
+    FZ_TN(rows_avx2)(A + i0 * d, d, k0, k1, B, n_panels, last_halves, C + i0 * ldc, ldc, rn, \
                      masks != NULL ? thr + i0 : NULL, \
                      masks != NULL ? masks + i0 * n_panels : NULL, n)
     for (ptrdiff_t i0 = 0; i0 < na; i0 += FZ_TILE_MR_AVX2)
@@ -199,20 +203,22 @@ static void FZ_TN(tile_avx2)(const FZ_TT *A, ptrdiff_t na, ptrdiff_t d, const FZ
 #undef FZ_TILE_KC
 #endif
 
-/* C[i][FZ_TNR p + l] = the dot product of row i of A and row FZ_TNR p + l of the packed B,
- * by the micro-kernel `kernel` (FZ_TILES_AVX512, FZ_TILES_AVX2; anything else: the
- * portable one) */
+/* C[i][FZ_TNR p + l] = the dot product of row i of A and row FZ_TNR p + l < nb of the
+ * packed B (nb rows in whole panels), by the micro-kernel `kernel` (FZ_TILES_AVX512,
+ * FZ_TILES_AVX2; anything else: the portable one); the padding rows' outputs may be left
+ * unwritten and their mask bits clear */
 static inline void FZ_TN(tile)(int kernel, const FZ_TT *A, ptrdiff_t na, ptrdiff_t d,
-                               const FZ_TT *B, ptrdiff_t n_panels, FZ_TT *C, ptrdiff_t ldc,
+                               const FZ_TT *B, ptrdiff_t nb, FZ_TT *C, ptrdiff_t ldc,
                                const FZ_TT *rn, const FZ_TT *thr, uint32_t *masks)
 {
+    const ptrdiff_t n_panels = (nb + FZ_TNR - 1) / FZ_TNR;
 #if FZ_TILES_HW_BUILT
     if (kernel == FZ_TILES_AVX512) {
         FZ_TN(tile_avx512)(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
         return;
     }
     if (kernel == FZ_TILES_AVX2) {
-        FZ_TN(tile_avx2)(A, na, d, B, n_panels, C, ldc, rn, thr, masks);
+        FZ_TN(tile_avx2)(A, na, d, B, nb, C, ldc, rn, thr, masks);
         return;
     }
 #endif

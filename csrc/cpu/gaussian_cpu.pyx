@@ -317,7 +317,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                     p0 = 0
                     while p0 < n_panels:
                         tile_abt(tiles, fc, tile, d, packed + p0 * d * nr,
-                                 min(chunk_panels, n_panels - p0), prod + p0 * nr, ldp)
+                                 min(chunk_panels * nr, C - p0 * nr), prod + p0 * nr, ldp)
                         p0 = p0 + chunk_panels
                 else:
                     gemm_abt(fc, Cbase, <int>tile, <int>C, <int>d, prod)

@@ -40,11 +40,11 @@ cdef extern from "knn_f32_tiles.h" nogil:
     enum: FZ_TILES_PORTABLE
     void fz_f32_pack_panels(int kernel, const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
     void fz_f32_tile(int kernel, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
-                     Py_ssize_t n_panels, float* C, Py_ssize_t ldc, const float* rn,
+                     Py_ssize_t nb, float* C, Py_ssize_t ldc, const float* rn,
                      const float* thr, uint32_t* masks)
     void fz_f64_pack_panels(int kernel, const double* R, Py_ssize_t n, Py_ssize_t d, double* B)
     void fz_f64_tile(int kernel, const double* A, Py_ssize_t na, Py_ssize_t d, const double* B,
-                     Py_ssize_t n_panels, double* C, Py_ssize_t ldc, const double* rn,
+                     Py_ssize_t nb, double* C, Py_ssize_t ldc, const double* rn,
                      const double* thr, uint32_t* masks)
     int fz_tiles_cpu_kernels()
 
@@ -59,10 +59,11 @@ cdef inline void pack_panels(int kernel, const cython.floating* R, Py_ssize_t n,
 
 
 cdef inline void tile_abt(int kernel, const cython.floating* A, Py_ssize_t na, Py_ssize_t d,
-                          const cython.floating* B, Py_ssize_t n_panels, cython.floating* C,
+                          const cython.floating* B, Py_ssize_t nb, cython.floating* C,
                           Py_ssize_t ldc) noexcept nogil:
-    """fz_f32_tile / fz_f64_tile for the dtype, without masks."""
+    """fz_f32_tile / fz_f64_tile for the dtype (B: nb rows in whole panels), without masks;
+    the padding rows' columns of C may be left unwritten."""
     if cython.floating is float:
-        fz_f32_tile(kernel, A, na, d, B, n_panels, C, ldc, NULL, NULL, NULL)
+        fz_f32_tile(kernel, A, na, d, B, nb, C, ldc, NULL, NULL, NULL)
     else:
-        fz_f64_tile(kernel, A, na, d, B, n_panels, C, ldc, NULL, NULL, NULL)
+        fz_f64_tile(kernel, A, na, d, B, nb, C, ldc, NULL, NULL, NULL)

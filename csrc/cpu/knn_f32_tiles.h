@@ -3,8 +3,9 @@
  * fz_f64_tile / fz_f64_pack_panels are the same in float64 (panels of FZ_F64_NR rows, 12 x
  * 16 outputs per micro-tile, no masks). Both types come from dot_tiles_impl.h.
  *
- * fz_f32_tile(kernel, A, na, d, B, n_panels, C, ldc) writes C[i][32 p + l] = the float32 dot
- * product of query row i (A + i d, row-major, read in place) and reference row 32 p + l,
+ * fz_f32_tile(kernel, A, na, d, B, nb, C, ldc) writes C[i][32 p + l] = the float32 dot
+ * product of query row i (A + i d, row-major, read in place) and reference row 32 p + l
+ * < nb (n_panels = nb / 32 rounded up; the padding rows' columns may be left unwritten),
  * with the references packed by fz_f32_pack_panels in panels of FZ_F32_NR rows: component
  * t of panel p's row l at B[(p d + t) FZ_F32_NR + l] (rows past the tile's end are zero;
  * for the AVX2 kernel, each panel's two halves one after the other: dot_tiles_impl.h).
