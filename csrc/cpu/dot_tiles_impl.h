@@ -205,8 +205,8 @@ static void FZ_TN(tile_avx2)(const FZ_TT *A, ptrdiff_t na, ptrdiff_t d, const FZ
 
 /* C[i][FZ_TNR p + l] = the dot product of row i of A and row FZ_TNR p + l < nb of the
  * packed B (nb rows in whole panels), by the micro-kernel `kernel` (FZ_TILES_AVX512,
- * FZ_TILES_AVX2; anything else: the portable one); the padding rows' outputs may be left
- * unwritten and their mask bits clear */
+ * FZ_TILES_AVX2; anything else: the portable one). The padding rows' outputs and mask bits
+ * are not to be read: the AVX2 kernel may leave them unwritten. */
 static inline void FZ_TN(tile)(int kernel, const FZ_TT *A, ptrdiff_t na, ptrdiff_t d,
                                const FZ_TT *B, ptrdiff_t nb, FZ_TT *C, ptrdiff_t ldc,
                                const FZ_TT *rn, const FZ_TT *thr, uint32_t *masks)
