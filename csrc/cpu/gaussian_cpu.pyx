@@ -7,7 +7,7 @@ logsumexp(L + log_weights) and all_c L < threshold_c; optionally the (n, C) matr
 ``gaussian_loglik`` (the backend kernel) works in GEMM form: OpenMP over tiles of rows,
 per tile one single-threaded product of the centred rows with the centred means (in the
 input precision: BLAS, or on AVX-512 / AVX2 CPUs the FMA tiles of knn_f32_tiles.h with the means
-packed once per call; the route is knn_cpu's, f32_tiles_kind), then the row
+packed once per call; the route is knn_cpu's, f32_tiles_code), then the row
 reductions of csrc/cpu/gaussian_kernels.h in double, recomputing by direct differences
 every entry whose certified error bound exceeds the dtype's accuracy target and every
 near-tie a decision depends on. The bound and targets
@@ -27,8 +27,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.math cimport exp, log, M_PI, INFINITY, isfinite
 from openmp cimport omp_get_max_threads
 
-from gemm_tiles cimport (FZ_F32_NR, FZ_F64_NR, FZ_TILES_AVX2, FZ_TILES_AVX512,
-                         FZ_TILES_PORTABLE, gemm_abt, pack_panels, tile_abt)
+from gemm_tiles cimport FZ_F32_NR, FZ_F64_NR, gemm_abt, pack_panels, tile_abt
 from omp_team cimport team_size
 
 from fastzsl._ext import knn_cpu  # owns the products' route (set_f32_tiles)
@@ -123,10 +122,6 @@ def set_direct_route_max_d(max_d):
     _direct_route_max_d_f, _direct_route_max_d_d = pair
     return previous
 
-
-# knn_cpu.f32_tiles_kind() -> the route's code in _gemm_kernel
-_TILE_CODES = {"blas": 0, "avx512": FZ_TILES_AVX512, "avx2": FZ_TILES_AVX2,
-               "portable": FZ_TILES_PORTABLE}
 
 cdef str _SUPPORTED = "gaussian_cpu supports float32 and float64"
 
@@ -410,7 +405,7 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     cdef Py_ssize_t max_d = (_direct_route_max_d_f if cython.floating is float
                              else _direct_route_max_d_d)
     cdef bint direct = n_padded == FZ_PAD and 0 < q.d <= max_d
-    cdef int tiles = 0 if direct else _TILE_CODES[knn_cpu.f32_tiles_kind()]
+    cdef int tiles = 0 if direct else knn_cpu.f32_tiles_code()
     cdef const double[::1] means_d = (np.ascontiguousarray(means, dtype=np.float64).ravel()
                                       if direct else np.empty(1))
     q.means_d = &means_d[0] if direct else NULL

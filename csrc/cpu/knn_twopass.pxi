@@ -63,14 +63,16 @@ cdef Py_ssize_t AVX2_AUTO_MAX_D = 256
 cdef Py_ssize_t _f32_tiles_max_d = 0
 F32_TILE_MODES = ("auto", "blas", "avx512", "avx2", "portable")
 _f32_tiles_mode = "auto"
-_TILE_KINDS = {0: "blas", FZ_TILES_AVX512: "avx512", FZ_TILES_AVX2: "avx2",
-               FZ_TILES_PORTABLE: "portable"}
+# each kind's code in _F32_TILES (0: BLAS), and back
+_TILE_CODES = {"blas": 0, "avx512": FZ_TILES_AVX512, "avx2": FZ_TILES_AVX2,
+               "portable": FZ_TILES_PORTABLE}
+_TILE_KINDS = {code: kind for kind, code in _TILE_CODES.items()}
 
 
 def _tile_kernel(mode):
     """The micro-kernel code of a vector mode ("avx512", "avx2"), refused where the CPU
     lacks its instructions."""
-    code = FZ_TILES_AVX512 if mode == "avx512" else FZ_TILES_AVX2
+    code = _TILE_CODES[mode]
     if not fz_tiles_cpu_kernels() & (1 << code):
         raise ValueError(f"FASTZSL_TILES / set_f32_tiles: this CPU (or this build) has no "
                          f"{mode.upper()} with FMA for the {mode!r} tiles; use 'auto'")
@@ -97,7 +99,7 @@ def set_f32_tiles(mode):
     elif mode in ("avx512", "avx2"):
         code = _tile_kernel(mode)
     else:
-        code = 0 if mode == "blas" else FZ_TILES_PORTABLE
+        code = _TILE_CODES[mode]
     _F32_TILES, _f32_tiles_mode = code, mode
     _f32_tiles_max_d = (AVX2_AUTO_MAX_D if mode == "auto" and code == FZ_TILES_AVX2
                         else PY_SSIZE_T_MAX)
@@ -118,6 +120,12 @@ def f32_tiles_kind():
     """The float32 products' route now in use: "blas", "avx512", "avx2" or "portable" (also
     the Gaussian kernel's, gaussian_cpu)."""
     return _TILE_KINDS[_F32_TILES]
+
+
+def f32_tiles_code():
+    """f32_tiles_kind's code for the tiles' C functions (0: BLAS; else FZ_TILES_*): what
+    gaussian_cpu passes them."""
+    return _F32_TILES
 
 
 def tile_mode_from_env(environ):
@@ -141,7 +149,7 @@ def tile_products(const cython.floating[:, ::1] A, const cython.floating[:, ::1]
     "avx2" (only where the CPU has it) or "portable". For tests."""
     if kernel not in ("avx512", "avx2", "portable"):
         raise ValueError(f"kernel must be 'avx512', 'avx2' or 'portable', not {kernel!r}")
-    cdef int code = FZ_TILES_PORTABLE if kernel == "portable" else _tile_kernel(kernel)
+    cdef int code = _TILE_CODES[kernel] if kernel == "portable" else _tile_kernel(kernel)
     if A.shape[1] != R.shape[1]:
         raise ValueError("A and R need the same number of columns")
     dtype = np.float32 if cython.floating is float else np.float64
