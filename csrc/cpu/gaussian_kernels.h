@@ -113,38 +113,29 @@ enum { FZ_ARGMAX = 1, FZ_THRESHOLD = 4 };
 
 /* exp(x) for x in [-FZ_LSE_CUT_MAX - 1, 0], branch-free so that it vectorises: x = k ln2 + r
  * (k = round(x / ln2), Cody-Waite split of ln2, r exact to 0.35 u), e^r by its Taylor
- * polynomial of degree 12 (or 7 when low_degree) in Horner form, times 2^k built from the
- * bits of the rounding constant (-96 <= k <= 0: a normal power of two, exact). */
+ * polynomial of degree 12 (or 7 when low_degree) in Estrin's scheme (pairs of
+ * coefficients joined by r^2, r^4, r^8: four multiply-adds deep rather than Horner's
+ * twelve, so that the lanes' chains are not waiting on each other's latency; no term
+ * takes more roundings than Horner's 2n), times 2^k built from the bits of the rounding
+ * constant (-96 <= k <= 0: a normal power of two, exact). */
 static inline double fz_exp_poly(double x, int low_degree)
 {
     const double magic = 0x1.8p52;  /* adding it rounds to an integer in the low bits */
     double t = x * 0x1.71547652b82fep0 + magic;
     double kf = t - magic;
     double r = (x - kf * 0x1.62e42fee00000p-1) - kf * 0x1.a39ef35793c76p-33;
+    const double r2 = r * r, r4 = r2 * r2;
+    const double p01 = 1.0 + r, p23 = 0.5 + r * (1.0 / 6.0);
+    const double p45 = 1.0 / 24.0 + r * (1.0 / 120.0), p67 = 1.0 / 720.0 + r * (1.0 / 5040.0);
+    const double q03 = p01 + r2 * p23, q47 = p45 + r2 * p67;
     double p;
     if (low_degree) {
-        p = 1.0 / 5040.0;
-        p = p * r + 1.0 / 720.0;
-        p = p * r + 1.0 / 120.0;
-        p = p * r + 1.0 / 24.0;
-        p = p * r + 1.0 / 6.0;
-        p = p * r + 0.5;
-        p = p * r + 1.0;
-        p = p * r + 1.0;
+        p = q03 + r4 * q47;
     } else {
-        p = 1.0 / 479001600.0;
-        p = p * r + 1.0 / 39916800.0;
-        p = p * r + 1.0 / 3628800.0;
-        p = p * r + 1.0 / 362880.0;
-        p = p * r + 1.0 / 40320.0;
-        p = p * r + 1.0 / 5040.0;
-        p = p * r + 1.0 / 720.0;
-        p = p * r + 1.0 / 120.0;
-        p = p * r + 1.0 / 24.0;
-        p = p * r + 1.0 / 6.0;
-        p = p * r + 0.5;
-        p = p * r + 1.0;
-        p = p * r + 1.0;
+        const double p89 = 1.0 / 40320.0 + r * (1.0 / 362880.0);
+        const double p1011 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0);
+        const double q812 = (p89 + r2 * p1011) + r4 * (1.0 / 479001600.0);
+        p = (q03 + r4 * q47) + (r4 * r4) * q812;
     }
     int64_t bits;
     memcpy(&bits, &t, sizeof bits);
@@ -313,96 +304,82 @@ static inline int fz_direct_memo_has(fz_direct_memo *m, ptrdiff_t c)
         }                                                                                 \
     }
 
-/* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut, with the
- * vectorised fz_exp_poly (fast) or libm's exp, err = sum_c e^(x_c) B_c and the largest B_c
- * of those terms (*bkept_out), B_c = fz_beta(KH, KM, c, fn) >= 0. Up to
- * FZ_LSE_BLOCK terms are summed by one vector reduction (callers pad C to whole vectors).
- * Past that, blocks of FZ_LSE_BLOCK without a term are skipped on their maximum blk_w (of
- * V + W, from pass A: most of a row where the classes are far apart); the others add into
- * FZ_LSE_BLOCK lane sums (no reduction per block), each of at most C / FZ_LSE_BLOCK + 1
- * terms, added up once at the end, in any order. */
+/* The relative error bound of fz_lse_terms' double sums of C terms (callers pad C to a
+ * multiple of FZ_PAD): FZ_PAD lane sums of C / FZ_PAD terms each, then the lanes, in any
+ * order (with room for the rounding of e B). */
+#define FZ_LSE_SUM_TERMS(C) ((double)((C) / FZ_PAD + FZ_PAD + 4))
+
+/* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut, with the vectorised
+ * fz_exp_poly (fast) or libm's exp, and err = sum_c e^(x_c) B_c, B_c = fz_beta(KH, KM, c,
+ * fn) >= 0. C is a multiple of FZ_PAD (callers pad it); the terms add into FZ_PAD lane
+ * sums held in registers (FZ_LSE_SUM_TERMS). Blocks of FZ_LSE_BLOCK without a term are
+ * skipped on their maximum blk_w (of V + W, from pass A: most of a row where the classes
+ * are far apart). The kept terms' count and largest B_c, which only a sum that does not
+ * certify on bmax needs, are fz_lse_kept's. */
 static inline __attribute__((always_inline)) double fz_lse_terms(
     const double *V, const double *W, const double *blk_w, const double *KH,
     const double *KM, double fn, ptrdiff_t C, double wmax, double cut, int fast,
-    int low_degree, double *err_out, double *bkept_out, ptrdiff_t *n_terms)
+    int low_degree, double *err_out)
 {
     const double lo = wmax - cut;
-    double sum = 0.0, err = 0.0, count = 0.0, bk = 0.0;
+    double ls[FZ_PAD] = {0}, le[FZ_PAD] = {0};
+    double sum = 0.0, err = 0.0;
     ptrdiff_t j;
-#define FZ_X(c) (V[c] + W[c])
-    if (fast && C <= FZ_LSE_BLOCK) {
-        /* C is a multiple of FZ_PAD: fixed-length lanes stay in registers */
-        double ls[FZ_PAD] = {0}, le[FZ_PAD] = {0}, ln[FZ_PAD] = {0}, lb[FZ_PAD] = {0};
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_PAD) {
-            #pragma omp simd
-            for (j = 0; j < FZ_PAD; j++) {
-                double x = FZ_X(c0 + j) - wmax;
-                double e = (x >= -cut ? 1.0 : 0.0) * fz_exp_poly(FZ_MAX(x, -cut), low_degree);
-                double bc = fz_beta(KH, KM, c0 + j, fn);
-                ls[j] += e;
-                le[j] += e * bc;
-                ln[j] += x >= -cut ? 1.0 : 0.0;
-                lb[j] = FZ_MAX(lb[j], x >= -cut ? bc : 0.0);
-            }
-        }
-        #pragma omp simd reduction(+:sum, err, count) reduction(max:bk)
-        for (j = 0; j < FZ_PAD; j++) {
-            sum += ls[j];
-            err += le[j];
-            count += ln[j];
-            bk = FZ_MAX(bk, lb[j]);
-        }
-        *err_out = err;
-        *bkept_out = bk;
-        *n_terms = (ptrdiff_t)count;
-        return sum;
-    }
-    double lane_s[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-    double lane_e[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-    double lane_n[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-    double lane_b[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-    for (j = 0; j < FZ_LSE_BLOCK; j++)
-        lane_s[j] = lane_e[j] = lane_n[j] = lane_b[j] = 0.0;
     for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
-        const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
+        const ptrdiff_t b1 = FZ_MIN(b0 + FZ_LSE_BLOCK, C);
         if (!(blk_w[b0 / FZ_LSE_BLOCK] >= lo))
             continue;
-        if (fast) {
-            #pragma omp simd
-            for (j = 0; j < nb; j++) {
-                double x = FZ_X(b0 + j) - wmax;
-                double e = (x >= -cut ? 1.0 : 0.0) * fz_exp_poly(FZ_MAX(x, -cut), low_degree);
-                double bc = fz_beta(KH, KM, b0 + j, fn);
-                lane_s[j] += e;
-                lane_e[j] += e * bc;
-                lane_n[j] += x >= -cut ? 1.0 : 0.0;
-                lane_b[j] = FZ_MAX(lane_b[j], x >= -cut ? bc : 0.0);
-            }
-        } else {
-            for (j = 0; j < nb; j++) {
-                double x = FZ_X(b0 + j) - wmax;
-                if (x >= -cut) {
-                    double e = exp(x), bc = fz_beta(KH, KM, b0 + j, fn);
-                    lane_s[j] += e;
-                    lane_e[j] += e * bc;
-                    lane_n[j] += 1.0;
-                    lane_b[j] = FZ_MAX(lane_b[j], bc);
+        for (ptrdiff_t c0 = b0; c0 < b1; c0 += FZ_PAD) {
+            if (fast) {
+                #pragma omp simd
+                for (j = 0; j < FZ_PAD; j++) {
+                    const double x = (V[c0 + j] + W[c0 + j]) - wmax;
+                    const double e = (x >= -cut ? 1.0 : 0.0)
+                        * fz_exp_poly(FZ_MAX(x, -cut), low_degree);
+                    ls[j] += e;
+                    le[j] += e * fz_beta(KH, KM, c0 + j, fn);
+                }
+            } else {
+                for (j = 0; j < FZ_PAD; j++) {
+                    const double x = (V[c0 + j] + W[c0 + j]) - wmax;
+                    if (x >= -cut) {
+                        const double e = exp(x);
+                        ls[j] += e;
+                        le[j] += e * fz_beta(KH, KM, c0 + j, fn);
+                    }
                 }
             }
         }
     }
-#undef FZ_X
-    #pragma omp simd reduction(+:sum, err, count) reduction(max:bk)
-    for (j = 0; j < FZ_LSE_BLOCK; j++) {
-        sum += lane_s[j];
-        err += lane_e[j];
-        count += lane_n[j];
-        bk = FZ_MAX(bk, lane_b[j]);
+    #pragma omp simd reduction(+:sum, err)
+    for (j = 0; j < FZ_PAD; j++) {
+        sum += ls[j];
+        err += le[j];
     }
     *err_out = err;
-    *bkept_out = bk;
-    *n_terms = (ptrdiff_t)count;
     return sum;
+}
+
+/* The number of fz_lse_terms' terms (x_c >= -cut) and their largest B_c (*bkept_out). */
+static inline ptrdiff_t fz_lse_kept(const double *V, const double *W, const double *blk_w,
+                                    const double *KH, const double *KM, double fn,
+                                    ptrdiff_t C, double wmax, double cut, double *bkept_out)
+{
+    const double lo = wmax - cut;
+    double count = 0.0, bk = 0.0;
+    for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
+        const ptrdiff_t b1 = FZ_MIN(b0 + FZ_LSE_BLOCK, C);
+        if (!(blk_w[b0 / FZ_LSE_BLOCK] >= lo))
+            continue;
+        #pragma omp simd reduction(+:count) reduction(max:bk)
+        for (ptrdiff_t c = b0; c < b1; c++) {
+            const double keep = (V[c] + W[c]) - wmax >= -cut ? 1.0 : 0.0;
+            count += keep;
+            bk = FZ_MAX(bk, keep * fz_beta(KH, KM, c, fn));
+        }
+    }
+    *bkept_out = bk;
+    return (ptrdiff_t)count;
 }
 
 /* x >= 0 rounded up to float32 (x (1 + 2^-23) rounded to nearest: at least x) */
@@ -413,7 +390,7 @@ static inline float fz_float_up(double x)
 
 /* expf(x) for x in [-FZ_LSE_CUT_MAX - 1, 0] in float32 arithmetic (16 lanes per AVX-512
  * vector): as fz_exp_poly, with a 17-bit ln2 head (k ln2_hi exact for |k| < 128) and the
- * degree-6 Taylor polynomial; relative error below FZ_EXPF_EPS. */
+ * degree-6 Taylor polynomial in Estrin's scheme; relative error below FZ_EXPF_EPS. */
 #define FZ_EXPF_EPS 0x1p-19
 static inline float fz_expf_poly(float x)
 {
@@ -421,13 +398,10 @@ static inline float fz_expf_poly(float x)
     float t = x * 0x1.715476p0f + magic;
     float kf = t - magic;
     float r = (x - kf * 0x1.62e4p-1f) - kf * 0x1.7f7d1cp-20f;
-    float p = 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    const float r2 = r * r;
+    const float q03 = (1.0f + r) + r2 * (0.5f + r * (1.0f / 6.0f));
+    const float q46 = (1.0f / 24.0f + r * (1.0f / 120.0f)) + r2 * (1.0f / 720.0f);
+    const float p = q03 + (r2 * r2) * q46;
     int32_t bits;
     memcpy(&bits, &t, sizeof bits);
     bits = (int32_t)(((uint32_t)bits + 127u) << 23);  /* bits(magic) << 23 vanishes */
@@ -436,91 +410,68 @@ static inline float fz_expf_poly(float x)
     return p * scale;
 }
 
-/* The relative error of fz_lse_terms_f32's float32 sums of C terms, in any order (with
- * room for rounding B): up to FZ_LSE_BLOCK terms, one sum of them all; past that, lane sums
- * of at most C / FZ_LSE_BLOCK + 1 terms, added up in double. */
+/* classes per float32 lane sum of fz_lse_terms_f32 (a multiple of FZ_LSE_BLOCK): each is
+ * then added into a double lane sum */
+#define FZ_F32_FLUSH 256
+/* The relative error of fz_lse_terms_f32's sums (with room for rounding B): float32 lane
+ * sums of at most FZ_F32_FLUSH / FZ_PAD terms, added into double lane sums
+ * (FZ_LSE_SUM_TERMS, each float32 sum one of its terms). */
 #define FZ_F32_SUM_GAMMA(C) \
-    ((double)(((C) <= FZ_LSE_BLOCK ? (C) : (C) / FZ_LSE_BLOCK) + 4) * 0x1p-24)
+    ((double)(FZ_F32_FLUSH / FZ_PAD + 4) * 0x1p-24 \
+     + FZ_LSE_SUM_TERMS(C) * FZ_UNIT_ROUNDOFF_DOUBLE)
 
 /* fz_lse_terms in float32 (for float32 inputs, whose accuracy target 2^-15 leaves room):
  * x_c rounded to float32 (relative error of e^x_c below cut 2^-24), fz_expf_poly, float32
- * sums (FZ_F32_SUM_GAMMA). Returns the sum; *err_out is an upper bound of sum_c e_c B_c,
- * *bkept_out of the terms' largest B_c, *rel_out the relative error of the sum from all
- * of the above. */
+ * lane sums per FZ_F32_FLUSH classes, added up in double (FZ_F32_SUM_GAMMA). Returns the sum;
+ * *err_out is an upper bound of sum_c e_c B_c, *rel_out the relative error of the sum
+ * from all of the above. The kept terms are those of fz_lse_kept with cut + FZ_F32_CUT_SLACK
+ * (x rounded to float32 moves by at most 2^-17 here). */
+#define FZ_F32_CUT_SLACK 0x1p-10
 static inline __attribute__((always_inline)) double fz_lse_terms_f32(
     const double *V, const double *W, const double *blk_w, const float *KH,
     const float *KM, double fn, ptrdiff_t C, double wmax, double cut, double *err_out,
-    double *bkept_out, double *rel_out, ptrdiff_t *n_terms)
+    double *rel_out)
 {
     const double lo = wmax - cut;
     /* the bounds in float32 from KH, KM and fn rounded up: one rounding (of the FMA), as
      * when a double bound is rounded to float32 */
     const float fnf = fz_float_up(fn);
     const float fcut = (float)cut;  /* may round either way: the terms kept are exact sums */
-    double sum = 0.0, err = 0.0, count = 0.0;
-    float bk = 0.0f;
+    double ds[FZ_PAD] = {0}, de[FZ_PAD] = {0};
+    float ls[FZ_PAD] = {0}, le[FZ_PAD] = {0};
+    double sum = 0.0, err = 0.0;
     ptrdiff_t j;
-    if (C <= FZ_LSE_BLOCK) {
-        /* C is a multiple of FZ_PAD: fixed-length lanes stay in registers */
-        float ls[FZ_PAD] = {0}, le[FZ_PAD] = {0}, ln[FZ_PAD] = {0}, lb[FZ_PAD] = {0};
-        for (ptrdiff_t c0 = 0; c0 < C; c0 += FZ_PAD) {
+    for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
+        const ptrdiff_t b1 = FZ_MIN(b0 + FZ_LSE_BLOCK, C);
+        if (blk_w[b0 / FZ_LSE_BLOCK] >= lo) {
+            for (ptrdiff_t c0 = b0; c0 < b1; c0 += FZ_PAD) {
+                #pragma omp simd
+                for (j = 0; j < FZ_PAD; j++) {
+                    const float x = (float)((V[c0 + j] + W[c0 + j]) - wmax);
+                    const float e = (x >= -fcut ? 1.0f : 0.0f)
+                        * fz_expf_poly(FZ_MAX(x, -fcut));
+                    ls[j] += e;
+                    le[j] += e * (KH[c0 + j] * fnf + KM[c0 + j]);
+                }
+            }
+        }
+        if (b1 % FZ_F32_FLUSH == 0 || b1 == C) {
             #pragma omp simd
             for (j = 0; j < FZ_PAD; j++) {
-                float x = (float)((V[c0 + j] + W[c0 + j]) - wmax);
-                float e = (x >= -fcut ? 1.0f : 0.0f) * fz_expf_poly(FZ_MAX(x, -fcut));
-                float bc = KH[c0 + j] * fnf + KM[c0 + j];
-                ls[j] += e;
-                le[j] += e * bc;
-                ln[j] += x >= -fcut ? 1.0f : 0.0f;
-                lb[j] = FZ_MAX(lb[j], x >= -fcut ? bc : 0.0f);
+                ds[j] += (double)ls[j];
+                de[j] += (double)le[j];
+                ls[j] = le[j] = 0.0f;
             }
-        }
-        float fsum = 0.0f, ferr = 0.0f, fcount = 0.0f;
-        #pragma omp simd reduction(+:fsum, ferr, fcount) reduction(max:bk)
-        for (j = 0; j < FZ_PAD; j++) {
-            fsum += ls[j];
-            ferr += le[j];
-            fcount += ln[j];
-            bk = FZ_MAX(bk, lb[j]);
-        }
-        sum = fsum;
-        err = ferr;
-        count = fcount;
-    } else {
-        float lane_s[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-        float lane_e[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-        float lane_n[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-        float lane_b[FZ_LSE_BLOCK] __attribute__((aligned(64)));
-        for (j = 0; j < FZ_LSE_BLOCK; j++)
-            lane_s[j] = lane_e[j] = lane_n[j] = lane_b[j] = 0.0f;
-        for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
-            const ptrdiff_t nb = FZ_MIN(FZ_LSE_BLOCK, C - b0);
-            if (!(blk_w[b0 / FZ_LSE_BLOCK] >= lo))
-                continue;
-            #pragma omp simd
-            for (j = 0; j < nb; j++) {
-                float x = (float)((V[b0 + j] + W[b0 + j]) - wmax);
-                float e = (x >= -fcut ? 1.0f : 0.0f) * fz_expf_poly(FZ_MAX(x, -fcut));
-                float bc = KH[b0 + j] * fnf + KM[b0 + j];
-                lane_s[j] += e;
-                lane_e[j] += e * bc;
-                lane_n[j] += x >= -fcut ? 1.0f : 0.0f;
-                lane_b[j] = FZ_MAX(lane_b[j], x >= -fcut ? bc : 0.0f);
-            }
-        }
-        #pragma omp simd reduction(+:sum, err, count) reduction(max:bk)
-        for (j = 0; j < FZ_LSE_BLOCK; j++) {
-            sum += lane_s[j];
-            err += lane_e[j];
-            count += lane_n[j];
-            bk = FZ_MAX(bk, lane_b[j]);
         }
     }
-    const double g = FZ_F32_SUM_GAMMA(C);  /* float32 sums, B */
-    *bkept_out = (double)bk * (1.0 + 0x1p-23);  /* B rounded to float32 */
+    #pragma omp simd reduction(+:sum, err)
+    for (j = 0; j < FZ_PAD; j++) {
+        sum += ds[j];
+        err += de[j];
+    }
+    const double g = FZ_F32_SUM_GAMMA(C);  /* the sums, B */
     *err_out = err * (1.0 + 2.0 * g + FZ_EXPF_EPS + cut * 0x1p-23);
     *rel_out = FZ_EXPF_EPS + (cut + 1.0) * 0x1p-24 + g;
-    *n_terms = (ptrdiff_t)count;
     return sum;
 }
 
@@ -540,13 +491,12 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
 
 /* The absolute error of lse = wmax + log(sum) beyond the values' own (FZ_CERTIFIED's
  * err / sum): the terms left out (left_out, from fz_lse_cut), exp's relative
- * error, the summation's (lane sums of at most C / FZ_LSE_BLOCK + 1 terms, then the lanes:
- * relative gamma of their lengths), log's and the final addition's rounding. */
+ * error, the summation's (FZ_LSE_SUM_TERMS), log's and the final addition's rounding. */
 static inline double fz_lse_other(double lse, double log_c, ptrdiff_t C, double left_out,
                                   double eps_exp)
 {
     return left_out + eps_exp
-        + (double)(C / FZ_LSE_BLOCK + FZ_LSE_BLOCK + 4) * FZ_UNIT_ROUNDOFF_DOUBLE
+        + FZ_LSE_SUM_TERMS(C) * FZ_UNIT_ROUNDOFF_DOUBLE
         + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (fabs(lse) + log_c);
 }
 

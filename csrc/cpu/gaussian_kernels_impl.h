@@ -101,16 +101,24 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     const int fast = eps_exp <= 0.25 * q->acc * mag;
     double eps = fast ? eps_exp : FZ_UNIT_ROUNDOFF_DOUBLE;
     double err, bk, *V = scratch;
-    ptrdiff_t c, n_terms;
+    ptrdiff_t c;
     double sum;
     if (single)
-        sum = fz_lse_terms_f32(L, lw, blk_w, q->kh_f, q->km_f, fn, Cp, wmax, cut, &err,
-                               &bk, &eps, &n_terms);
+        sum = fz_lse_terms_f32(L, lw, blk_w, q->kh_f, q->km_f, fn, Cp, wmax, cut, &err, &eps);
     else
         sum = fz_lse_terms(L, lw, blk_w, q->kh, q->km, fn, Cp, wmax, cut, fast, low_degree,
-                           &err, &bk, &n_terms);
+                           &err);
     double lse = wmax + log(sum);
     double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
+    /* First with bmax in place of the kept terms' largest bound bk (the factor allows for
+     * bmax's own rounding): FZ_CERTIFIED holds for any upper bound of bk, so the terms' own
+     * is only looked for when that fails */
+    const double bk_max = bmax * (1.0 + 0x1p-40);
+    if (FZ_CERTIFIED(err, sum, budget, bk_max))
+        return lse;
+    /* the terms' own largest bound (a superset of the float32 sum's terms) */
+    const ptrdiff_t n_terms = fz_lse_kept(L, lw, blk_w, q->kh, q->km, fn, Cp, wmax,
+                                          single ? cut + FZ_F32_CUT_SLACK : cut, &bk);
     if (FZ_CERTIFIED(err, sum, budget, bk))
         return lse;
     if (budget > 0.0 && FZ_N(fz_lse_refine)(frow, means, q, L, NULL, fn, wmax, cut, fast,

@@ -59,9 +59,11 @@ approximation's relative error and the summation's rounding; where that exceeds 
 2\beta_{max}}`; the cut is that quarter of the absolute accuracy the output needs (at most
 ``LSE_CUT_MAX``). The exp is a branch-free polynomial that vectorises (x = k ln 2 + r, with
 :math:`|r| \le \ln 2 / 2` exact to 0.35u by a Cody-Waite split, e^r by its Taylor polynomial
-in Horner form, 2^k from the rounding constant's bits). Its relative error, ``EXP_POLY_EPS``,
-is the Taylor remainder :math:`|r|^{n+1} e^{|r|}/(n+1)!` plus Horner's rounding
-:math:`\gamma_{2n} e^{2|r|}` and the coefficients' and r's rounding: degree 12 in double
+in Estrin's scheme, 2^k from the rounding constant's bits). Its relative error,
+``EXP_POLY_EPS``, is the Taylor remainder :math:`|r|^{n+1} e^{|r|}/(n+1)!` plus the
+evaluation's rounding, at most :math:`\gamma_{2n} e^{2|r|}` as for Horner's form (no term
+:math:`a_i r^i` passes more than 2n roundings: 12 for degree 12, counting those of
+:math:`r^2, r^4, r^8`), and the coefficients' and r's rounding: degree 12 in double
 2.6e-16 + 5.4e-15 + 3e-16 < 2^-47; degree 7 in double 7.4e-9 < 2^-26; degree 6 in float32
 (16 lanes a vector, for float32 inputs where |lse| leaves room) 1.7e-7 + 1.5e-6 < 2^-19.
 The 8-row lanes (at most 16 classes) take the log of their sums (in [1, C]) by a
