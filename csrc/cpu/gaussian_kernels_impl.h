@@ -360,24 +360,29 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
  * V[c][j] = -s h_c - ln_c, s the row's sum of squared differences from mean c in double,
  * in the order of the coordinates (the same value in every call: it depends on the row
  * alone); B = 0 (a direct value is the reference, as elsewhere). The rows are
- * transposed into a lane per row, and four classes go together: four independent sums
- * hide the latency of the multiply-adds. Returns 0 when some value is not finite (a NaN
+ * transposed into a lane per row (in two halves, fz_half_vd), and four classes go
+ * together: eight independent sums hide the latency of the multiply-adds. Returns 0 when some value is not finite (a NaN
  * or infinity in F, or a sum that overflows): the caller hands over to the direct kernel,
  * after the finite check, as the GEMM form does for norms that could overflow. */
 static inline int FZ_N(fz_lanes_direct)(
-    const FZ_T *F, ptrdiff_t g, ptrdiff_t r1, const fz_gauss_params *q, fz_lanes_vd *V,
-    fz_lanes_vd *B, fz_lanes_vd *mxv_out, fz_lanes_vd *mxw_out)
+    const FZ_T *F, ptrdiff_t g, ptrdiff_t r1, const fz_gauss_params *q,
+    double (*V)[FZ_LANES], double (*B)[FZ_LANES], double *mxv_out, double *mxw_out)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     const double *means = q->means_d;
-    fz_lanes_vd ft[FZ_DIRECT_MAX_D];
-    fz_lanes_vd ok = {0.0}, mxv = *mxv_out, mxw = *mxw_out;
-    const fz_lanes_vd zero = {0.0};
+    fz_half_vd ft[FZ_DIRECT_MAX_D][2];  /* coordinate k of the rows, in two halves */
+    const fz_half_vd zero = {0.0};
+    fz_half_vd ok_lo = zero, ok_hi = zero;
+    fz_half_vd mxv_lo, mxv_hi, mxw_lo, mxw_hi;
     ptrdiff_t c, j, k;
+    memcpy(&mxv_lo, mxv_out, sizeof mxv_lo);
+    memcpy(&mxv_hi, mxv_out + FZ_LANES / 2, sizeof mxv_hi);
+    memcpy(&mxw_lo, mxw_out, sizeof mxw_lo);
+    memcpy(&mxw_hi, mxw_out + FZ_LANES / 2, sizeof mxw_hi);
     for (j = 0; j < FZ_LANES; j++) {
         const FZ_T *row = F + (g + j < r1 ? g + j : g) * d;
         for (k = 0; k < d; k++)
-            ft[k][j] = (double)row[k];
+            ft[k][j / (FZ_LANES / 2)][j % (FZ_LANES / 2)] = (double)row[k];
     }
     for (c = 0; c < C; c += 4) {
         /* a group of four classes; past C, the last class again (not stored) */
@@ -385,28 +390,42 @@ static inline int FZ_N(fz_lanes_direct)(
         const double *m1 = means + FZ_MIN(c + 1, C - 1) * d;
         const double *m2 = means + FZ_MIN(c + 2, C - 1) * d;
         const double *m3 = means + FZ_MIN(c + 3, C - 1) * d;
-        fz_lanes_vd s[4] = {{0.0}, {0.0}, {0.0}, {0.0}};
+        /* eight named sums (four classes, two halves): an array of them stays in memory */
+        fz_half_vd s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+        fz_half_vd t0 = zero, t1 = zero, t2 = zero, t3 = zero;
         for (k = 0; k < d; k++) {
-            const fz_lanes_vd x = ft[k];
-            const fz_lanes_vd d0 = x - m0[k], d1 = x - m1[k], d2 = x - m2[k], d3 = x - m3[k];
-            s[0] += d0 * d0;
-            s[1] += d1 * d1;
-            s[2] += d2 * d2;
-            s[3] += d3 * d3;
+            const fz_half_vd x = ft[k][0], y = ft[k][1];
+            fz_half_vd e;
+            e = x - m0[k]; s0 += e * e;
+            e = y - m0[k]; t0 += e * e;
+            e = x - m1[k]; s1 += e * e;
+            e = y - m1[k]; t1 += e * e;
+            e = x - m2[k]; s2 += e * e;
+            e = y - m2[k]; t2 += e * e;
+            e = x - m3[k]; s3 += e * e;
+            e = y - m3[k]; t3 += e * e;
         }
+        const fz_half_vd lo[4] = {s0, s1, s2, s3}, hi[4] = {t0, t1, t2, t3};
         for (ptrdiff_t u = 0; u < 4 && c + u < C; u++) {
-            const fz_lanes_vd v = -s[u] * q->h[c + u] - q->ln[c + u];
-            V[c + u] = v;
-            B[c + u] = zero;
-            mxv = fz_lanes_max(v, mxv);
-            mxw = fz_lanes_max(v + q->lw[c + u], mxw);
-            ok += v - v;  /* NaN unless v is finite */
+            const double h = q->h[c + u], ln = q->ln[c + u], lw = q->lw[c + u];
+            const fz_half_vd vl = -lo[u] * h - ln, vh = -hi[u] * h - ln;
+            memcpy(V[c + u], &vl, sizeof vl);
+            memcpy(V[c + u] + FZ_LANES / 2, &vh, sizeof vh);
+            memset(B[c + u], 0, FZ_LANES * sizeof(double));
+            mxv_lo = fz_half_max(vl, mxv_lo);
+            mxv_hi = fz_half_max(vh, mxv_hi);
+            mxw_lo = fz_half_max(vl + lw, mxw_lo);
+            mxw_hi = fz_half_max(vh + lw, mxw_hi);
+            ok_lo += vl - vl;  /* NaN unless v is finite */
+            ok_hi += vh - vh;
         }
     }
-    *mxv_out = mxv;
-    *mxw_out = mxw;
-    for (j = 0; j < FZ_LANES; j++)
-        if (ok[j] != 0.0)
+    memcpy(mxv_out, &mxv_lo, sizeof mxv_lo);
+    memcpy(mxv_out + FZ_LANES / 2, &mxv_hi, sizeof mxv_hi);
+    memcpy(mxw_out, &mxw_lo, sizeof mxw_lo);
+    memcpy(mxw_out + FZ_LANES / 2, &mxw_hi, sizeof mxw_hi);
+    for (j = 0; j < FZ_LANES / 2; j++)
+        if (ok_lo[j] != 0.0 || ok_hi[j] != 0.0)
             return 0;
     return 1;
 }
@@ -461,8 +480,7 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
     }
     if (P == NULL) {
         /* the direct route: every value by direct differences (B = 0) */
-        if (!FZ_N(fz_lanes_direct)(F, g, r1, q, (fz_lanes_vd *)V, (fz_lanes_vd *)B,
-                                   (fz_lanes_vd *)mxv, (fz_lanes_vd *)mxw))
+        if (!FZ_N(fz_lanes_direct)(F, g, r1, q, V, B, mxv, mxw))
             return FZ_LANES_HANDOVER;
         (*n_direct) += FZ_MIN(FZ_LANES, r1 - g) * C;
     }

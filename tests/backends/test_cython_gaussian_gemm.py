@@ -240,6 +240,24 @@ def test_the_direct_route_takes_every_value_by_direct_differences(d, dtype, dire
     np.testing.assert_array_equal(am, np.argmax(exact, axis=1))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_the_direct_route_hands_over_a_value_that_is_not_finite_in_any_lane(bad, dtype,
+                                                                            direct_route):
+    """The direct route takes rows eight at a time (two halves of four lanes): a NaN or
+    infinity in any of the eight rows hands the call over (None), and the public call
+    then names F."""
+    gemm = _gemm_kernel()
+    rng = np.random.default_rng(7)
+    F, means, variances, log_weights = gaussian_problem(rng, 16, 5, 9, dtype)
+    thresholds = np.full(5, np.inf)
+    for row in range(8, 16):  # the second group of eight rows, every lane
+        G = F.copy()
+        G[row, 4] = bad
+        assert gemm(G, means, variances, log_weights, thresholds, False) is None, row
+        with pytest.raises(ValueError, match="F"):
+            gaussian_loglik(G, means, variances, log_weights=log_weights, backend="cython")
+
+
 @pytest.mark.parametrize("zero_weights", [False, True])
 @pytest.mark.parametrize("full", [False, True])
 @pytest.mark.parametrize("C", [10, 40])
