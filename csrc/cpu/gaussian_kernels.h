@@ -310,15 +310,15 @@ static inline int fz_direct_memo_has(fz_direct_memo *m, ptrdiff_t c)
         }                                                                                 \
     }
 
-/* The relative error bound of fz_lse_terms' double sums of C terms (callers pad C to a
- * multiple of FZ_PAD): FZ_PAD lane sums of C / FZ_PAD terms each, then the lanes, in any
- * order (with room for the rounding of e B). */
+/* The roundings that bound fz_lse_terms' double sums of C terms (times the unit roundoff:
+ * their relative error; callers pad C to a multiple of FZ_PAD): FZ_PAD lane sums of
+ * C / FZ_PAD terms each, then the lanes, in any order (with room for the rounding of e B). */
 #define FZ_LSE_SUM_TERMS(C) ((double)((C) / FZ_PAD + FZ_PAD + 4))
 
 /* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut, with the vectorised
  * fz_exp_poly (fast) or libm's exp, and err = sum_c e^(x_c) B_c, B_c = fz_beta(KH, KM, c,
  * fn) >= 0. C is a multiple of FZ_PAD (callers pad it); the terms add into FZ_PAD lane
- * sums held in registers (FZ_LSE_SUM_TERMS). Blocks of FZ_LSE_BLOCK without a term are
+ * sums (FZ_LSE_SUM_TERMS), one vector's worth per class of a chunk. Blocks of FZ_LSE_BLOCK without a term are
  * skipped on their maximum blk_w (of V + W, from pass A: most of a row where the classes
  * are far apart). The kept terms' count and largest B_c, which only a sum that does not
  * certify on bmax needs, are fz_lse_kept's. */
