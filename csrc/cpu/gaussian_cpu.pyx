@@ -61,7 +61,7 @@ cdef extern from "gaussian_kernels.h" nogil:
         double acc
         double log_c
         int exact_thresholds
-    double fz_exp_poly(double x, int low_degree)
+    double fz_exp_poly(double x, int degree)
     double fz_log_poly(double x)
     double FZ_LOG_POLY_EPS
     float fz_expf_poly(float x)
@@ -477,13 +477,17 @@ def lse_certified(double err, double total, double budget, double bk):
     return bool(FZ_CERTIFIED(err, total, budget, bk))
 
 
-EXP_KINDS = ("double", "double-low", "float")
+# the kinds of exp_poly and fz_exp_poly's degree for each (0: fz_expf_poly)
+_EXP_DEGREES = {"double": 12, "double-10": 10, "double-9": 9, "double-low": 7, "float": 0}
+EXP_KINDS = tuple(_EXP_DEGREES)
 
 
 def exp_poly(x, kind):
     """The kernels' vectorised exp at every x (float64, each in [-65, 0]), for checking its
-    error bound: ``kind`` "double" (fz_exp_poly, degree 12, float64 inputs), "double-low"
-    (degree 7) or "float" (fz_expf_poly, float32 arithmetic, x rounded to float32 first)."""
+    error bound: ``kind`` "double" (fz_exp_poly, degree 12), "double-10", "double-9" (the
+    lower degrees float64 inputs take where |lse| leaves room), "double-low" (degree 7,
+    float32 inputs) or "float" (fz_expf_poly, float32 arithmetic, x rounded to float32
+    first)."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     if kind not in EXP_KINDS:
         raise ValueError(f"kind must be one of {EXP_KINDS}, not {kind!r}")
@@ -493,12 +497,12 @@ def exp_poly(x, kind):
     cdef const double[::1] xv = x.ravel()
     cdef double[::1] ov = out.ravel()
     cdef Py_ssize_t i
-    cdef int k = EXP_KINDS.index(kind)
+    cdef int degree = _EXP_DEGREES[kind]
     for i in range(xv.shape[0]):
-        if k == 2:
+        if degree == 0:
             ov[i] = fz_expf_poly(<float>xv[i])
         else:
-            ov[i] = fz_exp_poly(xv[i], k)
+            ov[i] = fz_exp_poly(xv[i], degree)
     return out
 
 

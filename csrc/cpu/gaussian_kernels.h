@@ -27,8 +27,8 @@
  *     most of it (and those above 1 nat) take L_dir (then all terms).
  *     Terms further than cut below the largest are left out, cut from the accuracy the
  *     output needs (fz_lse_cut) plus 2 beta_max, at most FZ_LSE_CUT_MAX, and the rest
- *     summed with a vectorised exp polynomial (fz_exp_poly, or fz_expf_poly in float32
- *     for float32 inputs where |lse| leaves room).
+ *     summed with a vectorised exp polynomial (fz_exp_poly of the lowest degree |lse|
+ *     allows, or fz_expf_poly in float32 for float32 inputs where |lse| leaves room).
  *   The (n, C) matrix, when asked for, holds F.
  *
  * Per row: pass A forms L~ and the maxima of L~ and of L~ + lw, overall and per block of
@@ -112,19 +112,26 @@ enum { FZ_ARGMAX = 1, FZ_THRESHOLD = 4 };
 /* logsumexp terms are never cut closer than this far below the largest, nor kept further */
 #define FZ_LSE_CUT_MIN 1.0
 #define FZ_LSE_CUT_MAX 64.0
-/* Relative error bounds of fz_exp_poly on [-FZ_LSE_CUT_MAX - 1, 0] (degree 12 and 7; derived
- * in fastzsl/backends/_gaussian_gemm.py, EXP_POLY_EPS, and checked there against libm). */
+/* Relative error bounds of fz_exp_poly on [-FZ_LSE_CUT_MAX - 1, 0] (degree 12, 10, 9 and 7;
+ * derived in fastzsl/backends/_gaussian_gemm.py, EXP_POLY_EPS, and checked there against
+ * libm). */
 #define FZ_EXP12_EPS 0x1p-47
+#define FZ_EXP10_EPS 0x1p-41
+#define FZ_EXP9_EPS 0x1p-36
 #define FZ_EXP7_EPS 0x1p-26
+/* the bound of fz_exp_poly's degree (12, 10, 9 or 7) */
+#define FZ_EXP_EPS(degree) ((degree) >= 12 ? FZ_EXP12_EPS : (degree) == 10 ? FZ_EXP10_EPS \
+                            : (degree) == 9 ? FZ_EXP9_EPS : FZ_EXP7_EPS)
 
 /* exp(x) for x in [-FZ_LSE_CUT_MAX - 1, 0], branch-free so that it vectorises: x = k ln2 + r
  * (k = round(x / ln2), Cody-Waite split of ln2, r exact to 0.35 u), e^r by its Taylor
- * polynomial of degree 12 (or 7 when low_degree) in Estrin's scheme (pairs of
+ * polynomial of degree 12, 10, 9 or 7 (the lowest whose error the output allows: degree,
+ * constant in every loop that calls it) in Estrin's scheme (pairs of
  * coefficients joined by r^2, r^4, r^8: four multiply-adds deep rather than Horner's
  * twelve, so that the lanes' chains are not waiting on each other's latency; no term
  * takes more roundings than Horner's 2n), times 2^k built from the bits of the rounding
  * constant (-96 <= k <= 0: a normal power of two, exact). */
-static inline double fz_exp_poly(double x, int low_degree)
+static inline __attribute__((always_inline)) double fz_exp_poly(double x, int degree)
 {
     const double magic = 0x1.8p52;  /* adding it rounds to an integer in the low bits */
     double t = x * 0x1.71547652b82fep0 + magic;
@@ -134,14 +141,19 @@ static inline double fz_exp_poly(double x, int low_degree)
     const double p01 = 1.0 + r, p23 = 0.5 + r * (1.0 / 6.0);
     const double p45 = 1.0 / 24.0 + r * (1.0 / 120.0), p67 = 1.0 / 720.0 + r * (1.0 / 5040.0);
     const double q03 = p01 + r2 * p23, q47 = p45 + r2 * p67;
+    const double o07 = q03 + r4 * q47;
+    const double p89 = 1.0 / 40320.0 + r * (1.0 / 362880.0);
     double p;
-    if (low_degree) {
-        p = q03 + r4 * q47;
+    if (degree <= 7) {
+        p = o07;
+    } else if (degree == 9) {
+        p = o07 + (r4 * r4) * p89;
+    } else if (degree == 10) {
+        p = o07 + (r4 * r4) * (p89 + r2 * (1.0 / 3628800.0));
     } else {
-        const double p89 = 1.0 / 40320.0 + r * (1.0 / 362880.0);
         const double p1011 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0);
         const double q812 = (p89 + r2 * p1011) + r4 * (1.0 / 479001600.0);
-        p = (q03 + r4 * q47) + (r4 * r4) * q812;
+        p = o07 + (r4 * r4) * q812;
     }
     int64_t bits;
     memcpy(&bits, &t, sizeof bits);
@@ -316,36 +328,39 @@ static inline int fz_direct_memo_has(fz_direct_memo *m, ptrdiff_t c)
 #define FZ_LSE_SUM_TERMS(C) ((double)((C) / FZ_PAD + FZ_PAD + 4))
 
 /* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut, with the vectorised
- * fz_exp_poly (fast) or libm's exp, and err = sum_c e^(x_c) B_c, B_c = fz_beta(KH, KM, c,
- * fn) >= 0. C is a multiple of FZ_PAD (callers pad it); the terms add into FZ_PAD lane
- * sums (FZ_LSE_SUM_TERMS), one vector's worth per class of a chunk. Blocks of FZ_LSE_BLOCK without a term are
- * skipped on their maximum blk_w (of V + W, from pass A: most of a row where the classes
- * are far apart). The kept terms' count and largest B_c, which only a sum that does not
- * certify on bmax needs, are fz_lse_kept's. */
+ * fz_exp_poly of that degree (0: libm's exp, with with_err), and, with with_err, err =
+ * sum_c e^(x_c) B_c, B_c = fz_beta(KH, KM, c, fn) >= 0 (else *err_out is left alone). C is a multiple of FZ_PAD
+ * (callers pad it); the terms add into FZ_PAD lane sums (FZ_LSE_SUM_TERMS), one vector's
+ * worth per class of a chunk. Blocks of FZ_LSE_BLOCK without a term are skipped on their
+ * maximum blk_w (of V + W, from pass A: most of a row where the classes are far apart).
+ * The kept terms' count and largest B_c, which only a sum that does not certify on bmax
+ * needs, are fz_lse_kept's. */
 static inline __attribute__((always_inline)) double fz_lse_terms(
     const double *V, const double *W, const double *blk_w, const double *KH,
-    const double *KM, double fn, ptrdiff_t C, double wmax, double cut, int fast,
-    int low_degree, double *err_out)
+    const double *KM, double fn, ptrdiff_t C, double wmax, double cut, int degree,
+    int with_err, double *err_out)
 {
     const double lo = wmax - cut;
     double ls[FZ_PAD] = {0}, le[FZ_PAD] = {0};
     double sum = 0.0, err = 0.0;
     ptrdiff_t j;
+    /* one loop per (degree, with_err): a constant polynomial in each */
+#define FZ_TERMS(DEG, ERR) {                                                               \
+        _Pragma("omp simd")                                                               \
+        for (j = 0; j < FZ_PAD; j++) {                                                    \
+            const double x = (V[c0 + j] + W[c0 + j]) - wmax;                              \
+            const double e = (x >= -cut ? 1.0 : 0.0) * fz_exp_poly(FZ_MAX(x, -cut), DEG); \
+            ls[j] += e;                                                                   \
+            if (ERR)                                                                      \
+                le[j] += e * fz_beta(KH, KM, c0 + j, fn);                                 \
+        }                                                                                 \
+    }
     for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
         const ptrdiff_t b1 = FZ_MIN(b0 + FZ_LSE_BLOCK, C);
         if (!(blk_w[b0 / FZ_LSE_BLOCK] >= lo))
             continue;
         for (ptrdiff_t c0 = b0; c0 < b1; c0 += FZ_PAD) {
-            if (fast) {
-                #pragma omp simd
-                for (j = 0; j < FZ_PAD; j++) {
-                    const double x = (V[c0 + j] + W[c0 + j]) - wmax;
-                    const double e = (x >= -cut ? 1.0 : 0.0)
-                        * fz_exp_poly(FZ_MAX(x, -cut), low_degree);
-                    ls[j] += e;
-                    le[j] += e * fz_beta(KH, KM, c0 + j, fn);
-                }
-            } else {
+            if (degree == 0) {
                 for (j = 0; j < FZ_PAD; j++) {
                     const double x = (V[c0 + j] + W[c0 + j]) - wmax;
                     if (x >= -cut) {
@@ -354,15 +369,27 @@ static inline __attribute__((always_inline)) double fz_lse_terms(
                         le[j] += e * fz_beta(KH, KM, c0 + j, fn);
                     }
                 }
+            } else if (with_err) {
+                if (degree == 9) FZ_TERMS(9, 1)
+                else if (degree == 10) FZ_TERMS(10, 1)
+                else if (degree == 7) FZ_TERMS(7, 1)
+                else FZ_TERMS(12, 1)
+            } else {
+                if (degree == 9) FZ_TERMS(9, 0)
+                else if (degree == 10) FZ_TERMS(10, 0)
+                else if (degree == 7) FZ_TERMS(7, 0)
+                else FZ_TERMS(12, 0)
             }
         }
     }
+#undef FZ_TERMS
     #pragma omp simd reduction(+:sum, err)
     for (j = 0; j < FZ_PAD; j++) {
         sum += ls[j];
         err += le[j];
     }
-    *err_out = err;
+    if (with_err)
+        *err_out = err;
     return sum;
 }
 
@@ -429,14 +456,15 @@ static inline float fz_expf_poly(float x)
 /* fz_lse_terms in float32 (for float32 inputs, whose accuracy target 2^-15 leaves room):
  * x_c rounded to float32 (relative error of e^x_c below cut 2^-24), fz_expf_poly, float32
  * lane sums per FZ_F32_FLUSH classes, added up in double (FZ_F32_SUM_GAMMA). Returns the sum;
- * *err_out is an upper bound of sum_c e_c B_c, *rel_out the relative error of the sum
- * from all of the above. The kept terms are those of fz_lse_kept with cut + FZ_F32_CUT_SLACK
+ * with with_err, *err_out is an upper bound of sum_c e_c B_c. The sum's relative error from
+ * all of the above is FZ_F32_REL(cut, C). The kept terms are those of fz_lse_kept with cut + FZ_F32_CUT_SLACK
  * (x rounded to float32 moves by at most 2^-17 here). */
 #define FZ_F32_CUT_SLACK 0x1p-10
+#define FZ_F32_REL(cut, C) (FZ_EXPF_EPS + ((cut) + 1.0) * 0x1p-24 + FZ_F32_SUM_GAMMA(C))
 static inline __attribute__((always_inline)) double fz_lse_terms_f32(
     const double *V, const double *W, const double *blk_w, const float *KH,
-    const float *KM, double fn, ptrdiff_t C, double wmax, double cut, double *err_out,
-    double *rel_out)
+    const float *KM, double fn, ptrdiff_t C, double wmax, double cut, int with_err,
+    double *err_out)
 {
     const double lo = wmax - cut;
     /* the bounds in float32 from KH, KM and fn rounded up: one rounding (of the FMA), as
@@ -449,18 +477,26 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
     ptrdiff_t j;
     for (ptrdiff_t b0 = 0; b0 < C; b0 += FZ_LSE_BLOCK) {
         const ptrdiff_t b1 = FZ_MIN(b0 + FZ_LSE_BLOCK, C);
+        /* one loop with err, one without: a test inside the vector loop costs it 3x */
+#define FZ_TERMS_F32(ERR) {                                                                \
+            _Pragma("omp simd")                                                           \
+            for (j = 0; j < FZ_PAD; j++) {                                                \
+                const float x = (float)((V[c0 + j] + W[c0 + j]) - wmax);                  \
+                const float e = (x >= -fcut ? 1.0f : 0.0f) * fz_expf_poly(FZ_MAX(x, -fcut)); \
+                ls[j] += e;                                                               \
+                if (ERR)                                                                  \
+                    le[j] += e * (KH[c0 + j] * fnf + KM[c0 + j]);                         \
+            }                                                                             \
+        }
         if (blk_w[b0 / FZ_LSE_BLOCK] >= lo) {
             for (ptrdiff_t c0 = b0; c0 < b1; c0 += FZ_PAD) {
-                #pragma omp simd
-                for (j = 0; j < FZ_PAD; j++) {
-                    const float x = (float)((V[c0 + j] + W[c0 + j]) - wmax);
-                    const float e = (x >= -fcut ? 1.0f : 0.0f)
-                        * fz_expf_poly(FZ_MAX(x, -fcut));
-                    ls[j] += e;
-                    le[j] += e * (KH[c0 + j] * fnf + KM[c0 + j]);
-                }
+                if (with_err)
+                    FZ_TERMS_F32(1)
+                else
+                    FZ_TERMS_F32(0)
             }
         }
+#undef FZ_TERMS_F32
         if (b1 % FZ_F32_FLUSH == 0 || b1 == C) {
             #pragma omp simd
             for (j = 0; j < FZ_PAD; j++) {
@@ -475,9 +511,8 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
         sum += ds[j];
         err += de[j];
     }
-    const double g = FZ_F32_SUM_GAMMA(C);  /* the sums, B */
-    *err_out = err * (1.0 + 2.0 * g + FZ_EXPF_EPS + cut * 0x1p-23);
-    *rel_out = FZ_EXPF_EPS + (cut + 1.0) * 0x1p-24 + g;
+    if (with_err)  /* the sums, B */
+        *err_out = err * (1.0 + 2.0 * FZ_F32_SUM_GAMMA(C) + FZ_EXPF_EPS + cut * 0x1p-23);
     return sum;
 }
 

@@ -23,13 +23,12 @@ static inline double FZ_N(fz_direct)(const FZ_T *f, const FZ_T *m, ptrdiff_t d, 
  * then certifies, and the logsumexp in *lse. */
 static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
     const FZ_T *frow, const FZ_T *means, const fz_gauss_params *q, const double *L,
-    const double *b, double fn, double wmax, double cut, int fast, double left_out,
+    const double *b, double fn, double wmax, double cut, int degree, double left_out,
     double eps, double sum, double err, ptrdiff_t n_terms, double budget,
     fz_direct_memo *memo, ptrdiff_t *n_direct, double *lse)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     const double *lw = q->lw;
-    const int low_degree = sizeof(FZ_T) == 4;
     const double tau = budget * sum / (4.0 * (double)n_terms);
     const double lo = wmax - cut;
     double removed = 0.0, added = 0.0, err_removed = 0.0, bk = 0.0;
@@ -46,7 +45,7 @@ static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
             double x = (L[c] + lw[c]) - wmax;
             if (!(x >= -cut))
                 continue;
-            double e = fast ? fz_exp_poly(x, low_degree) : exp(x);
+            double e = degree ? fz_exp_poly(x, degree) : exp(x);
             double bc = b != NULL ? b[c] : fz_beta(q->kh, q->km, c, fn);
             if (2.0 * e * bc > tau || bc > 1.0) {
                 (*n_direct)++;
@@ -72,9 +71,11 @@ static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
  * their bounds fz_beta (at most bmax), the maxima of L~ + lw per block of FZ_LSE_BLOCK
  * classes in blk_w, wmax = max_c (L~_c + lw_c) > -inf. Terms below
  * wmax - cut are left out, cut taken from the accuracy the output needs and bmax
- * (fz_lse_cut); the others are summed with fz_exp_poly (float64 input: degree 12,
- * float32: degree 7), or libm's exp where |lse| is too close to 0 for the polynomial's
- * error. Where the certified error exceeds acc |lse|, the terms that carry most of it and
+ * (fz_lse_cut); the others are summed with fz_exp_poly (float64 input: degree 9, 10 or
+ * 12, the lowest that |lse| allows; float32: degree 7, or fz_expf_poly), or libm's exp
+ * where |lse| is too close to 0 for the polynomial's error. The sums carry sum_c e_c b_c
+ * only where bmax does not certify them. Where the certified error exceeds acc |lse|, the
+ * terms that carry most of it and
  * those whose b_c is above 1 nat (where only bk itself bounds the error) take their direct
  * values (fz_lse_refine); if that still fails, every term does.
  * scratch: C doubles. Depends only on (L~, beta, lw): the same in
@@ -87,41 +88,57 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
     const ptrdiff_t C = q->n_classes, d = q->d;
     const ptrdiff_t Cp = q->n_padded;  /* the sums run over the padding too: zero terms */
     const double *lw = q->lw;
-    const int low_degree = sizeof(FZ_T) == 4;
-    const double eps_exp = low_degree ? FZ_EXP7_EPS : FZ_EXP12_EPS;
+    const int f32 = sizeof(FZ_T) == 4;
     const double mag = fz_lse_magnitude(wmax, q->log_c);
     /* A left-out term's true value is at most e^(-cut + bmax) of e^wmax, and the kept
      * terms' sum at least e^-bmax of it (its largest term's): the cut takes 2 bmax more */
     double left_out;
     const double cut = fz_lse_cut(q->acc * mag, q->log_c, 2.0 * bmax, &left_out);
+    /* the exp's share of the accuracy: the lowest degree that fits it (float32 inputs: 7),
+     * else libm's exp (0) */
+    const double room = 0.25 * q->acc * mag;
+    const int degree = f32 ? (FZ_EXP7_EPS <= room ? 7 : 0)
+        : FZ_EXP9_EPS <= room ? 9 : FZ_EXP10_EPS <= room ? 10 : FZ_EXP12_EPS <= room ? 12 : 0;
     /* float32 inputs: the float32 sum where its error fits a quarter of the budget */
-    const int single = low_degree
-        && FZ_EXPF_EPS + (cut + 2.0) * 0x1p-24 + FZ_F32_SUM_GAMMA(Cp)
-           <= 0.25 * q->acc * mag;
-    const int fast = eps_exp <= 0.25 * q->acc * mag;
-    double eps = fast ? eps_exp : FZ_UNIT_ROUNDOFF_DOUBLE;
+    const int single = f32 && FZ_F32_REL(cut, Cp) + 0x1p-24 <= room;
+    const double eps = single ? FZ_F32_REL(cut, Cp)
+        : degree ? FZ_EXP_EPS(degree) : FZ_UNIT_ROUNDOFF_DOUBLE;
+    /* Every term's bound is at most bk_max (bmax, with room for its rounding), so err <=
+     * bk_max sum: where that certifies even with the least budget the logsumexp allows
+     * (|lse| >= mag, the other errors taken at |lse| <= |wmax| + ln C), the sums need not
+     * carry err (libm's loop always does) */
+    const double bk_max = bmax * (1.0 + 0x1p-40);
+    const double budget_lo = q->acc * mag
+        - fz_lse_other(fabs(wmax) + q->log_c, q->log_c, Cp, left_out, eps);
+    int with_err = degree == 0 || !FZ_CERTIFIED(bk_max, 1.0, budget_lo, bk_max);
     double err, bk, *V = scratch;
     ptrdiff_t c;
-    double sum;
-    if (single)
-        sum = fz_lse_terms_f32(L, lw, blk_w, q->kh_f, q->km_f, fn, Cp, wmax, cut, &err, &eps);
-    else
-        sum = fz_lse_terms(L, lw, blk_w, q->kh, q->km, fn, Cp, wmax, cut, fast, low_degree,
-                           &err);
-    double lse = wmax + log(sum);
-    double budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
-    /* First with bmax in place of the kept terms' largest bound bk (the factor allows for
-     * bmax's own rounding): FZ_CERTIFIED holds for any upper bound of bk, so the terms' own
-     * is only looked for when that fails */
-    const double bk_max = bmax * (1.0 + 0x1p-40);
-    if (FZ_CERTIFIED(err, sum, budget, bk_max))
-        return lse;
+    double sum, lse, budget;
+    for (;;) {
+        if (single)
+            sum = fz_lse_terms_f32(L, lw, blk_w, q->kh_f, q->km_f, fn, Cp, wmax, cut, with_err,
+                                   &err);
+        else
+            sum = fz_lse_terms(L, lw, blk_w, q->kh, q->km, fn, Cp, wmax, cut, degree,
+                               with_err, &err);
+        if (!with_err)
+            err = bk_max * sum;
+        lse = wmax + log(sum);
+        budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
+        /* FZ_CERTIFIED holds for any upper bound of the kept terms' largest bound bk: first
+         * bk_max, the terms' own only looked for when that fails */
+        if (FZ_CERTIFIED(err, sum, budget, bk_max))
+            return lse;
+        if (with_err)
+            break;
+        with_err = 1;  /* lse fell short of the least budget's assumption: sum again */
+    }
     /* the terms' own largest bound (a superset of the float32 sum's terms) */
     const ptrdiff_t n_terms = fz_lse_kept(L, lw, blk_w, q->kh, q->km, fn, Cp, wmax,
                                           single ? cut + FZ_F32_CUT_SLACK : cut, &bk);
     if (FZ_CERTIFIED(err, sum, budget, bk))
         return lse;
-    if (budget > 0.0 && FZ_N(fz_lse_refine)(frow, means, q, L, NULL, fn, wmax, cut, fast,
+    if (budget > 0.0 && FZ_N(fz_lse_refine)(frow, means, q, L, NULL, fn, wmax, cut, degree,
                                             left_out, eps, sum, err, n_terms, budget, memo,
                                             n_direct, &lse))
         return lse;
@@ -455,8 +472,8 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     const double acc = q->acc, log_c = q->log_c;
-    const int low_degree = sizeof(FZ_T) == 4;
-    const double eps_exp = low_degree ? FZ_EXP7_EPS : FZ_EXP12_EPS;
+    const int degree = sizeof(FZ_T) == 4 ? 7 : 12;  /* fz_gauss_lse's top degree */
+    const double eps_exp = FZ_EXP_EPS(degree);
     /* B_c, b_c of the classes c < C */
     double V[FZ_PAD][FZ_LANES] __attribute__((aligned(64)));
     double B[FZ_PAD][FZ_LANES] __attribute__((aligned(64)));
@@ -539,7 +556,7 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
         for (j = 0; j < FZ_LANES; j++) {
             const double x = (V[c][j] + lw) - mxw[j];
             const double keep = x >= -cut[j] ? 1.0 : 0.0;
-            const double e = keep * fz_exp_poly(FZ_MAX(x, -cut[j]), low_degree);
+            const double e = keep * fz_exp_poly(FZ_MAX(x, -cut[j]), degree);
             sum[j] += e;
             err[j] += e * B[c][j];
             bk[j] = FZ_MAX(bk[j], keep * B[c][j]);
@@ -571,7 +588,7 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
                 bj[c] = B[c][j];
             }
             bad[j] = !FZ_N(fz_lse_refine)(F + (g + j) * d, means, q, Lj, bj, f[j], mxw[j],
-                                          cut[j], 1, left_out[j], eps_exp, sum[j], err[j],
+                                          cut[j], degree, left_out[j], eps_exp, sum[j], err[j],
                                           (ptrdiff_t)n_terms[j], budget[j], &memo, n_direct,
                                           &lse[j]);
         }

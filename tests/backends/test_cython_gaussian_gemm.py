@@ -73,7 +73,7 @@ def test_the_gemm_form_recomputes_few_entries_on_typical_data(dtype):
         assert 0 < n_direct <= 2 * len(F), (full, n_direct)
 
 
-@pytest.mark.parametrize("kind", ["double", "double-low", "float"])
+@pytest.mark.parametrize("kind", ["double", "double-10", "double-9", "double-low", "float"])
 def test_the_exp_polynomials_keep_their_error_bounds(kind):
     """The kernels' vectorised exp against libm on a dense grid of [-65, 0]: within the bound
     derived in _gaussian_gemm (EXP_POLY_EPS) plus libm's own error (1 ulp of the result)."""
@@ -337,6 +337,31 @@ def test_a_kept_term_whose_bound_passes_one_nat_is_refined_alone(C):
     np.testing.assert_allclose(mx, ref[1], **tol)
     np.testing.assert_array_equal(am, ref[2])
     assert n_direct <= 2 * n, n_direct
+
+
+def test_a_logsumexp_near_zero_whose_values_carry_real_errors_is_certified(dtype):
+    """Rows far from the means' centre (float32 1e3, float64 1e5), each about 0.4 from its
+    own mean, variances 1 / (2 pi) in d = 2 (every log-normaliser 0): lse is near 0 (median
+    |lse| 0.39; the rows below -ln C take the vectorised exp), while the float32 GEMM
+    form's values carry real errors of tenths of a nat there, not just bounds (products of
+    1000-long vectors). The certificate must refuse those values and the logsumexp match
+    the reference's: one that ignored the values' bounds was off by 0.34 nat."""
+    gemm = _gemm_kernel()
+    rng = np.random.default_rng(5)
+    C, n = 40, 64  # above 16 classes: the GEMM form on every route
+    means = np.zeros((C, 2))
+    far = 1e3 if dtype == np.float32 else 1e5
+    means[:, 0] = np.where(np.arange(C) % 2, far, -far)
+    means[:, 1] = 3.0 * np.arange(C)  # the other classes at least 28 nats below
+    F = (means[rng.integers(0, C, n)] + 0.3 * rng.standard_normal((n, 2))).astype(dtype)
+    means = means.astype(dtype)
+    variances = np.full(C, 1.0 / (2.0 * np.pi))
+    log_weights, thresholds = np.zeros(C), np.full(C, np.inf)
+    ref = numpy_.gaussian_loglik(F, means, variances, log_weights, thresholds, False)
+    assert 0.1 < np.median(np.abs(ref[3])) < 2.0  # the regime under test
+    (_, mx, am, lse, _), _ = gemm(F, means, variances, log_weights, thresholds, False)
+    np.testing.assert_allclose(lse, ref[3], **TOL[dtype])
+    np.testing.assert_array_equal(am, ref[2])
 
 
 @pytest.mark.parametrize("full", [False, True])
