@@ -329,12 +329,12 @@ static inline int fz_direct_memo_has(fz_direct_memo *m, ptrdiff_t c)
 
 /* sum_c e^(x_c) over the terms x_c = V_c + W_c - wmax >= -cut, with the vectorised
  * fz_exp_poly of that degree (0: libm's exp, with with_err), and, with with_err, err =
- * sum_c e^(x_c) B_c, B_c = fz_beta(KH, KM, c, fn) >= 0 (else *err_out is left alone). C is a multiple of FZ_PAD
- * (callers pad it); the terms add into FZ_PAD lane sums (FZ_LSE_SUM_TERMS), one vector's
- * worth per class of a chunk. Blocks of FZ_LSE_BLOCK without a term are skipped on their
- * maximum blk_w (of V + W, from pass A: most of a row where the classes are far apart).
- * The kept terms' count and largest B_c, which only a sum that does not certify on bmax
- * needs, are fz_lse_kept's. */
+ * sum_c e^(x_c) B_c, B_c = fz_beta(KH, KM, c, fn) >= 0 (else *err_out is left alone).
+ * C is a multiple of FZ_PAD (callers pad it); the terms add into FZ_PAD lane sums
+ * (FZ_LSE_SUM_TERMS), one vector's worth per class of a chunk. Blocks of FZ_LSE_BLOCK
+ * without a term are skipped on their maximum blk_w (of V + W, from pass A: most of a row
+ * where the classes are far apart). The kept terms' count and largest B_c, which only a
+ * sum that does not certify on bmax needs, are fz_lse_kept's. */
 static inline __attribute__((always_inline)) double fz_lse_terms(
     const double *V, const double *W, const double *blk_w, const double *KH,
     const double *KM, double fn, ptrdiff_t C, double wmax, double cut, int degree,
@@ -455,10 +455,11 @@ static inline float fz_expf_poly(float x)
 
 /* fz_lse_terms in float32 (for float32 inputs, whose accuracy target 2^-15 leaves room):
  * x_c rounded to float32 (relative error of e^x_c below cut 2^-24), fz_expf_poly, float32
- * lane sums per FZ_F32_FLUSH classes, added up in double (FZ_F32_SUM_GAMMA). Returns the sum;
- * with with_err, *err_out is an upper bound of sum_c e_c B_c. The sum's relative error from
- * all of the above is FZ_F32_REL(cut, C). The kept terms are those of fz_lse_kept with cut + FZ_F32_CUT_SLACK
- * (x rounded to float32 moves by at most 2^-17 here). */
+ * lane sums per FZ_F32_FLUSH classes, added up in double (FZ_F32_SUM_GAMMA). Returns the
+ * sum; with with_err, *err_out is an upper bound of sum_c e_c B_c. The sum's relative
+ * error from all of the above is FZ_F32_REL(cut, C). The kept terms are those of
+ * fz_lse_kept with cut + FZ_F32_CUT_SLACK (x rounded to float32 moves by at most 2^-17
+ * here). */
 #define FZ_F32_CUT_SLACK 0x1p-10
 #define FZ_F32_REL(cut, C) (FZ_EXPF_EPS + ((cut) + 1.0) * 0x1p-24 + FZ_F32_SUM_GAMMA(C))
 static inline __attribute__((always_inline)) double fz_lse_terms_f32(

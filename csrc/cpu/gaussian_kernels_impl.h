@@ -378,9 +378,10 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
  * in the order of the coordinates (the same value in every call: it depends on the row
  * alone); B = 0 (a direct value is the reference, as elsewhere). The rows are
  * transposed into a lane per row (in two halves, fz_half_vd), and four classes go
- * together: eight independent sums hide the latency of the multiply-adds. Returns 0 when some value is not finite (a NaN
- * or infinity in F, or a sum that overflows): the caller hands over to the direct kernel,
- * after the finite check, as the GEMM form does for norms that could overflow. */
+ * together: eight independent sums hide the latency of the multiply-adds. Returns 0 when
+ * some value is not finite (a NaN or infinity in F, or a sum that overflows): the caller
+ * hands over to the direct kernel, after the finite check, as the GEMM form does for
+ * norms that could overflow. */
 static inline int FZ_N(fz_lanes_direct)(
     const FZ_T *F, ptrdiff_t g, ptrdiff_t r1, const fz_gauss_params *q,
     double (*V)[FZ_LANES], double (*B)[FZ_LANES], double *mxv_out, double *mxw_out)
