@@ -46,6 +46,11 @@ class KernelSet:
         ranges in memory at a time (``fastzsl.fit_file``): the object has ``new_lists``,
         ``pair`` and ``finish`` as ``knn_cpu.SelfJoin`` documents. None where it does not
         apply.
+    unit_rows(X) -> (U, zero)
+        Optional. X's rows divided by their norms (in float64), in X's dtype, and a boolean
+        mask of the rows of zeros (left as zeros): the cosine metric's transform
+        (``fastzsl.neighbors._metrics``, whose NumPy reference it matches within the
+        rounding of the norms' sums).
     """
 
     name: str
@@ -59,3 +64,4 @@ class KernelSet:
     self_join: Optional[Callable] = None
     knn_prepare: Optional[Callable] = None
     rerank: Optional[Callable] = None
+    unit_rows: Optional[Callable] = None

@@ -108,6 +108,7 @@ else:
         self_join=_knn_cpu.SelfJoin.open,
         knn_prepare=prepare,
         rerank=_knn_cpu.rerank,
+        unit_rows=_knn_cpu.unit_rows,
     )
 
 

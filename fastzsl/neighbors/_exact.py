@@ -55,9 +55,9 @@ class ExactIndex:
         self.reference = _own_copy(X if self._on_gpu else to_host(X), copy)
         # the rows the kernels search: the reference itself unless the metric transforms it
         # (into a new array: nobody else holds it)
-        self._rows = _own_copy(METRICS[self.metric].rows(self.reference, "reference"),
-                               copy=False) \
-            if METRICS[self.metric].rows is not _identity else self.reference
+        rows = METRICS[self.metric].rows
+        self._rows = (self.reference if rows is _identity else
+                      _own_copy(rows(self.reference, "reference", self.kernels), copy=False))
         check_option(self.method, EXACT_METHODS, "ExactIndex method")
         if self.method == "kdtree":
             self._tree = KDTreeSearch(self._rows)
@@ -102,7 +102,8 @@ class ExactIndex:
         Q = _check_queries(queries, self, exclude_self, keep_device=self._on_gpu)
         k = check_k(k, self.ntotal, exclude_self=exclude_self)
         metric = METRICS[self.metric]
-        D, I = self._search_rows(metric.rows(Q, "queries"), k, exclude_self, progress)
+        Q = metric.rows(Q, "queries", self.kernels)
+        D, I = self._search_rows(Q, k, exclude_self, progress)
         return (metric.squared(D) if squared else metric.distance(D)), I
 
     def _search_rows(self, Q, k, exclude_self, progress):

@@ -206,3 +206,32 @@ def test_kdtree_chunked_search_in_tree_order_equals_one_call(rng, monkeypatch):
         np.testing.assert_array_equal(D1, D2)
         np.testing.assert_array_equal(I1, I2)
     _assert_tree_is_brute_force(X, X, 7, True, np.dtype(np.float64))
+
+
+def test_unit_rows_equal_numpy_reference(backend, dtype, rng):
+    """A backend's cosine transform (KernelSet.unit_rows) against the NumPy reference on the
+    same rows. Norms summed in another order agree within (d + 1) u' relative (u' = 2^-53;
+    sums of d positive squares, then a square root), so after the division float64 results
+    agree within (d + 2) u' relative, and float32 results (values that close, rounded once)
+    within one unit in the last place; rows of zeros are flagged and stay zeros."""
+    from fastzsl.backends import resolve
+    from fastzsl.neighbors._metrics import _unit_rows_reference
+    unit_rows = resolve(backend).unit_rows
+    if unit_rows is None:
+        pytest.skip(f"backend {backend!r} has no unit_rows (the NumPy reference serves it)")
+    n, d = 2000, 300
+    X = rng.normal(size=(n, d)) * np.exp(rng.uniform(-30, 30, size=(n, 1)))  # norms e^+-30
+    X[rng.uniform(size=(n, d)) < 0.3] = 0  # sparse rows too
+    X[[3, 1500]] = 0
+    X = X.astype(dtype)
+    U, zero = unit_rows(X)
+    U_ref, zero_ref = _unit_rows_reference(X, np)
+    assert U.dtype == dtype and U.shape == X.shape
+    np.testing.assert_array_equal(zero, zero_ref)
+    assert zero.sum() == 2 and (U[zero] == 0).all()
+    if dtype == np.float32:
+        assert (np.abs(U.astype(np.float64) - U_ref) <= np.spacing(np.abs(U_ref))).all()
+    else:
+        np.testing.assert_allclose(U, U_ref, rtol=(d + 2) * 2.0**-53, atol=0)
+    # a strided view (copied to contiguous rows first): the same rows
+    np.testing.assert_array_equal(unit_rows(X[::7])[0], U[::7])
