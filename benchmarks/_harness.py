@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from fastzsl._platform import cpu_count, cpu_name
+from fastzsl._platform import cpu_count, cpu_flags, cpu_name
 
 DATA_DESCRIPTION = "synthetic Gaussian blobs, seeded (fastzsl.testing.make_blobs), float32"
 # A trained run ('fastzsl train'): its LoOP reference is real mapped Fashion-MNIST features.
@@ -57,8 +57,9 @@ def _threads() -> dict:
 
 
 def machine() -> dict:
-    """CPU model, usable cores and the thread counts of faiss and numba where they load."""
-    return dict(cpu=cpu_name(), cores=cpu_count(), **_threads())
+    """CPU model and SIMD flags, usable cores and the thread counts of faiss and numba where
+    they load."""
+    return dict(cpu=cpu_name(), flags=cpu_flags(), cores=cpu_count(), **_threads())
 
 
 def write_results(out, name: str, results: dict, report: Callable[[dict], str]) -> None:

@@ -286,12 +286,8 @@ def _bf16_problem(data, d, quick):
 def _with_f32_tiles(mode, fn):
     """fn() with the kNN kernel's pass 1 on the given f32 tiles mode for this call only."""
     from fastzsl._ext import knn_cpu
-    before = knn_cpu.f32_tiles_mode()
-    knn_cpu.set_f32_tiles(mode)
-    try:
+    with knn_cpu.using_f32_tiles(mode):
         return fn()
-    finally:
-        knn_cpu.set_f32_tiles(before)
 
 
 def _with_screen(setting, fn):

@@ -136,7 +136,9 @@ def render(data, note=None) -> str:
     threads = ", ".join(f"{k}={info0[k]}" for k in ("faiss_threads", "numba_threads")
                         if k in info0)
     lines = [
-        f"Machine: {cpu}, {cores} cores ({threads}); Python "
+        f"Machine: {cpu}"
+        + (f" (flags: {info0['flags']})" if "flags" in info0 else "")
+        + f", {cores} cores ({threads}); Python "
         f"{mi.get('python_version', '?')}; run {when}"
         + ("; QUICK sizes" if info0.get("quick") else ""),
         "",

@@ -23,6 +23,7 @@ from _harness import interleaved, interleaved_ratios, machine, write_results
 from bench_gaussian import REGIMES, _regime_problem
 import fastzsl
 from fastzsl._ext import knn_cpu
+from fastzsl._platform import cpu_flags
 from fastzsl.testing import make_blobs
 
 KNN = [(100_000, 10_000, 50), (50_000, 5_000, 128), (50_000, 5_000, 512)]
@@ -32,11 +33,8 @@ SGEMM_N = 4096
 
 def _on_route(mode, fn):
     def run():
-        knn_cpu.set_f32_tiles(mode)
-        try:
+        with knn_cpu.using_f32_tiles(mode):
             return fn()
-        finally:
-            knn_cpu.set_f32_tiles("auto")
     return run
 
 
@@ -122,20 +120,9 @@ def report(results):
     return "\n".join(lines) + "\n"
 
 
-def _flags():
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        have = set(next(line for line in text.splitlines()
-                        if line.startswith("flags")).split(":")[1].split())
-    except (OSError, StopIteration):
-        return "unknown"
-    return " ".join(f for f in wanted if f in have) or "none of " + " ".join(wanted)
-
-
 def main(rounds=5):
     kind = knn_cpu.set_f32_tiles("auto")
-    results = dict(machine=machine(), flags=_flags(), auto_kind=kind, rounds=rounds,
+    results = dict(machine=machine(), flags=cpu_flags(), auto_kind=kind, rounds=rounds,
                    date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
     results["knn"] = knn_rows(rounds)
     results["gaussian"] = gauss_rows(rounds)

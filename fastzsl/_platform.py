@@ -1,4 +1,4 @@
-"""What machine this is: cores, CPU model, a one-line description for reports.
+"""What machine this is: cores, CPU model and SIMD flags, a one-line description for reports.
 
 Every number fastzsl reports (benchmarks, ``fastzsl train``, ``fastzsl reproduce``) names the
 machine with :func:`machine_description`, and every ``n_jobs`` counts cores with
@@ -30,6 +30,34 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+# The CPU features fastzsl's kernels choose by (vector tiles, BF16 screen) or that decide
+# BLAS's speed: what a timing means depends on them.
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def simd_flags():
+    """The set of SIMD_FLAGS the CPU has, as Linux reports them (/proc/cpuinfo: what the
+    OS lets programs use), or None where the OS does not say."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            have = set(next(line for line in f if line.startswith("flags"))
+                       .split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return None
+    return have & set(SIMD_FLAGS)
+
+
+def cpu_flags() -> str:
+    """simd_flags() for a report, e.g. "avx2 fma"; "none of ..." where the CPU has none,
+    "unknown" where the OS does not say."""
+    have = simd_flags()
+    if have is None:
+        return "unknown"
+    return " ".join(f for f in SIMD_FLAGS if f in have) or "none of " + " ".join(SIMD_FLAGS)
+
+
 def machine_description() -> str:
-    """CPU model, usable cores and Python version, e.g. for a results file."""
-    return f"{cpu_name()}, {cpu_count()} cores, Python {platform.python_version()}"
+    """CPU model and SIMD flags, usable cores and Python version, e.g. for a results
+    file."""
+    return (f"{cpu_name()} (flags: {cpu_flags()}), {cpu_count()} cores, "
+            f"Python {platform.python_version()}")

@@ -60,6 +60,7 @@ ranges' lists need be in memory.
 products at twice the float32 FMA rate (or their portable emulation): its lists are
 certified and re-ranked by fastzsl/backends/_knn_bf16.py, which proves that step.
 """
+import contextlib
 import os
 
 import numpy as np

@@ -69,33 +69,38 @@ _TILE_CODES = {"blas": 0, "avx512": FZ_TILES_AVX512, "avx2": FZ_TILES_AVX2,
 _TILE_KINDS = {code: kind for kind, code in _TILE_CODES.items()}
 
 
+def tile_kernels():
+    """The vector micro-kernels this CPU (and this build) runs, widest first: some of
+    ("avx512", "avx2"), read from the CPU's features (AVX-512F, or AVX2 with FMA)."""
+    cpu = fz_tiles_cpu_kernels()
+    return tuple(kind for kind in ("avx512", "avx2") if cpu & (1 << _TILE_CODES[kind]))
+
+
 def _tile_kernel(mode):
     """The micro-kernel code of a vector mode ("avx512", "avx2"), refused where the CPU
     lacks its instructions."""
-    code = _TILE_CODES[mode]
-    if not fz_tiles_cpu_kernels() & (1 << code):
+    if mode not in tile_kernels():
         raise ValueError(f"FASTZSL_TILES / set_f32_tiles: this CPU (or this build) has no "
                          f"{mode.upper()} with FMA for the {mode!r} tiles; use 'auto'")
-    return code
+    return _TILE_CODES[mode]
 
 
 def set_f32_tiles(mode):
     """How pass 1 of float32 knn (and the Gaussian kernel, float32 and float64: gaussian_cpu)
-    forms its dot products: "auto" (the AVX-512 tiles where the CPU has AVX-512F, else the
-    AVX2 tiles where it has AVX2 and FMA, for kNN only up to d = AVX2_AUTO_MAX_D, else
-    BLAS), "blas" (one gemm per tile), "avx512" or "avx2" (those tiles at every d; refused
-    where the CPU lacks them) or "portable" (the tiles' portable C form on any CPU, slowly:
-    for tests). kNN's answers are the same either way (pass 2 re-ranks exactly), the
-    Gaussian kernel's within its certified accuracy. Returns the kind now in use: "avx512",
-    "avx2", "blas" or "portable"."""
+    forms its dot products: "auto" (the widest of tile_kernels(): the AVX-512 tiles where
+    the CPU has AVX-512F, else the AVX2 tiles where it has AVX2 and FMA, for kNN only up to
+    d = AVX2_AUTO_MAX_D, else BLAS), "blas" (one gemm per tile), "avx512" or "avx2" (those
+    tiles at every d; refused where the CPU lacks them) or "portable" (the tiles' portable
+    C form on any CPU, slowly: for tests). kNN's answers are the same either way (pass 2
+    re-ranks exactly), the Gaussian kernel's within its certified accuracy. Returns the
+    kind now in use: "avx512", "avx2", "blas" or "portable"."""
     global _F32_TILES, _f32_tiles_mode, _f32_tiles_max_d
     if mode not in F32_TILE_MODES:
         raise ValueError(f"FASTZSL_TILES / set_f32_tiles: mode must be one of "
                          f"{F32_TILE_MODES}, not {mode!r}")
     if mode == "auto":
-        cpu = fz_tiles_cpu_kernels()
-        code = (FZ_TILES_AVX512 if cpu & (1 << FZ_TILES_AVX512) else
-                FZ_TILES_AVX2 if cpu & (1 << FZ_TILES_AVX2) else 0)
+        kinds = tile_kernels()
+        code = _TILE_CODES[kinds[0]] if kinds else 0
     elif mode in ("avx512", "avx2"):
         code = _tile_kernel(mode)
     else:
@@ -104,6 +109,17 @@ def set_f32_tiles(mode):
     _f32_tiles_max_d = (AVX2_AUTO_MAX_D if mode == "auto" and code == FZ_TILES_AVX2
                         else PY_SSIZE_T_MAX)
     return f32_tiles_kind()
+
+
+@contextlib.contextmanager
+def using_f32_tiles(mode):
+    """set_f32_tiles(mode) for the body of a ``with`` block (tests, benchmarks), the mode
+    before restored after; gives the kind in use."""
+    before = _f32_tiles_mode
+    try:
+        yield set_f32_tiles(mode)
+    finally:
+        set_f32_tiles(before)
 
 
 cdef inline bint _f32_tiles_for(Py_ssize_t d) noexcept nogil:

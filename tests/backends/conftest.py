@@ -24,20 +24,13 @@ def f32_tiles(request):
     portable form), restored after; "avx2" is skipped where the CPU lacks it, and where it
     is what "auto" picks."""
     knn_cpu = pytest.importorskip("fastzsl._ext.knn_cpu", reason="cython extension not built")
-    before = knn_cpu.f32_tiles_mode()
     if request.param == "avx2":
-        try:
-            knn_cpu.set_f32_tiles("avx2")
-        except ValueError:
+        if "avx2" not in knn_cpu.tile_kernels():
             pytest.skip("this CPU has no AVX2 with FMA")
-        finally:
-            knn_cpu.set_f32_tiles(before)
-        if knn_cpu.set_f32_tiles("auto") == "avx2":
-            knn_cpu.set_f32_tiles(before)
+        if knn_cpu.tile_kernels()[0] == "avx2":
             pytest.skip("'auto' runs the AVX2 tiles on this CPU")
-    knn_cpu.set_f32_tiles(request.param)
-    yield request.param
-    knn_cpu.set_f32_tiles(before)
+    with knn_cpu.using_f32_tiles(request.param):
+        yield request.param
 
 
 @contextlib.contextmanager

@@ -8,10 +8,13 @@ up to ties) and bit for bit against the direct kernel ``knn_direct`` (exact diff
 no GEMM) and, when available, the numba backend (the same direct kernel); self-searches
 also check the symmetric self-join ``knn_self`` bit for bit.
 """
+import platform
+
 import numpy as np
 import pytest
 
 import fastzsl
+from fastzsl._platform import simd_flags
 from fastzsl.backends import _knn_screen, numpy_
 from fastzsl.testing import TOL, assert_knn_equal, backend_is_available
 
@@ -380,7 +383,7 @@ def test_tile_products_stay_within_the_gemm_bound(kernel, na, n, d, dtype, rng):
     inputs (its own error is far below the bound) and long double for float64 ones, whose
     rounding to float64 adds u' sum |a_t r_t|."""
     from fastzsl.testing import assert_within_bound, matmul_error_bound, unit_roundoff
-    if kernel != "portable" and not _cpu_has(kernel):
+    if kernel != "portable" and kernel not in knn_cpu.tile_kernels():
         pytest.skip(f"this CPU has no {kernel}")
     A = rng.standard_normal((na, d)).astype(dtype)
     R = rng.standard_normal((n, d)).astype(dtype)
@@ -394,23 +397,11 @@ def test_tile_products_stay_within_the_gemm_bound(kernel, na, n, d, dtype, rng):
     assert_within_bound(got, exact, bound, f"{np.dtype(dtype).name} tiles")
 
 
-def _cpu_has(kernel):
-    """Whether this CPU runs the tiles' micro-kernel ("avx512", "avx2")."""
-    before = knn_cpu.f32_tiles_mode()
-    try:
-        knn_cpu.set_f32_tiles(kernel)
-        return True
-    except ValueError:
-        return False
-    finally:
-        knn_cpu.set_f32_tiles(before)
-
-
 @pytest.mark.parametrize("na,n,d", [(6, 32, 50), (25, 65, 128), (13, 20, 1100)])
 def test_the_avx2_and_avx512_tiles_form_the_same_products(na, n, d, dtype, rng):
     """Both vector micro-kernels sum each product by FMAs in component order, so they agree
     bit for bit (only where the CPU has both)."""
-    if not (_cpu_has("avx512") and _cpu_has("avx2")):
+    if knn_cpu.tile_kernels() != ("avx512", "avx2"):
         pytest.skip("this CPU lacks AVX-512F or AVX2")
     A = rng.standard_normal((na, d)).astype(dtype)
     R = rng.standard_normal((n, d)).astype(dtype)
@@ -419,22 +410,36 @@ def test_the_avx2_and_avx512_tiles_form_the_same_products(na, n, d, dtype, rng):
 
 
 def test_the_auto_tiles_are_the_widest_the_cpu_has():
-    """"auto" picks AVX-512, else AVX2, else BLAS; a vector mode the CPU lacks is refused,
-    naming it."""
-    before = knn_cpu.f32_tiles_mode()
-    try:
-        expected = next((k for k in ("avx512", "avx2") if _cpu_has(k)), "blas")
-        assert knn_cpu.set_f32_tiles("auto") == expected
+    """tile_kernels() are the micro-kernels the CPU's flags allow (AVX-512F; AVX2 with FMA),
+    "auto" picks the widest (else BLAS), and a vector mode the CPU lacks is refused, naming
+    it."""
+    flags = simd_flags()
+    kinds = knn_cpu.tile_kernels()
+    if flags is not None and platform.machine() in ("x86_64", "AMD64"):
+        assert kinds == tuple(k for k, needs in (("avx512", {"avx512f"}),
+                                                  ("avx2", {"avx2", "fma"}))
+                              if needs <= flags)
+    with knn_cpu.using_f32_tiles("auto") as kind:
+        assert kind == (kinds[0] if kinds else "blas")
         for kernel in ("avx512", "avx2"):
-            if not _cpu_has(kernel):
+            if kernel not in kinds:
                 with pytest.raises(ValueError, match=f"no {kernel.upper()} with FMA"):
                     knn_cpu.set_f32_tiles(kernel)
-                assert knn_cpu.f32_tiles_kind() == expected  # left as it was
-    finally:
-        knn_cpu.set_f32_tiles(before)
+                assert knn_cpu.f32_tiles_kind() == kind  # left as it was
     with pytest.raises(ValueError, match="kernel must be"):
         knn_cpu.tile_products(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32),
                               True)
+
+
+def test_using_f32_tiles_restores_the_mode_before():
+    with knn_cpu.using_f32_tiles("portable"):
+        with knn_cpu.using_f32_tiles("blas") as kind:
+            assert kind == "blas" and knn_cpu.f32_tiles_mode() == "blas"
+        assert knn_cpu.f32_tiles_mode() == "portable"
+        with pytest.raises(ValueError, match="mode must be"):
+            with knn_cpu.using_f32_tiles("fast"):
+                pass
+        assert knn_cpu.f32_tiles_mode() == "portable"
 
 
 def test_an_unknown_f32_tile_mode_is_refused():
