@@ -373,6 +373,15 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
     return n_direct;
 }
 
+/* four consecutive entries of a row, in double */
+static inline __attribute__((always_inline)) fz_half_vd FZ_N(fz_load4)(const FZ_T *p)
+{
+    typedef FZ_T fz_v4 __attribute__((vector_size(4 * sizeof(FZ_T))));
+    fz_v4 v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, fz_half_vd);
+}
+
 /* The direct route's pass A for rows g..g+FZ_LANES-1 (those past r1 repeat row g):
  * V[c][j] = -s h_c - ln_c, s the row's sum of squared differences from mean c in double,
  * in the order of the coordinates (the same value in every call: it depends on the row
@@ -384,7 +393,7 @@ static inline __attribute__((always_inline)) ptrdiff_t FZ_N(fz_gauss_one)(
  * norms that could overflow. */
 static inline int FZ_N(fz_lanes_direct)(
     const FZ_T *F, ptrdiff_t g, ptrdiff_t r1, const fz_gauss_params *q,
-    double (*V)[FZ_LANES], double (*B)[FZ_LANES], double *mxv_out, double *mxw_out)
+    double (*V)[FZ_LANES], double *mxv_out, double *mxw_out)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     const double *means = q->means_d;
@@ -397,10 +406,32 @@ static inline int FZ_N(fz_lanes_direct)(
     memcpy(&mxv_hi, mxv_out + FZ_LANES / 2, sizeof mxv_hi);
     memcpy(&mxw_lo, mxw_out, sizeof mxw_lo);
     memcpy(&mxw_hi, mxw_out + FZ_LANES / 2, sizeof mxw_hi);
-    for (j = 0; j < FZ_LANES; j++) {
-        const FZ_T *row = F + (g + j < r1 ? g + j : g) * d;
-        for (k = 0; k < d; k++)
-            ft[k][j / (FZ_LANES / 2)][j % (FZ_LANES / 2)] = (double)row[k];
+    for (int h = 0; h < 2; h++) {
+        const FZ_T *row[FZ_LANES / 2];
+        for (j = 0; j < FZ_LANES / 2; j++) {
+            const ptrdiff_t i = g + h * (FZ_LANES / 2) + j;
+            row[j] = F + (i < r1 ? i : g) * d;
+        }
+        /* four coordinates of the half's four rows at a time, transposed by shuffles (a
+         * scalar copy cost a fifth of the C = 10 rows' time at d = 50) */
+        for (k = 0; k + 4 <= d; k += 4) {
+            fz_half_vd x[4];
+            for (j = 0; j < 4; j++)
+                x[j] = FZ_N(fz_load4)(row[j] + k);
+            const fz_half_vm even = {0, 4, 2, 6}, odd = {1, 5, 3, 7};
+            const fz_half_vm lo = {0, 1, 4, 5}, hi = {2, 3, 6, 7};
+            const fz_half_vd t0 = __builtin_shuffle(x[0], x[1], even);
+            const fz_half_vd t1 = __builtin_shuffle(x[0], x[1], odd);
+            const fz_half_vd t2 = __builtin_shuffle(x[2], x[3], even);
+            const fz_half_vd t3 = __builtin_shuffle(x[2], x[3], odd);
+            ft[k][h] = __builtin_shuffle(t0, t2, lo);
+            ft[k + 1][h] = __builtin_shuffle(t1, t3, lo);
+            ft[k + 2][h] = __builtin_shuffle(t0, t2, hi);
+            ft[k + 3][h] = __builtin_shuffle(t1, t3, hi);
+        }
+        for (; k < d; k++)
+            for (j = 0; j < FZ_LANES / 2; j++)
+                ft[k][h][j] = (double)row[j][k];
     }
     for (c = 0; c < C; c += 4) {
         /* a group of four classes; past C, the last class again (not stored) */
@@ -429,7 +460,6 @@ static inline int FZ_N(fz_lanes_direct)(
             const fz_half_vd vl = -lo[u] * h - ln, vh = -hi[u] * h - ln;
             memcpy(V[c + u], &vl, sizeof vl);
             memcpy(V[c + u] + FZ_LANES / 2, &vh, sizeof vh);
-            memset(B[c + u], 0, FZ_LANES * sizeof(double));
             mxv_lo = fz_half_max(vl, mxv_lo);
             mxv_hi = fz_half_max(vh, mxv_hi);
             mxw_lo = fz_half_max(vl + lw, mxw_lo);
@@ -465,11 +495,11 @@ static inline int FZ_N(fz_lanes_direct)(
  * direct, fz_lanes_direct) the lanes decide every row themselves, the rows above by libm's
  * exp and the first of tied classes, and return FZ_LANES_HANDOVER when a value is not
  * finite. */
-FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
+static inline __attribute__((always_inline)) unsigned FZ_N(fz_gauss_lanes_body)(
     const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
     ptrdiff_t g, ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, FZ_T *Lout,
     FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse, uint8_t *all_below,
-    ptrdiff_t *n_direct)
+    ptrdiff_t *n_direct, const int direct)
 {
     const ptrdiff_t C = q->n_classes, d = q->d;
     const double acc = q->acc, log_c = q->log_c;
@@ -489,21 +519,21 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
     ptrdiff_t c, j;
     #pragma omp simd
     for (j = 0; j < FZ_LANES; j++) {
-        f[j] = P != NULL ? fn[g - r0 + j] : 0.0;
+        f[j] = direct ? 0.0 : fn[g - r0 + j];
         mxv[j] = mxw[j] = -INFINITY;
-        bmax[j] = P != NULL ? q->kh_max * f[j] + q->km_max : 0.0;
+        bmax[j] = direct ? 0.0 : q->kh_max * f[j] + q->km_max;
         sum[j] = err[j] = bk[j] = n_terms[j] = 0.0;
         lo[j] = -INFINITY;
         need[j] = bad[j] = above[j] = n_cand[j] = am[j] = 0;
     }
-    if (P == NULL) {
-        /* the direct route: every value by direct differences (B = 0) */
-        if (!FZ_N(fz_lanes_direct)(F, g, r1, q, V, B, mxv, mxw))
+    if (direct) {
+        /* the direct route: every value by direct differences (B = 0, never read) */
+        if (!FZ_N(fz_lanes_direct)(F, g, r1, q, V, mxv, mxw))
             return FZ_LANES_HANDOVER;
         (*n_direct) += FZ_MIN(FZ_LANES, r1 - g) * C;
     }
     /* pass A */
-    for (c = 0; c < C && P != NULL; c++) {
+    for (c = 0; c < C && !direct; c++) {
         const double h = q->h[c], k = q->k[c], lw = q->lw[c];
         const FZ_T *pc = P + (g - r0) * ldp + c;
         #pragma omp simd
@@ -526,8 +556,8 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
      * below every candidate's lower bound, left out of the sum (cut <= FZ_LSE_CUT_MAX) and
      * below its threshold, in the definition and in the lanes alike, so the reductions are
      * those of every entry refined, bit for bit, with or without the matrix. */
-    for (j = 0; j < FZ_LANES && g + j < r1; j++) {
-        if (!need[j])  /* never on the direct route */
+    for (j = 0; j < FZ_LANES && g + j < r1 && !direct; j++) {
+        if (!need[j])
             continue;
         const FZ_T *frow = F + (g + j) * d;
         const double lo_arg = mxv[j] - 2.0 * bmax[j];
@@ -559,8 +589,10 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
             const double keep = x >= -cut[j] ? 1.0 : 0.0;
             const double e = keep * fz_exp_poly(FZ_MAX(x, -cut[j]), degree);
             sum[j] += e;
-            err[j] += e * B[c][j];
-            bk[j] = FZ_MAX(bk[j], keep * B[c][j]);
+            if (!direct) {  /* direct values have no error */
+                err[j] += e * B[c][j];
+                bk[j] = FZ_MAX(bk[j], keep * B[c][j]);
+            }
             n_terms[j] += keep;
         }
     }
@@ -571,7 +603,8 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
         lse[j] = mxw[j] + fz_log_poly(sum[j]);
         budget[j] = acc * fabs(lse[j]) - FZ_LOG_POLY_EPS
             - fz_lse_other(lse[j], log_c, FZ_PAD, left_out[j], eps_exp);
-        certified[j] = FZ_CERTIFIED(err[j], sum[j], budget[j], bk[j]);
+        certified[j] = FZ_CERTIFIED(direct ? 0.0 : err[j], sum[j], budget[j],
+                                    direct ? 0.0 : bk[j]);
     }
     for (j = 0; j < FZ_LANES; j++) {
         if (bad[j] || certified[j])
@@ -586,7 +619,7 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
             memo.n = 0;
             for (c = 0; c < C; c++) {
                 Lj[c] = V[c][j];
-                bj[c] = B[c][j];
+                bj[c] = direct ? 0.0 : B[c][j];
             }
             bad[j] = !FZ_N(fz_lse_refine)(F + (g + j) * d, means, q, Lj, bj, f[j], mxw[j],
                                           cut[j], degree, left_out[j], eps_exp, sum[j], err[j],
@@ -600,7 +633,7 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
     for (c = 0; c < C; c++) {
         #pragma omp simd
         for (j = 0; j < FZ_LANES; j++) {
-            const double v = V[c][j], bc = B[c][j];
+            const double v = V[c][j], bc = direct ? 0.0 : B[c][j];
             const int flag = v + bc >= mxv[j] - bmax[j];
             lo[j] = flag & (v - bc > lo[j]) ? v - bc : lo[j];
         }
@@ -609,7 +642,7 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
         const double thr = q->thr[c];
         #pragma omp simd
         for (j = 0; j < FZ_LANES; j++) {
-            const double v = V[c][j], bc = B[c][j];
+            const double v = V[c][j], bc = direct ? 0.0 : B[c][j];
             const int cand = (v + bc >= mxv[j] - bmax[j]) & (v + bc >= lo[j]);
             const int listed = v + bc >= thr;
             n_cand[j] += cand;
@@ -622,7 +655,7 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
         bad[j] |= n_cand[j] != 1;
     for (j = 0; j < FZ_LANES && g + j < r1; j++) {
         const ptrdiff_t i = g + j;
-        if (bad[j] && P == NULL) {
+        if (bad[j] && direct) {
             /* exact values: ties go to the first class, the logsumexp by libm's exp */
             double best = -INFINITY, s = 0.0;
             ptrdiff_t best_c = 0;
@@ -653,6 +686,27 @@ FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
     return bad_rows;
 }
 
+/* fz_gauss_lanes_body for the GEMM form's products P, and for the direct route (P NULL:
+ * compiled apart, without the bounds' work, all zero there) */
+FZ_CLONES static unsigned FZ_N(fz_gauss_lanes)(
+    const FZ_T *P, ptrdiff_t ldp, const double *fn, const FZ_T *F, const FZ_T *means,
+    ptrdiff_t g, ptrdiff_t r0, ptrdiff_t r1, const fz_gauss_params *q, FZ_T *Lout,
+    FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse, uint8_t *all_below,
+    ptrdiff_t *n_direct)
+{
+    return FZ_N(fz_gauss_lanes_body)(P, ldp, fn, F, means, g, r0, r1, q, Lout, row_max,
+                                     row_argmax, row_lse, all_below, n_direct, 0);
+}
+
+FZ_CLONES static unsigned FZ_N(fz_gauss_lanes_direct)(
+    const FZ_T *F, const FZ_T *means, ptrdiff_t g, ptrdiff_t r1, const fz_gauss_params *q,
+    FZ_T *Lout, FZ_T *row_max, int64_t *row_argmax, FZ_T *row_lse, uint8_t *all_below,
+    ptrdiff_t *n_direct)
+{
+    return FZ_N(fz_gauss_lanes_body)(NULL, 0, NULL, F, means, g, g, r1, q, Lout, row_max,
+                                     row_argmax, row_lse, all_below, n_direct, 1);
+}
+
 /* Rows r0..r1-1 of a tile: P is (r1 - r0) x C (row stride ldp >= C; the tile's rows up to a
  * multiple of FZ_LANES past r1 are there too, zero products), fn per tile row, F and the
  * outputs indexed by global row; or P and fn NULL: the direct route (every value by direct
@@ -668,8 +722,8 @@ FZ_CLONES static ptrdiff_t FZ_N(fz_gauss_tile)(
     ptrdiff_t n_direct = 0;
     if (P == NULL) {
         for (ptrdiff_t g = r0; g < r1; g += FZ_LANES)
-            if (FZ_N(fz_gauss_lanes)(NULL, 0, NULL, F, means, g, r0, r1, q, Lout, row_max,
-                                     row_argmax, row_lse, all_below, &n_direct))
+            if (FZ_N(fz_gauss_lanes_direct)(F, means, g, r1, q, Lout, row_max, row_argmax,
+                                            row_lse, all_below, &n_direct))
                 return -2;
         return n_direct;
     }
