@@ -97,13 +97,27 @@ cdef enum:
 
 # Up to this d (float32 inputs, float64 inputs), classes that fit one FZ_PAD take the direct
 # route (every value by direct differences in double, a row per vector lane: no centring,
-# no product, no bounds); beyond it, the GEMM form. Chosen on C = 6, 13, 16 and d = 24-256,
-# broad and far classes (not the benchmark's regime table), on an AMD EPYC (Zen 4, AVX-512),
-# 2 cores: float32 rows gain up to d = 128 (0.42x-1.05x the GEMM form's time; far classes
-# need a direct value per row there), float64 rows up to d = 40-64 (0.75x-1.03x at d <= 40,
-# 0.92x-1.31x at 64). set_direct_route_max_d changes them (tests run both routes).
-cdef Py_ssize_t _direct_route_max_d_f = 128
-cdef Py_ssize_t _direct_route_max_d_d = 48
+# no product, no bounds); beyond it, the GEMM form. Chosen per vector kind on C = 6, 13, 16
+# and d = 24-256, broad and far classes (not the benchmark's regime table), 2 cores: on an
+# AMD EPYC Zen 4 (AVX-512) float32 rows gained up to d = 128 (0.42x-1.05x the GEMM form's
+# time), float64 rows up to d = 40-64 (0.75x-1.03x at d <= 40, 0.92x-1.31x at 64); on a Zen 3
+# (AVX2 only; benchmarks/direct_route_crossover.py, after the route's lanes lost the bounds'
+# work), geometric means over the shapes 0.67x-0.94x up to d = 96 and 1.21x at 128
+# (float32), 0.83x-0.97x up to 40 and 1.01x at 48 (float64). CPUs without either take
+# AVX2's. set_direct_route_max_d changes them (tests run both routes).
+DIRECT_ROUTE_DEFAULTS = {"avx512": (128, 48), "avx2": (96, 40)}
+
+
+def direct_route_default():
+    """The direct route's largest d (float32, float64) for this CPU: DIRECT_ROUTE_DEFAULTS
+    of the widest vector tiles it runs (knn_cpu.tile_kernels()), else AVX2's."""
+    kinds = knn_cpu.tile_kernels()
+    return DIRECT_ROUTE_DEFAULTS[kinds[0] if kinds else "avx2"]
+
+
+cdef Py_ssize_t _direct_route_max_d_f
+cdef Py_ssize_t _direct_route_max_d_d
+_direct_route_max_d_f, _direct_route_max_d_d = direct_route_default()
 # the largest d set_direct_route_max_d takes, and the classes the route takes at most
 DIRECT_ROUTE_MAX_D = FZ_DIRECT_MAX_D
 DIRECT_ROUTE_MAX_CLASSES = FZ_PAD
