@@ -214,6 +214,7 @@ def test_knn_cosine(case, bench, cfg, cosine_data):
     R, Q = cosine_data
     k, n = cfg.k, cfg.n_check
     group = f"knn cosine N_ref={len(R)} N_q={len(Q)} d={COSINE_D} k={k}"
+    data = "standard normal rows, seeded (not unit length)"
 
     def build(stack):
         if not backend_is_available("cython"):
@@ -236,7 +237,7 @@ def test_knn_cosine(case, bench, cfg, cosine_data):
             assert_knn_equal(1.0 - S, I, D_ref, I_ref, rtol=FAISS_RTOL)
             out["faiss-IndexFlatIP"] = Candidate(
                 "baseline: faiss IndexFlatIP.search on unit rows (normalised outside the "
-                "timer)", lambda: index.search(Qn, k), True, dict(peer="faiss-cpu"))
+                "timer)", lambda: index.search(Qn, k), True, dict(peer="faiss-cpu", data=data))
         exact = fastzsl.ExactIndex(R, backend="cython", method="exact", metric="cosine")
         for case_, label, fn in (
                 ("cython-ExactIndex", 'fastzsl ExactIndex(metric="cosine").search (built '
@@ -247,7 +248,8 @@ def test_knn_cosine(case, bench, cfg, cosine_data):
             D, I = fn(Q[:n])
             assert_knn_equal(D, I, D_ref, I_ref, **TOL[np.dtype(np.float32)])
             out[case_] = Candidate(label, lambda fn=fn: fn(Q), False,
-                                   dict(peer="fastzsl", backend="cython", metric="cosine"))
+                                   dict(peer="fastzsl", backend="cython", metric="cosine",
+                                        data=data))
         return out
 
     bench(group, case, build)
