@@ -502,8 +502,14 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
             #pragma omp simd
             for (j = 0; j < FZ_PAD; j++) {
                 ds[j] += (double)ls[j];
-                de[j] += (double)le[j];
-                ls[j] = le[j] = 0.0f;
+                ls[j] = 0.0f;
+            }
+            if (with_err) {
+                #pragma omp simd
+                for (j = 0; j < FZ_PAD; j++) {
+                    de[j] += (double)le[j];
+                    le[j] = 0.0f;
+                }
             }
         }
     }
@@ -524,8 +530,8 @@ static inline __attribute__((always_inline)) double fz_lse_terms_f32(
  * (phi is convex, phi(0) = 1, phi(1) = e - 1); downwards at most err / sum (Jensen); at
  * most bk in any case. The factor 1 + 2^-10 covers the computed err / sum's own relative
  * error (the exp polynomial's and the sums', below 2^-16). budget: what acc |lse| leaves
- * beside fz_lse_other. Branch-free, so that it vectorises across the lanes (a NaN fails
- * both arms). */
+ * for them (fz_lse_budget). Branch-free, so that it vectorises across the lanes (a NaN
+ * fails both arms). */
 #define FZ_CERTIFIED(err, sum, budget, bk) \
     ((((bk) <= 1.0) \
       & ((1.0 + 0.71828182845904524 * (bk)) * (1.0 + 0x1p-10) * (err) <= (budget) * (sum))) \
@@ -540,6 +546,14 @@ static inline double fz_lse_other(double lse, double log_c, ptrdiff_t C, double 
     return left_out + eps_exp
         + FZ_LSE_SUM_TERMS(C) * FZ_UNIT_ROUNDOFF_DOUBLE
         + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (fabs(lse) + log_c);
+}
+
+/* FZ_CERTIFIED's budget: what the accuracy acc |lse| leaves for the values' own error
+ * beside fz_lse_other's */
+static inline double fz_lse_budget(double acc, double lse, double log_c, ptrdiff_t C,
+                                   double left_out, double eps_exp)
+{
+    return acc * fabs(lse) - fz_lse_other(lse, log_c, C, left_out, eps_exp);
 }
 
 #define FZ_T float

@@ -63,7 +63,7 @@ static inline __attribute__((always_inline)) int FZ_N(fz_lse_refine)(
     sum = (sum - removed) + added;
     err = FZ_MAX(err - err_removed, 0.0) + 2.0 * FZ_UNIT_ROUNDOFF_DOUBLE * (sum + err);
     *lse = wmax + log(sum);
-    budget = q->acc * fabs(*lse) - fz_lse_other(*lse, q->log_c, q->n_padded, left_out, eps);
+    budget = fz_lse_budget(q->acc, *lse, q->log_c, q->n_padded, left_out, eps);
     return FZ_CERTIFIED(err, sum, budget, bk);
 }
 
@@ -124,7 +124,7 @@ static inline __attribute__((always_inline)) double FZ_N(fz_gauss_lse)(
         if (!with_err)
             err = bk_max * sum;
         lse = wmax + log(sum);
-        budget = q->acc * fabs(lse) - fz_lse_other(lse, q->log_c, Cp, left_out, eps);
+        budget = fz_lse_budget(q->acc, lse, q->log_c, Cp, left_out, eps);
         /* FZ_CERTIFIED holds for any upper bound of the kept terms' largest bound bk: first
          * bk_max, the terms' own only looked for when that fails */
         if (FZ_CERTIFIED(err, sum, budget, bk_max))
@@ -601,8 +601,8 @@ static inline __attribute__((always_inline)) unsigned FZ_N(fz_gauss_lanes_body)(
     #pragma omp simd
     for (j = 0; j < FZ_LANES; j++) {
         lse[j] = mxw[j] + fz_log_poly(sum[j]);
-        budget[j] = acc * fabs(lse[j]) - FZ_LOG_POLY_EPS
-            - fz_lse_other(lse[j], log_c, FZ_PAD, left_out[j], eps_exp);
+        budget[j] = fz_lse_budget(acc, lse[j], log_c, FZ_PAD, left_out[j], eps_exp)
+            - FZ_LOG_POLY_EPS;
         certified[j] = FZ_CERTIFIED(direct ? 0.0 : err[j], sum[j], budget[j],
                                     direct ? 0.0 : bk[j]);
     }
