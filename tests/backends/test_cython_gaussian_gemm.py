@@ -393,10 +393,9 @@ def test_every_product_route_gives_the_reference_reductions(f32_tiles, C, d, dty
                                                             gemm_route):
     """Products by BLAS, the AVX-512 and AVX2 tiles of knn_f32_tiles.h and their portable
     form (float32 and float64; the route knn_cpu.set_f32_tiles chooses, FASTZSL_TILES at
-    import): the
-    reductions equal the reference's (TOL; argmax and all_below exactly, their near-ties
-    being decided on direct values), whatever the route (on the GEMM form, also at C = 10:
-    the direct route needs no product)."""
+    import): the reductions equal the reference's (TOL; argmax and all_below exactly, their
+    near-ties being decided on direct values), whatever the route (on the GEMM form, also
+    at C = 10: the direct route needs no product)."""
     gemm = _gemm_kernel()
     rng = np.random.default_rng(C + d)
     means = (3.0 * rng.standard_normal((C, d))).astype(dtype)
