@@ -93,7 +93,8 @@ def report(results) -> str:
              "1: float32 "
              f"{results['largest_paying_d']['float32']}, float64 "
              f"{results['largest_paying_d']['float64']} (gaussian_cpu's "
-             f"_direct_route_max_d_f / _d: {results['current_max_d']}).", "",
+             f"_direct_route_max_d_f / _d when this ran: {results['current_max_d']}; "
+             "DIRECT_ROUTE_DEFAULTS holds what was chosen from it).", "",
              "| regime | C | d | dtype | n | GEMM ms | direct ms | direct / GEMM (medians / "
              "minima) |", "|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in results["rows"]:
