@@ -23,7 +23,6 @@ from _harness import interleaved, interleaved_ratios, machine, write_results
 from bench_gaussian import REGIMES, _regime_problem
 import fastzsl
 from fastzsl._ext import knn_cpu
-from fastzsl._platform import cpu_flags
 from fastzsl.testing import make_blobs
 
 KNN = [(100_000, 10_000, 50), (50_000, 5_000, 128), (50_000, 5_000, 512)]
@@ -93,7 +92,7 @@ def gauss_rows(rounds):
 def report(results):
     m, kind = results["machine"], results["auto_kind"]
     lines = [f"# Products' routes: BLAS against auto ({kind} tiles)", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores; flags: {results['flags']}; "
+             f"Machine: {m['cpu']}, {m['cores']} cores; flags: {m['flags']}; "
              f"run {results['date']} UTC; {results['rounds']} interleaved rounds "
              "(1 warm-up), medians. Command: `PYTHONPATH=benchmarks .venv/bin/python "
              "benchmarks/tile_routes.py`.", "",
@@ -122,7 +121,7 @@ def report(results):
 
 def main(rounds=5):
     kind = knn_cpu.set_f32_tiles("auto")
-    results = dict(machine=machine(), flags=cpu_flags(), auto_kind=kind, rounds=rounds,
+    results = dict(machine=machine(), auto_kind=kind, rounds=rounds,
                    date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
     results["knn"] = knn_rows(rounds)
     results["gaussian"] = gauss_rows(rounds)
