@@ -176,25 +176,52 @@ static inline double fz_log_poly(double x)
 {
     uint64_t bits;
     memcpy(&bits, &x, sizeof bits);
-    const int64_t big = (int64_t)((bits & 0x000fffffffffffffULL) > 0x6a09e667f3bcdULL);
-    const int64_t e = (int64_t)(bits >> 52) - 1023 + big;
+    const uint64_t big = (bits & 0x000fffffffffffffULL) > 0x6a09e667f3bcdULL;
     /* the mantissa with exponent 0, or -1 where m > sqrt 2 */
-    const uint64_t mbits = (bits & 0x000fffffffffffffULL) | ((uint64_t)(1023 - big) << 52);
-    double m;
+    const uint64_t mbits = (bits & 0x000fffffffffffffULL) | ((1023 - big) << 52);
+    /* e as a double without an int64 conversion (AVX2 has none: the loop would stay
+     * scalar): the biased exponent placed in 2^52's mantissa, 2^52 + 1023 taken off */
+    const uint64_t ebits = (bits >> 52) + big + 0x4330000000000000ULL;
+    double m, eb;
     memcpy(&m, &mbits, sizeof m);
+    memcpy(&eb, &ebits, sizeof eb);
+    const double ef = eb - 0x1.00000000003ffp+52;
     const double t = (m - 1.0) / (m + 1.0), z = t * t;
     double p = 1.0 / 19.0;
     for (int k = 17; k >= 1; k -= 2)  /* unrolled, the coefficients folded */
         p = p * z + 1.0 / (double)k;
-    const double ef = (double)e;
     return ef * 0x1.62e42fee00000p-1 + (2.0 * t * p + ef * 0x1.a39ef35793c76p-33);
 }
 
 /* The smallest |lse| a row's logsumexp can have: it lies in [wmax, wmax + ln C] */
 static inline double fz_lse_magnitude(double wmax, double log_c)
 {
+    /* max(wmax, -top, 0): the same (a NaN wmax gives 0), but without branches */
     const double top = wmax + log_c;
-    return wmax > 0.0 ? wmax : (top < 0.0 ? -top : 0.0);
+    return FZ_MAX(FZ_MAX(wmax, -top), 0.0);
+}
+
+/* fz_lse_cut where tol > 0 and the cut needs no clamp (returns 1), branch-free so that it
+ * vectorises across the lanes; else returns 0 and fz_lse_cut takes over (with *cut the
+ * unclamped cut where tol > 0). */
+static inline __attribute__((always_inline)) int fz_lse_cut_usual(
+    double tol, double log_c, double extra, double *cut, double *left_out)
+{
+    uint64_t bits;
+    memcpy(&bits, &tol, sizeof bits);
+    const uint64_t biased = (bits >> 52) & 0x7ff;  /* subnormal: 0, e = -1023, clamped */
+    /* e as a double (as in fz_log_poly: no int64 conversion) */
+    const uint64_t ebits = biased | 0x4330000000000000ULL;
+    double eb;
+    memcpy(&eb, &ebits, sizeof eb);
+    const double e = eb - 0x1.00000000003ffp+52;
+    *cut = log_c + 0x1.62e42fefa39efp+0 /* ln 4 */ - e * 0x1.62e42fefa39efp-1 + extra;
+    /* 2^(e - 2) from its bits: where the cut is in range e > -100 (the cut is at most 64) */
+    const uint64_t pow2 = (biased - 2) << 52;
+    double p;
+    memcpy(&p, &pow2, sizeof p);
+    *left_out = p * (1.0 + 0x1p-40);
+    return (tol > 0.0) & (*cut >= FZ_LSE_CUT_MIN) & (*cut <= FZ_LSE_CUT_MAX);
 }
 
 /* The logsumexp cut, and in *left_out the most that the terms it leaves out add to lse:
@@ -206,23 +233,10 @@ static inline double fz_lse_magnitude(double wmax, double log_c)
  * unless the cut is clamped to [FZ_LSE_CUT_MIN, FZ_LSE_CUT_MAX]. */
 static inline double fz_lse_cut(double tol, double log_c, double extra, double *left_out)
 {
-    double cut = FZ_LSE_CUT_MAX;
-    if (tol > 0.0) {
-        uint64_t bits;
-        memcpy(&bits, &tol, sizeof bits);
-        const int e = (int)((bits >> 52) & 0x7ff) - 1023;  /* subnormal: -1023, clamped */
-        cut = log_c + 0x1.62e42fefa39efp+0 /* ln 4 */ - (double)e * 0x1.62e42fefa39efp-1
-            + extra;
-        if (cut >= FZ_LSE_CUT_MIN && cut <= FZ_LSE_CUT_MAX) {
-            /* 2^(e - 2) from its bits: here e > -100 (the cut is at most 64) */
-            const uint64_t pow2 = (uint64_t)(e - 2 + 1023) << 52;
-            double p;
-            memcpy(&p, &pow2, sizeof p);
-            *left_out = p * (1.0 + 0x1p-40);
-            return cut;
-        }
-        cut = cut > FZ_LSE_CUT_MAX ? FZ_LSE_CUT_MAX : FZ_LSE_CUT_MIN;
-    }
+    double cut;
+    if (fz_lse_cut_usual(tol, log_c, extra, &cut, left_out))
+        return cut;
+    cut = !(tol > 0.0) || cut > FZ_LSE_CUT_MAX ? FZ_LSE_CUT_MAX : FZ_LSE_CUT_MIN;
     *left_out = exp(log_c - cut + extra);
     return cut;
 }

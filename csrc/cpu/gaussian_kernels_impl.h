@@ -512,9 +512,10 @@ static inline __attribute__((always_inline)) unsigned FZ_N(fz_gauss_lanes_body)(
     double mxw[FZ_LANES] __attribute__((aligned(64)));
     double f[FZ_LANES], bmax[FZ_LANES], cut[FZ_LANES];
     double left_out[FZ_LANES], sum[FZ_LANES], err[FZ_LANES], bk[FZ_LANES], lo[FZ_LANES];
-    double lse[FZ_LANES], n_terms[FZ_LANES], budget[FZ_LANES];
-    int certified[FZ_LANES], need[FZ_LANES], bad[FZ_LANES], above[FZ_LANES];
-    int n_cand[FZ_LANES], am[FZ_LANES];
+    double lse[FZ_LANES], n_terms[FZ_LANES], budget[FZ_LANES], mag[FZ_LANES];
+    /* flags and counts as wide as the doubles: no packing of the compares' masks */
+    int64_t certified[FZ_LANES], need[FZ_LANES], bad[FZ_LANES], above[FZ_LANES];
+    int64_t n_cand[FZ_LANES], am[FZ_LANES], usual[FZ_LANES];
     unsigned bad_rows = 0;
     ptrdiff_t c, j;
     #pragma omp simd
@@ -575,12 +576,17 @@ static inline __attribute__((always_inline)) unsigned FZ_N(fz_gauss_lanes_body)(
             mxw[j] = FZ_MAX(V[c][j] + q->lw[c], mxw[j]);
         }
     }
-    /* the logsumexp's cut (fz_gauss_lse) */
+    /* the logsumexp's cut (fz_gauss_lse): vectorised, fz_lse_cut where it is clamped */
+    #pragma omp simd
     for (j = 0; j < FZ_LANES; j++) {
-        const double mag = fz_lse_magnitude(mxw[j], log_c);
-        cut[j] = fz_lse_cut(acc * mag, log_c, 2.0 * bmax[j], &left_out[j]);
-        bad[j] |= !(mxw[j] > -INFINITY) || !(eps_exp <= 0.25 * acc * mag);
+        mag[j] = fz_lse_magnitude(mxw[j], log_c);
+        usual[j] = fz_lse_cut_usual(acc * mag[j], log_c, 2.0 * bmax[j], &cut[j],
+                                    &left_out[j]);
+        bad[j] |= !(mxw[j] > -INFINITY) | !(eps_exp <= 0.25 * acc * mag[j]);
     }
+    for (j = 0; j < FZ_LANES; j++)
+        if (!usual[j])
+            cut[j] = fz_lse_cut(acc * mag[j], log_c, 2.0 * bmax[j], &left_out[j]);
     for (c = 0; c < C; c++) {
         const double lw = q->lw[c];
         #pragma omp simd
@@ -646,13 +652,32 @@ static inline __attribute__((always_inline)) unsigned FZ_N(fz_gauss_lanes_body)(
             const int cand = (v + bc >= mxv[j] - bmax[j]) & (v + bc >= lo[j]);
             const int listed = v + bc >= thr;
             n_cand[j] += cand;
-            am[j] = cand ? (int)c : am[j];
+            am[j] = cand ? c : am[j];
             above[j] |= listed & !(v < thr);
             bad[j] |= listed & exact & (bc > 0.0) & (fabs(v - thr) <= bc);
         }
     }
-    for (j = 0; j < FZ_LANES; j++)
+    int64_t any_bad = 0;
+    #pragma omp simd reduction(|:any_bad)
+    for (j = 0; j < FZ_LANES; j++) {
         bad[j] |= n_cand[j] != 1;
+        any_bad |= bad[j];
+    }
+    if (!any_bad && g + FZ_LANES <= r1 && Lout == NULL) {
+        /* every row decided (the usual case): stored as vectors. The one candidate is the
+         * first largest value (it always is a candidate), so its value is mxv. */
+        uint64_t below = 0;  /* the eight bytes of all_below */
+        #pragma omp simd
+        for (j = 0; j < FZ_LANES; j++) {
+            row_max[g + j] = (FZ_T)mxv[j];
+            row_argmax[g + j] = am[j];
+            row_lse[g + j] = (FZ_T)lse[j];
+        }
+        for (j = 0; j < FZ_LANES; j++)
+            below |= (uint64_t)!above[j] << (8 * j);
+        memcpy(all_below + g, &below, sizeof below);
+        return 0;
+    }
     for (j = 0; j < FZ_LANES && g + j < r1; j++) {
         const ptrdiff_t i = g + j;
         if (bad[j] && direct) {
