@@ -105,8 +105,7 @@ def report(results) -> str:
 
 
 def main(rounds=ROUNDS):
-    before = gaussian_cpu.set_direct_route_max_d(0)
-    gaussian_cpu.set_direct_route_max_d(before)
+    before = gaussian_cpu.direct_route_max_d()
     results = dict(machine=machine(), rounds=rounds, current_max_d=list(before),
                    date=time.strftime("%Y-%m-%d %H:%M", time.gmtime()), rows=[])
     for dtype in DTYPES:

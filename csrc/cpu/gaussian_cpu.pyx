@@ -123,6 +123,11 @@ DIRECT_ROUTE_MAX_D = FZ_DIRECT_MAX_D
 DIRECT_ROUTE_MAX_CLASSES = FZ_PAD
 
 
+def direct_route_max_d():
+    """The direct route's largest d now (float32, float64)."""
+    return (_direct_route_max_d_f, _direct_route_max_d_d)
+
+
 def set_direct_route_max_d(max_d):
     """Sets the largest d of the direct route: one value for both dtypes, or a pair
     (float32, float64); 0 means never, at most DIRECT_ROUTE_MAX_D. Returns the previous
@@ -132,7 +137,7 @@ def set_direct_route_max_d(max_d):
     for value in pair:
         if not 0 <= value <= FZ_DIRECT_MAX_D:
             raise ValueError(f"max_d must be in [0, {FZ_DIRECT_MAX_D}], not {value}")
-    previous = (_direct_route_max_d_f, _direct_route_max_d_d)
+    previous = direct_route_max_d()
     _direct_route_max_d_f, _direct_route_max_d_d = pair
     return previous
 

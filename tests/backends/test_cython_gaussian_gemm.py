@@ -421,15 +421,11 @@ def test_the_direct_route_crossover_is_the_one_chosen_for_this_cpu(rng):
     from fastzsl._ext import gaussian_cpu, knn_cpu
     kinds = knn_cpu.tile_kernels()
     expected = gaussian_cpu.DIRECT_ROUTE_DEFAULTS["avx512" if "avx512" in kinds else "avx2"]
-    before = gaussian_cpu.set_direct_route_max_d(expected)
-    try:
-        assert before == gaussian_cpu.direct_route_default() == expected  # the import's
-        for dtype, max_d in zip((np.float32, np.float64), expected):
-            for d, all_direct in ((max_d, True), (max_d + 1, False)):
-                F = rng.standard_normal((200, d)).astype(dtype)
-                means = rng.standard_normal((10, d)).astype(dtype)
-                _, n_direct = _gemm_kernel()(F, means, np.ones(10), np.zeros(10),
-                                             np.full(10, np.inf), False)
-                assert (n_direct == F.shape[0] * 10) == all_direct, (dtype, d, n_direct)
-    finally:
-        gaussian_cpu.set_direct_route_max_d(before)
+    assert gaussian_cpu.direct_route_max_d() == gaussian_cpu.direct_route_default() == expected
+    for dtype, max_d in zip((np.float32, np.float64), expected):
+        for d, all_direct in ((max_d, True), (max_d + 1, False)):
+            F = rng.standard_normal((200, d)).astype(dtype)
+            means = rng.standard_normal((10, d)).astype(dtype)
+            _, n_direct = _gemm_kernel()(F, means, np.ones(10), np.zeros(10),
+                                         np.full(10, np.inf), False)
+            assert (n_direct == F.shape[0] * 10) == all_direct, (dtype, d, n_direct)
