@@ -101,11 +101,12 @@ cdef enum:
 # and d = 24-256, broad and far classes (not the benchmark's regime table), 2 cores: on an
 # AMD EPYC Zen 4 (AVX-512) float32 rows gained up to d = 128 (0.42x-1.05x the GEMM form's
 # time), float64 rows up to d = 40-64 (0.75x-1.03x at d <= 40, 0.92x-1.31x at 64); on a Zen 3
-# (AVX2 only; benchmarks/direct_route_crossover.py, after the route's lanes lost the bounds'
-# work), geometric means over the shapes 0.67x-0.94x up to d = 96 and 1.21x at 128
-# (float32), 0.83x-0.97x up to 40 and 1.01x at 48 (float64). CPUs without either take
+# (AVX2 only; benchmarks/direct_route_crossover.py, rerun after the lanes' logarithm, cut
+# and stores were vectorised, which the GEMM form's lanes share), geometric means over the
+# shapes 0.75x-0.88x up to d = 64 and 1.06x at 96 (float32; 1.08x in a 15-round rerun of
+# d = 64-128), 0.72x-0.97x up to 40 and 1.02x at 48 (float64). CPUs without either take
 # AVX2's. set_direct_route_max_d changes them (tests run both routes).
-DIRECT_ROUTE_DEFAULTS = {"avx512": (128, 48), "avx2": (96, 40)}
+DIRECT_ROUTE_DEFAULTS = {"avx512": (128, 48), "avx2": (64, 40)}
 
 
 def direct_route_default():
