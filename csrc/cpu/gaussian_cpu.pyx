@@ -245,7 +245,7 @@ def gaussian_loglik_direct(F, means, variances, log_weights, thresholds, full):
 
 cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
                              const cython.floating[:, ::1] means,
-                             const cython.floating[:, ::1] centred,
+                             const cython.floating* centred,
                              const double[::1] center, double norm_limit,
                              const fz_gauss_params* q, Py_ssize_t tile,
                              const cython.floating* packed, int tiles, bint direct,
@@ -256,11 +256,12 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     buffer could not be allocated, -2 when a row's norm could overflow the product (or,
     on the direct route, a value is not finite). ``packed``: with ``tiles`` (the micro-kernel,
     FZ_TILES_*) the centred means in the tiles' panels, the products then formed by those
-    tiles; else NULL (BLAS). ``direct``: no products, every value by direct differences
-    (fz_gauss_tile's direct route)."""
+    tiles; else NULL (BLAS, on ``centred``: the centred means, (C, d); NULL on the other
+    routes). ``direct``: no products, every value by direct differences (fz_gauss_tile's
+    direct route)."""
     cdef Py_ssize_t n = F.shape[0]
     cdef Py_ssize_t d = F.shape[1]
-    cdef Py_ssize_t C = centred.shape[0]
+    cdef Py_ssize_t C = means.shape[0]
     cdef Py_ssize_t n_tiles = (n + tile - 1) // tile
     cdef Py_ssize_t b, r0, r1, n_tile, n_direct = 0
     cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
@@ -286,7 +287,7 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     cdef int* failed_p = &failed  # written through a pointer: a plain name is thread-private
     cdef const cython.floating* Fbase = &F[0, 0]
     cdef const cython.floating* Mbase = &means[0, 0]
-    cdef const cython.floating* Cbase = &centred[0, 0]
+    cdef const cython.floating* Cbase = centred
     fc = NULL
     prod = NULL
     fn = NULL
@@ -364,12 +365,23 @@ cdef Py_ssize_t _gemm_kernel(const cython.floating[:, ::1] F,
     return n_direct
 
 
+def _route(Py_ssize_t n_classes, Py_ssize_t d, dtype):
+    """(direct, tiles) of _gemm_kernel for these shapes: the direct route for classes that
+    fit one FZ_PAD and few coordinates (_direct_route_max_d_*), else the products by the
+    tiles (their FZ_TILES_* code; knn_cpu's f32_tiles_code) or BLAS (0)."""
+    cdef Py_ssize_t max_d = (_direct_route_max_d_f if np.dtype(dtype) == np.float32
+                             else _direct_route_max_d_d)
+    cdef bint direct = (n_classes + FZ_PAD - 1) // FZ_PAD == 1 and 0 < d <= max_d
+    return direct, (0 if direct else knn_cpu.f32_tiles_code())
+
+
 def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] means,
-                const cython.floating[:, ::1] centred, terms, const double[::1] var,
-                log_weights, thresholds, bint full, cython.floating[:, ::1] L,
-                cython.floating[::1] row_max, int64_t[::1] row_argmax,
-                cython.floating[::1] row_lse, uint8_t[::1] all_below):
-    """_gemm_kernel for one dtype, with the class terms of ``class_terms``: fills the outputs
+                terms, const double[::1] var, log_weights, thresholds, bint full,
+                cython.floating[:, ::1] L, cython.floating[::1] row_max,
+                int64_t[::1] row_argmax, cython.floating[::1] row_lse,
+                uint8_t[::1] all_below, bint direct, int tiles):
+    """_gemm_kernel for one dtype, with the class terms of ``class_terms`` (their centred
+    means where BLAS forms the products) and the route of ``_route``: fills the outputs
     (L when ``full``) and returns its result."""
     cdef Py_ssize_t n_classes = means.shape[0]
     cdef Py_ssize_t n_padded = (n_classes + FZ_PAD - 1) // FZ_PAD * FZ_PAD
@@ -421,31 +433,48 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     cdef Py_ssize_t tile = terms.tile
     cdef double norm_limit = terms.norm_limit
     cdef Py_ssize_t rc
-    # the direct route: classes that fit one FZ_PAD, few coordinates (_direct_route_max_d_*)
-    cdef Py_ssize_t max_d = (_direct_route_max_d_f if cython.floating is float
-                             else _direct_route_max_d_d)
-    cdef bint direct = n_padded == FZ_PAD and 0 < q.d <= max_d
-    cdef int tiles = 0 if direct else knn_cpu.f32_tiles_code()
     cdef const double[::1] means_d = (np.ascontiguousarray(means, dtype=np.float64).ravel()
                                       if direct else np.empty(1))
     q.means_d = &means_d[0] if direct else NULL
     cdef const cython.floating* packed_p = NULL
     cdef cython.floating[::1] packed_v
     cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
-    cdef Py_ssize_t p, n_panels = (n_classes + nr - 1) // nr
-    if tiles:  # the centred means in panels, once per call, a panel per thread at a time
+    cdef Py_ssize_t p, r, t, rows, n_panels = (n_classes + nr - 1) // nr
+    cdef cython.floating* panel
+    cdef int failed = 0
+    cdef int* failed_p = &failed  # written through a pointer: a plain name is thread-private
+    cdef const cython.floating[:, ::1] centred
+    cdef const cython.floating* centred_p = NULL
+    if terms.centred is not None:  # the BLAS route's
+        centred = terms.centred
+        centred_p = &centred[0, 0]
+    if tiles:
+        # the means centred (fl(mu - z) in double, rounded: class_terms' values) a panel
+        # at a time into a thread's buffer and packed from it, once per call: no (C, d)
+        # copy of them (whose page faults cost as much as its pass at C = 10,000, d = 512)
         packed = np.empty(n_panels * nr * q.d + 1,
                           dtype=np.float32 if cython.floating is float else np.float64)
         packed_v = packed
-        if q.d:
-            for p in prange(n_panels, nogil=True, schedule="static",
-                            num_threads=team_size(omp_get_max_threads(), n_panels)):
-                pack_panels(tiles, &centred[0, 0] + p * nr * q.d,
-                            min(nr, n_classes - p * nr), q.d, &packed_v[0] + p * nr * q.d)
+        panel = NULL
+        with nogil, parallel(num_threads=team_size(omp_get_max_threads(), n_panels)):
+            panel = <cython.floating*>malloc(nr * q.d * sizeof(cython.floating))
+            for p in prange(n_panels, schedule="static"):
+                if panel == NULL:
+                    failed_p[0] = 1
+                    continue
+                rows = min(nr, n_classes - p * nr)
+                for r in range(rows):
+                    for t in range(q.d):
+                        panel[r * q.d + t] = <cython.floating>(
+                            <double>means[p * nr + r, t] - center[t])
+                pack_panels(tiles, panel, rows, q.d, &packed_v[0] + p * nr * q.d)
+            free(panel)
+        if failed:
+            return -1
         packed_p = &packed_v[0]
     with blas_single_threaded():
         with nogil:
-            rc = _gemm_kernel(F, means, centred, center, norm_limit, &q, tile, packed_p,
+            rc = _gemm_kernel(F, means, centred_p, center, norm_limit, &q, tile, packed_p,
                               tiles, direct, &L[0, 0] if full else NULL, &row_max[0],
                               &row_argmax[0], &row_lse[0], &all_below[0])
     return rc
@@ -458,7 +487,9 @@ def gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full):
     overflow the product)."""
     F = np.ascontiguousarray(F)
     means = np.ascontiguousarray(means, dtype=F.dtype)
-    terms = class_terms(means, variances)
+    direct, tiles = _route(means.shape[0], means.shape[1], F.dtype)
+    # the centred means only where BLAS forms the products (the tiles pack their own)
+    terms = class_terms(means, variances, keep_centred=not direct and not tiles)
     if terms is None or F.shape[0] == 0:
         return None
     log_weights = np.ascontiguousarray(log_weights, dtype=np.float64)
@@ -468,8 +499,8 @@ def gaussian_loglik_gemm(F, means, variances, log_weights, thresholds, full):
     L, row_max, row_argmax, row_lse, all_below = _outputs(F.shape[0], means.shape[0],
                                                           F.dtype, want_full)
     rc = _gemm_typed[_floating_key(F.dtype, _SUPPORTED)](
-        F, means, terms.centred, terms, variances, log_weights, thresholds, want_full, L,
-        row_max, row_argmax, row_lse, all_below.view(np.uint8))
+        F, means, terms, variances, log_weights, thresholds, want_full, L, row_max,
+        row_argmax, row_lse, all_below.view(np.uint8), direct, tiles)
     if rc == -1:
         raise MemoryError("gaussian_cpu: could not allocate the per-thread tile buffers")
     if rc == -2:

@@ -130,7 +130,7 @@ class ClassTerms:
     """Per-class arrays of the GEMM form (float64 unless noted), for one call."""
 
     center: np.ndarray      # z, (d,)
-    centred: np.ndarray     # M_c = fl(mu - z) in the input dtype, (C, d)
+    centred: np.ndarray | None  # M_c = fl(mu - z) in the input dtype, (C, d); or None
     sqnorm: np.ndarray      # m_c = ||M_c||^2
     h: np.ndarray           # h_c = 1 / (2 var_c)
     k: np.ndarray           # h_c m_c + l_c
@@ -142,30 +142,38 @@ class ClassTerms:
     norm_limit: float       # f_i + max m_c above this: use the direct kernel
 
 
-def class_terms(means: np.ndarray, variances: np.ndarray) -> ClassTerms | None:
+def class_terms(means: np.ndarray, variances: np.ndarray,
+                keep_centred: bool = True) -> ClassTerms | None:
     """The per-class terms, or None when the GEMM form does not apply (use the direct
     kernel): no classes or d = 0. The kernels check the rows' norms against
-    ``norm_limit`` themselves and report when the direct kernel must run instead."""
+    ``norm_limit`` themselves and report when the direct kernel must run instead.
+    ``keep_centred=False``: ``centred`` is None (the caller centres the means where it
+    needs them, as fl(mu - z) in float64 rounded to the dtype: the same values)."""
     dtype = means.dtype
     n_classes, d = means.shape
     if n_classes == 0 or d == 0:
         return None
     center = means.mean(axis=0, dtype=np.float64)
-    centred = np.empty_like(means)
+    step = max(1, CENTRE_BLOCK_ELEMS // d)
+    # without the copy, one block buffer: a fresh (C, d) array costs its page faults (as
+    # much as its pass at C = 10,000, d = 512)
+    centred = np.empty((n_classes if keep_centred else min(step, n_classes), d), dtype=dtype)
     sqnorm = np.empty(n_classes)
     # in blocks of rows: a float64 copy of all the means would cost more than the product
     # of a few thousand rows with them (page faults included)
-    step = max(1, CENTRE_BLOCK_ELEMS // d)
     for start in range(0, n_classes, step):
-        block = centred[start:start + step]
-        block[...] = means[start:start + step] - center  # in float64, then rounded
-        sqnorm[start:start + step] = np.einsum("cd,cd->c", block, block, dtype=np.float64)
+        rows = min(step, n_classes - start)
+        block = centred[start:start + rows] if keep_centred else centred[:rows]
+        block[...] = means[start:start + rows] - center  # in float64, then rounded
+        sqnorm[start:start + rows] = np.einsum("cd,cd->c", block, block, dtype=np.float64)
+    if not keep_centred:
+        centred = None
     var = np.asarray(variances, dtype=np.float64)
     h = 1.0 / (2.0 * var)
     log_norm = 0.5 * d * np.log(2.0 * np.pi * var)
     K = margin_constant(dtype, d)
     return ClassTerms(
-        center=center, centred=np.ascontiguousarray(centred), sqnorm=sqnorm, h=h,
+        center=center, centred=centred, sqnorm=sqnorm, h=h,
         k=h * sqnorm + log_norm, kh=K * h,
         km=K * h * sqnorm + 4 * UNIT_ROUNDOFF_DOUBLE * np.abs(log_norm),
         log_norm=log_norm, acc=ACC[dtype], tile=tile_rows(n_classes, dtype),

@@ -73,6 +73,22 @@ def test_the_gemm_form_recomputes_few_entries_on_typical_data(dtype):
         assert 0 < n_direct <= 2 * len(F), (full, n_direct)
 
 
+@pytest.mark.parametrize("C, d", [(1, 3), (700, 200), (3000, 50)])
+def test_class_terms_without_the_centred_copy_are_the_same(C, d, dtype, rng):
+    """class_terms(keep_centred=False) (the tiles' route: they centre while packing) gives
+    every term bit for bit as with the (C, d) copy, which is then not made; several blocks
+    of CENTRE_BLOCK_ELEMS and a short last one included."""
+    from fastzsl.backends._gaussian_gemm import class_terms
+    means = (3.0 + rng.standard_normal((C, d))).astype(dtype)
+    variances = rng.uniform(0.5, 2.0, C)
+    kept, lean = class_terms(means, variances), class_terms(means, variances, keep_centred=False)
+    assert lean.centred is None and kept.centred.shape == (C, d)
+    np.testing.assert_array_equal(kept.centred, (means - kept.center).astype(dtype))
+    for name in ("center", "sqnorm", "h", "k", "kh", "km", "log_norm"):
+        np.testing.assert_array_equal(getattr(lean, name), getattr(kept, name), err_msg=name)
+    assert (lean.acc, lean.tile, lean.norm_limit) == (kept.acc, kept.tile, kept.norm_limit)
+
+
 @pytest.mark.parametrize("kind", ["double", "double-10", "double-9", "double-low", "float"])
 def test_the_exp_polynomials_keep_their_error_bounds(kind):
     """The kernels' vectorised exp against libm on a dense grid of [-65, 0]: within the bound
