@@ -6,12 +6,14 @@
  * them at its end. */
 
 /* Panels of the n rows R (row-major, d components) into B for the micro-kernel `kernel`, the
- * last panel padded with zero rows. Each panel is a block of d FZ_TNR components; within
- * it the AVX2 kernel's panels hold two halves of FZ_TNR / 2 rows one after the other
- * (component t of row l at ((l / half) d + t) half + l % half), so that kernel streams a
- * half panel contiguously; the others' rows interleave whole (t FZ_TNR + l). */
+ * last panel padded with zero rows; z: NULL, or a centre taken off every row on the way
+ * ((FZ_TT)((double)x - z_t): the double difference rounded once to the type). Each panel
+ * is a block of d FZ_TNR components; within it the AVX2 kernel's panels hold two halves of
+ * FZ_TNR / 2 rows one after the other (component t of row l at ((l / half) d + t) half +
+ * l % half), so that kernel streams a half panel contiguously; the others' rows interleave
+ * whole (t FZ_TNR + l). */
 static inline void FZ_TN(pack_panels)(int kernel, const FZ_TT *R, ptrdiff_t n, ptrdiff_t d,
-                                      FZ_TT *B)
+                                      const double *z, FZ_TT *B)
 {
     const ptrdiff_t n_panels = (n + FZ_TNR - 1) / FZ_TNR;
     const ptrdiff_t h = kernel == FZ_TILES_AVX2 ? FZ_TNR / 2 : FZ_TNR;
@@ -19,13 +21,15 @@ static inline void FZ_TN(pack_panels)(int kernel, const FZ_TT *R, ptrdiff_t n, p
         for (ptrdiff_t l = 0; l < FZ_TNR; l++) {
             FZ_TT *dst = B + p * d * FZ_TNR + (l / h) * d * h + l % h;
             const ptrdiff_t r = p * FZ_TNR + l;
-            if (r < n) {
-                const FZ_TT *src = R + r * d;
-                for (ptrdiff_t t = 0; t < d; t++)
-                    dst[t * h] = src[t];
-            } else {
+            if (r >= n) {
                 for (ptrdiff_t t = 0; t < d; t++)
                     dst[t * h] = 0;
+            } else if (z != NULL) {
+                for (ptrdiff_t t = 0; t < d; t++)
+                    dst[t * h] = (FZ_TT)((double)R[r * d + t] - z[t]);
+            } else {
+                for (ptrdiff_t t = 0; t < d; t++)
+                    dst[t * h] = R[r * d + t];
             }
         }
 }

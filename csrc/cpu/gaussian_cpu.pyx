@@ -439,38 +439,23 @@ def _gemm_typed(const cython.floating[:, ::1] F, const cython.floating[:, ::1] m
     cdef const cython.floating* packed_p = NULL
     cdef cython.floating[::1] packed_v
     cdef Py_ssize_t nr = FZ_F32_NR if cython.floating is float else FZ_F64_NR
-    cdef Py_ssize_t p, r, t, rows, n_panels = (n_classes + nr - 1) // nr
-    cdef cython.floating* panel
-    cdef int failed = 0
-    cdef int* failed_p = &failed  # written through a pointer: a plain name is thread-private
+    cdef Py_ssize_t p, n_panels = (n_classes + nr - 1) // nr
     cdef const cython.floating[:, ::1] centred
     cdef const cython.floating* centred_p = NULL
     if terms.centred is not None:  # the BLAS route's
         centred = terms.centred
         centred_p = &centred[0, 0]
     if tiles:
-        # the means centred (fl(mu - z) in double, rounded: class_terms' values) a panel
-        # at a time into a thread's buffer and packed from it, once per call: no (C, d)
-        # copy of them (whose page faults cost as much as its pass at C = 10,000, d = 512)
+        # the means centred (fl(mu - z) in double, rounded: class_terms' values) while they
+        # are packed, once per call: no (C, d) copy of them (whose page faults cost as much
+        # as its pass at C = 10,000, d = 512)
         packed = np.empty(n_panels * nr * q.d + 1,
                           dtype=np.float32 if cython.floating is float else np.float64)
         packed_v = packed
-        panel = NULL
-        with nogil, parallel(num_threads=team_size(omp_get_max_threads(), n_panels)):
-            panel = <cython.floating*>malloc(nr * q.d * sizeof(cython.floating))
-            for p in prange(n_panels, schedule="static"):
-                if panel == NULL:
-                    failed_p[0] = 1
-                    continue
-                rows = min(nr, n_classes - p * nr)
-                for r in range(rows):
-                    for t in range(q.d):
-                        panel[r * q.d + t] = <cython.floating>(
-                            <double>means[p * nr + r, t] - center[t])
-                pack_panels(tiles, panel, rows, q.d, &packed_v[0] + p * nr * q.d)
-            free(panel)
-        if failed:
-            return -1
+        for p in prange(n_panels, nogil=True, schedule="static",
+                        num_threads=team_size(omp_get_max_threads(), n_panels)):
+            pack_panels(tiles, &means[0, 0] + p * nr * q.d, min(nr, n_classes - p * nr),
+                        q.d, &center[0], &packed_v[0] + p * nr * q.d)
         packed_p = &packed_v[0]
     with blas_single_threaded():
         with nogil:

@@ -38,11 +38,13 @@ cdef extern from "knn_f32_tiles.h" nogil:
     enum: FZ_TILES_AVX512
     enum: FZ_TILES_AVX2
     enum: FZ_TILES_PORTABLE
-    void fz_f32_pack_panels(int kernel, const float* R, Py_ssize_t n, Py_ssize_t d, float* B)
+    void fz_f32_pack_panels(int kernel, const float* R, Py_ssize_t n, Py_ssize_t d,
+                            const double* z, float* B)
     void fz_f32_tile(int kernel, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
                      Py_ssize_t nb, float* C, Py_ssize_t ldc, const float* rn,
                      const float* thr, uint32_t* masks)
-    void fz_f64_pack_panels(int kernel, const double* R, Py_ssize_t n, Py_ssize_t d, double* B)
+    void fz_f64_pack_panels(int kernel, const double* R, Py_ssize_t n, Py_ssize_t d,
+                            const double* z, double* B)
     void fz_f64_tile(int kernel, const double* A, Py_ssize_t na, Py_ssize_t d, const double* B,
                      Py_ssize_t nb, double* C, Py_ssize_t ldc, const double* rn,
                      const double* thr, uint32_t* masks)
@@ -50,12 +52,13 @@ cdef extern from "knn_f32_tiles.h" nogil:
 
 
 cdef inline void pack_panels(int kernel, const cython.floating* R, Py_ssize_t n,
-                             Py_ssize_t d, cython.floating* B) noexcept nogil:
-    """fz_f32_pack_panels / fz_f64_pack_panels for the dtype, laid out for ``kernel``."""
+                             Py_ssize_t d, const double* z, cython.floating* B) noexcept nogil:
+    """fz_f32_pack_panels / fz_f64_pack_panels for the dtype, laid out for ``kernel``; z:
+    NULL, or a centre taken off the rows (in double, rounded to the dtype)."""
     if cython.floating is float:
-        fz_f32_pack_panels(kernel, R, n, d, B)
+        fz_f32_pack_panels(kernel, R, n, d, z, B)
     else:
-        fz_f64_pack_panels(kernel, R, n, d, B)
+        fz_f64_pack_panels(kernel, R, n, d, z, B)
 
 
 cdef inline void tile_abt(int kernel, const cython.floating* A, Py_ssize_t na, Py_ssize_t d,

@@ -177,7 +177,7 @@ def tile_products(const cython.floating[:, ::1] A, const cython.floating[:, ::1]
     cdef cython.floating[::1] pk = packed
     cdef cython.floating[:, ::1] ov = out
     if na and n and d:
-        pack_panels(code, &R[0, 0], n, d, &pk[0])
+        pack_panels(code, &R[0, 0], n, d, NULL, &pk[0])
         tile_abt(code, &A[0, 0], na, d, &pk[0], n, &ov[0, 0], n_panels * nr)
     elif na and n:
         out[:] = 0
@@ -664,7 +664,7 @@ cdef inline Py_ssize_t _dot_tile(const cython.floating* a, Py_ssize_t na,
     if cython.floating is float:
         if packed != NULL:
             n_panels = (nb + FZ_F32_NR - 1) // FZ_F32_NR
-            fz_f32_pack_panels(_F32_TILES, b, nb, d, packed)
+            fz_f32_pack_panels(_F32_TILES, b, nb, d, NULL, packed)
             fz_f32_tile(_F32_TILES, a, na, d, packed, nb, out,
                         n_panels * FZ_F32_NR, rn, thr, masks)
             return n_panels * FZ_F32_NR
