@@ -666,16 +666,14 @@ static inline __attribute__((always_inline)) unsigned FZ_N(fz_gauss_lanes_body)(
     if (!any_bad && g + FZ_LANES <= r1 && Lout == NULL) {
         /* every row decided (the usual case): stored as vectors. The one candidate is the
          * first largest value (it always is a candidate), so its value is mxv. */
-        uint64_t below = 0;  /* the eight bytes of all_below */
         #pragma omp simd
         for (j = 0; j < FZ_LANES; j++) {
             row_max[g + j] = (FZ_T)mxv[j];
             row_argmax[g + j] = am[j];
             row_lse[g + j] = (FZ_T)lse[j];
         }
-        for (j = 0; j < FZ_LANES; j++)
-            below |= (uint64_t)!above[j] << (8 * j);
-        memcpy(all_below + g, &below, sizeof below);
+        for (j = 0; j < FZ_LANES; j++)  /* apart: bytes beside doubles do not vectorise */
+            all_below[g + j] = !above[j];
         return 0;
     }
     for (j = 0; j < FZ_LANES && g + j < r1; j++) {
