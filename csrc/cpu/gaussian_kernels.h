@@ -168,6 +168,17 @@ static inline __attribute__((always_inline)) double fz_exp_poly(double x, int de
  * fastzsl/backends/_gaussian_gemm.py, LOG_POLY_EPS; tests check it against long double). */
 #define FZ_LOG_POLY_EPS 0x1p-48
 
+/* biased - 1023 as a double, for a biased exponent in [0, 2048] (from a double's bits):
+ * placed in 2^52's mantissa, 2^52 + 1023 taken off; exact, and without an int64
+ * conversion, which AVX2 lacks (a loop that converts stays scalar there) */
+static inline __attribute__((always_inline)) double fz_unbiased_exponent(uint64_t biased)
+{
+    const uint64_t bits = biased + 0x4330000000000000ULL;
+    double x;
+    memcpy(&x, &bits, sizeof x);
+    return x - 0x1.00000000003ffp+52;
+}
+
 /* ln x for x in [1, 2^10) (a logsumexp's sum: its largest term is 1), branch-free so that
  * it vectorises: x = 2^e m with m in [sqrt(1/2), sqrt 2) from the bits, ln m = 2 atanh(t),
  * t = (m - 1) / (m + 1), |t| <= 0.1716, by its series up to t^19 (Horner in t^2), e ln 2
@@ -179,13 +190,9 @@ static inline double fz_log_poly(double x)
     const uint64_t big = (bits & 0x000fffffffffffffULL) > 0x6a09e667f3bcdULL;
     /* the mantissa with exponent 0, or -1 where m > sqrt 2 */
     const uint64_t mbits = (bits & 0x000fffffffffffffULL) | ((1023 - big) << 52);
-    /* e as a double without an int64 conversion (AVX2 has none: the loop would stay
-     * scalar): the biased exponent placed in 2^52's mantissa, 2^52 + 1023 taken off */
-    const uint64_t ebits = (bits >> 52) + big + 0x4330000000000000ULL;
-    double m, eb;
+    double m;
     memcpy(&m, &mbits, sizeof m);
-    memcpy(&eb, &ebits, sizeof eb);
-    const double ef = eb - 0x1.00000000003ffp+52;
+    const double ef = fz_unbiased_exponent((bits >> 52) + big);
     const double t = (m - 1.0) / (m + 1.0), z = t * t;
     double p = 1.0 / 19.0;
     for (int k = 17; k >= 1; k -= 2)  /* unrolled, the coefficients folded */
@@ -210,11 +217,7 @@ static inline __attribute__((always_inline)) int fz_lse_cut_usual(
     uint64_t bits;
     memcpy(&bits, &tol, sizeof bits);
     const uint64_t biased = (bits >> 52) & 0x7ff;  /* subnormal: 0, e = -1023, clamped */
-    /* e as a double (as in fz_log_poly: no int64 conversion) */
-    const uint64_t ebits = biased | 0x4330000000000000ULL;
-    double eb;
-    memcpy(&eb, &ebits, sizeof eb);
-    const double e = eb - 0x1.00000000003ffp+52;
+    const double e = fz_unbiased_exponent(biased);
     *cut = log_c + 0x1.62e42fefa39efp+0 /* ln 4 */ - e * 0x1.62e42fefa39efp-1 + extra;
     /* 2^(e - 2) from its bits: where the cut is in range e > -100 (the cut is at most 64) */
     const uint64_t pow2 = (biased - 2) << 52;
