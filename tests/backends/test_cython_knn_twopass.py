@@ -105,6 +105,18 @@ def test_integer_grid_ties_with_self_exclusion(dtype, rng, k):
     _check(X, X, k, 0)
 
 
+@pytest.mark.parametrize("k,first", [(5, 32), (40, 64)])
+@pytest.mark.parametrize("past", [-1, 0, 1, 40])
+def test_references_around_the_first_tile(dtype, rng, k, first, past):
+    """Pass 1's first reference tile is as long as a list (k + 8 at d = 3, in whole panels
+    of 32: ``first``); references ending just before, at and after it, with exact ties
+    (a grid) and each query excluding itself, some inside the first tile, some after it."""
+    n_r = first + past
+    X = rng.integers(0, 3, size=(n_r, 3)).astype(dtype)
+    _check(X[:60], X, min(k, n_r - 1), 0)
+    _check(X[first - 10:], X, min(k, n_r - 1), first - 10)
+
+
 def test_k_is_n_minus_one_excluding_self(dtype, rng):
     X = rng.normal(size=(1030, 4)).astype(dtype)
     D, I = _check(X[:40], X, 1029, 0)
