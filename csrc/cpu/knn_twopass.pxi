@@ -685,7 +685,7 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
     scratch; ``buf``: nq rows of the tile rounded up to whole panels."""
     cdef Py_ssize_t nq = q1 - q0
     cdef Py_ssize_t L = _list_len(k, d)
-    cdef Py_ssize_t r0, r1, nr, row, qi, c, skip, ldc, first
+    cdef Py_ssize_t r0, r1, nr, row, qi, c, skip, ldc
     cdef double eps, tiny, limit
     _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
     for c in range(nq * L):
@@ -693,12 +693,19 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
         li[c] = -1
     # The first tile only as long as a list, in whole panels: the lists start empty, so
     # every candidate of the first tile is tested against them one by one (a full tile of
-    # a few thousand references, where the queries are few, cost more than its products);
-    # after it the masks filter by the lists' thresholds.
-    first = (L + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR
+    # a few thousand references, where the queries are few, cost more than its products).
+    # After it the f32 tiles' masks filter by the lists' thresholds as they were when the
+    # tile began: after r0 references about L / r0 of the next tile's candidates pass
+    # them, so the tiles grow with r0 (each as long as all before it) up to ``tile``, and
+    # each tests about L candidates one by one per query.
+    nr = (L + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR
     r0 = 0
     while r0 < n_r:
-        r1 = r0 + (first if r0 == 0 and first < tile else tile)
+        if r0 > 0:
+            nr = r0 if cython.floating is float and packed != NULL else tile
+        if nr > tile:
+            nr = tile
+        r1 = r0 + nr
         if r1 > n_r:
             r1 = n_r
         nr = r1 - r0

@@ -117,6 +117,20 @@ def test_references_around_the_first_tile(dtype, rng, k, first, past):
     _check(X[first - 10:], X, min(k, n_r - 1), first - 10)
 
 
+@pytest.mark.parametrize("k", [5, 40])
+@pytest.mark.parametrize("n_r", [64, 65, 129, 513, 1024, 1100])
+def test_references_across_growing_tiles(dtype, rng, k, n_r):
+    """After the first, pass 1's tiles (f32 tiles) grow, each as long as all before it (k =
+    5: 32, 32, 64, 128, ..., k = 40: 64, 64, 128, ...), up to the full tile: with 40
+    queries a block's full tile holds all of these references. Ties (a grid) spread over
+    every tile, queries excluding themselves in early and late tiles."""
+    X = rng.integers(0, 6, size=(n_r, 3)).astype(dtype)
+    k = min(k, n_r - 1)
+    _check(X[:40], X, k, 0)
+    _check(X[n_r - 40:], X, k, n_r - 40)
+    _check(X[::-1][:40].copy(), X, k)
+
+
 def test_k_is_n_minus_one_excluding_self(dtype, rng):
     X = rng.normal(size=(1030, 4)).astype(dtype)
     D, I = _check(X[:40], X, 1029, 0)
