@@ -646,8 +646,10 @@ cdef bint _norms(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, double* o
             if out_w != NULL:
                 out_w[i] = <cython.floating>out[i]
     for i in range(n):
-        if not (out[i] <= m):  # also catches NaN / inf
-            m = out[i]
+        if not (out[i] <= m):  # larger, or NaN: either ends the search if not finite (a
+            m = out[i]         # NaN met later would be replaced by the next finite norm)
+            if not (m < INFINITY):
+                break
     vmax[0] = m
     return m < INFINITY
 

@@ -175,6 +175,23 @@ def test_huge_values_fall_back_exactly(dtype, rng):
     assert knn_cpu.knn_self(X, 4) is None
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("where", [0, 150, 299])
+def test_rows_that_are_not_finite_are_refused_by_the_norms(dtype, rng, bad, where):
+    """reference_norms and knn_self decline a row whose norm is not finite wherever it is
+    (a NaN before finite rows once slipped through the largest-norm search), and knn's
+    answers stay the direct kernel's (such rows are never neighbours; the public API
+    refuses them before)."""
+    X = rng.normal(size=(300, 6)).astype(dtype)
+    X[where, 2] = bad
+    assert knn_cpu.reference_norms(X) is None
+    assert knn_cpu.knn_self(X, 3) is None
+    Q = rng.normal(size=(20, 6)).astype(dtype)
+    for got, direct in zip(knn_cpu.knn(Q, X, 4, -1), knn_cpu.knn_direct(Q, X, 4, -1)):
+        np.testing.assert_array_equal(got, direct)
+    assert not (knn_cpu.knn(Q, X, 4, -1)[1] == where).any()
+
+
 @pytest.mark.parametrize("n", SELF_SIZES)
 def test_self_join_block_edges(dtype, rng, n):
     X = rng.normal(size=(n, 7)).astype(dtype)
