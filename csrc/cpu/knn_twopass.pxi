@@ -821,6 +821,8 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
         tile = GEMM_TILE_ELEMS // qb
         if cython.floating is double:
             tile = (tile + 1) // 2
+        if tile > n_r:  # the per-thread buffers below: no larger than the reference needs
+            tile = n_r
         tiles = cython.floating is float and _f32_tiles_for(d)
         tile_padded = (tile + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR if tiles else tile
         n_blocks = (n_q + qb - 1) // qb
