@@ -71,7 +71,7 @@ from libc.float cimport DBL_EPSILON, DBL_MIN, FLT_EPSILON, FLT_MAX, FLT_MIN
 from libc.math cimport INFINITY, fabs, nextafterf
 from libc.stdint cimport int64_t, uint32_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from openmp cimport omp_get_max_threads, omp_get_thread_num
 

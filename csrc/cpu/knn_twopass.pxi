@@ -210,13 +210,31 @@ cdef inline uint32_t _col_mask(const cython.floating* g, cython.floating ra,
 cdef inline void _list_replace_max(cython.floating* lv, int64_t* li, Py_ssize_t L,
                                    cython.floating v, int64_t j) noexcept nogil:
     """Pass 1: a list of L (value, index) pairs sorted largest first; (v, j), smaller than
-    lv[0], replaces the largest. (Measured faster here than a binary heap: most accepted
-    candidates land near the front, and the shift loop predicts well.)"""
+    lv[0], replaces the largest. (Measured faster here than a binary heap.) It reads only
+    the entries it moves: the self-join's column scans, whose lists are out of L1 (one per
+    query of a tile), take it; a row scan's list stays in cache (_list_replace_max_hot)."""
     cdef Py_ssize_t pos = 0
     while pos + 1 < L and lv[pos + 1] > v:
         lv[pos] = lv[pos + 1]
         li[pos] = li[pos + 1]
         pos += 1
+    lv[pos] = v
+    li[pos] = j
+
+
+cdef inline void _list_replace_max_hot(cython.floating* lv, int64_t* li, Py_ssize_t L,
+                                       cython.floating v, int64_t j) noexcept nogil:
+    """_list_replace_max for a list in cache: the entries after lv[0] larger than v are a
+    prefix, counted in one vector pass over the list and moved up by one, with no branch on
+    where v lands (the shift loop mispredicts its exit about once an insertion). Measured
+    on Zen 3 against _list_replace_max: row scans 0.60x-0.85x the time at k = 100-300,
+    0.9x-0.97x at k = 5-20; the self-join's column scans 1.05x-1.09x (k = 20)."""
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t t
+    for t in range(1, L):
+        pos += lv[t] > v
+    memmove(lv, lv + 1, pos * sizeof(cython.floating))
+    memmove(li, li + 1, pos * sizeof(int64_t))
     lv[pos] = v
     li[pos] = j
 
@@ -253,7 +271,7 @@ cdef void _scan_row(const cython.floating* p, const cython.floating* rn, Py_ssiz
             mask &= mask - 1
             v = rn[j] - (p[j] + p[j])
             if v < last and first + j != skip:
-                _list_replace_max(lv, li, L, v, first + j)
+                _list_replace_max_hot(lv, li, L, v, first + j)
                 last = lv[0]
         j0 += FZ_KNN_CHUNK
 
@@ -278,7 +296,7 @@ cdef void _scan_row_masked(const float* p, const uint32_t* masks, const float* r
             mask &= mask - 1
             v = rn[j] - (p[j] + p[j])
             if v < last and first + j != skip:
-                _list_replace_max(lv, li, L, v, first + j)
+                _list_replace_max_hot(lv, li, L, v, first + j)
                 last = lv[0]
 
 
