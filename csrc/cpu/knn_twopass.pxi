@@ -652,7 +652,6 @@ cdef bint _norms(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, double* o
                  cython.floating* out_w, double* vmax) noexcept nogil:
     """Squared norms in double (and in the input dtype when out_w); False if not finite."""
     cdef Py_ssize_t i
-    cdef double m = 0.0
     if n < NORMS_PARALLEL_MIN:  # a parallel region costs more than a few norms
         for i in range(n):
             out[i] = _norm(X + i * d, d)
@@ -663,9 +662,16 @@ cdef bint _norms(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, double* o
             out[i] = _norm(X + i * d, d)
             if out_w != NULL:
                 out_w[i] = <cython.floating>out[i]
+    return _largest_norm(out, n, vmax)
+
+
+cdef bint _largest_norm(const double* norms, Py_ssize_t n, double* vmax) noexcept nogil:
+    """vmax = the largest of n norms; False if one is not finite."""
+    cdef Py_ssize_t i
+    cdef double m = 0.0
     for i in range(n):
-        if not (out[i] <= m):  # larger, or NaN: either ends the search if not finite (a
-            m = out[i]         # NaN met later would be replaced by the next finite norm)
+        if not (norms[i] <= m):  # larger, or NaN: either ends the search if not finite
+            m = norms[i]         # (a NaN met later would be replaced by the next finite norm)
             if not (m < INFINITY):
                 break
     vmax[0] = m
@@ -896,6 +902,26 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
     free(rn64)
     free(rn_own)
     return rc
+
+
+def _rounded_rows_impl(const double[:, ::1] X, float[:, ::1] out, float[::1] rn_w):
+    """out = fl32(X) and rn_w its reference norms (_norms of out, row by row as each is
+    written); returns their largest in double, or None when one is not finite."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1], i, t
+    cdef double rmax
+    cdef bint ok
+    rn64 = np.empty(n, dtype=np.float64)
+    cdef double[::1] rn = rn64
+    if n == 0:
+        return 0.0
+    with nogil:
+        for i in prange(n, schedule="static"):
+            for t in range(d):
+                out[i, t] = <float>X[i, t]  # beyond float32's range: inf (refused below)
+            rn[i] = _norm(&out[i, 0], d)
+            rn_w[i] = <float>rn[i]
+        ok = _largest_norm(&rn[0], n, &rmax)
+    return rmax if ok else None
 
 
 def _reference_norms_typed(const cython.floating[:, ::1] reference,

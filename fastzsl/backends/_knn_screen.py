@@ -75,10 +75,11 @@ def prepare(knn_cpu, reference):
 
 
 def _rounded(knn_cpu, X):
-    """(fl32(X), its reference norms), or (None, None) when fl32(X) is not finite."""
-    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
-        X32 = X.astype(np.float32)
-    prepared = knn_cpu.reference_norms(X32)
+    """(fl32(X), its reference norms), or (None, None) when fl32(X) is not finite: one
+    parallel pass (``knn_cpu.rounded_rows``; the copy is a fresh half of X's memory, which
+    some virtual machines hand out slowly on first touch, so every thread touches its
+    share)."""
+    X32, prepared = knn_cpu.rounded_rows(X)
     if prepared is None:
         return None, None
     return X32, prepared

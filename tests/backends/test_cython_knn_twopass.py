@@ -364,6 +364,32 @@ def test_rows_that_float32_merges_are_answered_by_float64(rng, n_merged, monkeyp
                      else [n_merged]), calls
 
 
+@pytest.mark.parametrize("n,d", [(0, 5), (1, 1), (255, 7), (256, 7), (3001, 50), (40, 0)])
+def test_rounded_rows_are_astype_and_reference_norms(rng, n, d):
+    """The screen's float32 copy and its norms in one parallel pass: bit for bit NumPy's
+    rounding and reference_norms of the rounded rows (one thread below 256 rows there),
+    subnormals and values that round to zero included."""
+    X = rng.normal(size=(n, d)) * np.exp(rng.uniform(-110, 40, size=(n, 1)))
+    X32, prepared = knn_cpu.rounded_rows(X)
+    np.testing.assert_array_equal(X32, X.astype(np.float32))
+    assert X32.dtype == np.float32 and X32.flags.c_contiguous
+    rn, rmax = knn_cpu.reference_norms(X.astype(np.float32))
+    np.testing.assert_array_equal(prepared[0], rn)
+    assert prepared[0].dtype == np.float32 and prepared[1] == rmax
+
+
+@pytest.mark.parametrize("bad", [1e39, np.inf, np.nan])
+@pytest.mark.parametrize("where", [0, 299])
+def test_rounded_rows_beyond_float32_are_refused(rng, bad, where):
+    X = rng.normal(size=(300, 4))
+    X[where, 1] = bad
+    with np.errstate(over="ignore"):
+        expected = X.astype(np.float32)
+    X32, prepared = knn_cpu.rounded_rows(X)
+    assert prepared is None
+    np.testing.assert_array_equal(X32, expected)
+
+
 def test_screen_beyond_float32_range_and_old_prepared_form(rng):
     """Values beyond float32's range run the float64 kernel; a prepared value in the old
     form (the float64 norms alone, as a pickled index may hold) still works."""
