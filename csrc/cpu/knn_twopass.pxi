@@ -228,7 +228,7 @@ cdef inline void _list_replace_max_hot(cython.floating* lv, int64_t* li, Py_ssiz
     prefix, counted in one vector pass over the list and moved up by one, with no branch on
     where v lands (the shift loop mispredicts its exit about once an insertion). Measured
     on Zen 3 against _list_replace_max: row scans 0.60x-0.85x the time at k = 100-300,
-    0.9x-0.97x at k = 5-20; the self-join's column scans 1.05x-1.09x (k = 20)."""
+    0.9x-1.0x at k = 5-20; the self-join's column scans 1.05x-1.09x (k = 20)."""
     cdef Py_ssize_t pos = 0
     cdef Py_ssize_t t
     for t in range(1, L):
