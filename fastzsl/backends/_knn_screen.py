@@ -63,7 +63,7 @@ def prepare(knn_cpu, reference):
     reference = np.ascontiguousarray(reference)
     if reference.dtype != np.float64:
         return knn_cpu.reference_norms(reference)
-    ref32, prepared32 = _rounded(knn_cpu, reference)
+    ref32, prepared32 = knn_cpu.rounded_rows(reference)  # the copy and its norms, one pass
     if prepared32 is None:
         return ScreenPrepared(None, None, None, np.inf)
     d = reference.shape[1]
@@ -72,17 +72,6 @@ def prepare(knn_cpu, reference):
     norm32 = np.sqrt(prepared32[1] * (1 + (d + 2) * UNIT_ROUNDOFF_64))
     norm_max = (norm32 + np.sqrt(d) * SUBNORMAL_HALF_32) / (1 - UNIT_ROUNDOFF_32)
     return ScreenPrepared(ref32, prepared32, None, float(norm_max))
-
-
-def _rounded(knn_cpu, X):
-    """(fl32(X), its reference norms), or (None, None) when fl32(X) is not finite: one
-    parallel pass (``knn_cpu.rounded_rows``; the copy is a fresh half of X's memory, which
-    some virtual machines hand out slowly on first touch, so every thread touches its
-    share)."""
-    X32, prepared = knn_cpu.rounded_rows(X)
-    if prepared is None:
-        return None, None
-    return X32, prepared
 
 
 def knn(knn_cpu, queries, reference, k, self_offset, prepared=None, search32=None):
