@@ -12,15 +12,25 @@
  * FZ_TNR / 2 rows one after the other (component t of row l at ((l / half) d + t) half +
  * l % half), so that kernel streams a half panel contiguously; the others' rows interleave
  * whole (t FZ_TNR + l). */
+static inline FZ_TT *FZ_TN(panel_row)(int kernel, FZ_TT *B, ptrdiff_t r, ptrdiff_t d,
+                                      ptrdiff_t *step)
+{
+    /* where row r's component 0 goes: component t at [t * step] (see pack_panels) */
+    const ptrdiff_t h = kernel == FZ_TILES_AVX2 ? FZ_TNR / 2 : FZ_TNR;
+    const ptrdiff_t l = r % FZ_TNR;
+    *step = h;
+    return B + (r / FZ_TNR) * d * FZ_TNR + (l / h) * d * h + l % h;
+}
+
 static inline void FZ_TN(pack_panels)(int kernel, const FZ_TT *R, ptrdiff_t n, ptrdiff_t d,
                                       const double *z, FZ_TT *B)
 {
     const ptrdiff_t n_panels = (n + FZ_TNR - 1) / FZ_TNR;
-    const ptrdiff_t h = kernel == FZ_TILES_AVX2 ? FZ_TNR / 2 : FZ_TNR;
     for (ptrdiff_t p = 0; p < n_panels; p++)
         for (ptrdiff_t l = 0; l < FZ_TNR; l++) {
-            FZ_TT *dst = B + p * d * FZ_TNR + (l / h) * d * h + l % h;
+            ptrdiff_t h;
             const ptrdiff_t r = p * FZ_TNR + l;
+            FZ_TT *dst = FZ_TN(panel_row)(kernel, B, r, d, &h);
             if (r >= n) {
                 for (ptrdiff_t t = 0; t < d; t++)
                     dst[t * h] = 0;

@@ -40,6 +40,8 @@ cdef extern from "knn_f32_tiles.h" nogil:
     enum: FZ_TILES_PORTABLE
     void fz_f32_pack_panels(int kernel, const float* R, Py_ssize_t n, Py_ssize_t d,
                             const double* z, float* B)
+    void fz_f32_pack_panels_rounded(int kernel, const double* R, Py_ssize_t n, Py_ssize_t d,
+                                    float* B)
     void fz_f32_tile(int kernel, const float* A, Py_ssize_t na, Py_ssize_t d, const float* B,
                      Py_ssize_t nb, float* C, Py_ssize_t ldc, const float* rn,
                      const float* thr, uint32_t* masks)

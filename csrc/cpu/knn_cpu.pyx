@@ -56,6 +56,11 @@ pass 2 makes irrelevant. ``SelfJoin`` runs the same join a pair of row ranges at
 (ranges of unequal block counts pair up in rounds of cyclic shifts), so that only two
 ranges' lists need be in memory.
 
+``knn_screen32`` (knn_screen32.pxi) is float64 kNN with pass 1 in float32 on the rows
+rounded as each tile is packed and pass 2 in float64, its margin widened by the rounding
+(the float32 screen of fastzsl/backends/_knn_screen.py in one kernel, with no float32 copy
+of the reference); rows whose list overflows are left to the caller.
+
 ``bf16_screen`` (knn_bf16.pxi) is pass 1 on rows rounded to bfloat16, with AVX512_BF16 dot
 products at twice the float32 FMA rate (or their portable emulation): its lists are
 certified and re-ranked by fastzsl/backends/_knn_bf16.py, which proves that step.
@@ -76,7 +81,8 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from openmp cimport omp_get_max_threads, omp_get_thread_num
 
 from gemm_tiles cimport (FZ_F32_NR, FZ_F64_NR, FZ_TILES_AVX2, FZ_TILES_AVX512,
-                         FZ_TILES_PORTABLE, fz_f32_pack_panels, fz_f32_tile,
+                         FZ_TILES_PORTABLE, fz_f32_pack_panels,
+                         fz_f32_pack_panels_rounded, fz_f32_tile,
                          fz_tiles_cpu_kernels, gemm_abt, pack_panels, tile_abt)
 from omp_team cimport team_size
 from scipy.linalg.cython_blas cimport dgemv, sgemv
@@ -102,6 +108,7 @@ cdef enum:
 include "knn_direct.pxi"
 include "knn_twopass.pxi"
 include "knn_split.pxi"
+include "knn_screen32.pxi"
 include "knn_self.pxi"
 include "knn_bf16.pxi"
 
@@ -179,6 +186,49 @@ def rounded_rows(X):
     rn = np.empty(X.shape[0], dtype=np.float32)
     rmax = _rounded_rows_impl(X, out, rn)
     return out, (None if rmax is None else (rn, rmax))
+
+
+def rounded_norms(X):
+    """``reference_norms(fl32(X))`` of a float64 X, bit for bit, without the float32 copy
+    (what ``knn_screen32`` takes as ``prepared32``): None when a norm of fl32(X) is not
+    finite."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    rn = np.empty(X.shape[0], dtype=np.float32)
+    rmax = _rounded_norms_impl(X, rn)
+    return None if rmax is None else (rn, rmax)
+
+
+def screen32_applies(n_queries, n_reference, k, d):
+    """Whether ``knn_screen32`` runs a search of these shapes (else it returns None)."""
+    return bool(_screen32_applies(n_queries, n_reference, k, d, omp_get_max_threads()))
+
+
+def knn_screen32(queries, reference, k, self_offset, prepared32):
+    """Exact kNN of float64 rows by a float32 pass 1 on the rows rounded as they are packed
+    and the float64 kernel's pass 2 (knn_screen32.pxi proves it): (D, I, failed), D and I
+    bit for bit ``knn``'s float64 answer in every row where ``failed`` (bool) is False; the
+    failed rows (a pass-1 list overflowed by near-ties) are the caller's to answer. None
+    where it does not apply (``screen32_applies`` false, or norms too large for float32
+    products). ``prepared32``: ``rounded_norms(reference)`` (not None)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float64)
+    reference = np.ascontiguousarray(reference, dtype=np.float64)
+    rn, rmax = prepared32
+    if rn.dtype != np.float32 or rn.shape != (reference.shape[0],):
+        raise ValueError("knn_cpu.knn_screen32: prepared32 must be rounded_norms(reference)")
+    cdef float[::1] rnv = rn
+    cdef Py_ssize_t kk = k
+    D = np.empty((queries.shape[0], kk), dtype=np.float64)
+    I = np.empty((queries.shape[0], kk), dtype=np.int64)
+    failed = np.zeros(queries.shape[0], dtype=np.uint8)
+    if not screen32_applies(queries.shape[0], reference.shape[0], kk, queries.shape[1]):
+        return None
+    rc = _knn_screen32_impl(queries, reference, kk, self_offset, &rnv[0], rmax, D, I,
+                            failed)  # no BLAS call: pass 1 on the f32 tiles, no rescans
+    if rc == 1:
+        return None
+    if rc != 0:
+        raise MemoryError("knn_cpu.knn_screen32: could not allocate the per-thread buffers")
+    return D, I, failed.view(bool)
 
 
 def _unit_rows_typed(const cython.floating[:, ::1] X, cython.floating[:, ::1] out,

@@ -133,6 +133,26 @@ static inline int fz_tiles_cpu_kernels(void) { return 0; }
 #define FZ_TY_FMA _mm256_fmadd_ps
 #include "dot_tiles_impl.h" /* undefines the parameters above */
 
+/* fz_f32_pack_panels of fl32(R), float64 rows R rounded to nearest on the way: kNN's float32
+ * screen of float64 input rounds each reference tile as it packs it, so the reference
+ * needs no float32 copy. */
+static inline void fz_f32_pack_panels_rounded(int kernel, const double *R, ptrdiff_t n,
+                                              ptrdiff_t d, float *B)
+{
+    const ptrdiff_t n_padded = (n + FZ_F32_NR - 1) / FZ_F32_NR * FZ_F32_NR;
+    for (ptrdiff_t r = 0; r < n_padded; r++) {
+        ptrdiff_t h;
+        float *dst = fz_f32_panel_row(kernel, B, r, d, &h);
+        if (r >= n) {
+            for (ptrdiff_t t = 0; t < d; t++)
+                dst[t * h] = 0;
+        } else {
+            for (ptrdiff_t t = 0; t < d; t++)
+                dst[t * h] = (float)R[r * d + t];
+        }
+    }
+}
+
 /* float64 (the Gaussian products): panels of FZ_F64_NR rows, no masks */
 #define FZ_TT double
 #define FZ_TN(name) fz_f64_##name

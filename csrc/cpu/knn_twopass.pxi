@@ -384,12 +384,13 @@ cdef inline double _margin(double T, double qn, double rmax, Py_ssize_t d, doubl
 cdef Py_ssize_t _pass2_candidates(const cython.floating* lv, const int64_t* li, Py_ssize_t L,
                                    Py_ssize_t n_lists, Py_ssize_t stride, Py_ssize_t k,
                                    double qn, double rmax, Py_ssize_t d, double eps,
-                                   double tiny, int64_t* cand, double* cand_v,
+                                   double tiny, double widen, int64_t* cand, double* cand_v,
                                    double* limit) noexcept nogil:
     """Pass 2, first step, for one query's n_lists lists (list l at lv/li + l stride, L
     entries each, largest first, index -1 = empty; several when threads split the
     reference): sorts the kept candidates of all of them into cand/cand_v and sets limit =
-    T + M, T the k-th smallest of them. Returns how many are within the limit, or -1 when a
+    T + M + widen, T the k-th smallest of them (widen: 0, or what the float32 screen of
+    float64 rows adds, _screen32_block). Returns how many are within the limit, or -1 when a
     list overflowed (it is full and its largest entry is itself within the limit, so a
     candidate it dropped may belong to the answer; a list whose largest entry is above the
     limit dropped only candidates above it)."""
@@ -413,7 +414,7 @@ cdef Py_ssize_t _pass2_candidates(const cython.floating* lv, const int64_t* li, 
         nc += 1
     # T: the k-th smallest kept value (+inf when fewer than k candidates exist).
     T = cand_v[k - 1] if nc >= k else INFINITY
-    limit[0] = T + _margin(T, qn, rmax, d, eps, tiny) if T < INFINITY else INFINITY
+    limit[0] = T + _margin(T, qn, rmax, d, eps, tiny) + widen if T < INFINITY else INFINITY
     for l in range(n_lists):
         # Full (the largest slot, filled last, holds a candidate) and within the limit.
         if li[l * stride] >= 0 and lv[l * stride] <= limit[0]:
@@ -614,7 +615,7 @@ cdef void _pass2(Pass2Scratch* sc, Py_ssize_t qi, const cython.floating* qbase,
     with _pass2_flush when it is done)."""
     cdef double limit
     cdef Py_ssize_t nc = _pass2_candidates(lv, li, L, n_lists, stride, k, qn, rmax, d, eps,
-                                           tiny, sc.cand, sc.cand_v, &limit)
+                                           tiny, 0.0, sc.cand, sc.cand_v, &limit)
     if nc >= 0:
         _rerank(qbase + qi * d, rbase, d, k, sc.cand, nc, sc.cand_v, sc.bd, sc.bi,
                 Dout + qi * k, Iout + qi * k)
@@ -679,18 +680,23 @@ cdef bint _largest_norm(const double* norms, Py_ssize_t n, double* vmax) noexcep
 
 
 cdef inline Py_ssize_t _dot_tile(const cython.floating* a, Py_ssize_t na,
-                                 const cython.floating* b, Py_ssize_t nb, Py_ssize_t d,
-                                 float* packed, const float* rn, const float* thr,
-                                 uint32_t* masks, cython.floating* out) noexcept nogil:
+                                 const cython.floating* b, const double* b64, Py_ssize_t nb,
+                                 Py_ssize_t d, float* packed, const float* rn,
+                                 const float* thr, uint32_t* masks,
+                                 cython.floating* out) noexcept nogil:
     """out = a[na, d] @ b[nb, d]^T, pass 1's tile of dot products: by the f32 tiles
     (float32 with ``packed``: room for nb rows rounded up to whole panels; with ``masks``
-    also their masks against rn / thr, see knn_f32_tiles.h) or one BLAS gemm. Returns the
-    row stride of out (nb, or nb rounded up to whole panels)."""
+    also their masks against rn / thr, see knn_f32_tiles.h) or one BLAS gemm. ``b64``
+    (float32 with ``packed`` only, b then unused): float64 rows, rounded to float32 as they
+    are packed. Returns the row stride of out (nb, or nb rounded up to whole panels)."""
     cdef Py_ssize_t n_panels
     if cython.floating is float:
         if packed != NULL:
             n_panels = (nb + FZ_F32_NR - 1) // FZ_F32_NR
-            fz_f32_pack_panels(_F32_TILES, b, nb, d, NULL, packed)
+            if b64 != NULL:
+                fz_f32_pack_panels_rounded(_F32_TILES, b64, nb, d, packed)
+            else:
+                fz_f32_pack_panels(_F32_TILES, b, nb, d, NULL, packed)
             fz_f32_tile(_F32_TILES, a, na, d, packed, nb, out,
                         n_panels * FZ_F32_NR, rn, thr, masks)
             return n_panels * FZ_F32_NR
@@ -698,22 +704,19 @@ cdef inline Py_ssize_t _dot_tile(const cython.floating* a, Py_ssize_t na,
     return nb
 
 
-cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase,
-                      const double* qn, const cython.floating* rn_w, double rmax,
-                      Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t n_r, Py_ssize_t d,
-                      Py_ssize_t k, Py_ssize_t self_offset, Py_ssize_t tile,
-                      cython.floating* lv, int64_t* li, cython.floating* buf, float* packed,
-                      float* rn_tile, float* thr, uint32_t* masks,
-                      Pass2Scratch* sc, cython.floating* Dout, int64_t* Iout) noexcept nogil:
-    """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout. ``packed``:
-    room for a tile of references in panels (float32 with _F32_TILES), else NULL, and then
-    rn_tile (the tile rounded up to whole panels), thr (nq) and masks (nq x panels) its
-    scratch; ``buf``: nq rows of the tile rounded up to whole panels."""
-    cdef Py_ssize_t nq = q1 - q0
-    cdef Py_ssize_t L = _list_len(k, d)
+cdef void _pass1_block(const cython.floating* a, Py_ssize_t q0, Py_ssize_t nq,
+                       const cython.floating* rbase, const double* rbase64,
+                       const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t L,
+                       Py_ssize_t self_offset, Py_ssize_t tile, cython.floating* lv,
+                       int64_t* li, cython.floating* buf, float* packed, float* rn_tile,
+                       float* thr, uint32_t* masks) noexcept nogil:
+    """Pass 1 of queries q0..q0+nq-1 (rows a[nq, d]): their lists lv / li (L entries each)
+    against every reference tile. ``packed``: room for a tile of references in panels
+    (float32 with _F32_TILES), else NULL, and then rn_tile (the tile rounded up to whole
+    panels), thr (nq) and masks (nq x panels) its scratch; ``buf``: nq rows of the tile
+    rounded up to whole panels. ``rbase64`` (float32 with ``packed`` only, rbase then
+    unused): the reference as float64 rows, each tile rounded to float32 as it is packed."""
     cdef Py_ssize_t r0, r1, nr, row, qi, c, skip, ldc
-    cdef double eps, tiny, limit
-    _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
     for c in range(nq * L):
         lv[c] = INFINITY
         li[c] = -1
@@ -740,8 +743,9 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
             for row in range(nq):
                 thr[row] = lv[row * L]
             memcpy(rn_tile, rn_w + r0, nr * sizeof(float))
-        ldc = _dot_tile(qbase + q0 * d, nq, rbase + r0 * d, nr, d, packed, rn_tile, thr,
-                        masks, buf)
+        ldc = _dot_tile(a, nq, rbase + r0 * d if rbase64 == NULL else rbase,
+                        rbase64 + r0 * d if rbase64 != NULL else NULL, nr, d, packed,
+                        rn_tile, thr, masks, buf)
         for row in range(nq):
             qi = q0 + row
             skip = qi + self_offset if self_offset >= 0 else -1
@@ -753,11 +757,58 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
             _scan_row(buf + row * ldc, rn_w + r0, nr, r0, skip, lv + row * L, li + row * L,
                       L)
         r0 = r1
-    for row in range(nq):
-        qi = q0 + row
-        _pass2(sc, qi, qbase, self_offset, rbase, rn_w, n_r, d, k, L, qn[qi], rmax, eps, tiny,
-               lv + row * L, li + row * L, 1, 0, Dout, Iout)
+
+
+cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase,
+                      const double* qn, const cython.floating* rn_w, double rmax,
+                      Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t n_r, Py_ssize_t d,
+                      Py_ssize_t k, Py_ssize_t self_offset, Py_ssize_t tile,
+                      cython.floating* lv, int64_t* li, cython.floating* buf, float* packed,
+                      float* rn_tile, float* thr, uint32_t* masks,
+                      Pass2Scratch* sc, cython.floating* Dout, int64_t* Iout) noexcept nogil:
+    """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout (scratch: see
+    _pass1_block)."""
+    cdef Py_ssize_t L = _list_len(k, d)
+    cdef Py_ssize_t row
+    cdef double eps, tiny, limit
+    _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
+    _pass1_block(qbase + q0 * d, q0, q1 - q0, rbase, NULL, rn_w, n_r, d, L, self_offset, tile,
+                 lv, li, buf, packed, rn_tile, thr, masks)
+    for row in range(q1 - q0):
+        _pass2(sc, q0 + row, qbase, self_offset, rbase, rn_w, n_r, d, k, L, qn[q0 + row], rmax,
+               eps, tiny, lv + row * L, li + row * L, 1, 0, Dout, Iout)
     _pass2_flush(sc, qbase, self_offset, rbase, rn_w, n_r, d, k, Dout, Iout)
+
+
+cdef void _query_blocks(Py_ssize_t n_q, Py_ssize_t n_r, Py_ssize_t L, size_t itemsize,
+                        int n_threads, Py_ssize_t* qb_out, Py_ssize_t* tile_out) noexcept nogil:
+    """The query-block path's block size (queries) and reference tile (rows) for dot
+    products and lists of ``itemsize`` bytes."""
+    cdef Py_ssize_t qb, n_blocks, per_block, tile
+    qb = LIST_BYTES // (L * (itemsize + sizeof(int64_t)))
+    if qb > QUERY_BLOCK_GEMM:
+        qb = QUERY_BLOCK_GEMM
+    n_blocks = n_q // (n_threads * BLOCK_MIN_QUERIES)
+    if n_blocks > BLOCKS_PER_THREAD:
+        n_blocks = BLOCKS_PER_THREAD
+    if n_blocks < 1:
+        n_blocks = 1
+    n_blocks = n_blocks * n_threads
+    per_block = (n_q + n_blocks - 1) // n_blocks
+    if per_block < 8:  # at least 8 queries for the gemm
+        per_block = 8
+    if qb > per_block:
+        qb = per_block
+    if qb < 1:
+        qb = 1
+    # Reference tiles fill GEMM_TILE_ELEMS dot products (float64: half as many).
+    tile = GEMM_TILE_ELEMS // qb
+    if itemsize == sizeof(double):
+        tile = (tile + 1) // 2
+    if tile > n_r:  # the per-thread buffers: no larger than the reference needs
+        tile = n_r
+    qb_out[0] = qb
+    tile_out[0] = tile
 
 
 cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
@@ -775,7 +826,7 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
     cdef Py_ssize_t n_r = reference.shape[0]
     cdef Py_ssize_t L = _list_len(k, d)
     cdef Py_ssize_t tile
-    cdef Py_ssize_t qb, per_block, n_blocks, b, q0, q1
+    cdef Py_ssize_t qb, n_blocks, b, q0, q1
     cdef double qmax, rmax, eps, tiny, limit
     cdef double* qn = NULL
     cdef double* rn64 = NULL
@@ -825,28 +876,7 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
             rc = _knn_split(qbase, n_q, rbase, n_r, d, k, self_offset, qn, rn_w, rmax,
                             n_threads, &D[0, 0], &I[0, 0])
     elif rc == 0:
-        qb = LIST_BYTES // (L * (sizeof(cython.floating) + sizeof(int64_t)))
-        if qb > QUERY_BLOCK_GEMM:
-            qb = QUERY_BLOCK_GEMM
-        n_blocks = n_q // (n_threads * BLOCK_MIN_QUERIES)
-        if n_blocks > BLOCKS_PER_THREAD:
-            n_blocks = BLOCKS_PER_THREAD
-        if n_blocks < 1:
-            n_blocks = 1
-        n_blocks = n_blocks * n_threads
-        per_block = (n_q + n_blocks - 1) // n_blocks
-        if per_block < 8:  # at least 8 queries for the gemm
-            per_block = 8
-        if qb > per_block:
-            qb = per_block
-        if qb < 1:
-            qb = 1
-        # Reference tiles fill GEMM_TILE_ELEMS dot products (float64: half as many).
-        tile = GEMM_TILE_ELEMS // qb
-        if cython.floating is double:
-            tile = (tile + 1) // 2
-        if tile > n_r:  # the per-thread buffers below: no larger than the reference needs
-            tile = n_r
+        _query_blocks(n_q, n_r, L, sizeof(cython.floating), n_threads, &qb, &tile)
         tiles = cython.floating is float and _f32_tiles_for(d)
         tile_padded = (tile + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR if tiles else tile
         n_blocks = (n_q + qb - 1) // qb

@@ -26,6 +26,15 @@ inputs rounded to float32, certified per query, then the exact float64 re-rank.
    across the list's end, rows that float32 rounding merges) run the float64 kernel; so do
    inputs that are not finite in float32 (beyond its range), which keeps the float64
    kernel's behaviour there.
+
+A one-shot search (no ``prepared``) of the query-block path runs steps 1-3 as one kernel
+instead, ``knn_cpu.knn_screen32`` (:func:`_knn_fused`; csrc/cpu/knn_screen32.pxi proves
+it): the float32 kernel's pass 1 on each reference tile rounded as it is packed, then the
+float64 kernel's re-rank of every listed candidate within pass 2's margin widened by the
+rounding's δ. No float32 copy of the reference is made (on a VM that hands freed memory
+back to its host, the copy's fresh pages alone cost 0.1x-0.3x of the search at d = 128),
+and the lists need no extra candidates. An :class:`ScreenPrepared` index keeps the copy,
+which the split path of a few queries searches.
 """
 from __future__ import annotations
 
@@ -78,12 +87,17 @@ def knn(knn_cpu, queries, reference, k, self_offset, prepared=None, search32=Non
     """Exact kNN of float64 queries through the float32 screen (module docstring): the
     float64 kernel's (D, I) bit for bit. ``prepared``: :func:`prepare` of this reference
     (its ``prepared32`` as ``search32`` takes it); ``search32(Q, R, k, self_offset,
-    prepared32)``: the float32 search, any with ``knn_cpu.knn``'s answers (the default)."""
+    prepared32)``: the float32 search, any with ``knn_cpu.knn``'s answers, or None: then
+    ``knn_cpu.knn``, and a one-shot search (no ``prepared``) of shapes that
+    ``knn_cpu.screen32_applies`` to runs the screen in one kernel instead
+    (:func:`_knn_fused`)."""
     queries = np.ascontiguousarray(queries, dtype=np.float64)
     reference = np.ascontiguousarray(reference, dtype=np.float64)
     n_q, d = queries.shape
     n_r = reference.shape[0]
     if not isinstance(prepared, ScreenPrepared):
+        if search32 is None and knn_cpu.screen32_applies(n_q, n_r, k, d):
+            return _knn_fused(knn_cpu, queries, reference, k, self_offset)
         prepared = prepare(knn_cpu, reference)
     n_own = 1 if self_offset >= 0 else 0
     k_list = min(k + max(EXTRA, k // 4), n_r - n_own)
@@ -109,11 +123,33 @@ def knn(knn_cpu, queries, reference, k, self_offset, prepared=None, search32=Non
     certified = all_listed | (last * (1 - 2 * UNIT_ROUNDOFF_32) - delta
                               > kth * (1 + 2 * UNIT_ROUNDOFF_32) + delta + pad)
     D, I = knn_cpu.rerank(queries, reference, I32, k, np.where(has_own, own, -1))
-    failed = np.flatnonzero(~certified)
-    if failed.size > FALLBACK_ONE_BY_ONE:
-        return knn_cpu.knn(queries, reference, k, self_offset, prepared.prepared64)
-    for i in failed:
+    return _answer_failed(knn_cpu, queries, reference, k, self_offset, D, I, ~certified,
+                          prepared.prepared64)
+
+
+def _knn_fused(knn_cpu, queries, reference, k, self_offset):
+    """A one-shot search by ``knn_cpu.knn_screen32``: the same screen in one kernel, each
+    reference tile rounded as pass 1 packs it (no float32 copy of the reference, whose
+    fresh pages cost more than the rounding), its certificate pass 2's margin widened by
+    the rounding (knn_screen32.pxi proves it); the float64 kernel where the rounded rows
+    are not finite or their norms too large for float32 products."""
+    prepared32 = knn_cpu.rounded_norms(reference)
+    answer = (None if prepared32 is None
+              else knn_cpu.knn_screen32(queries, reference, k, self_offset, prepared32))
+    if answer is None:
+        return knn_cpu.knn(queries, reference, k, self_offset)
+    D, I, failed = answer
+    return _answer_failed(knn_cpu, queries, reference, k, self_offset, D, I, failed, None)
+
+
+def _answer_failed(knn_cpu, queries, reference, k, self_offset, D, I, failed, prepared64):
+    """(D, I) with the rows where ``failed`` (bool) answered by the float64 kernel: one by
+    one up to FALLBACK_ONE_BY_ONE of them, else the whole call."""
+    rows = np.flatnonzero(failed)
+    if rows.size > FALLBACK_ONE_BY_ONE:
+        return knn_cpu.knn(queries, reference, k, self_offset, prepared64)
+    for i in rows:
         D[i], I[i] = (a[0] for a in knn_cpu.knn(
-            queries[i:i + 1], reference, k, own[i] if self_offset >= 0 else -1,
-            prepared.prepared64))
+            queries[i:i + 1], reference, k, i + self_offset if self_offset >= 0 else -1,
+            prepared64))
     return D, I

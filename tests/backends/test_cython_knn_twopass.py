@@ -406,6 +406,115 @@ def test_screen_beyond_float32_range_and_old_prepared_form(rng):
     np.testing.assert_array_equal(D, D_dir)
 
 
+# ------------------------------------------ the float32 screen in one kernel (knn_screen32)
+# Shapes of the query-block path (more than 256 queries): lists from the first, grown and
+# last tiles, d from 1 to 128.
+SCREEN32_SIZES = [(600, 50, 1), (700, 3001, 7), (2048, 1025, 16), (1000, 5000, 128)]
+
+
+def _screen32_data(rng, kind, n_q, n_r, d):
+    if kind == "grid":  # exact ties at every distance
+        return (rng.integers(-2, 3, (n_q, d)).astype(float),
+                rng.integers(-2, 3, (n_r, d)).astype(float))
+    scale = 1.0 if kind == "normal" else 10.0 ** rng.uniform(-20, 15, size=(n_r, 1))
+    R = rng.normal(size=(n_r, d)) * scale
+    Q = R[rng.integers(0, n_r, n_q)] + rng.normal(size=(n_q, d)) * 1e-3 * np.abs(R).max()
+    return (rng.normal(size=(n_q, d)) if kind == "normal" else Q), R
+
+
+@pytest.mark.parametrize("n_q,n_r,d", SCREEN32_SIZES)
+@pytest.mark.parametrize("kind", ["normal", "grid", "scales"])
+def test_screen32_rows_are_the_float64_kernels(rng, f32_tiles, n_q, n_r, d, kind):
+    """Every row knn_screen32 answers is the float64 kernel's, bit for bit (ties at the
+    k-th distance and the own row left out included); typical rows all get answered. On
+    BLAS products it does not run (pass 1 needs the f32 tiles, which round as they pack)."""
+    Q, R = _screen32_data(rng, kind, n_q, n_r, d)
+    for queries, k, self_offset in ((Q, 1, -1), (Q, 10, -1), (R[:n_q], 10, 0)):
+        answer = knn_cpu.knn_screen32(queries, R, k, self_offset, knn_cpu.rounded_norms(R))
+        if f32_tiles == "blas":
+            assert answer is None
+            assert not knn_cpu.screen32_applies(len(queries), n_r, k, d)
+            continue
+        D, I, failed = answer
+        assert failed.dtype == bool and failed.shape == (len(queries),)
+        D_dir, I_dir = knn_cpu.knn_direct(queries, R, k, self_offset)
+        np.testing.assert_array_equal(D[~failed], D_dir[~failed])
+        np.testing.assert_array_equal(I[~failed], I_dir[~failed])
+        if kind == "normal":
+            assert not failed.any()
+        D, I = cython_.knn(queries, R, k, self_offset)  # the failed rows answered too
+        np.testing.assert_array_equal(D, D_dir)
+        np.testing.assert_array_equal(I, I_dir)
+
+
+@pytest.mark.parametrize("n_merged", [10, 600])
+def test_screen32_reports_rows_that_float32_merges(rng, n_merged, monkeypatch):
+    """Twenty reference rows per point 1e-13 apart (one row in float32), more than a list
+    holds: knn_screen32 reports those queries failed, and the one-shot search answers them
+    by the float64 kernel (one by one for a few, in one call for many), bit for bit."""
+    spy, calls = _screen_calls(monkeypatch)
+    base = rng.normal(size=(50, 16))
+    R = np.concatenate([base * (1 + 1e-13 * i) for i in range(20)]
+                       + [rng.normal(size=(400, 16))])
+    Q = rng.normal(size=(600, 16)) * 3
+    Q[:n_merged] = base[np.arange(n_merged) % 50] + 1e-9
+    D, I, failed = knn_cpu.knn_screen32(Q, R, 2, -1, knn_cpu.rounded_norms(R))
+    assert failed[:n_merged].all()
+    D, I = _knn_screen.knn(spy, Q, R, 2, -1)
+    D_dir, I_dir = knn_cpu.knn_direct(Q, R, 2, -1)
+    np.testing.assert_array_equal(D, D_dir)
+    np.testing.assert_array_equal(I, I_dir)
+    n_failed = int(failed.sum())
+    assert calls == ([1] * n_failed if n_failed <= _knn_screen.FALLBACK_ONE_BY_ONE
+                     else [600]), calls
+
+
+def test_one_shot_screen_makes_no_float32_copy(rng, monkeypatch):
+    """A one-shot float64 search of the query-block path rounds the reference tile by tile
+    (knn_screen32): no float32 copy, no float64 kernel call."""
+    spy, calls = _screen_calls(monkeypatch)
+    copies = []
+    monkeypatch.setattr(type(spy), "rounded_rows", lambda self, X: copies.append(1),
+                        raising=False)
+    R = rng.normal(size=(3000, 40))
+    Q = rng.normal(size=(700, 40))
+    if not knn_cpu.screen32_applies(700, 3000, 10, 40):
+        pytest.skip("pass 1 runs on BLAS products here (FASTZSL_TILES), not the f32 tiles")
+    D, I = _knn_screen.knn(spy, Q, R, 10, -1)
+    D_dir, I_dir = knn_cpu.knn_direct(Q, R, 10, -1)
+    np.testing.assert_array_equal(D, D_dir)
+    np.testing.assert_array_equal(I, I_dir)
+    assert copies == [] and calls == []
+
+
+def test_screen32_declines_norms_too_large_for_float32_products(rng):
+    """Rows whose squared norms pass float32's range (here about 1e38) but not their
+    values: knn_screen32 declines (None) and the one-shot search runs the float64 kernel."""
+    R = rng.normal(size=(3000, 8)) * 1e18
+    Q = rng.normal(size=(700, 8)) * 1e18
+    prepared32 = knn_cpu.rounded_norms(R)
+    if prepared32 is not None:
+        assert knn_cpu.knn_screen32(Q, R, 5, -1, prepared32) is None
+    D, I = cython_.knn(Q, R, 5, -1)
+    D_dir, I_dir = knn_cpu.knn_direct(Q, R, 5, -1)
+    np.testing.assert_array_equal(I, I_dir)
+    np.testing.assert_array_equal(D, D_dir)
+
+
+@pytest.mark.parametrize("n,d", [(0, 5), (1, 1), (255, 7), (256, 7), (3001, 50), (40, 0)])
+def test_rounded_norms_are_those_of_the_rounded_rows(rng, n, d):
+    """knn_screen32's norms without the copy: bit for bit rounded_rows' (subnormals and
+    values that round to zero included), None beyond float32's range."""
+    X = rng.normal(size=(n, d)) * np.exp(rng.uniform(-110, 40, size=(n, 1)))
+    _, expected = knn_cpu.rounded_rows(X)
+    rn, rmax = knn_cpu.rounded_norms(X)
+    np.testing.assert_array_equal(rn, expected[0])
+    assert rn.dtype == np.float32 and rmax == expected[1]
+    if n and d:
+        X[n // 2, 0] = 1e39
+        assert knn_cpu.rounded_norms(X) is None
+
+
 def test_self_join_with_many_pairs_per_round_gives_the_same_bits(rng):
     """40k rows (157 blocks: rounds of 79 pairs, shared among the threads; and ranges of
     59 / 59 / 40 blocks): the whole join and the join in pairs of ranges equal knn."""
