@@ -222,8 +222,9 @@ def knn_screen32(queries, reference, k, self_offset, prepared32):
     failed = np.zeros(queries.shape[0], dtype=np.uint8)
     if not screen32_applies(queries.shape[0], reference.shape[0], kk, queries.shape[1]):
         return None
-    rc = _knn_screen32_impl(queries, reference, kk, self_offset, &rnv[0], rmax, D, I,
-                            failed)  # no BLAS call: pass 1 on the f32 tiles, no rescans
+    with blas_single_threaded():  # pass 1's gemm (without the f32 tiles) inside OpenMP
+        rc = _knn_screen32_impl(queries, reference, kk, self_offset, &rnv[0], rmax, D, I,
+                                failed)
     if rc == 1:
         return None
     if rc != 0:

@@ -1,7 +1,7 @@
 # The float32 screen of float64 kNN in one kernel (part of knn_cpu.pyx, included after
 # knn_split.pxi): pass 1 of the float32 two-pass kernel on the float64 rows rounded to
-# float32 as each tile is packed (the queries a block at a time), so that no float32 copy
-# of the reference exists, and pass 2 of the float64 kernel: the exact float64 re-rank of
+# float32 tile by tile (as the f32 tiles pack them, or into a tile of rows for BLAS; the
+# queries a block at a time), so that no float32 copy of the reference exists, and pass 2 of the float64 kernel: the exact float64 re-rank of
 # every listed candidate within a margin widened by what the rounding can move a distance.
 #
 # Why that is exact (the float64 kernel's answer, bit for bit). q, r_j the float64 rows,
@@ -42,13 +42,14 @@ cdef void _screen32_block(const double* qbase, const double* rbase, const double
                           const float* rn32, double rnb, Py_ssize_t q0, Py_ssize_t q1,
                           Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k, Py_ssize_t self_offset,
                           Py_ssize_t tile, float* q32, float* lv, int64_t* li, float* buf,
-                          float* packed, float* rn_tile, float* thr, uint32_t* masks,
+                          bint tiles, float* packed, float* rn_tile, float* thr,
+                          uint32_t* masks,
                           double* lv64, Pass2Scratch* sc, double* Dout, int64_t* Iout,
                           unsigned char* failed) noexcept nogil:
     """The k best of queries q0..q1-1 (rows q0..q1-1 of Dout / Iout), or failed[qi] = 1
     where a list overflowed. rn32: the rounded reference rows' norms (float32), rnb a bound
-    on every ||r_j|| and ||fl32(r_j)||; scratch as _pass1_block's (float32), q32 [nq d],
-    lv64 [L]."""
+    on every ||r_j|| and ||fl32(r_j)||; scratch as _pass1_block's (float32; packed also
+    without the tiles), q32 [nq d], lv64 [L]."""
     cdef Py_ssize_t L = _list_len(k, d)
     cdef Py_ssize_t nq = q1 - q0
     cdef Py_ssize_t c, row, qi, nc
@@ -56,7 +57,7 @@ cdef void _screen32_block(const double* qbase, const double* rbase, const double
     for c in range(nq * d):
         q32[c] = <float>qbase[q0 * d + c]
     _pass1_block(q32, q0, nq, <const float*>NULL, rbase, rn32, n_r, d, L, self_offset, tile,
-                 lv, li, buf, packed, rn_tile, thr, masks)
+                 lv, li, buf, tiles, packed, rn_tile, thr, masks)
     for row in range(nq):
         qi = q0 + row
         for c in range(L):
@@ -76,8 +77,8 @@ cdef void _screen32_block(const double* qbase, const double* rbase, const double
 cdef bint _screen32_applies(Py_ssize_t n_q, Py_ssize_t n_r, Py_ssize_t k, Py_ssize_t d,
                             int n_threads) noexcept nogil:
     """Whether _knn_screen32_impl runs these shapes: the query-block path (not the split
-    path of few queries) with pass 1 on the f32 tiles."""
-    return (n_q > 0 and n_r > 0 and k > 0 and d >= MIN_GEMM_DIM and _f32_tiles_for(d)
+    path of few queries)."""
+    return (n_q > 0 and n_r > 0 and k > 0 and d >= MIN_GEMM_DIM
             and not _use_split(n_q, n_r, _list_len(k, d), n_threads))
 
 
@@ -94,6 +95,7 @@ cdef int _knn_screen32_impl(const double[:, ::1] queries, const double[:, ::1] r
     cdef Py_ssize_t n_r = reference.shape[0]
     cdef Py_ssize_t L = _list_len(k, d)
     cdef Py_ssize_t qb, tile, tile_padded, n_blocks, b, q0, q1
+    cdef bint tiles = _f32_tiles_for(d)
     cdef double qmax, rnb, qnb
     cdef double* qn = NULL
     cdef float* q32
@@ -144,9 +146,10 @@ cdef int _knn_screen32_impl(const double[:, ::1] queries, const double[:, ::1] r
             li = <int64_t*>malloc(qb * L * sizeof(int64_t))
             buf = <float*>malloc(qb * tile_padded * sizeof(float))
             packed = <float*>malloc(tile_padded * d * sizeof(float))
-            rn_tile = <float*>calloc(tile_padded, sizeof(float))
-            thr = <float*>malloc(qb * sizeof(float))
-            masks = <uint32_t*>malloc(qb * (tile_padded // FZ_F32_NR) * sizeof(uint32_t))
+            rn_tile = <float*>calloc(tile_padded, sizeof(float)) if tiles else NULL
+            thr = <float*>malloc(qb * sizeof(float)) if tiles else NULL
+            masks = <uint32_t*>malloc(qb * (tile_padded // FZ_F32_NR) * sizeof(uint32_t)) \
+                if tiles else NULL
             lv64 = <double*>malloc(L * sizeof(double))
             sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
             if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(double)):
@@ -154,8 +157,8 @@ cdef int _knn_screen32_impl(const double[:, ::1] queries, const double[:, ::1] r
                 sc = NULL
             for b in prange(n_blocks, schedule="dynamic"):
                 if (q32 == NULL or lv == NULL or li == NULL or buf == NULL or packed == NULL
-                        or rn_tile == NULL or thr == NULL or masks == NULL or lv64 == NULL
-                        or sc == NULL):
+                        or lv64 == NULL or sc == NULL
+                        or (tiles and (rn_tile == NULL or thr == NULL or masks == NULL))):
                     failed_alloc_p[0] = 1
                     continue
                 q0 = b * qb
@@ -163,8 +166,8 @@ cdef int _knn_screen32_impl(const double[:, ::1] queries, const double[:, ::1] r
                 if q1 > n_q:
                     q1 = n_q
                 _screen32_block(&queries[0, 0], &reference[0, 0], qn, rn32, rnb, q0, q1,
-                                n_r, d, k, self_offset, tile, q32, lv, li, buf, packed,
-                                rn_tile, thr, masks, lv64, sc, &D[0, 0], &I[0, 0],
+                                n_r, d, k, self_offset, tile, q32, lv, li, buf, tiles,
+                                packed, rn_tile, thr, masks, lv64, sc, &D[0, 0], &I[0, 0],
                                 &failed[0])
             free(q32)
             free(lv)

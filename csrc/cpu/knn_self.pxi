@@ -94,8 +94,8 @@ cdef int _pair_rounds_pass1(const cython.floating* X, Py_ssize_t d,
                 nb = b_stop - b0
                 if nb > SELF_BLOCK:
                     nb = SELF_BLOCK
-                ldb = _dot_tile(X + a0 * d, na, X + b0 * d, NULL, nb, d, packed, NULL, NULL,
-                                NULL, buf)
+                ldb = _dot_tile(X + a0 * d, na, X + b0 * d, NULL, nb, d, tiles, packed, NULL,
+                                NULL, NULL, buf)
                 # Rows: block a's points against block b.
                 for i in range(na):
                     q = a0 + i

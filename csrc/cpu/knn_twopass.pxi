@@ -681,17 +681,18 @@ cdef bint _largest_norm(const double* norms, Py_ssize_t n, double* vmax) noexcep
 
 cdef inline Py_ssize_t _dot_tile(const cython.floating* a, Py_ssize_t na,
                                  const cython.floating* b, const double* b64, Py_ssize_t nb,
-                                 Py_ssize_t d, float* packed, const float* rn,
+                                 Py_ssize_t d, bint tiles, float* packed, const float* rn,
                                  const float* thr, uint32_t* masks,
                                  cython.floating* out) noexcept nogil:
     """out = a[na, d] @ b[nb, d]^T, pass 1's tile of dot products: by the f32 tiles
-    (float32 with ``packed``: room for nb rows rounded up to whole panels; with ``masks``
-    also their masks against rn / thr, see knn_f32_tiles.h) or one BLAS gemm. ``b64``
-    (float32 with ``packed`` only, b then unused): float64 rows, rounded to float32 as they
-    are packed. Returns the row stride of out (nb, or nb rounded up to whole panels)."""
-    cdef Py_ssize_t n_panels
+    (float32 with ``tiles``; ``packed``: room for nb rows rounded up to whole panels; with
+    ``masks`` also their masks against rn / thr, see knn_f32_tiles.h) or one BLAS gemm.
+    ``b64`` (float32 only, b then unused): float64 rows, rounded to float32 as the tiles
+    pack them, or into ``packed`` (nb d floats) for the gemm. Returns the row stride of out
+    (nb, or nb rounded up to whole panels)."""
+    cdef Py_ssize_t n_panels, c
     if cython.floating is float:
-        if packed != NULL:
+        if tiles:
             n_panels = (nb + FZ_F32_NR - 1) // FZ_F32_NR
             if b64 != NULL:
                 fz_f32_pack_panels_rounded(_F32_TILES, b64, nb, d, packed)
@@ -700,6 +701,10 @@ cdef inline Py_ssize_t _dot_tile(const cython.floating* a, Py_ssize_t na,
             fz_f32_tile(_F32_TILES, a, na, d, packed, nb, out,
                         n_panels * FZ_F32_NR, rn, thr, masks)
             return n_panels * FZ_F32_NR
+        if b64 != NULL:
+            for c in range(nb * d):
+                packed[c] = <float>b64[c]
+            b = packed
     gemm_abt(a, b, <int>na, <int>nb, <int>d, out)
     return nb
 
@@ -708,14 +713,15 @@ cdef void _pass1_block(const cython.floating* a, Py_ssize_t q0, Py_ssize_t nq,
                        const cython.floating* rbase, const double* rbase64,
                        const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t L,
                        Py_ssize_t self_offset, Py_ssize_t tile, cython.floating* lv,
-                       int64_t* li, cython.floating* buf, float* packed, float* rn_tile,
-                       float* thr, uint32_t* masks) noexcept nogil:
+                       int64_t* li, cython.floating* buf, bint tiles, float* packed,
+                       float* rn_tile, float* thr, uint32_t* masks) noexcept nogil:
     """Pass 1 of queries q0..q0+nq-1 (rows a[nq, d]): their lists lv / li (L entries each)
-    against every reference tile. ``packed``: room for a tile of references in panels
-    (float32 with _F32_TILES), else NULL, and then rn_tile (the tile rounded up to whole
-    panels), thr (nq) and masks (nq x panels) its scratch; ``buf``: nq rows of the tile
-    rounded up to whole panels. ``rbase64`` (float32 with ``packed`` only, rbase then
-    unused): the reference as float64 rows, each tile rounded to float32 as it is packed."""
+    against every reference tile. ``tiles`` (float32 only): the products by the f32 tiles,
+    with ``packed`` room for a tile of references in panels and rn_tile (the tile rounded up
+    to whole panels), thr (nq) and masks (nq x panels) their scratch; else by BLAS (packed:
+    NULL, or with ``rbase64`` room for a tile of rows). ``buf``: nq rows of the tile rounded
+    up to whole panels. ``rbase64`` (float32 only, rbase then unused): the reference as
+    float64 rows, each tile rounded to float32 on its way to the products."""
     cdef Py_ssize_t r0, r1, nr, row, qi, c, skip, ldc
     for c in range(nq * L):
         lv[c] = INFINITY
@@ -731,7 +737,7 @@ cdef void _pass1_block(const cython.floating* a, Py_ssize_t q0, Py_ssize_t nq,
     r0 = 0
     while r0 < n_r:
         if r0 > 0:
-            nr = r0 if cython.floating is float and packed != NULL else tile
+            nr = r0 if cython.floating is float and tiles else tile
         if nr > tile:
             nr = tile
         r1 = r0 + nr
@@ -739,18 +745,18 @@ cdef void _pass1_block(const cython.floating* a, Py_ssize_t q0, Py_ssize_t nq,
             r1 = n_r
         nr = r1 - r0
         # the f32 tiles' masks are taken against each list's threshold now
-        if cython.floating is float and packed != NULL:
+        if cython.floating is float and tiles:
             for row in range(nq):
                 thr[row] = lv[row * L]
             memcpy(rn_tile, rn_w + r0, nr * sizeof(float))
         ldc = _dot_tile(a, nq, rbase + r0 * d if rbase64 == NULL else rbase,
-                        rbase64 + r0 * d if rbase64 != NULL else NULL, nr, d, packed,
+                        rbase64 + r0 * d if rbase64 != NULL else NULL, nr, d, tiles, packed,
                         rn_tile, thr, masks, buf)
         for row in range(nq):
             qi = q0 + row
             skip = qi + self_offset if self_offset >= 0 else -1
             if cython.floating is float:
-                if packed != NULL:
+                if tiles:
                     _scan_row_masked(buf + row * ldc, masks + row * (ldc // FZ_F32_NR),
                                      rn_w + r0, nr, r0, skip, lv + row * L, li + row * L, L)
                     continue
@@ -773,7 +779,7 @@ cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase
     cdef double eps, tiny, limit
     _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
     _pass1_block(qbase + q0 * d, q0, q1 - q0, rbase, NULL, rn_w, n_r, d, L, self_offset, tile,
-                 lv, li, buf, packed, rn_tile, thr, masks)
+                 lv, li, buf, packed != NULL, packed, rn_tile, thr, masks)
     for row in range(q1 - q0):
         _pass2(sc, q0 + row, qbase, self_offset, rbase, rn_w, n_r, d, k, L, qn[q0 + row], rmax,
                eps, tiny, lv + row * L, li + row * L, 1, 0, Dout, Iout)

@@ -408,8 +408,9 @@ def test_screen_beyond_float32_range_and_old_prepared_form(rng):
 
 # ------------------------------------------ the float32 screen in one kernel (knn_screen32)
 # Shapes of the query-block path (more than 256 queries): lists from the first, grown and
-# last tiles, d from 1 to 128.
-SCREEN32_SIZES = [(600, 50, 1), (700, 3001, 7), (2048, 1025, 16), (1000, 5000, 128)]
+# last tiles, d from 1 to 300 (past the AVX2 tiles' 256: BLAS products under "auto").
+SCREEN32_SIZES = [(600, 50, 1), (700, 3001, 7), (2048, 1025, 16), (1000, 5000, 128),
+                  (600, 2000, 300)]
 
 
 def _screen32_data(rng, kind, n_q, n_r, d):
@@ -426,16 +427,13 @@ def _screen32_data(rng, kind, n_q, n_r, d):
 @pytest.mark.parametrize("kind", ["normal", "grid", "scales"])
 def test_screen32_rows_are_the_float64_kernels(rng, f32_tiles, n_q, n_r, d, kind):
     """Every row knn_screen32 answers is the float64 kernel's, bit for bit (ties at the
-    k-th distance and the own row left out included); typical rows all get answered. On
-    BLAS products it does not run (pass 1 needs the f32 tiles, which round as they pack)."""
+    k-th distance and the own row left out included), its pass 1 on each tile kernel or on
+    BLAS (the tile rounded into rows); typical rows all get answered."""
     Q, R = _screen32_data(rng, kind, n_q, n_r, d)
     for queries, k, self_offset in ((Q, 1, -1), (Q, 10, -1), (R[:n_q], 10, 0)):
-        answer = knn_cpu.knn_screen32(queries, R, k, self_offset, knn_cpu.rounded_norms(R))
-        if f32_tiles == "blas":
-            assert answer is None
-            assert not knn_cpu.screen32_applies(len(queries), n_r, k, d)
-            continue
-        D, I, failed = answer
+        assert knn_cpu.screen32_applies(len(queries), n_r, k, d)
+        D, I, failed = knn_cpu.knn_screen32(queries, R, k, self_offset,
+                                            knn_cpu.rounded_norms(R))
         assert failed.dtype == bool and failed.shape == (len(queries),)
         D_dir, I_dir = knn_cpu.knn_direct(queries, R, k, self_offset)
         np.testing.assert_array_equal(D[~failed], D_dir[~failed])
@@ -478,8 +476,7 @@ def test_one_shot_screen_makes_no_float32_copy(rng, monkeypatch):
                         raising=False)
     R = rng.normal(size=(3000, 40))
     Q = rng.normal(size=(700, 40))
-    if not knn_cpu.screen32_applies(700, 3000, 10, 40):
-        pytest.skip("pass 1 runs on BLAS products here (FASTZSL_TILES), not the f32 tiles")
+    assert knn_cpu.screen32_applies(700, 3000, 10, 40)
     D, I = _knn_screen.knn(spy, Q, R, 10, -1)
     D_dir, I_dir = knn_cpu.knn_direct(Q, R, 10, -1)
     np.testing.assert_array_equal(D, D_dir)
