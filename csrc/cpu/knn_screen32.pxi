@@ -1,8 +1,9 @@
 # The float32 screen of float64 kNN in one kernel (part of knn_cpu.pyx, included after
 # knn_split.pxi): pass 1 of the float32 two-pass kernel on the float64 rows rounded to
 # float32 tile by tile (as the f32 tiles pack them, or into a tile of rows for BLAS; the
-# queries a block at a time), so that no float32 copy of the reference exists, and pass 2 of the float64 kernel: the exact float64 re-rank of
-# every listed candidate within a margin widened by what the rounding can move a distance.
+# queries a block at a time), so that no float32 copy of the reference exists, and pass 2
+# of the float64 kernel: the exact float64 re-rank of every listed candidate within a
+# margin widened by what the rounding can move a distance.
 #
 # Why that is exact (the float64 kernel's answer, bit for bit). q, r_j the float64 rows,
 # q' = fl32(q), r'_j = fl32(r_j); E_j, E'_j the exact squared distances of q, r_j and of
