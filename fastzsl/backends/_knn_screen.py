@@ -31,10 +31,10 @@ A one-shot search (no ``prepared``) of the query-block path runs steps 1-3 as on
 instead, ``knn_cpu.knn_screen32`` (:func:`_knn_fused`; csrc/cpu/knn_screen32.pxi proves
 it): the float32 kernel's pass 1 on each reference tile rounded on its way to the
 products, then the float64 kernel's re-rank of every listed candidate within pass 2's
-margin widened by the rounding's δ. No float32 copy of the reference is made (on a VM that hands freed memory
-back to its host, the copy's fresh pages alone cost 0.1x-0.3x of the search at d = 128),
-and the lists need no extra candidates. An :class:`ScreenPrepared` index keeps the copy,
-which the split path of a few queries searches.
+margin widened by the rounding's δ. No float32 copy of the reference is made (on a VM
+that hands freed memory back to its host, the copy's fresh pages alone cost 0.1x-0.3x of
+the search at d = 128), and the lists need no extra candidates. A :class:`ScreenPrepared`
+index keeps the copy, which the split path of a few queries searches.
 """
 from __future__ import annotations
 
