@@ -27,14 +27,13 @@ inputs rounded to float32, certified per query, then the exact float64 re-rank.
    inputs that are not finite in float32 (beyond its range), which keeps the float64
    kernel's behaviour there.
 
-A one-shot search (no ``prepared``) of the query-block path runs steps 1-3 as one kernel
-instead, ``knn_cpu.knn_screen32`` (:func:`_knn_fused`; csrc/cpu/knn_screen32.pxi proves
-it): the float32 kernel's pass 1 on each reference tile rounded on its way to the
+A search of the query-block path (more than 256 queries) runs steps 1-3 as one kernel
+instead, ``knn_cpu.knn_screen32`` (csrc/cpu/knn_screen32.pxi proves it): the float32 kernel's pass 1 on each reference tile rounded on its way to the
 products, then the float64 kernel's re-rank of every listed candidate within pass 2's
 margin widened by the rounding's δ. No float32 copy of the reference is made (on a VM
 that hands freed memory back to its host, the copy's fresh pages alone cost 0.1x-0.3x of
-the search at d = 128), and the lists need no extra candidates. A :class:`ScreenPrepared`
-index keeps the copy, which the split path of a few queries searches.
+the search at d = 128), and the lists need no extra candidates. The copy is made by the
+first search of a few queries (the split path), and a :class:`ScreenPrepared` keeps it.
 """
 from __future__ import annotations
 
@@ -52,27 +51,36 @@ EXTRA = 8
 FALLBACK_ONE_BY_ONE = 32
 
 
-@dataclass(frozen=True)
+@dataclass
 class ScreenPrepared:
     """What the screen reuses across searches of one float64 reference."""
 
-    reference32: np.ndarray   # fl32(reference), or None when that is not finite
-    prepared32: tuple | None  # knn_cpu.reference_norms(reference32)
+    reference32: np.ndarray | None  # fl32(reference): made by the first search that needs
+    #                                 it (rows32); None before, or where not finite
+    prepared32: tuple | None  # knn_cpu.rounded_norms(reference), None when not finite
     prepared64: tuple | None  # knn_cpu.reference_norms(reference) for the fallback, or None:
     #                           the fallback computes them (indexes pickled before kept them)
     norm_max: float           # at least the largest ||r_j|| of the float64 rows
 
+    def rows32(self, knn_cpu, reference):
+        """fl32(reference), made once (half the reference's memory again)."""
+        if self.reference32 is None:
+            self.reference32 = knn_cpu.rounded_rows(reference)[0]
+        return self.reference32
+
 
 def prepare(knn_cpu, reference):
     """``knn.prepare``: the reference norms for float32, a :class:`ScreenPrepared` for
-    float64 (its float32 copy: half the reference's memory again). The float64 norms are
-    not computed (a pass over twice the float32 copy's bytes, on every one-call search):
-    the certificate's largest norm is bounded from the float32 rows' instead, and the
-    float64 fallback computes its own."""
+    float64: the norms of its rows rounded to float32, its float32 copy only once a search
+    needs it (a few queries, or the BF16 screen; searches of many run the screen in one
+    kernel, which rounds the reference tile by tile). The float64 norms are not computed
+    (a pass over twice the float32 rows' bytes, on every one-call search): the
+    certificate's largest norm is bounded from the float32 rows' instead, and the float64
+    fallback computes its own."""
     reference = np.ascontiguousarray(reference)
     if reference.dtype != np.float64:
         return knn_cpu.reference_norms(reference)
-    ref32, prepared32 = knn_cpu.rounded_rows(reference)  # the copy and its norms, one pass
+    prepared32 = knn_cpu.rounded_norms(reference)
     if prepared32 is None:
         return ScreenPrepared(None, None, None, np.inf)
     d = reference.shape[1]
@@ -80,7 +88,7 @@ def prepare(knn_cpu, reference):
     # rows' squared norms are double sums, within (d + 2) u' of their exact values.
     norm32 = np.sqrt(prepared32[1] * (1 + (d + 2) * UNIT_ROUNDOFF_64))
     norm_max = (norm32 + np.sqrt(d) * SUBNORMAL_HALF_32) / (1 - UNIT_ROUNDOFF_32)
-    return ScreenPrepared(ref32, prepared32, None, float(norm_max))
+    return ScreenPrepared(None, prepared32, None, float(norm_max))
 
 
 def knn(knn_cpu, queries, reference, k, self_offset, prepared=None, search32=None):
@@ -88,25 +96,32 @@ def knn(knn_cpu, queries, reference, k, self_offset, prepared=None, search32=Non
     float64 kernel's (D, I) bit for bit. ``prepared``: :func:`prepare` of this reference
     (its ``prepared32`` as ``search32`` takes it); ``search32(Q, R, k, self_offset,
     prepared32)``: the float32 search, any with ``knn_cpu.knn``'s answers, or None: then
-    ``knn_cpu.knn``, and a one-shot search (no ``prepared``) of shapes that
-    ``knn_cpu.screen32_applies`` to runs the screen in one kernel instead
-    (:func:`_knn_fused`)."""
+    ``knn_cpu.knn``, and searches of shapes that ``knn_cpu.screen32_applies`` to run the
+    screen in one kernel instead (``knn_cpu.knn_screen32``)."""
     queries = np.ascontiguousarray(queries, dtype=np.float64)
     reference = np.ascontiguousarray(reference, dtype=np.float64)
     n_q, d = queries.shape
     n_r = reference.shape[0]
     if not isinstance(prepared, ScreenPrepared):
-        if search32 is None and knn_cpu.screen32_applies(n_q, n_r, k, d):
-            return _knn_fused(knn_cpu, queries, reference, k, self_offset)
         prepared = prepare(knn_cpu, reference)
+    if prepared.prepared32 is None:  # beyond float32's range: the float64 kernel
+        return knn_cpu.knn(queries, reference, k, self_offset, prepared.prepared64)
+    if search32 is None and knn_cpu.screen32_applies(n_q, n_r, k, d):
+        # an index prepared while the BF16 screen ran holds its norms inside its Prepared
+        norms32 = getattr(prepared.prepared32, "prepared32", prepared.prepared32)
+        answer = knn_cpu.knn_screen32(queries, reference, k, self_offset, norms32)
+        if answer is not None:  # else norms too large for float32 products
+            D, I, failed = answer
+            return _answer_failed(knn_cpu, queries, reference, k, self_offset, D, I, failed,
+                                  prepared.prepared64)
     n_own = 1 if self_offset >= 0 else 0
     k_list = min(k + max(EXTRA, k // 4), n_r - n_own)
     with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
         q32 = queries.astype(np.float32)
-    if (prepared.reference32 is None or n_q == 0 or d == 0 or k_list <= k
-            or not np.isfinite(q32).all()):
+    if n_q == 0 or d == 0 or k_list <= k or not np.isfinite(q32).all():
         return knn_cpu.knn(queries, reference, k, self_offset, prepared.prepared64)
-    D32, I32 = (search32 or knn_cpu.knn)(q32, prepared.reference32, k_list, self_offset,
+    reference32 = prepared.rows32(knn_cpu, reference)
+    D32, I32 = (search32 or knn_cpu.knn)(q32, reference32, k_list, self_offset,
                                          prepared.prepared32)
     rows = np.arange(n_q)
     own = rows + self_offset if self_offset >= 0 else np.full(n_q, -1)
@@ -125,21 +140,6 @@ def knn(knn_cpu, queries, reference, k, self_offset, prepared=None, search32=Non
     D, I = knn_cpu.rerank(queries, reference, I32, k, np.where(has_own, own, -1))
     return _answer_failed(knn_cpu, queries, reference, k, self_offset, D, I, ~certified,
                           prepared.prepared64)
-
-
-def _knn_fused(knn_cpu, queries, reference, k, self_offset):
-    """A one-shot search by ``knn_cpu.knn_screen32``: the same screen in one kernel, each
-    reference tile rounded as pass 1 packs it (no float32 copy of the reference, whose
-    fresh pages cost more than the rounding), its certificate pass 2's margin widened by
-    the rounding (knn_screen32.pxi proves it); the float64 kernel where the rounded rows
-    are not finite or their norms too large for float32 products."""
-    prepared32 = knn_cpu.rounded_norms(reference)
-    answer = (None if prepared32 is None
-              else knn_cpu.knn_screen32(queries, reference, k, self_offset, prepared32))
-    if answer is None:
-        return knn_cpu.knn(queries, reference, k, self_offset)
-    D, I, failed = answer
-    return _answer_failed(knn_cpu, queries, reference, k, self_offset, D, I, failed, None)
 
 
 def _answer_failed(knn_cpu, queries, reference, k, self_offset, D, I, failed, prepared64):

@@ -41,7 +41,7 @@ def knn(queries, reference, k, self_offset, prepared=None):
     the reference, more than ``_knn_bf16.FIRST_CHUNK`` after), both at about the speed of
     the lower precision.
     ``prepared``: ``prepare(reference)`` (the reference's norms, its float32 copy for
-    float64, its bfloat16 copy for float32), kept by a caller that searches one reference
+    float64 once needed, its bfloat16 copy for float32), kept by a caller that searches one reference
     many times (``ExactIndex``): it saves passes over the reference per call, most of the
     work for a single query."""
     if getattr(queries, "dtype", None) == np.float64:
@@ -84,7 +84,8 @@ def _knn32(queries, reference, k, self_offset, prepared):
 
 def prepare(reference):
     """What :func:`knn` reuses across searches of ``reference`` (``KernelSet.knn_prepare``):
-    its norms; for float64 its float32 copy (half the reference's memory again); where the
+    its norms; for float64 those of its rows rounded to float32, and its float32 copy
+    (half the reference's memory again) once a search of a few queries needs it; where the
     BF16 screen runs, the float32 rows' bfloat16 copy, made by the first search of enough
     queries (half the float32 rows' memory again)."""
     prepared = _knn_screen.prepare(_knn_cpu, reference)

@@ -484,6 +484,27 @@ def test_one_shot_screen_makes_no_float32_copy(rng, monkeypatch):
     assert copies == [] and calls == []
 
 
+def test_float64_index_makes_its_float32_copy_only_for_few_queries(rng):
+    """An index over float64 rows searches many queries by knn_screen32 without a float32
+    copy; the first search of a few (the split path) makes it, later ones reuse it; every
+    answer the float64 kernel's, bit for bit."""
+    R = rng.normal(size=(3000, 24))
+    prepared = cython_.prepare(R)
+    assert isinstance(prepared, _knn_screen.ScreenPrepared)
+    for n_q in (700, 5, 600, 3):
+        Q = rng.normal(size=(n_q, 24))
+        D, I = cython_.knn(Q, R, 10, -1, prepared)
+        D_dir, I_dir = knn_cpu.knn_direct(Q, R, 10, -1)
+        np.testing.assert_array_equal(D, D_dir)
+        np.testing.assert_array_equal(I, I_dir)
+        if n_q == 700:
+            assert prepared.reference32 is None
+        if n_q == 5:
+            copy = prepared.reference32
+            np.testing.assert_array_equal(copy, R.astype(np.float32))
+    assert prepared.reference32 is copy
+
+
 def test_screen32_declines_norms_too_large_for_float32_products(rng):
     """Rows whose squared norms pass float32's range (here about 1e38) but not their
     values: knn_screen32 declines (None) and the one-shot search runs the float64 kernel."""
