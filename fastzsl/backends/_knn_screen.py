@@ -28,9 +28,10 @@ inputs rounded to float32, certified per query, then the exact float64 re-rank.
    kernel's behaviour there.
 
 A search of the query-block path (more than 256 queries) runs steps 1-3 as one kernel
-instead, ``knn_cpu.knn_screen32`` (csrc/cpu/knn_screen32.pxi proves it): the float32 kernel's pass 1 on each reference tile rounded on its way to the
-products, then the float64 kernel's re-rank of every listed candidate within pass 2's
-margin widened by the rounding's δ. No float32 copy of the reference is made (on a VM
+instead, ``knn_cpu.knn_screen32`` (csrc/cpu/knn_screen32.pxi proves it): the float32
+kernel's pass 1 on each reference tile rounded on its way to the products, then the
+float64 kernel's re-rank of every listed candidate within pass 2's margin widened by the
+rounding's δ. No float32 copy of the reference is made (on a VM
 that hands freed memory back to its host, the copy's fresh pages alone cost 0.1x-0.3x of
 the search at d = 128), and the lists need no extra candidates. The copy is made by the
 first search of a few queries (the split path), and a :class:`ScreenPrepared` keeps it.

@@ -34,16 +34,16 @@ if not _MISSING:
 
 def knn(queries, reference, k, self_offset, prepared=None):
     """``knn_cpu.knn``, bit for bit: float64 queries through the float32 screen of
-    ``_knn_screen`` (a one-shot search of many queries: rounding the reference tile by
-    tile, with no float32 copy), float32 queries through the BF16 screen of ``_knn_bf16``
+    ``_knn_screen`` (a search of many queries: rounding the reference tile by tile, with
+    no float32 copy), float32 queries through the BF16 screen of ``_knn_bf16``
     where the CPU has AVX512_BF16 (``FASTZSL_BF16``; more than
     ``knn_cpu.split_max_queries`` queries until a search has made ``prepared``'s view of
     the reference, more than ``_knn_bf16.FIRST_CHUNK`` after), both at about the speed of
     the lower precision.
     ``prepared``: ``prepare(reference)`` (the reference's norms, its float32 copy for
-    float64 once needed, its bfloat16 copy for float32), kept by a caller that searches one reference
-    many times (``ExactIndex``): it saves passes over the reference per call, most of the
-    work for a single query."""
+    float64 once needed, its bfloat16 copy for float32), kept by a caller that searches
+    one reference many times (``ExactIndex``): it saves passes over the reference per
+    call, most of the work for a single query."""
     if getattr(queries, "dtype", None) == np.float64:
         # the BF16 screen, where it runs, takes the float32 search of the float64 screen
         bf16 = _knn_bf16.mode(_knn_cpu) is not None
