@@ -217,11 +217,11 @@ def knn_screen32(queries, reference, k, self_offset, prepared32):
         raise ValueError("knn_cpu.knn_screen32: prepared32 must be rounded_norms(reference)")
     cdef float[::1] rnv = rn
     cdef Py_ssize_t kk = k
+    if not screen32_applies(queries.shape[0], reference.shape[0], kk, queries.shape[1]):
+        return None  # before the outputs (the kernel checks again, for its own callers)
     D = np.empty((queries.shape[0], kk), dtype=np.float64)
     I = np.empty((queries.shape[0], kk), dtype=np.int64)
     failed = np.zeros(queries.shape[0], dtype=np.uint8)
-    if not screen32_applies(queries.shape[0], reference.shape[0], kk, queries.shape[1]):
-        return None
     with blas_single_threaded():  # pass 1's gemm (without the f32 tiles) inside OpenMP
         rc = _knn_screen32_impl(queries, reference, kk, self_offset, &rnv[0], rmax, D, I,
                                 failed)

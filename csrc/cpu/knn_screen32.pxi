@@ -42,23 +42,24 @@ cdef double SUBNORMAL_32 = 7.006492321624085e-46  # 2^-150
 cdef void _screen32_block(const double* qbase, const double* rbase, const double* qn,
                           const float* rn32, double rnb, Py_ssize_t q0, Py_ssize_t q1,
                           Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k, Py_ssize_t self_offset,
-                          Py_ssize_t tile, float* q32, float* lv, int64_t* li, float* buf,
-                          bint tiles, float* packed, float* rn_tile, float* thr,
-                          uint32_t* masks,
-                          double* lv64, Pass2Scratch* sc, double* Dout, int64_t* Iout,
-                          unsigned char* failed) noexcept nogil:
+                          Py_ssize_t tile, bint tiles, Pass1Scratch* s, Pass2Scratch* sc,
+                          double* Dout, int64_t* Iout, unsigned char* failed) noexcept nogil:
     """The k best of queries q0..q1-1 (rows q0..q1-1 of Dout / Iout), or failed[qi] = 1
     where a list overflowed. rn32: the rounded reference rows' norms (float32), rnb a bound
-    on every ||r_j|| and ||fl32(r_j)||; scratch as _pass1_block's (float32; packed also
-    without the tiles), q32 [nq d], lv64 [L]."""
+    on every ||r_j|| and ||fl32(r_j)||; ``s``: float32 pass-1 scratch with the screen's
+    buffers (_pass1_scratch_alloc)."""
     cdef Py_ssize_t L = _list_len(k, d)
     cdef Py_ssize_t nq = q1 - q0
     cdef Py_ssize_t c, row, qi, nc
     cdef double qnb, S, e, limit
+    cdef float* q32 = s.q32
+    cdef const float* lv = <float*>s.lv
+    cdef const int64_t* li = s.li
+    cdef double* lv64 = s.lv64
     for c in range(nq * d):
         q32[c] = <float>qbase[q0 * d + c]
     _pass1_block(q32, q0, nq, <const float*>NULL, rbase, rn32, n_r, d, L, self_offset, tile,
-                 lv, li, buf, tiles, packed, rn_tile, thr, masks)
+                 tiles, s)
     for row in range(nq):
         qi = q0 + row
         for c in range(L):
@@ -99,15 +100,7 @@ cdef int _knn_screen32_impl(const double[:, ::1] queries, const double[:, ::1] r
     cdef bint tiles = _f32_tiles_for(d)
     cdef double qmax, rnb, qnb
     cdef double* qn = NULL
-    cdef float* q32
-    cdef float* lv
-    cdef int64_t* li
-    cdef float* buf
-    cdef float* packed
-    cdef float* rn_tile
-    cdef float* thr
-    cdef uint32_t* masks
-    cdef double* lv64
+    cdef Pass1Scratch* s1
     cdef Pass2Scratch* sc
     cdef int failed_alloc = 0
     cdef int* failed_alloc_p = &failed_alloc
@@ -131,35 +124,13 @@ cdef int _knn_screen32_impl(const double[:, ::1] queries, const double[:, ::1] r
         tile_padded = (tile + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR
         n_blocks = (n_q + qb - 1) // qb
         n_threads = team_size(n_threads, n_blocks)
-        q32 = NULL
-        lv = NULL
-        li = NULL
-        buf = NULL
-        packed = NULL
-        rn_tile = NULL
-        thr = NULL
-        masks = NULL
-        lv64 = NULL
+        s1 = NULL
         sc = NULL
         with nogil, parallel(num_threads=n_threads):
-            q32 = <float*>malloc(qb * d * sizeof(float))
-            lv = <float*>malloc(qb * L * sizeof(float))
-            li = <int64_t*>malloc(qb * L * sizeof(int64_t))
-            buf = <float*>malloc(qb * tile_padded * sizeof(float))
-            packed = <float*>malloc(tile_padded * d * sizeof(float))
-            rn_tile = <float*>calloc(tile_padded, sizeof(float)) if tiles else NULL
-            thr = <float*>malloc(qb * sizeof(float)) if tiles else NULL
-            masks = <uint32_t*>malloc(qb * (tile_padded // FZ_F32_NR) * sizeof(uint32_t)) \
-                if tiles else NULL
-            lv64 = <double*>malloc(L * sizeof(double))
-            sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
-            if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(double)):
-                free(sc)
-                sc = NULL
+            s1 = _pass1_scratch_alloc(qb, L, tile_padded, d, sizeof(float), tiles, 1)
+            sc = _pass2_scratch_alloc(k, L, d, sizeof(double))
             for b in prange(n_blocks, schedule="dynamic"):
-                if (q32 == NULL or lv == NULL or li == NULL or buf == NULL or packed == NULL
-                        or lv64 == NULL or sc == NULL
-                        or (tiles and (rn_tile == NULL or thr == NULL or masks == NULL))):
+                if s1 == NULL or sc == NULL:
                     failed_alloc_p[0] = 1
                     continue
                 q0 = b * qb
@@ -167,21 +138,10 @@ cdef int _knn_screen32_impl(const double[:, ::1] queries, const double[:, ::1] r
                 if q1 > n_q:
                     q1 = n_q
                 _screen32_block(&queries[0, 0], &reference[0, 0], qn, rn32, rnb, q0, q1,
-                                n_r, d, k, self_offset, tile, q32, lv, li, buf, tiles,
-                                packed, rn_tile, thr, masks, lv64, sc, &D[0, 0], &I[0, 0],
-                                &failed[0])
-            free(q32)
-            free(lv)
-            free(li)
-            free(buf)
-            free(packed)
-            free(rn_tile)
-            free(thr)
-            free(masks)
-            free(lv64)
-            if sc != NULL:
-                _pass2_scratch_free(sc)
-                free(sc)
+                                n_r, d, k, self_offset, tile, tiles, s1, sc, &D[0, 0],
+                                &I[0, 0], &failed[0])
+            _pass1_scratch_release(s1)
+            _pass2_scratch_release(sc)
         if failed_alloc:
             rc = -1
     free(qn)

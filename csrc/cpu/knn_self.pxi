@@ -125,10 +125,7 @@ cdef int _self_finish(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, Py_s
     cdef int* failed_p = &failed
     _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
     with parallel():
-        sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
-        if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(cython.floating)):
-            free(sc)
-            sc = NULL
+        sc = _pass2_scratch_alloc(k, L, d, sizeof(cython.floating))
         for q in prange(n_rows, schedule="static"):
             if sc == NULL:
                 failed_p[0] = 1
@@ -138,8 +135,7 @@ cdef int _self_finish(const cython.floating* X, Py_ssize_t n, Py_ssize_t d, Py_s
         if sc != NULL:
             # What this thread queued (the static schedule gave each thread its own share).
             _pass2_flush(sc, X + row0 * d, row0, X, rn_w, n, d, k, Dout, Iout)
-            _pass2_scratch_free(sc)
-            free(sc)
+        _pass2_scratch_release(sc)
     return -1 if failed else 0
 
 

@@ -599,6 +599,85 @@ cdef void _pass2_scratch_free(Pass2Scratch* sc) noexcept nogil:
     sc.ncand = NULL
 
 
+cdef Pass2Scratch* _pass2_scratch_alloc(Py_ssize_t k, Py_ssize_t L, Py_ssize_t d,
+                                        size_t itemsize) noexcept nogil:
+    """A thread's Pass2Scratch with every buffer (_pass2_scratch_new), or NULL; a pointer
+    assigned inside a parallel block is private to its thread."""
+    cdef Pass2Scratch* sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
+    if sc != NULL and not _pass2_scratch_new(sc, k, L, d, itemsize):
+        free(sc)
+        sc = NULL
+    return sc
+
+
+cdef void _pass2_scratch_release(Pass2Scratch* sc) noexcept nogil:
+    """Frees what _pass2_scratch_alloc made (NULL: nothing)."""
+    if sc != NULL:
+        _pass2_scratch_free(sc)
+        free(sc)
+
+
+cdef struct Pass1Scratch:
+    # A thread's buffers of pass 1 for a block of up to qb queries (_pass1_scratch_alloc).
+    void* lv           # floating[qb L]: the lists' values
+    int64_t* li        # [qb L]: their references
+    void* buf          # floating[qb tile_padded]: a tile of dot products
+    float* packed      # [tile_padded d]: the f32 tiles' panels, or the float64 screen's
+    #                    rounded rows for BLAS; NULL on BLAS otherwise
+    float* rn_tile     # [tile_padded]: the tile's norms, zero past it (f32 tiles only)
+    float* thr         # [qb]: the lists' thresholds at the tile's start (f32 tiles only)
+    uint32_t* masks    # [qb tile_padded / FZ_F32_NR] (f32 tiles only)
+    float* q32         # [qb d]: the float64 screen's queries rounded (else NULL)
+    double* lv64       # [L]: the float64 screen's list in double (else NULL)
+
+
+cdef void _pass1_scratch_release(Pass1Scratch* s) noexcept nogil:
+    """Frees what _pass1_scratch_alloc made (NULL: nothing)."""
+    if s == NULL:
+        return
+    free(s.lv)
+    free(s.li)
+    free(s.buf)
+    free(s.packed)
+    free(s.rn_tile)
+    free(s.thr)
+    free(s.masks)
+    free(s.q32)
+    free(s.lv64)
+    free(s)
+
+
+cdef Pass1Scratch* _pass1_scratch_alloc(Py_ssize_t qb, Py_ssize_t L, Py_ssize_t tile_padded,
+                                        Py_ssize_t d, size_t itemsize, bint tiles,
+                                        bint screen) noexcept nogil:
+    """A thread's pass-1 buffers (Pass1Scratch) for blocks of qb queries, lists of L and
+    tiles of tile_padded references, values of itemsize bytes; with ``tiles`` those of the
+    f32 tiles, with ``screen`` the float64 screen's (packed also on BLAS, q32, lv64). NULL
+    when one could not be allocated."""
+    cdef Pass1Scratch* s = <Pass1Scratch*>calloc(1, sizeof(Pass1Scratch))
+    if s == NULL:
+        return NULL
+    s.lv = malloc(qb * L * itemsize)
+    s.li = <int64_t*>malloc(qb * L * sizeof(int64_t))
+    s.buf = malloc(qb * tile_padded * itemsize)
+    if tiles or screen:
+        s.packed = <float*>malloc(tile_padded * d * sizeof(float))
+    if tiles:
+        s.rn_tile = <float*>calloc(tile_padded, sizeof(float))
+        s.thr = <float*>malloc(qb * sizeof(float))
+        s.masks = <uint32_t*>malloc(qb * (tile_padded // FZ_F32_NR) * sizeof(uint32_t))
+    if screen:
+        s.q32 = <float*>malloc(qb * d * sizeof(float))
+        s.lv64 = <double*>malloc(L * sizeof(double))
+    if (s.lv == NULL or s.li == NULL or s.buf == NULL
+            or ((tiles or screen) and s.packed == NULL)
+            or (tiles and (s.rn_tile == NULL or s.thr == NULL or s.masks == NULL))
+            or (screen and (s.q32 == NULL or s.lv64 == NULL))):
+        _pass1_scratch_release(s)
+        return NULL
+    return s
+
+
 cdef void _pass2_flush(Pass2Scratch* sc, const cython.floating* qbase,
                        Py_ssize_t self_offset, const cython.floating* rbase,
                        const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t k,
@@ -719,17 +798,19 @@ cdef inline Py_ssize_t _dot_tile(const cython.floating* a, Py_ssize_t na,
 cdef void _pass1_block(const cython.floating* a, Py_ssize_t q0, Py_ssize_t nq,
                        const cython.floating* rbase, const double* rbase64,
                        const cython.floating* rn_w, Py_ssize_t n_r, Py_ssize_t d, Py_ssize_t L,
-                       Py_ssize_t self_offset, Py_ssize_t tile, cython.floating* lv,
-                       int64_t* li, cython.floating* buf, bint tiles, float* packed,
-                       float* rn_tile, float* thr, uint32_t* masks) noexcept nogil:
-    """Pass 1 of queries q0..q0+nq-1 (rows a[nq, d]): their lists lv / li (L entries each)
-    against every reference tile. ``tiles`` (float32 only): the products by the f32 tiles,
-    with ``packed`` room for a tile of references in panels and rn_tile (the tile rounded up
-    to whole panels), thr (nq) and masks (nq x panels) their scratch; else by BLAS (packed:
-    NULL, or with ``rbase64`` room for a tile of rows). ``buf``: nq rows of the tile rounded
-    up to whole panels. ``rbase64`` (float32 only, rbase then unused): the reference as
-    float64 rows, each tile rounded to float32 on its way to the products."""
+                       Py_ssize_t self_offset, Py_ssize_t tile, bint tiles,
+                       Pass1Scratch* s) noexcept nogil:
+    """Pass 1 of queries q0..q0+nq-1 (rows a[nq, d]): their lists s.lv / s.li (L entries
+    each) against every reference tile of at most ``tile`` rows, the products by the f32
+    tiles (``tiles``, float32 only) or BLAS; scratch ``s`` (Pass1Scratch). ``rbase64``
+    (float32 only, rbase then unused): the reference as float64 rows, each tile rounded to
+    float32 on its way to the products."""
     cdef Py_ssize_t r0, r1, nr, row, qi, c, skip, ldc
+    cdef cython.floating* lv = <cython.floating*>s.lv
+    cdef int64_t* li = s.li
+    cdef cython.floating* buf = <cython.floating*>s.buf
+    cdef float* thr = s.thr
+    cdef uint32_t* masks = s.masks
     for c in range(nq * L):
         lv[c] = INFINITY
         li[c] = -1
@@ -755,10 +836,10 @@ cdef void _pass1_block(const cython.floating* a, Py_ssize_t q0, Py_ssize_t nq,
         if cython.floating is float and tiles:
             for row in range(nq):
                 thr[row] = lv[row * L]
-            memcpy(rn_tile, rn_w + r0, nr * sizeof(float))
+            memcpy(s.rn_tile, rn_w + r0, nr * sizeof(float))
         ldc = _dot_tile(a, nq, rbase + r0 * d if rbase64 == NULL else rbase,
-                        rbase64 + r0 * d if rbase64 != NULL else NULL, nr, d, tiles, packed,
-                        rn_tile, thr, masks, buf)
+                        rbase64 + r0 * d if rbase64 != NULL else NULL, nr, d, tiles, s.packed,
+                        s.rn_tile, thr, masks, buf)
         for row in range(nq):
             qi = q0 + row
             skip = qi + self_offset if self_offset >= 0 else -1
@@ -775,18 +856,19 @@ cdef void _pass1_block(const cython.floating* a, Py_ssize_t q0, Py_ssize_t nq,
 cdef void _gemm_block(const cython.floating* qbase, const cython.floating* rbase,
                       const double* qn, const cython.floating* rn_w, double rmax,
                       Py_ssize_t q0, Py_ssize_t q1, Py_ssize_t n_r, Py_ssize_t d,
-                      Py_ssize_t k, Py_ssize_t self_offset, Py_ssize_t tile,
-                      cython.floating* lv, int64_t* li, cython.floating* buf, float* packed,
-                      float* rn_tile, float* thr, uint32_t* masks,
-                      Pass2Scratch* sc, cython.floating* Dout, int64_t* Iout) noexcept nogil:
-    """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout (scratch: see
-    _pass1_block)."""
+                      Py_ssize_t k, Py_ssize_t self_offset, Py_ssize_t tile, bint tiles,
+                      Pass1Scratch* s, Pass2Scratch* sc, cython.floating* Dout,
+                      int64_t* Iout) noexcept nogil:
+    """The k best of queries q0..q1-1, written to rows q0..q1-1 of Dout / Iout (pass 1:
+    see _pass1_block)."""
     cdef Py_ssize_t L = _list_len(k, d)
     cdef Py_ssize_t row
     cdef double eps, tiny, limit
+    cdef const cython.floating* lv = <cython.floating*>s.lv
+    cdef const int64_t* li = s.li
     _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
     _pass1_block(qbase + q0 * d, q0, q1 - q0, rbase, NULL, rn_w, n_r, d, L, self_offset, tile,
-                 lv, li, buf, packed != NULL, packed, rn_tile, thr, masks)
+                 tiles, s)
     for row in range(q1 - q0):
         _pass2(sc, q0 + row, qbase, self_offset, rbase, rn_w, n_r, d, k, L, qn[q0 + row], rmax,
                eps, tiny, lv + row * L, li + row * L, 1, 0, Dout, Iout)
@@ -845,15 +927,9 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
     cdef double* rn64 = NULL
     cdef cython.floating* rn_own = NULL
     cdef const cython.floating* rn_w = rn_cached
-    cdef cython.floating* lv
-    cdef int64_t* li
-    cdef cython.floating* buf
-    cdef float* packed
-    cdef float* rn_tile
-    cdef float* thr
-    cdef uint32_t* masks
     cdef Py_ssize_t tile_padded
     cdef bint tiles
+    cdef Pass1Scratch* s1
     cdef Pass2Scratch* sc
     cdef const cython.floating* qbase
     cdef const cython.floating* rbase
@@ -894,51 +970,23 @@ cdef int _knn_twopass_impl(const cython.floating[:, ::1] queries,
         tile_padded = (tile + FZ_F32_NR - 1) // FZ_F32_NR * FZ_F32_NR if tiles else tile
         n_blocks = (n_q + qb - 1) // qb
         n_threads = team_size(n_threads, n_blocks)
-        lv = NULL
-        li = NULL
-        buf = NULL
-        packed = NULL
-        rn_tile = NULL
-        thr = NULL
-        masks = NULL
+        s1 = NULL
         sc = NULL
         with nogil, parallel(num_threads=n_threads):
-            lv = <cython.floating*>malloc(qb * L * sizeof(cython.floating))
-            li = <int64_t*>malloc(qb * L * sizeof(int64_t))
-            buf = <cython.floating*>malloc(qb * tile_padded * sizeof(cython.floating))
-            packed = <float*>malloc(tile_padded * d * sizeof(float)) if tiles else NULL
-            # the tile's norms, padded to whole panels (the masks drop the padding rows)
-            rn_tile = <float*>calloc(tile_padded, sizeof(float)) if tiles else NULL
-            thr = <float*>malloc(qb * sizeof(float)) if tiles else NULL
-            masks = <uint32_t*>malloc(qb * (tile_padded // FZ_F32_NR) * sizeof(uint32_t)) \
-                if tiles else NULL
-            sc = <Pass2Scratch*>malloc(sizeof(Pass2Scratch))
-            if sc != NULL and not _pass2_scratch_new(sc, k, L, d, sizeof(cython.floating)):
-                free(sc)
-                sc = NULL
+            s1 = _pass1_scratch_alloc(qb, L, tile_padded, d, sizeof(cython.floating), tiles, 0)
+            sc = _pass2_scratch_alloc(k, L, d, sizeof(cython.floating))
             for b in prange(n_blocks, schedule="dynamic"):
-                if (lv == NULL or li == NULL or buf == NULL or sc == NULL
-                        or (tiles and (packed == NULL or rn_tile == NULL or thr == NULL
-                                       or masks == NULL))):
+                if s1 == NULL or sc == NULL:
                     failed_p[0] = 1
                     continue
                 q0 = b * qb
                 q1 = q0 + qb
                 if q1 > n_q:
                     q1 = n_q
-                _gemm_block(qbase, rbase, qn, rn_w, rmax, q0, q1, n_r, d, k,
-                            self_offset, tile, lv, li, buf, packed, rn_tile, thr, masks, sc,
-                            &D[0, 0], &I[0, 0])
-            free(lv)
-            free(li)
-            free(buf)
-            free(packed)
-            free(rn_tile)
-            free(thr)
-            free(masks)
-            if sc != NULL:
-                _pass2_scratch_free(sc)
-                free(sc)
+                _gemm_block(qbase, rbase, qn, rn_w, rmax, q0, q1, n_r, d, k, self_offset,
+                            tile, tiles, s1, sc, &D[0, 0], &I[0, 0])
+            _pass1_scratch_release(s1)
+            _pass2_scratch_release(sc)
         if failed:
             rc = -1
     free(qn)
