@@ -51,6 +51,8 @@ cdef extern from "knn_f32_tiles.h" nogil:
                      Py_ssize_t nb, double* C, Py_ssize_t ldc, const double* rn,
                      const double* thr, uint32_t* masks)
     int fz_tiles_cpu_kernels()
+    void fz_f32_dots(int avx2, const float* Q, Py_ssize_t nq, const float* R, Py_ssize_t nr,
+                     Py_ssize_t d, float* out, Py_ssize_t ldo)
 
 
 cdef inline void pack_panels(int kernel, const cython.floating* R, Py_ssize_t n,

@@ -82,7 +82,7 @@ from openmp cimport omp_get_max_threads, omp_get_thread_num
 
 from gemm_tiles cimport (FZ_F32_NR, FZ_F64_NR, FZ_TILES_AVX2, FZ_TILES_AVX512,
                          FZ_TILES_PORTABLE, fz_f32_pack_panels,
-                         fz_f32_pack_panels_rounded, fz_f32_tile,
+                         fz_f32_dots, fz_f32_pack_panels_rounded, fz_f32_tile,
                          fz_tiles_cpu_kernels, gemm_abt, pack_panels, tile_abt)
 from omp_team cimport team_size
 from scipy.linalg.cython_blas cimport dgemv, sgemv

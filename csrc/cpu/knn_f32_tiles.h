@@ -108,10 +108,117 @@ static inline int fz_tiles_cpu_kernels(void)
     return (fma && __builtin_cpu_supports("avx512f") ? 1 << FZ_TILES_AVX512 : 0)
            | (fma && __builtin_cpu_supports("avx2") ? 1 << FZ_TILES_AVX2 : 0);
 }
+
+/* The four sums of a0..a3's lanes, in that order */
+__attribute__((target("avx2,fma"), always_inline))
+static inline __m128 fz_f32_sum4_avx2(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
+{
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* One step of FZ_DOTS_BLOCK_AVX2: components t_..t_+7 of the four rows and the M queries,
+ * loaded by LOAD(p) */
+#define FZ_DOTS_STEP_AVX2(M, LOAD)                                                          \
+    do {                                                                                    \
+        const __m256 r0_ = LOAD(R0 + t_), r1_ = LOAD(R1 + t_);                              \
+        const __m256 r2_ = LOAD(R2 + t_), r3_ = LOAD(R3 + t_);                              \
+        for (int u_ = 0; u_ < (M); u_++) {                                                  \
+            const __m256 q_ = LOAD(Q + (q0 + u_) * d + t_);                                 \
+            acc_[u_][0] = _mm256_fmadd_ps(r0_, q_, acc_[u_][0]);                            \
+            acc_[u_][1] = _mm256_fmadd_ps(r1_, q_, acc_[u_][1]);                            \
+            acc_[u_][2] = _mm256_fmadd_ps(r2_, q_, acc_[u_][2]);                            \
+            acc_[u_][3] = _mm256_fmadd_ps(r3_, q_, acc_[u_][3]);                            \
+        }                                                                                   \
+    } while (0)
+#define FZ_DOTS_TAIL_LOAD(p) _mm256_maskload_ps((p), tail_)
+
+/* fz_f32_dots' block of four reference rows R0..R3 (repeats past the tile's end, nrow of
+ * them stored) against queries q0..q0+M-1: 8 components per FMA, the last d % 8 by masked
+ * loads (zeros elsewhere, which add nothing), then each sum's lanes added up */
+#define FZ_DOTS_BLOCK_AVX2(M)                                                               \
+    do {                                                                                    \
+        __m256 acc_[M][4];                                                                  \
+        for (int u_ = 0; u_ < (M); u_++)                                                    \
+            for (int v_ = 0; v_ < 4; v_++)                                                  \
+                acc_[u_][v_] = _mm256_setzero_ps();                                         \
+        ptrdiff_t t_ = 0;                                                                   \
+        for (; t_ + 8 <= d; t_ += 8)                                                        \
+            FZ_DOTS_STEP_AVX2(M, _mm256_loadu_ps);                                          \
+        if (t_ < d)                                                                         \
+            FZ_DOTS_STEP_AVX2(M, FZ_DOTS_TAIL_LOAD);                                        \
+        for (int u_ = 0; u_ < (M); u_++) {                                                  \
+            const __m128 s_ = fz_f32_sum4_avx2(acc_[u_][0], acc_[u_][1], acc_[u_][2],       \
+                                               acc_[u_][3]);                                \
+            if (nrow == 4) {                                                                \
+                _mm_storeu_ps(out + (q0 + u_) * ldo + r, s_);                               \
+            } else {                                                                        \
+                float e_[4];                                                                \
+                _mm_storeu_ps(e_, s_);                                                      \
+                for (int v_ = 0; v_ < nrow; v_++)                                           \
+                    out[(q0 + u_) * ldo + r + v_] = e_[v_];                                 \
+            }                                                                               \
+        }                                                                                   \
+    } while (0)
+
+/* fz_f32_dots with AVX2 and FMA: four reference rows against three queries at a time (12
+ * accumulators, 4 row vectors), the rows read in place */
+__attribute__((target("avx2,fma")))
+static void fz_f32_dots_avx2(const float *Q, ptrdiff_t nq, const float *R, ptrdiff_t nr,
+                             ptrdiff_t d, float *out, ptrdiff_t ldo)
+{
+    /* the lanes of the last d % 8 components */
+    const __m256i tail_ = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(d % 8)),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (ptrdiff_t r = 0; r < nr; r += 4) {
+        const int nrow = nr - r < 4 ? (int)(nr - r) : 4;
+        const float *R0 = R + r * d;
+        const float *R1 = R + (r + (nrow > 1)) * d;
+        const float *R2 = R + (r + (nrow > 2 ? 2 : 0)) * d;
+        const float *R3 = R + (r + (nrow > 3 ? 3 : 0)) * d;
+        ptrdiff_t q0 = 0;
+        for (; q0 + 3 <= nq; q0 += 3)
+            FZ_DOTS_BLOCK_AVX2(3);
+        if (nq - q0 == 2)
+            FZ_DOTS_BLOCK_AVX2(2);
+        else if (nq - q0 == 1)
+            FZ_DOTS_BLOCK_AVX2(1);
+    }
+}
+#undef FZ_DOTS_BLOCK_AVX2
+#undef FZ_DOTS_STEP_AVX2
+#undef FZ_DOTS_TAIL_LOAD
 #else
 #define FZ_TILES_HW_BUILT 0
 static inline int fz_tiles_cpu_kernels(void) { return 0; }
 #endif
+
+/* out[q ldo + r] = the float32 dot product of query q < nq and reference r < nr, both
+ * row-major with d components and read in place: the products of kNN's split path for a
+ * few queries, where packing the reference tile (BLAS, or the tiles' panels) for them cost
+ * more than the products (OpenBLAS: twice its kernel's time at 10 queries, d = 50). With
+ * `avx2` (only where fz_tiles_cpu_kernels() has FZ_TILES_AVX2) eight components per FMA
+ * and the lanes added up at the end, else the portable loop in component order: another
+ * summation order of the same products, which the pass-1 bound allows (it holds for any). */
+static inline void fz_f32_dots(int avx2, const float *Q, ptrdiff_t nq, const float *R,
+                               ptrdiff_t nr, ptrdiff_t d, float *out, ptrdiff_t ldo)
+{
+#if FZ_TILES_HW_BUILT
+    if (avx2) {
+        fz_f32_dots_avx2(Q, nq, R, nr, d, out, ldo);
+        return;
+    }
+#else
+    (void)avx2;
+#endif
+    for (ptrdiff_t q = 0; q < nq; q++)
+        for (ptrdiff_t r = 0; r < nr; r++) {
+            float s = 0.0f;
+            for (ptrdiff_t t = 0; t < d; t++)
+                s += Q[q * d + t] * R[r * d + t];
+            out[q * ldo + r] = s;
+        }
+}
 
 /* float32: panels of FZ_F32_NR rows, with the pass-1 masks */
 #define FZ_TT float

@@ -49,6 +49,14 @@ cdef enum:
     SPLIT_MAX_QUERIES = 256
     SPLIT_MIN_TILE = 1024
     SPLIT_TILES_PER_THREAD = 4
+    # Float32 tiles of 2 to SPLIT_DOTS_MAX_QUERIES queries take fz_f32_dots (the rows read in
+    # place) where the f32 tiles run (AVX2 with FMA): packing the tile for BLAS cost twice
+    # its kernel's time there. Chosen on uniform rows (24k references, one thread, AMD EPYC
+    # Zen 3): the products 0.19x-0.32x sgemm's time at 2-4 queries, 0.43x-0.83x at 10 (d =
+    # 128 / 50 / 16), 0.81x at 16, 1.18x at 32 (d = 50); whole searches of standard normal
+    # rows (48k references, k = 20, 2 threads): 0.27x / 0.62x / 0.76x / 0.85x the time at
+    # 2 / 8 / 12 / 16 queries (d = 50), 0.70x at d = 24-32, 0.98x at d = 16.
+    SPLIT_DOTS_MAX_QUERIES = 16
 
 
 # (for Python: cython_.knn keeps one-shot searches of this many queries off the BF16 screen)
@@ -82,6 +90,11 @@ cdef int _knn_split(const cython.floating* qbase, Py_ssize_t n_q,
     cdef Pass2Scratch sc
     cdef int failed = 0
     cdef int* failed_p = &failed
+    # the f32 tiles' route takes fz_f32_dots for a few queries (AVX2 with FMA: both vector
+    # tiles' CPUs have it)
+    cdef bint dots = (n_q <= SPLIT_DOTS_MAX_QUERIES and _f32_tiles_for(d)
+                      and (_F32_TILES == FZ_TILES_AVX2 or _F32_TILES == FZ_TILES_AVX512)
+                      and _CPU_HAS_AVX2)
     _dtype_limits(<cython.floating>0, &eps, &tiny, &limit)
     tile = GEMM_TILE_ELEMS // n_q
     if cython.floating is double:
@@ -116,6 +129,8 @@ cdef int _knn_split(const cython.floating* qbase, Py_ssize_t n_q,
             nr = r1 - r0
             if n_q == 1:
                 _gemv_bq(rbase + r0 * d, qbase, <int>nr, <int>d, buf)
+            elif cython.floating is float and dots:
+                fz_f32_dots(1, qbase, n_q, rbase + r0 * d, nr, d, buf, nr)
             else:
                 gemm_abt(qbase, rbase + r0 * d, <int>n_q, <int>nr, <int>d, buf)
             for row in range(n_q):

@@ -158,6 +158,27 @@ def tile_mode_from_env(environ):
 set_f32_tiles(tile_mode_from_env(os.environ))
 
 
+# whether fz_f32_dots may take its AVX2 kernel on this CPU
+cdef bint _CPU_HAS_AVX2 = (fz_tiles_cpu_kernels() & (1 << FZ_TILES_AVX2)) != 0
+
+
+def dot_products(const float[:, ::1] Q, const float[:, ::1] R, kernel):
+    """Q @ R.T by fz_f32_dots (the split path's products for a few float32 queries):
+    ``kernel`` "avx2" (only where the CPU has it) or "portable". For tests."""
+    if kernel not in ("avx2", "portable"):
+        raise ValueError(f"kernel must be 'avx2' or 'portable', not {kernel!r}")
+    if kernel == "avx2" and not _CPU_HAS_AVX2:
+        raise ValueError("this CPU (or this build) has no AVX2 with FMA")
+    if Q.shape[1] != R.shape[1]:
+        raise ValueError("Q and R need the same number of columns")
+    out = np.zeros((Q.shape[0], R.shape[0]), dtype=np.float32)
+    cdef float[:, ::1] ov = out
+    if Q.shape[0] and R.shape[0]:
+        fz_f32_dots(kernel == "avx2", &Q[0, 0], Q.shape[0], &R[0, 0], R.shape[0], Q.shape[1],
+                    &ov[0, 0], R.shape[0])
+    return out
+
+
 def tile_products(const cython.floating[:, ::1] A, const cython.floating[:, ::1] R,
                   kernel):
     """A @ R.T in the input dtype by the tiles of knn_f32_tiles.h (float32: pass 1's, float64:

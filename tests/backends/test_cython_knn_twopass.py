@@ -653,3 +653,40 @@ def test_the_tile_mode_comes_from_fastzsl_tiles_or_its_first_name():
                                        "FASTZSL_F32_TILES": "portable"}) == "blas"
     assert knn_cpu.tile_mode_from_env({"FASTZSL_TILES": "",
                                        "FASTZSL_F32_TILES": "portable"}) == "portable"
+
+
+@pytest.mark.parametrize("kernel", ["portable", "avx2"])
+@pytest.mark.parametrize("nq,n,d", [(1, 1, 1), (2, 5, 7), (3, 6, 8), (4, 3, 9), (5, 35, 16),
+                                    (10, 101, 50), (16, 37, 300)])
+def test_dot_products_stay_within_the_gemm_bound(kernel, nq, n, d, rng):
+    """fz_f32_dots (the split path's products for a few float32 queries: eight components
+    per FMA, the lanes added up at the end, the last d % 8 by masked loads) against exact
+    ones: within gamma_d sum |q_t r_t|, the bound of any summation order; every block
+    remainder (4 references, 3 queries) and tail length."""
+    from fastzsl.testing import assert_within_bound, matmul_error_bound
+    if kernel == "avx2" and "avx2" not in knn_cpu.tile_kernels():
+        pytest.skip("this CPU has no AVX2 with FMA")
+    Q = rng.standard_normal((nq, d)).astype(np.float32)
+    R = rng.standard_normal((n, d)).astype(np.float32)
+    got = knn_cpu.dot_products(Q, R, kernel)
+    exact = Q.astype(np.float64) @ R.T.astype(np.float64)
+    assert got.shape == (nq, n) and got.dtype == np.float32
+    assert_within_bound(got, exact, matmul_error_bound(Q, R.T, np.float32),
+                        f"fz_f32_dots ({kernel})")
+
+
+@pytest.mark.parametrize("mode", ["auto", "blas"])
+@pytest.mark.parametrize("d", [1, 7, 9, 50])
+@pytest.mark.parametrize("n_q", [2, 3, 5, 16, 17])
+def test_few_float32_queries_by_the_dots_equal_the_direct_kernel(mode, d, n_q, rng):
+    """The split path's products for 2-16 float32 queries (fz_f32_dots where the f32 tiles
+    run; BLAS under "blas", and from 17 queries): the direct kernel's answer bit for bit,
+    with duplicates of a query spread over several tiles, grid ties and a self offset."""
+    R = rng.integers(-2, 3, size=(5000, d)).astype(np.float32)
+    R[:, 0] += rng.standard_normal(5000).astype(np.float32)
+    R[1000:1030] = R[0]
+    R[4000:4030] = R[0]
+    Q = np.r_[R[:1], rng.standard_normal((n_q, d)).astype(np.float32)][:n_q]
+    with knn_cpu.using_f32_tiles(mode):
+        _check(Q, R, 7)
+        _check(R[:n_q], R, 7, self_offset=0)
