@@ -113,15 +113,35 @@ def _thread_controller():
     return _controller
 
 
-@contextlib.contextmanager
-def _library_limits(threads, user_api=None):
-    """threadpoolctl's ``threadpool_limits(threads, user_api)``, setting only the libraries
-    whose count differs (and restoring those)."""
-    with contextlib.ExitStack() as stack:
-        for lib in _thread_controller().lib_controllers:
-            if user_api is None or lib.user_api == user_api:
-                _set_restored(stack, lib.get_num_threads, lib.set_num_threads, threads)
-        yield
+class _library_limits:
+    """threadpoolctl's ``threadpool_limits(threads, user_api)`` as a context, setting only
+    the libraries whose count differs (and restoring those). A class rather than a
+    generator context: every kernel call enters one (``blas_single_threaded``), and this
+    form costs about half as much (6 us against 12 on a Zen 3)."""
+
+    __slots__ = ("threads", "user_api", "restore")
+
+    def __init__(self, threads, user_api=None):
+        self.threads, self.user_api = threads, user_api
+
+    def __enter__(self):
+        self.restore = []
+        try:
+            for lib in _thread_controller().lib_controllers:
+                if self.user_api is None or lib.user_api == self.user_api:
+                    before = lib.get_num_threads()
+                    if before != self.threads:
+                        lib.set_num_threads(self.threads)
+                        self.restore.append((lib, before))
+        except BaseException:
+            self.__exit__()  # what was set so far
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for lib, before in reversed(self.restore):
+            lib.set_num_threads(before)
+        return False
 
 
 # Multiply-adds per BLAS thread of the products in sized_matmul (about 10 ms of one core's

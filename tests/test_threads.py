@@ -307,3 +307,26 @@ def test_the_gate_runs_its_products_on_sized_blas_threads(monkeypatch):
     assert calls == [((5, 2), (2,))]
     z = stack._z(scores[:5])
     np.testing.assert_array_equal(p, 1.0 / (1.0 + np.exp(-(z @ stack.coef_ + stack.intercept_))))
+
+
+def test_a_limit_that_fails_to_set_a_library_restores_those_it_set(monkeypatch):
+    """_library_limits sets each library in turn: when one refuses (raises), the ones set
+    before it go back to their counts, and the error comes through."""
+    from fastzsl import _threads
+
+    controller = _threads._thread_controller()
+    libs = [lib for lib in controller.lib_controllers
+            if lib.user_api == "blas" and lib.get_num_threads() != 1]
+    if not libs:
+        pytest.skip("no BLAS library with more than one thread to set")
+    before = _state()
+
+    def refuse(n):
+        raise RuntimeError("cannot set")
+
+    monkeypatch.setattr(libs[-1], "set_num_threads", refuse)
+    with pytest.raises(RuntimeError, match="cannot set"):
+        with _threads._library_limits(1, "blas"):
+            pass  # pragma: no cover - never entered
+    monkeypatch.undo()
+    assert _state() == before
